@@ -1,0 +1,1 @@
+"""Solidity contracts, their committed artifacts and the build script."""

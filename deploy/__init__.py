@@ -1,0 +1,1 @@
+"""How to run Lattice: the `lattice` CLI, the devnet supervisor and deployment files."""

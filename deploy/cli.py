@@ -1,0 +1,201 @@
+"""The `lattice` command line.
+
+    lattice devnet [--data-dir DIR] [--kafka HOST:PORT] [--rpc-port N] [--ws-port N]
+    lattice topics [--data-dir DIR | --kafka HOST:PORT]
+    lattice tail TOPIC [-n N] [--follow] [--data-dir DIR | --kafka HOST:PORT]
+    lattice schemas {list,check,freeze}
+
+Client commands find a running devnet through its data directory (`devnet.json`), or
+talk to the cluster given by `--kafka`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from confluent_kafka import KafkaException
+
+from deploy.endpoints import DevnetNotFound, Endpoints
+from schemas.codec import CodecError, default_codec, jsonable
+from streams.settings import Settings, SettingsError
+
+
+class UsageError(RuntimeError):
+    """Bad input from the user; exit code 2."""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="devnet data directory (default .lattice)")
+    parser.add_argument("--kafka", metavar="HOST:PORT",
+                        help="bootstrap servers of an external Kafka cluster")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="settings file (TOML)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lattice", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    devnet = sub.add_parser("devnet", help="run the whole network on this machine")
+    _common(devnet)
+    devnet.add_argument("--rpc-port", type=int, help="JSON-RPC and REST port (default 8545)")
+    devnet.add_argument("--ws-port", type=int, help="WebSocket port (default 8546)")
+    devnet.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    devnet.add_argument("--broker-port", type=int, help="embedded broker port (default: free)")
+
+    topics = sub.add_parser("topics", help="list topics with their record counts")
+    _common(topics)
+
+    tail = sub.add_parser("tail", help="print a topic's records as JSON lines")
+    _common(tail)
+    tail.add_argument("topic", help="topic name, e.g. lattice.tx.submitted or tx.submitted")
+    tail.add_argument("-n", type=int, default=10, metavar="N",
+                      help="print the last N records (default 10; 0 for none, -1 for all)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+
+    schemas = sub.add_parser("schemas", help="inspect and freeze the Avro schemas")
+    schemas.add_argument("action", choices=["list", "check", "freeze"])
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    flags = {
+        "data_dir": getattr(args, "data_dir", None),
+        "kafka": getattr(args, "kafka", None),
+        "rpc_port": getattr(args, "rpc_port", None),
+        "ws_port": getattr(args, "ws_port", None),
+        "host": getattr(args, "host", None),
+        "broker_port": getattr(args, "broker_port", None),
+    }
+    return Settings.load(config_file=getattr(args, "config", None), env=os.environ,
+                         overrides=flags)
+
+
+def bootstrap_of(settings: Settings) -> str:
+    if settings.kafka:
+        return settings.kafka
+    return Endpoints.read(settings.data_dir).kafka
+
+
+def cmd_devnet(settings: Settings, out: TextIO) -> int:
+    from deploy.devnet import Devnet  # the server stack loads only when serving
+
+    Devnet(settings, out).run()
+    return 0
+
+
+def cmd_topics(settings: Settings, out: TextIO) -> int:
+    from streams.admin import list_topics
+    from streams.topics import BY_NAME
+
+    rows = [("TOPIC", "PARTITIONS", "RECORDS", "POLICY", "SCHEMA")]
+    for status in list_topics(bootstrap_of(settings)):
+        spec = BY_NAME.get(status.name)
+        rows.append((status.name, str(status.partitions), str(status.records),
+                     spec.cleanup_policy if spec else "-", spec.schema if spec else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(),
+              file=out)
+    return 0
+
+
+def _line(message: Any) -> str:
+    key = message.key()
+    entry: dict[str, Any] = {
+        "topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
+        "timestamp_ms": message.timestamp()[1],
+        "key": key.decode(errors="replace") if key is not None else None,
+    }
+    try:
+        decoded = default_codec().decode(message.value())
+        entry["schema"] = decoded.name
+        entry["value"] = jsonable(decoded.record)
+    except CodecError as exc:
+        entry["error"] = str(exc)
+        entry["value_hex"] = "0x" + (message.value() or b"").hex()
+    return json.dumps(entry, separators=(",", ":"))
+
+
+def cmd_tail(settings: Settings, name: str, count: int, follow: bool, out: TextIO) -> int:
+    from streams.kafka import Reader
+    from streams.topics import BY_NAME
+
+    topic_name = name if name in BY_NAME or name.startswith("lattice.") else f"lattice.{name}"
+    reader = Reader(bootstrap_of(settings), client_id="lattice-tail")
+    try:
+        try:
+            ends = reader.end_offsets(topic_name)
+        except KeyError:
+            raise UsageError(f"topic {topic_name!r} does not exist (see `lattice topics`)") from None
+        starts = {(topic_name, p): low if count < 0 else max(low, end - count)
+                  for p, (low, end) in ends.items()}
+        backlog = list(reader.read(starts))
+        backlog.sort(key=lambda m: (m.timestamp()[1], m.partition(), m.offset()))
+        if count >= 0:
+            backlog = backlog[len(backlog) - count:] if count else []
+        for message in backlog:
+            print(_line(message), file=out, flush=True)
+        if follow:
+            resume = {(topic_name, p): end for p, (_, end) in ends.items()}
+            for message in backlog:
+                position = (topic_name, message.partition())
+                resume[position] = max(resume[position], message.offset() + 1)
+            for message in reader.read(resume, follow=True):
+                print(_line(message), file=out, flush=True)
+    finally:
+        reader.close()
+    return 0
+
+
+def cmd_schemas(action: str, out: TextIO) -> int:
+    from schemas import evolution
+
+    codec = default_codec()
+    if action == "list":
+        for name in codec.names():
+            print(f"{name}  {codec.current[name].fingerprint_hex}", file=out)
+        return 0
+    if action == "check":
+        problems = evolution.check(codec)
+        for problem in problems:
+            print(problem, file=out)
+        print(f"{len(codec.names())} schemas, {len(problems)} problems", file=out)
+        return 1 if problems else 0
+    written = evolution.freeze(codec)
+    for path in written:
+        print(f"froze {path}", file=out)
+    print(f"{len(written)} new versions frozen", file=out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "schemas":
+            return cmd_schemas(args.action, out)
+        settings = load_settings(args)
+        if args.command == "devnet":
+            return cmd_devnet(settings, out)
+        if args.command == "topics":
+            return cmd_topics(settings, out)
+        if args.command == "tail":
+            return cmd_tail(settings, args.topic, args.n, args.follow, out)
+    except KeyboardInterrupt:
+        return 130
+    except (UsageError, SettingsError) as exc:
+        print(f"lattice: error: {exc}", file=sys.stderr)
+        return 2
+    except (DevnetNotFound, KafkaException, RuntimeError, ValueError, OSError) as exc:
+        print(f"lattice: error: {exc}", file=sys.stderr)
+        return 1
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

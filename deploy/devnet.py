@@ -1,0 +1,201 @@
+"""`lattice devnet`: the whole network on one machine.
+
+Start-up: lock the data directory, start the embedded broker (unless `--kafka`), create
+the catalogue's topics, re-seed the broker from the archive, start archiving, then the
+processors and the gateway; write `devnet.json` and print the endpoints.
+
+Shutdown (Ctrl-C or SIGTERM), in the order that loses nothing: stop accepting requests,
+flush the producer, stop processors, let the archiver catch up with every partition's
+end, stop the broker, remove `devnet.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TextIO
+
+import uvicorn
+
+from deploy import endpoints
+from gateway.app import create_app
+from streams.admin import ensure_topics
+from streams.archive import Archiver, TopicArchive
+from streams.broker import EmbeddedBroker
+from streams.kafka import Producer, Reader
+from streams.settings import Settings
+from streams.topics import TOPICS
+
+log = logging.getLogger(__name__)
+
+
+class DevnetError(RuntimeError):
+    """The devnet cannot start or had to stop."""
+
+
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the devnet (it runs two servers)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "devnet.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DevnetError(f"another devnet is running with data directory {data_dir}") from None
+        yield
+
+
+def _check_port(host: str, port: int, flag: str) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise DevnetError(f"cannot listen on {host}:{port} ({exc.strerror}); pass {flag}") from None
+
+
+class Devnet:
+    def __init__(self, settings: Settings, out: TextIO = sys.stdout) -> None:
+        self.settings = settings
+        self.out = out
+        self.broker: EmbeddedBroker | None = None
+        self.archiver: Archiver | None = None
+        self.producer: Producer | None = None
+
+    def say(self, label: str, text: str) -> None:
+        print(f"  {label:<11} {text}", file=self.out, flush=True)
+
+    def run(self) -> None:
+        s = self.settings
+        with _locked(s.data_dir):
+            _check_port(s.host, s.rpc_port, "--rpc-port")
+            _check_port(s.host, s.ws_port, "--ws-port")
+            print("lattice devnet", file=self.out, flush=True)
+            self.say("data dir", str(s.data_dir))
+            try:
+                bootstrap = self._start_log()
+                self.producer = Producer(bootstrap, client_id=f"{s.client_id}-gateway",
+                                         config=s.kafka_config)
+                app = create_app(s, self.producer)
+                asyncio.run(self._serve(app, bootstrap))
+            finally:
+                self._stop()
+
+    def _start_log(self) -> str:
+        s = self.settings
+        if s.embedded:
+            self.broker = EmbeddedBroker(
+                port=s.broker_port, log_file=s.data_dir / "broker.log",
+                start_timeout=s.broker_start_timeout,
+            ).start()
+            bootstrap = self.broker.bootstrap
+            self.say("kafka", f"{bootstrap} (embedded tansu, memory storage)")
+        else:
+            bootstrap = str(s.kafka)
+            self.say("kafka", f"{bootstrap} (external cluster)")
+        created = ensure_topics(bootstrap, TOPICS, extra=s.kafka_config)
+        self.say("topics", f"{len(TOPICS)} in the catalogue, {len(created)} created")
+        if s.embedded:
+            archive = TopicArchive(s.data_dir / "archive")
+            seeder = Producer(bootstrap, client_id=f"{s.client_id}-reseed")
+            reader = Reader(bootstrap, client_id=f"{s.client_id}-reseed")
+            try:
+                count = archive.reseed(seeder, reader, TOPICS, progress=self._reseed_progress)
+            finally:
+                seeder.close()
+                reader.close()
+            self.say("archive", f"{s.data_dir / 'archive'} ({count} records re-seeded)")
+            self.archiver = Archiver(archive, bootstrap, TOPICS)
+            self.archiver.start()
+        return bootstrap
+
+    def _reseed_progress(self, topic: str, count: int) -> None:
+        self.say("re-seeded", f"{topic}: {count} records")
+
+    async def _serve(self, app: object, bootstrap: str) -> None:
+        s = self.settings
+        servers = [
+            _QuietServer(uvicorn.Config(app, host=s.host, port=port, log_level="warning",  # type: ignore[arg-type]
+                                        lifespan="off"))
+            for port in (s.rpc_port, s.ws_port)
+        ]
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(server.serve()) for server in servers]
+        while not all(server.started for server in servers):
+            if any(task.done() for task in tasks):
+                raise DevnetError("the gateway failed to start (see the log above)")
+            await asyncio.sleep(0.02)
+        rpc = f"http://{s.host}:{s.rpc_port}"
+        endpoints.Endpoints(
+            pid=os.getpid(), kafka=bootstrap, embedded=s.embedded, rpc=rpc,
+            ws=f"ws://{s.host}:{s.ws_port}", chain_id=s.chain_id,
+        ).write(s.data_dir)
+        self.say("REST", f"{rpc}/v1  (POST /v1/transactions, GET /health)")
+        self.say("JSON-RPC", rpc)
+        self.say("WebSocket", f"ws://{s.host}:{s.ws_port}")
+        self.say("chain id", str(s.chain_id))
+        print("ready; Ctrl-C to stop", file=self.out, flush=True)
+        problem = await self._watch(stop, tasks)
+        print("stopping...", file=self.out, flush=True)
+        for server in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if problem:
+            raise DevnetError(problem)
+
+    async def _watch(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> str | None:
+        """Wait for a stop signal; return why the devnet must stop if something broke."""
+        checks: list[tuple[Callable[[], bool], str]] = [
+            (lambda: any(t.done() for t in tasks), "the gateway stopped unexpectedly"),
+        ]
+        if self.broker is not None:
+            broker = self.broker
+            checks.append((lambda: not broker.running, "the embedded broker exited"))
+        if self.archiver is not None:
+            archiver = self.archiver
+            checks.append((lambda: archiver.failed is not None, "archiving failed"))
+        while not stop.is_set():
+            for failed, why in checks:
+                if failed():
+                    return why
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+        return None
+
+    def _stop(self) -> None:
+        s = self.settings
+        endpoints.remove(s.data_dir)
+        if self.producer is not None:
+            try:
+                self.producer.close()
+            except Exception as exc:
+                log.error("producer flush failed: %s", exc)
+        if self.archiver is not None:
+            try:
+                if self.broker is not None and self.broker.running:
+                    self.archiver.drain()
+            finally:
+                self.archiver.stop()
+            total = sum(self.archiver.archive.counts(TOPICS).values())
+            self.say("archived", f"{total} records in {s.data_dir / 'archive'}")
+        if self.broker is not None:
+            self.broker.stop()
+        print("stopped", file=self.out, flush=True)

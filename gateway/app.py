@@ -1,0 +1,119 @@
+"""The gateway application.
+
+`POST /v1/transactions` is the ledger's front door: it decodes a raw signed transaction,
+applies every stateless check (`processors.execution.transactions`) and produces it to
+`lattice.tx.submitted` keyed by sender, answering only once the broker acknowledged it.
+A bad transaction gets a 4xx JSON error `{"error": {"code", "message"}}` and nothing is
+produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from processors.execution.transactions import (
+    ChainRules,
+    InvalidTransaction,
+    Transaction,
+    decode_transaction,
+    parse_hex,
+)
+from streams.abc import RecordSink
+from streams.kafka import DeliveryError
+from streams.settings import Settings
+from streams.topics import hex_key, topic
+
+TX_SUBMITTED = topic("tx.submitted")
+#: How long a request waits for the broker before answering 503.
+DELIVERY_TIMEOUT_S = 15.0
+
+
+def client_version() -> str:
+    try:
+        return f"lattice/{version('lattice')}"
+    except PackageNotFoundError:  # running from a source tree without installing
+        return "lattice/dev"
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def submitted_event(tx: Transaction, received_at_ms: int, source: str) -> dict[str, Any]:
+    """The `lattice.tx.TransactionSubmitted` record for a decoded transaction."""
+    return {
+        "hash": tx.hash, "raw": tx.raw, "sender": tx.sender, "tx_type": tx.tx_type,
+        "chain_id": tx.chain_id, "nonce": tx.nonce, "gas_limit": tx.gas_limit, "to": tx.to,
+        "value": tx.value, "gas_price": tx.gas_price, "max_fee_per_gas": tx.max_fee_per_gas,
+        "max_priority_fee_per_gas": tx.max_priority_fee_per_gas,
+        "received_at_ms": received_at_ms, "source": source,
+    }
+
+
+def _raw_hex(body: bytes, content_type: str) -> str:
+    """The 0x-hex string from a body: JSON `"0x.."` or `{"raw": "0x.."}`, or plain text."""
+    if "json" in content_type:
+        try:
+            parsed = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidTransaction("bad_json", "the request body is not valid JSON") from None
+        if isinstance(parsed, dict):
+            parsed = parsed.get("raw")
+        if not isinstance(parsed, str):
+            raise InvalidTransaction(
+                "not_hex", 'send the transaction as a JSON string "0x..." or {"raw": "0x..."}'
+            )
+        return parsed
+    try:
+        return body.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise InvalidTransaction("not_hex", "the request body is not ASCII hex") from None
+
+
+def create_app(settings: Settings, sink: RecordSink) -> FastAPI:
+    rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
+    # A hex body is twice the bytes plus quoting; anything beyond is refused unread.
+    body_limit = 2 * settings.max_tx_bytes + 1024
+    app = FastAPI(title="Lattice gateway", version=client_version().split("/")[1])
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "chain_id": settings.chain_id, "client": client_version()}
+
+    @app.post("/v1/transactions", status_code=202, response_model=None)
+    async def submit_transaction(request: Request) -> JSONResponse | dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > body_limit:
+            return error(413, "oversize", f"request body over {body_limit} bytes")
+        body = await request.body()
+        if len(body) > body_limit:
+            return error(413, "oversize", f"request body over {body_limit} bytes")
+        try:
+            raw = parse_hex(_raw_hex(body, request.headers.get("content-type", "")))
+            tx = decode_transaction(raw, rules)
+        except InvalidTransaction as exc:
+            return error(413 if exc.code == "oversize" else 400, exc.code, exc.message)
+        event = submitted_event(tx, int(time.time() * 1000), "rest")
+        try:
+            future = sink.send(TX_SUBMITTED, event, key=hex_key(tx.sender))
+            delivered = await asyncio.wait_for(asyncio.wrap_future(future), DELIVERY_TIMEOUT_S)
+        except (DeliveryError, TimeoutError) as exc:
+            return error(503, "unavailable", f"the log did not accept the transaction: {exc}")
+        return {
+            "hash": "0x" + tx.hash.hex(),
+            "from": "0x" + tx.sender.hex(),
+            "nonce": tx.nonce,
+            "type": tx.tx_type,
+            "topic": delivered.topic,
+            "partition": delivered.partition,
+            "offset": delivered.offset,
+        }
+
+    return app

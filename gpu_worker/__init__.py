@@ -1,0 +1,1 @@
+"""The GPU worker: hardware probe, model runtime, signing and the job loop."""

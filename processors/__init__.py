@@ -1,0 +1,1 @@
+"""Stream processors: one subpackage each, a pure core plus a thin agent around it."""

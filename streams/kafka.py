@@ -1,0 +1,292 @@
+"""Typed Avro producer and consumer helpers on confluent-kafka.
+
+Values are Avro single-object encoded by the codec (`schemas.codec`), keys are UTF-8 text.
+The producer is idempotent (no duplicates or reordering from its own retries) and
+partitions keys with murmur2, like the Java client and Faust's aiokafka, so every client
+agrees where a key lives. Delivery failures are never swallowed: each send returns a
+future that fails with `DeliveryError`, and `flush` raises if anything did not land.
+
+Reading "to the end" uses partition-EOF events, not the high watermark: the embedded
+broker (tansu) reports a high watermark one past the *first* record of the last batch,
+so a watermark can sit below records that are already readable. EOF events carry the
+true end on both tansu and Apache Kafka.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Producer as _KafkaProducer
+
+from schemas.codec import Codec, default_codec
+from streams.topics import TopicSpec
+
+
+class DeliveryError(RuntimeError):
+    """A record was not acknowledged by the broker."""
+
+
+@dataclass(frozen=True)
+class Delivered:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """A consumed record, decoded."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: str | None
+    schema: str
+    value: dict[str, Any]
+
+    @property
+    def position(self) -> dict[str, Any]:
+        """This record's position, as a `lattice.common.Position` value."""
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+
+def client_config(bootstrap: str, extra: Mapping[str, str] | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap}
+    config.update(extra or {})
+    return config
+
+
+class Producer:
+    """Sends Avro records to catalogue topics; a background thread serves delivery reports."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        codec: Codec | None = None,
+        client_id: str = "lattice",
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.codec = codec or default_codec()
+        settings = client_config(bootstrap)
+        settings.update({
+            "client.id": client_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "partitioner": "murmur2_random",
+            "linger.ms": 2,
+            "message.timeout.ms": 30_000,
+        })
+        settings.update(config or {})
+        self._producer = _KafkaProducer(settings)
+        self._failures: list[str] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._serve, name="producer-poll", daemon=True)
+        self._poller.start()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.05)
+
+    def send(
+        self,
+        topic: TopicSpec,
+        value: Mapping[str, Any],
+        *,
+        key: str | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+    ) -> Future[Delivered]:
+        """Encode and send one record; the future resolves once the broker acknowledged it.
+
+        Encoding errors raise at once (nothing is sent); delivery errors fail the future.
+        """
+        payload = self.codec.encode(topic.schema, value)
+        return self.send_raw(topic.name, payload, key=key, partition=partition,
+                             timestamp_ms=timestamp_ms)
+
+    def send_raw(
+        self,
+        topic: str,
+        payload: bytes | None,
+        *,
+        key: str | bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> Future[Delivered]:
+        """Send an already encoded record (the archive re-seeds the broker this way)."""
+        future: Future[Delivered] = Future()
+
+        def on_delivery(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:
+                reason = f"{topic}: {err.str()}"
+                with self._lock:
+                    self._failures.append(reason)
+                future.set_exception(DeliveryError(reason))
+            else:
+                future.set_result(Delivered(msg.topic(), msg.partition(), msg.offset()))
+
+        kwargs: dict[str, Any] = {"on_delivery": on_delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if timestamp_ms is not None:
+            kwargs["timestamp"] = timestamp_ms
+        if headers:
+            kwargs["headers"] = list(headers)
+        while True:
+            try:
+                self._producer.produce(topic, value=payload, key=key, **kwargs)
+                return future
+            except BufferError:
+                # Local queue full: let delivery reports drain it, then retry.
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                raise DeliveryError(f"{topic}: {exc}") from exc
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait for every outstanding record; raise `DeliveryError` if any failed."""
+        remaining = self._producer.flush(timeout)
+        with self._lock:
+            failures, self._failures = self._failures, []
+        if remaining:
+            failures.append(f"{remaining} records still unacknowledged after {timeout}s")
+        if failures:
+            raise DeliveryError("; ".join(failures))
+
+    def close(self, timeout: float = 30.0) -> None:
+        if self._closed.is_set():
+            return
+        try:
+            self.flush(timeout)
+        finally:
+            self._closed.set()
+            self._poller.join()
+            # Release the connections now: a broker waits for open clients when stopping.
+            self._producer.close()
+
+
+class Reader:
+    """A decoding consumer over explicit partitions (no consumer group, no commits)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        codec: Codec | None = None,
+        client_id: str = "lattice-reader",
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.codec = codec or default_codec()
+        settings = client_config(bootstrap)
+        settings.update({
+            "client.id": client_id,
+            # librdkafka wants a group id even for manual assignment; nothing is committed.
+            "group.id": f"{client_id}-unmanaged",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 100,
+            "auto.offset.reset": "earliest",
+        })
+        settings.update(config or {})
+        self._consumer = Consumer(settings)
+
+    def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
+        metadata = self._consumer.list_topics(topic, timeout=timeout)
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None:
+            raise KeyError(f"topic {topic!r} does not exist on the broker")
+        return sorted(info.partitions)
+
+    def assign(self, positions: Mapping[tuple[str, int], int]) -> None:
+        self._consumer.assign(
+            [TopicPartition(t, p, off) for (t, p), off in sorted(positions.items())]
+        )
+
+    def poll_raw(self, timeout: float) -> Any:
+        """The next message or EOF event (confluent-kafka Message), or None on timeout."""
+        message = self._consumer.poll(timeout)
+        if message is not None and message.error() is not None:
+            if message.error().code() == KafkaError._PARTITION_EOF:
+                return message
+            raise KafkaException(message.error())
+        return message
+
+    def poll_batch(self, max_messages: int, timeout: float) -> list[Any]:
+        """Up to `max_messages` messages and EOF events, waiting at most `timeout`."""
+        batch = self._consumer.consume(max_messages, timeout)
+        for message in batch:
+            error = message.error()
+            if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                raise KafkaException(error)
+        return list(batch)
+
+    def decode(self, message: Any) -> Record:
+        decoded = self.codec.decode(message.value())
+        key = message.key()
+        return Record(
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            timestamp_ms=message.timestamp()[1],
+            key=key.decode() if key is not None else None,
+            schema=decoded.name,
+            value=decoded.record,
+        )
+
+    def read(
+        self, positions: Mapping[tuple[str, int], int], *, follow: bool = False,
+        idle_timeout: float = 30.0,
+    ) -> Iterator[Any]:
+        """Raw messages from the given positions; stops at the end unless `follow`.
+
+        Without `follow`, the end is where every partition reported EOF. `idle_timeout`
+        guards against a broker that stops answering mid-read.
+        """
+        self.assign(positions)
+        pending = set(positions)
+        last_progress = time.monotonic()
+        while follow or pending:
+            message = self.poll_raw(0.2)
+            if message is None:
+                if not follow and time.monotonic() - last_progress > idle_timeout:
+                    raise TimeoutError(f"no end-of-partition seen for {sorted(pending)}")
+                continue
+            last_progress = time.monotonic()
+            if message.error() is not None:  # partition EOF
+                pending.discard((message.topic(), message.partition()))
+                continue
+            yield message
+
+    def end_offsets(self, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
+        """(low, end) offsets per partition, the end being one past the last record."""
+        result: dict[int, tuple[int, int]] = {}
+        probes: dict[tuple[str, int], int] = {}
+        for partition in self.partitions(topic, timeout):
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout
+            )
+            result[partition] = (low, high)
+            if high > low:
+                probes[(topic, partition)] = max(low, high - 1)
+        if probes:
+            for message in self.read(probes, idle_timeout=timeout):
+                low, end = result[message.partition()]
+                result[message.partition()] = (low, max(end, message.offset() + 1))
+        return result
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def from_beginning(topic: str, partitions: Sequence[int]) -> dict[tuple[str, int], int]:
+    return {(topic, p): OFFSET_BEGINNING for p in partitions}

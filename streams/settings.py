@@ -1,0 +1,118 @@
+"""The one typed settings object, built once at start-up and passed down.
+
+Sources, later ones winning: built-in defaults, a TOML file (`--config FILE`, or
+`<data-dir>/lattice.toml` when present), environment variables `LATTICE_<FIELD>` (for
+example `LATTICE_KAFKA=broker1:9092`), then command-line flags. Nothing deeper in the code
+reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: The devnet's chain id (EIP-155). Fixed: wallets and signed transactions depend on it.
+CHAIN_ID = 27182
+#: geth's limit on a transaction's encoded size (4 slots of 32 KiB).
+MAX_TX_BYTES = 128 * 1024
+#: Block gas limit of the devnet.
+BLOCK_GAS_LIMIT = 30_000_000
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or its value has the wrong type."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a Lattice process is configured with."""
+
+    #: Where the devnet keeps its archive, stores and `devnet.json` (its endpoints).
+    data_dir: Path = Path(".lattice")
+    #: Bootstrap servers of an external Kafka cluster; None runs the embedded broker.
+    kafka: str | None = None
+    #: Port of the embedded broker; 0 picks a free loopback port.
+    broker_port: int = 0
+    #: Interface the gateway binds.
+    host: str = "127.0.0.1"
+    #: JSON-RPC / REST port.
+    rpc_port: int = 8545
+    #: WebSocket port.
+    ws_port: int = 8546
+    chain_id: int = CHAIN_ID
+    max_tx_bytes: int = MAX_TX_BYTES
+    block_gas_limit: int = BLOCK_GAS_LIMIT
+    #: Prefix of Kafka client ids, so operators can tell processes apart.
+    client_id: str = "lattice"
+    #: Seconds to wait for an embedded broker to answer before giving up.
+    broker_start_timeout: float = 30.0
+    log_level: str = "info"
+    #: Extra librdkafka settings for every client (security, tuning), from the file only.
+    kafka_config: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        return self.kafka is None
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        config_file: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        """Build settings from file, environment and flags (flags win; None means unset)."""
+        values: dict[str, Any] = {}
+        flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+        data_dir = Path(flags.get("data_dir", (env or {}).get("LATTICE_DATA_DIR", ".lattice")))
+        if config_file is None and (data_dir / "lattice.toml").is_file():
+            config_file = data_dir / "lattice.toml"
+        if config_file is not None:
+            try:
+                values.update(tomllib.loads(Path(config_file).read_text()))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise SettingsError(f"cannot read settings file {config_file}: {exc}") from exc
+        for key, raw in (env or {}).items():
+            if key.startswith("LATTICE_"):
+                name = key.removeprefix("LATTICE_").lower()
+                if name in _FIELDS and name != "kafka_config":
+                    values[name] = raw
+        values.update(flags)
+        return cls(**{k: _coerce(k, v) for k, v in values.items()})
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name not in _FIELDS:
+        raise SettingsError(f"unknown setting {name!r}")
+    kind = _FIELDS[name].type
+    try:
+        if kind == "Path":
+            return Path(value)
+        if kind == "int":
+            if isinstance(value, bool):
+                raise TypeError("boolean")
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind in ("str", "str | None"):
+            if not isinstance(value, str):
+                raise TypeError(type(value).__name__)
+            return (value or None) if kind == "str | None" else value
+        if kind == "Mapping[str, str]":
+            if not isinstance(value, Mapping):
+                raise TypeError(type(value).__name__)
+            return {str(k): str(v) for k, v in value.items()}
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"setting {name!r}: bad value {value!r} ({exc})") from exc
+    raise SettingsError(f"setting {name!r}: unsupported type {kind}")

@@ -1,0 +1,141 @@
+"""Producer, reader and admin against the real embedded broker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from streams.admin import TopicMismatch, ensure_topics, list_topics
+from streams.broker import EmbeddedBroker
+from streams.kafka import DeliveryError, Producer, Reader, from_beginning
+from streams.topics import TOPICS, TopicSpec
+
+pytestmark = pytest.mark.broker
+
+
+def position(i: int) -> dict[str, Any]:
+    return {"topic": "t", "partition": i % 7, "offset": i}
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the Java client's default partitioner), written from its definition."""
+    m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
+    length = len(data)
+    h = (0x9747B28C ^ length) & mask
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * m) & mask
+        k ^= k >> r
+        k = (k * m) & mask
+        h = (h * m) & mask
+        h ^= k
+    tail = data[length - length % 4:]
+    if len(tail) >= 3:
+        h ^= tail[2] << 16
+    if len(tail) >= 2:
+        h ^= tail[1] << 8
+    if tail:
+        h ^= tail[0]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h
+
+
+def test_ensure_topics_is_idempotent(broker: EmbeddedBroker) -> None:
+    first = ensure_topics(broker.bootstrap, TOPICS)
+    again = ensure_topics(broker.bootstrap, TOPICS)
+    assert again == []
+    assert set(first) <= {t.name for t in TOPICS}
+    metadata = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=5)
+    for spec in TOPICS:
+        assert len(metadata.topics[spec.name].partitions) == spec.partitions
+
+
+def test_partition_count_mismatch_is_an_error(broker: EmbeddedBroker,
+                                              make_topic: Callable[..., TopicSpec]) -> None:
+    spec = make_topic(partitions=2)
+    wrong = TopicSpec(spec.name, spec.schema, spec.key, 5)
+    with pytest.raises(TopicMismatch, match="has 2 partitions; the catalogue says 5"):
+        ensure_topics(broker.bootstrap, [wrong])
+
+
+def test_produce_and_read_back_decoded(broker: EmbeddedBroker,
+                                       make_topic: Callable[..., TopicSpec]) -> None:
+    spec = make_topic(schema="lattice.common.Position", partitions=3)
+    producer = Producer(broker.bootstrap)
+    futures = [producer.send(spec, position(i), key=f"k{i % 5}") for i in range(50)]
+    producer.flush()
+    delivered = [f.result() for f in futures]
+    producer.close()
+    # Same key, same partition, and exactly where Kafka's murmur2 puts it.
+    for i, d in enumerate(delivered):
+        assert d.partition == (murmur2(f"k{i % 5}".encode()) & 0x7FFFFFFF) % 3
+    reader = Reader(broker.bootstrap)
+    try:
+        messages = list(reader.read(from_beginning(spec.name, reader.partitions(spec.name))))
+        records = sorted((reader.decode(m) for m in messages), key=lambda r: r.value["offset"])
+    finally:
+        reader.close()
+    assert [r.value for r in records] == [position(i) for i in range(50)]
+    assert {r.schema for r in records} == {"lattice.common.Position"}
+    for r in records:
+        assert r.key == f"k{r.value['offset'] % 5}"
+    # Per key, the log keeps the order of sending.
+    for key in {r.key for r in records}:
+        offsets = [r.value["offset"] for r in sorted(records, key=lambda r: r.offset)
+                   if r.key == key]
+        assert offsets == sorted(offsets)
+
+
+def test_end_offsets_are_true_ends_even_after_multi_record_batches(
+    broker: EmbeddedBroker, make_topic: Callable[..., TopicSpec]
+) -> None:
+    spec = make_topic(schema="lattice.common.Position", partitions=1)
+    producer = Producer(broker.bootstrap, config={"linger.ms": 200})
+    for i in range(25):
+        producer.send(spec, position(i), partition=0)
+    producer.close()
+    reader = Reader(broker.bootstrap)
+    try:
+        assert reader.end_offsets(spec.name) == {0: (0, 25)}
+    finally:
+        reader.close()
+    counts = {s.name: s.records for s in list_topics(broker.bootstrap)}
+    assert counts[spec.name] == 25
+
+
+def test_encoding_errors_raise_before_anything_is_sent(
+    broker: EmbeddedBroker, make_topic: Callable[..., TopicSpec]
+) -> None:
+    spec = make_topic(schema="lattice.common.Position", partitions=1)
+    producer = Producer(broker.bootstrap)
+    with pytest.raises(ValueError, match="Position"):
+        producer.send(spec, {"topic": "t"})
+    producer.close()
+    reader = Reader(broker.bootstrap)
+    try:
+        assert reader.end_offsets(spec.name) == {0: (0, 0)}
+    finally:
+        reader.close()
+
+
+def test_delivery_errors_are_surfaced(broker: EmbeddedBroker,
+                                      make_topic: Callable[..., TopicSpec]) -> None:
+    spec = make_topic(schema="lattice.common.Position", partitions=1)
+    producer = Producer(broker.bootstrap, config={"message.max.bytes": 2000})
+    with pytest.raises(DeliveryError, match="too large|size"):
+        producer.send_raw(spec.name, b"x" * 5000)
+    # An unreachable broker fails the future and the flush instead of hanging forever.
+    dead = Producer("127.0.0.1:1", config={"message.timeout.ms": 500, "log_level": 0})
+    future = dead.send(spec, position(1))
+    with pytest.raises(DeliveryError):
+        future.result(timeout=10)
+    with pytest.raises(DeliveryError):
+        dead.flush(5)
+    dead.close()
+    producer.close()
