@@ -19,6 +19,8 @@ devnet: $(STAMP)
 	$(BIN)/lattice devnet $(ARGS)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

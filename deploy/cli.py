@@ -32,8 +32,9 @@ class UsageError(RuntimeError):
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="devnet data directory (default .lattice)")
-    parser.add_argument("--kafka", metavar="HOST:PORT",
-                        help="bootstrap servers of an external Kafka cluster")
+    parser.add_argument(
+        "--kafka", metavar="HOST:PORT", help="bootstrap servers of an external Kafka cluster"
+    )
     parser.add_argument("--config", type=Path, metavar="FILE", help="settings file (TOML)")
 
 
@@ -54,8 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     tail = sub.add_parser("tail", help="print a topic's records as JSON lines")
     _common(tail)
     tail.add_argument("topic", help="topic name, e.g. lattice.tx.submitted or tx.submitted")
-    tail.add_argument("-n", type=int, default=10, metavar="N",
-                      help="print the last N records (default 10; 0 for none, -1 for all)")
+    tail.add_argument(
+        "-n",
+        type=int,
+        default=10,
+        metavar="N",
+        help="print the last N records (default 10; 0 for none, -1 for all)",
+    )
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
 
     schemas = sub.add_parser("schemas", help="inspect and freeze the Avro schemas")
@@ -72,8 +78,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         "host": getattr(args, "host", None),
         "broker_port": getattr(args, "broker_port", None),
     }
-    return Settings.load(config_file=getattr(args, "config", None), env=os.environ,
-                         overrides=flags)
+    return Settings.load(config_file=getattr(args, "config", None), env=os.environ, overrides=flags)
 
 
 def bootstrap_of(settings: Settings) -> str:
@@ -96,19 +101,29 @@ def cmd_topics(settings: Settings, out: TextIO) -> int:
     rows = [("TOPIC", "PARTITIONS", "RECORDS", "POLICY", "SCHEMA")]
     for status in list_topics(bootstrap_of(settings)):
         spec = BY_NAME.get(status.name)
-        rows.append((status.name, str(status.partitions), str(status.records),
-                     spec.cleanup_policy if spec else "-", spec.schema if spec else "-"))
+        rows.append(
+            (
+                status.name,
+                str(status.partitions),
+                str(status.records),
+                spec.cleanup_policy if spec else "-",
+                spec.schema if spec else "-",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(),
-              file=out)
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out
+        )
     return 0
 
 
 def _line(message: Any) -> str:
     key = message.key()
     entry: dict[str, Any] = {
-        "topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
+        "topic": message.topic(),
+        "partition": message.partition(),
+        "offset": message.offset(),
         "timestamp_ms": message.timestamp()[1],
         "key": key.decode(errors="replace") if key is not None else None,
     }
@@ -126,19 +141,26 @@ def cmd_tail(settings: Settings, name: str, count: int, follow: bool, out: TextI
     from streams.kafka import Reader
     from streams.topics import BY_NAME
 
-    topic_name = name if name in BY_NAME or name.startswith("lattice.") else f"lattice.{name}"
     reader = Reader(bootstrap_of(settings), client_id="lattice-tail")
     try:
-        try:
-            ends = reader.end_offsets(topic_name)
-        except KeyError:
-            raise UsageError(f"topic {topic_name!r} does not exist (see `lattice topics`)") from None
-        starts = {(topic_name, p): low if count < 0 else max(low, end - count)
-                  for p, (low, end) in ends.items()}
+        # Accept the short form (`tx.submitted`) for catalogue topics.
+        candidates = [name] if name in BY_NAME else [name, f"lattice.{name}"]
+        for topic_name in candidates:
+            try:
+                ends = reader.end_offsets(topic_name)
+                break
+            except KeyError:
+                continue
+        else:
+            raise UsageError(f"topic {name!r} does not exist (see `lattice topics`)")
+        starts = {
+            (topic_name, p): low if count < 0 else max(low, end - count)
+            for p, (low, end) in ends.items()
+        }
         backlog = list(reader.read(starts))
         backlog.sort(key=lambda m: (m.timestamp()[1], m.partition(), m.offset()))
         if count >= 0:
-            backlog = backlog[len(backlog) - count:] if count else []
+            backlog = backlog[len(backlog) - count :] if count else []
         for message in backlog:
             print(_line(message), file=out, flush=True)
         if follow:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 import uvicorn
+from fastapi import FastAPI
 
 from deploy import endpoints
 from gateway.app import create_app
@@ -66,7 +67,9 @@ def _check_port(host: str, port: int, flag: str) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise DevnetError(f"cannot listen on {host}:{port} ({exc.strerror}); pass {flag}") from None
+            raise DevnetError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); pass {flag}"
+            ) from None
 
 
 class Devnet:
@@ -89,8 +92,9 @@ class Devnet:
             self.say("data dir", str(s.data_dir))
             try:
                 bootstrap = self._start_log()
-                self.producer = Producer(bootstrap, client_id=f"{s.client_id}-gateway",
-                                         config=s.kafka_config)
+                self.producer = Producer(
+                    bootstrap, client_id=f"{s.client_id}-gateway", config=s.kafka_config
+                )
                 app = create_app(s, self.producer)
                 asyncio.run(self._serve(app, bootstrap))
             finally:
@@ -100,7 +104,8 @@ class Devnet:
         s = self.settings
         if s.embedded:
             self.broker = EmbeddedBroker(
-                port=s.broker_port, log_file=s.data_dir / "broker.log",
+                port=s.broker_port,
+                log_file=s.data_dir / "broker.log",
                 start_timeout=s.broker_start_timeout,
             ).start()
             bootstrap = self.broker.bootstrap
@@ -108,7 +113,9 @@ class Devnet:
         else:
             bootstrap = str(s.kafka)
             self.say("kafka", f"{bootstrap} (external cluster)")
-        created = ensure_topics(bootstrap, TOPICS, extra=s.kafka_config)
+        created = ensure_topics(
+            bootstrap, TOPICS, replication=s.replication_factor, extra=s.kafka_config
+        )
         self.say("topics", f"{len(TOPICS)} in the catalogue, {len(created)} created")
         if s.embedded:
             archive = TopicArchive(s.data_dir / "archive")
@@ -127,11 +134,18 @@ class Devnet:
     def _reseed_progress(self, topic: str, count: int) -> None:
         self.say("re-seeded", f"{topic}: {count} records")
 
-    async def _serve(self, app: object, bootstrap: str) -> None:
+    async def _serve(self, app: FastAPI, bootstrap: str) -> None:
         s = self.settings
         servers = [
-            _QuietServer(uvicorn.Config(app, host=s.host, port=port, log_level="warning",  # type: ignore[arg-type]
-                                        lifespan="off"))
+            _QuietServer(
+                uvicorn.Config(
+                    app,
+                    host=s.host,
+                    port=port,
+                    log_level="warning",
+                    lifespan="off",
+                )
+            )
             for port in (s.rpc_port, s.ws_port)
         ]
         stop = asyncio.Event()
@@ -145,8 +159,12 @@ class Devnet:
             await asyncio.sleep(0.02)
         rpc = f"http://{s.host}:{s.rpc_port}"
         endpoints.Endpoints(
-            pid=os.getpid(), kafka=bootstrap, embedded=s.embedded, rpc=rpc,
-            ws=f"ws://{s.host}:{s.ws_port}", chain_id=s.chain_id,
+            pid=os.getpid(),
+            kafka=bootstrap,
+            embedded=s.embedded,
+            rpc=rpc,
+            ws=f"ws://{s.host}:{s.ws_port}",
+            chain_id=s.chain_id,
         ).write(s.data_dir)
         self.say("REST", f"{rpc}/v1  (POST /v1/transactions, GET /health)")
         self.say("JSON-RPC", rpc)

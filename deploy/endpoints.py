@@ -36,8 +36,10 @@ class Endpoints:
     @classmethod
     def read(cls, data_dir: Path) -> Endpoints:
         path = data_dir / FILE_NAME
-        hint = (f"no devnet is running with data directory {data_dir} "
-                "(start one with `lattice devnet`, or pass --kafka/--rpc)")
+        hint = (
+            f"no devnet is running with data directory {data_dir} "
+            "(start one with `lattice devnet`, or pass --kafka/--rpc)"
+        )
         try:
             found = cls(**json.loads(path.read_text()))
         except FileNotFoundError:
@@ -45,7 +47,9 @@ class Endpoints:
         except (ValueError, TypeError) as exc:
             raise DevnetNotFound(f"{path} is unreadable ({exc}); {hint}") from None
         if not _alive(found.pid):
-            raise DevnetNotFound(f"the devnet that wrote {path} (pid {found.pid}) has exited; {hint}")
+            raise DevnetNotFound(
+                f"the devnet that wrote {path} (pid {found.pid}) has exited; {hint}"
+            )
         return found
 
 

@@ -97,6 +97,7 @@ def schema_info(parsed: Any) -> SchemaInfo:
 
 def expanded_json(info: SchemaInfo) -> str:
     """The schema with every referenced named type inlined: self-contained, as frozen."""
+
     def strip(node: Any) -> Any:
         if isinstance(node, dict):
             return {k: strip(v) for k, v in node.items() if not k.startswith("__")}
@@ -143,7 +144,10 @@ class Codec:
         buf.write(info.header)
         try:
             fastavro.schemaless_writer(
-                buf, info.parsed, record, strict_allow_default=True,
+                buf,
+                info.parsed,
+                record,
+                strict_allow_default=True,
                 disable_tuple_notation=True,
             )
         except CodecError as exc:
@@ -159,7 +163,9 @@ class Codec:
         try:
             return self.by_fingerprint[fp]
         except KeyError:
-            raise CodecError(f"record written by an unknown schema (fingerprint {fp:016x})") from None
+            raise CodecError(
+                f"record written by an unknown schema (fingerprint {fp:016x})"
+            ) from None
 
     def decode(self, data: bytes, expect: str | None = None) -> Decoded:
         writer = self.writer_of(data)

@@ -79,8 +79,13 @@ def incompatibilities(writer: Any, reader: Any) -> list[str]:
 
 
 def _check(
-    w: Any, r: Any, wn: dict[str, Any], rn: dict[str, Any],
-    path: str, out: list[str], seen: set[tuple[str, str]],
+    w: Any,
+    r: Any,
+    wn: dict[str, Any],
+    rn: dict[str, Any],
+    path: str,
+    out: list[str],
+    seen: set[tuple[str, str]],
 ) -> None:
     w, r = _resolve(w, wn), _resolve(r, rn)
     wk, rk = _kind(w), _kind(r)
@@ -152,12 +157,15 @@ def check(codec: Codec, history_dir: Path = HISTORY_DIR) -> list[str]:
     for name, info in sorted(codec.current.items()):
         if not history_path(info, history_dir).exists():
             problems.append(
-                f"{name}: version {info.fingerprint_hex} is not frozen (run `lattice schemas freeze`)"
+                f"{name}: version {info.fingerprint_hex} is not frozen"
+                " (run `lattice schemas freeze`)"
             )
     for old in codec.by_fingerprint.values():
         current = codec.current.get(old.name)
         if current is None:
-            problems.append(f"{old.name}: frozen version {old.fingerprint_hex} has no current schema")
+            problems.append(
+                f"{old.name}: frozen version {old.fingerprint_hex} has no current schema"
+            )
             continue
         for problem in incompatibilities(old.parsed, current.parsed):
             problems.append(f"{old.name} {old.fingerprint_hex} -> current: {problem}")

@@ -24,6 +24,11 @@ class RecordSink(Protocol):
     """
 
     def send(
-        self, topic: TopicSpec, value: Mapping[str, Any], *, key: str | None = None,
-        partition: int | None = None, timestamp_ms: int | None = None,
+        self,
+        topic: TopicSpec,
+        value: Mapping[str, Any],
+        *,
+        key: str | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
     ) -> Future[Delivered]: ...

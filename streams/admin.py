@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.kafka import Reader, client_config
 from streams.topics import TopicSpec
@@ -29,7 +29,11 @@ def admin_client(bootstrap: str, extra: Mapping[str, str] | None = None) -> Admi
 
 
 def ensure_topics(
-    bootstrap: str, specs: Iterable[TopicSpec], *, timeout: float = 30.0,
+    bootstrap: str,
+    specs: Iterable[TopicSpec],
+    *,
+    replication: int = 1,
+    timeout: float = 30.0,
     extra: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Create the topics that are missing; returns the names created.
@@ -45,8 +49,9 @@ def ensure_topics(
     created: list[str] = []
     if missing:
         futures = admin.create_topics(
-            [NewTopic(s.name, s.partitions, 1, config=s.config()) for s in missing],
-            operation_timeout=timeout, request_timeout=timeout,
+            [NewTopic(s.name, s.partitions, replication, config=s.config()) for s in missing],
+            operation_timeout=timeout,
+            request_timeout=timeout,
         )
         for name, future in futures.items():
             try:

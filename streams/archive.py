@@ -83,7 +83,7 @@ class ArchivedRecord:
             if length < 0:
                 blobs.append(None)
             else:
-                blobs.append(body[pos:pos + length])
+                blobs.append(body[pos : pos + length])
                 pos += length
         (count,) = _HCOUNT.unpack_from(body, pos)
         pos += _HCOUNT.size
@@ -91,11 +91,11 @@ class ArchivedRecord:
         for _ in range(count):
             (nlen,) = _HNAME.unpack_from(body, pos)
             pos += _HNAME.size
-            name = body[pos:pos + nlen].decode()
+            name = body[pos : pos + nlen].decode()
             pos += nlen
             (vlen,) = _HVALUE.unpack_from(body, pos)
             pos += _HVALUE.size
-            headers.append((name, body[pos:pos + vlen]))
+            headers.append((name, body[pos : pos + vlen]))
             pos += vlen
         return cls(offset, timestamp, blobs[0], blobs[1], tuple(headers))
 
@@ -103,8 +103,9 @@ class ArchivedRecord:
     def from_message(cls, message: Any) -> ArchivedRecord:
         kind, timestamp = message.timestamp()
         headers = tuple((k, v or b"") for k, v in (message.headers() or []))
-        return cls(message.offset(), timestamp if kind else 0, message.key(), message.value(),
-                   headers)
+        return cls(
+            message.offset(), timestamp if kind else 0, message.key(), message.value(), headers
+        )
 
 
 class PartitionLog:
@@ -125,7 +126,7 @@ class PartitionLog:
         pos = 0
         while pos + _FRAME.size <= len(data):
             length, crc = _FRAME.unpack_from(data, pos)
-            body = data[pos + _FRAME.size:pos + _FRAME.size + length]
+            body = data[pos + _FRAME.size : pos + _FRAME.size + length]
             if len(body) < length or zlib.crc32(body) != crc:
                 return
             pos += _FRAME.size + length
@@ -193,11 +194,15 @@ class TopicArchive:
     def counts(self, topics: Iterable[TopicSpec]) -> dict[tuple[str, int], int]:
         return {
             (t.name, p): self.log(t.name, p).next_offset
-            for t in topics for p in range(t.partitions)
+            for t in topics
+            for p in range(t.partitions)
         }
 
     def reseed(
-        self, producer: Producer, reader: Reader, topics: Iterable[TopicSpec],
+        self,
+        producer: Producer,
+        reader: Reader,
+        topics: Iterable[TopicSpec],
         progress: Callable[[str, int], None] | None = None,
     ) -> int:
         """Re-produce every archived record into an empty broker; returns how many.
@@ -208,13 +213,19 @@ class TopicArchive:
         for spec in topics:
             ends = reader.end_offsets(spec.name)
             if any(end > low for low, end in ends.values()):
-                raise ArchiveError(f"refusing to re-seed {spec.name}: the broker already holds records")
+                raise ArchiveError(
+                    f"refusing to re-seed {spec.name}: the broker already holds records"
+                )
             sent = []
             for partition in range(spec.partitions):
                 for record in self.log(spec.name, partition).records():
                     future = producer.send_raw(
-                        spec.name, record.value, key=record.key, partition=partition,
-                        timestamp_ms=record.timestamp_ms or None, headers=record.headers,
+                        spec.name,
+                        record.value,
+                        key=record.key,
+                        partition=partition,
+                        timestamp_ms=record.timestamp_ms or None,
+                        headers=record.headers,
                     )
                     sent.append((partition, record.offset, future))
             producer.flush()
@@ -258,7 +269,9 @@ class Archiver:
                 for message in batch:
                     if message.error() is None:
                         key = (message.topic(), message.partition())
-                        by_partition.setdefault(key, []).append(ArchivedRecord.from_message(message))
+                        by_partition.setdefault(key, []).append(
+                            ArchivedRecord.from_message(message)
+                        )
                 for (topic, partition), records in by_partition.items():
                     self.archive.log(topic, partition).append(records)
         except BaseException as exc:  # surfaced by drain/stop; the devnet must not run unarchived

@@ -54,7 +54,11 @@ class EmbeddedBroker:
     """One tansu broker process; use as a context manager or call start/stop."""
 
     def __init__(
-        self, *, port: int = 0, host: str = "127.0.0.1", log_file: Path | None = None,
+        self,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        log_file: Path | None = None,
         start_timeout: float = 30.0,
     ) -> None:
         self.host = host
@@ -76,15 +80,24 @@ class EmbeddedBroker:
             return self
         url = f"tcp://{self.bootstrap}"
         args = [
-            tansu_binary(), "broker",
-            "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
         ]
         output = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         try:
             self._process = subprocess.Popen(
-                args, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent, env={**os.environ, "RUST_LOG": "warn"},
+                args,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                env={**os.environ, "RUST_LOG": "warn"},
             )
         finally:
             if output is not subprocess.DEVNULL:
@@ -135,7 +148,9 @@ class EmbeddedBroker:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.stop()

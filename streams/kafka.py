@@ -76,14 +76,16 @@ class Producer:
     ) -> None:
         self.codec = codec or default_codec()
         settings = client_config(bootstrap)
-        settings.update({
-            "client.id": client_id,
-            "enable.idempotence": True,
-            "acks": "all",
-            "partitioner": "murmur2_random",
-            "linger.ms": 2,
-            "message.timeout.ms": 30_000,
-        })
+        settings.update(
+            {
+                "client.id": client_id,
+                "enable.idempotence": True,
+                "acks": "all",
+                "partitioner": "murmur2_random",
+                "linger.ms": 2,
+                "message.timeout.ms": 30_000,
+            }
+        )
         settings.update(config or {})
         self._producer = _KafkaProducer(settings)
         self._failures: list[str] = []
@@ -110,8 +112,9 @@ class Producer:
         Encoding errors raise at once (nothing is sent); delivery errors fail the future.
         """
         payload = self.codec.encode(topic.schema, value)
-        return self.send_raw(topic.name, payload, key=key, partition=partition,
-                             timestamp_ms=timestamp_ms)
+        return self.send_raw(
+            topic.name, payload, key=key, partition=partition, timestamp_ms=timestamp_ms
+        )
 
     def send_raw(
         self,
@@ -187,16 +190,18 @@ class Reader:
     ) -> None:
         self.codec = codec or default_codec()
         settings = client_config(bootstrap)
-        settings.update({
-            "client.id": client_id,
-            # librdkafka wants a group id even for manual assignment; nothing is committed.
-            "group.id": f"{client_id}-unmanaged",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": True,
-            "fetch.wait.max.ms": 100,
-            "auto.offset.reset": "earliest",
-        })
+        settings.update(
+            {
+                "client.id": client_id,
+                # librdkafka wants a group id even for manual assignment; nothing is committed.
+                "group.id": f"{client_id}-unmanaged",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": True,
+                "fetch.wait.max.ms": 100,
+                "auto.offset.reset": "earliest",
+            }
+        )
         settings.update(config or {})
         self._consumer = Consumer(settings)
 
@@ -215,10 +220,9 @@ class Reader:
     def poll_raw(self, timeout: float) -> Any:
         """The next message or EOF event (confluent-kafka Message), or None on timeout."""
         message = self._consumer.poll(timeout)
-        if message is not None and message.error() is not None:
-            if message.error().code() == KafkaError._PARTITION_EOF:
-                return message
-            raise KafkaException(message.error())
+        error = message.error() if message is not None else None
+        if error is not None and error.code() != KafkaError._PARTITION_EOF:
+            raise KafkaException(error)
         return message
 
     def poll_batch(self, max_messages: int, timeout: float) -> list[Any]:
@@ -244,7 +248,10 @@ class Reader:
         )
 
     def read(
-        self, positions: Mapping[tuple[str, int], int], *, follow: bool = False,
+        self,
+        positions: Mapping[tuple[str, int], int],
+        *,
+        follow: bool = False,
         idle_timeout: float = 30.0,
     ) -> Iterator[Any]:
         """Raw messages from the given positions; stops at the end unless `follow`.

@@ -46,6 +46,9 @@ class Settings:
     chain_id: int = CHAIN_ID
     max_tx_bytes: int = MAX_TX_BYTES
     block_gas_limit: int = BLOCK_GAS_LIMIT
+    #: Replication factor of topics Lattice creates (1 for the embedded broker; 3 on a
+    #: production cluster).
+    replication_factor: int = 1
     #: Prefix of Kafka client ids, so operators can tell processes apart.
     client_id: str = "lattice"
     #: Seconds to wait for an embedded broker to answer before giving up.

@@ -22,8 +22,9 @@ def broker() -> Iterator[EmbeddedBroker]:
 def make_topic(broker: EmbeddedBroker) -> Callable[..., TopicSpec]:
     """Create a uniquely named topic carrying the given schema on the session broker."""
 
-    def make(schema: str = "lattice.tx.TransactionSubmitted", partitions: int = 3,
-             **kw: object) -> TopicSpec:
+    def make(
+        schema: str = "lattice.tx.TransactionSubmitted", partitions: int = 3, **kw: object
+    ) -> TopicSpec:
         spec = TopicSpec(f"test.{uuid.uuid4().hex[:12]}", schema, "test key", partitions, **kw)  # type: ignore[arg-type]
         ensure_topics(broker.bootstrap, [spec])
         return spec

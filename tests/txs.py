@@ -14,13 +14,16 @@ TO = "0x" + "22" * 20
 
 
 def signed(kind: int = 2, key: str = KEY, **changes: Any) -> bytes:
-    tx: dict[str, Any] = {"nonce": 0, "gas": 21_000, "to": TO, "value": 10**18,
-                          "chainId": CHAIN_ID}
+    tx: dict[str, Any] = {"nonce": 0, "gas": 21_000, "to": TO, "value": 10**18, "chainId": CHAIN_ID}
     if kind == 0:
         tx["gasPrice"] = 10**9
     elif kind == 1:
-        tx.update(type=1, gasPrice=10**9, gas=30_000,
-                  accessList=[{"address": "0x" + "33" * 20, "storageKeys": ["0x" + "00" * 32]}])
+        tx.update(
+            type=1,
+            gasPrice=10**9,
+            gas=30_000,
+            accessList=[{"address": "0x" + "33" * 20, "storageKeys": ["0x" + "00" * 32]}],
+        )
     else:
         tx.update(type=2, maxFeePerGas=2 * 10**9, maxPriorityFeePerGas=10**9)
     tx.update(changes)

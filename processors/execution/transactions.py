@@ -13,10 +13,11 @@ message that tells the sender what to fix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import rlp
 from coincurve import PublicKey
-from eth_utils import keccak
+from eth_hash.auto import keccak
 from rlp.sedes import Binary, CountableList, List, big_endian_int, binary
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -36,15 +37,53 @@ ACCESS_LIST_STORAGE_KEY_GAS = 1_900
 FLOOR_TOKEN_GAS = 10  # EIP-7623 (Prague)
 
 _address = Binary.fixed_length(20, allow_empty=True)
-_access_list = CountableList(List([Binary.fixed_length(20), CountableList(Binary.fixed_length(32))]))
-_LEGACY = List([big_endian_int, big_endian_int, big_endian_int, _address, big_endian_int,
-                binary, big_endian_int, big_endian_int, big_endian_int])
-_EIP2930 = List([big_endian_int, big_endian_int, big_endian_int, big_endian_int, _address,
-                 big_endian_int, binary, _access_list, big_endian_int, big_endian_int,
-                 big_endian_int])
-_EIP1559 = List([big_endian_int, big_endian_int, big_endian_int, big_endian_int,
-                 big_endian_int, _address, big_endian_int, binary, _access_list,
-                 big_endian_int, big_endian_int, big_endian_int])
+_access_list = CountableList(
+    List([Binary.fixed_length(20), CountableList(Binary.fixed_length(32))])
+)
+_LEGACY = List(
+    [
+        big_endian_int,
+        big_endian_int,
+        big_endian_int,
+        _address,
+        big_endian_int,
+        binary,
+        big_endian_int,
+        big_endian_int,
+        big_endian_int,
+    ]
+)
+_EIP2930 = List(
+    [
+        big_endian_int,
+        big_endian_int,
+        big_endian_int,
+        big_endian_int,
+        _address,
+        big_endian_int,
+        binary,
+        _access_list,
+        big_endian_int,
+        big_endian_int,
+        big_endian_int,
+    ]
+)
+_EIP1559 = List(
+    [
+        big_endian_int,
+        big_endian_int,
+        big_endian_int,
+        big_endian_int,
+        big_endian_int,
+        _address,
+        big_endian_int,
+        binary,
+        _access_list,
+        big_endian_int,
+        big_endian_int,
+        big_endian_int,
+    ]
+)
 
 AccessList = tuple[tuple[bytes, tuple[bytes, ...]], ...]
 
@@ -118,7 +157,9 @@ def parse_hex(text: str) -> bytes:
     try:
         return bytes.fromhex(digits)
     except ValueError:
-        raise InvalidTransaction("not_hex", "the raw transaction contains non-hex characters") from None
+        raise InvalidTransaction(
+            "not_hex", "the raw transaction contains non-hex characters"
+        ) from None
 
 
 def intrinsic_gas(to: bytes | None, data: bytes, access_list: AccessList) -> int:
@@ -144,10 +185,10 @@ def _declared_length(payload: bytes, kind: str) -> int:
     size = prefix - 0xF7
     if len(payload) < 1 + size:
         raise InvalidTransaction("truncated", f"{kind}: transaction ends inside its RLP header")
-    return 1 + size + int.from_bytes(payload[1:1 + size], "big")
+    return 1 + size + int.from_bytes(payload[1 : 1 + size], "big")
 
 
-def _rlp_fields(payload: bytes, sedes: List, kind: str) -> list[object]:
+def _rlp_fields(payload: bytes, sedes: List, kind: str) -> list[Any]:
     declared = _declared_length(payload, kind)
     if declared > len(payload):
         raise InvalidTransaction(
@@ -161,7 +202,9 @@ def _rlp_fields(payload: bytes, sedes: List, kind: str) -> list[object]:
     try:
         items = rlp.decode(payload, strict=True)
     except rlp.exceptions.DecodingError as exc:
-        raise InvalidTransaction("malformed_rlp", f"{kind}: RLP cannot be decoded ({exc})") from None
+        raise InvalidTransaction(
+            "malformed_rlp", f"{kind}: RLP cannot be decoded ({exc})"
+        ) from None
     if not isinstance(items, list):
         raise InvalidTransaction("malformed_rlp", f"{kind}: expected an RLP list")
     if len(items) != len(sedes):
@@ -176,18 +219,25 @@ def _rlp_fields(payload: bytes, sedes: List, kind: str) -> list[object]:
 
 def _recover(signing_hash: bytes, y_parity: int, r: int, s: int) -> bytes:
     if y_parity not in (0, 1):
-        raise InvalidTransaction("bad_signature", f"signature y-parity must be 0 or 1, got {y_parity}")
+        raise InvalidTransaction(
+            "bad_signature", f"signature y-parity must be 0 or 1, got {y_parity}"
+        )
     if not (0 < r < SECP256K1_N) or not (0 < s < SECP256K1_N):
         raise InvalidTransaction("bad_signature", "signature r or s is out of range")
     if s > SECP256K1_N // 2:
-        raise InvalidTransaction("bad_signature", "signature s is in the upper half of the order (EIP-2)")
+        raise InvalidTransaction(
+            "bad_signature", "signature s is in the upper half of the order (EIP-2)"
+        )
     try:
         key = PublicKey.from_signature_and_message(
             r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([y_parity]),
-            signing_hash, hasher=None,
+            signing_hash,
+            hasher=None,
         )
     except Exception:  # coincurve raises a bare Exception when no key matches
-        raise InvalidTransaction("bad_signature", "no public key recovers from the signature") from None
+        raise InvalidTransaction(
+            "bad_signature", "no public key recovers from the signature"
+        ) from None
     return keccak(key.format(compressed=False)[1:])[12:]
 
 
@@ -215,16 +265,20 @@ def decode_transaction(raw: bytes, rules: ChainRules) -> Transaction:
         signing_hash = keccak(rlp.encode([nonce, gas_price, gas, to, value, data, chain_id, 0, 0]))
     elif first == 1:
         (chain_id, nonce, gas_price, gas, to, value, data, access, y_parity, r, s) = _rlp_fields(
-            raw[1:], _EIP2930, "EIP-2930")
+            raw[1:], _EIP2930, "EIP-2930"
+        )
         tx_type, access_list = 1, tuple((a, tuple(k)) for a, k in access)
-        signing_hash = keccak(b"\x01" + rlp.encode(
-            [chain_id, nonce, gas_price, gas, to, value, data, access]))
+        signing_hash = keccak(
+            b"\x01" + rlp.encode([chain_id, nonce, gas_price, gas, to, value, data, access])
+        )
     elif first == 2:
         (chain_id, nonce, max_tip, max_fee, gas, to, value, data, access, y_parity, r, s) = (
-            _rlp_fields(raw[1:], _EIP1559, "EIP-1559"))
+            _rlp_fields(raw[1:], _EIP1559, "EIP-1559")
+        )
         tx_type, access_list = 2, tuple((a, tuple(k)) for a, k in access)
-        signing_hash = keccak(b"\x02" + rlp.encode(
-            [chain_id, nonce, max_tip, max_fee, gas, to, value, data, access]))
+        signing_hash = keccak(
+            b"\x02" + rlp.encode([chain_id, nonce, max_tip, max_fee, gas, to, value, data, access])
+        )
     else:
         raise InvalidTransaction(
             "unsupported_type",
@@ -236,8 +290,12 @@ def decode_transaction(raw: bytes, rules: ChainRules) -> Transaction:
             f"transaction is signed for chain id {chain_id}; this network is {rules.chain_id}",
         )
     to_address = to or None
-    for name, amount in (("value", value), ("gas price", gas_price), ("max fee", max_fee),
-                         ("max priority fee", max_tip)):
+    for name, amount in (
+        ("value", value),
+        ("gas price", gas_price),
+        ("max fee", max_fee),
+        ("max priority fee", max_tip),
+    ):
         if amount is not None and amount > UINT256_MAX:
             raise InvalidTransaction("malformed_rlp", f"{name} does not fit in 256 bits")
     if nonce > MAX_NONCE:
@@ -249,11 +307,13 @@ def decode_transaction(raw: bytes, rules: ChainRules) -> Transaction:
         )
     if gas > rules.block_gas_limit:
         raise InvalidTransaction(
-            "gas_limit_too_high", f"gas limit {gas} exceeds the block gas limit {rules.block_gas_limit}"
+            "gas_limit_too_high",
+            f"gas limit {gas} exceeds the block gas limit {rules.block_gas_limit}",
         )
     if to_address is None and len(data) > MAX_INITCODE_SIZE:
         raise InvalidTransaction(
-            "initcode_too_large", f"init code is {len(data)} bytes; the limit is {MAX_INITCODE_SIZE}"
+            "initcode_too_large",
+            f"init code is {len(data)} bytes; the limit is {MAX_INITCODE_SIZE}",
         )
     needed = intrinsic_gas(to_address, data, access_list)
     if gas < needed:
@@ -262,8 +322,21 @@ def decode_transaction(raw: bytes, rules: ChainRules) -> Transaction:
         )
     sender = _recover(signing_hash, y_parity, r, s)
     return Transaction(
-        raw=raw, hash=keccak(raw), tx_type=tx_type, chain_id=chain_id, nonce=nonce,
-        gas_limit=gas, to=to_address, value=value, data=data, access_list=access_list,
-        gas_price=gas_price, max_fee_per_gas=max_fee, max_priority_fee_per_gas=max_tip,
-        y_parity=y_parity, r=r, s=s, sender=sender,
+        raw=raw,
+        hash=keccak(raw),
+        tx_type=tx_type,
+        chain_id=chain_id,
+        nonce=nonce,
+        gas_limit=gas,
+        to=to_address,
+        value=value,
+        data=data,
+        access_list=access_list,
+        gas_price=gas_price,
+        max_fee_per_gas=max_fee,
+        max_priority_fee_per_gas=max_tip,
+        y_parity=y_parity,
+        r=r,
+        s=s,
+        sender=sender,
     )

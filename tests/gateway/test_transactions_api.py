@@ -31,8 +31,9 @@ def submitted(broker: EmbeddedBroker) -> list[dict[str, object]]:
     reader = Reader(broker.bootstrap)
     try:
         parts = reader.partitions(TX_SUBMITTED.name)
-        return [reader.decode(m).value
-                for m in reader.read(from_beginning(TX_SUBMITTED.name, parts))]
+        return [
+            reader.decode(m).value for m in reader.read(from_beginning(TX_SUBMITTED.name, parts))
+        ]
     finally:
         reader.close()
 
@@ -61,8 +62,9 @@ def test_valid_transactions_are_produced_keyed_by_sender(
     # Keyed by sender: the same partition as every other transaction of this sender.
     reader = Reader(broker.bootstrap)
     try:
-        messages = list(reader.read(from_beginning(TX_SUBMITTED.name,
-                                                   reader.partitions(TX_SUBMITTED.name))))
+        messages = list(
+            reader.read(from_beginning(TX_SUBMITTED.name, reader.partitions(TX_SUBMITTED.name)))
+        )
     finally:
         reader.close()
     mine = {m.partition() for m in messages if m.key() == ACCOUNT.address.lower().encode()}
@@ -70,9 +72,10 @@ def test_valid_transactions_are_produced_keyed_by_sender(
 
 
 def test_body_forms(client: TestClient) -> None:
-    for body in ({"json": {"raw": "0x" + signed(nonce=7).hex()}},
-                 {"content": "0x" + signed(nonce=8).hex(),
-                  "headers": {"content-type": "text/plain"}}):
+    for body in (
+        {"json": {"raw": "0x" + signed(nonce=7).hex()}},
+        {"content": "0x" + signed(nonce=8).hex(), "headers": {"content-type": "text/plain"}},
+    ):
         assert client.post("/v1/transactions", **body).status_code == 202  # type: ignore[arg-type]
 
 
@@ -110,8 +113,9 @@ def test_oversize_is_413_and_produces_nothing(client: TestClient, broker: Embedd
 
 
 def test_bad_json_and_wrong_shape(client: TestClient) -> None:
-    response = client.post("/v1/transactions", content="{nope",
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/transactions", content="{nope", headers={"content-type": "application/json"}
+    )
     assert response.json()["error"]["code"] == "bad_json"
     assert client.post("/v1/transactions", json={"tx": 1}).json()["error"]["code"] == "not_hex"
 

@@ -33,14 +33,28 @@ BASE = record([{"name": "a", "type": "long"}, {"name": "b", "type": "string"}])
 @pytest.mark.parametrize(
     ("reader", "problem"),
     [
-        (record([{"name": "a", "type": "long"}, {"name": "b", "type": "string"},
-                 {"name": "c", "type": "int"}]), "c: new field without a default"),
-        (record([{"name": "a", "type": "int"}, {"name": "b", "type": "string"}]),
-         "a: writer type long cannot be read as int"),
-        (record([{"name": "a", "type": "long"}, {"name": "b", "type": "boolean"}]),
-         "b: writer type string cannot be read as boolean"),
-        (record([{"name": "a", "type": ["null", "int"]}, {"name": "b", "type": "string"}]),
-         "a: writer type long matches no branch"),
+        (
+            record(
+                [
+                    {"name": "a", "type": "long"},
+                    {"name": "b", "type": "string"},
+                    {"name": "c", "type": "int"},
+                ]
+            ),
+            "c: new field without a default",
+        ),
+        (
+            record([{"name": "a", "type": "int"}, {"name": "b", "type": "string"}]),
+            "a: writer type long cannot be read as int",
+        ),
+        (
+            record([{"name": "a", "type": "long"}, {"name": "b", "type": "boolean"}]),
+            "b: writer type string cannot be read as boolean",
+        ),
+        (
+            record([{"name": "a", "type": ["null", "int"]}, {"name": "b", "type": "string"}]),
+            "a: writer type long matches no branch",
+        ),
     ],
 )
 def test_breaking_changes_are_named(reader: dict[str, Any], problem: str) -> None:
@@ -53,11 +67,15 @@ def test_breaking_changes_are_named(reader: dict[str, Any], problem: str) -> Non
     [
         record([{"name": "a", "type": "long"}]),  # dropped field: ignored
         record([{"name": "a", "type": "double"}, {"name": "b", "type": "bytes"}]),  # promotions
-        record([{"name": "a", "type": "long"}, {"name": "b", "type": "string"},
-                {"name": "c", "type": ["null", "int"], "default": None}]),
+        record(
+            [
+                {"name": "a", "type": "long"},
+                {"name": "b", "type": "string"},
+                {"name": "c", "type": ["null", "int"], "default": None},
+            ]
+        ),
         record([{"name": "a", "type": ["null", "long"]}, {"name": "b", "type": "string"}]),
-        record([{"name": "z", "type": "long", "aliases": ["a"]},
-                {"name": "b", "type": "string"}]),
+        record([{"name": "z", "type": "long", "aliases": ["a"]}, {"name": "b", "type": "string"}]),
     ],
 )
 def test_compatible_changes_pass(reader: dict[str, Any]) -> None:
@@ -91,13 +109,22 @@ def test_compatible_evolution_reads_old_records(tmp_path: Path) -> None:
     name = "lattice.state.Checkpoint"
     v1 = Codec(avro, history)
     evolution.freeze(v1, history)
-    old = {"height": 7, "block_hash": b"h" * 32, "state_root": b"r" * 32, "signer": b"s" * 20,
-           "signature": b"x" * 65, "replica": "a",
-           "cause": {"topic": "t", "partition": 0, "offset": 1}}
+    old = {
+        "height": 7,
+        "block_hash": b"h" * 32,
+        "state_root": b"r" * 32,
+        "signer": b"s" * 20,
+        "signature": b"x" * 65,
+        "replica": "a",
+        "cause": {"topic": "t", "partition": 0, "offset": 1},
+    }
     written = v1.encode(name, old)
 
-    _edit(avro, name, lambda s: s["fields"].append(
-        {"name": "epoch", "type": "long", "default": 0, "doc": "new"}))
+    _edit(
+        avro,
+        name,
+        lambda s: s["fields"].append({"name": "epoch", "type": "long", "default": 0, "doc": "new"}),
+    )
     v2 = Codec(avro, history)
     assert any("not frozen" in p for p in evolution.check(v2, history))
     evolution.freeze(v2, history)
@@ -111,8 +138,11 @@ def test_compatible_evolution_reads_old_records(tmp_path: Path) -> None:
 def test_breaking_change_fails_the_check_and_is_never_frozen(tmp_path: Path) -> None:
     avro, history = _copy_schemas(tmp_path)
     evolution.freeze(Codec(avro, history), history)
-    _edit(avro, "lattice.state.Checkpoint", lambda s: s["fields"].append(
-        {"name": "epoch", "type": "long", "doc": "no default"}))
+    _edit(
+        avro,
+        "lattice.state.Checkpoint",
+        lambda s: s["fields"].append({"name": "epoch", "type": "long", "doc": "no default"}),
+    )
     broken = Codec(avro, history)
     assert any("epoch: new field without a default" in p for p in evolution.check(broken, history))
     with pytest.raises(ValueError, match="refusing to freeze"):
@@ -130,14 +160,27 @@ def test_decoding_uses_the_writer_schema_recorded_in_the_header(tmp_path: Path) 
     avro, history = _copy_schemas(tmp_path)
     name = "lattice.common.Position"
     evolution.freeze(Codec(avro, history), history)
-    _edit(avro, name, lambda s: s["fields"].insert(
-        0, {"name": "cluster", "type": "string", "default": "main", "doc": "new"}))
+    _edit(
+        avro,
+        name,
+        lambda s: s["fields"].insert(
+            0, {"name": "cluster", "type": "string", "default": "main", "doc": "new"}
+        ),
+    )
     codec = Codec(avro, history)
-    old_schema = next(i for i in codec.by_fingerprint.values()
-                      if i.name == name and i.fingerprint != codec.schema(name).fingerprint)
+    old_schema = next(
+        i
+        for i in codec.by_fingerprint.values()
+        if i.name == name and i.fingerprint != codec.schema(name).fingerprint
+    )
     body = io.BytesIO()
-    fastavro.schemaless_writer(body, copy.deepcopy(old_schema.parsed),
-                               {"topic": "x", "partition": 1, "offset": 2})
+    fastavro.schemaless_writer(
+        body, copy.deepcopy(old_schema.parsed), {"topic": "x", "partition": 1, "offset": 2}
+    )
     data = MARKER + old_schema.fingerprint.to_bytes(8, "little") + body.getvalue()
-    assert codec.decode(data).record == {"cluster": "main", "topic": "x", "partition": 1,
-                                         "offset": 2}
+    assert codec.decode(data).record == {
+        "cluster": "main",
+        "topic": "x",
+        "partition": 1,
+        "offset": 2,
+    }

@@ -47,8 +47,12 @@ def _produce(bootstrap: str, start: int, count: int) -> None:
     producer = Producer(bootstrap)
     for i in range(start, start + count):
         spec = TOPICS[i % 2]
-        producer.send(spec, {"topic": "x", "partition": 0, "offset": i}, key=f"key-{i % 11}",
-                      timestamp_ms=1_000_000 + i)
+        producer.send(
+            spec,
+            {"topic": "x", "partition": 0, "offset": i},
+            key=f"key-{i % 11}",
+            timestamp_ms=1_000_000 + i,
+        )
     producer.close()
 
 
@@ -59,7 +63,8 @@ def _contents(bootstrap: str) -> dict[tuple[str, int], list[tuple[Any, ...]]]:
         for spec in TOPICS:
             for m in reader.read(from_beginning(spec.name, reader.partitions(spec.name))):
                 out.setdefault((m.topic(), m.partition()), []).append(
-                    (m.offset(), m.key(), m.value(), m.timestamp()[1]))
+                    (m.offset(), m.key(), m.value(), m.timestamp()[1])
+                )
         return out
     finally:
         reader.close()
@@ -89,7 +94,7 @@ def test_restarts_keep_every_record_exactly_once_at_its_offset(tmp_path: Path) -
     second = _session(tmp_path, (40, 30))
     assert sum(len(v) for v in second.values()) == 70
     for key, records in first.items():
-        assert second[key][:len(records)] == records  # same offset, key, value, timestamp
+        assert second[key][: len(records)] == records  # same offset, key, value, timestamp
     for records in second.values():
         assert [r[0] for r in records] == list(range(len(records)))
     values = sorted(r[2] for records in second.values() for r in records)
@@ -99,8 +104,9 @@ def test_restarts_keep_every_record_exactly_once_at_its_offset(tmp_path: Path) -
 
 
 @pytest.mark.broker
-def test_reseed_refuses_a_broker_that_already_has_records(tmp_path: Path,
-                                                          broker: EmbeddedBroker) -> None:
+def test_reseed_refuses_a_broker_that_already_has_records(
+    tmp_path: Path, broker: EmbeddedBroker
+) -> None:
     ensure_topics(broker.bootstrap, TOPICS)
     _produce(broker.bootstrap, 0, 2)
     producer, reader = Producer(broker.bootstrap), Reader(broker.bootstrap)

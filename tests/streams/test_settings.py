@@ -16,10 +16,15 @@ def test_defaults() -> None:
 
 def test_flags_beat_env_beat_file(tmp_path: Path) -> None:
     config = tmp_path / "lattice.toml"
-    config.write_text('kafka = "file:9092"\nrpc_port = 1000\nws_port = 1001\n'
-                      '[kafka_config]\n"security.protocol" = "PLAINTEXT"\n')
-    s = Settings.load(config_file=config, env={"LATTICE_RPC_PORT": "2000", "LATTICE_WS_PORT": "2001"},
-                      overrides={"ws_port": 3001, "kafka": None})
+    config.write_text(
+        'kafka = "file:9092"\nrpc_port = 1000\nws_port = 1001\n'
+        '[kafka_config]\n"security.protocol" = "PLAINTEXT"\n'
+    )
+    s = Settings.load(
+        config_file=config,
+        env={"LATTICE_RPC_PORT": "2000", "LATTICE_WS_PORT": "2001"},
+        overrides={"ws_port": 3001, "kafka": None},
+    )
     assert s.kafka == "file:9092"
     assert s.rpc_port == 2000
     assert s.ws_port == 3001
