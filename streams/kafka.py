@@ -57,10 +57,28 @@ class Record:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
 
 
-def client_config(bootstrap: str, extra: Mapping[str, str] | None = None) -> dict[str, Any]:
+def client_config(bootstrap: str, *layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """librdkafka settings: the bootstrap servers, then each layer over the previous."""
     config: dict[str, Any] = {"bootstrap.servers": bootstrap}
-    config.update(extra or {})
+    for layer in layers:
+        config.update(layer or {})
     return config
+
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "partitioner": "murmur2_random",  # the Java client's and aiokafka's key placement
+    "linger.ms": 2,
+    "message.timeout.ms": 30_000,
+}
+READER_DEFAULTS: dict[str, Any] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "enable.partition.eof": True,
+    "fetch.wait.max.ms": 100,
+    "auto.offset.reset": "earliest",
+}
 
 
 class Producer:
@@ -75,19 +93,9 @@ class Producer:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.codec = codec or default_codec()
-        settings = client_config(bootstrap)
-        settings.update(
-            {
-                "client.id": client_id,
-                "enable.idempotence": True,
-                "acks": "all",
-                "partitioner": "murmur2_random",
-                "linger.ms": 2,
-                "message.timeout.ms": 30_000,
-            }
+        self._producer = _KafkaProducer(
+            client_config(bootstrap, PRODUCER_DEFAULTS, {"client.id": client_id}, config)
         )
-        settings.update(config or {})
-        self._producer = _KafkaProducer(settings)
         self._failures: list[str] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -189,21 +197,9 @@ class Reader:
         config: Mapping[str, Any] | None = None,
     ) -> None:
         self.codec = codec or default_codec()
-        settings = client_config(bootstrap)
-        settings.update(
-            {
-                "client.id": client_id,
-                # librdkafka wants a group id even for manual assignment; nothing is committed.
-                "group.id": f"{client_id}-unmanaged",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": True,
-                "fetch.wait.max.ms": 100,
-                "auto.offset.reset": "earliest",
-            }
-        )
-        settings.update(config or {})
-        self._consumer = Consumer(settings)
+        # librdkafka wants a group id even for manual assignment; nothing is committed.
+        identity = {"client.id": client_id, "group.id": f"{client_id}-unmanaged"}
+        self._consumer = Consumer(client_config(bootstrap, READER_DEFAULTS, identity, config))
 
     def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
         metadata = self._consumer.list_topics(topic, timeout=timeout)

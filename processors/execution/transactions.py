@@ -40,49 +40,15 @@ _address = Binary.fixed_length(20, allow_empty=True)
 _access_list = CountableList(
     List([Binary.fixed_length(20), CountableList(Binary.fixed_length(32))])
 )
-_LEGACY = List(
-    [
-        big_endian_int,
-        big_endian_int,
-        big_endian_int,
-        _address,
-        big_endian_int,
-        binary,
-        big_endian_int,
-        big_endian_int,
-        big_endian_int,
-    ]
-)
-_EIP2930 = List(
-    [
-        big_endian_int,
-        big_endian_int,
-        big_endian_int,
-        big_endian_int,
-        _address,
-        big_endian_int,
-        binary,
-        _access_list,
-        big_endian_int,
-        big_endian_int,
-        big_endian_int,
-    ]
-)
+_INT, _BYTES = big_endian_int, binary
+# Field layouts as the EIPs list them (signature fields last).
+# legacy: nonce, gas price, gas, to, value, data, v, r, s
+_LEGACY = List([_INT, _INT, _INT, _address, _INT, _BYTES, _INT, _INT, _INT])
+# EIP-2930: chain id, nonce, gas price, gas, to, value, data, access list, y, r, s
+_EIP2930 = List([_INT, _INT, _INT, _INT, _address, _INT, _BYTES, _access_list, _INT, _INT, _INT])
+# EIP-1559: chain id, nonce, tip cap, fee cap, gas, to, value, data, access list, y, r, s
 _EIP1559 = List(
-    [
-        big_endian_int,
-        big_endian_int,
-        big_endian_int,
-        big_endian_int,
-        big_endian_int,
-        _address,
-        big_endian_int,
-        binary,
-        _access_list,
-        big_endian_int,
-        big_endian_int,
-        big_endian_int,
-    ]
+    [_INT, _INT, _INT, _INT, _INT, _address, _INT, _BYTES, _access_list, _INT, _INT, _INT]
 )
 
 AccessList = tuple[tuple[bytes, tuple[bytes, ...]], ...]

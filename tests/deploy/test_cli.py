@@ -104,9 +104,21 @@ def test_tail_follow_prints_new_records_as_they_arrive(
     producer = Producer(broker.bootstrap)
     producer.send(spec, {"topic": "old", "partition": 0, "offset": 1}, key="k").result(10)
     follower = subprocess.Popen(
-        [sys.executable, "-m", "deploy.cli", "tail", spec.name, "-n", "1", "--follow",
-         "--kafka", broker.bootstrap],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "tail",
+            spec.name,
+            "-n",
+            "1",
+            "--follow",
+            "--kafka",
+            broker.bootstrap,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert follower.stdout is not None
