@@ -3,6 +3,7 @@
     lattice devnet [--data-dir DIR] [--kafka HOST:PORT] [--rpc-port N] [--ws-port N]
     lattice topics [--data-dir DIR | --kafka HOST:PORT]
     lattice tail TOPIC [-n N] [--follow] [--data-dir DIR | --kafka HOST:PORT]
+    lattice dag order FILE [--check]
     lattice schemas {list,check,freeze}
 
 Client commands find a running devnet through its data directory (`devnet.json`), or
@@ -63,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the last N records (default 10; 0 for none, -1 for all)",
     )
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
+
+    dag = sub.add_parser("dag", help="GHOSTDAG tools")
+    dag_sub = dag.add_subparsers(dest="dag_command", required=True, metavar="ACTION")
+    dag_order = dag_sub.add_parser(
+        "order", help="colour a DAG file (Kaspa test-vector format); one JSON line per block"
+    )
+    dag_order.add_argument("file", type=Path)
+    dag_order.add_argument(
+        "--check", action="store_true", help="compare with the file's Expected* fields"
+    )
 
     schemas = sub.add_parser("schemas", help="inspect and freeze the Avro schemas")
     schemas.add_argument("action", choices=["list", "check", "freeze"])
@@ -175,6 +186,25 @@ def cmd_tail(settings: Settings, name: str, count: int, follow: bool, out: TextI
     return 0
 
 
+def cmd_dag_order(path: Path, check: bool, out: TextIO) -> int:
+    from processors.dag.vectors import DagFile, DagFileError, mismatches, order
+
+    try:
+        dag = DagFile.load(path)
+        results = list(order(dag))
+    except DagFileError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    for result in results:
+        print(json.dumps(result, separators=(",", ":")), file=out)
+    if not check:
+        return 0
+    problems = [p for spec, r in zip(dag.blocks, results, strict=True) for p in mismatches(spec, r)]
+    for problem in problems:
+        print(f"lattice: mismatch: {problem}", file=sys.stderr)
+    print(f"checked {len(results)} blocks: {len(problems)} mismatches", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_schemas(action: str, out: TextIO) -> int:
     from schemas import evolution
 
@@ -201,6 +231,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     try:
         if args.command == "schemas":
             return cmd_schemas(args.action, out)
+        if args.command == "dag":
+            return cmd_dag_order(args.file, args.check, out)
         settings = load_settings(args)
         if args.command == "devnet":
             return cmd_devnet(settings, out)
@@ -210,6 +242,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             return cmd_tail(settings, args.topic, args.n, args.follow, out)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) left; stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (UsageError, SettingsError) as exc:
         print(f"lattice: error: {exc}", file=sys.stderr)
         return 2

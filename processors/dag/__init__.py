@@ -1,0 +1,1 @@
+"""DAG ordering: GHOSTDAG (pure core), reachability, and the DAG processor."""
