@@ -86,10 +86,7 @@ class Reachability:
         jump, parent = self._jump, self._parent
         while dx > target:
             j = jump[x]
-            if depth[j] >= target:
-                x = j
-            else:
-                x = parent[x]  # type: ignore[assignment]
+            x = j if depth[j] >= target else parent[x]  # type: ignore[assignment]
             dx = depth[x]
         return x == a
 

@@ -132,3 +132,42 @@ def test_tail_follow_prints_new_records_as_they_arrive(
         producer.close()
         follower.terminate()
         follower.wait(10)
+
+
+REFERENCE = Path(__file__).parents[3] / "shared" / "reference" / "ghostdag"
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_dag_order_check_passes_the_reference_vectors(index: int) -> None:
+    code, out = run("dag", "order", "--check", str(REFERENCE / f"dag{index}.json"))
+    assert code == 0
+    first = json.loads(out.splitlines()[0])
+    assert set(first) == {
+        "id",
+        "selected_parent",
+        "mergeset_blues",
+        "mergeset_reds",
+        "blue_score",
+        "blue_work",
+    }
+
+
+def test_dag_order_check_fails_on_a_wrong_expectation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    document = json.loads((REFERENCE / "dag0.json").read_text())
+    document["Blocks"][-1]["ExpectedSelectedParent"] = "nope"
+    path = tmp_path / "wrong.json"
+    path.write_text(json.dumps(document))
+    assert run("dag", "order", "--check", str(path))[0] == 1
+    assert "expected 'nope'" in capsys.readouterr().err
+
+
+def test_dag_order_bad_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text('{"K": 2, "GenesisID": "0", "Blocks": [{"ID": "1", "Parents": ["9"]}]}')
+    assert run("dag", "order", str(path))[0] == 2
+    assert "unknown parent '9'" in capsys.readouterr().err
+    assert run("dag", "order", str(tmp_path / "missing.json"))[0] == 2
