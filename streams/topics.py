@@ -55,12 +55,14 @@ TOPICS: tuple[TopicSpec, ...] = (
         2,
         "Ordered transactions execution skipped, with the reason.",
     ),
+    # One partition: finality is decided on the blocks seen so far, so every DAG processor
+    # must see blocks in the same order for its output to be identical.
     _t(
         "blocks.proposed",
         "blocks.BlockProposed",
         "proposer",
-        4,
-        "Signed DAG blocks from the proposers.",
+        1,
+        "Signed DAG blocks from the proposers, in one total order.",
     ),
     _t(
         "blocks.ordered",

@@ -151,6 +151,9 @@ class Ghostdag:
             for parent in self.parents[queue.popleft()]:
                 if parent in found or parent in in_selected_past:
                     continue
+                if parent not in self.data:
+                    continue  # pruned: below the finality point, so in the selected past
+
                 if self.is_ancestor(parent, selected):
                     in_selected_past.add(parent)
                     continue
@@ -229,6 +232,14 @@ class Ghostdag:
             data = self.data[current]
             sizes, current = data.blues_anticone_sizes, data.selected_parent
         return sizes[blue]
+
+    def prune(self, root: Hash) -> list[Hash]:
+        """Forget every block that is not `root` or in its future along the selected-parent
+        tree; returns them. `root` must be final: nothing later may merge below it."""
+        dropped = self.reachability.prune_below(root)
+        for block in dropped:
+            del self.data[block], self.parents[block], self.work[block]
+        return dropped
 
     def consensus_order(self, chain_block: Hash) -> list[Hash]:
         """The blocks a chain block orders: its mergeset (reds included) without the selected

@@ -33,6 +33,14 @@ class ReachabilityIndex(Protocol):
         """Whether `a` is in `b`'s past, or is `b`."""
         ...
 
+    def is_chain_ancestor(self, a: Hash, b: Hash) -> bool:
+        """Whether `a` is on `b`'s selected chain, or is `b`."""
+        ...
+
+    def prune_below(self, root: Hash) -> list[Hash]:
+        """Forget what lies below `root`; returns the blocks dropped."""
+        ...
+
 
 class UnknownBlock(KeyError):
     """A query named a block the index does not hold (never added, or pruned)."""
@@ -96,11 +104,11 @@ class Reachability:
             return True
         return any(self.is_chain_ancestor(m, b) for m in self._mergers.get(a, ()))
 
-    def prune_below(self, root: Hash) -> int:
+    def prune_below(self, root: Hash) -> list[Hash]:
         """Keep only `root` and its descendants in the selected-parent tree; returns how
         many blocks were dropped.
 
-        Side branches that leave the chain below `root` go too: after finality no valid
+        Returns the dropped blocks. Side branches that leave the chain below `root` go too: after finality no valid
         block can merge them. Jump pointers into the dropped part are redirected to `root`
         (still an ancestor, so queries stay exact; only their hop count can grow a little).
         """
@@ -116,4 +124,4 @@ class Reachability:
                 self._jump[b] = root
         for b, mergers in list(self._mergers.items()):
             self._mergers[b] = [m for m in mergers if m in keep]
-        return len(doomed)
+        return doomed
