@@ -4,6 +4,8 @@
     lattice topics [--data-dir DIR | --kafka HOST:PORT]
     lattice tail TOPIC [-n N] [--follow] [--data-dir DIR | --kafka HOST:PORT]
     lattice dag order FILE [--check]
+    lattice dag run [--group-id ID] [--output-topic TOPIC]
+    lattice proposer (--key HEX | --devnet-index N)
     lattice schemas {list,check,freeze}
 
 Client commands find a running devnet through its data directory (`devnet.json`), or
@@ -49,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     devnet.add_argument("--ws-port", type=int, help="WebSocket port (default 8546)")
     devnet.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     devnet.add_argument("--broker-port", type=int, help="embedded broker port (default: free)")
+    devnet.add_argument("--proposers", type=int, help="block proposers to run (default 2)")
+    devnet.add_argument("--block-interval", type=float, help="seconds between a proposer's blocks")
+    devnet.add_argument("--ghostdag-k", type=int, help="GHOSTDAG K (default 18)")
+    devnet.add_argument(
+        "--finality-depth", type=int, help="blue-score depth of finality (default 10)"
+    )
+
+    proposer = sub.add_parser("proposer", help="run one block proposer")
+    _common(proposer)
+    who = proposer.add_mutually_exclusive_group(required=True)
+    who.add_argument("--key", help="secp256k1 private key, 0x-hex")
+    who.add_argument("--devnet-index", type=int, help="use the devnet's well-known key number N")
+    proposer.add_argument("--block-interval", type=float, help="seconds between blocks (default 1)")
+    proposer.add_argument("--ghostdag-k", type=int)
+    proposer.add_argument("--finality-depth", type=int)
 
     topics = sub.add_parser("topics", help="list topics with their record counts")
     _common(topics)
@@ -74,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     dag_order.add_argument(
         "--check", action="store_true", help="compare with the file's Expected* fields"
     )
+    dag_run = dag_sub.add_parser("run", help="run a DAG processor (blocks.proposed -> ordered)")
+    _common(dag_run)
+    dag_run.add_argument(
+        "--group-id", default="lattice-dag", help="replica name (default lattice-dag)"
+    )
+    dag_run.add_argument("--output-topic", help="where to write (default lattice.blocks.ordered)")
+    dag_run.add_argument("--state-dir", type=Path, help="rocksdict store (default DATA_DIR/GROUP)")
+    dag_run.add_argument("--ghostdag-k", type=int)
+    dag_run.add_argument("--finality-depth", type=int)
 
     schemas = sub.add_parser("schemas", help="inspect and freeze the Avro schemas")
     schemas.add_argument("action", choices=["list", "check", "freeze"])
@@ -88,6 +114,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
         "ws_port": getattr(args, "ws_port", None),
         "host": getattr(args, "host", None),
         "broker_port": getattr(args, "broker_port", None),
+        "proposers": getattr(args, "proposers", None),
+        "block_interval": getattr(args, "block_interval", None),
+        "ghostdag_k": getattr(args, "ghostdag_k", None),
+        "finality_depth": getattr(args, "finality_depth", None),
     }
     return Settings.load(config_file=getattr(args, "config", None), env=os.environ, overrides=flags)
 
@@ -186,6 +216,69 @@ def cmd_tail(settings: Settings, name: str, count: int, follow: bool, out: TextI
     return 0
 
 
+def cmd_proposer(settings: Settings, key_hex: str | None, index: int | None) -> int:
+    from coincurve import PrivateKey
+
+    from processors.proposer.process import ProposerProcess, devnet_key
+    from processors.runtime import configure_logging, stop_on_signals
+
+    if key_hex is not None:
+        try:
+            key = PrivateKey(bytes.fromhex(key_hex.removeprefix("0x")))
+        except ValueError as exc:
+            raise UsageError(f"--key: not a secp256k1 private key ({exc})") from None
+    else:
+        key = devnet_key(int(index or 0))
+    configure_logging(settings.log_level)
+    stop = stop_on_signals()
+    process = ProposerProcess(
+        bootstrap_of(settings),
+        key,
+        chain_id=settings.chain_id,
+        interval_s=settings.block_interval,
+        k=settings.ghostdag_k,
+        finality_depth=settings.finality_depth,
+    )
+    print(f"proposer {process.address} on {process.bootstrap}", flush=True)
+    process.run(stop)
+    return 0
+
+
+def cmd_dag_run(settings: Settings, args: argparse.Namespace) -> int:
+    from processors.dag.blocks import genesis_hash
+    from processors.dag.processor import ORDERED, PROPOSED, DagConfig, DagProcessor
+    from processors.runtime import configure_logging, consume, stop_on_signals
+    from streams.admin import ensure_topics
+    from streams.topics import TopicSpec
+
+    configure_logging(settings.log_level)
+    stop = stop_on_signals()
+    bootstrap = bootstrap_of(settings)
+    output = ORDERED
+    if args.output_topic and args.output_topic != ORDERED.name:
+        output = TopicSpec(args.output_topic, ORDERED.schema, ORDERED.key, 1, doc=ORDERED.doc)
+        ensure_topics(bootstrap, [output], replication=settings.replication_factor)
+    config = DagConfig(
+        genesis_hash(settings.chain_id),
+        k=settings.ghostdag_k,
+        finality_depth=settings.finality_depth,
+    )
+    state_dir = args.state_dir or settings.data_dir / args.group_id
+    processor = DagProcessor(bootstrap, state_dir, config, group_id=args.group_id, output=output)
+    print(f"dag processor {args.group_id}: {PROPOSED.name} -> {output.name}", flush=True)
+    try:
+        consume(
+            bootstrap,
+            args.group_id,
+            {(PROPOSED.name, 0): processor.resume_from()},
+            processor.handle,
+            stop,
+        )
+    finally:
+        processor.close()
+    return 0
+
+
 def cmd_dag_order(path: Path, check: bool, out: TextIO) -> int:
     from processors.dag.vectors import DagFile, DagFileError, mismatches, order
 
@@ -231,11 +324,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     try:
         if args.command == "schemas":
             return cmd_schemas(args.action, out)
-        if args.command == "dag":
+        if args.command == "dag" and args.dag_command == "order":
             return cmd_dag_order(args.file, args.check, out)
         settings = load_settings(args)
         if args.command == "devnet":
             return cmd_devnet(settings, out)
+        if args.command == "dag":
+            return cmd_dag_run(settings, args)
+        if args.command == "proposer":
+            return cmd_proposer(settings, args.key, args.devnet_index)
         if args.command == "topics":
             return cmd_topics(settings, out)
         if args.command == "tail":

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ from deploy import endpoints
 from gateway.app import create_app
 from streams.admin import ensure_topics
 from streams.archive import Archiver, TopicArchive
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, die_with_parent
 from streams.kafka import Producer, Reader
 from streams.settings import Settings
 from streams.topics import TOPICS
@@ -72,6 +73,40 @@ def _check_port(host: str, port: int, flag: str) -> None:
             ) from None
 
 
+class Child:
+    """A processor the devnet runs as its own process, logging to `<data-dir>/logs/`."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "deploy.cli", *args],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def terminate(self) -> None:
+        if self.running:
+            self.process.terminate()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("%s did not stop in %ss; killing it", self.name, timeout)
+            self.process.kill()
+            self.process.wait()
+
+
 class Devnet:
     def __init__(self, settings: Settings, out: TextIO = sys.stdout) -> None:
         self.settings = settings
@@ -79,6 +114,8 @@ class Devnet:
         self.broker: EmbeddedBroker | None = None
         self.archiver: Archiver | None = None
         self.producer: Producer | None = None
+        self.proposers: list[Child] = []
+        self.processors: list[Child] = []
 
     def say(self, label: str, text: str) -> None:
         print(f"  {label:<11} {text}", file=self.out, flush=True)
@@ -92,6 +129,7 @@ class Devnet:
             self.say("data dir", str(s.data_dir))
             try:
                 bootstrap = self._start_log()
+                self._start_processors(bootstrap)
                 self.producer = Producer(
                     bootstrap, client_id=f"{s.client_id}-gateway", config=s.kafka_config
                 )
@@ -130,6 +168,42 @@ class Devnet:
             self.archiver = Archiver(archive, bootstrap, TOPICS)
             self.archiver.start()
         return bootstrap
+
+    def _start_processors(self, bootstrap: str) -> None:
+        s = self.settings
+        common = [
+            "--kafka",
+            bootstrap,
+            "--data-dir",
+            str(s.data_dir),
+            "--ghostdag-k",
+            str(s.ghostdag_k),
+            "--finality-depth",
+            str(s.finality_depth),
+        ]
+        logs = s.data_dir / "logs"
+        self.processors.append(Child("dag", ["dag", "run", *common], logs))
+        for index in range(s.proposers):
+            self.proposers.append(
+                Child(
+                    f"proposer-{index}",
+                    [
+                        "proposer",
+                        "--devnet-index",
+                        str(index),
+                        "--block-interval",
+                        str(s.block_interval),
+                        *common,
+                    ],
+                    logs,
+                )
+            )
+        self.say(
+            "processors",
+            f"dag ordering (K={s.ghostdag_k}, finality depth "
+            f"{s.finality_depth}), {s.proposers} proposers every {s.block_interval}s; "
+            f"logs in {logs}",
+        )
 
     def _reseed_progress(self, topic: str, count: int) -> None:
         self.say("re-seeded", f"{topic}: {count} records")
@@ -190,6 +264,13 @@ class Devnet:
         if self.archiver is not None:
             archiver = self.archiver
             checks.append((lambda: archiver.failed is not None, "archiving failed"))
+        for child in self.proposers + self.processors:
+            checks.append(
+                (
+                    lambda c=child: not c.running,  # type: ignore[misc]
+                    f"{child.name} exited (see {child.log_path})",
+                )
+            )
         while not stop.is_set():
             for failed, why in checks:
                 if failed():
@@ -201,6 +282,12 @@ class Devnet:
     def _stop(self) -> None:
         s = self.settings
         endpoints.remove(s.data_dir)
+        # Producers of blocks first, then the processors that consume them.
+        for group in (self.proposers, self.processors):
+            for child in group:
+                child.terminate()
+            for child in group:
+                child.stop()
         if self.producer is not None:
             try:
                 self.producer.close()

@@ -77,11 +77,11 @@ def list_topics(bootstrap: str, *, timeout: float = 10.0) -> list[TopicStatus]:
     names = sorted(n for n in admin.list_topics(timeout=timeout).topics if not n.startswith("__"))
     reader = Reader(bootstrap, client_id="lattice-topics")
     try:
+        spans = reader.end_offsets_of(names, timeout)
         statuses = []
         for name in names:
-            ends = reader.end_offsets(name, timeout)
-            records = sum(end - low for low, end in ends.values())
-            statuses.append(TopicStatus(name, len(ends), records))
+            mine = [end - low for (topic, _), (low, end) in spans.items() if topic == name]
+            statuses.append(TopicStatus(name, len(mine), sum(mine)))
         return statuses
     finally:
         reader.close()

@@ -286,11 +286,8 @@ class Archiver:
         """Return once every record now on the broker is archived."""
         probe = Reader(self.bootstrap, client_id="lattice-archiver-drain")
         try:
-            targets = {
-                (spec.name, p): end
-                for spec in self.topics
-                for p, (_, end) in probe.end_offsets(spec.name).items()
-            }
+            spans = probe.end_offsets_of([spec.name for spec in self.topics])
+            targets = {key: end for key, (_, end) in spans.items()}
         finally:
             probe.close()
         deadline = time.monotonic() + timeout

@@ -23,6 +23,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Producer as _KafkaProducer
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from schemas.codec import Codec, default_codec
 from streams.topics import TopicSpec
@@ -200,6 +201,7 @@ class Reader:
         # librdkafka wants a group id even for manual assignment; nothing is committed.
         identity = {"client.id": client_id, "group.id": f"{client_id}-unmanaged"}
         self._consumer = Consumer(client_config(bootstrap, READER_DEFAULTS, identity, config))
+        self._admin = AdminClient(client_config(bootstrap, {"client.id": client_id}, config))
 
     def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
         metadata = self._consumer.list_topics(topic, timeout=timeout)
@@ -272,20 +274,43 @@ class Reader:
 
     def end_offsets(self, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
         """(low, end) offsets per partition, the end being one past the last record."""
-        result: dict[int, tuple[int, int]] = {}
-        probes: dict[tuple[str, int], int] = {}
-        for partition in self.partitions(topic, timeout):
-            low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout
-            )
-            result[partition] = (low, high)
-            if high > low:
-                probes[(topic, partition)] = max(low, high - 1)
+        both = self.end_offsets_of([topic], timeout)
+        return {p: span for (_, p), span in both.items()}
+
+    def end_offsets_of(
+        self, topics: Sequence[str], timeout: float = 10.0
+    ) -> dict[tuple[str, int], tuple[int, int]]:
+        """(low, end) per partition of several topics, in one round of requests.
+
+        Watermarks come from one ListOffsets request per spec for every partition; the
+        true end is then found by reading each non-empty partition's last batch to EOF
+        (see the module docstring for why the high watermark alone is not enough).
+        """
+        metadata = self._consumer.list_topics(timeout=timeout).topics
+        partitions = []
+        for topic in topics:
+            info = metadata.get(topic)
+            if info is None or info.error is not None:
+                raise KeyError(f"topic {topic!r} does not exist on the broker")
+            partitions += [TopicPartition(topic, p) for p in sorted(info.partitions)]
+        if not partitions:
+            return {}
+        lows = self._admin_offsets(partitions, OffsetSpec.earliest(), timeout)  # type: ignore[no-untyped-call]
+        highs = self._admin_offsets(partitions, OffsetSpec.latest(), timeout)  # type: ignore[no-untyped-call]
+        result = {key: (lows[key], highs[key]) for key in lows}
+        probes = {key: max(low, high - 1) for key, (low, high) in result.items() if high > low}
         if probes:
             for message in self.read(probes, idle_timeout=timeout):
-                low, end = result[message.partition()]
-                result[message.partition()] = (low, max(end, message.offset() + 1))
+                key = (message.topic(), message.partition())
+                low, end = result[key]
+                result[key] = (low, max(end, message.offset() + 1))
         return result
+
+    def _admin_offsets(
+        self, partitions: list[TopicPartition], spec: Any, timeout: float
+    ) -> dict[tuple[str, int], int]:
+        futures = self._admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout)
+        return {(tp.topic, tp.partition): max(0, f.result().offset) for tp, f in futures.items()}
 
     def close(self) -> None:
         self._consumer.close()

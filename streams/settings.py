@@ -54,6 +54,12 @@ class Settings:
     #: Seconds to wait for an embedded broker to answer before giving up.
     broker_start_timeout: float = 30.0
     log_level: str = "info"
+    #: Block proposers the devnet runs, and how often each proposes (seconds).
+    proposers: int = 2
+    block_interval: float = 1.0
+    #: GHOSTDAG's K, and the blue-score depth at which a chain block becomes final.
+    ghostdag_k: int = 18
+    finality_depth: int = 10
     #: Extra librdkafka settings for every client (security, tuning), from the file only.
     kafka_config: Mapping[str, str] = field(default_factory=dict)
 

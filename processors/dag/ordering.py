@@ -25,7 +25,7 @@ memory stays bounded however long the DAG grows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,7 +125,7 @@ class DagOrderer:
         record = entry.record
         block = record["hash"]
         parents = record["parents"]
-        latest = max(self._timestamp(p) for p in parents)
+        latest = max(self.timestamp_of(p) for p in parents)
         try:
             if record["timestamp_ms"] < latest - self.timestamp_tolerance_ms:
                 raise InvalidBlock("past_timestamp", "timestamp is before its parents'")
@@ -149,7 +149,7 @@ class DagOrderer:
                     self.rejected.append(Rejection(child, "invalid_parent", "a parent is invalid"))
                     stack.append(child)
 
-    def _timestamp(self, block: bytes) -> int:
+    def timestamp_of(self, block: bytes) -> int:
         entry = self.blocks.get(block)
         return int(entry.record["timestamp_ms"]) if entry is not None else 0
 

@@ -105,10 +105,10 @@ class Reachability:
         return any(self.is_chain_ancestor(m, b) for m in self._mergers.get(a, ()))
 
     def prune_below(self, root: Hash) -> list[Hash]:
-        """Keep only `root` and its descendants in the selected-parent tree; returns how
-        many blocks were dropped.
+        """Keep only `root` and its descendants in the selected-parent tree; returns the
+        blocks dropped.
 
-        Returns the dropped blocks. Side branches that leave the chain below `root` go too: after finality no valid
+        Side branches that leave the chain below `root` go too: after finality no valid
         block can merge them. Jump pointers into the dropped part are redirected to `root`
         (still an ancestor, so queries stay exact; only their hop count can grow a little).
         """

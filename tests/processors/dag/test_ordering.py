@@ -101,5 +101,5 @@ def test_pruning_bounds_memory_and_keeps_counting() -> None:
     orderer, out = feed(blocks, k=3, finality_depth=3, prune_depth=20)
     assert len(orderer.ghostdag) < len(blocks) / 3
     assert [r["chain_index"] for r in out] == list(range(1, len(out) + 1))
-    unpruned, out_full = feed(blocks, k=3, finality_depth=3, prune_depth=10**9)
+    _, out_full = feed(blocks, k=3, finality_depth=3, prune_depth=10**9)
     assert out == out_full
