@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,8 +23,9 @@ LATTICE = [sys.executable, "-m", "deploy.cli"]
 
 
 class Devnet:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *extra: str) -> None:
         self.data_dir = data_dir
+        self.extra = list(extra)
         self.rpc_port, self.ws_port = free_port(), free_port()
         self.log = data_dir.parent / f"devnet-{self.rpc_port}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -44,6 +46,7 @@ class Devnet:
                     str(self.rpc_port),
                     "--ws-port",
                     str(self.ws_port),
+                    *self.extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -73,8 +76,8 @@ class Devnet:
             timeout=60,
         )
 
-    def tail(self) -> list[dict[str, object]]:
-        result = self.cli("tail", "lattice.tx.submitted", "-n", "-1")
+    def tail(self, topic: str = "lattice.tx.submitted") -> list[dict[str, Any]]:
+        result = self.cli("tail", topic, "-n", "-1")
         assert result.returncode == 0, result.stderr
         return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -121,7 +124,7 @@ def test_transactions_survive_restarts_exactly_once(devnet: Devnet) -> None:
     assert devnet.stop(signal.SIGINT) == 0
 
     devnet.start()
-    assert "3 records re-seeded" in devnet.output()
+    assert "lattice.tx.submitted: 3 records" in devnet.output()  # re-seeded
     assert devnet.tail() == before  # same records, partitions, offsets and timestamps
     response = httpx.post(f"{devnet.url}/v1/transactions", json="0x" + signed(nonce=3).hex())
     assert response.status_code == 202
@@ -152,3 +155,77 @@ def test_second_devnet_on_the_same_data_dir_is_refused(devnet: Devnet) -> None:
     )
     assert clash.returncode == 1
     assert "another devnet is running" in clash.stderr
+
+
+def test_proposers_make_a_parallel_dag_and_replicas_agree(tmp_path: Path) -> None:
+    net = Devnet(
+        tmp_path / "dag",
+        "--proposers",
+        "4",
+        "--block-interval",
+        "0.2",
+        "--ghostdag-k",
+        "1",
+        "--finality-depth",
+        "3",
+    )
+    replica: subprocess.Popen[bytes] | None = None
+    try:
+        net.start()
+        kafka = json.loads((net.data_dir / "devnet.json").read_text())["kafka"]
+        replica = subprocess.Popen(
+            [
+                *LATTICE,
+                "dag",
+                "run",
+                "--kafka",
+                kafka,
+                "--group-id",
+                "replica-b",
+                "--output-topic",
+                "lattice.blocks.ordered.replica-b",
+                "--ghostdag-k",
+                "1",
+                "--finality-depth",
+                "3",
+                "--data-dir",
+                str(tmp_path / "replica"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        hashes = set()
+        for nonce in range(6):
+            response = httpx.post(
+                f"{net.url}/v1/transactions", json="0x" + signed(nonce=nonce).hex()
+            )
+            assert response.status_code == 202
+            hashes.add(response.json()["hash"])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ordered = net.tail("lattice.blocks.ordered")
+            txs = {t["hash"] for r in ordered for t in r["value"]["transactions"]}
+            if hashes <= txs and len(ordered) > 30:
+                break
+            time.sleep(1)
+        assert hashes <= txs, "submitted transactions were not ordered in time"
+        proposed = net.tail("lattice.blocks.proposed")
+        assert any(len(b["value"]["parents"]) > 1 for b in proposed)
+        assert len({b["value"]["proposer"] for b in proposed}) == 4
+        values = [r["value"] for r in ordered]
+        assert [v["chain_index"] for v in values] == list(range(1, len(values) + 1))
+        assert sum(len(v["mergeset_reds"]) for v in values) > 0
+        all_txs = [t["hash"] for v in values for t in v["transactions"]]
+        assert len(all_txs) == len(set(all_txs))
+        time.sleep(2)
+        other = net.tail("lattice.blocks.ordered.replica-b")
+        mine = net.tail("lattice.blocks.ordered")
+        common = min(len(other), len(mine))
+        assert common > 20
+        assert [r["value"] for r in other[:common]] == [r["value"] for r in mine[:common]]
+    finally:
+        if replica is not None:
+            replica.terminate()
+            replica.wait(30)
+        if net.process is not None:
+            assert net.stop() == 0
