@@ -211,3 +211,27 @@ def test_consensus_order_holds_every_block_exactly_once(document: dict[str, Any]
     for block in document["Blocks"]:
         for parent in block["Parents"]:
             assert position[id_hash(parent)] < position[id_hash(block["ID"])]
+
+
+@pytest.mark.parametrize(("k", "seed"), [(2, 1), (4, 2), (18, 3)])
+def test_hundreds_of_blocks_agree_with_the_naive_index(k: int, seed: int) -> None:
+    """Wide random DAGs (many reds under a small K), numeric-looking IDs."""
+    import random
+
+    rng = random.Random(seed)
+    blocks: list[dict[str, Any]] = []
+    past: dict[str, set[str]] = {"0": set()}
+    order = ["0"]
+    for n in range(1, 401):
+        recent = order[-rng.randint(1, 12) :]
+        picked = rng.sample(recent, min(len(recent), rng.randint(1, 5)))
+        parents = [p for p in picked if not any(p in past[q] for q in picked if q != p)]
+        past[str(n)] = set().union(*(past[p] | {p} for p in parents))
+        order.append(str(n))
+        blocks.append({"ID": str(n), "Parents": parents})
+    document = {"K": k, "GenesisID": "0", "Blocks": blocks}
+    fast, naive = build(document), build(document, naive=True)
+    assert all(fast.data[h] == naive.data[h] for h in naive.data)
+    reds = sum(len(d.mergeset_reds) for d in fast.data.values())
+    if k < 18:
+        assert reds > 20
