@@ -5,6 +5,7 @@
     lattice tail TOPIC [-n N] [--follow] [--data-dir DIR | --kafka HOST:PORT]
     lattice dag order FILE [--check]
     lattice dag run [--group-id ID] [--output-topic TOPIC]
+    lattice execution run [--group-id ID] [--genesis FILE]
     lattice proposer (--key HEX | --devnet-index N)
     lattice schemas {list,check,freeze}
 
@@ -57,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     devnet.add_argument(
         "--finality-depth", type=int, help="blue-score depth of finality (default 10)"
     )
+
+    execution = sub.add_parser("execution", help="the EVM execution processor")
+    execution_sub = execution.add_subparsers(
+        dest="execution_command", required=True, metavar="ACTION"
+    )
+    execution_run = execution_sub.add_parser("run", help="run it (blocks.ordered -> executed)")
+    _common(execution_run)
+    execution_run.add_argument("--group-id", default="lattice-execution")
+    execution_run.add_argument("--state-dir", type=Path, help="default DATA_DIR/GROUP")
+    execution_run.add_argument("--genesis", type=Path, help="genesis file (default: dev genesis)")
 
     proposer = sub.add_parser("proposer", help="run one block proposer")
     _common(proposer)
@@ -118,6 +129,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         "block_interval": getattr(args, "block_interval", None),
         "ghostdag_k": getattr(args, "ghostdag_k", None),
         "finality_depth": getattr(args, "finality_depth", None),
+        "genesis_file": getattr(args, "genesis", None),
     }
     return Settings.load(config_file=getattr(args, "config", None), env=os.environ, overrides=flags)
 
@@ -279,6 +291,44 @@ def cmd_dag_run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_execution_run(settings: Settings, args: argparse.Namespace) -> int:
+    from processors.execution.genesis import GenesisError, dev_genesis, load_genesis
+    from processors.execution.processor import ORDERED, ExecutionProcessor
+    from processors.execution.transactions import ChainRules
+    from processors.runtime import configure_logging, consume, stop_on_signals
+
+    try:
+        genesis = (
+            load_genesis(settings.genesis_file, settings.block_gas_limit)
+            if settings.genesis_file
+            else dev_genesis(settings.block_gas_limit)
+        )
+    except GenesisError as exc:
+        raise UsageError(str(exc)) from None
+    configure_logging(settings.log_level)
+    stop = stop_on_signals()
+    bootstrap = bootstrap_of(settings)
+    rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
+    state_dir = args.state_dir or settings.data_dir / args.group_id
+    processor = ExecutionProcessor(bootstrap, state_dir, genesis, rules, group_id=args.group_id)
+    head = processor.ledger.head
+    print(
+        f"execution {args.group_id}: head {head.block_number} state root 0x{head.state_root.hex()}",
+        flush=True,
+    )
+    try:
+        consume(
+            bootstrap,
+            args.group_id,
+            {(ORDERED.name, 0): processor.resume_from()},
+            processor.handle,
+            stop,
+        )
+    finally:
+        processor.close()
+    return 0
+
+
 def cmd_dag_order(path: Path, check: bool, out: TextIO) -> int:
     from processors.dag.vectors import DagFile, DagFileError, mismatches, order
 
@@ -331,6 +381,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             return cmd_devnet(settings, out)
         if args.command == "dag":
             return cmd_dag_run(settings, args)
+        if args.command == "execution":
+            return cmd_execution_run(settings, args)
         if args.command == "proposer":
             return cmd_proposer(settings, args.key, args.devnet_index)
         if args.command == "topics":

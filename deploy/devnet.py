@@ -183,6 +183,14 @@ class Devnet:
         ]
         logs = s.data_dir / "logs"
         self.processors.append(Child("dag", ["dag", "run", *common], logs))
+        genesis = ["--genesis", str(s.genesis_file)] if s.genesis_file else []
+        self.processors.append(
+            Child(
+                "execution",
+                ["execution", "run", "--kafka", bootstrap, "--data-dir", str(s.data_dir), *genesis],
+                logs,
+            )
+        )
         for index in range(s.proposers):
             self.proposers.append(
                 Child(
@@ -200,7 +208,7 @@ class Devnet:
             )
         self.say(
             "processors",
-            f"dag ordering (K={s.ghostdag_k}, finality depth "
+            f"execution (py-evm), dag ordering (K={s.ghostdag_k}, finality depth "
             f"{s.finality_depth}), {s.proposers} proposers every {s.block_interval}s; "
             f"logs in {logs}",
         )

@@ -9,7 +9,7 @@ applied: the processor resumes after the stored offset and never applies a recor
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
@@ -57,9 +57,12 @@ class ProcessorState:
         offsets: Mapping[tuple[str, int], int],
         puts: Mapping[bytes, bytes] | None = None,
         ints: Mapping[bytes, int] | None = None,
+        deletes: Iterable[bytes] = (),
     ) -> None:
         """Write state changes and the offsets they reflect, all or nothing."""
         batch = WriteBatch(raw_mode=True)
+        for key in deletes:
+            batch.delete(key)
         for (topic, partition), offset in offsets.items():
             batch.put(_offset_key(topic, partition), _INT.pack(offset))
         for key, value in (puts or {}).items():

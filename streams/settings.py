@@ -60,6 +60,8 @@ class Settings:
     #: GHOSTDAG's K, and the blue-score depth at which a chain block becomes final.
     ghostdag_k: int = 18
     finality_depth: int = 10
+    #: A genesis file replacing the development genesis (see processors/execution/genesis.py).
+    genesis_file: Path | None = None
     #: Extra librdkafka settings for every client (security, tuning), from the file only.
     kafka_config: Mapping[str, str] = field(default_factory=dict)
 
@@ -106,8 +108,8 @@ def _coerce(name: str, value: Any) -> Any:
         raise SettingsError(f"unknown setting {name!r}")
     kind = _FIELDS[name].type
     try:
-        if kind == "Path":
-            return Path(value)
+        if kind in ("Path", "Path | None"):
+            return Path(value) if value else None if kind == "Path | None" else Path(value)
         if kind == "int":
             if isinstance(value, bool):
                 raise TypeError("boolean")

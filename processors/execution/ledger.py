@@ -1,0 +1,219 @@
+"""The state transition: one final DAG chain block becomes one EVM block (pure core).
+
+The EVM block's number is its position on the selected chain, its parent the previous EVM
+block, its timestamp the chain block's (in seconds, forced strictly above the parent's), its
+coinbase the chain block's proposer. py-evm's latest fork (Prague) executes the ordered
+transactions in consensus order; fees follow EIP-1559: the base fee is burnt and priority
+fees go to the chain block's proposer.
+
+A transaction is skipped, deterministically and with a recorded reason, when it was already
+executed (the same hash appeared earlier in the order: mergesets of parallel blocks often
+carry the same transaction), when it can never be valid, or when the state rejects it (nonce,
+balance, fee below the base fee, gas above what the block has left). Skipped transactions
+become `lattice.tx.rejected` events.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth.abc import AtomicDatabaseAPI, BlockHeaderAPI, ComputationAPI, ReceiptAPI
+from eth.chains.base import MiningChain
+from eth.vm.forks import PragueVM  # type: ignore[attr-defined]
+from eth_hash.auto import keccak
+from eth_typing import Address
+from eth_utils import ValidationError  # type: ignore[attr-defined]
+
+from processors.execution.genesis import Genesis
+from processors.execution.transactions import (
+    ChainRules,
+    InvalidTransaction,
+    Transaction,
+    decode_transaction,
+)
+
+_EXECUTED = b"lattice/tx/"  # tx hash -> block number, for "already executed"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    hash: bytes
+    sender: bytes
+    nonce: int
+    dag_block: bytes
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Included:
+    tx: Transaction
+    index: int
+    receipt: ReceiptAPI
+    gas_used: int
+    effective_gas_price: int
+    contract_address: bytes | None
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    header: BlockHeaderAPI
+    dag_block: bytes
+    included: tuple[Included, ...]
+    rejected: tuple[Rejection, ...]
+    touched: tuple[bytes, ...] = field(default=())
+
+
+_NONCE = re.compile(r"expected (\d+), but got (\d+)", re.IGNORECASE)
+
+
+def _rejection_code(message: str) -> str:
+    text = message.lower()
+    nonce = _NONCE.search(message)
+    if "nonce" in text and nonce:
+        return "nonce_too_low" if int(nonce[2]) < int(nonce[1]) else "nonce_too_high"
+    for needle, code in (
+        ("nonce", "nonce_mismatch"),
+        ("balance", "insufficient_funds"),
+        ("exceeds gas limit", "block_gas_exhausted"),
+        ("gas limit", "block_gas_exhausted"),
+        ("base fee", "fee_below_base_fee"),
+        ("max fee", "fee_below_base_fee"),
+    ):
+        if needle in text:
+            return code
+    return "invalid"
+
+
+def _touched(computation: ComputationAPI, out: set[bytes]) -> None:
+    msg = computation.msg
+    out.update(a for a in (msg.sender, msg.storage_address, msg.to) if a)
+    for child in computation.children:
+        _touched(child, out)
+
+
+class Ledger:
+    """The chain of EVM blocks over a database; `execute` applies one ordered chain block."""
+
+    def __init__(self, db: AtomicDatabaseAPI, genesis: Genesis, rules: ChainRules) -> None:
+        self.rules = rules
+        self.db = db
+        chain_class = MiningChain.configure(
+            __name__="LatticeChain", vm_configuration=((0, PragueVM),), chain_id=rules.chain_id
+        )
+        try:
+            self.chain: MiningChain = chain_class(db)
+        except Exception:  # no canonical head yet: a fresh store
+            params = {
+                "difficulty": 0,
+                "gas_limit": genesis.gas_limit,
+                "timestamp": genesis.timestamp,
+                "coinbase": b"\0" * 20,
+                "extra_data": b"lattice",
+                "nonce": b"\0" * 8,
+                "mix_hash": b"\0" * 32,
+            }
+            chain: Any = chain_class.from_genesis(db, params, genesis.state())  # type: ignore[arg-type]
+            self.chain = chain
+
+    @property
+    def head(self) -> BlockHeaderAPI:
+        return self.chain.get_canonical_head()
+
+    def execute(self, ordered: Mapping[str, Any]) -> BlockResult:
+        parent = self.head
+        timestamp = max(parent.timestamp + 1, ordered["timestamp_ms"] // 1000)
+        chain = self.chain
+        header = chain.create_header_from_parent(
+            parent, timestamp=timestamp, coinbase=ordered["proposer"]
+        )
+        # Straight through the VM, as py-evm's apply_all_transactions does, but skipping
+        # what the state rejects (MiningChain.apply_transaction rebuilds the block per
+        # transaction: quadratic).
+        vm = chain.get_vm(header)
+        builder = vm.get_transaction_builder()
+        applied: list[Any] = []
+        receipts: list[ReceiptAPI] = []
+        included: list[Included] = []
+        rejected: list[Rejection] = []
+        touched: set[bytes] = {ordered["proposer"]}
+        seen: set[bytes] = set()
+        cumulative = 0
+        for entry in ordered["transactions"]:
+            raw, dag_block = entry["raw"], entry["dag_block"]
+            tx_hash = keccak(raw)
+            try:
+                tx = decode_transaction(raw, self.rules)
+            except InvalidTransaction as exc:
+                rejected.append(Rejection(tx_hash, b"", 0, dag_block, exc.code, exc.message))
+                continue
+            if tx_hash in seen or self.db.exists(_EXECUTED + tx_hash):
+                rejected.append(
+                    Rejection(
+                        tx_hash,
+                        tx.sender,
+                        tx.nonce,
+                        dag_block,
+                        "already_executed",
+                        "already executed earlier",
+                    )
+                )
+                continue
+            try:
+                evm_tx = builder.decode(raw)
+                receipt, computation = vm.apply_transaction(header, evm_tx)
+            except ValidationError as exc:
+                # Raised by validation, before the state changed.
+                rejected.append(
+                    Rejection(
+                        tx_hash, tx.sender, tx.nonce, dag_block, _rejection_code(str(exc)), str(exc)
+                    )
+                )
+                continue
+            header = vm.add_receipt_to_header(header, receipt)
+            applied.append(evm_tx)
+            receipts.append(receipt)
+            seen.add(tx_hash)
+            gas_used = receipt.gas_used - cumulative
+            cumulative = receipt.gas_used
+            base_fee = header.base_fee_per_gas or 0
+            price = min(tx.fee_cap, base_fee + tx.tip_cap) if tx.tx_type == 2 else tx.fee_cap
+            created = computation.msg.storage_address if tx.to is None else None
+            _touched(computation, touched)
+            touched.add(tx.sender)
+            included.append(Included(tx, len(included), receipt, gas_used, price, created))
+        filled = vm.set_block_transactions_and_withdrawals(
+            vm.get_block(), header, applied, receipts
+        )
+        block = vm.mine_block(filled).block
+        chain.persist_block(block)
+        chain.header = chain.create_header_from_parent(block.header)
+        for item in included:
+            self.db[_EXECUTED + item.tx.hash] = block.header.block_number.to_bytes(8, "big")
+        return BlockResult(
+            block.header, ordered["hash"], tuple(included), tuple(rejected), tuple(sorted(touched))
+        )
+
+    def account(self, address: bytes) -> dict[str, Any]:
+        """An account at the head, as a `lattice.state.AccountState` body."""
+        state = self.chain.get_vm().state
+        account = Address(address)
+        return {
+            "address": address,
+            "balance": state.get_balance(account),
+            "nonce": state.get_nonce(account),
+            "code_hash": state.get_code_hash(account),
+            "storage_root": _storage_root(state, address),
+        }
+
+
+def _storage_root(state: Any, address: bytes) -> bytes:
+    # py-evm keeps the storage root on the account record; there is no public getter.
+    return bytes(state._account_db._get_storage_root(address))
+
+
+def result_hashes(results: Sequence[BlockResult]) -> list[bytes]:
+    return [r.header.hash for r in results]

@@ -1,0 +1,202 @@
+"""The execution processor: `lattice.blocks.ordered` in; executed blocks, receipts, account
+states and rejected transactions out.
+
+A thin shell around `Ledger`: for each ordered chain block it executes the EVM block, sends
+the events and, once the broker acknowledged them, commits py-evm's writes (prefixed `evm/`)
+together with the input offset in one synced rocksdict batch. A crash at any point resumes
+from the last committed block: no transaction is applied twice or lost, and the state root
+at every height is what an uninterrupted run computes.
+
+Outputs are sent receipts, rejections and accounts first and the executed block last; on
+restart, blocks the executed topic already holds are not sent again. A crash in the middle
+of one block's sends can leave some of that block's receipts on the log twice (same key, same
+bytes); readers treat receipts as keyed by transaction hash.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from processors.execution.db import overlay_chain_db
+from processors.execution.genesis import Genesis
+from processors.execution.ledger import BlockResult, Ledger
+from processors.execution.transactions import ChainRules
+from processors.state import ProcessorState
+from schemas.codec import default_codec
+from streams.kafka import Delivered, Producer, Reader
+from streams.topics import hex_key, topic
+
+log = logging.getLogger(__name__)
+
+ORDERED = topic("blocks.ordered")
+EXECUTED = topic("blocks.executed")
+RECEIPTS = topic("receipts")
+ACCOUNTS = topic("state.accounts")
+REJECTED = topic("tx.rejected")
+EVM_PREFIX = b"evm/"
+
+
+class ExecutionProcessor:
+    def __init__(
+        self,
+        bootstrap: str,
+        state_dir: Path,
+        genesis: Genesis,
+        rules: ChainRules,
+        *,
+        group_id: str = "lattice-execution",
+    ) -> None:
+        self.state = ProcessorState(state_dir)
+        self.codec = default_codec()
+        db, self.overlay = overlay_chain_db(lambda key: self.state.get(EVM_PREFIX + key))
+        self.ledger = Ledger(db, genesis, rules)
+        self._commit_overlay({})  # the genesis, on a fresh store
+        self.producer = Producer(bootstrap, client_id=f"{group_id}-out")
+        self.published = last_block_number(bootstrap)
+
+    def _commit_overlay(self, offsets: dict[tuple[str, int], int]) -> None:
+        changes = self.overlay.take_changes()
+        puts = {EVM_PREFIX + k: v for k, v in changes.items() if v is not None}
+        deletes = [EVM_PREFIX + k for k, v in changes.items() if v is None]
+        if puts or deletes or offsets:
+            self.state.commit(offsets, puts, deletes=deletes)
+
+    def resume_from(self) -> int:
+        stored = self.state.offset(ORDERED.name, 0)
+        return 0 if stored is None else stored + 1
+
+    def handle(self, message: Any) -> BlockResult | None:
+        offset = message.offset()
+        stored = self.state.offset(ORDERED.name, 0)
+        if stored is not None and offset <= stored:
+            return None
+        ordered = self.codec.decode(message.value(), expect=ORDERED.schema).record
+        cause = {"topic": ORDERED.name, "partition": 0, "offset": offset}
+        try:
+            result = self.ledger.execute(ordered)
+        except Exception:
+            self.overlay.discard_changes()
+            raise
+        number = result.header.block_number
+        if number > self.published:
+            for future in self._send(result, cause):
+                future.result(timeout=60)
+            self.published = number
+        self._commit_overlay({(ORDERED.name, 0): offset})
+        return result
+
+    def _send(self, result: BlockResult, cause: dict[str, Any]) -> list[Future[Delivered]]:
+        header = result.header
+        number = header.block_number
+        futures = []
+        for item in result.included:
+            futures.append(
+                self.producer.send(
+                    RECEIPTS, receipt_event(result, item, cause), key=hex_key(item.tx.hash)
+                )
+            )
+        for r in result.rejected:
+            futures.append(
+                self.producer.send(
+                    REJECTED,
+                    {
+                        "hash": r.hash,
+                        "sender": r.sender,
+                        "nonce": r.nonce,
+                        "block_number": number,
+                        "dag_block": r.dag_block,
+                        "code": r.code,
+                        "reason": r.reason,
+                        "cause": cause,
+                    },
+                    key=hex_key(r.hash),
+                )
+            )
+        for address in result.touched:
+            account = self.ledger.account(address)
+            futures.append(
+                self.producer.send(
+                    ACCOUNTS,
+                    {**account, "block_number": number, "cause": cause},
+                    key=hex_key(address),
+                )
+            )
+        for future in futures:
+            future.result(timeout=60)
+        return [
+            self.producer.send(
+                EXECUTED,
+                {
+                    "number": number,
+                    "hash": header.hash,
+                    "parent_hash": header.parent_hash,
+                    "dag_block": result.dag_block,
+                    "state_root": header.state_root,
+                    "receipts_root": header.receipt_root,
+                    "transactions_root": header.transaction_root,
+                    "logs_bloom": header.bloom.to_bytes(256, "big"),
+                    "gas_used": header.gas_used,
+                    "gas_limit": header.gas_limit,
+                    "base_fee_per_gas": header.base_fee_per_gas,
+                    "timestamp": header.timestamp,
+                    "fee_recipient": header.coinbase,
+                    "transaction_hashes": [i.tx.hash for i in result.included],
+                    "rejected_count": len(result.rejected),
+                    "cause": cause,
+                },
+                timestamp_ms=header.timestamp * 1000,
+            )
+        ]
+
+    def close(self) -> None:
+        self.producer.close()
+        self.state.close()
+
+
+def receipt_event(result: BlockResult, item: Any, cause: dict[str, Any]) -> dict[str, Any]:
+    receipt = item.receipt
+    first_log = sum(len(i.receipt.logs) for i in result.included[: item.index])
+    return {
+        "transaction_hash": item.tx.hash,
+        "transaction_index": item.index,
+        "block_number": result.header.block_number,
+        "block_hash": result.header.hash,
+        "from_address": item.tx.sender,
+        "to_address": item.tx.to,
+        "contract_address": item.contract_address,
+        "tx_type": item.tx.tx_type,
+        # Since Byzantium the receipt's first field is the status: b"\x01" or b"".
+        "status": 1 if receipt.state_root == b"\x01" else 0,
+        "gas_used": item.gas_used,
+        "cumulative_gas_used": receipt.gas_used,
+        "effective_gas_price": item.effective_gas_price,
+        "logs_bloom": receipt.bloom.to_bytes(256, "big"),
+        "logs": [
+            {
+                "log_index": first_log + n,
+                "address": entry.address,
+                "topics": [t.to_bytes(32, "big") for t in entry.topics],
+                "data": entry.data,
+            }
+            for n, entry in enumerate(receipt.logs)
+        ],
+        "cause": cause,
+    }
+
+
+def last_block_number(bootstrap: str) -> int:
+    """The number of the last block on the executed topic (0 when empty)."""
+    reader = Reader(bootstrap, client_id="lattice-execution-tail")
+    try:
+        low, end = reader.end_offsets(EXECUTED.name)[0]
+        if end <= low:
+            return 0
+        last = 0
+        for message in reader.read({(EXECUTED.name, 0): end - 1}):
+            last = max(last, reader.decode(message).value["number"])
+        return last
+    finally:
+        reader.close()
