@@ -29,6 +29,7 @@ from fastapi import FastAPI
 
 from deploy import endpoints
 from gateway.app import create_app
+from gateway.chainview import ChainView
 from streams.admin import ensure_topics
 from streams.archive import Archiver, TopicArchive
 from streams.broker import EmbeddedBroker, die_with_parent
@@ -133,7 +134,8 @@ class Devnet:
                 self.producer = Producer(
                     bootstrap, client_id=f"{s.client_id}-gateway", config=s.kafka_config
                 )
-                app = create_app(s, self.producer)
+                view = ChainView(s.data_dir / "lattice-execution", s.chain_id)
+                app = create_app(s, self.producer, view)
                 asyncio.run(self._serve(app, bootstrap))
             finally:
                 self._stop()

@@ -3,6 +3,8 @@
 `POST /v1/transactions` is the ledger's front door: it decodes a raw signed transaction,
 applies every stateless check (`processors.execution.transactions`) and produces it to
 `lattice.tx.submitted` keyed by sender, answering only once the broker acknowledged it.
+With a ledger view, transactions are also checked against the executed state (nonce too
+low, insufficient funds) and `POST /` serves the Ethereum JSON-RPC (`gateway.rpc`).
 A bad transaction gets a 4xx JSON error `{"error": {"code", "message"}}` and nothing is
 produced.
 """
@@ -10,14 +12,17 @@ produced.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
+from gateway.chainview import ChainView, LedgerNotReady
+from gateway.rpc import Rpc
 from processors.execution.transactions import (
     ChainRules,
     InvalidTransaction,
@@ -26,7 +31,7 @@ from processors.execution.transactions import (
     parse_hex,
 )
 from streams.abc import RecordSink
-from streams.kafka import DeliveryError
+from streams.kafka import Delivered, DeliveryError
 from streams.settings import Settings
 from streams.topics import hex_key, topic
 
@@ -86,11 +91,73 @@ def _raw_hex(body: bytes, content_type: str) -> str:
         raise InvalidTransaction("not_hex", "the request body is not ASCII hex") from None
 
 
-def create_app(settings: Settings, sink: RecordSink) -> FastAPI:
+class Unavailable(RuntimeError):
+    """The log did not accept a record in time."""
+
+
+def create_app(settings: Settings, sink: RecordSink, view: ChainView | None = None) -> FastAPI:
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
     # A hex body is twice the bytes plus quoting; anything beyond is refused unread.
     body_limit = 2 * settings.max_tx_bytes + 1024
     app = FastAPI(title="Lattice gateway", version=client_version().split("/")[1])
+    rpc: Rpc | None = None
+    last_refresh = [0.0]
+
+    def fresh_view() -> None:
+        # Catching up with the execution store costs ~0.5 ms: at most every 20 ms.
+        if view is not None and time.monotonic() - last_refresh[0] > 0.02:
+            view.refresh()
+            last_refresh[0] = time.monotonic()
+
+    async def submit(raw: bytes, source: str) -> tuple[Transaction, Delivered]:
+        """Decode, check and log a transaction; raises InvalidTransaction or Unavailable."""
+        tx = decode_transaction(raw, rules)
+        if rpc is not None:
+            fresh_view()
+            # Before execution has written its genesis, only the stateless checks apply.
+            with contextlib.suppress(LedgerNotReady):
+                rpc.check_against_state(tx)
+        event = submitted_event(tx, int(time.time() * 1000), source)
+        try:
+            future = sink.send(TX_SUBMITTED, event, key=hex_key(tx.sender))
+            delivered = await asyncio.wait_for(asyncio.wrap_future(future), DELIVERY_TIMEOUT_S)
+        except (DeliveryError, TimeoutError) as exc:
+            raise Unavailable(f"the log did not accept the transaction: {exc}") from exc
+        if rpc is not None:
+            rpc.submitted.setdefault(tx.sender, set()).add(tx.nonce)
+        return tx, delivered
+
+    async def submit_for_rpc(raw: bytes, source: str) -> Transaction:
+        try:
+            return (await submit(raw, source))[0]
+        except Unavailable as exc:
+            raise InvalidTransaction("unavailable", str(exc)) from exc
+
+    if view is not None:
+        rpc = Rpc(
+            view,
+            submit_for_rpc,
+            chain_id=settings.chain_id,
+            client_version=client_version(),
+            block_gas_limit=settings.block_gas_limit,
+        )
+
+    @app.post("/", response_model=None)
+    async def json_rpc(request: Request) -> Response:
+        """Ethereum JSON-RPC 2.0, single or batch."""
+        if rpc is None:
+            return JSONResponse(
+                {
+                    "jsonrpc": "2.0",
+                    "id": None,
+                    "error": {"code": -32601, "message": "JSON-RPC is not served by this gateway"},
+                }
+            )
+        fresh_view()
+        answer = await rpc.handle(await request.body())
+        if answer is None:
+            return Response(status_code=204)
+        return JSONResponse(answer)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -106,15 +173,11 @@ def create_app(settings: Settings, sink: RecordSink) -> FastAPI:
             return error(413, "oversize", f"request body over {body_limit} bytes")
         try:
             raw = parse_hex(_raw_hex(body, request.headers.get("content-type", "")))
-            tx = decode_transaction(raw, rules)
+            tx, delivered = await submit(raw, "rest")
         except InvalidTransaction as exc:
             return error(413 if exc.code == "oversize" else 400, exc.code, exc.message)
-        event = submitted_event(tx, int(time.time() * 1000), "rest")
-        try:
-            future = sink.send(TX_SUBMITTED, event, key=hex_key(tx.sender))
-            delivered = await asyncio.wait_for(asyncio.wrap_future(future), DELIVERY_TIMEOUT_S)
-        except (DeliveryError, TimeoutError) as exc:
-            return error(503, "unavailable", f"the log did not accept the transaction: {exc}")
+        except Unavailable as exc:
+            return error(503, "unavailable", str(exc))
         return {
             "hash": "0x" + tx.hash.hex(),
             "from": "0x" + tx.sender.hex(),

@@ -1,0 +1,93 @@
+"""A read-only view of the ledger for the gateway: the execution processor's own store.
+
+The execution processor is the only writer of its RocksDB; the gateway opens the same
+database as a RocksDB *secondary* instance (read-only, catching up with the primary on a
+timer), so JSON-RPC reads see exactly the state execution committed, with no second copy to
+keep in sync. py-evm runs on top of it for calls and gas estimates; whatever py-evm writes
+while doing so lands in a throw-away overlay.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from eth.abc import BlockAPI, BlockHeaderAPI
+from eth.chains.base import MiningChain
+from eth.vm.forks import PragueVM  # type: ignore[attr-defined]
+from rocksdict import AccessType, Options, Rdict
+
+from processors.execution.db import overlay_chain_db
+from processors.execution.processor import EVM_PREFIX
+
+
+class LedgerNotReady(RuntimeError):
+    """The execution processor has not written the genesis yet."""
+
+
+class ChainView:
+    def __init__(self, store_dir: Path, chain_id: int) -> None:
+        self.store_path = store_dir / "rocksdb"
+        self.chain_id = chain_id
+        self._secondary_dir = Path(tempfile.mkdtemp(prefix="lattice-gateway-"))
+        self._db: Rdict | None = None
+        self._lock = threading.Lock()
+        self._chain: MiningChain | None = None
+        self._overlay: Any = None
+
+    def _open(self) -> Rdict:
+        if self._db is None:
+            if not (self.store_path / "CURRENT").exists():
+                raise LedgerNotReady("the execution processor has not started yet")
+            self._db = Rdict(
+                str(self.store_path),
+                options=Options(raw_mode=True),
+                access_type=AccessType.secondary(str(self._secondary_dir)),
+            )
+        return self._db
+
+    def refresh(self) -> None:
+        """See what the execution processor committed since the last refresh."""
+        with self._lock:
+            if self._db is not None:
+                self._db.try_catch_up_with_primary()
+
+    def _read(self, key: bytes) -> bytes | None:
+        value = self._open().get(EVM_PREFIX + key)
+        return None if value is None else bytes(value)
+
+    @property
+    def chain(self) -> MiningChain:
+        if self._chain is None:
+            db, self._overlay = overlay_chain_db(self._read)
+            chain_class = MiningChain.configure(
+                __name__="LatticeView", vm_configuration=((0, PragueVM),), chain_id=self.chain_id
+            )
+            try:
+                self._chain = chain_class(db)
+            except Exception as exc:  # no canonical head stored yet
+                raise LedgerNotReady("the ledger has no genesis yet") from exc
+        self._overlay.discard_changes()
+        return self._chain
+
+    def head(self) -> BlockHeaderAPI:
+        return self.chain.get_canonical_head()
+
+    def header(self, number: int) -> BlockHeaderAPI:
+        return self.chain.get_canonical_block_header_by_number(number)  # type: ignore[arg-type]
+
+    def block(self, number: int) -> BlockAPI:
+        return self.chain.get_canonical_block_by_number(number)  # type: ignore[arg-type]
+
+    def block_by_hash(self, block_hash: bytes) -> BlockAPI:
+        return self.chain.get_block_by_hash(block_hash)  # type: ignore[arg-type]
+
+    def state(self, header: BlockHeaderAPI) -> Any:
+        return self.chain.get_vm(header).state
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

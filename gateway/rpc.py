@@ -1,0 +1,552 @@
+"""Ethereum JSON-RPC (execution-apis), over the ledger view and the transaction intake.
+
+Single and batch requests per JSON-RPC 2.0. Errors carry the spec's codes: -32700 parse
+error, -32600 invalid request (also for an oversize batch), -32601 unknown method, -32602
+invalid params, -32603 internal error, -32000 for transactions the node refuses (geth's
+messages, which wallets recognise: "nonce too low", "insufficient funds for gas * price +
+value", ...), 3 for a reverted call with the revert data.
+
+Block tags: `latest` and `pending` are the executed head (blocks are built by proposers, so
+there is no local pending block); `safe` and `finalized` are the head too, since only final
+DAG chain blocks are ever executed (the ordered topic is never revised); `earliest` is 0.
+`eth_getTransactionCount(addr, "pending")` adds the transactions this gateway accepted that
+are not executed yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from eth._utils.address import generate_contract_address
+from eth.vm.spoof import SpoofTransaction
+from eth_hash.auto import keccak
+from eth_typing import Address
+
+from gateway.chainview import ChainView, LedgerNotReady
+from processors.execution.transactions import InvalidTransaction, Transaction
+
+MAX_BATCH = 1000
+CLIENT = "lattice"
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+def invalid_params(message: str) -> RpcError:
+    return RpcError(-32602, message)
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+
+def qty(n: int) -> str:
+    return hex(n)
+
+
+def data(b: bytes) -> str:
+    return "0x" + b.hex()
+
+
+def address(b: bytes | None) -> str | None:
+    return None if not b else "0x" + b.hex()
+
+
+def parse_qty(value: Any, what: str) -> int:
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            return int(value, 16)
+        except ValueError:
+            pass
+    raise invalid_params(f"{what}: expected a 0x-hex quantity, got {value!r}")
+
+
+def parse_data(value: Any, what: str, size: int | None = None) -> bytes:
+    if isinstance(value, str) and value.startswith("0x"):
+        try:
+            raw = bytes.fromhex(value[2:])
+        except ValueError:
+            raw = None
+        if raw is not None and (size is None or len(raw) == size):
+            return raw
+    expected = f"{size} bytes of 0x-hex" if size else "0x-hex data"
+    raise invalid_params(f"{what}: expected {expected}, got {value!r}")
+
+
+def _param(params: list[Any], index: int, what: str, default: Any = ...) -> Any:
+    if index < len(params):
+        return params[index]
+    if default is ...:
+        raise invalid_params(f"missing parameter {index + 1}: {what}")
+    return default
+
+
+class Rpc:
+    def __init__(
+        self,
+        view: ChainView,
+        submit: Callable[[bytes, str], Awaitable[Transaction]],
+        *,
+        chain_id: int,
+        client_version: str,
+        block_gas_limit: int,
+    ) -> None:
+        self.view = view
+        self.submit = submit
+        self.chain_id = chain_id
+        self.client_version = client_version
+        self.block_gas_limit = block_gas_limit
+        #: Nonces this gateway accepted per sender, for pending nonces.
+        self.submitted: dict[bytes, set[int]] = {}
+        self.methods: dict[str, Callable[[list[Any]], Any]] = {
+            name[4:]: getattr(self, name) for name in dir(self) if name.startswith("rpc_")
+        }
+
+    # -- framing ---------------------------------------------------------------------
+
+    async def handle(self, body: bytes) -> Any:
+        """A response document for a request body (None for notification-only input)."""
+        try:
+            request = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return _error(None, RpcError(-32700, "parse error: the body is not valid JSON"))
+        if isinstance(request, list):
+            if not request:
+                return _error(None, RpcError(-32600, "invalid request: empty batch"))
+            if len(request) > MAX_BATCH:
+                return _error(
+                    None,
+                    RpcError(
+                        -32600, f"invalid request: batch of {len(request)} exceeds {MAX_BATCH}"
+                    ),
+                )
+            responses = [await self.call(item) for item in request]
+            return [r for r in responses if r is not None] or None
+        return await self.call(request)
+
+    async def call(self, request: Any) -> dict[str, Any] | None:
+        if (
+            not isinstance(request, dict)
+            or request.get("jsonrpc") != "2.0"
+            or not isinstance(request.get("method"), str)
+        ):
+            return _error(
+                request.get("id") if isinstance(request, dict) else None,
+                RpcError(-32600, "invalid request: need jsonrpc 2.0 and a method"),
+            )
+        ident = request.get("id")
+        params = request.get("params", [])
+        if not isinstance(params, list):
+            return _error(ident, RpcError(-32602, "params must be an array"))
+        method = self.methods.get(request["method"])
+        try:
+            if method is None:
+                raise RpcError(
+                    -32601, f"the method {request['method']} does not exist/is not available"
+                )
+            result = method(params)
+            if asyncio.iscoroutine(result):
+                result = await result
+        except RpcError as exc:
+            return _error(ident, exc) if "id" in request else None
+        except LedgerNotReady as exc:
+            return _error(ident, RpcError(-32000, str(exc)))
+        if "id" not in request:
+            return None  # a notification
+        return {"jsonrpc": "2.0", "id": ident, "result": result}
+
+    # -- block selection -------------------------------------------------------------
+
+    def _header(self, tag: Any) -> Any:
+        head = self.view.head()
+        if tag in ("latest", "pending", "safe", "finalized", None):
+            return head
+        if tag == "earliest":
+            return self.view.header(0)
+        if isinstance(tag, dict):
+            if "blockHash" in tag:
+                block_hash = parse_data(tag["blockHash"], "blockHash", 32)
+                return self._block_by_hash(block_hash).header
+            tag = tag.get("blockNumber")
+        number = parse_qty(tag, "block")
+        if number > head.block_number:
+            raise RpcError(-32000, f"header not found: block {number} is beyond the head")
+        return self.view.header(number)
+
+    def _block_by_hash(self, block_hash: bytes) -> Any:
+        try:
+            return self.view.block_by_hash(block_hash)
+        except Exception:
+            raise RpcError(-32000, "block not found") from None
+
+    # -- chain & client ---------------------------------------------------------------
+
+    def rpc_eth_chainId(self, params: list[Any]) -> str:
+        return qty(self.chain_id)
+
+    def rpc_net_version(self, params: list[Any]) -> str:
+        return str(self.chain_id)
+
+    def rpc_net_listening(self, params: list[Any]) -> bool:
+        return True
+
+    def rpc_web3_clientVersion(self, params: list[Any]) -> str:
+        return self.client_version
+
+    def rpc_web3_sha3(self, params: list[Any]) -> str:
+        return data(keccak(parse_data(_param(params, 0, "data"), "data")))
+
+    def rpc_eth_syncing(self, params: list[Any]) -> bool:
+        return False
+
+    def rpc_eth_accounts(self, params: list[Any]) -> list[str]:
+        return []  # the node holds no keys: sign in the wallet
+
+    def rpc_eth_blockNumber(self, params: list[Any]) -> str:
+        return qty(self.view.head().block_number)
+
+    # -- fees --------------------------------------------------------------------------
+
+    def _next_base_fee(self) -> int:
+        head = self.view.head()
+        child = self.view.chain.create_header_from_parent(head)
+        return int(child.base_fee_per_gas or 0)
+
+    def rpc_eth_gasPrice(self, params: list[Any]) -> str:
+        return qty(self._next_base_fee() + 10**9)
+
+    def rpc_eth_maxPriorityFeePerGas(self, params: list[Any]) -> str:
+        return qty(10**9)
+
+    def rpc_eth_feeHistory(self, params: list[Any]) -> dict[str, Any]:
+        count = _param(params, 0, "blockCount")
+        count = parse_qty(count, "blockCount") if isinstance(count, str) else int(count)
+        newest = self._header(_param(params, 1, "newestBlock")).block_number
+        percentiles = _param(params, 2, "rewardPercentiles", None) or []
+        count = max(1, min(count, 1024, newest + 1))
+        oldest = newest - count + 1
+        headers = [self.view.header(n) for n in range(oldest, newest + 1)]
+        return {
+            "oldestBlock": qty(oldest),
+            "baseFeePerGas": [qty(h.base_fee_per_gas or 0) for h in headers]
+            + [qty(self._next_base_fee())],
+            "gasUsedRatio": [h.gas_used / h.gas_limit for h in headers],
+            "reward": [[qty(10**9) for _ in percentiles] for _ in headers],
+        }
+
+    # -- accounts ----------------------------------------------------------------------
+
+    def _state(self, params: list[Any], index: int) -> Any:
+        return self.view.state(self._header(_param(params, index, "block", "latest")))
+
+    def rpc_eth_getBalance(self, params: list[Any]) -> str:
+        who = Address(parse_data(_param(params, 0, "address"), "address", 20))
+        return qty(self._state(params, 1).get_balance(who))
+
+    def rpc_eth_getTransactionCount(self, params: list[Any]) -> str:
+        who = parse_data(_param(params, 0, "address"), "address", 20)
+        nonce = int(self._state(params, 1).get_nonce(Address(who)))
+        if _param(params, 1, "block", "latest") == "pending":
+            waiting = self.submitted.get(who, set())
+            while nonce in waiting:
+                nonce += 1
+        return qty(nonce)
+
+    def rpc_eth_getCode(self, params: list[Any]) -> str:
+        who = Address(parse_data(_param(params, 0, "address"), "address", 20))
+        return data(self._state(params, 1).get_code(who))
+
+    def rpc_eth_getStorageAt(self, params: list[Any]) -> str:
+        who = Address(parse_data(_param(params, 0, "address"), "address", 20))
+        slot = parse_qty(_param(params, 1, "slot"), "slot")
+        value = self._state(params, 2).get_storage(who, slot)
+        return data(value.to_bytes(32, "big"))
+
+    # -- calls -------------------------------------------------------------------------
+
+    def _spoof(self, call: Any, header: Any) -> SpoofTransaction:
+        if not isinstance(call, dict):
+            raise invalid_params("the call must be an object")
+        sender = parse_data(call["from"], "from", 20) if call.get("from") else b"\0" * 20
+        to = parse_data(call["to"], "to", 20) if call.get("to") else b""
+        payload = call.get("data", call.get("input", "0x"))
+        vm = self.view.chain.get_vm(header)
+        state = vm.state
+        unsigned = vm.create_unsigned_transaction(
+            nonce=state.get_nonce(Address(sender)),
+            gas_price=0,
+            gas=parse_qty(call["gas"], "gas") if call.get("gas") else self.block_gas_limit,
+            to=Address(to),
+            value=parse_qty(call["value"], "value") if call.get("value") else 0,
+            data=parse_data(payload, "data"),
+        )
+        return SpoofTransaction(unsigned, from_=sender)
+
+    def rpc_eth_call(self, params: list[Any]) -> str:
+        header = self._header(_param(params, 1, "block", "latest"))
+        tx = self._spoof(_param(params, 0, "call"), header)
+        with self.view.chain.get_vm(header).in_costless_state() as state:
+            computation = state.costless_execute_transaction(tx)  # type: ignore[arg-type]
+        if computation.is_error:
+            output = computation.output
+            raise RpcError(3, "execution reverted" + _reason(output), data(output))
+        return data(computation.output)
+
+    def rpc_eth_estimateGas(self, params: list[Any]) -> str:
+        header = self._header(_param(params, 1, "block", "latest"))
+        tx = self._spoof(_param(params, 0, "call"), header)
+        try:
+            return qty(self.view.chain.estimate_gas(tx, header))  # type: ignore[arg-type]
+        except Exception as exc:  # py-evm raises the failing computation's error
+            raise RpcError(3, f"execution reverted: {exc}") from None
+
+    # -- transactions ------------------------------------------------------------------
+
+    async def rpc_eth_sendRawTransaction(self, params: list[Any]) -> str:
+        raw = parse_data(_param(params, 0, "raw transaction"), "raw transaction")
+        try:
+            tx = await self.submit(raw, "rpc")
+        except InvalidTransaction as exc:
+            raise RpcError(-32000, exc.message) from None
+        self.submitted.setdefault(tx.sender, set()).add(tx.nonce)
+        return data(tx.hash)
+
+    def check_against_state(self, tx: Transaction) -> None:
+        """The stateful checks a node makes before accepting a transaction."""
+        state = self.view.state(self.view.head())
+        nonce = int(state.get_nonce(Address(tx.sender)))
+        if tx.nonce < nonce:
+            raise InvalidTransaction(
+                "nonce_too_low", f"nonce too low: next nonce {nonce}, tx nonce {tx.nonce}"
+            )
+        cost = tx.gas_limit * tx.fee_cap + tx.value
+        balance = int(state.get_balance(Address(tx.sender)))
+        if balance < cost:
+            raise InvalidTransaction(
+                "insufficient_funds",
+                f"insufficient funds for gas * price + value: balance {balance}, tx cost {cost}",
+            )
+
+    def _location(self, tx_hash: bytes) -> tuple[Any, int] | None:
+        try:
+            number, index = self.view.chain.chaindb.get_transaction_index(tx_hash)  # type: ignore[arg-type]
+        except Exception:
+            return None
+        return self.view.block(number), index
+
+    def rpc_eth_getTransactionByHash(self, params: list[Any]) -> dict[str, Any] | None:
+        found = self._location(parse_data(_param(params, 0, "hash"), "hash", 32))
+        return None if found is None else _tx(found[0], found[1])
+
+    def rpc_eth_getTransactionReceipt(self, params: list[Any]) -> dict[str, Any] | None:
+        found = self._location(parse_data(_param(params, 0, "hash"), "hash", 32))
+        if found is None:
+            return None
+        block, index = found
+        return _receipts(self.view, block)[index]
+
+    def rpc_eth_getBlockReceipts(self, params: list[Any]) -> list[dict[str, Any]]:
+        header = self._header(_param(params, 0, "block"))
+        return _receipts(self.view, self.view.block(header.block_number))
+
+    def _block(self, block: Any, full: Any) -> dict[str, Any]:
+        if not isinstance(full, bool):
+            raise invalid_params("the second parameter must be a boolean")
+        return _block(block, full)
+
+    def rpc_eth_getBlockByNumber(self, params: list[Any]) -> dict[str, Any] | None:
+        try:
+            header = self._header(_param(params, 0, "block"))
+        except RpcError as exc:
+            if exc.code == -32000:
+                return None
+            raise
+        return self._block(self.view.block(header.block_number), _param(params, 1, "full", False))
+
+    def rpc_eth_getBlockByHash(self, params: list[Any]) -> dict[str, Any] | None:
+        block_hash = parse_data(_param(params, 0, "hash"), "hash", 32)
+        try:
+            block = self.view.block_by_hash(block_hash)
+        except Exception:
+            return None
+        return self._block(block, _param(params, 1, "full", False))
+
+    def rpc_eth_getBlockTransactionCountByNumber(self, params: list[Any]) -> str:
+        header = self._header(_param(params, 0, "block"))
+        return qty(len(self.view.block(header.block_number).transactions))
+
+    def rpc_eth_getBlockTransactionCountByHash(self, params: list[Any]) -> str:
+        block = self._block_by_hash(parse_data(_param(params, 0, "hash"), "hash", 32))
+        return qty(len(block.transactions))
+
+    def rpc_eth_getTransactionByBlockNumberAndIndex(self, params: list[Any]) -> Any:
+        header = self._header(_param(params, 0, "block"))
+        index = parse_qty(_param(params, 1, "index"), "index")
+        block = self.view.block(header.block_number)
+        return _tx(block, index) if index < len(block.transactions) else None
+
+    def rpc_eth_getTransactionByBlockHashAndIndex(self, params: list[Any]) -> Any:
+        block = self._block_by_hash(parse_data(_param(params, 0, "hash"), "hash", 32))
+        index = parse_qty(_param(params, 1, "index"), "index")
+        return _tx(block, index) if index < len(block.transactions) else None
+
+
+def _reason(output: bytes) -> str:
+    # Error(string): selector 0x08c379a0, then an ABI-encoded string.
+    if output[:4] == bytes.fromhex("08c379a0") and len(output) >= 68:
+        length = int.from_bytes(output[36:68], "big")
+        return ": " + output[68 : 68 + length].decode(errors="replace")
+    return ""
+
+
+def _error(ident: Any, exc: RpcError) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.data is not None:
+        error["data"] = exc.data
+    return {"jsonrpc": "2.0", "id": ident, "error": error}
+
+
+def _sender(tx: Any) -> bytes:
+    return bytes(tx.sender)
+
+
+def _tx(block: Any, index: int) -> dict[str, Any]:
+    tx = block.transactions[index]
+    header = block.header
+    kind = getattr(tx, "type_id", None) or 0
+    out: dict[str, Any] = {
+        "blockHash": data(header.hash),
+        "blockNumber": qty(header.block_number),
+        "transactionIndex": qty(index),
+        "hash": data(tx.hash),
+        "from": address(_sender(tx)),
+        "to": address(tx.to),
+        "nonce": qty(tx.nonce),
+        "gas": qty(tx.gas),
+        "value": qty(tx.value),
+        "input": data(tx.data),
+        "type": qty(kind),
+        "chainId": qty(tx.chain_id) if tx.chain_id is not None else None,
+        "v": qty(tx.v if kind == 0 else tx.y_parity),
+        "r": qty(tx.r),
+        "s": qty(tx.s),
+    }
+    if kind == 2:
+        base = header.base_fee_per_gas or 0
+        out["maxFeePerGas"] = qty(tx.max_fee_per_gas)
+        out["maxPriorityFeePerGas"] = qty(tx.max_priority_fee_per_gas)
+        out["gasPrice"] = qty(min(tx.max_fee_per_gas, base + tx.max_priority_fee_per_gas))
+        out["yParity"] = qty(tx.y_parity)
+    else:
+        out["gasPrice"] = qty(tx.gas_price)
+    if kind in (1, 2):
+        out["accessList"] = [
+            {"address": address(a), "storageKeys": [data(k.to_bytes(32, "big")) for k in keys]}
+            for a, keys in tx.access_list
+        ]
+        out["yParity"] = qty(tx.y_parity)
+    return out
+
+
+def _receipts(view: ChainView, block: Any) -> list[dict[str, Any]]:
+    header = block.header
+    receipts = block.get_receipts(view.chain.chaindb)
+    out = []
+    previous = 0
+    log_index = 0
+    for index, (tx, receipt) in enumerate(zip(block.transactions, receipts, strict=True)):
+        base = header.base_fee_per_gas or 0
+        kind = getattr(tx, "type_id", None) or 0
+        price = (
+            min(tx.max_fee_per_gas, base + tx.max_priority_fee_per_gas)
+            if kind == 2
+            else tx.gas_price
+        )
+        sender = _sender(tx)
+        logs = []
+        for entry in receipt.logs:
+            logs.append(
+                {
+                    "address": address(entry.address),
+                    "topics": [data(t.to_bytes(32, "big")) for t in entry.topics],
+                    "data": data(entry.data),
+                    "blockNumber": qty(header.block_number),
+                    "blockHash": data(header.hash),
+                    "transactionHash": data(tx.hash),
+                    "transactionIndex": qty(index),
+                    "logIndex": qty(log_index),
+                    "removed": False,
+                }
+            )
+            log_index += 1
+        out.append(
+            {
+                "transactionHash": data(tx.hash),
+                "transactionIndex": qty(index),
+                "blockHash": data(header.hash),
+                "blockNumber": qty(header.block_number),
+                "from": address(sender),
+                "to": address(tx.to),
+                "cumulativeGasUsed": qty(receipt.gas_used),
+                "gasUsed": qty(receipt.gas_used - previous),
+                "effectiveGasPrice": qty(price),
+                "contractAddress": address(generate_contract_address(Address(sender), tx.nonce))
+                if not tx.to
+                else None,
+                "logs": logs,
+                "logsBloom": data(receipt.bloom.to_bytes(256, "big")),
+                "status": qty(1 if receipt.state_root == b"\x01" else 0),
+                "type": qty(kind),
+            }
+        )
+        previous = receipt.gas_used
+    return out
+
+
+def _block(block: Any, full: bool) -> dict[str, Any]:
+    h = block.header
+    out: dict[str, Any] = {
+        "number": qty(h.block_number),
+        "hash": data(h.hash),
+        "parentHash": data(h.parent_hash),
+        "nonce": data(h.nonce),
+        "sha3Uncles": data(h.uncles_hash),
+        "logsBloom": data(h.bloom.to_bytes(256, "big")),
+        "transactionsRoot": data(h.transaction_root),
+        "stateRoot": data(h.state_root),
+        "receiptsRoot": data(h.receipt_root),
+        "miner": address(h.coinbase),
+        "difficulty": qty(h.difficulty),
+        "totalDifficulty": qty(0),
+        "extraData": data(h.extra_data),
+        "size": qty(len(block.encode()) if hasattr(block, "encode") else 0),
+        "gasLimit": qty(h.gas_limit),
+        "gasUsed": qty(h.gas_used),
+        "timestamp": qty(h.timestamp),
+        "mixHash": data(h.mix_hash),
+        "baseFeePerGas": qty(h.base_fee_per_gas or 0),
+        "uncles": [],
+        "transactions": [_tx(block, i) for i in range(len(block.transactions))]
+        if full
+        else [data(tx.hash) for tx in block.transactions],
+    }
+    for field, key in (
+        ("withdrawals_root", "withdrawalsRoot"),
+        ("blob_gas_used", "blobGasUsed"),
+        ("excess_blob_gas", "excessBlobGas"),
+        ("parent_beacon_block_root", "parentBeaconBlockRoot"),
+        ("requests_hash", "requestsHash"),
+    ):
+        value = getattr(h, field, None)
+        if value is not None:
+            out[key] = data(value) if isinstance(value, bytes) else qty(value)
+    if getattr(h, "withdrawals_root", None) is not None:
+        out["withdrawals"] = []
+    return out

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from eth_account import Account
+
+from processors.execution.db import overlay_chain_db
+from processors.execution.genesis import (
+    DEV_ACCOUNTS,
+    DEV_MNEMONIC,
+    ETHER,
+    GenesisError,
+    dev_genesis,
+    load_genesis,
+)
+from processors.execution.ledger import Ledger
+from processors.execution.transactions import ChainRules
+from streams.settings import CHAIN_ID
+
+RULES = ChainRules(CHAIN_ID)
+KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+ADDR0 = bytes.fromhex(DEV_ACCOUNTS[0][2:])
+DEST = bytes.fromhex("22" * 20)
+PROPOSER = bytes.fromhex("99" * 20)
+
+
+def transfer(nonce: int, value: int = 5, key: str = KEY0, **kw: Any) -> bytes:
+    tx = {
+        "type": 2,
+        "nonce": nonce,
+        "maxFeePerGas": 10**10,
+        "maxPriorityFeePerGas": 10**9,
+        "gas": 21_000,
+        "to": "0x" + DEST.hex(),
+        "value": value,
+        "chainId": CHAIN_ID,
+    }
+    tx.update(kw)
+    return bytes(Account.sign_transaction(tx, key).raw_transaction)
+
+
+def ordered(n: int, raws: list[bytes]) -> dict[str, Any]:
+    return {
+        "hash": n.to_bytes(32, "big"),
+        "timestamp_ms": 1_700_000_000_000 + n * 1000,
+        "proposer": PROPOSER,
+        "transactions": [{"raw": r, "dag_block": n.to_bytes(32, "big")} for r in raws],
+    }
+
+
+class Store:
+    """A dict standing in for the processor's store (this is a pure-core test)."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+
+    def ledger(self) -> tuple[Ledger, Any]:
+        db, overlay = overlay_chain_db(self.data.get)
+        ledger = Ledger(db, dev_genesis(30_000_000), RULES)
+        self.commit(overlay)
+        return ledger, overlay
+
+    def commit(self, overlay: Any) -> None:
+        for key, value in overlay.take_changes().items():
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+
+
+def test_dev_accounts_are_the_mnemonic_derivations() -> None:
+    Account.enable_unaudited_hdwallet_features()
+    for i, address in enumerate(DEV_ACCOUNTS):
+        derived = Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{i}")
+        assert derived.address == address
+
+
+def test_genesis_funds_the_dev_accounts() -> None:
+    ledger, _ = Store().ledger()
+    assert ledger.head.block_number == 0
+    for address in DEV_ACCOUNTS:
+        assert ledger.account(bytes.fromhex(address[2:]))["balance"] == 10_000 * ETHER
+
+
+def test_transfers_and_every_rejection_reason() -> None:
+    ledger, _ = Store().ledger()
+    poor = "0x" + "77" * 32
+    raws = [
+        transfer(0),
+        transfer(1),
+        transfer(0),  # same bytes again: already executed
+        transfer(0, value=6),  # new tx, stale nonce
+        transfer(5),  # gap
+        transfer(0, key=poor),  # no funds
+        transfer(2, maxFeePerGas=1, maxPriorityFeePerGas=1),  # below the base fee
+    ]
+    result = ledger.execute(ordered(1, raws))
+    assert [i.tx.nonce for i in result.included] == [0, 1]
+    assert [r.code for r in result.rejected] == [
+        "already_executed",
+        "nonce_too_low",
+        "nonce_too_high",
+        "insufficient_funds",
+        "fee_below_base_fee",
+    ]
+    assert ledger.account(DEST)["balance"] == 10
+    assert ledger.account(ADDR0)["nonce"] == 2
+    # Priority fees went to the chain block's proposer.
+    assert ledger.account(PROPOSER)["balance"] == 2 * 21_000 * 10**9
+    # A transaction executed in an earlier block is recognised as such.
+    again = ledger.execute(ordered(2, [transfer(0)]))
+    assert [r.code for r in again.rejected] == ["already_executed"]
+
+
+def test_same_input_same_state_roots_and_restart_from_the_store() -> None:
+    blocks = [ordered(n, [transfer(2 * n - 2), transfer(2 * n - 1)]) for n in range(1, 6)]
+    one, _ = Store().ledger()
+    roots = [one.execute(b).header.state_root for b in blocks]
+    store = Store()
+    two, overlay = store.ledger()
+    for block in blocks[:3]:
+        two.execute(block)
+        store.commit(overlay)
+    resumed, overlay = store.ledger()  # a new process over the committed store
+    assert resumed.head.block_number == 3
+    later = [resumed.execute(b).header.state_root for b in blocks[3:]]
+    assert later == roots[3:]
+    assert len(set(roots)) == 5
+
+
+def test_contract_creation_and_logs() -> None:
+    ledger, _ = Store().ledger()
+    # Init code: LOG1(0, 0, topic 0x2a), then return empty runtime code.
+    init = bytes.fromhex("602a60006000a160006000f3")
+    raw = transfer(0, value=0, to=b"", data=init, gas=100_000)
+    result = ledger.execute(ordered(1, [raw]))
+    (item,) = result.included
+    assert item.contract_address is not None
+    assert item.receipt.logs[0].topics == (0x2A,)
+
+
+def test_genesis_files(tmp_path: Any) -> None:
+    path = tmp_path / "genesis.json"
+    path.write_text('{"alloc": {"0x' + "11" * 20 + '": {"balance": "0x10", "nonce": 1}}}')
+    genesis = load_genesis(path, 30_000_000)
+    assert genesis.alloc[b"\x11" * 20].balance == 16
+    path.write_text('{"alloc": {"0x12": {}}}')
+    with pytest.raises(GenesisError, match="20-byte"):
+        load_genesis(path, 30_000_000)
+    with pytest.raises(GenesisError, match="cannot read"):
+        load_genesis(tmp_path / "none.json", 1)
