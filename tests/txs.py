@@ -8,7 +8,8 @@ from eth_account import Account
 
 from streams.settings import CHAIN_ID
 
-KEY = "0x" + "4c" * 32
+# Dev account 4 of the development mnemonic: funded in the devnet genesis.
+KEY = "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a"
 ACCOUNT = Account.from_key(KEY)
 TO = "0x" + "22" * 20
 

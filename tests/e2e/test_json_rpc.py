@@ -1,0 +1,181 @@
+"""The Ethereum JSON-RPC on a real devnet, through web3.py and raw HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from eth_account import Account
+from web3 import Web3
+
+from processors.execution.genesis import DEV_ACCOUNTS
+from tests.e2e.test_devnet import Devnet
+
+pytestmark = pytest.mark.e2e
+KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+KEY1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+# Init code that deploys runtime code returning 42 for any call.
+RETURNS_42 = "0x600a600c600039600a6000f3602a60005260206000f3"
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    net = Devnet(
+        tmp_path_factory.mktemp("rpc") / "data", "--block-interval", "0.3", "--finality-depth", "3"
+    )
+    net.start()
+    yield net
+    net.stop()
+
+
+@pytest.fixture(scope="module")
+def w3(devnet: Devnet) -> Web3:
+    web3 = Web3(Web3.HTTPProvider(devnet.url))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until execution has written the genesis
+        try:
+            web3.eth.get_balance(DEV_ACCOUNTS[0])
+            return web3
+        except Exception:
+            time.sleep(0.2)
+    raise AssertionError("the ledger did not come up")
+
+
+def rpc(devnet: Devnet, method: str, *params: Any) -> dict[str, Any]:
+    response = httpx.post(
+        devnet.url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+    )
+    return response.json()  # type: ignore[no-any-return]
+
+
+def send(w3: Web3, key: str, **tx: Any) -> Any:
+    acct = Account.from_key(key)
+    full = {
+        "chainId": 27182,
+        "type": 2,
+        "gas": 21_000,
+        "value": 0,
+        "maxFeePerGas": 10**10,
+        "maxPriorityFeePerGas": 10**9,
+        "nonce": w3.eth.get_transaction_count(acct.address, "pending"),
+    }
+    full.update(tx)
+    return w3.eth.send_raw_transaction(acct.sign_transaction(full).raw_transaction)
+
+
+def test_dev_accounts_and_chain(w3: Web3) -> None:
+    assert w3.eth.chain_id == 27182
+    assert w3.net.version == "27182"
+    assert w3.eth.get_balance(DEV_ACCOUNTS[9]) == 10_000 * 10**18
+    assert w3.eth.syncing is False
+    assert w3.eth.get_block("earliest").number == 0
+    assert w3.eth.get_block("finalized").number <= w3.eth.block_number
+
+
+def test_back_to_back_transfers_with_pending_nonces(w3: Web3) -> None:
+    dest = "0x" + "33" * 20
+    before = w3.eth.get_balance(dest)
+    hashes = [send(w3, KEY1, to=dest, value=10**15) for _ in range(4)]
+    receipts = [
+        w3.eth.wait_for_transaction_receipt(h, timeout=60, poll_latency=0.1) for h in hashes
+    ]
+    assert all(r.status == 1 for r in receipts)
+    assert w3.eth.get_balance(dest) == before + 4 * 10**15
+    tx = w3.eth.get_transaction(hashes[0])
+    assert tx["from"] == DEV_ACCOUNTS[1] and tx.blockNumber == receipts[0].blockNumber
+    block = w3.eth.get_block(receipts[-1].blockNumber, full_transactions=True)
+    assert any(t.hash == hashes[-1] for t in block.transactions)
+    assert w3.eth.get_transaction_count(DEV_ACCOUNTS[1]) >= 4
+
+
+def test_deploy_and_call(w3: Web3) -> None:
+    receipt = w3.eth.wait_for_transaction_receipt(
+        send(w3, KEY0, data=RETURNS_42, gas=100_000), timeout=60, poll_latency=0.1
+    )
+    assert receipt.contractAddress
+    assert w3.eth.get_code(receipt.contractAddress).hex() == "602a60005260206000f3"
+    assert int.from_bytes(w3.eth.call({"to": receipt.contractAddress}), "big") == 42
+    assert (
+        w3.eth.estimate_gas({"from": DEV_ACCOUNTS[0], "to": DEV_ACCOUNTS[2], "value": 1}) == 21_000
+    )
+
+
+@pytest.mark.parametrize(
+    ("tx", "key", "message"),
+    [
+        ({"chainId": 1}, KEY0, "chain id"),
+        ({"nonce": 0}, KEY0, "nonce too low"),
+        ({"value": 10**30}, KEY0, "insufficient funds"),
+        ({"gas": 40_000_000}, KEY0, "block gas limit"),
+    ],
+)
+def test_refused_transactions_get_minus_32000_and_reach_nothing(
+    devnet: Devnet, w3: Web3, tx: dict[str, Any], key: str, message: str
+) -> None:
+    acct = Account.from_key(key)
+    full = {
+        "chainId": 27182,
+        "type": 2,
+        "gas": 21_000,
+        "value": 0,
+        "to": DEV_ACCOUNTS[3],
+        "maxFeePerGas": 10**10,
+        "maxPriorityFeePerGas": 10**9,
+        "nonce": w3.eth.get_transaction_count(acct.address, "pending"),
+    }
+    if tx.get("nonce") == 0:
+        send_first = send(w3, key, to=DEV_ACCOUNTS[3])  # make nonce 0 used
+        w3.eth.wait_for_transaction_receipt(send_first, timeout=60, poll_latency=0.1)
+    full.update(tx)
+    raw = acct.sign_transaction(full).raw_transaction
+    before = len(devnet.tail())
+    answer = rpc(devnet, "eth_sendRawTransaction", "0x" + bytes(raw).hex())
+    assert answer["error"]["code"] == -32000
+    assert message in answer["error"]["message"]
+    assert len(devnet.tail()) == before
+
+
+def test_bad_signature_is_refused(devnet: Devnet) -> None:
+    raw = bytes(
+        Account.sign_transaction(
+            {
+                "chainId": 27182,
+                "type": 2,
+                "gas": 21_000,
+                "to": DEV_ACCOUNTS[3],
+                "value": 0,
+                "maxFeePerGas": 10**10,
+                "maxPriorityFeePerGas": 10**9,
+                "nonce": 0,
+            },
+            KEY0,
+        ).raw_transaction
+    )
+    tampered = raw[:-32] + b"\xff" * 32
+    answer = rpc(devnet, "eth_sendRawTransaction", "0x" + tampered.hex())
+    assert answer["error"]["code"] == -32000 and "signature" in answer["error"]["message"]
+
+
+def test_protocol_errors(devnet: Devnet) -> None:
+    assert httpx.post(devnet.url, content=b"{nope").json()["error"]["code"] == -32700
+    assert rpc(devnet, "eth_noSuchMethod")["error"]["code"] == -32601
+    bad = httpx.post(devnet.url, json={"id": 1, "method": "eth_chainId"}).json()
+    assert bad["error"]["code"] == -32600
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "eth_chainId"} for i in range(1001)]
+    assert httpx.post(devnet.url, json=batch).json()["error"]["code"] == -32600
+    assert rpc(devnet, "eth_getBalance", "0x12")["error"]["code"] == -32602
+    ok = httpx.post(
+        devnet.url,
+        json=[
+            {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"},
+            {"jsonrpc": "2.0", "id": 2, "method": "net_version"},
+        ],
+    )
+    assert [r["result"] for r in ok.json()] == ["0x6a2e", "27182"]
+    assert rpc(devnet, "web3_sha3", "0x")["result"] == (
+        "0xc5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+    )
+    assert rpc(devnet, "eth_getTransactionReceipt", "0x" + "00" * 32)["result"] is None
