@@ -7,10 +7,10 @@ together with the input offset in one synced rocksdict batch. A crash at any poi
 from the last committed block: no transaction is applied twice or lost, and the state root
 at every height is what an uninterrupted run computes.
 
-Outputs are sent receipts, rejections and accounts first and the executed block last; on
-restart, blocks the executed topic already holds are not sent again. A crash in the middle
-of one block's sends can leave some of that block's receipts on the log twice (same key, same
-bytes); readers treat receipts as keyed by transaction hash.
+Outputs are sent receipts, rejections and accounts first and the executed block last. On
+restart, a block the executed topic already holds is not sent again, and for the block that
+was being sent when the process died, the records already on the log (recognised by their
+`cause`, the ordered block's offset) are skipped: every transaction gets exactly one receipt.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from processors.execution.transactions import ChainRules
 from processors.state import ProcessorState
 from schemas.codec import default_codec
 from streams.kafka import Delivered, Producer, Reader
-from streams.topics import hex_key, topic
+from streams.topics import TopicSpec, hex_key, topic
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class ExecutionProcessor:
         self._commit_overlay({})  # the genesis, on a fresh store
         self.producer = Producer(bootstrap, client_id=f"{group_id}-out")
         self.published = last_block_number(bootstrap)
+        self._sent_before_crash = sent_for(bootstrap, self.resume_from())
 
     def _commit_overlay(self, offsets: dict[tuple[str, int], int]) -> None:
         changes = self.overlay.take_changes()
@@ -92,38 +93,28 @@ class ExecutionProcessor:
         header = result.header
         number = header.block_number
         futures = []
+        already = self._sent_before_crash if cause["offset"] == self.resume_from() else set()
+        outputs: list[tuple[TopicSpec, str, dict[str, Any]]] = []
         for item in result.included:
-            futures.append(
-                self.producer.send(
-                    RECEIPTS, receipt_event(result, item, cause), key=hex_key(item.tx.hash)
-                )
-            )
+            outputs.append((RECEIPTS, hex_key(item.tx.hash), receipt_event(result, item, cause)))
         for r in result.rejected:
-            futures.append(
-                self.producer.send(
-                    REJECTED,
-                    {
-                        "hash": r.hash,
-                        "sender": r.sender,
-                        "nonce": r.nonce,
-                        "block_number": number,
-                        "dag_block": r.dag_block,
-                        "code": r.code,
-                        "reason": r.reason,
-                        "cause": cause,
-                    },
-                    key=hex_key(r.hash),
-                )
-            )
+            rejected = {
+                "hash": r.hash,
+                "sender": r.sender,
+                "nonce": r.nonce,
+                "block_number": number,
+                "dag_block": r.dag_block,
+                "code": r.code,
+                "reason": r.reason,
+                "cause": cause,
+            }
+            outputs.append((REJECTED, hex_key(r.hash), rejected))
         for address in result.touched:
-            account = self.ledger.account(address)
-            futures.append(
-                self.producer.send(
-                    ACCOUNTS,
-                    {**account, "block_number": number, "cause": cause},
-                    key=hex_key(address),
-                )
-            )
+            account = {**self.ledger.account(address), "block_number": number, "cause": cause}
+            outputs.append((ACCOUNTS, hex_key(address), account))
+        for spec, key, value in outputs:
+            if (spec.name, key) not in already:
+                futures.append(self.producer.send(spec, value, key=key))
         for future in futures:
             future.result(timeout=60)
         return [
@@ -185,6 +176,25 @@ def receipt_event(result: BlockResult, item: Any, cause: dict[str, Any]) -> dict
         ],
         "cause": cause,
     }
+
+
+def sent_for(bootstrap: str, offset: int, window: int = 20_000) -> set[tuple[str, str]]:
+    """(topic, key) of the records already on the output topics whose cause is the ordered
+    block at `offset`: what a crash left half-sent. Only the partitions' tails are read."""
+    found: set[tuple[str, str]] = set()
+    reader = Reader(bootstrap, client_id="lattice-execution-resume")
+    try:
+        spans = reader.end_offsets_of([RECEIPTS.name, REJECTED.name, ACCOUNTS.name])
+        starts = {k: max(low, end - window) for k, (low, end) in spans.items() if end > low}
+        if starts:
+            for message in reader.read(starts):
+                record = reader.decode(message)
+                cause = record.value.get("cause")
+                if cause and cause["topic"] == ORDERED.name and cause["offset"] == offset:
+                    found.add((record.topic, record.key or ""))
+        return found
+    finally:
+        reader.close()
 
 
 def last_block_number(bootstrap: str) -> int:

@@ -1,0 +1,141 @@
+"""The execution processor as a real process: kill -9 in the middle, restart, compare."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processors.execution.processor import EXECUTED, ORDERED, RECEIPTS
+from streams.admin import ensure_topics
+from streams.broker import EmbeddedBroker
+from streams.kafka import Producer, Reader, from_beginning
+from streams.topics import TOPICS
+from tests.processors.execution.test_ledger import Store, ordered, transfer
+
+pytestmark = pytest.mark.broker
+KEYS = [
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+]
+BLOCKS = 60
+PER_KEY = 15
+
+
+def load() -> list[dict[str, Any]]:
+    blocks = []
+    for n in range(1, BLOCKS + 1):
+        raws = [
+            transfer((n - 1) * PER_KEY + i, value=n, key=k) for k in KEYS for i in range(PER_KEY)
+        ]
+        if n % 7 == 0:
+            raws.append(raws[0])  # a duplicate, to be rejected
+        blocks.append(
+            {
+                **ordered(n, raws),
+                "chain_index": n,
+                "selected_parent": None,
+                "blue_score": n,
+                "blue_work": n,
+                "mergeset_blues": [],
+                "mergeset_reds": [],
+                "cause": {"topic": "lattice.blocks.proposed", "partition": 0, "offset": n},
+            }
+        )
+    for block in blocks:
+        for i, tx in enumerate(block["transactions"]):
+            tx.update({"hash": b"\0" * 32, "index_in_block": i})
+    return blocks
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as own:
+        ensure_topics(own.bootstrap, TOPICS)
+        yield own
+
+
+def records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    reader = Reader(bootstrap)
+    try:
+        parts = reader.partitions(topic)
+        return [reader.decode(m).value for m in reader.read(from_beginning(topic, parts))]
+    finally:
+        reader.close()
+
+
+def start(bootstrap: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "execution",
+            "run",
+            "--kafka",
+            bootstrap,
+            "--data-dir",
+            str(data_dir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_for(bootstrap: str, count: int, process: subprocess.Popen[bytes]) -> None:
+    """Follow the executed topic live until `count` blocks are on it."""
+    reader = Reader(bootstrap)
+    reader.assign({(EXECUTED.name, 0): 0})
+    deadline = time.monotonic() + 120
+    seen = 0
+    try:
+        while seen < count:
+            assert process.poll() is None, "the execution processor died"
+            assert time.monotonic() < deadline, "the execution processor is stuck"
+            message = reader.poll_raw(0.05)
+            if message is not None and message.error() is None:
+                seen += 1
+    finally:
+        reader.close()
+
+
+def test_kill_9_and_restart_gives_the_uninterrupted_state(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    blocks = load()
+    producer = Producer(broker.bootstrap)
+    for block in blocks:
+        producer.send(ORDERED, block)
+    producer.close()
+
+    process = start(broker.bootstrap, tmp_path)
+    wait_for(broker.bootstrap, 5, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_at_kill = len(records(broker.bootstrap, EXECUTED.name))
+    assert done_at_kill < BLOCKS, "the kill came after the end: make the load heavier"
+    process = start(broker.bootstrap, tmp_path)
+    try:
+        wait_for(broker.bootstrap, BLOCKS, process)
+    finally:
+        process.terminate()
+        process.wait(30)
+
+    executed = records(broker.bootstrap, EXECUTED.name)
+    assert [b["number"] for b in executed] == list(range(1, BLOCKS + 1))
+    receipts = Counter(r["transaction_hash"] for r in records(broker.bootstrap, RECEIPTS.name))
+    assert len(receipts) == BLOCKS * len(KEYS) * PER_KEY
+    assert set(receipts.values()) == {1}
+
+    store = Store()
+    ledger, _ = store.ledger()
+    roots = [ledger.execute(block).header.state_root for block in blocks]
+    assert [b["state_root"] for b in executed] == roots
