@@ -124,7 +124,7 @@ def create_app(settings: Settings, sink: RecordSink, view: ChainView | None = No
         except (DeliveryError, TimeoutError) as exc:
             raise Unavailable(f"the log did not accept the transaction: {exc}") from exc
         if rpc is not None:
-            rpc.submitted.setdefault(tx.sender, set()).add(tx.nonce)
+            rpc.note_accepted(tx)
         return tx, delivered
 
     async def submit_for_rpc(raw: bytes, source: str) -> Transaction:

@@ -16,12 +16,15 @@ are not executed yet.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from eth._utils.address import generate_contract_address
 from eth.vm.spoof import SpoofTransaction
+from eth_bloom import BloomFilter  # type: ignore[attr-defined]
 from eth_hash.auto import keccak
 from eth_typing import Address
 
@@ -29,6 +32,11 @@ from gateway.chainview import ChainView, LedgerNotReady
 from processors.execution.transactions import InvalidTransaction, Transaction
 
 MAX_BATCH = 1000
+#: Most blocks one eth_getLogs may scan, and logs it may return (geth-like limits).
+MAX_LOG_RANGE = 10_000
+MAX_LOGS = 10_000
+#: Filters nobody polled for this long are dropped, as geth does.
+FILTER_TIMEOUT_S = 300
 CLIENT = "lattice"
 
 
@@ -105,6 +113,10 @@ class Rpc:
         self.block_gas_limit = block_gas_limit
         #: Nonces this gateway accepted per sender, for pending nonces.
         self.submitted: dict[bytes, set[int]] = {}
+        #: Hashes accepted by this gateway, in order, for pending-transaction filters.
+        self.accepted: list[bytes] = []
+        self.filters: dict[str, _Filter] = {}
+        self._filter_ids = itertools.count(1)
         self.methods: dict[str, Callable[[list[Any]], Any]] = {
             name[4:]: getattr(self, name) for name in dir(self) if name.startswith("rpc_")
         }
@@ -315,8 +327,18 @@ class Rpc:
             tx = await self.submit(raw, "rpc")
         except InvalidTransaction as exc:
             raise RpcError(-32000, exc.message) from None
-        self.submitted.setdefault(tx.sender, set()).add(tx.nonce)
         return data(tx.hash)
+
+    def note_accepted(self, tx: Transaction) -> None:
+        """Remember a transaction this gateway logged (pending nonces, pending filters)."""
+        self.submitted.setdefault(tx.sender, set()).add(tx.nonce)
+        self.accepted.append(tx.hash)
+        if len(self.accepted) > 20_000:  # keep memory bounded; slow pollers lose the oldest
+            drop = 10_000
+            del self.accepted[:drop]
+            for f in self.filters.values():
+                if f.kind == "pending":
+                    f.cursor = max(0, f.cursor - drop)
 
     def check_against_state(self, tx: Transaction) -> None:
         """The stateful checks a node makes before accepting a transaction."""
@@ -386,6 +408,84 @@ class Rpc:
         block = self._block_by_hash(parse_data(_param(params, 0, "hash"), "hash", 32))
         return qty(len(block.transactions))
 
+    # -- logs and filters --------------------------------------------------------------
+
+    def _logs(self, criteria: LogCriteria, first: int, last: int) -> list[dict[str, Any]]:
+        if last - first + 1 > MAX_LOG_RANGE:
+            raise RpcError(-32005, f"query exceeds the limit of {MAX_LOG_RANGE} blocks")
+        found: list[dict[str, Any]] = []
+        for number in range(first, last + 1):
+            header = self.view.header(number)
+            if not criteria.may_match(header.bloom):
+                continue
+            for receipt in _receipts(self.view, self.view.block(number)):
+                found.extend(e for e in receipt["logs"] if criteria.matches(e))
+            if len(found) > MAX_LOGS:
+                raise RpcError(-32005, f"query returned more than {MAX_LOGS} results")
+        return found
+
+    def _range(self, criteria: LogCriteria) -> tuple[int, int]:
+        if criteria.block_hash is not None:
+            number = self._block_by_hash(criteria.block_hash).header.block_number
+            return number, number
+        first = self._header(criteria.from_block).block_number
+        last = self._header(criteria.to_block).block_number
+        if first > last:
+            raise invalid_params("fromBlock is after toBlock")
+        return first, last
+
+    def rpc_eth_getLogs(self, params: list[Any]) -> list[dict[str, Any]]:
+        criteria = LogCriteria(_param(params, 0, "filter"))
+        return self._logs(criteria, *self._range(criteria))
+
+    def _new_filter(self, kind: str, criteria: Any, cursor: int) -> str:
+        now = time.monotonic()
+        for ident in [i for i, f in self.filters.items() if now - f.touched > FILTER_TIMEOUT_S]:
+            del self.filters[ident]
+        ident = qty(next(self._filter_ids))
+        self.filters[ident] = _Filter(kind, criteria, cursor)
+        return ident
+
+    def rpc_eth_newFilter(self, params: list[Any]) -> str:
+        criteria = LogCriteria(_param(params, 0, "filter"))
+        start = self._header(criteria.from_block).block_number
+        return self._new_filter("logs", criteria, start)
+
+    def rpc_eth_newBlockFilter(self, params: list[Any]) -> str:
+        return self._new_filter("blocks", None, self.view.head().block_number + 1)
+
+    def rpc_eth_newPendingTransactionFilter(self, params: list[Any]) -> str:
+        return self._new_filter("pending", None, len(self.accepted))
+
+    def _filter(self, params: list[Any]) -> _Filter:
+        found = self.filters.get(_param(params, 0, "filter id"))
+        if found is None:
+            raise RpcError(-32000, "filter not found")
+        found.touched = time.monotonic()
+        return found
+
+    def rpc_eth_getFilterChanges(self, params: list[Any]) -> list[Any]:
+        found = self._filter(params)
+        if found.kind == "pending":
+            new = self.accepted[found.cursor :]
+            found.cursor = len(self.accepted)
+            return [data(h) for h in new]
+        head = self.view.head().block_number
+        first, found.cursor = found.cursor, head + 1
+        if found.kind == "blocks":
+            return [data(self.view.header(n).hash) for n in range(first, head + 1)]
+        last = min(head, self._header(found.criteria.to_block).block_number)
+        return self._logs(found.criteria, first, last) if first <= last else []
+
+    def rpc_eth_getFilterLogs(self, params: list[Any]) -> list[dict[str, Any]]:
+        found = self._filter(params)
+        if found.kind != "logs":
+            raise RpcError(-32000, "filter is not a log filter")
+        return self._logs(found.criteria, *self._range(found.criteria))
+
+    def rpc_eth_uninstallFilter(self, params: list[Any]) -> bool:
+        return self.filters.pop(_param(params, 0, "filter id"), None) is not None
+
     def rpc_eth_getTransactionByBlockNumberAndIndex(self, params: list[Any]) -> Any:
         header = self._header(_param(params, 0, "block"))
         index = parse_qty(_param(params, 1, "index"), "index")
@@ -396,6 +496,60 @@ class Rpc:
         block = self._block_by_hash(parse_data(_param(params, 0, "hash"), "hash", 32))
         index = parse_qty(_param(params, 1, "index"), "index")
         return _tx(block, index) if index < len(block.transactions) else None
+
+
+class _Filter:
+    def __init__(self, kind: str, criteria: Any, cursor: int) -> None:
+        self.kind = kind
+        self.criteria = criteria
+        self.cursor = cursor  # next block number (or accepted index) to report from
+        self.touched = time.monotonic()
+
+
+class LogCriteria:
+    """An eth_getLogs / eth_newFilter filter object, parsed and checked."""
+
+    def __init__(self, spec: Any) -> None:
+        if not isinstance(spec, dict):
+            raise invalid_params("the filter must be an object")
+        raw_addresses = spec.get("address") or []
+        if isinstance(raw_addresses, str):
+            raw_addresses = [raw_addresses]
+        self.addresses = [parse_data(a, "address", 20) for a in raw_addresses]
+        self.topics: list[list[bytes] | None] = []
+        for position in spec.get("topics") or []:
+            if position is None:
+                self.topics.append(None)
+            elif isinstance(position, str):
+                self.topics.append([parse_data(position, "topic", 32)])
+            elif isinstance(position, list):
+                self.topics.append([parse_data(t, "topic", 32) for t in position] or None)
+            else:
+                raise invalid_params("each topic must be null, a topic or a list of topics")
+        self.block_hash = (
+            parse_data(spec["blockHash"], "blockHash", 32) if spec.get("blockHash") else None
+        )
+        self.from_block = spec.get("fromBlock", "latest")
+        self.to_block = spec.get("toBlock", "latest")
+
+    def may_match(self, bloom: int) -> bool:
+        filter_ = BloomFilter(bloom)
+        if self.addresses and not any(a in filter_ for a in self.addresses):
+            return False
+        return all(
+            any(t in filter_ for t in options) for options in self.topics if options is not None
+        )
+
+    def matches(self, entry: dict[str, Any]) -> bool:
+        if self.addresses and bytes.fromhex(entry["address"][2:]) not in self.addresses:
+            return False
+        topics = entry["topics"]
+        for i, options in enumerate(self.topics):
+            if options is None:
+                continue
+            if i >= len(topics) or bytes.fromhex(topics[i][2:]) not in options:
+                return False
+        return True
 
 
 def _reason(output: bytes) -> str:

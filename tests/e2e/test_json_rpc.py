@@ -179,3 +179,44 @@ def test_protocol_errors(devnet: Devnet) -> None:
         "0xc5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
     )
     assert rpc(devnet, "eth_getTransactionReceipt", "0x" + "00" * 32)["result"] is None
+
+
+# A contract whose every call emits LOG2(topic0 = 0xaa..aa, topic1 = caller), no data:
+# CALLER, PUSH32 0xaa.., PUSH1 0 (size), PUSH1 0 (offset), LOG2, STOP.
+EMITTER_RUNTIME = "33" + "7f" + "aa" * 32 + "6000" + "6000" + "a2" + "00"
+# Init code: CODECOPY the runtime (which follows these 12 bytes) to memory and RETURN it.
+_SIZE = f"{len(EMITTER_RUNTIME) // 2:02x}"
+EMITTER = f"0x60{_SIZE}600c60003960{_SIZE}6000f3" + EMITTER_RUNTIME
+
+
+def test_logs_and_filters(devnet: Devnet, w3: Web3) -> None:
+    created = w3.eth.wait_for_transaction_receipt(
+        send(w3, KEY0, data=EMITTER, gas=200_000), timeout=60, poll_latency=0.1
+    )
+    emitter = created.contractAddress
+    log_filter = rpc(devnet, "eth_newFilter", {"address": emitter})["result"]
+    block_filter = rpc(devnet, "eth_newBlockFilter")["result"]
+    pending_filter = rpc(devnet, "eth_newPendingTransactionFilter")["result"]
+    tx_hash = send(w3, KEY0, to=emitter, gas=60_000)
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.1)
+    (entry,) = receipt.logs
+    assert entry.topics[0] == bytes.fromhex("aa" * 32)
+    assert entry.topics[1] == bytes(12) + bytes.fromhex(DEV_ACCOUNTS[0][2:])
+
+    by_topic = w3.eth.get_logs({"fromBlock": 0, "toBlock": "latest", "topics": ["0x" + "aa" * 32]})
+    assert [log.transactionHash for log in by_topic] == [tx_hash]
+    assert w3.eth.get_logs({"fromBlock": 0, "topics": ["0x" + "bb" * 32]}) == []
+    assert w3.eth.get_logs({"blockHash": receipt.blockHash})[0].logIndex == entry.logIndex
+
+    changes = rpc(devnet, "eth_getFilterChanges", log_filter)["result"]
+    assert [c["transactionHash"] for c in changes] == ["0x" + tx_hash.hex()]
+    assert rpc(devnet, "eth_getFilterChanges", log_filter)["result"] == []
+    assert len(rpc(devnet, "eth_getFilterLogs", log_filter)["result"]) == 1
+    assert rpc(devnet, "eth_getFilterChanges", block_filter)["result"]
+    assert "0x" + tx_hash.hex() in rpc(devnet, "eth_getFilterChanges", pending_filter)["result"]
+    assert rpc(devnet, "eth_uninstallFilter", log_filter)["result"] is True
+    assert rpc(devnet, "eth_getFilterChanges", log_filter)["error"]["code"] == -32000
+    too_wide = rpc(
+        devnet, "eth_getLogs", {"fromBlock": "0x0", "toBlock": "latest", "address": "0x12"}
+    )
+    assert too_wide["error"]["code"] == -32602
