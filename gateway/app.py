@@ -18,11 +18,12 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 
 from gateway.chainview import ChainView, LedgerNotReady
 from gateway.rpc import Rpc
+from gateway.ws import serve as serve_socket
 from processors.execution.transactions import (
     ChainRules,
     InvalidTransaction,
@@ -141,6 +142,14 @@ def create_app(settings: Settings, sink: RecordSink, view: ChainView | None = No
             client_version=client_version(),
             block_gas_limit=settings.block_gas_limit,
         )
+
+    @app.websocket("/")
+    async def json_rpc_socket(socket: WebSocket) -> None:
+        """JSON-RPC over WebSocket, with subscriptions (gateway.ws)."""
+        if rpc is None:
+            await socket.close(code=1011, reason="JSON-RPC is not served by this gateway")
+            return
+        await serve_socket(socket, rpc, fresh_view)
 
     @app.post("/", response_model=None)
     async def json_rpc(request: Request) -> Response:

@@ -381,7 +381,7 @@ class Rpc:
     def _block(self, block: Any, full: Any) -> dict[str, Any]:
         if not isinstance(full, bool):
             raise invalid_params("the second parameter must be a boolean")
-        return _block(block, full)
+        return block_json(block, full)
 
     def rpc_eth_getBlockByNumber(self, params: list[Any]) -> dict[str, Any] | None:
         try:
@@ -410,7 +410,7 @@ class Rpc:
 
     # -- logs and filters --------------------------------------------------------------
 
-    def _logs(self, criteria: LogCriteria, first: int, last: int) -> list[dict[str, Any]]:
+    def logs(self, criteria: LogCriteria, first: int, last: int) -> list[dict[str, Any]]:
         if last - first + 1 > MAX_LOG_RANGE:
             raise RpcError(-32005, f"query exceeds the limit of {MAX_LOG_RANGE} blocks")
         found: list[dict[str, Any]] = []
@@ -436,7 +436,7 @@ class Rpc:
 
     def rpc_eth_getLogs(self, params: list[Any]) -> list[dict[str, Any]]:
         criteria = LogCriteria(_param(params, 0, "filter"))
-        return self._logs(criteria, *self._range(criteria))
+        return self.logs(criteria, *self._range(criteria))
 
     def _new_filter(self, kind: str, criteria: Any, cursor: int) -> str:
         now = time.monotonic()
@@ -475,13 +475,13 @@ class Rpc:
         if found.kind == "blocks":
             return [data(self.view.header(n).hash) for n in range(first, head + 1)]
         last = min(head, self._header(found.criteria.to_block).block_number)
-        return self._logs(found.criteria, first, last) if first <= last else []
+        return self.logs(found.criteria, first, last) if first <= last else []
 
     def rpc_eth_getFilterLogs(self, params: list[Any]) -> list[dict[str, Any]]:
         found = self._filter(params)
         if found.kind != "logs":
             raise RpcError(-32000, "filter is not a log filter")
-        return self._logs(found.criteria, *self._range(found.criteria))
+        return self.logs(found.criteria, *self._range(found.criteria))
 
     def rpc_eth_uninstallFilter(self, params: list[Any]) -> bool:
         return self.filters.pop(_param(params, 0, "filter id"), None) is not None
@@ -664,7 +664,7 @@ def _receipts(view: ChainView, block: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _block(block: Any, full: bool) -> dict[str, Any]:
+def block_json(block: Any, full: bool) -> dict[str, Any]:
     h = block.header
     out: dict[str, Any] = {
         "number": qty(h.block_number),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -220,3 +221,40 @@ def test_logs_and_filters(devnet: Devnet, w3: Web3) -> None:
         devnet, "eth_getLogs", {"fromBlock": "0x0", "toBlock": "latest", "address": "0x12"}
     )
     assert too_wide["error"]["code"] == -32602
+
+
+def test_websocket_calls_and_subscriptions(devnet: Devnet, w3: Web3) -> None:
+    from websockets.sync.client import connect
+
+    created = w3.eth.wait_for_transaction_receipt(
+        send(w3, KEY1, data=EMITTER, gas=200_000), timeout=60, poll_latency=0.1
+    )
+    with connect(f"ws://127.0.0.1:{devnet.ws_port}", open_timeout=10) as socket:
+
+        def ask(ident: int, method: str, *params: Any) -> Any:
+            socket.send(
+                json.dumps(
+                    {"jsonrpc": "2.0", "id": ident, "method": method, "params": list(params)}
+                )
+            )
+            while True:
+                message = json.loads(socket.recv(timeout=10))
+                if message.get("id") == ident:
+                    return message
+
+        assert ask(1, "eth_chainId")["result"] == "0x6a2e"
+        heads = ask(2, "eth_subscribe", "newHeads")["result"]
+        logs = ask(3, "eth_subscribe", "logs", {"address": created.contractAddress})["result"]
+        pending = ask(4, "eth_subscribe", "newPendingTransactions")["result"]
+        assert ask(5, "eth_subscribe", "nonsense")["error"]["code"] == -32602
+        tx_hash = "0x" + send(w3, KEY1, to=created.contractAddress, gas=60_000).hex()
+        seen: dict[str, list[Any]] = {heads: [], logs: [], pending: []}
+        deadline = time.monotonic() + 60
+        while not all(seen.values()) and time.monotonic() < deadline:
+            message = json.loads(socket.recv(timeout=30))
+            if message.get("method") == "eth_subscription":
+                seen[message["params"]["subscription"]].append(message["params"]["result"])
+        assert tx_hash in seen[pending]
+        assert seen[logs][0]["transactionHash"] == tx_hash
+        assert int(seen[heads][0]["number"], 16) > 0 and "stateRoot" in seen[heads][0]
+        assert ask(6, "eth_unsubscribe", heads)["result"] is True
