@@ -30,6 +30,7 @@ from fastapi import FastAPI
 from deploy import endpoints
 from gateway.app import create_app
 from gateway.chainview import ChainView
+from gateway.dagview import DagView
 from streams.admin import ensure_topics
 from streams.archive import Archiver, TopicArchive
 from streams.broker import EmbeddedBroker, die_with_parent
@@ -135,7 +136,8 @@ class Devnet:
                     bootstrap, client_id=f"{s.client_id}-gateway", config=s.kafka_config
                 )
                 view = ChainView(s.data_dir / "lattice-execution", s.chain_id)
-                app = create_app(s, self.producer, view)
+                dag = DagView(bootstrap, s.chain_id, s.ghostdag_k, s.finality_depth)
+                app = create_app(s, self.producer, view, dag)
                 asyncio.run(self._serve(app, bootstrap))
             finally:
                 self._stop()

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 
 from gateway.chainview import ChainView, LedgerNotReady
+from gateway.dagview import DagView
 from gateway.rpc import Rpc
 from gateway.ws import serve as serve_socket
 from processors.execution.transactions import (
@@ -96,7 +97,12 @@ class Unavailable(RuntimeError):
     """The log did not accept a record in time."""
 
 
-def create_app(settings: Settings, sink: RecordSink, view: ChainView | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    sink: RecordSink,
+    view: ChainView | None = None,
+    dag: DagView | None = None,
+) -> FastAPI:
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
     # A hex body is twice the bytes plus quoting; anything beyond is refused unread.
     body_limit = 2 * settings.max_tx_bytes + 1024
@@ -141,6 +147,7 @@ def create_app(settings: Settings, sink: RecordSink, view: ChainView | None = No
             chain_id=settings.chain_id,
             client_version=client_version(),
             block_gas_limit=settings.block_gas_limit,
+            dag=dag,
         )
 
     @app.websocket("/")

@@ -29,6 +29,7 @@ from eth_hash.auto import keccak
 from eth_typing import Address
 
 from gateway.chainview import ChainView, LedgerNotReady
+from gateway.dagview import DagView
 from processors.execution.transactions import InvalidTransaction, Transaction
 
 MAX_BATCH = 1000
@@ -105,8 +106,10 @@ class Rpc:
         chain_id: int,
         client_version: str,
         block_gas_limit: int,
+        dag: DagView | None = None,
     ) -> None:
         self.view = view
+        self.dag = dag
         self.submit = submit
         self.chain_id = chain_id
         self.client_version = client_version
@@ -407,6 +410,41 @@ class Rpc:
     def rpc_eth_getBlockTransactionCountByHash(self, params: list[Any]) -> str:
         block = self._block_by_hash(parse_data(_param(params, 0, "hash"), "hash", 32))
         return qty(len(block.transactions))
+
+    # -- the DAG -----------------------------------------------------------------------
+
+    def _dag(self) -> DagView:
+        if self.dag is None:
+            raise RpcError(-32601, "DAG methods are not served by this gateway")
+        return self.dag
+
+    def rpc_dag_getTips(self, params: list[Any]) -> list[str]:
+        return [data(t) for t in self._dag().tips()]
+
+    def rpc_dag_getBlock(self, params: list[Any]) -> dict[str, Any] | None:
+        found = self._dag().block(parse_data(_param(params, 0, "hash"), "hash", 32))
+        if found is None:
+            return None
+        out: dict[str, Any] = {}
+        for key, value in found.items():
+            name = "".join(w if i == 0 else w.title() for i, w in enumerate(key.split("_")))
+            if isinstance(value, bytes):
+                out[name] = data(value)
+            elif isinstance(value, list):
+                out[name] = [data(v) for v in value]
+            elif isinstance(value, int) and not isinstance(value, bool):
+                out[name] = qty(value)
+            else:
+                out[name] = value
+        return out
+
+    def rpc_dag_getVirtualChain(self, params: list[Any]) -> list[dict[str, Any]]:
+        limit = _param(params, 0, "limit", "0x64")
+        count = min(parse_qty(limit, "limit") if isinstance(limit, str) else int(limit), 10_000)
+        return [
+            {"hash": data(c["hash"]), "blueScore": qty(c["blue_score"]), "final": c["final"]}
+            for c in self._dag().virtual_chain(count)
+        ]
 
     # -- logs and filters --------------------------------------------------------------
 

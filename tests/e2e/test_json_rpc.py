@@ -258,3 +258,20 @@ def test_websocket_calls_and_subscriptions(devnet: Devnet, w3: Web3) -> None:
         assert seen[logs][0]["transactionHash"] == tx_hash
         assert int(seen[heads][0]["number"], 16) > 0 and "stateRoot" in seen[heads][0]
         assert ask(6, "eth_unsubscribe", heads)["result"] is True
+
+
+def test_dag_methods(devnet: Devnet, w3: Web3) -> None:
+    tips = rpc(devnet, "dag_getTips")["result"]
+    assert tips and all(len(t) == 66 for t in tips)
+    deadline = time.monotonic() + 60
+    while len(chain := rpc(devnet, "dag_getVirtualChain", "0xa")["result"]) < 10:
+        assert time.monotonic() < deadline, "the DAG did not grow"
+        time.sleep(0.3)
+    scores = [int(c["blueScore"], 16) for c in chain]
+    assert scores == sorted(scores, reverse=True)
+    assert any(c["final"] for c in chain) and not chain[0]["final"]
+    block = rpc(devnet, "dag_getBlock", chain[3]["hash"])["result"]
+    assert block["colour"] == "blue" and block["parents"]
+    assert int(block["blueScore"], 16) == scores[3]
+    assert block["selectedParent"] == chain[4]["hash"]
+    assert rpc(devnet, "dag_getBlock", "0x" + "00" * 32)["result"] is None
