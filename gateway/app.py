@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway.chainview import ChainView, LedgerNotReady
 from gateway.dagview import DagView
+from gateway.rest import router as rest_router
 from gateway.rpc import Rpc
 from gateway.ws import serve as serve_socket
 from processors.execution.transactions import (
@@ -149,6 +150,9 @@ def create_app(
             block_gas_limit=settings.block_gas_limit,
             dag=dag,
         )
+
+    if rpc is not None:
+        app.include_router(rest_router(rpc))
 
     @app.websocket("/")
     async def json_rpc_socket(socket: WebSocket) -> None:

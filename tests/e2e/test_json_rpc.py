@@ -275,3 +275,24 @@ def test_dag_methods(devnet: Devnet, w3: Web3) -> None:
     assert int(block["blueScore"], 16) == scores[3]
     assert block["selectedParent"] == chain[4]["hash"]
     assert rpc(devnet, "dag_getBlock", "0x" + "00" * 32)["result"] is None
+
+
+def test_rest_mirrors(devnet: Devnet, w3: Web3) -> None:
+    tx_hash = send(w3, KEY1, to=DEV_ACCOUNTS[5], value=7)
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.1)
+    base = f"{devnet.url}/v1"
+    hex_hash = "0x" + tx_hash.hex()
+    assert httpx.get(f"{base}/transactions/{hex_hash}").json()["hash"] == hex_hash
+    assert httpx.get(f"{base}/receipts/{hex_hash}").json()["status"] == "0x1"
+    by_number = httpx.get(f"{base}/blocks/{receipt.blockNumber}").json()
+    assert hex_hash in by_number["transactions"]
+    by_hash = httpx.get(f"{base}/blocks/{by_number['hash']}?full=true").json()
+    assert by_hash["transactions"][0]["hash"].startswith("0x")
+    assert httpx.get(f"{base}/blocks/latest").json()["number"]
+    receipts = httpx.get(f"{base}/blocks/{receipt.blockNumber}/receipts").json()
+    assert hex_hash in [r["transactionHash"] for r in receipts]
+    account = httpx.get(f"{base}/accounts/{DEV_ACCOUNTS[9]}").json()
+    assert account["balance"] == str(10_000 * 10**18) and account["nonce"] == 0
+    assert httpx.get(f"{base}/receipts/0x{'00' * 32}").status_code == 404
+    assert httpx.get(f"{base}/accounts/0x12").status_code == 400
+    assert httpx.get(f"{base}/blocks/999999999").status_code == 404
