@@ -7,10 +7,12 @@ STAMP   = $(VENV)/.installed
 
 .PHONY: devnet test lint typecheck check install clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt package.json package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@# solc-js (contracts) and foundry's cast and anvil (test and benchmark peers).
+	npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 install: $(STAMP)

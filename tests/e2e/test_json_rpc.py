@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -296,3 +297,78 @@ def test_rest_mirrors(devnet: Devnet, w3: Web3) -> None:
     assert httpx.get(f"{base}/receipts/0x{'00' * 32}").status_code == 404
     assert httpx.get(f"{base}/accounts/0x12").status_code == 400
     assert httpx.get(f"{base}/blocks/999999999").status_code == 404
+
+
+def test_erc20_deploy_transfer_and_events(w3: Web3) -> None:
+    from contracts.build import load
+
+    artifact = load("LatticeToken")
+    token_class = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+    deploy = token_class.constructor("Lattice", "LAT", 10**24).build_transaction(
+        {
+            "from": DEV_ACCOUNTS[2],
+            "chainId": 27182,
+            "gas": 2_000_000,
+            "nonce": w3.eth.get_transaction_count(DEV_ACCOUNTS[2], "pending"),
+            "maxFeePerGas": 10**10,
+            "maxPriorityFeePerGas": 10**9,
+        }
+    )
+    key2 = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a"
+    created = w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_raw_transaction(Account.sign_transaction(deploy, key2).raw_transaction),
+        timeout=60,
+        poll_latency=0.1,
+    )
+    token = w3.eth.contract(address=created.contractAddress, abi=artifact["abi"])
+    assert token.functions.symbol().call() == "LAT"
+    assert token.functions.balanceOf(DEV_ACCOUNTS[2]).call() == 10**24
+    transfer = token.functions.transfer(DEV_ACCOUNTS[6], 12345).build_transaction(
+        {
+            "from": DEV_ACCOUNTS[2],
+            "chainId": 27182,
+            "gas": 100_000,
+            "nonce": w3.eth.get_transaction_count(DEV_ACCOUNTS[2], "pending"),
+            "maxFeePerGas": 10**10,
+            "maxPriorityFeePerGas": 10**9,
+        }
+    )
+    receipt = w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_raw_transaction(Account.sign_transaction(transfer, key2).raw_transaction),
+        timeout=60,
+        poll_latency=0.1,
+    )
+    assert receipt.status == 1
+    assert token.functions.balanceOf(DEV_ACCOUNTS[6]).call() == 12345
+    (event,) = token.events.Transfer().process_receipt(receipt)
+    assert event.args["to"] == DEV_ACCOUNTS[6] and event.args["value"] == 12345
+    logs = token.events.Transfer().get_logs(from_block=created.blockNumber)
+    assert [e.args["value"] for e in logs] == [10**24, 12345]
+    # A transfer beyond the balance reverts with the contract's custom error.
+    with pytest.raises(Exception, match=r"revert|cf479181"):
+        token.functions.transfer(DEV_ACCOUNTS[2], 1).call({"from": DEV_ACCOUNTS[7]})
+
+
+CAST = Path(__file__).resolve().parents[2] / "node_modules" / ".bin" / "cast"
+
+
+def test_cast_reads_balances_sends_and_reads_receipts(devnet: Devnet, w3: Web3) -> None:
+    import subprocess
+
+    def cast(*args: str) -> str:
+        done = subprocess.run(
+            [str(CAST), *args, "--rpc-url", devnet.url], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert cast("chain-id") == "27182"
+    assert cast("balance", DEV_ACCOUNTS[8]) == str(10_000 * 10**18)
+    key8 = "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97"
+    sent = json.loads(
+        cast("send", "--private-key", key8, "--json", DEV_ACCOUNTS[7], "--value", "1234")
+    )
+    assert sent["status"] == "0x1"
+    receipt = json.loads(cast("receipt", "--json", sent["transactionHash"]))
+    assert receipt["blockNumber"] == sent["blockNumber"]
+    assert int(cast("balance", DEV_ACCOUNTS[7])) >= 10_000 * 10**18 + 1234
