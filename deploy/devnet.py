@@ -132,8 +132,11 @@ class Devnet:
             try:
                 bootstrap = self._start_log()
                 self._start_processors(bootstrap)
+                # No linger: a wallet waits for each answer, so batching only adds latency.
                 self.producer = Producer(
-                    bootstrap, client_id=f"{s.client_id}-gateway", config=s.kafka_config
+                    bootstrap,
+                    client_id=f"{s.client_id}-gateway",
+                    config={"linger.ms": 0, **s.kafka_config},
                 )
                 view = ChainView(s.data_dir / "lattice-execution", s.chain_id)
                 dag = DagView(bootstrap, s.chain_id, s.ghostdag_k, s.finality_depth)

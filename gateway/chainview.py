@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ class ChainView:
         self._lock = threading.Lock()
         self._chain: MiningChain | None = None
         self._overlay: Any = None
+        self._vm_at: tuple[bytes, Any] | None = None
+        self._blocks: OrderedDict[int, BlockAPI] = OrderedDict()
 
     def _open(self) -> Rdict:
         if self._db is None:
@@ -79,13 +82,31 @@ class ChainView:
         return self.chain.get_canonical_block_header_by_number(number)  # type: ignore[arg-type]
 
     def block(self, number: int) -> BlockAPI:
-        return self.chain.get_canonical_block_by_number(number)  # type: ignore[arg-type]
+        # Executed blocks are final: a decoded block is good forever (LRU of 64).
+        cached = self._blocks.get(number)
+        if cached is None:
+            cached = self.chain.get_canonical_block_by_number(number)  # type: ignore[arg-type]
+            self._blocks[number] = cached
+            if len(self._blocks) > 64:
+                self._blocks.popitem(last=False)
+        else:
+            self._blocks.move_to_end(number)
+        return cached
 
     def block_by_hash(self, block_hash: bytes) -> BlockAPI:
         return self.chain.get_block_by_hash(block_hash)  # type: ignore[arg-type]
 
+    def vm(self, header: BlockHeaderAPI) -> Any:
+        """py-evm's VM at a block; the head's is cached until the head moves."""
+        chain = self.chain
+        if self._vm_at is not None and self._vm_at[0] == header.hash:
+            return self._vm_at[1]
+        vm = chain.get_vm(header)
+        self._vm_at = (header.hash, vm)
+        return vm
+
     def state(self, header: BlockHeaderAPI) -> Any:
-        return self.chain.get_vm(header).state
+        return self.vm(header).state
 
     def close(self) -> None:
         if self._db is not None:

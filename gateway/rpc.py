@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -119,6 +120,8 @@ class Rpc:
         #: Hashes accepted by this gateway, in order, for pending-transaction filters.
         self.accepted: list[bytes] = []
         self.filters: dict[str, _Filter] = {}
+        #: Executed blocks never change: their receipts are built once (LRU by block hash).
+        self._receipt_cache: OrderedDict[bytes, list[dict[str, Any]]] = OrderedDict()
         self._filter_ids = itertools.count(1)
         self.methods: dict[str, Callable[[list[Any]], Any]] = {
             name[4:]: getattr(self, name) for name in dir(self) if name.startswith("rpc_")
@@ -292,7 +295,7 @@ class Rpc:
         sender = parse_data(call["from"], "from", 20) if call.get("from") else b"\0" * 20
         to = parse_data(call["to"], "to", 20) if call.get("to") else b""
         payload = call.get("data", call.get("input", "0x"))
-        vm = self.view.chain.get_vm(header)
+        vm = self.view.vm(header)
         state = vm.state
         unsigned = vm.create_unsigned_transaction(
             nonce=state.get_nonce(Address(sender)),
@@ -307,8 +310,8 @@ class Rpc:
     def rpc_eth_call(self, params: list[Any]) -> str:
         header = self._header(_param(params, 1, "block", "latest"))
         tx = self._spoof(_param(params, 0, "call"), header)
-        with self.view.chain.get_vm(header).in_costless_state() as state:
-            computation = state.costless_execute_transaction(tx)  # type: ignore[arg-type]
+        with self.view.vm(header).in_costless_state() as state:
+            computation = state.costless_execute_transaction(tx)
         if computation.is_error:
             output = computation.output
             raise RpcError(3, "execution reverted" + _reason(output), data(output))
@@ -359,6 +362,18 @@ class Rpc:
                 f"insufficient funds for gas * price + value: balance {balance}, tx cost {cost}",
             )
 
+    def block_receipts(self, block: Any) -> list[dict[str, Any]]:
+        key = block.header.hash
+        cached = self._receipt_cache.get(key)
+        if cached is None:
+            cached = _receipts(self.view, block)
+            self._receipt_cache[key] = cached
+            if len(self._receipt_cache) > 256:
+                self._receipt_cache.popitem(last=False)
+        else:
+            self._receipt_cache.move_to_end(key)
+        return cached
+
     def _location(self, tx_hash: bytes) -> tuple[Any, int] | None:
         try:
             number, index = self.view.chain.chaindb.get_transaction_index(tx_hash)  # type: ignore[arg-type]
@@ -375,11 +390,11 @@ class Rpc:
         if found is None:
             return None
         block, index = found
-        return _receipts(self.view, block)[index]
+        return self.block_receipts(block)[index]
 
     def rpc_eth_getBlockReceipts(self, params: list[Any]) -> list[dict[str, Any]]:
         header = self._header(_param(params, 0, "block"))
-        return _receipts(self.view, self.view.block(header.block_number))
+        return self.block_receipts(self.view.block(header.block_number))
 
     def _block(self, block: Any, full: Any) -> dict[str, Any]:
         if not isinstance(full, bool):
@@ -456,7 +471,7 @@ class Rpc:
             header = self.view.header(number)
             if not criteria.may_match(header.bloom):
                 continue
-            for receipt in _receipts(self.view, self.view.block(number)):
+            for receipt in self.block_receipts(self.view.block(number)):
                 found.extend(e for e in receipt["logs"] if criteria.matches(e))
             if len(found) > MAX_LOGS:
                 raise RpcError(-32005, f"query returned more than {MAX_LOGS} results")

@@ -196,7 +196,9 @@ def test_logs_and_filters(devnet: Devnet, w3: Web3) -> None:
         send(w3, KEY0, data=EMITTER, gas=200_000), timeout=60, poll_latency=0.1
     )
     emitter = created.contractAddress
-    log_filter = rpc(devnet, "eth_newFilter", {"address": emitter})["result"]
+    # An explicit fromBlock: "latest" would be evaluated at each call, as geth does.
+    start = hex(w3.eth.block_number)
+    log_filter = rpc(devnet, "eth_newFilter", {"address": emitter, "fromBlock": start})["result"]
     block_filter = rpc(devnet, "eth_newBlockFilter")["result"]
     pending_filter = rpc(devnet, "eth_newPendingTransactionFilter")["result"]
     tx_hash = send(w3, KEY0, to=emitter, gas=60_000)

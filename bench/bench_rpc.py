@@ -1,0 +1,257 @@
+"""The JSON-RPC client workload against `lattice devnet` and anvil, side by side.
+
+    .venv/bin/python bench/bench_rpc.py [--transfers 1000] [--calls 2000]
+
+One Python client (httpx, keep-alive, one request at a time) runs the same script on each
+node: pre-signed ETH transfers sent with eth_sendRawTransaction until every receipt is in,
+the same for ERC-20 transfers (LatticeToken), eth_call latency (balanceOf), and
+eth_getBalance throughput. anvil is foundry's, from npm (`node_modules/.bin/anvil`). A
+last section measures the execution processor alone on a pre-filled ordered topic.
+Figures are printed with the ratio lattice / anvil; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from eth_abi import encode
+from eth_account import Account
+from eth_hash.auto import keccak
+from web3 import Web3
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from contracts.build import load
+from streams.broker import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
+KEYS = [
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+]
+
+
+class Client:
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=60)
+        self.ids = 0
+
+    def call(self, method: str, *params: Any) -> Any:
+        self.ids += 1
+        answer = self.http.post(
+            "/", json={"jsonrpc": "2.0", "id": self.ids, "method": method, "params": list(params)}
+        ).json()
+        if "error" in answer:
+            raise RuntimeError(f"{method}: {answer['error']}")
+        return answer["result"]
+
+
+def signed(
+    chain_id: int,
+    key: str,
+    nonce: int,
+    to: str,
+    value: int = 0,
+    data: bytes = b"",
+    gas: int = 21_000,
+) -> str:
+    tx = {
+        "type": 2,
+        "chainId": chain_id,
+        "nonce": nonce,
+        "to": to,
+        "value": value,
+        "data": data,
+        "gas": gas,
+        "maxFeePerGas": 10**11,
+        "maxPriorityFeePerGas": 10**9,
+    }
+    return "0x" + bytes(Account.sign_transaction(tx, key).raw_transaction).hex()
+
+
+def until_receipts(client: Client, hashes: list[str], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(hashes)
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(pending)} receipts missing")
+        if client.call("eth_getTransactionReceipt", pending[-1]) is None:
+            time.sleep(0.05)
+            continue
+        pending = [h for h in pending if client.call("eth_getTransactionReceipt", h) is None]
+
+
+def rate(label: str, count: int, fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    per_s = count / (time.perf_counter() - start)
+    print(f"    {label:<44}{per_s:>10,.0f} /s", flush=True)
+    return per_s
+
+
+def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
+    client = Client(url)
+    chain_id = int(client.call("eth_chainId"), 16)
+    accounts = [Account.from_key(k).address for k in KEYS]
+    nonces = [int(client.call("eth_getTransactionCount", a, "pending"), 16) for a in accounts]
+    results: dict[str, float] = {}
+
+    # Deploy the token first (its receipt gives the address).
+    token = load("LatticeToken")
+    ctor = encode(["string", "string", "uint256"], ["Lattice", "LAT", 10**27])
+    deploy = signed(
+        chain_id,
+        KEYS[0],
+        nonces[0],
+        "",
+        data=bytes.fromhex(token["bytecode"][2:]) + ctor,
+        gas=2_000_000,
+    )
+    deploy_hash = client.call("eth_sendRawTransaction", deploy)
+    until_receipts(client, [deploy_hash])
+    receipt = client.call("eth_getTransactionReceipt", deploy_hash)
+    token_address = Web3.to_checksum_address(receipt["contractAddress"])
+    nonces[0] += 1
+
+    eth_txs = []
+    for i in range(transfers):
+        k = i % len(KEYS)
+        eth_txs.append(signed(chain_id, KEYS[k], nonces[k], accounts[(k + 1) % 4], value=1))
+        nonces[k] += 1
+    selector = keccak(b"transfer(address,uint256)")[:4]
+    erc20_txs = []
+    for i in range(transfers):
+        to = "0x" + (i + 1).to_bytes(20, "big").hex()
+        payload = selector + encode(["address", "uint256"], [to, 1])
+        erc20_txs.append(
+            signed(chain_id, KEYS[0], nonces[0], token_address, data=payload, gas=80_000)
+        )
+        nonces[0] += 1
+
+    def run(batch: list[str]) -> None:
+        hashes = [client.call("eth_sendRawTransaction", raw) for raw in batch]
+        until_receipts(client, hashes)
+
+    results["eth transfers to receipts"] = rate(
+        "ETH transfers, sent to all receipts", transfers, lambda: run(eth_txs)
+    )
+    results["erc20 transfers to receipts"] = rate(
+        "ERC-20 transfers, sent to all receipts", transfers, lambda: run(erc20_txs)
+    )
+    balance_of = (
+        "0x" + (keccak(b"balanceOf(address)")[:4] + encode(["address"], [accounts[0]])).hex()
+    )
+    latencies = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        client.call("eth_call", {"to": token_address, "data": balance_of}, "latest")
+        latencies.append((time.perf_counter() - start) * 1000)
+    latencies.sort()
+    results["eth_call p50 ms"] = statistics.median(latencies)
+    results["eth_call p99 ms"] = latencies[int(0.99 * len(latencies))]
+    print(
+        f"    eth_call latency ms: p50 {results['eth_call p50 ms']:.2f}  "
+        f"p99 {results['eth_call p99 ms']:.2f}",
+        flush=True,
+    )
+    results["getBalance"] = rate(
+        "eth_getBalance",
+        calls,
+        lambda: [client.call("eth_getBalance", accounts[1], "latest") for _ in range(calls)],
+    )
+    return results
+
+
+def start_lattice(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "devnet",
+            "--data-dir",
+            str(tmp / "lattice"),
+            "--rpc-port",
+            str(port),
+            "--ws-port",
+            str(free_port()),
+            "--block-interval",
+            "0.25",
+            "--finality-depth",
+            "3",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, process)
+    return process, url
+
+
+def start_anvil() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [str(ANVIL), "--port", str(port), "--silent"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, process)
+    return process, url
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the node exited")
+        try:
+            Client(url).call("eth_getBalance", Account.from_key(KEYS[0]).address, "latest")
+            return
+        except Exception:
+            time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--transfers", type=int, default=1000)
+    parser.add_argument("--calls", type=int, default=2000)
+    args = parser.parse_args()
+    figures: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, starter in (
+            ("lattice", lambda: start_lattice(Path(tmp))),
+            ("anvil", start_anvil),
+        ):
+            print(f"  {name}", flush=True)
+            process, url = starter()
+            try:
+                figures[name] = workload(url, args.transfers, args.calls)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(60)
+    print("\n  lattice / anvil")
+    for key, ours in figures["lattice"].items():
+        theirs = figures["anvil"][key]
+        print(f"    {key:<34}{ours:>12,.2f}{theirs:>12,.2f}   x{ours / theirs:.2f}")
+
+
+if __name__ == "__main__":
+    main()
