@@ -6,6 +6,7 @@
     lattice dag order FILE [--check]
     lattice dag run [--group-id ID] [--output-topic TOPIC]
     lattice execution run [--group-id ID] [--genesis FILE]
+    lattice replay TARGET_DIR [--genesis FILE] [-q]
     lattice proposer (--key HEX | --devnet-index N)
     lattice schemas {list,check,freeze}
 
@@ -68,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     execution_run.add_argument("--group-id", default="lattice-execution")
     execution_run.add_argument("--state-dir", type=Path, help="default DATA_DIR/GROUP")
     execution_run.add_argument("--genesis", type=Path, help="genesis file (default: dev genesis)")
+
+    replay = sub.add_parser(
+        "replay", help="rebuild the ledger state from the topics into a fresh directory"
+    )
+    _common(replay)
+    replay.add_argument("target", type=Path, help="a new, empty directory for the store")
+    replay.add_argument("--genesis", type=Path, help="genesis file (default: dev genesis)")
+    replay.add_argument("-q", "--quiet", action="store_true", help="only the summary")
 
     proposer = sub.add_parser("proposer", help="run one block proposer")
     _common(proposer)
@@ -291,20 +300,49 @@ def cmd_dag_run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_execution_run(settings: Settings, args: argparse.Namespace) -> int:
+def _genesis(settings: Settings) -> Any:
     from processors.execution.genesis import GenesisError, dev_genesis, load_genesis
+
+    try:
+        if settings.genesis_file:
+            return load_genesis(settings.genesis_file, settings.block_gas_limit)
+        return dev_genesis(settings.block_gas_limit)
+    except GenesisError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from processors.execution.replay import replay
+    from processors.execution.transactions import ChainRules
+
+    rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
+
+    def report(number: int, root: bytes, live: bytes | None) -> None:
+        if not args.quiet:
+            verdict = "no live root" if live is None else "ok" if live == root else "DIFFERS"
+            print(f"{number} 0x{root.hex()} {verdict}", file=out, flush=True)
+
+    try:
+        result = replay(bootstrap_of(settings), args.target, _genesis(settings), rules, report)
+    except FileExistsError as exc:
+        raise UsageError(str(exc)) from None
+    print(
+        f"replayed {result.blocks} blocks into {args.target}: head state root "
+        f"0x{result.head_root.hex()}; {len(result.mismatches)} differ from the live ledger, "
+        f"{result.unpublished} not yet published live",
+        file=out,
+    )
+    for number in result.mismatches:
+        print(f"lattice: state root differs at block {number}", file=sys.stderr)
+    return 1 if result.mismatches else 0
+
+
+def cmd_execution_run(settings: Settings, args: argparse.Namespace) -> int:
     from processors.execution.processor import ORDERED, ExecutionProcessor
     from processors.execution.transactions import ChainRules
     from processors.runtime import configure_logging, consume, stop_on_signals
 
-    try:
-        genesis = (
-            load_genesis(settings.genesis_file, settings.block_gas_limit)
-            if settings.genesis_file
-            else dev_genesis(settings.block_gas_limit)
-        )
-    except GenesisError as exc:
-        raise UsageError(str(exc)) from None
+    genesis = _genesis(settings)
     configure_logging(settings.log_level)
     stop = stop_on_signals()
     bootstrap = bootstrap_of(settings)
@@ -381,6 +419,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             return cmd_devnet(settings, out)
         if args.command == "dag":
             return cmd_dag_run(settings, args)
+        if args.command == "replay":
+            return cmd_replay(settings, args, out)
         if args.command == "execution":
             return cmd_execution_run(settings, args)
         if args.command == "proposer":

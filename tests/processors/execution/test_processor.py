@@ -13,10 +13,15 @@ from typing import Any
 
 import pytest
 
+from processors.execution.genesis import Account as GenesisAccount
+from processors.execution.genesis import Genesis, dev_genesis
 from processors.execution.processor import EXECUTED, ORDERED, RECEIPTS
+from processors.execution.replay import replay
+from processors.execution.transactions import ChainRules
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
 from streams.kafka import Producer, Reader, from_beginning
+from streams.settings import CHAIN_ID
 from streams.topics import TOPICS
 from tests.processors.execution.test_ledger import Store, ordered, transfer
 
@@ -139,3 +144,20 @@ def test_kill_9_and_restart_gives_the_uninterrupted_state(
     ledger, _ = store.ledger()
     roots = [ledger.execute(block).header.state_root for block in blocks]
     assert [b["state_root"] for b in executed] == roots
+
+    # Replaying the topics into a fresh store rebuilds the same state roots.
+    report = replay(
+        broker.bootstrap, tmp_path / "replay", dev_genesis(30_000_000), ChainRules(CHAIN_ID)
+    )
+    assert report.blocks == BLOCKS and report.mismatches == () and report.unpublished == 0
+    assert report.head_root == roots[-1]
+    # ...and a different genesis is caught at the first block.
+    other = Genesis(
+        dev_genesis(30_000_000).timestamp,
+        30_000_000,
+        {**dev_genesis(30_000_000).alloc, b"\x01" * 20: GenesisAccount(balance=1)},
+    )
+    wrong = replay(broker.bootstrap, tmp_path / "wrong", other, ChainRules(CHAIN_ID))
+    assert wrong.mismatches[:1] == (1,)
+    with pytest.raises(FileExistsError):
+        replay(broker.bootstrap, tmp_path / "replay", dev_genesis(30_000_000), ChainRules(CHAIN_ID))
