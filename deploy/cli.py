@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     devnet.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     devnet.add_argument("--broker-port", type=int, help="embedded broker port (default: free)")
     devnet.add_argument("--proposers", type=int, help="block proposers to run (default 2)")
+    devnet.add_argument("--replicas", type=int, help="execution replicas (default 1)")
     devnet.add_argument("--block-interval", type=float, help="seconds between a proposer's blocks")
     devnet.add_argument("--ghostdag-k", type=int, help="GHOSTDAG K (default 18)")
     devnet.add_argument(
@@ -69,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     execution_run.add_argument("--group-id", default="lattice-execution")
     execution_run.add_argument("--state-dir", type=Path, help="default DATA_DIR/GROUP")
     execution_run.add_argument("--genesis", type=Path, help="genesis file (default: dev genesis)")
+    execution_run.add_argument(
+        "--replica-index",
+        type=int,
+        default=0,
+        help="sign checkpoints with the devnet's replica key N (default 0)",
+    )
+    execution_run.add_argument(
+        "--no-publish",
+        action="store_true",
+        help="a replica: publish only checkpoints, not receipts and blocks",
+    )
+    execution_run.add_argument("--checkpoint-every", type=int, help="blocks between checkpoints")
 
     replay = sub.add_parser(
         "replay", help="rebuild the ledger state from the topics into a fresh directory"
@@ -139,6 +152,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
         "ghostdag_k": getattr(args, "ghostdag_k", None),
         "finality_depth": getattr(args, "finality_depth", None),
         "genesis_file": getattr(args, "genesis", None),
+        "replicas": getattr(args, "replicas", None),
+        "checkpoint_every": getattr(args, "checkpoint_every", None),
     }
     return Settings.load(config_file=getattr(args, "config", None), env=os.environ, overrides=flags)
 
@@ -348,7 +363,18 @@ def cmd_execution_run(settings: Settings, args: argparse.Namespace) -> int:
     bootstrap = bootstrap_of(settings)
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
     state_dir = args.state_dir or settings.data_dir / args.group_id
-    processor = ExecutionProcessor(bootstrap, state_dir, genesis, rules, group_id=args.group_id)
+    from processors.execution.checkpoints import replica_key
+
+    processor = ExecutionProcessor(
+        bootstrap,
+        state_dir,
+        genesis,
+        rules,
+        group_id=args.group_id,
+        publish=not args.no_publish,
+        checkpoint_key=replica_key(args.replica_index),
+        checkpoint_every=settings.checkpoint_every,
+    )
     head = processor.ledger.head
     print(
         f"execution {args.group_id}: head {head.block_number} state root 0x{head.state_root.hex()}",

@@ -30,6 +30,7 @@ from fastapi import FastAPI
 from deploy import endpoints
 from gateway.app import create_app
 from gateway.chainview import ChainView
+from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
 from streams.admin import ensure_topics
 from streams.archive import Archiver, TopicArchive
@@ -140,7 +141,8 @@ class Devnet:
                 )
                 view = ChainView(s.data_dir / "lattice-execution", s.chain_id)
                 dag = DagView(bootstrap, s.chain_id, s.ghostdag_k, s.finality_depth)
-                app = create_app(s, self.producer, view, dag)
+                checkpoints = CheckpointView(bootstrap, s.replicas)
+                app = create_app(s, self.producer, view, dag, checkpoints)
                 asyncio.run(self._serve(app, bootstrap))
             finally:
                 self._stop()
@@ -191,13 +193,32 @@ class Devnet:
         logs = s.data_dir / "logs"
         self.processors.append(Child("dag", ["dag", "run", *common], logs))
         genesis = ["--genesis", str(s.genesis_file)] if s.genesis_file else []
-        self.processors.append(
-            Child(
-                "execution",
-                ["execution", "run", "--kafka", bootstrap, "--data-dir", str(s.data_dir), *genesis],
-                logs,
+        for index in range(s.replicas):
+            # Replica 0 publishes the ledger's events; the others only sign checkpoints.
+            group = "lattice-execution" if index == 0 else f"lattice-execution-{index}"
+            extra = [] if index == 0 else ["--no-publish"]
+            self.processors.append(
+                Child(
+                    group.removeprefix("lattice-"),
+                    [
+                        "execution",
+                        "run",
+                        "--kafka",
+                        bootstrap,
+                        "--data-dir",
+                        str(s.data_dir),
+                        "--group-id",
+                        group,
+                        "--replica-index",
+                        str(index),
+                        "--checkpoint-every",
+                        str(s.checkpoint_every),
+                        *genesis,
+                        *extra,
+                    ],
+                    logs,
+                )
             )
-        )
         for index in range(s.proposers):
             self.proposers.append(
                 Child(

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 
 from gateway.chainview import ChainView, LedgerNotReady
+from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
 from gateway.rest import router as rest_router
 from gateway.rpc import Rpc
@@ -103,6 +104,7 @@ def create_app(
     sink: RecordSink,
     view: ChainView | None = None,
     dag: DagView | None = None,
+    checkpoints: CheckpointView | None = None,
 ) -> FastAPI:
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
     # A hex body is twice the bytes plus quoting; anything beyond is refused unread.
@@ -149,6 +151,7 @@ def create_app(
             client_version=client_version(),
             block_gas_limit=settings.block_gas_limit,
             dag=dag,
+            checkpoints=checkpoints,
         )
 
     if rpc is not None:

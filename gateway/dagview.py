@@ -7,17 +7,14 @@ answers questions about tips, blocks and the virtual selected chain under a lock
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Any
 
+from gateway.follow import Follower
 from processors.dag.blocks import genesis_hash
 from processors.dag.ordering import DagOrderer
-from schemas.codec import CodecError, default_codec
-from streams.kafka import Reader
 from streams.topics import topic
 
-log = logging.getLogger(__name__)
 PROPOSED = topic("blocks.proposed")
 
 
@@ -25,32 +22,13 @@ class DagView:
     def __init__(self, bootstrap: str, chain_id: int, k: int, finality_depth: int) -> None:
         self.orderer = DagOrderer(genesis_hash(chain_id), k=k, finality_depth=finality_depth)
         self.lock = threading.Lock()
-        self._stop = threading.Event()
-        self._bootstrap = bootstrap
-        self._thread = threading.Thread(target=self._follow, name="dag-view", daemon=True)
-        self._thread.start()
+        self._follower = Follower(bootstrap, PROPOSED, self._on_block, "dag-view")
 
-    def _follow(self) -> None:
-        codec = default_codec()
-        reader = Reader(self._bootstrap, client_id="lattice-gateway-dag")
-        try:
-            reader.assign({(PROPOSED.name, 0): 0})
-            while not self._stop.is_set():
-                message = reader.poll_raw(0.2)
-                if message is None or message.error() is not None:
-                    continue
-                try:
-                    record = codec.decode(message.value(), expect=PROPOSED.schema).record
-                except CodecError:
-                    continue
-                position = {"topic": PROPOSED.name, "partition": 0, "offset": message.offset()}
-                with self.lock:
-                    self.orderer.accept(record, position, message.timestamp()[1])
-                    self.orderer.rejected.clear()
-        except Exception:
-            log.exception("the DAG view stopped following the proposed blocks")
-        finally:
-            reader.close()
+    def _on_block(self, record: dict[str, Any], message: Any) -> None:
+        position = {"topic": PROPOSED.name, "partition": 0, "offset": message.offset()}
+        with self.lock:
+            self.orderer.accept(record, position, message.timestamp()[1])
+            self.orderer.rejected.clear()
 
     def tips(self) -> list[bytes]:
         with self.lock:
@@ -117,5 +95,4 @@ class DagView:
         return None, "pending"  # not merged by the virtual chain yet
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+        self._follower.close()

@@ -30,6 +30,7 @@ from eth_hash.auto import keccak
 from eth_typing import Address
 
 from gateway.chainview import ChainView, LedgerNotReady
+from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
 from processors.execution.transactions import InvalidTransaction, Transaction
 
@@ -108,9 +109,11 @@ class Rpc:
         client_version: str,
         block_gas_limit: int,
         dag: DagView | None = None,
+        checkpoints: CheckpointView | None = None,
     ) -> None:
         self.view = view
         self.dag = dag
+        self.checkpoints = checkpoints
         self.submit = submit
         self.chain_id = chain_id
         self.client_version = client_version
@@ -184,6 +187,8 @@ class Rpc:
 
     def _header(self, tag: Any) -> Any:
         head = self.view.head()
+        if tag == "finalized" and self.checkpoints is not None:
+            return self.view.header(min(self.checkpoints.finalized(), head.block_number))
         if tag in ("latest", "pending", "safe", "finalized", None):
             return head
         if tag == "earliest":
@@ -425,6 +430,16 @@ class Rpc:
     def rpc_eth_getBlockTransactionCountByHash(self, params: list[Any]) -> str:
         block = self._block_by_hash(parse_data(_param(params, 0, "hash"), "hash", 32))
         return qty(len(block.transactions))
+
+    def rpc_lattice_status(self, params: list[Any]) -> dict[str, Any]:
+        """Head, finality and replica agreement, for operators."""
+        status: dict[str, Any] = {"head": qty(self.view.head().block_number)}
+        if self.checkpoints is not None:
+            replicas = self.checkpoints.status()
+            replicas["finalized"] = qty(replicas["finalized"])
+            status["checkpoints"] = replicas
+            status["healthy"] = not replicas["divergences"]
+        return status
 
     # -- the DAG -----------------------------------------------------------------------
 

@@ -60,6 +60,10 @@ class Settings:
     #: GHOSTDAG's K, and the blue-score depth at which a chain block becomes final.
     ghostdag_k: int = 18
     finality_depth: int = 10
+    #: Execution replicas the devnet runs (each signs checkpoints; a majority finalises).
+    replicas: int = 1
+    #: Blocks between a replica's signed checkpoints.
+    checkpoint_every: int = 4
     #: A genesis file replacing the development genesis (see processors/execution/genesis.py).
     genesis_file: Path | None = None
     #: Extra librdkafka settings for every client (security, tuning), from the file only.

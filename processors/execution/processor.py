@@ -20,6 +20,9 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from coincurve import PrivateKey
+
+from processors.execution.checkpoints import sign_checkpoint
 from processors.execution.db import overlay_chain_db
 from processors.execution.genesis import Genesis
 from processors.execution.ledger import BlockResult, Ledger
@@ -36,6 +39,7 @@ EXECUTED = topic("blocks.executed")
 RECEIPTS = topic("receipts")
 ACCOUNTS = topic("state.accounts")
 REJECTED = topic("tx.rejected")
+CHECKPOINTS = topic("checkpoints")
 EVM_PREFIX = b"evm/"
 
 
@@ -48,15 +52,23 @@ class ExecutionProcessor:
         rules: ChainRules,
         *,
         group_id: str = "lattice-execution",
+        publish: bool = True,
+        checkpoint_key: PrivateKey | None = None,
+        checkpoint_every: int = 4,
     ) -> None:
+        #: A replica that does not publish sends only its checkpoints.
+        self.publish = publish
+        self.group_id = group_id
+        self.checkpoint_key = checkpoint_key
+        self.checkpoint_every = checkpoint_every
         self.state = ProcessorState(state_dir)
         self.codec = default_codec()
         db, self.overlay = overlay_chain_db(lambda key: self.state.get(EVM_PREFIX + key))
         self.ledger = Ledger(db, genesis, rules)
         self._commit_overlay({})  # the genesis, on a fresh store
         self.producer = Producer(bootstrap, client_id=f"{group_id}-out")
-        self.published = last_block_number(bootstrap)
-        self._sent_before_crash = sent_for(bootstrap, self.resume_from())
+        self.published = last_block_number(bootstrap) if publish else 0
+        self._sent_before_crash = sent_for(bootstrap, self.resume_from()) if publish else set()
 
     def _commit_overlay(self, offsets: dict[tuple[str, int], int]) -> None:
         changes = self.overlay.take_changes()
@@ -82,10 +94,17 @@ class ExecutionProcessor:
             self.overlay.discard_changes()
             raise
         number = result.header.block_number
-        if number > self.published:
+        if self.publish and number > self.published:
             for future in self._send(result, cause):
                 future.result(timeout=60)
             self.published = number
+        if self.checkpoint_key is not None and number % self.checkpoint_every == 0:
+            header = result.header
+            checkpoint = sign_checkpoint(
+                self.checkpoint_key, number, header.hash, header.state_root, self.group_id, cause
+            )
+            # Re-sent after a crash is harmless: the same signer's vote for a height counts once.
+            self.producer.send(CHECKPOINTS, checkpoint, key=str(number)).result(timeout=60)
         self._commit_overlay({(ORDERED.name, 0): offset})
         return result
 

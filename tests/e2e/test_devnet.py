@@ -229,3 +229,44 @@ def test_proposers_make_a_parallel_dag_and_replicas_agree(tmp_path: Path) -> Non
             replica.wait(30)
         if net.process is not None:
             assert net.stop() == 0
+
+
+def test_replicas_sign_checkpoints_and_finalize(tmp_path: Path) -> None:
+    net = Devnet(
+        tmp_path / "replicas", "--replicas", "3", "--block-interval", "0.3", "--finality-depth", "3"
+    )
+    try:
+        net.start()
+        deadline = time.monotonic() + 60
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            answer = httpx.post(
+                net.url, json={"jsonrpc": "2.0", "id": 1, "method": "lattice_status"}
+            ).json()
+            status = answer.get("result", {})
+            if int(status.get("checkpoints", {}).get("finalized", "0x0"), 16) >= 8:
+                break
+            time.sleep(0.5)
+        checkpoints = status["checkpoints"]
+        assert checkpoints["replicas"] == 3 and checkpoints["quorum"] == 2
+        assert status["healthy"] is True and checkpoints["divergences"] == []
+        finalized = int(checkpoints["finalized"], 16)
+        assert 8 <= finalized <= int(status["head"], 16)
+        block = httpx.post(
+            net.url,
+            json={
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "eth_getBlockByNumber",
+                "params": ["finalized", False],
+            },
+        ).json()["result"]
+        assert int(block["number"], 16) >= finalized
+        # Only replica 0 publishes: one executed record per block number.
+        numbers = [r["value"]["number"] for r in net.tail("lattice.blocks.executed")]
+        assert len(numbers) == len(set(numbers))
+        signers = {r["value"]["signer"] for r in net.tail("lattice.checkpoints")}
+        assert len(signers) == 3
+    finally:
+        if net.process is not None:
+            assert net.stop() == 0

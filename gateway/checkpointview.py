@@ -1,0 +1,64 @@
+"""The gateway's view of the replicas' checkpoints: what `finalized` means, and divergence.
+
+Follows `lattice.checkpoints`, counts each known replica's signed (block hash, state root)
+per height, and reports the highest height a majority agrees on. Replicas disagreeing on a
+height is logged as an error once per height and shown by `lattice_status`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from gateway.follow import Follower
+from processors.execution.checkpoints import Checkpoints, address_of, replica_key
+from streams.topics import topic
+
+log = logging.getLogger(__name__)
+CHECKPOINTS = topic("checkpoints")
+
+
+class CheckpointView:
+    def __init__(self, bootstrap: str, replicas: int) -> None:
+        signers = frozenset(address_of(replica_key(i)) for i in range(replicas))
+        self.checkpoints = Checkpoints(signers)
+        self.lock = threading.Lock()
+        self._reported: set[int] = set()
+        self._follower = Follower(bootstrap, CHECKPOINTS, self._on_checkpoint, "checkpoints")
+
+    def _on_checkpoint(self, record: dict[str, Any], message: Any) -> None:
+        with self.lock:
+            if not self.checkpoints.add(record):
+                log.warning(
+                    "ignoring a checkpoint with a bad or unknown signer at height %d",
+                    record["height"],
+                )
+                return
+            for divergence in self.checkpoints.divergences():
+                if divergence["height"] not in self._reported:
+                    self._reported.add(divergence["height"])
+                    log.error(
+                        "REPLICA DIVERGENCE at height %d: %s",
+                        divergence["height"],
+                        divergence["votes"],
+                    )
+
+    def finalized(self) -> int:
+        with self.lock:
+            return self.checkpoints.finalized()
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            c = self.checkpoints
+            return {
+                "replicas": len(c.signers),
+                "quorum": c.quorum,
+                "finalized": c.finalized(),
+                "divergences": c.divergences(),
+                "rejectedCheckpoints": c.rejected,
+                "signers": sorted("0x" + s.hex() for s in c.signers),
+            }
+
+    def close(self) -> None:
+        self._follower.close()
