@@ -7,8 +7,9 @@ messages, which wallets recognise: "nonce too low", "insufficient funds for gas 
 value", ...), 3 for a reverted call with the revert data.
 
 Block tags: `latest` and `pending` are the executed head (blocks are built by proposers, so
-there is no local pending block); `safe` and `finalized` are the head too, since only final
-DAG chain blocks are ever executed (the ordered topic is never revised); `earliest` is 0.
+there is no local pending block); `safe` is the head too, since only final DAG chain blocks
+are ever executed (the ordered topic is never revised); `finalized` is the highest height a
+majority of execution replicas signed alike (`gateway.checkpointview`); `earliest` is 0.
 `eth_getTransactionCount(addr, "pending")` adds the transactions this gateway accepted that
 are not executed yet.
 """
