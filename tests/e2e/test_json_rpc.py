@@ -374,3 +374,27 @@ def test_cast_reads_balances_sends_and_reads_receipts(devnet: Devnet, w3: Web3) 
     receipt = json.loads(cast("receipt", "--json", sent["transactionHash"]))
     assert receipt["blockNumber"] == sent["blockNumber"]
     assert int(cast("balance", DEV_ACCOUNTS[7])) >= 10_000 * 10**18 + 1234
+
+
+def test_ethers_sends_and_reads_back(devnet: Devnet, w3: Web3) -> None:
+    import subprocess
+
+    script = Path(__file__).with_name("ethers_client.mjs")
+    key9 = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6"
+    done = subprocess.run(
+        ["node", str(script), devnet.url, key9, DEV_ACCOUNTS[5]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {
+        "chainId": "27182",
+        "status": 1,
+        "hash": seen["hash"],
+        "sameReceipt": True,
+        "delta": str(25 * 10**16),
+        "inBlock": True,
+    }
