@@ -252,6 +252,19 @@ def cmd_tail(settings: Settings, name: str, count: int, follow: bool, out: TextI
     return 0
 
 
+def _serve(processor: Any, bootstrap: str, group_id: str, topic_name: str, stop: Any) -> int:
+    """Feed a processor its one-partition input from where its store left off, until stop."""
+    from processors.runtime import consume
+
+    try:
+        consume(
+            bootstrap, group_id, {(topic_name, 0): processor.resume_from()}, processor.handle, stop
+        )
+    finally:
+        processor.close()
+    return 0
+
+
 def cmd_proposer(settings: Settings, key_hex: str | None, index: int | None) -> int:
     from coincurve import PrivateKey
 
@@ -283,7 +296,7 @@ def cmd_proposer(settings: Settings, key_hex: str | None, index: int | None) -> 
 def cmd_dag_run(settings: Settings, args: argparse.Namespace) -> int:
     from processors.dag.blocks import genesis_hash
     from processors.dag.processor import ORDERED, PROPOSED, DagConfig, DagProcessor
-    from processors.runtime import configure_logging, consume, stop_on_signals
+    from processors.runtime import configure_logging, stop_on_signals
     from streams.admin import ensure_topics
     from streams.topics import TopicSpec
 
@@ -302,17 +315,7 @@ def cmd_dag_run(settings: Settings, args: argparse.Namespace) -> int:
     state_dir = args.state_dir or settings.data_dir / args.group_id
     processor = DagProcessor(bootstrap, state_dir, config, group_id=args.group_id, output=output)
     print(f"dag processor {args.group_id}: {PROPOSED.name} -> {output.name}", flush=True)
-    try:
-        consume(
-            bootstrap,
-            args.group_id,
-            {(PROPOSED.name, 0): processor.resume_from()},
-            processor.handle,
-            stop,
-        )
-    finally:
-        processor.close()
-    return 0
+    return _serve(processor, bootstrap, args.group_id, PROPOSED.name, stop)
 
 
 def _genesis(settings: Settings) -> Any:
@@ -355,7 +358,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace, out: TextIO) -> int
 def cmd_execution_run(settings: Settings, args: argparse.Namespace) -> int:
     from processors.execution.processor import ORDERED, ExecutionProcessor
     from processors.execution.transactions import ChainRules
-    from processors.runtime import configure_logging, consume, stop_on_signals
+    from processors.runtime import configure_logging, stop_on_signals
 
     genesis = _genesis(settings)
     configure_logging(settings.log_level)
@@ -380,17 +383,7 @@ def cmd_execution_run(settings: Settings, args: argparse.Namespace) -> int:
         f"execution {args.group_id}: head {head.block_number} state root 0x{head.state_root.hex()}",
         flush=True,
     )
-    try:
-        consume(
-            bootstrap,
-            args.group_id,
-            {(ORDERED.name, 0): processor.resume_from()},
-            processor.handle,
-            stop,
-        )
-    finally:
-        processor.close()
-    return 0
+    return _serve(processor, bootstrap, args.group_id, ORDERED.name, stop)
 
 
 def cmd_dag_order(path: Path, check: bool, out: TextIO) -> int:

@@ -53,7 +53,8 @@ def rpc(devnet: Devnet, method: str, *params: Any) -> dict[str, Any]:
     return response.json()  # type: ignore[no-any-return]
 
 
-def send(w3: Web3, key: str, **tx: Any) -> Any:
+def sign(w3: Web3, key: str, **tx: Any) -> bytes:
+    """A signed EIP-1559 transaction at the sender's pending nonce, fields overridable."""
     acct = Account.from_key(key)
     full = {
         "chainId": 27182,
@@ -65,7 +66,11 @@ def send(w3: Web3, key: str, **tx: Any) -> Any:
         "nonce": w3.eth.get_transaction_count(acct.address, "pending"),
     }
     full.update(tx)
-    return w3.eth.send_raw_transaction(acct.sign_transaction(full).raw_transaction)
+    return bytes(acct.sign_transaction(full).raw_transaction)
+
+
+def send(w3: Web3, key: str, **tx: Any) -> Any:
+    return w3.eth.send_raw_transaction(sign(w3, key, **tx))
 
 
 def test_dev_accounts_and_chain(w3: Web3) -> None:
@@ -117,24 +122,12 @@ def test_deploy_and_call(w3: Web3) -> None:
 def test_refused_transactions_get_minus_32000_and_reach_nothing(
     devnet: Devnet, w3: Web3, tx: dict[str, Any], key: str, message: str
 ) -> None:
-    acct = Account.from_key(key)
-    full = {
-        "chainId": 27182,
-        "type": 2,
-        "gas": 21_000,
-        "value": 0,
-        "to": DEV_ACCOUNTS[3],
-        "maxFeePerGas": 10**10,
-        "maxPriorityFeePerGas": 10**9,
-        "nonce": w3.eth.get_transaction_count(acct.address, "pending"),
-    }
     if tx.get("nonce") == 0:
         send_first = send(w3, key, to=DEV_ACCOUNTS[3])  # make nonce 0 used
         w3.eth.wait_for_transaction_receipt(send_first, timeout=60, poll_latency=0.1)
-    full.update(tx)
-    raw = acct.sign_transaction(full).raw_transaction
+    raw = sign(w3, key, to=DEV_ACCOUNTS[3], **tx)
     before = len(devnet.tail())
-    answer = rpc(devnet, "eth_sendRawTransaction", "0x" + bytes(raw).hex())
+    answer = rpc(devnet, "eth_sendRawTransaction", "0x" + raw.hex())
     assert answer["error"]["code"] == -32000
     assert message in answer["error"]["message"]
     assert len(devnet.tail()) == before
