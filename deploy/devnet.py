@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 import uvicorn
+import uvloop
 from fastapi import FastAPI
 
 from deploy import endpoints
@@ -143,7 +144,8 @@ class Devnet:
                 dag = DagView(bootstrap, s.chain_id, s.ghostdag_k, s.finality_depth)
                 checkpoints = CheckpointView(bootstrap, s.replicas)
                 app = create_app(s, self.producer, view, dag, checkpoints)
-                asyncio.run(self._serve(app, bootstrap))
+                # uvloop: the gateway's event loop is on every request's path.
+                uvloop.run(self._serve(app, bootstrap))
             finally:
                 self._stop()
 

@@ -39,6 +39,7 @@ class ChainView:
         self._overlay: Any = None
         self._vm_at: tuple[bytes, Any] | None = None
         self._blocks: OrderedDict[int, BlockAPI] = OrderedDict()
+        self._hashed: OrderedDict[bytes, bytes] = OrderedDict()
 
     def _open(self) -> Rdict:
         if self._db is None:
@@ -58,8 +59,20 @@ class ChainView:
                 self._db.try_catch_up_with_primary()
 
     def _read(self, key: bytes) -> bytes | None:
+        # 32-byte keys are content hashes (trie nodes, code, headers): a value found once is
+        # good forever. Misses are not cached: the node may be written later.
+        cached = self._hashed.get(key)
+        if cached is not None:
+            return cached
         value = self._open().get(EVM_PREFIX + key)
-        return None if value is None else bytes(value)
+        if value is None:
+            return None
+        found = bytes(value)
+        if len(key) == 32:
+            self._hashed[key] = found
+            if len(self._hashed) > 200_000:
+                self._hashed.popitem(last=False)
+        return found
 
     @property
     def chain(self) -> MiningChain:
