@@ -16,7 +16,7 @@ become `lattice.tx.rejected` events.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,7 +213,3 @@ class Ledger:
 def _storage_root(state: Any, address: bytes) -> bytes:
     # py-evm keeps the storage root on the account record; there is no public getter.
     return bytes(state._account_db._get_storage_root(address))
-
-
-def result_hashes(results: Sequence[BlockResult]) -> list[bytes]:
-    return [r.header.hash for r in results]
