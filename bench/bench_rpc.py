@@ -1,11 +1,12 @@
-"""The JSON-RPC client workload against `lattice devnet` and anvil, side by side.
+"""The JSON-RPC client workload against `lattice devnet`, anvil and Hardhat, side by side.
 
     .venv/bin/python bench/bench_rpc.py [--transfers 1000] [--calls 2000]
 
 One Python client (httpx, keep-alive, one request at a time) runs the same script on each
 node: pre-signed ETH transfers sent with eth_sendRawTransaction until every receipt is in,
 the same for ERC-20 transfers (LatticeToken), eth_call latency (balanceOf), and
-eth_getBalance throughput. anvil is foundry's, from npm (`node_modules/.bin/anvil`). A
+eth_getBalance throughput. anvil is foundry's and Hardhat 3 is `hardhat node`, both from npm
+(`node_modules/.bin/`, installed by `make`), on loopback. A
 last section measures the execution processor alone on a pre-filled ordered topic.
 Figures are printed with the ratio lattice / anvil; nothing is asserted.
 """
@@ -36,6 +37,7 @@ from streams.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
+HARDHAT = ROOT / "node_modules" / ".bin" / "hardhat"
 KEYS = [
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
@@ -216,6 +218,19 @@ def start_anvil() -> tuple[subprocess.Popen[bytes], str]:
     return process, url
 
 
+def start_hardhat() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [str(HARDHAT), "node", "--hostname", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT / "bench" / "hardhat",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, process)
+    return process, url
+
+
 def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -239,6 +254,7 @@ def main() -> None:
         for name, starter in (
             ("lattice", lambda: start_lattice(Path(tmp))),
             ("anvil", start_anvil),
+            ("hardhat", start_hardhat),
         ):
             print(f"  {name}", flush=True)
             process, url = starter()
@@ -247,10 +263,13 @@ def main() -> None:
             finally:
                 process.send_signal(signal.SIGTERM)
                 process.wait(60)
-    print("\n  lattice / anvil")
+    print(f"\n    {'':<34}{'lattice':>12}{'anvil':>12}{'hardhat':>12}   lattice/anvil  /hardhat")
     for key, ours in figures["lattice"].items():
-        theirs = figures["anvil"][key]
-        print(f"    {key:<34}{ours:>12,.2f}{theirs:>12,.2f}   x{ours / theirs:.2f}")
+        anvil, hardhat = figures["anvil"][key], figures["hardhat"][key]
+        print(
+            f"    {key:<34}{ours:>12,.2f}{anvil:>12,.2f}{hardhat:>12,.2f}"
+            f"   x{ours / anvil:<12.2f} x{ours / hardhat:.2f}"
+        )
 
 
 if __name__ == "__main__":
