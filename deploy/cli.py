@@ -9,6 +9,8 @@
     lattice replay TARGET_DIR [--genesis FILE] [-q]
     lattice proposer (--key HEX | --devnet-index N)
     lattice schemas {list,check,freeze}
+    lattice worker | matcher run | verifier run | model import | keys create | deposit
+      (see deploy/market_cli.py)
 
 Client commands find a running devnet through its data directory (`devnet.json`), or
 talk to the cluster given by `--kafka`.
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     devnet.add_argument("--broker-port", type=int, help="embedded broker port (default: free)")
     devnet.add_argument("--proposers", type=int, help="block proposers to run (default 2)")
     devnet.add_argument("--replicas", type=int, help="execution replicas (default 1)")
+    devnet.add_argument("--workers", type=int, help="local compute workers (default 1)")
     devnet.add_argument("--block-interval", type=float, help="seconds between a proposer's blocks")
     devnet.add_argument("--ghostdag-k", type=int, help="GHOSTDAG K (default 18)")
     devnet.add_argument(
@@ -134,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     dag_run.add_argument("--ghostdag-k", type=int)
     dag_run.add_argument("--finality-depth", type=int)
 
+    from deploy.market_cli import add_commands
+
+    add_commands(sub, _common)
+
     schemas = sub.add_parser("schemas", help="inspect and freeze the Avro schemas")
     schemas.add_argument("action", choices=["list", "check", "freeze"])
     return parser
@@ -154,6 +161,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         "genesis_file": getattr(args, "genesis", None),
         "replicas": getattr(args, "replicas", None),
         "checkpoint_every": getattr(args, "checkpoint_every", None),
+        "workers": getattr(args, "workers", None),
     }
     return Settings.load(config_file=getattr(args, "config", None), env=os.environ, overrides=flags)
 
@@ -448,6 +456,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             return cmd_topics(settings, out)
         if args.command == "tail":
             return cmd_tail(settings, args.topic, args.n, args.follow, out)
+        from deploy.market_cli import run as run_market
+
+        result = run_market(settings, args, bootstrap_of, out)
+        if result is not None:
+            return result
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

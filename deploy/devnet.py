@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
@@ -33,6 +34,7 @@ from gateway.app import create_app
 from gateway.chainview import ChainView
 from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
+from gateway.market import MarketService
 from streams.admin import ensure_topics
 from streams.archive import Archiver, TopicArchive
 from streams.broker import EmbeddedBroker, die_with_parent
@@ -120,6 +122,8 @@ class Devnet:
         self.producer: Producer | None = None
         self.proposers: list[Child] = []
         self.processors: list[Child] = []
+        self.workers: list[Child] = []
+        self.market: MarketService | None = None
 
     def say(self, label: str, text: str) -> None:
         print(f"  {label:<11} {text}", file=self.out, flush=True)
@@ -143,7 +147,8 @@ class Devnet:
                 view = ChainView(s.data_dir / "lattice-execution", s.chain_id)
                 dag = DagView(bootstrap, s.chain_id, s.ghostdag_k, s.finality_depth)
                 checkpoints = CheckpointView(bootstrap, s.replicas)
-                app = create_app(s, self.producer, view, dag, checkpoints)
+                self.market = MarketService(s, bootstrap, s.chain_id)
+                app = create_app(s, self.producer, view, dag, checkpoints, self.market)
                 # uvloop: the gateway's event loop is on every request's path.
                 uvloop.run(self._serve(app, bootstrap))
             finally:
@@ -236,12 +241,54 @@ class Devnet:
                     logs,
                 )
             )
+        market = ["--kafka", bootstrap, "--data-dir", str(s.data_dir)]
+        self.processors.append(Child("matcher", ["matcher", "run", *market], logs))
+        self.processors.append(Child("verifier", ["verifier", "run", *market], logs))
         self.say(
             "processors",
-            f"execution (py-evm), dag ordering (K={s.ghostdag_k}, finality depth "
+            f"matcher, verifier, execution (py-evm), dag ordering (K={s.ghostdag_k}, "
+            f"finality depth "
             f"{s.finality_depth}), {s.proposers} proposers every {s.block_interval}s; "
             f"logs in {logs}",
         )
+
+    def _start_workers(self, bootstrap: str, rpc: str) -> None:
+        s = self.settings
+        for index in range(s.workers):
+            args = ["worker", "--kafka", bootstrap, "--data-dir", str(s.data_dir), "--rpc", rpc]
+            args += ["--devnet-index", str(index)]
+            self.workers.append(Child(f"worker-{index}", args, s.data_dir / "logs"))
+        self.say("workers", f"{s.workers} local (OpenAI-compatible API at {rpc}/v1)")
+
+    def _dev_api_key(self, rpc: str) -> None:
+        """Give dev account 0 a deposit and an API key, once per data directory."""
+        from gateway.client import RpcFailure, send_call
+        from gateway.market import new_api_key
+        from processors.execution.genesis import DEV_KEYS, ETHER, JOB_MARKET, address_of
+        from processors.market.chain import authorise_call, deposit_call
+
+        path = self.settings.data_dir / "api-key"
+        if path.exists():
+            self.say("api key", f"{path.read_text().strip()} (dev account 0, {path})")
+            return
+        account = bytes.fromhex(DEV_KEYS[0][2:])
+        delegate = os.urandom(32)
+        chain = self.settings.chain_id
+        try:
+            send_call(
+                rpc, chain, account, JOB_MARKET, deposit_call(), value=100 * ETHER, wait_s=None
+            )
+            send_call(
+                rpc, chain, account, JOB_MARKET, authorise_call(address_of(delegate)), wait_s=120
+            )
+        except RpcFailure as exc:
+            log.error("could not set up the dev API key: %s", exc)
+            return
+        key = new_api_key(delegate)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(key + "\n")
+        os.replace(tmp, path)
+        self.say("api key", f"{key} (dev account 0, 100 ETH deposit; saved in {path})")
 
     def _reseed_progress(self, topic: str, count: int) -> None:
         self.say("re-seeded", f"{topic}: {count} records")
@@ -282,7 +329,9 @@ class Devnet:
         self.say("JSON-RPC", rpc)
         self.say("WebSocket", f"ws://{s.host}:{s.ws_port}")
         self.say("chain id", str(s.chain_id))
+        self._start_workers(bootstrap, rpc)
         print("ready; Ctrl-C to stop", file=self.out, flush=True)
+        threading.Thread(target=self._dev_api_key, args=(rpc,), daemon=True).start()
         problem = await self._watch(stop, tasks)
         print("stopping...", file=self.out, flush=True)
         for server in servers:
@@ -302,7 +351,7 @@ class Devnet:
         if self.archiver is not None:
             archiver = self.archiver
             checks.append((lambda: archiver.failed is not None, "archiving failed"))
-        for child in self.proposers + self.processors:
+        for child in self.proposers + self.processors + self.workers:
             checks.append(
                 (
                     lambda c=child: not c.running,  # type: ignore[misc]
@@ -320,8 +369,10 @@ class Devnet:
     def _stop(self) -> None:
         s = self.settings
         endpoints.remove(s.data_dir)
-        # Producers of blocks first, then the processors that consume them.
-        for group in (self.proposers, self.processors):
+        # Workers and producers of blocks first, then the processors that consume them.
+        if self.market is not None:
+            self.market.close()
+        for group in (self.workers, self.proposers, self.processors):
             for child in group:
                 child.terminate()
             for child in group:

@@ -24,6 +24,8 @@ from fastapi.responses import JSONResponse, Response
 from gateway.chainview import ChainView, LedgerNotReady
 from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
+from gateway.market import MarketService
+from gateway.market import router as market_router
 from gateway.rest import router as rest_router
 from gateway.rpc import Rpc
 from gateway.ws import serve as serve_socket
@@ -33,6 +35,7 @@ from processors.execution.transactions import (
     Transaction,
     decode_transaction,
     parse_hex,
+    submitted_event,
 )
 from streams.abc import RecordSink
 from streams.kafka import Delivered, DeliveryError
@@ -53,26 +56,6 @@ def client_version() -> str:
 
 def error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-def submitted_event(tx: Transaction, received_at_ms: int, source: str) -> dict[str, Any]:
-    """The `lattice.tx.TransactionSubmitted` record for a decoded transaction."""
-    return {
-        "hash": tx.hash,
-        "raw": tx.raw,
-        "sender": tx.sender,
-        "tx_type": tx.tx_type,
-        "chain_id": tx.chain_id,
-        "nonce": tx.nonce,
-        "gas_limit": tx.gas_limit,
-        "to": tx.to,
-        "value": tx.value,
-        "gas_price": tx.gas_price,
-        "max_fee_per_gas": tx.max_fee_per_gas,
-        "max_priority_fee_per_gas": tx.max_priority_fee_per_gas,
-        "received_at_ms": received_at_ms,
-        "source": source,
-    }
 
 
 def _raw_hex(body: bytes, content_type: str) -> str:
@@ -105,6 +88,7 @@ def create_app(
     view: ChainView | None = None,
     dag: DagView | None = None,
     checkpoints: CheckpointView | None = None,
+    market: MarketService | None = None,
 ) -> FastAPI:
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
     # A hex body is twice the bytes plus quoting; anything beyond is refused unread.
@@ -155,6 +139,8 @@ def create_app(
         )
 
     if rpc is not None:
+        if market is not None:
+            app.include_router(market_router(settings, market, rpc, sink))
         app.include_router(rest_router(rpc))
 
     @app.websocket("/")

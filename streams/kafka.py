@@ -201,7 +201,9 @@ class Reader:
         # librdkafka wants a group id even for manual assignment; nothing is committed.
         identity = {"client.id": client_id, "group.id": f"{client_id}-unmanaged"}
         self._consumer = Consumer(client_config(bootstrap, READER_DEFAULTS, identity, config))
-        self._admin = AdminClient(client_config(bootstrap, {"client.id": client_id}, config))
+        # Consumer tuning means nothing to the admin client (librdkafka warns about it).
+        admin = {k: v for k, v in (config or {}).items() if not k.startswith("fetch.")}
+        self._admin = AdminClient(client_config(bootstrap, {"client.id": client_id}, admin))
 
     def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
         metadata = self._consumer.list_topics(topic, timeout=timeout)

@@ -64,6 +64,19 @@ class Settings:
     replicas: int = 1
     #: Blocks between a replica's signed checkpoints.
     checkpoint_every: int = 4
+    #: Local GPU workers the devnet runs, and what `lattice worker` asks for its work.
+    workers: int = 1
+    worker_price: int = 3_600_000_000_000_000  # wei per hour of compute: 1e12 wei per ms
+    worker_stake: int = 2 * 10**18
+    worker_threads: int = 1
+    #: Share of results the verifier re-executes, and of jobs run twice (basis points).
+    verify_bps: int = 10_000
+    redundancy_bps: int = 1_000
+    #: How long a node holds an assignment before the job goes to another node.
+    lease_ms: int = 15_000
+    #: OpenAI-compatible jobs: time allowed and the most they may cost (wei).
+    job_deadline_ms: int = 60_000
+    job_max_price: int = 10**16
     #: A genesis file replacing the development genesis (see processors/execution/genesis.py).
     genesis_file: Path | None = None
     #: Extra librdkafka settings for every client (security, tuning), from the file only.

@@ -306,3 +306,23 @@ def decode_transaction(raw: bytes, rules: ChainRules) -> Transaction:
         s=s,
         sender=sender,
     )
+
+
+def submitted_event(tx: Transaction, received_at_ms: int, source: str) -> dict[str, Any]:
+    """The `lattice.tx.TransactionSubmitted` record for a decoded transaction."""
+    return {
+        "hash": tx.hash,
+        "raw": tx.raw,
+        "sender": tx.sender,
+        "tx_type": tx.tx_type,
+        "chain_id": tx.chain_id,
+        "nonce": tx.nonce,
+        "gas_limit": tx.gas_limit,
+        "to": tx.to,
+        "value": tx.value,
+        "gas_price": tx.gas_price,
+        "max_fee_per_gas": tx.max_fee_per_gas,
+        "max_priority_fee_per_gas": tx.max_priority_fee_per_gas,
+        "received_at_ms": received_at_ms,
+        "source": source,
+    }

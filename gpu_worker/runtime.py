@@ -1,0 +1,205 @@
+"""Running models: fetch by CID, load into ONNX Runtime, generate text or evaluate tensors.
+
+Workers and the verifier's re-execution share this code, so a spot check runs exactly what
+a worker runs. Every block comes from a local blockstore or, when missing there, from a
+peer's `/v1/blocks/{cid}` (the gateway's), and is hashed before use: a model is only ever
+loaded from bytes that match the manifest the ledger registered.
+
+Text generation is greedy (argmax) decoding over the full sequence at each step: the graph
+the importer exports has no KV cache, which keeps the graph portable and is cheap for the
+small models the tests use; the cost grows quadratically with the output length.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpu_worker.models import TEXT_GENERATION, Manifest, load_manifest, untar
+from processors.market.content import Blockstore, ContentError, verify
+
+
+class FetchError(RuntimeError):
+    """A block no source could provide."""
+
+
+class BlockSource:
+    """The local blockstore, backed by HTTP peers for what it does not hold."""
+
+    def __init__(self, store: Blockstore, peers: Sequence[str] = ()) -> None:
+        self.store = store
+        self.peers = tuple(p.rstrip("/") for p in peers)
+
+    def get(self, cid: str) -> bytes:
+        try:
+            return self.store.get(cid)
+        except KeyError:
+            pass
+        errors = []
+        for peer in self.peers:
+            try:
+                with urllib.request.urlopen(f"{peer}/ipfs/{cid}", timeout=30) as response:
+                    data = verify(cid, response.read())
+            except (OSError, ContentError) as exc:
+                errors.append(f"{peer}: {exc}")
+                continue
+            self.store.put_verified(cid, data)
+            return data
+        raise FetchError(f"block {cid} not found ({'; '.join(errors) or 'no peers'})")
+
+    def part(self, manifest: Manifest, name: str) -> bytes:
+        return b"".join(self.get(c.cid) for c in manifest.chunks(name))
+
+    def manifest(self, cid: str) -> Manifest:
+        return load_manifest(self.get(cid), cid)
+
+
+def providers(use_gpu: bool) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if use_gpu and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt_ids: tuple[int, ...]
+    token_ids: tuple[int, ...]
+    chosen_logits: tuple[float, ...]  # the logit of each generated token when chosen
+    text: str
+    finish_reason: str  # "stop" (end of sequence) or "length"
+
+    def output(self) -> bytes:
+        return json.dumps(
+            {
+                "prompt_tokens": len(self.prompt_ids),
+                "token_ids": list(self.token_ids),
+                "text": self.text,
+                "finish_reason": self.finish_reason,
+            },
+            sort_keys=True,
+        ).encode()
+
+
+@dataclass
+class LoadedModel:
+    manifest: Manifest
+    session: Any
+    provider: str
+    threads: int
+    tokenizer: Any = None
+    eos_token_id: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- text generation ------------------------------------------------------------------
+
+    def prompt_ids(self, request: dict[str, Any]) -> list[int]:
+        if "messages" in request:
+            rendered = self.tokenizer.apply_chat_template(
+                request["messages"], tokenize=False, add_generation_prompt=True
+            )
+            ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tokenizer(str(request.get("prompt", "")), add_special_tokens=False)[
+                "input_ids"
+            ]
+        return list(ids) or [self.eos_token_id or 0]
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits for every position of one sequence: [len(ids), vocabulary]."""
+        feed = {"input_ids": np.asarray([list(ids)], dtype=np.int64)}
+        with self.lock:
+            out = self.session.run(["logits"], feed)[0]
+        return np.asarray(out[0], dtype=np.float32)
+
+    def generate(self, request: dict[str, Any]) -> Generation:
+        limit = int(self.manifest.document.get("max_positions") or 1024)
+        prompt = self.prompt_ids(request)[-(limit - 1) :]
+        max_tokens = max(1, min(int(request.get("max_tokens", 16)), limit - len(prompt)))
+        ids, chosen, logits = list(prompt), [], []
+        finish = "length"
+        for _ in range(max_tokens):
+            row = self.logits(ids)[-1]
+            token = int(np.argmax(row))
+            if token == self.eos_token_id:
+                finish = "stop"
+                break
+            ids.append(token)
+            chosen.append(token)
+            logits.append(float(row[token]))
+        text = self.tokenizer.decode(chosen, skip_special_tokens=True)
+        return Generation(tuple(prompt), tuple(chosen), tuple(logits), text, finish)
+
+    # -- tensors --------------------------------------------------------------------------
+
+    def run_tensors(self, inputs: bytes) -> bytes:
+        """Evaluate an `.npz` of named inputs; the outputs come back as an `.npz`."""
+        with np.load(io.BytesIO(inputs), allow_pickle=False) as arrays:
+            feed = {name: arrays[name] for name in arrays.files}
+        with self.lock:
+            names = [o.name for o in self.session.get_outputs()]
+            values = self.session.run(names, feed)
+        buffer = io.BytesIO()
+        np.savez(buffer, **dict(zip(names, values, strict=True)))
+        return buffer.getvalue()
+
+
+class ModelCache:
+    """Loaded models by manifest CID (one session per model and process)."""
+
+    def __init__(self, source: BlockSource, work_dir: Path, threads: int, use_gpu: bool) -> None:
+        self.source = source
+        self.work_dir = Path(work_dir)
+        self.threads = threads
+        self.use_gpu = use_gpu
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def load(self, manifest_cid: str) -> tuple[LoadedModel, int]:
+        """The model and how many milliseconds loading it took (0 when cached)."""
+        with self._lock:
+            model = self._models.get(manifest_cid)
+            if model is not None:
+                return model, 0
+            started = time.perf_counter()
+            model = self._load(manifest_cid)
+            self._models[manifest_cid] = model
+            return model, int((time.perf_counter() - started) * 1000)
+
+    def _load(self, manifest_cid: str) -> LoadedModel:
+        import onnxruntime as ort
+
+        manifest = self.source.manifest(manifest_cid)
+        graph = self.source.part(manifest, "onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        chosen = providers(self.use_gpu)
+        session = ort.InferenceSession(graph, sess_options=options, providers=chosen)
+        model = LoadedModel(manifest, session, session.get_providers()[0], self.threads)
+        if manifest.task == TEXT_GENERATION:
+            from transformers import PreTrainedTokenizerFast
+
+            directory = self.work_dir / "tokenizers" / manifest_cid
+            if not directory.exists():
+                directory.parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(tempfile.mkdtemp(dir=directory.parent))
+                untar(self.source.part(manifest, "tokenizer"), tmp)
+                os.replace(tmp, directory)
+            model.tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+            model.eos_token_id = manifest.document.get("eos_token_id")
+        return model

@@ -1,0 +1,264 @@
+"""`lattice worker`: a compute node's process.
+
+Start-up: probe the hardware, stake and register on the ledger (`JobMarket.registerNode`,
+sent through the gateway's JSON-RPC), announce the node on `lattice.gpu.nodes` (signed), then
+heartbeat on `lattice.gpu.heartbeats` every couple of seconds with live utilisation.
+
+The loop: the node's consumer group (`lattice-worker-<address>`) reads `lattice.jobs.assigned`;
+an assignment naming this node (and not yet past its lease) is run — models are fetched by
+CID, verified and loaded once — and answered on `lattice.jobs.results` with a signed result
+carrying the output inline, its CID and digest, a tolerance-aware fingerprint, timings and a
+hardware snapshot. The group offset is committed only after the result is acknowledged, so a
+crash re-runs the job (the verifier pays a job once); a node that dies holding a job loses
+it to another node when its lease expires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from gateway.client import send_call
+from gpu_worker.models import TEXT_GENERATION
+from gpu_worker.probe import Hardware, probe, usage
+from gpu_worker.runtime import BlockSource, LoadedModel, ModelCache
+from processors.execution.genesis import JOB_MARKET, address_of
+from processors.market.chain import register_node_call
+from processors.market.content import Blockstore, cid_of
+from processors.market.jobs import node_record_hash, result_hash, sign
+from processors.verifier.core import (
+    GENERATION_SCHEME,
+    TENSOR_SCHEME,
+    generation_fingerprint,
+    tensor_fingerprint,
+)
+from streams.kafka import Producer, client_config
+from streams.settings import Settings
+from streams.topics import hex_key, topic
+
+log = logging.getLogger(__name__)
+
+NODES = topic("gpu.nodes")
+HEARTBEATS = topic("gpu.heartbeats")
+ASSIGNED = topic("jobs.assigned")
+RESULTS = topic("jobs.results")
+HEARTBEAT_EVERY_S = 2.0
+VERSION = "0.1.0"
+
+
+def execute(model: LoadedModel, job: dict[str, Any]) -> tuple[bytes, str, bytes]:
+    """Run one inference job: (output bytes, fingerprint scheme, fingerprint)."""
+    data = job["input"] or b""
+    if model.manifest.task == TEXT_GENERATION:
+        generation = model.generate(json.loads(data))
+        return (
+            generation.output(),
+            GENERATION_SCHEME,
+            generation_fingerprint(generation.chosen_logits),
+        )
+    output = model.run_tensors(data)
+    return output, TENSOR_SCHEME, tensor_fingerprint(output, job["job_id"])
+
+
+class Worker:
+    def __init__(
+        self, settings: Settings, bootstrap: str, private_key: bytes, rpc_url: str | None
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.key = private_key
+        self.address = address_of(private_key)
+        self.rpc_url = rpc_url
+        self.hardware: Hardware = probe()
+        self.producer = Producer(bootstrap, client_id=f"{settings.client_id}-worker")
+        work = settings.data_dir / "workers" / self.address.hex()
+        peers = [rpc_url.rstrip("/")] if rpc_url else []
+        self.models = ModelCache(
+            BlockSource(Blockstore(work / "blockstore"), peers),
+            work,
+            threads=settings.worker_threads,
+            use_gpu=bool(self.hardware.devices),
+        )
+        self.in_flight = 0
+        self.sequence = int(time.time() * 1000)  # strictly increasing across restarts
+
+    # -- announcing the node --------------------------------------------------------------
+
+    def stake_on_ledger(self) -> str | None:
+        """Send `registerNode` with the stake; the transaction hash, or None without RPC."""
+        if self.rpc_url is None:
+            return None
+        tx_hash, _ = send_call(
+            self.rpc_url,
+            self.settings.chain_id,
+            self.key,
+            JOB_MARKET,
+            register_node_call(self.settings.worker_price),
+            value=self.settings.worker_stake,
+            gas=150_000,
+            wait_s=None,
+        )
+        return tx_hash
+
+    def registration(self) -> dict[str, Any]:
+        hw = self.hardware
+        self.sequence += 1
+        record = {
+            "node": self.address,
+            "price_wei_per_hour": self.settings.worker_price,
+            "stake_wei": self.settings.worker_stake,
+            "devices": [d.__dict__ for d in hw.devices],
+            "driver_version": hw.driver_version,
+            "cuda_version": hw.cuda_version,
+            "cpu_model": hw.cpu_model,
+            "cpu_cores": hw.cpu_cores,
+            "ram_bytes": hw.ram_bytes,
+            "runtimes": list(hw.runtimes),
+            "worker_version": VERSION,
+            "sequence": self.sequence,
+            "registered_at_ms": int(time.time() * 1000),
+            "signature": b"",
+        }
+        record["signature"] = sign(
+            self.key, node_record_hash("node-registration", record, self.settings.chain_id)
+        )
+        return record
+
+    def heartbeat(self) -> dict[str, Any]:
+        self.sequence += 1
+        record = {
+            "node": self.address,
+            "sequence": self.sequence,
+            "timestamp_ms": int(time.time() * 1000),
+            "devices": usage(),
+            "jobs_in_flight": self.in_flight,
+            "signature": b"",
+        }
+        record["signature"] = sign(
+            self.key, node_record_hash("node-heartbeat", record, self.settings.chain_id)
+        )
+        return record
+
+    def announce(self) -> None:
+        tx = self.stake_on_ledger()
+        self.producer.send(NODES, self.registration(), key=hex_key(self.address)).result(30)
+        self.producer.send(HEARTBEATS, self.heartbeat(), key=hex_key(self.address)).result(30)
+        log.info(
+            "node 0x%s registered (%s, %d cores, stake tx %s)",
+            self.address.hex(),
+            self.hardware.device_name,
+            self.hardware.cpu_cores,
+            tx,
+        )
+
+    # -- the job loop ---------------------------------------------------------------------
+
+    def result_for(self, assignment: dict[str, Any], received_ms: int) -> dict[str, Any]:
+        job = assignment["job"]
+        manifest_cid = job["params"].get("manifest_cid", "")
+        model, load_ms = self.models.load(manifest_cid)
+        started = time.perf_counter()
+        output, scheme, fingerprint = self.execute(model, job)
+        compute_ms = int((time.perf_counter() - started) * 1000)
+        record = {
+            "job_id": job["job_id"],
+            "node": self.address,
+            "attempt": assignment["attempt"],
+            "output_cid": cid_of(output),
+            "output_digest": hashlib.sha256(output).digest(),
+            "output_size": len(output),
+            "fingerprint_scheme": scheme,
+            "fingerprint": fingerprint,
+            "timings": {
+                "queue_ms": max(0, received_ms - job["submitted_at_ms"]),
+                "load_ms": load_ms,
+                "compute_ms": compute_ms,
+            },
+            "hardware": {
+                "device_name": self.hardware.device_name,
+                "vram_bytes": self.hardware.memory_bytes,
+                "driver_version": self.hardware.driver_version,
+                "execution_provider": model.provider,
+                "threads": model.threads,
+            },
+            "completed_at_ms": int(time.time() * 1000),
+            "signature": b"",
+            "cause": None,
+            "output": output,
+        }
+        record["signature"] = self.sign_result(record)
+        return record
+
+    def execute(self, model: LoadedModel, job: dict[str, Any]) -> tuple[bytes, str, bytes]:
+        return execute(model, job)
+
+    def sign_result(self, record: dict[str, Any]) -> bytes:
+        return sign(self.key, result_hash(record, self.settings.chain_id))
+
+    def handle(self, assignment: dict[str, Any], position: dict[str, Any]) -> None:
+        if self.address not in assignment["nodes"] or assignment["job"] is None:
+            return
+        now = int(time.time() * 1000)
+        if now > assignment["lease_expires_ms"]:
+            log.info("skipping job 0x%s: its lease expired", assignment["job_id"].hex())
+            return
+        self.in_flight += 1
+        try:
+            result = self.result_for(assignment, now)
+        except Exception:
+            log.exception("job 0x%s failed", assignment["job_id"].hex())
+            return  # not answered: the lease expires and the matcher reassigns it
+        finally:
+            self.in_flight -= 1
+        result["cause"] = position
+        self.producer.send(RESULTS, result, key=hex_key(result["job_id"])).result(30)
+
+    def run(self, stop: threading.Event) -> None:
+        self.announce()
+        beat = threading.Thread(target=self._beat, args=(stop,), name="heartbeat", daemon=True)
+        beat.start()
+        consumer = Consumer(
+            client_config(
+                self.bootstrap,
+                {
+                    "group.id": f"lattice-worker-{self.address.hex()}",
+                    "client.id": f"{self.settings.client_id}-worker",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "latest",
+                    "session.timeout.ms": 10_000,
+                    "fetch.wait.max.ms": 10,
+                },
+                self.settings.kafka_config,
+            )
+        )
+        consumer.subscribe([ASSIGNED.name])
+        codec = self.producer.codec
+        try:
+            while not stop.is_set():
+                message = consumer.poll(0.1)
+                if message is None or message.error() is not None:
+                    continue
+                assignment = codec.decode(message.value() or b"", expect=ASSIGNED.schema).record
+                position = {
+                    "topic": message.topic(),
+                    "partition": message.partition(),
+                    "offset": message.offset(),
+                }
+                self.handle(assignment, position)
+                consumer.commit(message=message, asynchronous=False)
+        finally:
+            consumer.close()
+            self.producer.close()
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_EVERY_S):
+            try:
+                self.producer.send(HEARTBEATS, self.heartbeat(), key=hex_key(self.address))
+            except Exception:  # a missed heartbeat is not fatal; the next one may land
+                log.exception("heartbeat failed")

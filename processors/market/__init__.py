@@ -1,0 +1,1 @@
+"""The compute market: content addressing, signed job requests, matching, rewards."""

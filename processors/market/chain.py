@@ -1,0 +1,114 @@
+"""The market's ledger calls: ABI-encoded `JobMarket` / `ModelRegistry` transactions.
+
+Money moves only through these transactions. They are built and signed here (EIP-1559,
+fixed gas limits that cover each call with room to spare) by whoever owns the key: a worker
+registering, a user depositing or authorising an API key, the verifier settling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eth_abi.abi import decode, encode
+from eth_account import Account
+from eth_hash.auto import keccak
+from eth_utils import to_checksum_address
+
+from processors.execution.genesis import JOB_MARKET, MODEL_REGISTRY
+
+
+def selector(signature: str) -> bytes:
+    return keccak(signature.encode())[:4]
+
+
+def call_data(signature: str, *args: Any) -> bytes:
+    types = signature[signature.index("(") + 1 : -1]
+    return selector(signature) + encode([t for t in types.split(",") if t], list(args))
+
+
+def event_topic(signature: str) -> bytes:
+    return keccak(signature.encode())
+
+
+SETTLED = event_topic("Settled(bytes32,address,address,uint256,uint256,uint256,uint256)")
+MODEL_REGISTERED = event_topic("ModelRegistered(bytes32,string,string,address,uint32,string)")
+
+
+@dataclass(frozen=True)
+class Fees:
+    max_fee_per_gas: int = 50 * 10**9
+    max_priority_fee_per_gas: int = 10**9
+
+
+def signed_call(
+    private_key: bytes,
+    chain_id: int,
+    nonce: int,
+    to: bytes,
+    data: bytes,
+    *,
+    value: int = 0,
+    gas: int = 300_000,
+    fees: Fees = Fees(),
+) -> bytes:
+    tx = {
+        "type": 2,
+        "chainId": chain_id,
+        "nonce": nonce,
+        "to": to_checksum_address(to),
+        "value": value,
+        "gas": gas,
+        "maxFeePerGas": fees.max_fee_per_gas,
+        "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
+        "data": data,
+    }
+    return bytes(Account.sign_transaction(tx, private_key).raw_transaction)
+
+
+def settle_call(
+    settlement_id: bytes,
+    signer: bytes,
+    requester: bytes,
+    provider: bytes,
+    paid: int,
+    fee: int,
+    refund: int,
+    slash: int,
+) -> bytes:
+    return call_data(
+        "settle(bytes32,address,address,address,uint256,uint256,uint256,uint256)",
+        settlement_id,
+        "0x" + signer.hex(),
+        "0x" + requester.hex(),
+        "0x" + provider.hex(),
+        paid,
+        fee,
+        refund,
+        slash,
+    )
+
+
+def register_node_call(price_wei_per_hour: int) -> bytes:
+    return call_data("registerNode(uint256)", price_wei_per_hour)
+
+
+def deposit_call() -> bytes:
+    return call_data("deposit()")
+
+
+def authorise_call(delegate: bytes) -> bytes:
+    return call_data("authorise(address)", "0x" + delegate.hex())
+
+
+def register_model_call(name: str, manifest_cid: str, model_type: str) -> bytes:
+    return call_data("register(string,string,string)", name, manifest_cid, model_type)
+
+
+def decode_model_registered(data: bytes) -> tuple[str, str, int, str]:
+    """(name, manifest CID, version, model type) from a ModelRegistered log's data."""
+    name, cid, version, model_type = decode(["string", "string", "uint32", "string"], data)
+    return str(name), str(cid), int(version), str(model_type)
+
+
+__all__ = ["JOB_MARKET", "MODEL_REGISTRY"]

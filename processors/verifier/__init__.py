@@ -1,0 +1,1 @@
+"""Proof of compute: verdicts on job results and the settlements that follow them."""

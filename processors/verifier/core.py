@@ -1,0 +1,241 @@
+"""Proof-of-compute checks (pure core).
+
+A result is checked for: its signature (the node's key), the assignment it answers, its
+output (inline bytes hashing to the claimed digest and CID), its deadline, the plausibility
+of its timings against the hardware the node registered, and — for the seeded sample of
+jobs the verifier re-executes, and for every redundant pair — its numbers.
+
+Tolerance (why honest nodes are never accused): GPUs, CPUs and thread counts sum floats in
+different orders, so logits differ in their last bits between honest runs. Nothing is
+compared bit for bit. A generated token is accepted when its logit, recomputed by the
+verifier in one teacher-forced pass, is within `atol + rtol·|max|` of the row's maximum (a
+near-tie may go either way) and the logit the node reported for it is within the same
+tolerance of the recomputed one; tensors are compared element-wise with the same rule.
+Forged output (tokens the model would not produce, made-up numbers) fails by margins far
+above the tolerance, which the tests check both ways.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from processors.market.content import cid_of
+from processors.market.jobs import InvalidSignature, recover, result_hash
+
+ACCEPTED, REJECTED, INCONCLUSIVE = "ACCEPTED", "REJECTED", "INCONCLUSIVE"
+GENERATION_SCHEME = "greedy-logits-f32-v1"
+TENSOR_SCHEME = "tensor-sample-f32-v1"
+SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float = 1e-3
+    atol: float = 1e-3
+
+    def bound(self, reference: Any) -> Any:
+        """The allowed absolute difference from `reference` (a number or an array)."""
+        return self.atol + self.rtol * np.abs(reference)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+
+# -- fingerprints -------------------------------------------------------------------------
+
+
+def generation_fingerprint(chosen_logits: Sequence[float]) -> bytes:
+    return np.asarray(chosen_logits, dtype="<f4").tobytes()
+
+
+def tensor_fingerprint(outputs: bytes, job_id: bytes) -> bytes:
+    """SAMPLES values of the flattened outputs at positions seeded by the job id."""
+    flat = _flatten(outputs)
+    if flat.size == 0:
+        return b""
+    rng = np.random.default_rng(int.from_bytes(job_id[:8]))
+    return flat[rng.integers(0, flat.size, SAMPLES)].astype("<f4").tobytes()
+
+
+def _flatten(npz: bytes) -> np.ndarray:
+    with np.load(io.BytesIO(npz), allow_pickle=False) as arrays:
+        parts = [arrays[n].astype(np.float64).ravel() for n in sorted(arrays.files)]
+    return np.asarray(np.concatenate(parts) if parts else np.zeros(0), dtype=np.float64)
+
+
+# -- checks -------------------------------------------------------------------------------
+
+
+def check_signature(result: Mapping[str, Any], chain_id: int) -> Check:
+    try:
+        signer = recover(result_hash(result, chain_id), result["signature"])
+    except InvalidSignature as exc:
+        return Check("signature", False, str(exc))
+    ok = signer == result["node"]
+    return Check("signature", ok, "signed by the node" if ok else f"signed by 0x{signer.hex()}")
+
+
+def check_assignment(result: Mapping[str, Any], assignment: Mapping[str, Any] | None) -> Check:
+    if assignment is None:
+        return Check("assignment", False, "no assignment for this attempt")
+    ok = result["node"] in assignment["nodes"]
+    return Check(
+        "assignment", ok, f"attempt {result['attempt']}" + ("" if ok else ": not assigned")
+    )
+
+
+def check_output(result: Mapping[str, Any]) -> Check:
+    output = result.get("output")
+    if output is None:
+        return Check("output", False, "output not inline")
+    if hashlib.sha256(output).digest() != result["output_digest"]:
+        return Check("output", False, "output bytes do not match the digest")
+    if cid_of(output) != result["output_cid"] or len(output) != result["output_size"]:
+        return Check("output", False, "output bytes do not match the CID or size")
+    return Check("output", True, f"{len(output)} bytes, CID verified")
+
+
+def check_deadline(result: Mapping[str, Any], job: Mapping[str, Any]) -> Check:
+    late = result["completed_at_ms"] - job["deadline_ms"]
+    return Check("deadline", late <= 0, "in time" if late <= 0 else f"{late} ms late")
+
+
+def check_timing(
+    result: Mapping[str, Any], registration: Mapping[str, Any] | None, flops: int
+) -> Check:
+    """The claimed hardware must be the registered one, and the compute time must not be
+    shorter than the work divided by that hardware's peak rate."""
+    if registration is None:
+        return Check("timing", False, "node not registered")
+    hardware = result["hardware"]
+    names = {d["name"] for d in registration["devices"]} | {registration["cpu_model"]}
+    if hardware["device_name"] not in names:
+        return Check("timing", False, f"ran on {hardware['device_name']!r}, not registered")
+    peak = sum(d["peak_fp16_gflops"] for d in registration["devices"]) or _cpu_gflops(registration)
+    floor_ms = flops // (peak * 1_000_000)  # 1 GFLOP/s is 1e6 FLOP per ms
+    compute = result["timings"]["compute_ms"]
+    ok = compute >= floor_ms
+    return Check(
+        "timing", ok, f"{compute} ms for {flops} FLOP (floor {floor_ms} ms at {peak} GFLOP/s)"
+    )
+
+
+def _cpu_gflops(registration: Mapping[str, Any]) -> int:
+    # A generous ceiling: 64 FLOP per cycle per core (AVX-512 FMA) at 5 GHz.
+    return max(1, int(registration["cpu_cores"]) * 320)
+
+
+def generation_flops(parameter_count: int, prompt_tokens: int, generated: int) -> int:
+    """Forward FLOP of greedy decoding without a KV cache: 2·params per token per step."""
+    tokens = sum(prompt_tokens + i for i in range(max(generated, 1)))
+    return 2 * parameter_count * tokens
+
+
+def check_generation(
+    output: bytes,
+    fingerprint: bytes,
+    logits: np.ndarray,
+    prompt_tokens: int,
+    eos_token_id: int | None,
+    tol: Tolerance = Tolerance(),
+) -> Check:
+    """`logits`: the verifier's teacher-forced logits over prompt + claimed tokens."""
+    try:
+        claimed = json.loads(output)
+        tokens = [int(t) for t in claimed["token_ids"]]
+    except (ValueError, KeyError, TypeError):
+        return Check("re-execution", False, "output is not a generation document")
+    reported = np.frombuffer(fingerprint, dtype="<f4")
+    if len(reported) != len(tokens) or claimed.get("prompt_tokens") != prompt_tokens:
+        return Check("re-execution", False, "fingerprint does not cover the generated tokens")
+    for i, token in enumerate(tokens):
+        row = logits[prompt_tokens - 1 + i]
+        if not 0 <= token < row.size:
+            return Check("re-execution", False, f"token {i} out of the vocabulary")
+        best = row.max()
+        if row[token] < best - tol.bound(best):
+            return Check(
+                "re-execution",
+                False,
+                f"token {i} ({token}) is {best - row[token]:.4f} below the argmax",
+            )
+        if abs(reported[i] - row[token]) > tol.bound(row[token]):
+            return Check(
+                "re-execution",
+                False,
+                f"token {i}: reported logit {reported[i]:.4f} vs {row[token]:.4f}",
+            )
+    if claimed.get("finish_reason") == "stop" and eos_token_id is not None:
+        row = logits[prompt_tokens - 1 + len(tokens)]
+        if row[eos_token_id] < row.max() - tol.bound(row.max()):
+            return Check("re-execution", False, "stopped where the model would not")
+    return Check("re-execution", True, f"{len(tokens)} tokens within tolerance")
+
+
+def check_tensors(
+    output: bytes,
+    recomputed: bytes,
+    fingerprint: bytes,
+    job_id: bytes,
+    tol: Tolerance = Tolerance(),
+) -> Check:
+    try:
+        claimed, expected = _flatten(output), _flatten(recomputed)
+    except (ValueError, OSError):
+        return Check("re-execution", False, "output is not an .npz of tensors")
+    if claimed.shape != expected.shape:
+        return Check("re-execution", False, f"shape {claimed.shape} vs {expected.shape}")
+    excess = np.abs(claimed - expected) - tol.bound(expected)
+    if excess.size and excess.max() > 0:
+        return Check("re-execution", False, f"{int((excess > 0).sum())} values out of tolerance")
+    reported = np.frombuffer(fingerprint, dtype="<f4").astype(np.float64)
+    sample = np.frombuffer(tensor_fingerprint(recomputed, job_id), dtype="<f4").astype(np.float64)
+    if reported.shape != sample.shape or (np.abs(reported - sample) > tol.bound(sample)).any():
+        return Check("re-execution", False, "fingerprint does not match the outputs")
+    return Check("re-execution", True, f"{expected.size} values within tolerance")
+
+
+def outputs_agree(a: Mapping[str, Any], b: Mapping[str, Any], tol: Tolerance = Tolerance()) -> bool:
+    """Whether two nodes' results for one job agree (redundant execution)."""
+    if a["fingerprint_scheme"] != b["fingerprint_scheme"]:
+        return False
+    fa = np.frombuffer(a["fingerprint"], dtype="<f4").astype(np.float64)
+    fb = np.frombuffer(b["fingerprint"], dtype="<f4").astype(np.float64)
+    if fa.shape != fb.shape or (np.abs(fa - fb) > tol.bound(fb)).any():
+        return False
+    if a["fingerprint_scheme"] == GENERATION_SCHEME:
+        return bool(json.loads(a["output"])["token_ids"] == json.loads(b["output"])["token_ids"])
+    return True
+
+
+def performance_bps(job: Mapping[str, Any], result: Mapping[str, Any]) -> int:
+    """Full marks for finishing within half the time the job allowed, falling linearly to
+    half marks at the deadline."""
+    budget = max(job["deadline_ms"] - job["submitted_at_ms"], 1)
+    taken = max(result["completed_at_ms"] - job["submitted_at_ms"], 0)
+    if 2 * taken <= budget:
+        return 10_000
+    return int(max(5_000, 10_000 - 5_000 * (2 * taken - budget) // budget))
+
+
+def outcome(checks: Sequence[Check]) -> str:
+    """REJECTED (cheating: not paid, slashed) when any check but the deadline fails;
+    INCONCLUSIVE (late: refunded, not slashed) when only the deadline does."""
+    failed = {c.name for c in checks if not c.passed}
+    if failed - {"deadline"}:
+        return REJECTED
+    return INCONCLUSIVE if failed else ACCEPTED

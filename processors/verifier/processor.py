@@ -1,0 +1,356 @@
+"""The verifier: job results in; verdicts, settlement transactions and settlements out.
+
+For each result it gathers what the result must be checked against — the signed request
+(`jobs.submitted`), the assignment it answers (`jobs.assigned`), the node's registration
+(`gpu.nodes`) and the model's manifest (`models`) — waiting while any of them has not
+arrived yet, then runs the checks of `processors.verifier.core`. Results of redundant jobs,
+and a seeded share (`verify_bps`) of the others, are re-executed on the verifier's own
+runtime (the workers' code) to compare numbers within tolerance.
+
+Then money: an accepted result is paid by `JobMarket.settle` (reward formula in
+`processors.market.economics`), at most the job's maximum price over all its paid results;
+a rejected one pays nothing and slashes the node's stake; a late one, or a job the matcher
+expired, is refunded (a zero-charge settlement, so the ledger records it). Each paid or
+refunded (job, node) settles once: duplicates of a result, and results arriving after the
+job was paid, get a verdict but no second payment. Settlements are transactions signed with
+the settler's key and produced to `lattice.tx.submitted`, their nonces counted from the
+settlements already on the log, and recorded on `lattice.jobs.settled`.
+
+On start it reads every input and its own outputs from the beginning: what was verdicted
+or settled before is not done again. Verdicts and amounts depend only on each job's own
+events (all keyed by job id, so in one partition's order), which is what makes a replay
+reproduce them exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from eth_hash.auto import keccak
+
+from gpu_worker.models import TEXT_GENERATION
+from gpu_worker.runtime import BlockSource, ModelCache
+from processors.execution.genesis import JOB_MARKET, address_of
+from processors.execution.transactions import ChainRules, decode_transaction, submitted_event
+from processors.market.chain import settle_call, signed_call
+from processors.market.content import Blockstore
+from processors.market.economics import Reward, refund, reward, slash_wei
+from processors.market.jobs import InvalidSignature, job_signer
+from processors.verifier import core
+from streams.kafka import Producer, Reader
+from streams.settings import Settings
+from streams.topics import hex_key, topic
+
+log = logging.getLogger(__name__)
+
+SUBMITTED = topic("jobs.submitted")
+ASSIGNED = topic("jobs.assigned")
+RESULTS = topic("jobs.results")
+VERDICTS = topic("jobs.verdicts")
+SETTLED = topic("jobs.settled")
+TX_SUBMITTED = topic("tx.submitted")
+INPUTS = (topic("gpu.nodes"), topic("models"), SUBMITTED, ASSIGNED, VERDICTS, SETTLED, RESULTS)
+ZERO = bytes(20)
+
+
+@dataclass
+class JobFacts:
+    record: dict[str, Any] | None = None
+    assignments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    charged: int = 0
+    settled_for: set[bytes] = field(default_factory=set)  # nodes paid/refunded, ZERO: expiry
+    verdicted: set[bytes] = field(default_factory=set)  # nodes (excluded from reassignment)
+    waiting: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+
+
+def settlement_id(job_id: bytes, node: bytes) -> bytes:
+    return keccak(job_id + node)
+
+
+class Verifier:
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        settler_key: bytes,
+        peers: list[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.key = settler_key
+        self.address = address_of(settler_key)
+        self.rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
+        self.jobs: dict[bytes, JobFacts] = {}
+        self.registrations: dict[bytes, dict[str, Any]] = {}
+        self.slashed: dict[bytes, int] = {}
+        self.manifests: dict[str, dict[str, Any]] = {}
+        self.nonce = 0
+        self.live = False
+        work = Path(settings.data_dir) / "verifier"
+        self.models = ModelCache(
+            BlockSource(Blockstore(work / "blockstore"), peers or []),
+            work,
+            threads=1,
+            use_gpu=False,
+        )
+        self.producer = Producer(bootstrap, client_id=f"{settings.client_id}-verifier")
+
+    def facts(self, job_id: bytes) -> JobFacts:
+        return self.jobs.setdefault(job_id, JobFacts())
+
+    # -- folding ----------------------------------------------------------------------------
+
+    def apply(self, schema: str, record: dict[str, Any], position: dict[str, Any]) -> None:
+        if schema == "lattice.gpu.GpuNodeRegistration":
+            self.registrations[record["node"]] = record
+        elif schema == "lattice.models.ModelManifest":
+            self.manifests[record["manifest_cid"]] = record
+        elif schema == "lattice.jobs.JobSubmitted":
+            facts = self.facts(record["job_id"])
+            facts.record = facts.record or record
+        elif schema == "lattice.jobs.JobAssigned":
+            facts = self.facts(record["job_id"])
+            facts.assignments.setdefault(record["attempt"], record)
+        elif schema == "lattice.jobs.JobVerdict":
+            self.facts(record["job_id"]).verdicted.add(record["node"])
+        elif schema == "lattice.jobs.JobSettled":
+            facts = self.facts(record["job_id"])
+            facts.settled_for.add(record["provider"])
+            facts.charged += record["paid_wei"] + record["fee_wei"]
+            if record["slashed_wei"]:
+                self.slashed[record["provider"]] = (
+                    self.slashed.get(record["provider"], 0) + record["slashed_wei"]
+                )
+            if record["requester"] != ZERO or record["transaction_hash"]:
+                self.nonce += 1
+        elif schema == "lattice.jobs.JobResult":
+            facts = self.facts(record["job_id"])
+            facts.waiting.append((record, position))
+        self.drain()
+
+    def drain(self) -> None:
+        if not self.live:
+            return
+        for facts in self.jobs.values():
+            if facts.record is None:
+                continue
+            expiry = next((a for a in facts.assignments.values() if not a["nodes"]), None)
+            if expiry is not None and not facts.settled_for and not facts.charged:
+                self.settle(facts, ZERO, refund(facts.record["max_price_wei"]), 0, expiry["cause"])
+            if facts.waiting:
+                still = []
+                for result, position in facts.waiting:
+                    if not self.ready(facts, result):
+                        still.append((result, position))
+                    else:
+                        self.judge(facts, result, position)
+                facts.waiting = still
+
+    def ready(self, facts: JobFacts, result: dict[str, Any]) -> bool:
+        assert facts.record is not None
+        cid = facts.record["params"].get("manifest_cid", "")
+        return (
+            result["attempt"] in facts.assignments
+            and result["node"] in self.registrations
+            and cid in self.manifests
+        )
+
+    # -- judging --------------------------------------------------------------------------
+
+    def checks(self, facts: JobFacts, result: dict[str, Any]) -> list[core.Check]:
+        job = facts.record
+        assert job is not None
+        assignment = facts.assignments[result["attempt"]]
+        registration = self.registrations[result["node"]]
+        manifest = self.manifests[job["params"]["manifest_cid"]]
+        checks = [
+            core.check_signature(result, self.settings.chain_id),
+            core.check_assignment(result, assignment),
+            core.check_output(result),
+            core.check_deadline(result, job),
+        ]
+        if not all(c.passed for c in checks[:3]):
+            return checks  # nothing more to learn from a result that is not the node's own
+        sampled = int.from_bytes(keccak(job["job_id"] + result["node"] + b"spot")[:4]) % 10_000
+        task_flops = 0
+        if assignment["redundant"] or sampled < self.settings.verify_bps:
+            check, task_flops = self.reexecute(job, result)
+            checks.append(check)
+        elif manifest["format"] == "onnx":
+            task_flops = self.claimed_flops(job, result, manifest)
+        checks.append(core.check_timing(result, registration, task_flops))
+        return checks
+
+    def claimed_flops(
+        self, job: dict[str, Any], result: dict[str, Any], manifest: dict[str, Any]
+    ) -> int:
+        try:
+            claimed = json.loads(result["output"])
+            return core.generation_flops(
+                manifest["parameter_count"],
+                int(claimed["prompt_tokens"]),
+                len(claimed["token_ids"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return 0
+
+    def reexecute(self, job: dict[str, Any], result: dict[str, Any]) -> tuple[core.Check, int]:
+        model, _ = self.models.load(job["params"]["manifest_cid"])
+        if model.manifest.task != TEXT_GENERATION:
+            recomputed = model.run_tensors(job["input"] or b"")
+            check = core.check_tensors(
+                result["output"], recomputed, result["fingerprint"], job["job_id"]
+            )
+            return check, 0
+        prompt = model.prompt_ids(json.loads(job["input"] or b"{}"))
+        try:
+            tokens = [int(t) for t in json.loads(result["output"])["token_ids"]]
+        except (ValueError, KeyError, TypeError):
+            return core.Check("re-execution", False, "output is not a generation document"), 0
+        vocabulary = int(model.session.get_outputs()[0].shape[-1] or 0) or None
+        if vocabulary is not None and any(not 0 <= t < vocabulary for t in tokens):
+            return core.Check("re-execution", False, "tokens out of the vocabulary"), 0
+        logits = model.logits(prompt + tokens) if tokens else model.logits(prompt)
+        check = core.check_generation(
+            result["output"],
+            result["fingerprint"],
+            np.asarray(logits),
+            len(prompt),
+            model.eos_token_id,
+        )
+        params = model.manifest.document["parameter_count"]
+        return check, core.generation_flops(params, len(prompt), len(tokens))
+
+    def judge(self, facts: JobFacts, result: dict[str, Any], position: dict[str, Any]) -> None:
+        job = facts.record
+        assert job is not None
+        if result["node"] in facts.verdicted:
+            return  # a duplicate result: judged (and settled) once
+        facts.verdicted.add(result["node"])
+        checks = self.checks(facts, result)
+        outcome = core.outcome(checks)
+        assignment = facts.assignments[result["attempt"]]
+        reputation = next(
+            (c["reputation_bps"] for c in assignment["candidates"] if c["node"] == result["node"]),
+            5_000,
+        )
+        performance = core.performance_bps(job, result) if outcome == core.ACCEPTED else 0
+        verdict = {
+            "job_id": job["job_id"],
+            "node": result["node"],
+            "verifier": self.address,
+            "outcome": outcome,
+            "checks": [c.record() for c in checks],
+            "performance_bps": performance,
+            "reputation_bps": reputation,
+            "seed": keccak(job["job_id"] + result["node"] + b"spot"),
+            "cause": position,
+        }
+        self.producer.send(VERDICTS, verdict, key=hex_key(job["job_id"])).result(30)
+        log.info(
+            "job 0x%s node 0x%s: %s", job["job_id"].hex()[:12], result["node"].hex()[:8], outcome
+        )
+        registration = self.registrations[result["node"]]
+        if outcome == core.ACCEPTED:
+            price = registration["price_wei_per_hour"]
+            budget = job["max_price_wei"] - facts.charged
+            if result["node"] in facts.settled_for or budget <= 0:
+                return  # the job's budget went to an earlier result
+            owed = reward(price, result["timings"]["compute_ms"], budget, performance, reputation)
+            self.settle(facts, result["node"], owed, 0, position)
+        elif outcome == core.REJECTED:
+            stake = registration["stake_wei"] - self.slashed.get(result["node"], 0)
+            self.settle(facts, result["node"], Reward(0, 0, 0), slash_wei(max(stake, 0)), position)
+        elif not facts.charged and ZERO not in facts.settled_for:
+            self.settle(facts, ZERO, refund(job["max_price_wei"]), 0, position)
+
+    # -- money ----------------------------------------------------------------------------
+
+    def settle(
+        self, facts: JobFacts, provider: bytes, owed: Reward, slash: int, cause: dict[str, Any]
+    ) -> None:
+        job = facts.record
+        assert job is not None
+        try:
+            signer = job_signer(job, self.settings.chain_id)
+        except InvalidSignature:
+            return  # never assigned: the matcher dropped it too
+        refund_wei = job["max_price_wei"] - facts.charged - owed.charged_wei
+        data = settle_call(
+            settlement_id(job["job_id"], provider),
+            signer,
+            job["requester"],
+            provider,
+            owed.paid_wei,
+            owed.fee_wei,
+            max(refund_wei, 0),
+            slash,
+        )
+        raw = signed_call(
+            self.key, self.settings.chain_id, self.nonce, JOB_MARKET, data, gas=200_000
+        )
+        tx = decode_transaction(raw, self.rules)
+        self.producer.send(
+            TX_SUBMITTED,
+            submitted_event(tx, job["submitted_at_ms"], "verifier"),
+            key=hex_key(tx.sender),
+        ).result(30)
+        settled = {
+            "job_id": job["job_id"],
+            "provider": provider,
+            "requester": job["requester"],
+            "transaction_hash": tx.hash,
+            "paid_wei": owed.paid_wei,
+            "fee_wei": owed.fee_wei,
+            "refund_wei": max(refund_wei, 0),
+            "slashed_wei": slash,
+            "cause": cause,
+        }
+        self.producer.send(SETTLED, settled, key=hex_key(job["job_id"])).result(30)
+        self.nonce += 1
+        facts.settled_for.add(provider)
+        facts.charged += owed.charged_wei
+        if slash:
+            self.slashed[provider] = self.slashed.get(provider, 0) + slash
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        reader = Reader(
+            self.bootstrap,
+            client_id=f"{self.settings.client_id}-verifier",
+            config={"fetch.wait.max.ms": 5},
+        )
+        positions = {(s.name, p): 0 for s in INPUTS for p in reader.partitions(s.name)}
+        reader.assign(positions)
+        behind = set(positions)
+        own = {VERDICTS.name, SETTLED.name}
+        try:
+            while not stop.is_set():
+                message = reader.poll_raw(0.05)
+                if message is None:
+                    continue
+                if message.error() is not None:
+                    behind.discard((message.topic(), message.partition()))
+                    if not behind and not self.live:
+                        self.live = True
+                        log.info(
+                            "verifier caught up; settler 0x%s nonce %d",
+                            self.address.hex(),
+                            self.nonce,
+                        )
+                        self.drain()
+                    continue
+                if self.live and message.topic() in own:
+                    continue  # our own outputs, already applied when we sent them
+                record = reader.decode(message)
+                self.apply(record.schema, record.value, record.position)
+        finally:
+            reader.close()
+            self.producer.close()
