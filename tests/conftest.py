@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,3 +32,21 @@ def make_topic(broker: EmbeddedBroker) -> Callable[..., TopicSpec]:
         return spec
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer GPT-2 and its BPE tokenizer, built locally (tests/tiny_models.py)."""
+    from tests.tiny_models import build_tiny_gpt2
+
+    return build_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_gpt2: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """(blockstore, manifest) of the tiny GPT-2 imported through the real importer."""
+    from gpu_worker.models import import_model
+    from processors.market.content import Blockstore
+
+    store = Blockstore(tmp_path_factory.mktemp("blockstore"))
+    return store, import_model(tiny_gpt2, "tiny-gpt2", store)

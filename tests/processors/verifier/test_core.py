@@ -1,0 +1,147 @@
+"""Verification against the real runtime: honest results under different thread counts are
+accepted (no false accusations), forged ones are caught."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gpu_worker.runtime import BlockSource, LoadedModel, ModelCache
+from gpu_worker.worker import execute
+from processors.market.content import cid_of
+from processors.market.jobs import result_hash, sign
+from processors.verifier import core
+
+PROMPTS = [
+    {"prompt": "the quick brown fox", "max_tokens": 12},
+    {"messages": [{"role": "user", "content": "hello lattice"}], "max_tokens": 10},
+    {"prompt": "providers are paid", "max_tokens": 6},
+]
+
+
+def load(tiny_store: tuple[Any, Any], tmp: Path, threads: int) -> LoadedModel:
+    store, manifest = tiny_store
+    model, _ = ModelCache(BlockSource(store), tmp, threads, use_gpu=False).load(manifest.cid)
+    return model
+
+
+def job(payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "job_id": hashlib.sha256(json.dumps(payload).encode()).digest(),
+        "input": json.dumps(payload).encode(),
+    }
+
+
+def verify(
+    model: LoadedModel, payload: dict[str, Any], output: bytes, fingerprint: bytes
+) -> core.Check:
+    tokens = json.loads(output)["token_ids"]
+    prompt = model.prompt_ids(payload)
+    return core.check_generation(
+        output, fingerprint, model.logits(prompt + tokens), len(prompt), model.eos_token_id
+    )
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_honest_results_pass_whatever_the_thread_count(
+    tiny_store: tuple[Any, Any], tmp_path: Path, threads: int
+) -> None:
+    worker, verifier = (
+        load(tiny_store, tmp_path / "w", threads),
+        load(tiny_store, tmp_path / "v", 1),
+    )
+    for payload in PROMPTS:
+        output, scheme, fingerprint = execute(worker, job(payload))
+        assert scheme == core.GENERATION_SCHEME
+        assert verify(verifier, payload, output, fingerprint).passed
+
+
+def test_forged_generations_are_caught(tiny_store: tuple[Any, Any], tmp_path: Path) -> None:
+    model = load(tiny_store, tmp_path, 1)
+    payload = PROMPTS[0]
+    output, _, fingerprint = execute(model, job(payload))
+    document = json.loads(output)
+    vocabulary = model.logits([1]).shape[-1]
+    # Made-up tokens: each far below the argmax for this model.
+    forged = dict(document, token_ids=[(t + 97) % vocabulary for t in document["token_ids"]])
+    check = verify(model, payload, json.dumps(forged).encode(), fingerprint)
+    assert not check.passed and "below the argmax" in check.detail
+    # The right tokens with made-up logits.
+    fake = np.frombuffer(fingerprint, dtype="<f4") + 0.5
+    assert not verify(model, payload, output, fake.astype("<f4").tobytes()).passed
+    # A truncated answer claiming fewer logits than tokens.
+    assert not verify(model, payload, output, fingerprint[:-4]).passed
+
+
+def test_tensor_results_compare_within_tolerance() -> None:
+    def npz(**arrays: np.ndarray) -> bytes:
+        out = io.BytesIO()
+        np.savez(out, **arrays)
+        return out.getvalue()
+
+    job_id = b"\x01" * 32
+    exact = np.linspace(-3, 3, 500, dtype=np.float32).reshape(5, 100)
+    noisy = exact + np.float32(1e-5)
+    fingerprint = core.tensor_fingerprint(npz(y=noisy), job_id)
+    assert core.check_tensors(npz(y=noisy), npz(y=exact), fingerprint, job_id).passed
+    wrong = exact.copy()
+    wrong[2, 3] += 1.0
+    assert not core.check_tensors(npz(y=wrong), npz(y=exact), fingerprint, job_id).passed
+
+
+def result(key: bytes, node: bytes, output: bytes, **changes: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "job_id": b"\x05" * 32,
+        "node": node,
+        "attempt": 0,
+        "output_cid": cid_of(output),
+        "output_digest": hashlib.sha256(output).digest(),
+        "output_size": len(output),
+        "fingerprint_scheme": core.GENERATION_SCHEME,
+        "fingerprint": b"",
+        "timings": {"queue_ms": 1, "load_ms": 0, "compute_ms": 5},
+        "hardware": {
+            "device_name": "cpu",
+            "vram_bytes": 1,
+            "driver_version": None,
+            "execution_provider": "CPUExecutionProvider",
+            "threads": 1,
+        },
+        "completed_at_ms": 1_500,
+        "signature": b"",
+        "cause": None,
+        "output": output,
+    }
+    record.update(changes)
+    record["signature"] = sign(key, result_hash(record, 27182))
+    return record
+
+
+def test_signature_output_deadline_and_timing_checks() -> None:
+    from processors.execution.genesis import address_of
+
+    key = b"\x09" * 32
+    node = address_of(key)
+    honest = result(key, node, b"{}")
+    assert core.check_signature(honest, 27182).passed
+    assert not core.check_signature(result(b"\x08" * 32, node, b"{}"), 27182).passed
+    assert not core.check_signature({**honest, "output_size": 3}, 27182).passed
+    assert core.check_output(honest).passed
+    assert not core.check_output({**honest, "output": b"[]"}).passed
+    job = {"deadline_ms": 1_000, "submitted_at_ms": 0}
+    assert not core.check_deadline(honest, job).passed
+    registration = {"devices": [], "cpu_model": "cpu", "cpu_cores": 2}
+    assert core.check_timing(honest, registration, 10**6).passed
+    # 10 TFLOP in 5 ms on a 2-core CPU is not believable.
+    assert not core.check_timing(honest, registration, 10**13).passed
+    assert not core.check_timing(
+        {**honest, "hardware": {**honest["hardware"], "device_name": "H100"}}, registration, 0
+    ).passed
+    assert core.outcome([core.Check("deadline", False, "")]) == core.INCONCLUSIVE
+    assert core.outcome([core.Check("signature", False, "")]) == core.REJECTED
