@@ -2,7 +2,7 @@
 
     lattice worker [--price WEI_PER_HOUR] [--stake WEI] [--key HEX | --devnet-index N] [--threads N]
     lattice matcher run
-    lattice verifier run [--key HEX]
+    lattice verifier run|replay [--key HEX]
     lattice model import PATH --name NAME [--key HEX | --dev-account N]
     lattice keys create --account ADDRESS [--key HEX | --dev-account N]
     lattice deposit AMOUNT_WEI [--key HEX | --dev-account N]
@@ -55,7 +55,9 @@ def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # ty
     add(matcher)  # type: ignore[operator]
 
     verifier = sub.add_parser("verifier", help="the verifier and settler")
-    verifier.add_argument("action", choices=["run"])
+    verifier.add_argument(
+        "action", choices=["run", "replay"], help="replay: rebuild verdicts and compare"
+    )
     add(verifier)  # type: ignore[operator]
     verifier.add_argument("--key", help="settler key, 0x-hex (default: the devnet's settler)")
     verifier.add_argument("--rpc", metavar="URL", help="gateway to fetch model blocks from")
@@ -159,6 +161,18 @@ def cmd_verifier(settings: Settings, args: argparse.Namespace, bootstrap: str) -
 
     key = _key(args) if args.key else devnet_key("settler")
     peers = [args.rpc] if args.rpc else [r for r in [_devnet_rpc(settings)] if r]
+    if args.action == "replay":
+        from processors.verifier.replay import replay
+
+        report = replay(settings, bootstrap, key, peers)
+        for difference in report.differences:
+            print(f"differs: {difference}", flush=True)
+        print(
+            f"replayed {report.verdicts} verdicts and {report.settlements} settlements: "
+            f"{len(report.differences)} differ from the live ones",
+            flush=True,
+        )
+        return 1 if report.differences else 0
     configure_logging(settings.log_level)
     stop = stop_on_signals()
     verifier = Verifier(settings, bootstrap, key, peers)

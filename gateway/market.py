@@ -245,6 +245,7 @@ def job_json(status: JobStatus) -> dict[str, Any]:
         "deadline_ms": record["deadline_ms"],
         "assignments": [jsonable(a | {"job": None}) for a in status.assignments],
         "result": jsonable(result | {"output": None}) if result else None,
+        "result_count": len(status.results),
         "output": output,
         "verdicts": [jsonable(v) for v in status.verdicts],
         "settlements": [jsonable(s) for s in status.settlements],
@@ -272,7 +273,11 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
         return key, account
 
     async def submit(
-        request: Request, model_name: str, payload: dict[str, Any], max_price: int | None
+        request: Request,
+        model_name: str,
+        payload: dict[str, Any],
+        max_price: int | None,
+        timeout_ms: int | None = None,
     ) -> JobStatus:
         key, account = authorise(request)
         with market.lock:
@@ -306,7 +311,7 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
             input_cid=cid_of(data),
             required_vram_bytes=manifest["vram_required_bytes"],
             max_price_wei=price,
-            deadline_ms=now + settings.job_deadline_ms,
+            deadline_ms=now + (timeout_ms or settings.job_deadline_ms),
             nonce=market.next_nonce(),
             submitted_at_ms=now,
             params={"manifest_cid": manifest["manifest_cid"]},
@@ -319,12 +324,13 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
             status = await market.wait(
                 record["job_id"],
                 lambda s: bool(s.results) or s.state == "expired",
-                settings.job_deadline_ms / 1000 + 5,
+                (timeout_ms or settings.job_deadline_ms) / 1000 + 5,
             )
         finally:
             reserved[account] -= price
         if status is None or not status.results:
-            raise MarketError(504, "job_expired", "no node answered the job before its deadline")
+            job_id = _hex(record["job_id"])
+            raise MarketError(504, "job_expired", f"no node answered job {job_id} in time")
         return status
 
     def generation(status: JobStatus) -> dict[str, Any]:
@@ -370,7 +376,7 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
             return _error(exc)
         document = generation(status)
         created = int(time.time())
-        ident = ("chatcmpl-" if chat else "cmpl-") + status.record["job_id"].hex()[:24]
+        ident = ("chatcmpl-" if chat else "cmpl-") + status.record["job_id"].hex()
         finish = document["finish_reason"]
         if body.get("stream"):
             return StreamingResponse(
@@ -539,8 +545,9 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
 
     @api.post("/v1/jobs", response_model=None)
     async def submit_job(request: Request) -> Response:
-        """{"model", "input": {...}, "max_price_wei"?}: an inference job paid by the API key's
-        account; answers once a node's result is on the log."""
+        """{"model", "input": {...}, "max_price_wei"?, "timeout_ms"?}: an inference job paid
+        by the API key's account; answers once a node's result is on the log (or 504 when
+        none came before the deadline: the job is then refunded)."""
         try:
             body = await request.json()
             if not isinstance(body, dict) or not isinstance(body.get("model"), str):
@@ -549,7 +556,12 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
             if not isinstance(payload, dict):
                 raise MarketError(400, "bad_request", "'input' must be an object")
             max_price = int(body["max_price_wei"]) if "max_price_wei" in body else None
-            status = await submit(request, body["model"], payload, max_price)
+            timeout = int(body["timeout_ms"]) if "timeout_ms" in body else None
+            if (max_price is not None and max_price <= 0) or (timeout is not None and timeout <= 0):
+                raise MarketError(
+                    400, "bad_request", "max_price_wei and timeout_ms must be positive"
+                )
+            status = await submit(request, body["model"], payload, max_price, timeout)
         except MarketError as exc:
             return _error(exc)
         except ValueError:

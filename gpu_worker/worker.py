@@ -219,10 +219,10 @@ class Worker:
         result["cause"] = position
         self.producer.send(RESULTS, result, key=hex_key(result["job_id"])).result(30)
 
-    def run(self, stop: threading.Event) -> None:
-        self.announce()
-        beat = threading.Thread(target=self._beat, args=(stop,), name="heartbeat", daemon=True)
-        beat.start()
+    def run(self, stop: threading.Event, ready_timeout_s: float = 60.0) -> None:
+        """Join the group, and only once it has partitions announce the node (an assignment
+        made before the node can read it would wait for its lease), then serve."""
+        assigned = threading.Event()
         consumer = Consumer(
             client_config(
                 self.bootstrap,
@@ -237,11 +237,21 @@ class Worker:
                 self.settings.kafka_config,
             )
         )
-        consumer.subscribe([ASSIGNED.name])
+        consumer.subscribe([ASSIGNED.name], on_assign=lambda c, parts: assigned.set())
         codec = self.producer.codec
         try:
+            deadline = time.monotonic() + ready_timeout_s
+            early = []  # what the poll that brought the partitions also brought
+            while not assigned.is_set() and not stop.is_set():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no partitions of {ASSIGNED.name} after {ready_timeout_s}s")
+                early.append(consumer.poll(0.1))
+            if stop.is_set():
+                return
+            self.announce()
+            threading.Thread(target=self._beat, args=(stop,), name="heartbeat", daemon=True).start()
             while not stop.is_set():
-                message = consumer.poll(0.1)
+                message = early.pop(0) if early else consumer.poll(0.1)
                 if message is None or message.error() is not None:
                     continue
                 assignment = codec.decode(message.value() or b"", expect=ASSIGNED.schema).record

@@ -13,7 +13,7 @@ from typing import Any
 from eth_abi.abi import decode, encode
 from eth_account import Account
 from eth_hash.auto import keccak
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from processors.execution.genesis import JOB_MARKET, MODEL_REGISTRY
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.market.jobs import InvalidSignature, job_signer
+from processors.market.jobs import InvalidSignature, job_signer, recover, result_hash
 from processors.market.matching import JobNeeds, decide
 from processors.market.view import MarketView
 from streams.kafka import Producer, Reader
@@ -104,11 +104,19 @@ class Matcher:
             job.closed = job.closed or not record["nodes"]
         elif schema == "lattice.jobs.JobResult":
             job = self.jobs.get(record["job_id"])
-            if job is not None:
+            # A result the node did not sign does not count as its answer: the lease runs out.
+            if job is not None and self._signed_by_node(record):
                 job.answered.add(record["node"])
                 job.closed = job.closed or all(n in job.answered for n in job.nodes)
         else:
             self.market.apply(schema, record)
+
+    def _signed_by_node(self, result: dict[str, Any]) -> bool:
+        try:
+            signer = recover(result_hash(result, self.settings.chain_id), result["signature"])
+        except InvalidSignature:
+            return False
+        return bool(signer == result["node"])
 
     # -- deciding -------------------------------------------------------------------------
 
@@ -155,6 +163,8 @@ class Matcher:
             if expired:
                 due.append(self.assignment(job, now, expire=True))
             elif job.attempt < 0 or (now >= job.lease_expires_ms and not job.answered):
+                # Nodes that let their lease run out do not get the job back.
+                job.excluded.update(job.nodes)
                 proposal = self.assignment(job, now, expire=False)
                 known = job.record["params"].get("manifest_cid", "") in self.market.versions
                 if proposal["nodes"] or not known:

@@ -24,9 +24,11 @@ reproduce them exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,9 +45,10 @@ from processors.market.content import Blockstore
 from processors.market.economics import Reward, refund, reward, slash_wei
 from processors.market.jobs import InvalidSignature, job_signer
 from processors.verifier import core
+from streams.admin import ensure_topics
 from streams.kafka import Producer, Reader
 from streams.settings import Settings
-from streams.topics import hex_key, topic
+from streams.topics import TopicSpec, hex_key, topic
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +83,21 @@ class Verifier:
         bootstrap: str,
         settler_key: bytes,
         peers: list[str] | None = None,
+        replay_into: str | None = None,
     ) -> None:
+        """`replay_into`: a prefix; the verifier then starts from nothing, ignores the live
+        verdicts and settlements, and writes its outputs to `<prefix>.verdicts`,
+        `<prefix>.settled` and `<prefix>.transactions` instead (a replay to compare)."""
         self.settings = settings
+        self.outputs = {"verdicts": VERDICTS, "settled": SETTLED, "tx": TX_SUBMITTED}
+        self.inputs: tuple[TopicSpec, ...] = INPUTS
+        if replay_into is not None:
+            self.outputs = {
+                name: dataclasses.replace(spec, name=f"{replay_into}.{name}")
+                for name, spec in self.outputs.items()
+            }
+            ensure_topics(bootstrap, list(self.outputs.values()))
+            self.inputs = tuple(t for t in INPUTS if t not in (VERDICTS, SETTLED))
         self.bootstrap = bootstrap
         self.key = settler_key
         self.address = address_of(settler_key)
@@ -141,7 +157,8 @@ class Verifier:
             if facts.record is None:
                 continue
             expiry = next((a for a in facts.assignments.values() if not a["nodes"]), None)
-            if expiry is not None and not facts.settled_for and not facts.charged:
+            # Refunded once, whether the node's (unpaid) verdict came before or after.
+            if expiry is not None and ZERO not in facts.settled_for and not facts.charged:
                 self.settle(facts, ZERO, refund(facts.record["max_price_wei"]), 0, expiry["cause"])
             if facts.waiting:
                 still = []
@@ -252,7 +269,7 @@ class Verifier:
             "seed": keccak(job["job_id"] + result["node"] + b"spot"),
             "cause": position,
         }
-        self.producer.send(VERDICTS, verdict, key=hex_key(job["job_id"])).result(30)
+        self.producer.send(self.outputs["verdicts"], verdict, key=hex_key(job["job_id"])).result(30)
         log.info(
             "job 0x%s node 0x%s: %s", job["job_id"].hex()[:12], result["node"].hex()[:8], outcome
         )
@@ -265,8 +282,11 @@ class Verifier:
             owed = reward(price, result["timings"]["compute_ms"], budget, performance, reputation)
             self.settle(facts, result["node"], owed, 0, position)
         elif outcome == core.REJECTED:
+            # A result the node did not sign proves nothing against it: anyone can write one.
+            signed = checks[0].passed
             stake = registration["stake_wei"] - self.slashed.get(result["node"], 0)
-            self.settle(facts, result["node"], Reward(0, 0, 0), slash_wei(max(stake, 0)), position)
+            slash = slash_wei(max(stake, 0)) if signed else 0
+            self.settle(facts, result["node"], Reward(0, 0, 0), slash, position)
         elif not facts.charged and ZERO not in facts.settled_for:
             self.settle(facts, ZERO, refund(job["max_price_wei"]), 0, position)
 
@@ -297,7 +317,7 @@ class Verifier:
         )
         tx = decode_transaction(raw, self.rules)
         self.producer.send(
-            TX_SUBMITTED,
+            self.outputs["tx"],
             submitted_event(tx, job["submitted_at_ms"], "verifier"),
             key=hex_key(tx.sender),
         ).result(30)
@@ -312,7 +332,7 @@ class Verifier:
             "slashed_wei": slash,
             "cause": cause,
         }
-        self.producer.send(SETTLED, settled, key=hex_key(job["job_id"])).result(30)
+        self.producer.send(self.outputs["settled"], settled, key=hex_key(job["job_id"])).result(30)
         self.nonce += 1
         facts.settled_for.add(provider)
         facts.charged += owed.charged_wei
@@ -321,21 +341,28 @@ class Verifier:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, idle_exit_s: float | None = None) -> None:
+        """Verify until `stop`; with `idle_exit_s`, also return once caught up and idle
+        that long (a replay)."""
         reader = Reader(
             self.bootstrap,
             client_id=f"{self.settings.client_id}-verifier",
             config={"fetch.wait.max.ms": 5},
         )
-        positions = {(s.name, p): 0 for s in INPUTS for p in reader.partitions(s.name)}
+        positions = {(s.name, p): 0 for s in self.inputs for p in reader.partitions(s.name)}
         reader.assign(positions)
         behind = set(positions)
         own = {VERDICTS.name, SETTLED.name}
+        idle_since = time.monotonic()
         try:
             while not stop.is_set():
                 message = reader.poll_raw(0.05)
                 if message is None:
+                    quiet = time.monotonic() - idle_since
+                    if idle_exit_s is not None and self.live and quiet > idle_exit_s:
+                        return
                     continue
+                idle_since = time.monotonic()
                 if message.error() is not None:
                     behind.discard((message.topic(), message.partition()))
                     if not behind and not self.live:

@@ -1,0 +1,321 @@
+"""The compute market end to end: a devnet with two workers, a model built and imported
+locally, the official `openai` client, payments on the ledger, and the faults a market
+must survive (forged output, bad signatures, duplicates, deadlines, a node dying mid-job),
+then a replay of the verifier."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from eth_hash.auto import keccak
+
+from gpu_worker.runtime import LoadedModel
+from gpu_worker.worker import Worker
+from processors.execution.genesis import DEV_ACCOUNTS, ETHER, JOB_MARKET, address_of, devnet_key
+from streams.settings import Settings
+from tests.e2e.test_devnet import LATTICE, Devnet
+
+pytestmark = pytest.mark.e2e
+USER = bytes.fromhex(DEV_ACCOUNTS[0][2:])
+HONEST = [address_of(devnet_key("worker", i)) for i in range(2)]
+CHEAP = 3_600_000  # wei per hour: 1 wei per ms, so jobs priced in the thousands reach only it
+DEPOSITS_SLOT, STAKES_SLOT = 3, 5
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Market:
+    def __init__(self, net: Devnet, key: str) -> None:
+        self.net, self.key = net, key
+        self.http = httpx.Client(base_url=net.url, timeout=90)
+        self.openai = openai.OpenAI(base_url=f"{net.url}/v1", api_key=key, max_retries=0)
+
+    def rpc(self, method: str, *params: Any) -> Any:
+        answer = self.http.post(
+            "/", json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}
+        ).json()
+        return answer["result"]
+
+    def balance(self, address: bytes) -> int:
+        return int(self.rpc("eth_getBalance", "0x" + address.hex(), "latest"), 16)
+
+    def slot(self, mapping: int, key: bytes) -> int:
+        slot = keccak(key.rjust(32, b"\0") + mapping.to_bytes(32))
+        return int(
+            self.rpc("eth_getStorageAt", "0x" + JOB_MARKET.hex(), "0x" + slot.hex(), "latest"), 16
+        )
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.http.get(f"/v1/jobs/{job_id}").json()  # type: ignore[no-any-return]
+
+    def submit(self, **body: Any) -> httpx.Response:
+        body.setdefault("model", "tiny-gpt2")
+        body.setdefault("input", {"prompt": "the quick brown fox", "max_tokens": 6})
+        return self.http.post(
+            "/v1/jobs", json=body, headers={"Authorization": f"Bearer {self.key}"}
+        )
+
+    def settled(self, job_id: str, count: int = 1) -> dict[str, Any]:
+        """The job once `count` settlements are on the log and their transactions executed."""
+
+        def done() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            if len(job["settlements"]) < count:
+                return None
+            for s in job["settlements"]:
+                receipt = self.rpc("eth_getTransactionReceipt", s["transaction_hash"])
+                if receipt is None:
+                    return None
+                assert receipt["status"] == "0x1", receipt
+            return job
+
+        return wait_for(f"settlement of {job_id}", done)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2: Path) -> Iterator[Market]:
+    data = tmp_path_factory.mktemp("market") / "data"
+    net = Devnet(
+        data,
+        *("--block-interval", "0.3", "--finality-depth", "3", "--workers", "2"),
+        env={"LATTICE_LEASE_MS": "4000"},
+    )
+    net.start()
+    try:
+        key = wait_for("the dev API key", lambda: (data / "api-key").exists(), 120)
+        imported = net.cli(
+            "model",
+            "import",
+            str(tiny_gpt2),
+            "--name",
+            "tiny-gpt2",
+            "--dev-account",
+            "1",
+            timeout=180,
+        )
+        assert imported.returncode == 0, imported.stderr
+        assert "model tiny-gpt2 version 1" in imported.stdout
+        m = Market(net, (data / "api-key").read_text().strip())
+        wait_for("two workers", lambda: len(m.http.get("/v1/nodes").json()["nodes"]) >= 2)
+        assert key
+        yield m
+    finally:
+        net.stop()
+
+
+def test_chat_completion_through_the_market_pays_the_provider(market: Market) -> None:
+    assert "tiny-gpt2" in [m.id for m in market.openai.models.list()]
+    balances = {n: market.balance(n) for n in HONEST}
+    deposit = market.slot(DEPOSITS_SLOT, USER)
+    assert deposit == 100 * ETHER  # the devnet's prepaid deposit for dev account 0
+    reply = market.openai.chat.completions.create(
+        model="tiny-gpt2", messages=[{"role": "user", "content": "hello lattice"}], max_tokens=8
+    )
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 8
+    job_id = "0x" + reply.id.removeprefix("chatcmpl-")
+    results = len(market.job(job_id)["assignments"][0]["nodes"])  # 2 when run redundantly
+    job = market.settled(job_id, results)
+    assert all(v["outcome"] == "ACCEPTED" for v in job["verdicts"])
+    paid = {bytes.fromhex(s["provider"][2:]): s["paid_wei"] for s in job["settlements"]}
+    charged = sum(s["paid_wei"] + s["fee_wei"] for s in job["settlements"])
+    assert all(p > 0 for p in paid.values())
+    for node, amount in paid.items():
+        assert market.balance(node) == balances[node] + amount
+    assert market.slot(DEPOSITS_SLOT, USER) == deposit - charged
+
+
+def test_streaming_completions_and_errors(market: Market) -> None:
+    request = {
+        "model": "tiny-gpt2",
+        "messages": [{"role": "user", "content": "the quick"}],
+        "max_tokens": 6,
+    }
+    whole = market.openai.chat.completions.create(**request)  # type: ignore[call-overload]
+    chunks = list(market.openai.chat.completions.create(**request, stream=True))  # type: ignore[call-overload]
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks)
+        == whole.choices[0].message.content
+    )
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    text = market.openai.completions.create(model="tiny-gpt2", prompt="hello", max_tokens=4)
+    assert text.choices[0].text is not None
+    with pytest.raises(openai.NotFoundError):
+        market.openai.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "x"}]
+        )
+    stranger = openai.OpenAI(
+        base_url=market.openai.base_url, api_key="lk_" + "11" * 32, max_retries=0
+    )
+    with pytest.raises(openai.AuthenticationError):
+        stranger.chat.completions.create(
+            model="tiny-gpt2", messages=[{"role": "user", "content": "x"}]
+        )
+
+
+class FaultyWorker(Worker):
+    """A real worker whose owner cheats in the ways the verifier must catch."""
+
+    mode = "honest"
+
+    def execute(self, model: LoadedModel, job: dict[str, Any]) -> tuple[bytes, str, bytes]:
+        output, scheme, fingerprint = super().execute(model, job)
+        if self.mode == "forge":
+            document = json.loads(output)
+            document["token_ids"] = [(t + 97) % 300 for t in document["token_ids"]]
+            document["text"] = "forged"
+            output = json.dumps(document).encode()
+        return output, scheme, fingerprint
+
+    def sign_result(self, record: dict[str, Any]) -> bytes:
+        if self.mode == "bad-signature":
+            return super().sign_result({**record, "output_size": record["output_size"] + 1})
+        return super().sign_result(record)
+
+    def result_for(self, assignment: dict[str, Any], received_ms: int) -> dict[str, Any]:
+        result = super().result_for(assignment, received_ms)
+        if self.mode == "duplicate":
+            self.producer.send(
+                self.results_topic, {**result, "cause": None}, key="0x" + result["job_id"].hex()
+            ).result(30)
+        return result
+
+    @property
+    def results_topic(self) -> Any:
+        from gpu_worker.worker import RESULTS
+
+        return RESULTS
+
+
+@pytest.fixture(scope="module")
+def cheat(market: Market, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultyWorker]:
+    endpoints = json.loads((market.net.data_dir / "devnet.json").read_text())
+    settings = Settings(data_dir=tmp_path_factory.mktemp("cheat"), worker_price=CHEAP)
+    worker = FaultyWorker(settings, endpoints["kafka"], devnet_key("worker", 10), market.net.url)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    wait_for("the cheap worker", lambda: worker.address.hex() in market.http.get("/v1/nodes").text)
+    wait_for("its stake", lambda: market.slot(STAKES_SLOT, worker.address) == 2 * ETHER)
+    yield worker
+    stop.set()
+    thread.join(30)
+
+
+def test_forged_output_is_caught_not_paid_and_slashed(market: Market, cheat: FaultyWorker) -> None:
+    cheat.mode = "forge"
+    response = market.submit(max_price_wei=10_000)
+    assert response.status_code == 201, response.text
+    job = market.settled(response.json()["id"])
+    (verdict,) = job["verdicts"]
+    assert verdict["outcome"] == "REJECTED"
+    assert [c["name"] for c in verdict["checks"] if not c["passed"]] == ["re-execution"]
+    (settlement,) = job["settlements"]
+    assert settlement["paid_wei"] == 0 and settlement["slashed_wei"] == ETHER
+    assert market.slot(STAKES_SLOT, cheat.address) == ETHER
+
+
+def test_bad_signature_is_caught_and_not_paid(market: Market, cheat: FaultyWorker) -> None:
+    cheat.mode = "bad-signature"
+    balance = market.balance(cheat.address)
+    response = market.submit(max_price_wei=10_000, timeout_ms=8_000)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    job = wait_for("the verdict", lambda: market.job(job_id)["verdicts"] and market.job(job_id))
+    (verdict,) = job["verdicts"]
+    assert verdict["outcome"] == "REJECTED"
+    assert {c["name"]: c["passed"] for c in verdict["checks"]}["signature"] is False
+    job = market.settled(job_id)
+    assert all(s["paid_wei"] == 0 for s in job["settlements"])
+    assert market.balance(cheat.address) == balance
+
+
+def test_duplicate_results_pay_once(market: Market, cheat: FaultyWorker) -> None:
+    cheat.mode = "duplicate"
+    balance = market.balance(cheat.address)
+    response = market.submit(max_price_wei=10_000)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    job = market.settled(job_id)
+    time.sleep(1.0)  # room for a (wrong) second verdict or settlement to show up
+    job = market.job(job_id)
+    assert job["result_count"] == 2  # the same signed result, logged twice
+    assert len(job["verdicts"]) == 1 and len(job["settlements"]) == 1
+    assert job["verdicts"][0]["outcome"] == "ACCEPTED"
+    assert market.balance(cheat.address) == balance + job["settlements"][0]["paid_wei"]
+
+
+def test_job_past_its_deadline_is_refunded(market: Market) -> None:
+    deposit = market.slot(DEPOSITS_SLOT, USER)
+    response = market.submit(max_price_wei=1, timeout_ms=1_500)  # no node is that cheap
+    assert response.status_code == 504
+    job_id = response.json()["error"]["message"].split()[4]
+    job = market.settled(job_id)
+    assert job["state"] == "settled" and job["assignments"][-1]["nodes"] == []
+    (settlement,) = job["settlements"]
+    assert (settlement["paid_wei"], settlement["refund_wei"]) == (0, 1)
+    assert market.slot(DEPOSITS_SLOT, USER) == deposit
+
+
+def test_a_worker_dying_mid_job_loses_it_to_another(market: Market, cheat: FaultyWorker) -> None:
+    cheat.mode = "honest"
+    doomed = subprocess.Popen(
+        [
+            *LATTICE,
+            "worker",
+            "--price",
+            str(CHEAP),
+            "--devnet-index",
+            "12",
+            "--data-dir",
+            str(market.net.data_dir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **market.net.env},
+    )
+    victim = address_of(devnet_key("worker", 12))
+    try:
+        wait_for(
+            "the second cheap worker", lambda: victim.hex() in market.http.get("/v1/nodes").text, 90
+        )
+        time.sleep(2.5)  # a heartbeat with its consumer group settled
+        doomed.send_signal(signal.SIGSTOP)  # it holds whatever it is given, and never answers
+        response = market.submit(max_price_wei=10_000, timeout_ms=30_000)
+        assert response.status_code == 201, response.text
+    finally:
+        doomed.kill()
+        doomed.wait()
+    job = market.settled(response.json()["id"])
+    attempts = [(a["attempt"], a["nodes"]) for a in job["assignments"]]
+    assert attempts == [(0, ["0x" + victim.hex()]), (1, ["0x" + cheat.address.hex()])]
+    assert len(job["verdicts"]) == 1 and job["verdicts"][0]["outcome"] == "ACCEPTED"
+    (settlement,) = job["settlements"]
+    assert settlement["provider"] == "0x" + cheat.address.hex() and settlement["paid_wei"] > 0
+
+
+def test_replaying_the_job_topics_reproduces_every_verdict_and_settlement(market: Market) -> None:
+    replay = market.net.cli("verifier", "replay", timeout=180)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert " 0 differ from the live ones" in replay.stdout
+    counts = [int(w) for w in replay.stdout.split() if w.isdigit()]
+    assert counts[0] >= 6 and counts[1] >= 6
