@@ -35,11 +35,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.chainview import LedgerNotReady
 from gateway.rpc import Rpc, RpcError
-from gpu_worker.models import load_manifest, manifest_record
+from gpu_worker.models import load_manifest, manifest_record, store_part
 from processors.execution.genesis import JOB_MARKET, MODEL_REGISTRY, address_of
 from processors.market.chain import MODEL_REGISTERED, call_data, decode_model_registered
 from processors.market.content import Blockstore, ContentError, cid_of, digest_of
-from processors.market.jobs import INFERENCE, JobRequest
+from processors.market.jobs import INFERENCE, TRAINING, JobRequest
 from processors.market.view import MarketView
 from schemas.codec import CodecError, default_codec, jsonable
 from streams.abc import RecordSink
@@ -278,7 +278,10 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
         payload: dict[str, Any],
         max_price: int | None,
         timeout_ms: int | None = None,
+        training: dict[str, Any] | None = None,
     ) -> JobStatus:
+        """Sign, log and wait for a job; `training` ({"dataset", "epochs", "batch_size"}
+        plus string params) makes it a training job on the model's source weights."""
         key, account = authorise(request)
         with market.lock:
             manifest = market.view.models.get(model_name)
@@ -304,9 +307,14 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
             raise MarketError(413, "input_too_large", f"inputs are limited to {INLINE_LIMIT} bytes")
         market.blockstore.put(data)
         now = int(time.time() * 1000)
+        params = {"manifest_cid": manifest["manifest_cid"]}
+        dataset_cid = None
+        if training is not None:
+            dataset_cid = str(store_part(market.blockstore, training.pop("dataset"))["cid"])
+            params.update(training.pop("params"))
         job = JobRequest(
             requester=account,
-            kind=INFERENCE,
+            kind=TRAINING if training is not None else INFERENCE,
             model_id=model_name,
             input_cid=cid_of(data),
             required_vram_bytes=manifest["vram_required_bytes"],
@@ -314,7 +322,9 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
             deadline_ms=now + (timeout_ms or settings.job_deadline_ms),
             nonce=market.next_nonce(),
             submitted_at_ms=now,
-            params={"manifest_cid": manifest["manifest_cid"]},
+            params=params,
+            dataset_cid=dataset_cid,
+            **(training or {}),
         )
         record = job.signed(key, settings.chain_id, data)
         reserved[account] = in_flight + price
@@ -545,23 +555,26 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
 
     @api.post("/v1/jobs", response_model=None)
     async def submit_job(request: Request) -> Response:
-        """{"model", "input": {...}, "max_price_wei"?, "timeout_ms"?}: an inference job paid
-        by the API key's account; answers once a node's result is on the log (or 504 when
-        none came before the deadline: the job is then refunded)."""
+        """An inference job {"model", "input": {...}, "max_price_wei"?, "timeout_ms"?} or a
+        training job {"kind": "training", "model", "dataset": text, "epochs", "batch_size",
+        "learning_rate"?, "seq_len"?, ...}, paid by the API key's account. Answers once a
+        node's result is on the log (504 when none came before the deadline: the job is
+        then refunded)."""
         try:
             body = await request.json()
             if not isinstance(body, dict) or not isinstance(body.get("model"), str):
                 raise MarketError(400, "bad_request", "'model' is required")
-            payload = body.get("input")
+            payload = body.get("input", {})
             if not isinstance(payload, dict):
                 raise MarketError(400, "bad_request", "'input' must be an object")
             max_price = int(body["max_price_wei"]) if "max_price_wei" in body else None
             timeout = int(body["timeout_ms"]) if "timeout_ms" in body else None
+            training = _training(body) if body.get("kind") == "training" else None
             if (max_price is not None and max_price <= 0) or (timeout is not None and timeout <= 0):
                 raise MarketError(
                     400, "bad_request", "max_price_wei and timeout_ms must be positive"
                 )
-            status = await submit(request, body["model"], payload, max_price, timeout)
+            status = await submit(request, body["model"], payload, max_price, timeout, training)
         except MarketError as exc:
             return _error(exc)
         except ValueError:
@@ -570,6 +583,21 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
             return JSONResponse(job_json(status), status_code=201)
 
     return api
+
+
+def _training(body: dict[str, Any]) -> dict[str, Any]:
+    """The training part of a REST job: a text dataset, epochs, batch size, SGD settings."""
+    dataset = body.get("dataset")
+    if not isinstance(dataset, str) or not dataset:
+        raise MarketError(400, "bad_request", "training jobs need a 'dataset' (UTF-8 text)")
+    epochs, batch = int(body.get("epochs", 1)), int(body.get("batch_size", 8))
+    if not 1 <= epochs <= 1_000 or not 1 <= batch <= 4_096:
+        raise MarketError(400, "bad_request", "epochs must be 1..1000 and batch_size 1..4096")
+    params = {
+        "learning_rate": str(float(body.get("learning_rate", 0.05))),
+        "seq_len": str(int(body.get("seq_len", 32))),
+    }
+    return {"dataset": dataset.encode(), "epochs": epochs, "batch_size": batch, "params": params}
 
 
 async def _stream(

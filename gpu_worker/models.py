@@ -76,7 +76,7 @@ def canonical_json(document: dict[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _part(store: Blockstore, data: bytes) -> dict[str, Any]:
+def store_part(store: Blockstore, data: bytes) -> dict[str, Any]:
     """Store a file as chunks plus an index block (its chunk list), whose CID names it."""
     part: dict[str, Any] = {"size": len(data), "chunks": [c.__dict__ for c in store.put_file(data)]}
     return {**part, "cid": store.put(canonical_json(part))}
@@ -180,8 +180,8 @@ def import_model(
             "eos_token_id": config.eos_token_id,
         }
         progress("storing tokenizer and source weights")
-        document["tokenizer"] = _part(store, deterministic_tar(tokenizer))
-        document["source"] = _part(store, deterministic_tar(source))
+        document["tokenizer"] = store_part(store, deterministic_tar(tokenizer))
+        document["source"] = store_part(store, deterministic_tar(source))
     elif path.suffix == ".onnx" and path.is_file():
         onnx_bytes = path.read_bytes()
         inputs, outputs, parameters = _onnx_facts(onnx_bytes)
@@ -192,7 +192,7 @@ def import_model(
     document.update(
         name=name,
         format="onnx",
-        onnx=_part(store, onnx_bytes),
+        onnx=store_part(store, onnx_bytes),
         inputs=inputs,
         outputs=outputs,
         parameter_count=parameters,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from gpu_worker.models import TEXT_GENERATION, Manifest, load_manifest, untar
+from gpu_worker.models import TEXT_GENERATION, Manifest, load_manifest, store_part, untar
 from processors.market.content import Blockstore, ContentError, verify
 
 
@@ -60,6 +60,27 @@ class BlockSource:
 
     def part(self, manifest: Manifest, name: str) -> bytes:
         return b"".join(self.get(c.cid) for c in manifest.chunks(name))
+
+    def file(self, index_cid: str) -> bytes:
+        """A file stored as chunks under an index block (`gpu_worker.models.store_part`)."""
+        index = json.loads(self.get(index_cid))
+        data = b"".join(self.get(c["cid"]) for c in index["chunks"])
+        if len(data) != index["size"]:
+            raise FetchError(f"file {index_cid}: {len(data)} bytes, index says {index['size']}")
+        return data
+
+    def publish(self, data: bytes) -> str:
+        """Store a file as chunks plus index locally and on every peer; the index CID."""
+        part = store_part(self.store, data)
+        blocks = [c["cid"] for c in part["chunks"]] + [part["cid"]]
+        for peer in self.peers:
+            for cid in blocks:
+                request = urllib.request.Request(
+                    f"{peer}/v1/content", self.store.get(cid), {"X-CID": cid}
+                )
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    response.read()
+        return str(part["cid"])
 
     def manifest(self, cid: str) -> Manifest:
         return load_manifest(self.get(cid), cid)
@@ -179,6 +200,22 @@ class ModelCache:
             self._models[manifest_cid] = model
             return model, int((time.perf_counter() - started) * 1000)
 
+    def unpacked(self, manifest_cid: str, part: str) -> tuple[Manifest, Path]:
+        """A tar part of a model (its "source" weights or "tokenizer") as a directory."""
+        manifest = self.source.manifest(manifest_cid)
+        directory = self.work_dir / part / manifest_cid
+        if not directory.exists():
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=directory.parent))
+            untar(self.source.part(manifest, part), tmp)
+            os.replace(tmp, directory)
+        return manifest, directory
+
+    def tokenizer(self, manifest_cid: str) -> Any:
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(self.unpacked(manifest_cid, "tokenizer")[1])
+
     def _load(self, manifest_cid: str) -> LoadedModel:
         import onnxruntime as ort
 
@@ -192,14 +229,6 @@ class ModelCache:
         session = ort.InferenceSession(graph, sess_options=options, providers=chosen)
         model = LoadedModel(manifest, session, session.get_providers()[0], self.threads)
         if manifest.task == TEXT_GENERATION:
-            from transformers import PreTrainedTokenizerFast
-
-            directory = self.work_dir / "tokenizers" / manifest_cid
-            if not directory.exists():
-                directory.parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(tempfile.mkdtemp(dir=directory.parent))
-                untar(self.source.part(manifest, "tokenizer"), tmp)
-                os.replace(tmp, directory)
-            model.tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
+            model.tokenizer = self.tokenizer(manifest_cid)
             model.eos_token_id = manifest.document.get("eos_token_id")
         return model

@@ -22,19 +22,23 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 from confluent_kafka import Consumer
+from eth_hash.auto import keccak
 
 from gateway.client import send_call
 from gpu_worker.models import TEXT_GENERATION
 from gpu_worker.probe import Hardware, probe, usage
 from gpu_worker.runtime import BlockSource, LoadedModel, ModelCache
+from gpu_worker.training import Trainer, TrainingSpec, output_document
 from processors.execution.genesis import JOB_MARKET, address_of
 from processors.market.chain import register_node_call
 from processors.market.content import Blockstore, cid_of
-from processors.market.jobs import node_record_hash, result_hash, sign
+from processors.market.jobs import TRAINING, node_record_hash, result_hash, sign
 from processors.verifier.core import (
     GENERATION_SCHEME,
     TENSOR_SCHEME,
+    TRAINING_SCHEME,
     generation_fingerprint,
     tensor_fingerprint,
 )
@@ -48,6 +52,7 @@ NODES = topic("gpu.nodes")
 HEARTBEATS = topic("gpu.heartbeats")
 ASSIGNED = topic("jobs.assigned")
 RESULTS = topic("jobs.results")
+PROOFS = topic("jobs.proofs")
 HEARTBEAT_EVERY_S = 2.0
 VERSION = "0.1.0"
 
@@ -162,9 +167,17 @@ class Worker:
     def result_for(self, assignment: dict[str, Any], received_ms: int) -> dict[str, Any]:
         job = assignment["job"]
         manifest_cid = job["params"].get("manifest_cid", "")
-        model, load_ms = self.models.load(manifest_cid)
-        started = time.perf_counter()
-        output, scheme, fingerprint = self.execute(model, job)
+        if job["kind"] == TRAINING:
+            provider = "torch-cpu"
+            started = time.perf_counter()
+            output, scheme, fingerprint = self.train(job)
+            load_ms = 0
+            threads = self.settings.worker_threads
+        else:
+            model, load_ms = self.models.load(manifest_cid)
+            provider, threads = model.provider, model.threads
+            started = time.perf_counter()
+            output, scheme, fingerprint = self.execute(model, job)
         compute_ms = int((time.perf_counter() - started) * 1000)
         record = {
             "job_id": job["job_id"],
@@ -184,8 +197,8 @@ class Worker:
                 "device_name": self.hardware.device_name,
                 "vram_bytes": self.hardware.memory_bytes,
                 "driver_version": self.hardware.driver_version,
-                "execution_provider": model.provider,
-                "threads": model.threads,
+                "execution_provider": provider,
+                "threads": threads,
             },
             "completed_at_ms": int(time.time() * 1000),
             "signature": b"",
@@ -197,6 +210,60 @@ class Worker:
 
     def execute(self, model: LoadedModel, job: dict[str, Any]) -> tuple[bytes, str, bytes]:
         return execute(model, job)
+
+    def train(self, job: dict[str, Any]) -> tuple[bytes, str, bytes]:
+        """Run a training job; every epoch's checkpoint is published by CID as it ends."""
+        manifest_cid = job["params"]["manifest_cid"]
+        _, source = self.models.unpacked(manifest_cid, "source")
+        dataset = self.models.source.file(job["dataset_cid"] or "")
+        trainer = Trainer(
+            source,
+            self.models.tokenizer(manifest_cid),
+            dataset,
+            TrainingSpec.of(job),
+            self.settings.worker_threads,
+        )
+        epochs = []
+        for epoch in trainer.run():
+            cid = self.models.source.publish(epoch.checkpoint)
+            epochs.append(
+                {
+                    "epoch": epoch.epoch,
+                    "checkpoint_cid": cid,
+                    "loss": epoch.loss,
+                    "samples": epoch.samples,
+                }
+            )
+            log.info(
+                "job 0x%s epoch %d: loss %.4f", job["job_id"].hex()[:12], epoch.epoch, epoch.loss
+            )
+        losses = np.asarray([e["loss"] for e in epochs], dtype="<f4").tobytes()
+        return output_document(epochs), TRAINING_SCHEME, losses
+
+    def proof(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The training trace behind a training result (lattice.jobs.proofs)."""
+        epochs = json.loads(result["output"])["epochs"]
+        commitment = keccak(result["output"])
+        return {
+            "job_id": result["job_id"],
+            "node": self.address,
+            "attempt": result["attempt"],
+            "kind": "TRAINING_TRACE",
+            "commitment": commitment,
+            "epochs": [
+                {
+                    "epoch": e["epoch"],
+                    "checkpoint_cid": e["checkpoint_cid"],
+                    "loss_ppm": int(e["loss"] * 1_000_000),
+                    "samples": e["samples"],
+                }
+                for e in epochs
+            ],
+            "signature": sign(
+                self.key, keccak(b"lattice-proof-v1" + result["job_id"] + commitment)
+            ),
+            "cause": result["cause"],
+        }
 
     def sign_result(self, record: dict[str, Any]) -> bytes:
         return sign(self.key, result_hash(record, self.settings.chain_id))
@@ -218,6 +285,8 @@ class Worker:
             self.in_flight -= 1
         result["cause"] = position
         self.producer.send(RESULTS, result, key=hex_key(result["job_id"])).result(30)
+        if result["fingerprint_scheme"] == TRAINING_SCHEME:
+            self.producer.send(PROOFS, self.proof(result), key=hex_key(result["job_id"])).result(30)
 
     def run(self, stop: threading.Event, ready_timeout_s: float = 60.0) -> None:
         """Join the group, and only once it has partitions announce the node (an assignment

@@ -32,6 +32,7 @@ from processors.market.jobs import InvalidSignature, recover, result_hash
 ACCEPTED, REJECTED, INCONCLUSIVE = "ACCEPTED", "REJECTED", "INCONCLUSIVE"
 GENERATION_SCHEME = "greedy-logits-f32-v1"
 TENSOR_SCHEME = "tensor-sample-f32-v1"
+TRAINING_SCHEME = "training-loss-f32-v1"
 SAMPLES = 64
 
 
@@ -207,6 +208,35 @@ def check_tensors(
     if reported.shape != sample.shape or (np.abs(reported - sample) > tol.bound(sample)).any():
         return Check("re-execution", False, "fingerprint does not match the outputs")
     return Check("re-execution", True, f"{expected.size} values within tolerance")
+
+
+def training_flops(parameter_count: int, tokens: int, epochs: int) -> int:
+    """Forward and backward: about 6 FLOP per parameter per token per epoch."""
+    return 6 * parameter_count * tokens * max(epochs, 1)
+
+
+def check_training_epoch(
+    epoch: int,
+    claimed: Mapping[str, np.ndarray],
+    rerun: Mapping[str, np.ndarray],
+    claimed_loss: float,
+    rerun_loss: float,
+    tol: Tolerance = Tolerance(rtol=1e-3, atol=1e-4),
+) -> Check:
+    """The weights the node published after `epoch` against the verifier's re-run of it."""
+    name = f"epoch {epoch} re-run"
+    if sorted(claimed) != sorted(rerun):
+        return Check(name, False, "the checkpoint holds other tensors")
+    for key in sorted(rerun):
+        a, b = np.asarray(claimed[key], np.float64), np.asarray(rerun[key], np.float64)
+        if a.shape != b.shape:
+            return Check(name, False, f"{key}: shape {a.shape} vs {b.shape}")
+        excess = np.abs(a - b) - tol.bound(b)
+        if excess.size and excess.max() > 0:
+            return Check(name, False, f"{key}: {int((excess > 0).sum())} weights out of tolerance")
+    if abs(claimed_loss - rerun_loss) > tol.bound(rerun_loss):
+        return Check(name, False, f"loss {claimed_loss:.6f} vs re-run {rerun_loss:.6f}")
+    return Check(name, True, f"{len(rerun)} tensors and the loss within tolerance")
 
 
 def outputs_agree(a: Mapping[str, Any], b: Mapping[str, Any], tol: Tolerance = Tolerance()) -> bool:

@@ -37,13 +37,14 @@ import numpy as np
 from eth_hash.auto import keccak
 
 from gpu_worker.models import TEXT_GENERATION
-from gpu_worker.runtime import BlockSource, ModelCache
+from gpu_worker.runtime import BlockSource, FetchError, ModelCache
+from gpu_worker.training import Trainer, TrainingSpec, weights_array
 from processors.execution.genesis import JOB_MARKET, address_of
 from processors.execution.transactions import ChainRules, decode_transaction, submitted_event
 from processors.market.chain import settle_call, signed_call
-from processors.market.content import Blockstore
+from processors.market.content import Blockstore, ContentError
 from processors.market.economics import Reward, refund, reward, slash_wei
-from processors.market.jobs import InvalidSignature, job_signer
+from processors.market.jobs import TRAINING, InvalidSignature, job_signer
 from processors.verifier import core
 from streams.admin import ensure_topics
 from streams.kafka import Producer, Reader
@@ -195,11 +196,13 @@ class Verifier:
         if not all(c.passed for c in checks[:3]):
             return checks  # nothing more to learn from a result that is not the node's own
         sampled = int.from_bytes(keccak(job["job_id"] + result["node"] + b"spot")[:4]) % 10_000
-        task_flops = 0
         if assignment["redundant"] or sampled < self.settings.verify_bps:
-            check, task_flops = self.reexecute(job, result)
+            if job["kind"] == TRAINING:
+                check, task_flops = self.retrain(job, result, manifest)
+            else:
+                check, task_flops = self.reexecute(job, result)
             checks.append(check)
-        elif manifest["format"] == "onnx":
+        else:
             task_flops = self.claimed_flops(job, result, manifest)
         checks.append(core.check_timing(result, registration, task_flops))
         return checks
@@ -207,15 +210,50 @@ class Verifier:
     def claimed_flops(
         self, job: dict[str, Any], result: dict[str, Any], manifest: dict[str, Any]
     ) -> int:
+        """The work a result claims to have done, from its own output."""
+        params = manifest["parameter_count"]
         try:
             claimed = json.loads(result["output"])
-            return core.generation_flops(
-                manifest["parameter_count"],
-                int(claimed["prompt_tokens"]),
-                len(claimed["token_ids"]),
-            )
-        except (ValueError, KeyError, TypeError):
+            if job["kind"] == TRAINING:
+                spec = TrainingSpec.of(job)
+                tokens = int(claimed["epochs"][0]["samples"]) * spec.seq_len
+                return core.training_flops(params, tokens, spec.epochs)
+            prompt, generated = int(claimed["prompt_tokens"]), len(claimed["token_ids"])
+            return core.generation_flops(params, prompt, generated)
+        except (ValueError, KeyError, TypeError, IndexError):
             return 0
+
+    def retrain(
+        self, job: dict[str, Any], result: dict[str, Any], manifest: dict[str, Any]
+    ) -> tuple[core.Check, int]:
+        """Re-run one seeded epoch from the node's previous checkpoint and compare."""
+        spec = TrainingSpec.of(job)
+        unreadable = core.Check("epoch re-run", False, "not a training result for this job"), 0
+        try:
+            epochs = json.loads(result["output"])["epochs"]
+            losses = np.frombuffer(result["fingerprint"], dtype="<f4")
+        except (ValueError, KeyError, TypeError):
+            return unreadable
+        if not len(epochs) == spec.epochs == len(losses):
+            return unreadable
+        number = int.from_bytes(keccak(job["job_id"] + result["node"] + b"epoch")[:4]) % len(epochs)
+        cid = job["params"]["manifest_cid"]
+        try:
+            previous = (
+                self.models.source.file(epochs[number - 1]["checkpoint_cid"]) if number else None
+            )
+            claimed = weights_array(self.models.source.file(epochs[number]["checkpoint_cid"]))
+            dataset = self.models.source.file(job["dataset_cid"] or "")
+        except (FetchError, ContentError, ValueError) as exc:
+            return core.Check("epoch re-run", False, f"checkpoint or dataset unavailable: {exc}"), 0
+        _, source = self.models.unpacked(cid, "source")
+        trainer = Trainer(source, self.models.tokenizer(cid), dataset, spec, threads=1)
+        again = trainer.rerun(number, previous)
+        check = core.check_training_epoch(
+            number, claimed, weights_array(again.checkpoint), float(losses[number]), again.loss
+        )
+        tokens = again.samples * spec.seq_len
+        return check, core.training_flops(manifest["parameter_count"], tokens, spec.epochs)
 
     def reexecute(self, job: dict[str, Any], result: dict[str, Any]) -> tuple[core.Check, int]:
         model, _ = self.models.load(job["params"]["manifest_cid"])

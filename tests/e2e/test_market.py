@@ -144,6 +144,36 @@ def test_chat_completion_through_the_market_pays_the_provider(market: Market) ->
     assert market.slot(DEPOSITS_SLOT, USER) == deposit - charged
 
 
+def test_training_job_is_verified_and_paid(market: Market) -> None:
+    from tests.tiny_models import CORPUS
+
+    balances = {n: market.balance(n) for n in HONEST}
+    response = market.submit(
+        kind="training",
+        dataset=(" ".join(CORPUS) + "\n") * 6,
+        epochs=3,
+        batch_size=4,
+        learning_rate=0.1,
+        seq_len=16,
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["kind"] == "training"
+    epochs = body["output"]["epochs"]
+    assert [e["epoch"] for e in epochs] == [0, 1, 2] and epochs[2]["loss"] < epochs[0]["loss"]
+    # Every checkpoint is content-addressed and fetchable from the gateway.
+    index = market.http.get(f"/ipfs/{epochs[2]['checkpoint_cid']}")
+    assert index.status_code == 200 and json.loads(index.content)["chunks"]
+    nodes = len(body["assignments"][0]["nodes"])
+    job = market.settled(body["id"], nodes)
+    (check,) = [c for c in job["verdicts"][0]["checks"] if c["name"].endswith("re-run")]
+    assert check["passed"] and job["verdicts"][0]["outcome"] == "ACCEPTED"
+    for settlement in job["settlements"]:
+        node = bytes.fromhex(settlement["provider"][2:])
+        assert settlement["paid_wei"] > 0
+        assert market.balance(node) == balances[node] + settlement["paid_wei"]
+
+
 def test_streaming_completions_and_errors(market: Market) -> None:
     request = {
         "model": "tiny-gpt2",
