@@ -1,0 +1,194 @@
+"""Inference through the market vs calling ONNX Runtime directly, and the verifier's cost.
+
+    .venv/bin/python bench/bench_market.py [--jobs 200] [--tokens 8] [--workers 2] [--model DIR]
+
+Starts a devnet with local workers, imports a model (by default the tiny GPT-2 the tests
+build locally; `--model` takes any local Hugging Face causal-LM directory), then runs the
+same greedy generation (same prompt, same token count):
+
+- direct: `LoadedModel.generate` in this process on the imported ONNX graph (the worker's
+  runtime code, one thread, no network) — the peer;
+- market: the official `openai` client against `/v1/completions`, one request at a time
+  (latency) and from 8 threads (throughput): signed job, matcher, worker, signed result;
+- verifier: the re-execution a verifier does per result (one teacher-forced pass and the
+  tolerance checks) against the worker's generation, in this process.
+
+Prints p50/p99 latency and jobs/s for each, and the market's overhead (market p50 - direct
+p50). Wall-clock figures from this machine; compare runs on the same machine only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gpu_worker.models import import_model  # noqa: E402
+from gpu_worker.runtime import BlockSource, ModelCache  # noqa: E402
+from gpu_worker.worker import execute  # noqa: E402
+from processors.market.content import Blockstore  # noqa: E402
+from processors.verifier import core  # noqa: E402
+from streams.broker import free_port  # noqa: E402
+
+PROMPT = "the quick brown fox"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def report(label: str, latencies_ms: list[float], jobs_per_s: float | None = None) -> None:
+    rate = f"  {jobs_per_s:8.1f} jobs/s" if jobs_per_s is not None else ""
+    print(
+        f"  {label:<34} p50 {percentile(latencies_ms, 0.5):8.2f} ms  "
+        f"p99 {percentile(latencies_ms, 0.99):8.2f} ms{rate}",
+        flush=True,
+    )
+
+
+def start_devnet(data: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "devnet",
+            "--data-dir",
+            str(data),
+            "--rpc-port",
+            str(port),
+            "--ws-port",
+            str(free_port()),
+            "--workers",
+            str(workers),
+            "--block-interval",
+            "0.3",
+            "--finality-depth",
+            "3",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while not (data / "api-key").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the devnet did not come up (see its logs in the data dir)")
+        time.sleep(0.5)
+    while len(httpx.get(f"{url}/v1/nodes").json()["nodes"]) < workers:
+        time.sleep(0.5)
+    return process, url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--tokens", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--model", type=Path, help="a Hugging Face causal-LM directory")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model
+        if model_dir is None:
+            from tests.tiny_models import build_tiny_gpt2
+
+            model_dir = build_tiny_gpt2(Path(tmp) / "tiny-gpt2")
+        store = Blockstore(Path(tmp) / "blocks")
+        manifest = import_model(model_dir, "bench-model", store)
+        model, _ = ModelCache(BlockSource(store), Path(tmp) / "work", 1, False).load(manifest.cid)
+        print(
+            f"model: {manifest.document['model_type']}, {manifest.document['parameter_count']} "
+            f"parameters; {args.tokens} tokens per job, {args.jobs} jobs",
+            flush=True,
+        )
+        payload = {"prompt": PROMPT, "max_tokens": args.tokens}
+        job = {"job_id": hashlib.sha256(b"bench").digest(), "input": json.dumps(payload).encode()}
+        direct = []
+        for _ in range(args.jobs):
+            started = time.perf_counter()
+            output, _, fingerprint = execute(model, job)
+            direct.append((time.perf_counter() - started) * 1000)
+        report("direct ONNX Runtime (peer)", direct, 1000 / statistics.mean(direct))
+
+        verify = []
+        tokens = json.loads(output)["token_ids"]
+        for _ in range(args.jobs):
+            started = time.perf_counter()
+            prompt = model.prompt_ids(payload)
+            logits = model.logits(prompt + tokens)
+            assert core.check_generation(
+                output, fingerprint, logits, len(prompt), model.eos_token_id
+            ).passed
+            verify.append((time.perf_counter() - started) * 1000)
+        report("verifier re-execution per result", verify, 1000 / statistics.mean(verify))
+
+        process, url = start_devnet(Path(tmp) / "devnet", args.workers)
+        try:
+            imported = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "deploy.cli",
+                    "model",
+                    "import",
+                    str(model_dir),
+                    "--name",
+                    "bench-model",
+                    "--dev-account",
+                    "1",
+                    "--data-dir",
+                    str(Path(tmp) / "devnet"),
+                ],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                check=False,
+            )
+            if imported.returncode != 0:
+                raise RuntimeError(imported.stderr)
+            key = (Path(tmp) / "devnet" / "api-key").read_text().strip()
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+            def one() -> float:
+                started = time.perf_counter()
+                client.completions.create(
+                    model="bench-model", prompt=PROMPT, max_tokens=args.tokens
+                )
+                return (time.perf_counter() - started) * 1000
+
+            for _ in range(5):
+                one()  # workers load the model on their first job
+            market = [one() for _ in range(args.jobs)]
+            report("market, one at a time", market, 1000 / statistics.mean(market))
+            started = time.perf_counter()
+            with ThreadPoolExecutor(8) as pool:
+                concurrent = list(pool.map(lambda _: one(), range(args.jobs)))
+            elapsed = time.perf_counter() - started
+            report("market, 8 concurrent clients", concurrent, args.jobs / elapsed)
+            overhead = percentile(market, 0.5) - percentile(direct, 0.5)
+            print(f"  market overhead over direct (p50): {overhead:.2f} ms", flush=True)
+        finally:
+            process.terminate()
+            process.wait(60)
+
+
+if __name__ == "__main__":
+    main()
