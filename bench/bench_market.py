@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -37,12 +36,13 @@ import openai
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_rpc import start_lattice  # noqa: E402  (bench/ is the script's directory)
+
 from gpu_worker.models import import_model  # noqa: E402
 from gpu_worker.runtime import BlockSource, ModelCache  # noqa: E402
 from gpu_worker.worker import execute  # noqa: E402
 from processors.market.content import Blockstore  # noqa: E402
 from processors.verifier import core  # noqa: E402
-from streams.broker import free_port  # noqa: E402
 
 PROMPT = "the quick brown fox"
 
@@ -61,41 +61,19 @@ def report(label: str, latencies_ms: list[float], jobs_per_s: float | None = Non
     )
 
 
-def start_devnet(data: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "deploy.cli",
-            "devnet",
-            "--data-dir",
-            str(data),
-            "--rpc-port",
-            str(port),
-            "--ws-port",
-            str(free_port()),
-            "--workers",
-            str(workers),
-            "--block-interval",
-            "0.3",
-            "--finality-depth",
-            "3",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
+def start_devnet(tmp: Path, workers: int) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """A devnet with `workers` local workers, its dev API key written and nodes announced."""
+    process, url = start_lattice(tmp, "--workers", str(workers))
+    data = tmp / "lattice"
     deadline = time.monotonic() + 180
-    while not (data / "api-key").exists():
+    while (
+        not (data / "api-key").exists()
+        or len(httpx.get(f"{url}/v1/nodes").json()["nodes"]) < workers
+    ):
         if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the devnet did not come up (see its logs in the data dir)")
+            raise RuntimeError(f"the devnet did not come up (see the logs in {data})")
         time.sleep(0.5)
-    while len(httpx.get(f"{url}/v1/nodes").json()["nodes"]) < workers:
-        time.sleep(0.5)
-    return process, url
+    return process, url, data
 
 
 def main() -> None:
@@ -140,7 +118,7 @@ def main() -> None:
             verify.append((time.perf_counter() - started) * 1000)
         report("verifier re-execution per result", verify, 1000 / statistics.mean(verify))
 
-        process, url = start_devnet(Path(tmp) / "devnet", args.workers)
+        process, url, data = start_devnet(Path(tmp), args.workers)
         try:
             imported = subprocess.run(
                 [
@@ -155,7 +133,7 @@ def main() -> None:
                     "--dev-account",
                     "1",
                     "--data-dir",
-                    str(Path(tmp) / "devnet"),
+                    str(data),
                 ],
                 capture_output=True,
                 text=True,
@@ -164,7 +142,7 @@ def main() -> None:
             )
             if imported.returncode != 0:
                 raise RuntimeError(imported.stderr)
-            key = (Path(tmp) / "devnet" / "api-key").read_text().strip()
+            key = (data / "api-key").read_text().strip()
             client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
 
             def one() -> float:

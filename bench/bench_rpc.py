@@ -177,7 +177,8 @@ def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
     return results
 
 
-def start_lattice(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_lattice(tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A devnet in `tmp/lattice` with fast blocks, answering JSON-RPC; `extra` flags."""
     port = free_port()
     process = subprocess.Popen(
         [
@@ -195,6 +196,7 @@ def start_lattice(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
             "0.25",
             "--finality-depth",
             "3",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
