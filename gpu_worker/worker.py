@@ -26,13 +26,13 @@ import numpy as np
 from confluent_kafka import Consumer
 from eth_hash.auto import keccak
 
-from gateway.client import send_call
+from gateway.client import rpc_call, send_call, wait_for_ledger
 from gpu_worker.models import TEXT_GENERATION
 from gpu_worker.probe import Hardware, probe, usage
 from gpu_worker.runtime import BlockSource, LoadedModel, ModelCache
 from gpu_worker.training import Trainer, TrainingSpec, output_document
 from processors.execution.genesis import JOB_MARKET, address_of
-from processors.market.chain import register_node_call
+from processors.market.chain import register_node_call, stakes_call
 from processors.market.content import Blockstore, cid_of
 from processors.market.jobs import TRAINING, node_record_hash, result_hash, sign
 from processors.verifier.core import (
@@ -96,16 +96,28 @@ class Worker:
     # -- announcing the node --------------------------------------------------------------
 
     def stake_on_ledger(self) -> str | None:
-        """Send `registerNode` with the stake; the transaction hash, or None without RPC."""
+        """Send `registerNode` with what the stake lacks; the transaction hash, or None
+        without a gateway to send it through."""
         if self.rpc_url is None:
             return None
+        wait_for_ledger(self.rpc_url)
+        staked = rpc_call(
+            self.rpc_url,
+            "eth_call",
+            [
+                {"to": "0x" + JOB_MARKET.hex(), "data": "0x" + stakes_call(self.address).hex()},
+                "latest",
+            ],
+        )
+        # Top the stake up to what the settings ask; the call also sets the price.
+        top_up = max(0, self.settings.worker_stake - int(staked, 16))
         tx_hash, _ = send_call(
             self.rpc_url,
             self.settings.chain_id,
             self.key,
             JOB_MARKET,
             register_node_call(self.settings.worker_price),
-            value=self.settings.worker_stake,
+            value=top_up,
             gas=150_000,
             wait_s=None,
         )

@@ -93,6 +93,10 @@ def register_node_call(price_wei_per_hour: int) -> bytes:
     return call_data("registerNode(uint256)", price_wei_per_hour)
 
 
+def stakes_call(node: bytes) -> bytes:
+    return call_data("stakes(address)", "0x" + node.hex())
+
+
 def deposit_call() -> bytes:
     return call_data("deposit()")
 
