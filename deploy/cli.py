@@ -11,6 +11,7 @@
     lattice schemas {list,check,freeze}
     lattice worker | matcher run | verifier run | model import | keys create | deposit
       (see deploy/market_cli.py)
+    lattice analytics run | analytics replay DIR | sql QUERY  (see deploy/analytics_cli.py)
 
 Client commands find a running devnet through its data directory (`devnet.json`), or
 talk to the cluster given by `--kafka`.
@@ -137,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     dag_run.add_argument("--ghostdag-k", type=int)
     dag_run.add_argument("--finality-depth", type=int)
 
-    from deploy.market_cli import add_commands
+    from deploy import analytics_cli, market_cli
 
-    add_commands(sub, _common)
+    market_cli.add_commands(sub, _common)
+    analytics_cli.add_commands(sub, _common)
 
     schemas = sub.add_parser("schemas", help="inspect and freeze the Avro schemas")
     schemas.add_argument("action", choices=["list", "check", "freeze"])
@@ -456,11 +458,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             return cmd_topics(settings, out)
         if args.command == "tail":
             return cmd_tail(settings, args.topic, args.n, args.follow, out)
-        from deploy.market_cli import run as run_market
+        from deploy import analytics_cli, market_cli
 
-        result = run_market(settings, args, bootstrap_of, out)
-        if result is not None:
-            return result
+        for commands in (market_cli, analytics_cli):
+            result: int | None = commands.run(settings, args, bootstrap_of, out)
+            if result is not None:
+                return result
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

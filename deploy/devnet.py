@@ -244,11 +244,12 @@ class Devnet:
         market = ["--kafka", bootstrap, "--data-dir", str(s.data_dir)]
         self.processors.append(Child("matcher", ["matcher", "run", *market], logs))
         self.processors.append(Child("verifier", ["verifier", "run", *market], logs))
+        self.processors.append(Child("analytics", ["analytics", "run", *market], logs))
         self.say(
             "processors",
-            f"matcher, verifier, execution (py-evm), dag ordering (K={s.ghostdag_k}, "
-            f"finality depth "
-            f"{s.finality_depth}), {s.proposers} proposers every {s.block_interval}s; "
+            f"analytics (DuckDB), matcher, verifier, execution (py-evm), dag ordering "
+            f"(K={s.ghostdag_k}, finality depth {s.finality_depth}), "
+            f"{s.proposers} proposers every {s.block_interval}s; "
             f"logs in {logs}",
         )
 

@@ -1,0 +1,186 @@
+"""The analytics sink: the ledger's and the market's topics into DuckDB.
+
+Records are decoded, turned into rows (`processors.analytics.rows`) and written in batches:
+each batch is one DuckDB transaction holding the rows *and* the source offsets they came
+from (`sink_offsets`), so a restart resumes exactly after the last committed batch and a
+replay never duplicates a row (primary keys guard as well: `INSERT OR IGNORE`, or `OR
+REPLACE` for latest-state tables).
+
+DuckDB allows one writing process. Analysts read a snapshot instead: every few seconds the
+sink checkpoints and copies the database to `snapshot.duckdb` beside it (written to a
+temporary name, then renamed, so a reader never sees half a file; a reader that has it open
+keeps its version). `lattice sql` and any DuckDB client open the snapshot read-only while
+the sink keeps writing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from processors.analytics.rows import converters
+from processors.analytics.tables import OFFSETS, TABLES, ddl
+from processors.execution.transactions import ChainRules
+from schemas.codec import CodecError
+from streams.kafka import Reader
+from streams.topics import topic
+
+log = logging.getLogger(__name__)
+
+INPUTS = tuple(
+    topic(name)
+    for name in (
+        "blocks.proposed",
+        "blocks.ordered",
+        "blocks.executed",
+        "receipts",
+        "tx.rejected",
+        "state.accounts",
+        "gpu.nodes",
+        "gpu.heartbeats",
+        "models",
+        "jobs.submitted",
+        "jobs.assigned",
+        "jobs.results",
+        "jobs.verdicts",
+        "jobs.settled",
+    )
+)
+SNAPSHOT = "snapshot.duckdb"
+
+
+class AnalyticsSink:
+    def __init__(
+        self,
+        bootstrap: str,
+        directory: Path,
+        rules: ChainRules,
+        *,
+        batch_rows: int = 20_000,
+        flush_every_s: float = 0.5,
+        snapshot_every_s: float | None = 2.0,
+        client_id: str = "lattice-analytics",
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / "analytics.duckdb"
+        self.db = duckdb.connect(str(self.path))
+        for statement in ddl():
+            self.db.execute(statement)
+        self.bootstrap = bootstrap
+        self.rows = converters(rules)
+        self.batch_rows = batch_rows
+        self.flush_every_s = flush_every_s
+        self.snapshot_every_s = snapshot_every_s
+        self.client_id = client_id
+        self.pending: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+        self.pending_offsets: dict[tuple[str, int], int] = {}
+        self.pending_count = 0
+        self.written = 0
+        self._last_flush = time.monotonic()
+        self._last_snapshot = 0.0
+
+    def positions(self, reader: Reader) -> dict[tuple[str, int], int]:
+        done = {
+            (t, p): o
+            for t, p, o in self.db.execute(
+                f'SELECT topic, partition, "offset" FROM {OFFSETS}'
+            ).fetchall()
+        }
+        return {
+            (spec.name, p): done.get((spec.name, p), -1) + 1
+            for spec in INPUTS
+            for p in reader.partitions(spec.name)
+        }
+
+    def add(
+        self, schema: str, record: dict[str, Any], topic_name: str, partition: int, offset: int
+    ) -> None:
+        convert = self.rows.get(schema)
+        if convert is not None:
+            for table, row in convert(record):
+                self.pending[table].append((*row, partition, offset))
+                self.pending_count += 1
+        self.pending_offsets[(topic_name, partition)] = offset
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self.pending_offsets:
+            return
+        db = self.db
+        db.execute("BEGIN TRANSACTION")
+        try:
+            for name, rows in self.pending.items():
+                table = TABLES[name]
+                verb = "INSERT OR REPLACE" if table.replace else "INSERT OR IGNORE"
+                marks = ", ".join("?" * len(table.names))
+                db.executemany(f"{verb} INTO {name} VALUES ({marks})", rows)
+            db.executemany(
+                f"INSERT OR REPLACE INTO {OFFSETS} VALUES (?, ?, ?)",
+                [(t, p, o) for (t, p), o in sorted(self.pending_offsets.items())],
+            )
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+        self.written += self.pending_count
+        self.pending.clear()
+        self.pending_offsets.clear()
+        self.pending_count = 0
+
+    def snapshot(self) -> Path:
+        """Publish a consistent read-only copy for analysts; its path."""
+        self.db.execute("CHECKPOINT")
+        target = self.directory / SNAPSHOT
+        tmp = self.directory / f".{SNAPSHOT}.{os.getpid()}"
+        shutil.copyfile(self.path, tmp)
+        os.replace(tmp, target)
+        self._last_snapshot = time.monotonic()
+        return target
+
+    def run(self, stop: threading.Event, until_caught_up: bool = False) -> None:
+        """Sink until `stop`; with `until_caught_up`, return once every partition's end is
+        written (a replay into an empty database)."""
+        reader = Reader(self.bootstrap, client_id=self.client_id, config={"fetch.wait.max.ms": 50})
+        try:
+            positions = self.positions(reader)
+            reader.assign(positions)
+            behind = set(positions)
+            while not stop.is_set():
+                for message in reader.poll_batch(5_000, 0.2):
+                    key = (message.topic(), message.partition())
+                    if message.error() is not None:
+                        behind.discard(key)
+                        continue
+                    try:
+                        decoded = reader.codec.decode(message.value())
+                    except CodecError as exc:
+                        log.warning("%s: skipping an undecodable record: %s", key, exc)
+                        self.pending_offsets[key] = message.offset()
+                        continue
+                    self.add(decoded.name, decoded.record, key[0], key[1], message.offset())
+                due = time.monotonic() - self._last_flush > self.flush_every_s
+                if self.pending_count >= self.batch_rows or due or (not behind and until_caught_up):
+                    self.flush()
+                    if self.snapshot_every_s is not None and (
+                        time.monotonic() - self._last_snapshot > self.snapshot_every_s
+                    ):
+                        self.snapshot()
+                if until_caught_up and not behind and not self.pending_offsets:
+                    return
+        finally:
+            self.flush()
+            if self.snapshot_every_s is not None:
+                self.snapshot()
+            reader.close()
+
+    def close(self) -> None:
+        self.db.close()
