@@ -279,6 +279,7 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
         max_price: int | None,
         timeout_ms: int | None = None,
         training: dict[str, Any] | None = None,
+        redundant: bool = False,
     ) -> JobStatus:
         """Sign, log and wait for a job; `training` ({"dataset", "epochs", "batch_size"}
         plus string params) makes it a training job on the model's source weights."""
@@ -308,6 +309,8 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
         market.blockstore.put(data)
         now = int(time.time() * 1000)
         params = {"manifest_cid": manifest["manifest_cid"]}
+        if redundant:
+            params["redundancy"] = "2"
         dataset_cid = None
         if training is not None:
             dataset_cid = str(store_part(market.blockstore, training.pop("dataset"))["cid"])
@@ -555,7 +558,8 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
 
     @api.post("/v1/jobs", response_model=None)
     async def submit_job(request: Request) -> Response:
-        """An inference job {"model", "input": {...}, "max_price_wei"?, "timeout_ms"?} or a
+        """An inference job {"model", "input": {...}, "max_price_wei"?, "timeout_ms"?,
+        "redundancy"? (2: run on two nodes, both paid, results compared)} or a
         training job {"kind": "training", "model", "dataset": text, "epochs", "batch_size",
         "learning_rate"?, "seq_len"?, ...}, paid by the API key's account. Answers once a
         node's result is on the log (504 when none came before the deadline: the job is
@@ -570,11 +574,21 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
             max_price = int(body["max_price_wei"]) if "max_price_wei" in body else None
             timeout = int(body["timeout_ms"]) if "timeout_ms" in body else None
             training = _training(body) if body.get("kind") == "training" else None
+            if body.get("redundancy", 1) not in (1, 2):
+                raise MarketError(400, "bad_request", "redundancy is 1 or 2 (nodes per job)")
             if (max_price is not None and max_price <= 0) or (timeout is not None and timeout <= 0):
                 raise MarketError(
                     400, "bad_request", "max_price_wei and timeout_ms must be positive"
                 )
-            status = await submit(request, body["model"], payload, max_price, timeout, training)
+            status = await submit(
+                request,
+                body["model"],
+                payload,
+                max_price,
+                timeout,
+                training,
+                body.get("redundancy") == 2,
+            )
         except MarketError as exc:
             return _error(exc)
         except ValueError:

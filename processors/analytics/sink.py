@@ -31,7 +31,7 @@ from processors.analytics.tables import OFFSETS, TABLES, ddl
 from processors.execution.transactions import ChainRules
 from schemas.codec import CodecError
 from streams.kafka import Reader
-from streams.topics import topic
+from streams.topics import TopicSpec, topic
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class AnalyticsSink:
         flush_every_s: float = 0.5,
         snapshot_every_s: float | None = 2.0,
         client_id: str = "lattice-analytics",
+        inputs: tuple[TopicSpec, ...] = INPUTS,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -81,6 +82,7 @@ class AnalyticsSink:
         self.flush_every_s = flush_every_s
         self.snapshot_every_s = snapshot_every_s
         self.client_id = client_id
+        self.inputs = inputs
         self.pending: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
         self.pending_offsets: dict[tuple[str, int], int] = {}
         self.pending_count = 0
@@ -97,7 +99,7 @@ class AnalyticsSink:
         }
         return {
             (spec.name, p): done.get((spec.name, p), -1) + 1
-            for spec in INPUTS
+            for spec in self.inputs
             for p in reader.partitions(spec.name)
         }
 

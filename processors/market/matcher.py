@@ -138,6 +138,7 @@ class Matcher:
             attempt,
             frozenset(job.excluded),
             self.settings.redundancy_bps,
+            force_redundant=record["params"].get("redundancy") == "2",
         )
         nodes = () if expire or not known else decision.nodes
         return {

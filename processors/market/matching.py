@@ -111,7 +111,9 @@ def decide(
     attempt: int = 0,
     excluded: frozenset[bytes] = frozenset(),
     redundancy_bps: int = 0,
+    force_redundant: bool = False,
 ) -> Decision:
+    """`force_redundant`: the requester asked (and pays) for two nodes."""
     seed = seed_of(job.job_id, attempt)
     candidates = tuple(
         sorted(
@@ -120,9 +122,7 @@ def decide(
         )
     )
     eligible = [c.node for c in candidates if c.eligible]
-    redundant = (
-        len(eligible) >= 2
-        and int.from_bytes(keccak(seed + b"redundant")[:4]) % 10_000 < redundancy_bps
-    )
+    drawn = int.from_bytes(keccak(seed + b"redundant")[:4]) % 10_000 < redundancy_bps
+    redundant = len(eligible) >= 2 and (drawn or force_redundant)
     chosen = tuple(eligible[: 2 if redundant else 1])
     return Decision(seed=seed, nodes=chosen, redundant=redundant, candidates=candidates)
