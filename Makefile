@@ -6,6 +6,9 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
 .PHONY: devnet test lint typecheck check install clean
+# Debian's Chromium drives the dashboard's browser test (root installs it; others via sudo).
+CHROMIUM = /usr/bin/chromium
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml constraints.txt package.json package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +23,11 @@ install: $(STAMP)
 devnet: $(STAMP)
 	$(BIN)/lattice devnet $(ARGS)
 
-test: $(STAMP)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -16,10 +16,11 @@ import contextlib
 import json
 import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from gateway.chainview import ChainView, LedgerNotReady
 from gateway.checkpointview import CheckpointView
@@ -43,6 +44,7 @@ from streams.settings import Settings
 from streams.topics import hex_key, topic
 
 TX_SUBMITTED = topic("tx.submitted")
+DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
 #: How long a request waits for the broker before answering 503.
 DELIVERY_TIMEOUT_S = 15.0
 
@@ -167,6 +169,11 @@ def create_app(
         if answer is None:
             return Response(status_code=204)
         return JSONResponse(answer)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def dashboard() -> HTMLResponse:
+        """The network dashboard: a page that reads this gateway's own API."""
+        return HTMLResponse(DASHBOARD.read_text())
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

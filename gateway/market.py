@@ -543,6 +543,15 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
             ]
         }
 
+    @api.get("/v1/jobs")
+    def recent_jobs(limit: int = 20) -> dict[str, Any]:
+        """The most recently submitted jobs, newest first."""
+        with market.lock:
+            latest = sorted(
+                market.jobs.values(), key=lambda j: j.record["submitted_at_ms"], reverse=True
+            )[: max(0, min(limit, 500))]
+            return {"jobs": [job_json(status) for status in latest]}
+
     @api.get("/v1/jobs/{job_id}", response_model=None)
     def job(job_id: str) -> Response:
         try:

@@ -29,6 +29,7 @@ from tests.e2e.test_devnet import LATTICE, Devnet
 pytestmark = pytest.mark.e2e
 USER = bytes.fromhex(DEV_ACCOUNTS[0][2:])
 HONEST = [address_of(devnet_key("worker", i)) for i in range(2)]
+ROOT = Path(__file__).resolve().parents[2]
 CHEAP = 3_600_000  # wei per hour: 1 wei per ms, so jobs priced in the thousands reach only it
 DEPOSITS_SLOT, STAKES_SLOT = 3, 5
 
@@ -440,3 +441,33 @@ def test_analytics_match_the_ledger_and_replay_identically(market: Market, tmp_p
 
 def _hashable(rows: list[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
     return {tuple(tuple(v) if isinstance(v, list) else v for v in row) for row in rows}
+
+
+def test_dashboard_in_headless_chromium(market: Market) -> None:
+    from tests.e2e.browser import Browser
+
+    page = market.http.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    browser = Browser()
+    try:
+        browser.open(market.net.url + "/")
+        wait_for(
+            "the dashboard's first refresh", lambda: browser.text("height") not in ("—", ""), 30
+        )
+        first = int(browser.text("height").replace(",", ""))
+        assert int(browser.text("nodes").split(" / ")[0]) >= 2
+        assert "tiny-gpt2" in browser.text("models")
+        assert "settled" in browser.text("jobs")
+
+        def advanced() -> bool:
+            browser.drain(0.5)
+            return int(browser.text("height").replace(",", "")) > first
+
+        wait_for("live numbers to move as blocks arrive", advanced, 30)
+        assert browser.text("live").startswith("live")
+        shot = browser.screenshot(ROOT / "test-artifacts" / "dashboard.png")
+        assert shot.stat().st_size > 10_000
+        browser.drain(1.0)
+        assert browser.errors == []
+    finally:
+        browser.close()
