@@ -26,8 +26,13 @@ class Table:
     replace: bool = False
 
     @property
+    def typed(self) -> list[tuple[str, str]]:
+        """Every column with its type, the source position included."""
+        return [*self.columns, ("src_partition", "INTEGER"), ("src_offset", "UBIGINT")]
+
+    @property
     def names(self) -> list[str]:
-        return [c for c, _ in self.columns] + ["src_partition", "src_offset"]
+        return [name for name, _ in self.typed]
 
     def create(self) -> str:
         cols = [f"{c} {t}" for c, t in self.columns]
