@@ -28,7 +28,14 @@ import duckdb
 import numpy as np
 
 from processors.analytics.rows import converters
-from processors.analytics.tables import OFFSETS, TABLES, Table, ddl
+from processors.analytics.tables import (
+    COMPLETE_BLOCKS,
+    MATERIALISED,
+    OFFSETS,
+    TABLES,
+    Table,
+    ddl,
+)
 from processors.execution.transactions import ChainRules
 from schemas.codec import CodecError
 from streams.kafka import Reader
@@ -143,6 +150,7 @@ class AnalyticsSink:
                 db.register("sink_batch", columns_of(table, rows))
                 db.execute(f"{verb} INTO {name} SELECT * FROM sink_batch")
                 db.unregister("sink_batch")
+            self.materialise()
             db.executemany(
                 f"INSERT OR REPLACE INTO {OFFSETS} VALUES (?, ?, ?)",
                 [(t, p, o) for (t, p), o in sorted(self.pending_offsets.items())],
@@ -155,6 +163,27 @@ class AnalyticsSink:
         self.pending.clear()
         self.pending_offsets.clear()
         self.pending_count = 0
+
+    def materialise(self) -> None:
+        """Extend `transactions` over the blocks now complete, in block order."""
+        row = self.db.execute(
+            f"SELECT through FROM {MATERIALISED} WHERE name = 'transactions'"
+        ).fetchone()
+        through = int(row[0]) if row else 0
+        reached = through
+        for number, complete in self.db.execute(COMPLETE_BLOCKS, [through]).fetchall():
+            if number != reached + 1 or not complete:
+                break
+            reached = number
+        if reached > through:
+            self.db.execute(
+                "INSERT INTO transactions SELECT * FROM transactions_joined "
+                "WHERE block_number > ? AND block_number <= ?",
+                [through, reached],
+            )
+            self.db.execute(
+                f"INSERT OR REPLACE INTO {MATERIALISED} VALUES ('transactions', ?)", [reached]
+            )
 
     def snapshot(self) -> Path:
         """Publish a consistent read-only copy for analysts; its path."""
