@@ -141,7 +141,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace, bootstrap: str) -> int
     from processors.execution.transactions import ChainRules
     from processors.runtime import configure_logging, stop_on_signals
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
     directory = args.dir or Path(settings.data_dir) / "analytics"

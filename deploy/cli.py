@@ -288,7 +288,7 @@ def cmd_proposer(settings: Settings, key_hex: str | None, index: int | None) -> 
             raise UsageError(f"--key: not a secp256k1 private key ({exc})") from None
     else:
         key = devnet_key(int(index or 0))
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
     process = ProposerProcess(
         bootstrap_of(settings),
@@ -310,7 +310,7 @@ def cmd_dag_run(settings: Settings, args: argparse.Namespace) -> int:
     from streams.admin import ensure_topics
     from streams.topics import TopicSpec
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
     bootstrap = bootstrap_of(settings)
     output = ORDERED
@@ -371,7 +371,7 @@ def cmd_execution_run(settings: Settings, args: argparse.Namespace) -> int:
     from processors.runtime import configure_logging, stop_on_signals
 
     genesis = _genesis(settings)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
     bootstrap = bootstrap_of(settings)
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)

@@ -37,7 +37,7 @@ from gateway.dagview import DagView
 from gateway.market import MarketService
 from streams.admin import ensure_topics
 from streams.archive import Archiver, TopicArchive
-from streams.broker import EmbeddedBroker, die_with_parent
+from streams.broker import EmbeddedBroker, die_with_parent, free_port
 from streams.kafka import Producer, Reader
 from streams.settings import Settings
 from streams.topics import TOPICS
@@ -84,6 +84,8 @@ class Child:
 
     def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
         self.name = name
+        # Every child serves its own /metrics on a port of its own.
+        self.metrics_port = free_port()
         self.log_path = log_dir / f"{name}.log"
         log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:
@@ -93,6 +95,7 @@ class Child:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent,
+                env={**os.environ, "LATTICE_METRICS_PORT": str(self.metrics_port)},
             )
 
     @property
@@ -318,6 +321,7 @@ class Devnet:
                 raise DevnetError("the gateway failed to start (see the log above)")
             await asyncio.sleep(0.02)
         rpc = f"http://{s.host}:{s.rpc_port}"
+        self._start_workers(bootstrap, rpc)
         endpoints.Endpoints(
             pid=os.getpid(),
             kafka=bootstrap,
@@ -325,12 +329,19 @@ class Devnet:
             rpc=rpc,
             ws=f"ws://{s.host}:{s.ws_port}",
             chain_id=s.chain_id,
+            metrics={
+                "gateway": f"{rpc}/metrics",
+                **{
+                    c.name: f"http://127.0.0.1:{c.metrics_port}/metrics"
+                    for c in self.processors + self.proposers + self.workers
+                },
+            },
         ).write(s.data_dir)
         self.say("REST", f"{rpc}/v1  (POST /v1/transactions, GET /health)")
         self.say("JSON-RPC", rpc)
         self.say("WebSocket", f"ws://{s.host}:{s.ws_port}")
+        self.say("dashboard", f"{rpc}/  (metrics: {rpc}/metrics; processors' in devnet.json)")
         self.say("chain id", str(s.chain_id))
-        self._start_workers(bootstrap, rpc)
         print("ready; Ctrl-C to stop", file=self.out, flush=True)
         threading.Thread(target=self._dev_api_key, args=(rpc,), daemon=True).start()
         problem = await self._watch(stop, tasks)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 FILE_NAME = "devnet.json"
@@ -26,6 +26,8 @@ class Endpoints:
     rpc: str
     ws: str
     chain_id: int
+    #: Prometheus endpoints of the devnet's processes, by process name.
+    metrics: dict[str, str] = field(default_factory=dict)
 
     def write(self, data_dir: Path) -> None:
         path = data_dir / FILE_NAME

@@ -123,7 +123,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace, bootstrap: str) -> 
     settings = settings.replace(**changes)
     key = _key(args) if args.key else devnet_key("worker", args.devnet_index or 0)
     rpc = args.rpc or _devnet_rpc(settings)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
     worker = Worker(settings, bootstrap, key, rpc)
     hw = worker.hardware
@@ -147,7 +147,7 @@ def cmd_matcher(settings: Settings, bootstrap: str) -> int:
     from processors.market.matcher import Matcher
     from processors.runtime import configure_logging, stop_on_signals
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
     print(f"matcher on {bootstrap}", flush=True)
     Matcher(settings, bootstrap).run(stop)
@@ -173,7 +173,7 @@ def cmd_verifier(settings: Settings, args: argparse.Namespace, bootstrap: str) -
             flush=True,
         )
         return 1 if report.differences else 0
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
     verifier = Verifier(settings, bootstrap, key, peers)
     print(f"verifier (settler 0x{verifier.address.hex()}) on {bootstrap}", flush=True)

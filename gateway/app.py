@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.chainview import ChainView, LedgerNotReady
 from gateway.checkpointview import CheckpointView
@@ -40,6 +41,7 @@ from processors.execution.transactions import (
 )
 from streams.abc import RecordSink
 from streams.kafka import Delivered, DeliveryError
+from streams.metrics import REPLICA_DIVERGENCES
 from streams.settings import Settings
 from streams.topics import hex_key, topic
 
@@ -174,6 +176,15 @@ def create_app(
     async def dashboard() -> HTMLResponse:
         """The network dashboard: a page that reads this gateway's own API."""
         return HTMLResponse(DASHBOARD.read_text())
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus exposition of this process (gateway, market follower, archiver)."""
+        if checkpoints is not None:
+            REPLICA_DIVERGENCES.set(len(checkpoints.status()["divergences"]))
+        if market is not None:
+            market.observe()
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -44,6 +44,7 @@ from processors.market.view import MarketView
 from schemas.codec import CodecError, default_codec, jsonable
 from streams.abc import RecordSink
 from streams.kafka import Reader
+from streams.metrics import EVENTS, JOB_QUEUE
 from streams.settings import Settings
 from streams.topics import hex_key, topic
 
@@ -145,6 +146,7 @@ class MarketService:
                     log.warning("%s: skipping an undecodable record: %s", message.topic(), exc)
                     continue
                 self.apply(decoded.name, decoded.record)
+                EVENTS.labels("gateway", message.topic(), "in").inc()
         except Exception:
             log.exception("stopped following the market")
         finally:
@@ -192,6 +194,13 @@ class MarketService:
                 await asyncio.wait_for(future, remaining)
             except TimeoutError:
                 return self.jobs.get(job_id)
+
+    def observe(self) -> None:
+        """Job counts by state, for /metrics."""
+        with self.lock:
+            states = [status.state for status in self.jobs.values()]
+        for state in ("submitted", "assigned", "completed", "verified", "settled", "expired"):
+            JOB_QUEUE.labels(state).set(states.count(state))
 
     def next_nonce(self) -> int:
         return next(self._nonce)

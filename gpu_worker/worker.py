@@ -43,6 +43,7 @@ from processors.verifier.core import (
     tensor_fingerprint,
 )
 from streams.kafka import Producer, client_config
+from streams.metrics import STATS_INTERVAL_MS, record_statistics
 from streams.settings import Settings
 from streams.topics import hex_key, topic
 
@@ -314,6 +315,8 @@ class Worker:
                     "auto.offset.reset": "latest",
                     "session.timeout.ms": 10_000,
                     "fetch.wait.max.ms": 10,
+                    "stats_cb": record_statistics,
+                    "statistics.interval.ms": STATS_INTERVAL_MS,
                 },
                 self.settings.kafka_config,
             )

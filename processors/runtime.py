@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streams.kafka import Reader
+from streams.metrics import serve as serve_metrics
 
 
 def stop_on_signals() -> threading.Event:
@@ -28,10 +29,12 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, metrics_port: int = 0) -> None:
+    """Log format and level for a process; and its `/metrics` when given a port."""
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    serve_metrics(metrics_port)
 
 
 def consume(

@@ -26,6 +26,7 @@ from confluent_kafka import Producer as _KafkaProducer
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from schemas.codec import Codec, default_codec
+from streams.metrics import STATS_INTERVAL_MS, record_statistics
 from streams.topics import TopicSpec
 
 
@@ -200,7 +201,10 @@ class Reader:
         self.codec = codec or default_codec()
         # librdkafka wants a group id even for manual assignment; nothing is committed.
         identity = {"client.id": client_id, "group.id": f"{client_id}-unmanaged"}
-        self._consumer = Consumer(client_config(bootstrap, READER_DEFAULTS, identity, config))
+        observed = {"stats_cb": record_statistics, "statistics.interval.ms": STATS_INTERVAL_MS}
+        self._consumer = Consumer(
+            client_config(bootstrap, READER_DEFAULTS, identity, observed, config)
+        )
         # Consumer tuning means nothing to the admin client (librdkafka warns about it).
         admin = {k: v for k, v in (config or {}).items() if not k.startswith("fetch.")}
         self._admin = AdminClient(client_config(bootstrap, {"client.id": client_id}, admin))

@@ -64,6 +64,8 @@ class Settings:
     replicas: int = 1
     #: Blocks between a replica's signed checkpoints.
     checkpoint_every: int = 4
+    #: Port of a processor's Prometheus `/metrics` (0: none; the devnet assigns them).
+    metrics_port: int = 0
     #: Local GPU workers the devnet runs, and what `lattice worker` asks for its work.
     workers: int = 1
     worker_price: int = 3_600_000_000_000_000  # wei per hour of compute: 1e12 wei per ms

@@ -39,6 +39,7 @@ from processors.analytics.tables import (
 from processors.execution.transactions import ChainRules
 from schemas.codec import CodecError
 from streams.kafka import Reader
+from streams.metrics import EVENTS
 from streams.topics import TopicSpec, topic
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ class AnalyticsSink:
                 self.pending[table].append((*row, partition, offset))
                 self.pending_count += 1
         self.pending_offsets[(topic_name, partition)] = offset
+        EVENTS.labels("analytics", topic_name, "in").inc()
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()

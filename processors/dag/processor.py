@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from processors.dag.ordering import DagOrderer
 from processors.state import ProcessorState
 from schemas.codec import default_codec
 from streams.kafka import Producer, Reader
+from streams.metrics import BLOCK_ORDERING_SECONDS, EVENTS
 from streams.topics import TopicSpec, topic
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,11 @@ class DagProcessor:
         ]
         for future in futures:
             future.result(timeout=60)
+        now = time.time()
+        for out in outputs:
+            if out["chain_index"] > self.emitted:
+                BLOCK_ORDERING_SECONDS.observe(max(0.0, now - out["timestamp_ms"] / 1000))
+                EVENTS.labels("dag", self.output.name, "out").inc()
         if outputs:
             self.emitted = max(self.emitted, outputs[-1]["chain_index"])
         self.state.commit({(PROPOSED.name, partition): offset}, puts, {_EMITTED: self.emitted})

@@ -16,6 +16,7 @@ was being sent when the process died, the records already on the log (recognised
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from processors.execution.transactions import ChainRules
 from processors.state import ProcessorState
 from schemas.codec import default_codec
 from streams.kafka import Delivered, Producer, Reader
+from streams.metrics import BLOCK_EXECUTION_SECONDS, EVM_TRANSACTIONS
 from streams.topics import TopicSpec, hex_key, topic
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ class ExecutionProcessor:
             return None
         ordered = self.codec.decode(message.value(), expect=ORDERED.schema).record
         cause = {"topic": ORDERED.name, "partition": 0, "offset": offset}
+        started = time.perf_counter()
         try:
             result = self.ledger.execute(ordered)
         except Exception:
@@ -106,6 +109,9 @@ class ExecutionProcessor:
             # Re-sent after a crash is harmless: the same signer's vote for a height counts once.
             self.producer.send(CHECKPOINTS, checkpoint, key=str(number)).result(timeout=60)
         self._commit_overlay({(ORDERED.name, 0): offset})
+        BLOCK_EXECUTION_SECONDS.observe(time.perf_counter() - started)
+        EVM_TRANSACTIONS.labels("included").inc(len(result.included))
+        EVM_TRANSACTIONS.labels("rejected").inc(len(result.rejected))
         return result
 
     def _send(self, result: BlockResult, cause: dict[str, Any]) -> list[Future[Delivered]]:

@@ -28,6 +28,7 @@ from processors.market.jobs import InvalidSignature, job_signer, recover, result
 from processors.market.matching import JobNeeds, decide
 from processors.market.view import MarketView
 from streams.kafka import Producer, Reader
+from streams.metrics import JOB_QUEUE
 from streams.settings import Settings
 from streams.topics import hex_key, topic
 
@@ -156,6 +157,9 @@ class Matcher:
     def tick(self) -> list[dict[str, Any]]:
         """The assignments due now (not yet sent)."""
         now = self.now_ms()
+        open_jobs = [j for j in self.jobs.values() if not j.closed]
+        JOB_QUEUE.labels("waiting").set(sum(1 for j in open_jobs if not j.nodes))
+        JOB_QUEUE.labels("running").set(sum(1 for j in open_jobs if j.nodes))
         due = []
         for job in self.jobs.values():
             if job.closed or job.pending_emit:

@@ -30,6 +30,7 @@ from processors.execution.transactions import ChainRules, InvalidTransaction, de
 from processors.proposer.mempool import Mempool
 from schemas.codec import CodecError, default_codec
 from streams.kafka import Producer, Reader, client_config
+from streams.metrics import MEMPOOL_SIZE
 from streams.topics import hex_key, topic
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class ProposerProcess:
         self.sequence += 1
         self.published += 1
         self.mempool.mark_included(txs)
+        MEMPOOL_SIZE.set(len(self.mempool))
         log.info("block %s: %d parents, %d txs", block["hash"].hex()[:12], len(parents), len(txs))
         return block
 

@@ -48,6 +48,7 @@ from processors.market.jobs import TRAINING, InvalidSignature, job_signer
 from processors.verifier import core
 from streams.admin import ensure_topics
 from streams.kafka import Producer, Reader
+from streams.metrics import VERIFICATIONS
 from streams.settings import Settings
 from streams.topics import TopicSpec, hex_key, topic
 
@@ -290,6 +291,7 @@ class Verifier:
         facts.verdicted.add(result["node"])
         checks = self.checks(facts, result)
         outcome = core.outcome(checks)
+        VERIFICATIONS.labels(outcome).inc()
         assignment = facts.assignments[result["attempt"]]
         reputation = next(
             (c["reputation_bps"] for c in assignment["candidates"] if c["node"] == result["node"]),

@@ -471,3 +471,24 @@ def test_dashboard_in_headless_chromium(market: Market) -> None:
         assert browser.errors == []
     finally:
         browser.close()
+
+
+def test_prometheus_metrics_on_the_gateway_and_every_processor(market: Market) -> None:
+    endpoints = json.loads((market.net.data_dir / "devnet.json").read_text())["metrics"]
+    assert {"gateway", "dag", "execution", "matcher", "verifier", "analytics", "worker-0"} <= set(
+        endpoints
+    )
+
+    def scrape(name: str) -> str:
+        return httpx.get(endpoints[name], timeout=10).text
+
+    gateway = wait_for(
+        "consumer lag in the gateway's metrics",
+        lambda: "lattice_consumer_lag_records{" in (text := scrape("gateway")) and text,
+    )
+    assert 'lattice_job_queue_depth{state="settled"}' in gateway
+    assert "lattice_replica_divergences 0.0" in gateway
+    assert 'lattice_evm_transactions_total{outcome="included"}' in scrape("execution")
+    assert "lattice_block_ordering_seconds_count" in scrape("dag")
+    assert 'lattice_verifications_total{outcome="ACCEPTED"}' in scrape("verifier")
+    assert 'process="analytics",topic="lattice.receipts"' in scrape("analytics")
