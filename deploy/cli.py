@@ -44,6 +44,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--kafka", metavar="HOST:PORT", help="bootstrap servers of an external Kafka cluster"
     )
     parser.add_argument("--config", type=Path, metavar="FILE", help="settings file (TOML)")
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="N", help="serve Prometheus /metrics on port N"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,6 +167,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         "replicas": getattr(args, "replicas", None),
         "checkpoint_every": getattr(args, "checkpoint_every", None),
         "workers": getattr(args, "workers", None),
+        "metrics_port": getattr(args, "metrics_port", None),
     }
     return Settings.load(config_file=getattr(args, "config", None), env=os.environ, overrides=flags)
 
