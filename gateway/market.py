@@ -10,9 +10,9 @@ each job with it — the ledger checks the delegation again when settling — an
 only while the account's deposit covers the maximum prices of its jobs still in flight.
 
 Completions return when the worker's signed result is on the log (verification and payment
-follow asynchronously). Streaming sends the result's tokens as server-sent events once the
-result is in: the worker answers a job with one result event, so tokens are not streamed
-while they are generated.
+follow asynchronously). With `stream: true` the job asks its node for its tokens as it
+generates them (`lattice.jobs.tokens`); they are sent as server-sent events as they arrive,
+and the stream ends with the signed result's finish reason.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ FOLLOWED = (
     topic("jobs.results"),
     topic("jobs.verdicts"),
     topic("jobs.settled"),
+    topic("jobs.tokens"),
 )
 INLINE_LIMIT = 64 * 1024
 KEY_PREFIX = "lk_"
@@ -97,6 +99,7 @@ class JobStatus:
     results: list[dict[str, Any]] = field(default_factory=list)
     verdicts: list[dict[str, Any]] = field(default_factory=list)
     settlements: list[dict[str, Any]] = field(default_factory=list)
+    tokens: list[dict[str, Any]] = field(default_factory=list)  # streamed progress
 
     @property
     def state(self) -> str:
@@ -169,6 +172,8 @@ class MarketService:
                 status.verdicts.append(record)
             elif schema == "lattice.jobs.JobSettled":
                 status.settlements.append(record)
+            elif schema == "lattice.jobs.JobTokens":
+                status.tokens.append(record)
             else:
                 return
             wake = self.waiters.pop(record["job_id"], [])
@@ -255,6 +260,7 @@ def job_json(status: JobStatus) -> dict[str, Any]:
         "assignments": [jsonable(a | {"job": None}) for a in status.assignments],
         "result": jsonable(result | {"output": None}) if result else None,
         "result_count": len(status.results),
+        "streamed_tokens": len(status.tokens),
         "output": output,
         "verdicts": [jsonable(v) for v in status.verdicts],
         "settlements": [jsonable(s) for s in status.settlements],
@@ -281,7 +287,7 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
             )
         return key, account
 
-    async def submit(
+    async def start(
         request: Request,
         model_name: str,
         payload: dict[str, Any],
@@ -289,9 +295,11 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
         timeout_ms: int | None = None,
         training: dict[str, Any] | None = None,
         redundant: bool = False,
-    ) -> JobStatus:
-        """Sign, log and wait for a job; `training` ({"dataset", "epochs", "batch_size"}
-        plus string params) makes it a training job on the model's source weights."""
+        stream: bool = False,
+    ) -> tuple[dict[str, Any], Callable[[], None]]:
+        """Admit, sign and log a job: its record, and the call that releases its hold on
+        the deposit. `training` ({"dataset", "epochs", "batch_size"} plus string params)
+        makes it a training job; `stream` asks the node for its tokens as they come."""
         key, account = authorise(request)
         with market.lock:
             manifest = market.view.models.get(model_name)
@@ -320,6 +328,8 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
         params = {"manifest_cid": manifest["manifest_cid"]}
         if redundant:
             params["redundancy"] = "2"
+        if stream:
+            params["stream"] = "1"
         dataset_cid = None
         if training is not None:
             dataset_cid = str(store_part(market.blockstore, training.pop("dataset"))["cid"])
@@ -340,16 +350,39 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
         )
         record = job.signed(key, settings.chain_id, data)
         reserved[account] = in_flight + price
+
+        def release() -> None:
+            reserved[account] -= price
+
         try:
             future = sink.send(SUBMITTED, record, key=hex_key(record["job_id"]))
             await asyncio.wait_for(asyncio.wrap_future(future), 15)
+        except BaseException:
+            release()
+            raise
+        return record, release
+
+    async def submit(
+        request: Request,
+        model_name: str,
+        payload: dict[str, Any],
+        max_price: int | None,
+        timeout_ms: int | None = None,
+        training: dict[str, Any] | None = None,
+        redundant: bool = False,
+    ) -> JobStatus:
+        """Start a job and wait for its first result."""
+        record, release = await start(
+            request, model_name, payload, max_price, timeout_ms, training, redundant
+        )
+        try:
             status = await market.wait(
                 record["job_id"],
                 lambda s: bool(s.results) or s.state == "expired",
                 (timeout_ms or settings.job_deadline_ms) / 1000 + 5,
             )
         finally:
-            reserved[account] -= price
+            release()
         if status is None or not status.results:
             job_id = _hex(record["job_id"])
             raise MarketError(504, "job_expired", f"no node answered job {job_id} in time")
@@ -393,6 +426,14 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
             payload["max_tokens"] = int(
                 body.get("max_tokens") or body.get("max_completion_tokens") or 16
             )
+            if body.get("stream"):
+                record, release = await start(request, body["model"], payload, None, stream=True)
+                ident = ("chatcmpl-" if chat else "cmpl-") + record["job_id"].hex()
+                live = _live(market, record, release, settings.job_deadline_ms / 1000 + 5)
+                return StreamingResponse(
+                    _stream(ident, int(time.time()), body["model"], live, chat),
+                    media_type="text/event-stream",
+                )
             status = await submit(request, body["model"], payload, None)
         except MarketError as exc:
             return _error(exc)
@@ -400,11 +441,6 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
         created = int(time.time())
         ident = ("chatcmpl-" if chat else "cmpl-") + status.record["job_id"].hex()
         finish = document["finish_reason"]
-        if body.get("stream"):
-            return StreamingResponse(
-                _stream(ident, created, body["model"], document, chat),
-                media_type="text/event-stream",
-            )
         if chat:
             choice: dict[str, Any] = {
                 "index": 0,
@@ -632,39 +668,73 @@ def _training(body: dict[str, Any]) -> dict[str, Any]:
     return {"dataset": dataset.encode(), "epochs": epochs, "batch_size": batch, "params": params}
 
 
+def _moved(seen: int, status: JobStatus) -> bool:
+    """Whether a streamed job has news: more tokens, a result, or its expiry."""
+    return len(status.tokens) > seen or bool(status.results) or status.state == "expired"
+
+
+async def _live(
+    market: MarketService,
+    record: dict[str, Any],
+    release: Callable[[], None],
+    timeout: float,
+) -> AsyncIterator[tuple[str, str | None]]:
+    """(text, finish reason) pieces of a streamed job as the node produces them: tokens
+    from the first node that streams, then whatever its signed result adds, then the
+    finish reason. Raises MarketError when no result comes in time."""
+    job_id = record["job_id"]
+    node: bytes | None = None
+    seen, text = 0, ""
+    try:
+        while True:
+            status = await market.wait(job_id, partial(_moved, seen), timeout)
+            if status is None:
+                break
+            with market.lock:
+                fresh, seen = status.tokens[seen:], len(status.tokens)
+                results = list(status.results)
+            for piece in fresh:
+                node = node or piece["node"]
+                if piece["node"] == node and piece["text"]:
+                    text += piece["text"]
+                    yield piece["text"], None
+            answer = next((r for r in results if node is None or r["node"] == node), None)
+            if answer is not None:
+                document = json.loads(answer["output"])
+                if document["text"].startswith(text) and len(document["text"]) > len(text):
+                    yield document["text"][len(text) :], None
+                yield "", document["finish_reason"]
+                return
+            if status.state == "expired":
+                break
+        raise MarketError(504, "job_expired", f"no node answered job {_hex(job_id)} in time")
+    finally:
+        release()
+
+
 async def _stream(
-    ident: str, created: int, model: str, document: dict[str, Any], chat: bool
+    ident: str,
+    created: int,
+    model: str,
+    pieces: AsyncIterator[tuple[str, str | None]],
+    chat: bool,
 ) -> AsyncIterator[str]:
     kind = "chat.completion.chunk" if chat else "text_completion"
-    pieces = _pieces(document["text"])
     if chat:
         first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
         yield _sse(ident, kind, created, model, first)
-    for piece in pieces:
-        choice: dict[str, Any] = (
-            {"index": 0, "delta": {"content": piece}, "finish_reason": None}
-            if chat
-            else {"index": 0, "text": piece, "finish_reason": None}
-        )
-        yield _sse(ident, kind, created, model, choice)
-    last: dict[str, Any] = (
-        {"index": 0, "delta": {}, "finish_reason": document["finish_reason"]}
-        if chat
-        else {"index": 0, "text": "", "finish_reason": document["finish_reason"]}
-    )
-    yield _sse(ident, kind, created, model, last)
+    try:
+        async for piece, finish in pieces:
+            if chat:
+                delta = {"content": piece} if piece or finish is None else {}
+                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": piece, "finish_reason": finish}
+            yield _sse(ident, kind, created, model, choice)
+    except MarketError as exc:
+        error = {"error": {"code": exc.code, "message": exc.message, "type": exc.code}}
+        yield f"data: {json.dumps(error)}\n\n"
     yield "data: [DONE]\n\n"
-
-
-def _pieces(text: str) -> list[str]:
-    """The text in word-sized pieces (whitespace kept with the word that follows it)."""
-    pieces, current = [], ""
-    for ch in text:
-        if ch.isspace() and current.strip():
-            pieces.append(current)
-            current = ""
-        current += ch
-    return [*pieces, current] if current else pieces
 
 
 def _sse(ident: str, kind: str, created: int, model: str, choice: dict[str, Any]) -> str:

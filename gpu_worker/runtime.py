@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,11 +146,16 @@ class LoadedModel:
             out = self.session.run(["logits"], feed)[0]
         return np.asarray(out[0], dtype=np.float32)
 
-    def generate(self, request: dict[str, Any]) -> Generation:
+    def generate(
+        self, request: dict[str, Any], on_text: Callable[[int, int, str], None] | None = None
+    ) -> Generation:
+        """Greedy decoding; `on_text(index, token, text)` hears each token as it comes, with
+        the text it adds (held back while it ends inside a multi-byte character)."""
         limit = int(self.manifest.document.get("max_positions") or 1024)
         prompt = self.prompt_ids(request)[-(limit - 1) :]
         max_tokens = max(1, min(int(request.get("max_tokens", 16)), limit - len(prompt)))
         ids, chosen, logits = list(prompt), [], []
+        sent = ""
         finish = "length"
         for _ in range(max_tokens):
             row = self.logits(ids)[-1]
@@ -161,6 +166,11 @@ class LoadedModel:
             ids.append(token)
             chosen.append(token)
             logits.append(float(row[token]))
+            if on_text is not None:
+                so_far = self.tokenizer.decode(chosen, skip_special_tokens=True)
+                if not so_far.endswith("\ufffd"):
+                    on_text(len(chosen) - 1, token, so_far[len(sent) :])
+                    sent = so_far
         text = self.tokenizer.decode(chosen, skip_special_tokens=True)
         return Generation(tuple(prompt), tuple(chosen), tuple(logits), text, finish)
 

@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -54,15 +55,20 @@ HEARTBEATS = topic("gpu.heartbeats")
 ASSIGNED = topic("jobs.assigned")
 RESULTS = topic("jobs.results")
 PROOFS = topic("jobs.proofs")
+TOKENS = topic("jobs.tokens")
 HEARTBEAT_EVERY_S = 2.0
 VERSION = "0.1.0"
 
 
-def execute(model: LoadedModel, job: dict[str, Any]) -> tuple[bytes, str, bytes]:
+def execute(
+    model: LoadedModel,
+    job: dict[str, Any],
+    on_text: Callable[[int, int, str], None] | None = None,
+) -> tuple[bytes, str, bytes]:
     """Run one inference job: (output bytes, fingerprint scheme, fingerprint)."""
     data = job["input"] or b""
     if model.manifest.task == TEXT_GENERATION:
-        generation = model.generate(json.loads(data))
+        generation = model.generate(json.loads(data), on_text)
         return (
             generation.output(),
             GENERATION_SCHEME,
@@ -92,6 +98,7 @@ class Worker:
             use_gpu=bool(self.hardware.devices),
         )
         self.in_flight = 0
+        self.attempt = 0  # of the job being run
         self.sequence = int(time.time() * 1000)  # strictly increasing across restarts
 
     # -- announcing the node --------------------------------------------------------------
@@ -179,6 +186,7 @@ class Worker:
 
     def result_for(self, assignment: dict[str, Any], received_ms: int) -> dict[str, Any]:
         job = assignment["job"]
+        self.attempt = assignment["attempt"]
         manifest_cid = job["params"].get("manifest_cid", "")
         if job["kind"] == TRAINING:
             provider = "torch-cpu"
@@ -222,7 +230,22 @@ class Worker:
         return record
 
     def execute(self, model: LoadedModel, job: dict[str, Any]) -> tuple[bytes, str, bytes]:
-        return execute(model, job)
+        if job["params"].get("stream") != "1":
+            return execute(model, job)
+
+        def stream(index: int, token: int, text: str) -> None:
+            # Not awaited: progress only; the signed result that follows is what counts.
+            record = {
+                "job_id": job["job_id"],
+                "node": self.address,
+                "attempt": self.attempt,
+                "index": index,
+                "token_ids": [token],
+                "text": text,
+            }
+            self.producer.send(TOKENS, record, key=hex_key(job["job_id"]))
+
+        return execute(model, job, stream)
 
     def train(self, job: dict[str, Any]) -> tuple[bytes, str, bytes]:
         """Run a training job; every epoch's checkpoint is published by CID as it ends."""

@@ -205,6 +205,9 @@ def test_streaming_completions_and_errors(market: Market) -> None:
         == whole.choices[0].message.content
     )
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    # The tokens came from the worker as it generated them (lattice.jobs.tokens), not after.
+    job = market.job("0x" + chunks[0].id.removeprefix("chatcmpl-"))
+    assert job["streamed_tokens"] == len(job["output"]["token_ids"]) > 0
     text = market.openai.completions.create(model="tiny-gpt2", prompt="hello", max_tokens=4)
     assert text.choices[0].text is not None
     with pytest.raises(openai.NotFoundError):
