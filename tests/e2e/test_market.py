@@ -192,6 +192,27 @@ def test_training_job_is_verified_and_paid(market: Market) -> None:
         assert market.balance(node) == balances[node] + settlement["paid_wei"]
 
 
+def test_cli_deposit_and_api_key_for_another_account(market: Market) -> None:
+    account = DEV_ACCOUNTS[2]
+    deposited = market.net.cli("deposit", str(ETHER), "--dev-account", "2")
+    assert deposited.returncode == 0 and "deposited" in deposited.stdout, deposited.stderr
+    refused = market.net.cli("keys", "create", "--account", DEV_ACCOUNTS[3], "--dev-account", "2")
+    assert refused.returncode == 2 and "is for" in refused.stderr
+    created = market.net.cli("keys", "create", "--account", account, "--dev-account", "2")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("lk_") and len(key) == 67
+    before = market.slot(DEPOSITS_SLOT, bytes.fromhex(account[2:]))
+    client = openai.OpenAI(base_url=market.openai.base_url, api_key=key, max_retries=0)
+    reply = client.completions.create(model="tiny-gpt2", prompt="hello", max_tokens=3)
+    job = market.settled("0x" + reply.id.removeprefix("cmpl-"))
+    assert job["requester"] == account.lower()
+    charged = sum(s["paid_wei"] + s["fee_wei"] for s in job["settlements"])
+    assert (
+        charged > 0 and market.slot(DEPOSITS_SLOT, bytes.fromhex(account[2:])) == before - charged
+    )
+
+
 def test_streaming_completions_and_errors(market: Market) -> None:
     request = {
         "model": "tiny-gpt2",
