@@ -9,9 +9,12 @@ while doing so lands in a throw-away overlay.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,7 @@ class ChainView:
         self._chain: MiningChain | None = None
         self._overlay: Any = None
         self._vm_at: tuple[bytes, Any] | None = None
+        self._free_at: tuple[bytes, Any] | None = None
         self._blocks: OrderedDict[int, BlockAPI] = OrderedDict()
         self._hashed: OrderedDict[bytes, bytes] = OrderedDict()
 
@@ -117,6 +121,23 @@ class ChainView:
         vm = chain.get_vm(header)
         self._vm_at = (header.hash, vm)
         return vm
+
+    @contextlib.contextmanager
+    def costless_state(self, header: BlockHeaderAPI) -> Iterator[Any]:
+        """A throwaway state on top of `header` for calls (py-evm's `in_costless_state`),
+        with the pending zero-base-fee header it needs built once per head rather than
+        once per call (building it was ~15% of an `eth_call`)."""
+        vm = self.vm(header)
+        if self._free_at is None or self._free_at[0] != header.hash:
+            pending = vm.generate_block_from_parent_header_and_coinbase(header, header.coinbase)
+            self._free_at = (header.hash, pending.header.copy(base_fee_per_gas=0))
+        ancestors = itertools.chain((header.hash,), vm.previous_hashes)
+        state = vm.build_state(vm.chaindb.db, self._free_at[1], vm.chain_context, ancestors)
+        snapshot = state.snapshot()
+        try:
+            yield state
+        finally:
+            state.revert(snapshot)
 
     def state(self, header: BlockHeaderAPI) -> Any:
         return self.vm(header).state

@@ -316,7 +316,7 @@ class Rpc:
     def rpc_eth_call(self, params: list[Any]) -> str:
         header = self._header(_param(params, 1, "block", "latest"))
         tx = self._spoof(_param(params, 0, "call"), header)
-        with self.view.vm(header).in_costless_state() as state:
+        with self.view.costless_state(header) as state:
             computation = state.costless_execute_transaction(tx)
         if computation.is_error:
             output = computation.output
