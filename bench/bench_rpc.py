@@ -2,10 +2,13 @@
 
     .venv/bin/python bench/bench_rpc.py [--transfers 1000] [--calls 2000]
 
-One Python client (httpx, keep-alive, one request at a time) runs the same script on each
-node: pre-signed ETH transfers sent with eth_sendRawTransaction until every receipt is in,
-the same for ERC-20 transfers (LatticeToken), eth_call latency (balanceOf), and
-eth_getBalance throughput. anvil is foundry's and Hardhat 3 is `hardhat node`, both from npm
+One Python client (httpx, keep-alive) runs the same script on each node: pre-signed ETH
+transfers sent with eth_sendRawTransaction until every receipt is in, first one request at
+a time, then from ten wallets at once (one connection and one thread each, every wallet
+sending its next transaction as soon as the last was accepted, as ten busy users would);
+the same for ERC-20 transfers (LatticeToken); eth_call latency (balanceOf); and
+eth_getBalance throughput. Receipts are polled with JSON-RPC batches of 100. anvil is
+foundry's and Hardhat 3 is `hardhat node`, both from npm
 (`node_modules/.bin/`, installed by `make`), on loopback. A
 last section measures the execution processor alone on a pre-filled ordered topic.
 Figures are printed with the ratio lattice / anvil; nothing is asserted.
@@ -14,12 +17,14 @@ Figures are printed with the ratio lattice / anvil; nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,12 +43,21 @@ from streams.broker import free_port
 ROOT = Path(__file__).resolve().parents[1]
 ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
 HARDHAT = ROOT / "node_modules" / ".bin" / "hardhat"
+#: The development mnemonic's first ten accounts: funded alike by all three nodes.
 KEYS = [
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
     "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
     "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
     "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+    "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
+    "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e",
+    "0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356",
+    "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97",
+    "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6",
 ]
+#: Receipts asked for per JSON-RPC batch while waiting.
+RECEIPT_BATCH = 100
 
 
 class Client:
@@ -59,6 +73,16 @@ class Client:
         if "error" in answer:
             raise RuntimeError(f"{method}: {answer['error']}")
         return answer["result"]
+
+    def batch(self, method: str, params: list[list[Any]]) -> list[Any]:
+        body = [
+            {"jsonrpc": "2.0", "id": i, "method": method, "params": p} for i, p in enumerate(params)
+        ]
+        answers = sorted(self.http.post("/", json=body).json(), key=lambda a: a["id"])
+        for answer in answers:
+            if "error" in answer:
+                raise RuntimeError(f"{method}: {answer['error']}")
+        return [a["result"] for a in answers]
 
 
 def signed(
@@ -90,10 +114,37 @@ def until_receipts(client: Client, hashes: list[str], timeout: float = 300) -> N
     while pending:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(pending)} receipts missing")
-        if client.call("eth_getTransactionReceipt", pending[-1]) is None:
-            time.sleep(0.05)
-            continue
-        pending = [h for h in pending if client.call("eth_getTransactionReceipt", h) is None]
+        missing = []
+        for i in range(0, len(pending), RECEIPT_BATCH):
+            chunk = pending[i : i + RECEIPT_BATCH]
+            found = client.batch("eth_getTransactionReceipt", [[h] for h in chunk])
+            missing += [h for h, receipt in zip(chunk, found, strict=True) if receipt is None]
+        pending = missing
+        if pending:
+            time.sleep(0.02)
+
+
+def send_from_wallets(url: str, wallets: list[list[str]]) -> list[str]:
+    """Each wallet's transactions in order on its own connection, all wallets at once."""
+    hashes: list[list[str]] = [[] for _ in wallets]
+    failures: list[BaseException] = []
+
+    def send(index: int) -> None:
+        client = Client(url)
+        try:
+            for raw in wallets[index]:
+                hashes[index].append(client.call("eth_sendRawTransaction", raw))
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(wallets))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return [h for wallet in hashes for h in wallet]
 
 
 def rate(label: str, count: int, fn: Callable[[], object]) -> float:
@@ -128,31 +179,49 @@ def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
     token_address = Web3.to_checksum_address(receipt["contractAddress"])
     nonces[0] += 1
 
-    eth_txs = []
-    for i in range(transfers):
-        k = i % len(KEYS)
-        eth_txs.append(signed(chain_id, KEYS[k], nonces[k], accounts[(k + 1) % 4], value=1))
-        nonces[k] += 1
+    # Every wallet gets tokens of its own, so that ERC-20 transfers can come from all ten.
     selector = keccak(b"transfer(address,uint256)")[:4]
-    erc20_txs = []
-    for i in range(transfers):
-        to = "0x" + (i + 1).to_bytes(20, "big").hex()
-        payload = selector + encode(["address", "uint256"], [to, 1])
-        erc20_txs.append(
-            signed(chain_id, KEYS[0], nonces[0], token_address, data=payload, gas=80_000)
-        )
+    hashes = []
+    for k in range(1, len(KEYS)):
+        payload = selector + encode(["address", "uint256"], [accounts[k], 10**24])
+        raw = signed(chain_id, KEYS[0], nonces[0], token_address, data=payload, gas=80_000)
+        hashes.append(client.call("eth_sendRawTransaction", raw))
         nonces[0] += 1
+    until_receipts(client, hashes)
 
-    def run(batch: list[str]) -> None:
-        hashes = [client.call("eth_sendRawTransaction", raw) for raw in batch]
-        until_receipts(client, hashes)
+    def wallets(kind: str) -> list[list[str]]:
+        """`transfers` transactions of a kind, spread over the ten wallets."""
+        out: list[list[str]] = [[] for _ in KEYS]
+        for i in range(transfers):
+            k = i % len(KEYS)
+            if kind == "eth":
+                raw = signed(chain_id, KEYS[k], nonces[k], accounts[(k + 1) % len(KEYS)], value=1)
+            else:
+                to = "0x" + (i + 1).to_bytes(20, "big").hex()
+                payload = selector + encode(["address", "uint256"], [to, 1])
+                raw = signed(chain_id, KEYS[k], nonces[k], token_address, data=payload, gas=80_000)
+            out[k].append(raw)
+            nonces[k] += 1
+        return out
 
-    results["eth transfers to receipts"] = rate(
-        "ETH transfers, sent to all receipts", transfers, lambda: run(eth_txs)
-    )
-    results["erc20 transfers to receipts"] = rate(
-        "ERC-20 transfers, sent to all receipts", transfers, lambda: run(erc20_txs)
-    )
+    def one_at_a_time(txs: list[list[str]]) -> None:
+        interleaved = [raw for row in itertools.zip_longest(*txs) for raw in row if raw]
+        until_receipts(client, [client.call("eth_sendRawTransaction", r) for r in interleaved])
+
+    def all_wallets(txs: list[list[str]]) -> None:
+        until_receipts(client, send_from_wallets(url, txs))
+
+    for kind, name in (("eth", "ETH"), ("erc20", "ERC-20")):
+        for mode, label, send in (
+            ("sequential", "one at a time", one_at_a_time),
+            ("10 wallets", "ten wallets at once", all_wallets),
+        ):
+            txs = wallets(kind)
+            results[f"{kind} transfers, {mode} /s"] = rate(
+                f"{name} transfers, {label}, to all receipts",
+                transfers,
+                lambda send=send, txs=txs: send(txs),  # type: ignore[misc]
+            )
     balance_of = (
         "0x" + (keccak(b"balanceOf(address)")[:4] + encode(["address"], [accounts[0]])).hex()
     )
@@ -205,6 +274,13 @@ def start_lattice(tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]
     )
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, process)
+    # The devnet's own set-up (dev account 0's deposit and API key) sends from account 0:
+    # let it finish so that the workload's nonces do not race it.
+    deadline = time.monotonic() + 120
+    while not (tmp / "lattice" / "api-key").exists():
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError("the devnet did not finish its set-up")
+        time.sleep(0.2)
     return process, url
 
 

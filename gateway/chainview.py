@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import tempfile
 import threading
 from collections import OrderedDict
@@ -41,7 +42,8 @@ class ChainView:
         self._chain: MiningChain | None = None
         self._overlay: Any = None
         self._vm_at: tuple[bytes, Any] | None = None
-        self._free_at: tuple[bytes, Any] | None = None
+        self._state_at: tuple[bytes, Any] | None = None
+        self._primary_mark: tuple[tuple[str, int], ...] = ()
         self._blocks: OrderedDict[int, BlockAPI] = OrderedDict()
         self._hashed: OrderedDict[bytes, bytes] = OrderedDict()
 
@@ -56,11 +58,33 @@ class ChainView:
             )
         return self._db
 
-    def refresh(self) -> None:
-        """See what the execution processor committed since the last refresh."""
+    def refresh(self) -> bool:
+        """See what the execution processor committed since the last refresh; True if
+        anything was new.
+
+        RocksDB's catch-up costs ~0.7 ms even when nothing changed, so it runs only when the
+        primary's write-ahead logs or manifest changed size (a ~10 us directory scan): every
+        commit appends to one of them. Cheap enough to check on every request, so a receipt
+        is readable as soon as execution committed its block.
+        """
         with self._lock:
-            if self._db is not None:
-                self._db.try_catch_up_with_primary()
+            if self._db is None:
+                return False
+            try:
+                mark = tuple(
+                    sorted(
+                        (entry.name, entry.stat().st_size)
+                        for entry in os.scandir(self.store_path)
+                        if entry.name.endswith(".log") or entry.name.startswith("MANIFEST")
+                    )
+                )
+            except FileNotFoundError:  # a file rotated away mid-scan: just catch up
+                mark = ()
+            if mark and mark == self._primary_mark:
+                return False
+            self._db.try_catch_up_with_primary()
+            self._primary_mark = mark
+            return True
 
     def _read(self, key: bytes) -> bytes | None:
         # 32-byte keys are content hashes (trie nodes, code, headers): a value found once is
@@ -124,20 +148,41 @@ class ChainView:
 
     @contextlib.contextmanager
     def costless_state(self, header: BlockHeaderAPI) -> Iterator[Any]:
-        """A throwaway state on top of `header` for calls (py-evm's `in_costless_state`),
-        with the pending zero-base-fee header it needs built once per head rather than
-        once per call (building it was ~15% of an `eth_call`)."""
-        vm = self.vm(header)
-        if self._free_at is None or self._free_at[0] != header.hash:
+        """A state on top of `header` for calls (py-evm's `in_costless_state`), everything
+        written to it reverted on exit.
+
+        One state per head, with the pending zero-base-fee header it needs, serves every
+        call until the head moves: building them per call was ~60% of an `eth_call`, and a
+        reused state keeps py-evm's decoded-account and storage caches warm. The revert
+        undoes accounts, storage, warm sets and transient storage alike (py-evm journals
+        them all).
+        """
+        if self._state_at is None or self._state_at[0] != header.hash:
+            vm = self.vm(header)
             pending = vm.generate_block_from_parent_header_and_coinbase(header, header.coinbase)
-            self._free_at = (header.hash, pending.header.copy(base_fee_per_gas=0))
-        ancestors = itertools.chain((header.hash,), vm.previous_hashes)
-        state = vm.build_state(vm.chaindb.db, self._free_at[1], vm.chain_context, ancestors)
+            free = pending.header.copy(base_fee_per_gas=0)
+            ancestors = itertools.chain((header.hash,), vm.previous_hashes)
+            state = vm.build_state(vm.chaindb.db, free, vm.chain_context, ancestors)
+            self._state_at = (header.hash, state)
+        state = self._state_at[1]
         snapshot = state.snapshot()
         try:
             yield state
         finally:
             state.revert(snapshot)
+
+    def call(self, header: BlockHeaderAPI, tx: Any) -> Any:
+        """Run a zero-gas-price call on top of `header`; the computation (output, error).
+
+        py-evm's transaction executor minus its last step, the fee settlement (refunds,
+        coinbase tip, touched-account cleanup): it changes nothing a call returns and is
+        reverted anyway, and it was ~30% of a call's time.
+        """
+        with self.costless_state(header) as state:
+            executor = state.get_transaction_executor()
+            executor.validate_transaction(tx)
+            message = executor.build_evm_message(tx)
+            return executor.build_computation(message, tx)
 
     def state(self, header: BlockHeaderAPI) -> Any:
         return self.vm(header).state

@@ -44,7 +44,7 @@ from processors.market.jobs import INFERENCE, TRAINING, JobRequest
 from processors.market.view import MarketView
 from schemas.codec import CodecError, default_codec, jsonable
 from streams.abc import RecordSink
-from streams.kafka import Reader
+from streams.kafka import LOW_LATENCY_READ, Reader
 from streams.metrics import EVENTS, JOB_QUEUE
 from streams.settings import Settings
 from streams.topics import hex_key, topic
@@ -135,7 +135,7 @@ class MarketService:
     def _follow(self) -> None:
         codec = default_codec()
         reader = Reader(
-            self._bootstrap, client_id="lattice-gateway-market", config={"fetch.wait.max.ms": 5}
+            self._bootstrap, client_id="lattice-gateway-market", config=LOW_LATENCY_READ
         )
         try:
             reader.assign({(t.name, p): 0 for t in FOLLOWED for p in reader.partitions(t.name)})

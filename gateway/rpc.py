@@ -29,13 +29,17 @@ from eth.vm.spoof import SpoofTransaction
 from eth_bloom import BloomFilter  # type: ignore[attr-defined]
 from eth_hash.auto import keccak
 from eth_typing import Address
+from eth_utils.exceptions import ValidationError
 
 from gateway.chainview import ChainView, LedgerNotReady
 from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
 from processors.execution.transactions import InvalidTransaction, Transaction
+from processors.proposer.mempool import PRICE_BUMP_PERCENT, replaces
 
 MAX_BATCH = 1000
+#: Senders with pending transactions beyond which executed ones are swept out.
+MAX_PENDING_SENDERS = 10_000
 #: Most blocks one eth_getLogs may scan, and logs it may return (geth-like limits).
 MAX_LOG_RANGE = 10_000
 MAX_LOGS = 10_000
@@ -119,8 +123,9 @@ class Rpc:
         self.chain_id = chain_id
         self.client_version = client_version
         self.block_gas_limit = block_gas_limit
-        #: Nonces this gateway accepted per sender, for pending nonces.
-        self.submitted: dict[bytes, set[int]] = {}
+        #: Transactions this gateway accepted and execution has not yet reached, per sender
+        #: and nonce: pending nonces, duplicates and replacements are judged against them.
+        self.pending: dict[bytes, dict[int, Transaction]] = {}
         #: Hashes accepted by this gateway, in order, for pending-transaction filters.
         self.accepted: list[bytes] = []
         self.filters: dict[str, _Filter] = {}
@@ -149,7 +154,10 @@ class Rpc:
                         -32600, f"invalid request: batch of {len(request)} exceeds {MAX_BATCH}"
                     ),
                 )
-            responses = [await self.call(item) for item in request]
+            # Concurrently, so that a batch of transactions waits for the broker once, not
+            # once per transaction; each call runs up to its first wait in batch order, so
+            # a sender's transactions still reach the log in the order given.
+            responses = await asyncio.gather(*(self.call(item) for item in request))
             return [r for r in responses if r is not None] or None
         return await self.call(request)
 
@@ -278,7 +286,7 @@ class Rpc:
         who = parse_data(_param(params, 0, "address"), "address", 20)
         nonce = int(self._state(params, 1).get_nonce(Address(who)))
         if _param(params, 1, "block", "latest") == "pending":
-            waiting = self.submitted.get(who, set())
+            waiting = self.pending.get(who, {})
             while nonce in waiting:
                 nonce += 1
         return qty(nonce)
@@ -316,8 +324,10 @@ class Rpc:
     def rpc_eth_call(self, params: list[Any]) -> str:
         header = self._header(_param(params, 1, "block", "latest"))
         tx = self._spoof(_param(params, 0, "call"), header)
-        with self.view.costless_state(header) as state:
-            computation = state.costless_execute_transaction(tx)
+        try:
+            computation = self.view.call(header, tx)
+        except ValidationError as exc:  # a value above the sender's balance, gas too low
+            raise RpcError(-32000, f"invalid call: {exc}") from None
         if computation.is_error:
             output = computation.output
             raise RpcError(3, "execution reverted" + _reason(output), data(output))
@@ -342,8 +352,7 @@ class Rpc:
         return data(tx.hash)
 
     def note_accepted(self, tx: Transaction) -> None:
-        """Remember a transaction this gateway logged (pending nonces, pending filters)."""
-        self.submitted.setdefault(tx.sender, set()).add(tx.nonce)
+        """Remember a transaction this gateway logged (pending-transaction filters)."""
         self.accepted.append(tx.hash)
         if len(self.accepted) > 20_000:  # keep memory bounded; slow pollers lose the oldest
             drop = 10_000
@@ -352,8 +361,16 @@ class Rpc:
                 if f.kind == "pending":
                     f.cursor = max(0, f.cursor - drop)
 
-    def check_against_state(self, tx: Transaction) -> None:
-        """The stateful checks a node makes before accepting a transaction."""
+    def admit(self, tx: Transaction) -> Transaction | None:
+        """The stateful checks a node makes before accepting a transaction, then a place
+        among this gateway's pending transactions. Returns the transaction it replaces, if
+        any (give it to `release` should the log refuse `tx`).
+
+        A second transaction with a pending one's sender and nonce is refused unless it
+        bumps both fee caps by 10% (the mempool's rule, geth's "replacement transaction
+        underpriced"); otherwise the gateway would acknowledge a transaction every proposer
+        is bound to drop.
+        """
         state = self.view.state(self.view.head())
         nonce = int(state.get_nonce(Address(tx.sender)))
         if tx.nonce < nonce:
@@ -367,6 +384,41 @@ class Rpc:
                 "insufficient_funds",
                 f"insufficient funds for gas * price + value: balance {balance}, tx cost {cost}",
             )
+        waiting = self.pending.setdefault(tx.sender, {})
+        for executed in [n for n in waiting if n < nonce]:
+            del waiting[executed]
+        previous = waiting.get(tx.nonce)
+        if previous is not None:
+            if previous.hash == tx.hash:
+                raise InvalidTransaction("already_known", "already known")
+            if not replaces(tx, previous):
+                raise InvalidTransaction(
+                    "underpriced",
+                    "replacement transaction underpriced: raise the fee cap and the tip by "
+                    f"{PRICE_BUMP_PERCENT}% over the pending transaction {data(previous.hash)}",
+                )
+        waiting[tx.nonce] = tx
+        if len(self.pending) > MAX_PENDING_SENDERS:
+            self._forget_executed(state)
+        return previous
+
+    def release(self, tx: Transaction, previous: Transaction | None) -> None:
+        """Undo `admit` for a transaction the log did not take."""
+        waiting = self.pending.get(tx.sender, {})
+        if waiting.get(tx.nonce) is tx:
+            if previous is None:
+                del waiting[tx.nonce]
+            else:
+                waiting[tx.nonce] = previous
+
+    def _forget_executed(self, state: Any) -> None:
+        for sender in list(self.pending):
+            nonce = int(state.get_nonce(Address(sender)))
+            waiting = {n: t for n, t in self.pending[sender].items() if n >= nonce}
+            if waiting:
+                self.pending[sender] = waiting
+            else:
+                del self.pending[sender]
 
     def block_receipts(self, block: Any) -> list[dict[str, Any]]:
         key = block.header.hash

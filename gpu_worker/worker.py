@@ -43,7 +43,7 @@ from processors.verifier.core import (
     generation_fingerprint,
     tensor_fingerprint,
 )
-from streams.kafka import Producer, client_config
+from streams.kafka import LOW_LATENCY_READ, Producer, client_config
 from streams.metrics import STATS_INTERVAL_MS, record_statistics
 from streams.settings import Settings
 from streams.topics import hex_key, topic
@@ -337,7 +337,7 @@ class Worker:
                     "enable.auto.commit": False,
                     "auto.offset.reset": "latest",
                     "session.timeout.ms": 10_000,
-                    "fetch.wait.max.ms": 10,
+                    **LOW_LATENCY_READ,
                     "stats_cb": record_statistics,
                     "statistics.interval.ms": STATS_INTERVAL_MS,
                 },

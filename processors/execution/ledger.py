@@ -164,6 +164,10 @@ class Ledger:
                 continue
             try:
                 evm_tx = builder.decode(raw)
+                # decode_transaction recovered the sender already (coincurve, from the same
+                # bytes): seed py-evm's cached property instead of recovering it twice
+                # (~10% of execution time).
+                evm_tx.__dict__["sender"] = tx.sender
                 receipt, computation = vm.apply_transaction(header, evm_tx)
             except ValidationError as exc:
                 # Raised by validation, before the state changed.

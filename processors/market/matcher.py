@@ -27,7 +27,7 @@ from typing import Any
 from processors.market.jobs import InvalidSignature, job_signer, recover, result_hash
 from processors.market.matching import JobNeeds, decide
 from processors.market.view import MarketView
-from streams.kafka import Producer, Reader
+from streams.kafka import LOW_LATENCY_READ, Producer, Reader
 from streams.metrics import JOB_QUEUE
 from streams.settings import Settings
 from streams.topics import hex_key, topic
@@ -47,7 +47,6 @@ INPUTS = (
     RESULTS,
     VERDICTS,
 )
-FAST_READ = {"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}
 
 
 @dataclass
@@ -197,7 +196,7 @@ class Matcher:
 
     def run(self, stop: threading.Event) -> None:
         reader = Reader(
-            self.bootstrap, client_id=f"{self.settings.client_id}-matcher", config=FAST_READ
+            self.bootstrap, client_id=f"{self.settings.client_id}-matcher", config=LOW_LATENCY_READ
         )
         positions = {}
         for spec in INPUTS:

@@ -23,11 +23,20 @@ from dataclasses import dataclass, field
 
 from processors.execution.transactions import Transaction
 
+PRICE_BUMP_PERCENT = 10
+
+
+def replaces(new: Transaction, old: Transaction, bump_percent: int = PRICE_BUMP_PERCENT) -> bool:
+    """Whether `new` may take the place of `old` (same sender and nonce): it must raise both
+    the fee cap and the tip by `bump_percent`, so that replacing cannot be used to flood."""
+    bump = 100 + bump_percent
+    return new.fee_cap * 100 >= old.fee_cap * bump and new.tip_cap * 100 >= old.tip_cap * bump
+
 
 @dataclass
 class Mempool:
     max_size: int = 20_000
-    price_bump_percent: int = 10
+    price_bump_percent: int = PRICE_BUMP_PERCENT
     _by_sender: dict[bytes, dict[int, tuple[int, Transaction]]] = field(default_factory=dict)
     _next_nonce: dict[bytes, int] = field(default_factory=dict)
     _hashes: set[bytes] = field(default_factory=set)
@@ -50,8 +59,7 @@ class Mempool:
         current = waiting.get(tx.nonce)
         if current is not None:
             old = current[1]
-            bump = 100 + self.price_bump_percent
-            if tx.fee_cap * 100 < old.fee_cap * bump or tx.tip_cap * 100 < old.tip_cap * bump:
+            if not replaces(tx, old, self.price_bump_percent):
                 return "underpriced"
             self._hashes.discard(old.hash)
         elif len(self._hashes) >= self.max_size:

@@ -47,7 +47,7 @@ from processors.market.economics import Reward, refund, reward, slash_wei
 from processors.market.jobs import TRAINING, InvalidSignature, job_signer
 from processors.verifier import core
 from streams.admin import ensure_topics
-from streams.kafka import Producer, Reader
+from streams.kafka import LOW_LATENCY_READ, Producer, Reader
 from streams.metrics import VERIFICATIONS
 from streams.settings import Settings
 from streams.topics import TopicSpec, hex_key, topic
@@ -387,7 +387,7 @@ class Verifier:
         reader = Reader(
             self.bootstrap,
             client_id=f"{self.settings.client_id}-verifier",
-            config={"fetch.wait.max.ms": 5},
+            config=LOW_LATENCY_READ,
         )
         positions = {(s.name, p): 0 for s in self.inputs for p in reader.partitions(s.name)}
         reader.assign(positions)

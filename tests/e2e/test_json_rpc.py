@@ -176,6 +176,58 @@ def test_protocol_errors(devnet: Devnet) -> None:
     assert rpc(devnet, "eth_getTransactionReceipt", "0x" + "00" * 32)["result"] is None
 
 
+def test_duplicates_and_replacements_are_judged_at_the_door(devnet: Devnet, w3: Web3) -> None:
+    dest = DEV_ACCOUNTS[4]
+    nonce = w3.eth.get_transaction_count(DEV_ACCOUNTS[1], "pending")
+
+    def offer(value: int, fee_cap: int, tip: int) -> tuple[bytes, dict[str, Any]]:
+        # Behind a nonce gap, so that no block can take it while the test replaces it.
+        raw = sign(
+            w3, KEY1, to=dest, nonce=nonce + 1, value=value, maxFeePerGas=fee_cap,
+            maxPriorityFeePerGas=tip,
+        )  # fmt: skip
+        return raw, rpc(devnet, "eth_sendRawTransaction", "0x" + raw.hex())
+
+    queued, answer = offer(0, 10**10, 10**9)
+    assert "result" in answer
+    assert w3.eth.get_transaction_count(DEV_ACCOUNTS[1], "pending") == nonce  # the gap
+    again = rpc(devnet, "eth_sendRawTransaction", "0x" + queued.hex())
+    assert again["error"] == {"code": -32000, "message": "already known"}
+    _, cheap = offer(1, 11 * 10**9, 11 * 10**8 - 1)  # the tip is short of +10%
+    assert cheap["error"]["code"] == -32000
+    assert "replacement transaction underpriced" in cheap["error"]["message"]
+    _, bumped = offer(2, 11 * 10**9, 11 * 10**8)
+    replacement = bumped["result"]
+    first = send(w3, KEY1, to=dest, nonce=nonce)  # fills the gap
+    assert w3.eth.get_transaction_count(DEV_ACCOUNTS[1], "pending") == nonce + 2
+    assert w3.eth.wait_for_transaction_receipt(first, timeout=60, poll_latency=0.1).status == 1
+    receipt = w3.eth.wait_for_transaction_receipt(replacement, timeout=60, poll_latency=0.1)
+    assert receipt.status == 1 and w3.eth.get_transaction(replacement)["value"] == 2
+    replaced = "0x" + Web3.keccak(queued).hex().removeprefix("0x")
+    assert rpc(devnet, "eth_getTransactionReceipt", replaced)["result"] is None
+
+
+def test_a_batch_of_back_to_back_transactions_lands_in_order(devnet: Devnet, w3: Web3) -> None:
+    account = Account.from_key(KEY0)
+    nonce = w3.eth.get_transaction_count(account.address, "pending")
+    raws = [sign(w3, KEY0, to=DEV_ACCOUNTS[5], value=1, nonce=nonce + i) for i in range(20)]
+    batch = [
+        {"jsonrpc": "2.0", "id": i, "method": "eth_sendRawTransaction", "params": ["0x" + r.hex()]}
+        for i, r in enumerate(raws)
+    ]
+    batch.append({"jsonrpc": "2.0", "method": "eth_chainId"})  # a notification: no answer
+    answers = httpx.post(devnet.url, json=batch).json()
+    assert [a["id"] for a in answers] == list(range(20))
+    hashes = [a["result"] for a in answers]
+    receipts = [
+        w3.eth.wait_for_transaction_receipt(h, timeout=60, poll_latency=0.1) for h in hashes
+    ]
+    assert all(r.status == 1 for r in receipts)
+    assert w3.eth.get_transaction_count(account.address) == nonce + 20
+    only_notifications = httpx.post(devnet.url, json={"jsonrpc": "2.0", "method": "eth_chainId"})
+    assert only_notifications.status_code == 204 and only_notifications.content == b""
+
+
 # A contract whose every call emits LOG2(topic0 = 0xaa..aa, topic1 = caller), no data:
 # CALLER, PUSH32 0xaa.., PUSH1 0 (size), PUSH1 0 (offset), LOG2, STOP.
 EMITTER_RUNTIME = "33" + "7f" + "aa" * 32 + "6000" + "6000" + "a2" + "00"

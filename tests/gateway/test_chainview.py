@@ -1,0 +1,122 @@
+"""The gateway's read-only view over the execution processor's own RocksDB (a secondary
+instance), with the store written the way execution writes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_typing import Address
+from eth_utils import to_checksum_address
+
+from gateway.chainview import ChainView
+from gateway.rpc import Rpc, RpcError
+from processors.execution.db import overlay_chain_db
+from processors.execution.genesis import dev_genesis
+from processors.execution.ledger import Ledger
+from processors.execution.processor import EVM_PREFIX
+from processors.execution.transactions import ChainRules
+from processors.state import ProcessorState
+from streams.settings import CHAIN_ID
+
+KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+# Runtime code: slot 0 += 1, transient slot 0 += 1, return both words. A call that wrote
+# through to the next one would see 2 instead of 1.
+COUNTER = (
+    "600054600101806000556000526000" "5c600101806000" "5d602052" "60406000f3"
+)  # fmt: skip
+# Init code: copy the runtime (after these 12 bytes) to memory and return it.
+_SIZE = f"{len(COUNTER) // 2:02x}"
+DEPLOY_COUNTER = f"60{_SIZE}600c60003960{_SIZE}6000f3" + COUNTER
+
+
+class Execution:
+    """Executes blocks into a ProcessorState the way the execution processor commits."""
+
+    def __init__(self, store: Path) -> None:
+        self.state = ProcessorState(store)
+        db, self.overlay = overlay_chain_db(lambda key: self.state.get(EVM_PREFIX + key))
+        self.ledger = Ledger(db, dev_genesis(30_000_000), ChainRules(CHAIN_ID))
+        self.commit()
+        self.nonce = 0
+
+    def commit(self) -> None:
+        changes = self.overlay.take_changes()
+        puts = {EVM_PREFIX + k: v for k, v in changes.items() if v is not None}
+        self.state.commit({}, puts)
+
+    def block(self, n: int, **tx: Any) -> Any:
+        full = {
+            "type": 2,
+            "chainId": CHAIN_ID,
+            "nonce": self.nonce,
+            "gas": 200_000,
+            "maxFeePerGas": 10**10,
+            "maxPriorityFeePerGas": 10**9,
+            "value": 0,
+            **tx,
+        }
+        self.nonce += 1
+        raw = bytes(Account.sign_transaction(full, KEY0).raw_transaction)
+        result = self.ledger.execute(
+            {
+                "hash": n.to_bytes(32, "big"),
+                "timestamp_ms": 1_700_000_000_000 + n * 1000,
+                "proposer": b"\x99" * 20,
+                "transactions": [{"raw": raw, "dag_block": n.to_bytes(32, "big")}],
+            }
+        )
+        self.commit()
+        return result
+
+
+@pytest.fixture
+def execution(tmp_path: Path) -> Any:
+    ex = Execution(tmp_path / "store")
+    yield ex
+    ex.state.close()
+
+
+def test_refresh_sees_new_blocks_and_skips_catch_up_when_nothing_changed(
+    execution: Execution, tmp_path: Path
+) -> None:
+    view = ChainView(tmp_path / "store", CHAIN_ID)
+    assert view.head().block_number == 0
+    view.refresh()
+    assert view.refresh() is False  # nothing new: no catch-up
+    execution.block(1, to=to_checksum_address(b"\x22" * 20), value=5)
+    assert view.head().block_number == 0  # not until refreshed
+    assert view.refresh() is True
+    assert view.head().block_number == 1
+    assert view.state(view.head()).get_balance(Address(b"\x22" * 20)) == 5
+    assert view.refresh() is False
+    view.close()
+
+
+def test_calls_share_a_state_per_head_and_never_see_each_others_writes(
+    execution: Execution, tmp_path: Path
+) -> None:
+    created = execution.block(1, to="", data=DEPLOY_COUNTER).included[0].contract_address
+    view = ChainView(tmp_path / "store", CHAIN_ID)
+    rpc = Rpc(view, _no_submit, chain_id=CHAIN_ID, client_version="t", block_gas_limit=30_000_000)
+    call = {"to": "0x" + created.hex()}
+    one = "0x" + (1).to_bytes(32, "big").hex() * 2
+    assert rpc.rpc_eth_call([call, "latest"]) == one
+    assert rpc.rpc_eth_call([call, "latest"]) == one  # storage and transient storage reverted
+    execution.block(2, to=to_checksum_address(created))  # a real call: slot 0 becomes 1
+    view.refresh()
+    two_then_one = "0x" + (2).to_bytes(32, "big").hex() + (1).to_bytes(32, "big").hex()
+    assert rpc.rpc_eth_call([call, "latest"]) == two_then_one
+    assert rpc.rpc_eth_call([call, "0x1"]) == one  # an older block's state still answers
+    # A call moving more than the sender has is refused, like geth's.
+    broke = {**call, "from": "0x" + "77" * 20, "value": "0x1"}
+    with pytest.raises(RpcError) as refused:
+        rpc.rpc_eth_call([broke, "latest"])
+    assert refused.value.code == -32000
+    view.close()
+
+
+async def _no_submit(raw: bytes, source: str) -> Any:
+    raise AssertionError("no transactions in this test")
