@@ -193,7 +193,10 @@ class Ledger:
             vm.get_block(), header, applied, receipts
         )
         block = vm.mine_block(filled).block
-        chain.persist_block(block)
+        # The chain database directly: Chain.persist_block re-validates the block it was
+        # just given and reads every new canonical block back with all its transactions,
+        # only to return them (~10% of execution time).
+        chain.chaindb.persist_block(block)
         chain.header = chain.create_header_from_parent(block.header)
         for item in included:
             self.db[_EXECUTED + item.tx.hash] = block.header.block_number.to_bytes(8, "big")
