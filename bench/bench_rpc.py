@@ -6,11 +6,12 @@ One Python client (httpx, keep-alive) runs the same script on each node: pre-sig
 transfers sent with eth_sendRawTransaction until every receipt is in, first one request at
 a time, then from ten wallets at once (one connection and one thread each, every wallet
 sending its next transaction as soon as the last was accepted, as ten busy users would);
-the same for ERC-20 transfers (LatticeToken); eth_call latency (balanceOf); and
-eth_getBalance throughput. Receipts are polled with JSON-RPC batches of 100. anvil is
-foundry's and Hardhat 3 is `hardhat node`, both from npm
-(`node_modules/.bin/`, installed by `make`), on loopback. A
-last section measures the execution processor alone on a pre-filled ordered topic.
+the same for ERC-20 transfers (LatticeToken); submit-to-receipt latency of single
+transfers; eth_call latency (balanceOf); and eth_getBalance throughput. Receipts are
+polled with JSON-RPC batches of 100. anvil is foundry's and Hardhat 3 is `hardhat node`,
+both from npm (`node_modules/.bin/`, installed by `make`), on loopback. The devnet runs
+with 0.25 s blocks and finality depth 3. The execution processor alone is measured by
+`bench/bench_execution.py`.
 Figures are printed with the ratio lattice / anvil; nothing is asserted.
 """
 
@@ -38,26 +39,18 @@ from web3 import Web3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from contracts.build import load
+from processors.execution.genesis import DEV_KEYS
 from streams.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ANVIL = ROOT / "node_modules" / ".bin" / "anvil"
 HARDHAT = ROOT / "node_modules" / ".bin" / "hardhat"
 #: The development mnemonic's first ten accounts: funded alike by all three nodes.
-KEYS = [
-    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
-    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
-    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
-    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
-    "0x47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
-    "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
-    "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e",
-    "0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356",
-    "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97",
-    "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6",
-]
+KEYS = list(DEV_KEYS)
 #: Receipts asked for per JSON-RPC batch while waiting.
 RECEIPT_BATCH = 100
+#: Transfers timed one by one from submission to receipt.
+LATENCY_SAMPLES = 40
 
 
 class Client:
@@ -155,6 +148,13 @@ def rate(label: str, count: int, fn: Callable[[], object]) -> float:
     return per_s
 
 
+def percentiles(label: str, samples_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+    p50, p99 = statistics.median(ordered), ordered[int(0.99 * len(ordered))]
+    print(f"    {label} latency ms: p50 {p50:.2f}  p99 {p99:.2f}", flush=True)
+    return {f"{label} p50 ms": p50, f"{label} p99 ms": p99}
+
+
 def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
     client = Client(url)
     chain_id = int(client.call("eth_chainId"), 16)
@@ -222,6 +222,17 @@ def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
                 transfers,
                 lambda send=send, txs=txs: send(txs),  # type: ignore[misc]
             )
+    # Submit-to-receipt latency: one transfer at a time, its receipt polled every 5 ms.
+    waits = []
+    for _ in range(LATENCY_SAMPLES):
+        raw = signed(chain_id, KEYS[1], nonces[1], accounts[2], value=1)
+        nonces[1] += 1
+        start = time.perf_counter()
+        tx_hash = client.call("eth_sendRawTransaction", raw)
+        while client.call("eth_getTransactionReceipt", tx_hash) is None:
+            time.sleep(0.005)
+        waits.append((time.perf_counter() - start) * 1000)
+    results.update(percentiles("submit-to-receipt", waits))
     balance_of = (
         "0x" + (keccak(b"balanceOf(address)")[:4] + encode(["address"], [accounts[0]])).hex()
     )
@@ -230,14 +241,7 @@ def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
         start = time.perf_counter()
         client.call("eth_call", {"to": token_address, "data": balance_of}, "latest")
         latencies.append((time.perf_counter() - start) * 1000)
-    latencies.sort()
-    results["eth_call p50 ms"] = statistics.median(latencies)
-    results["eth_call p99 ms"] = latencies[int(0.99 * len(latencies))]
-    print(
-        f"    eth_call latency ms: p50 {results['eth_call p50 ms']:.2f}  "
-        f"p99 {results['eth_call p99 ms']:.2f}",
-        flush=True,
-    )
+    results.update(percentiles("eth_call", latencies))
     results["getBalance"] = rate(
         "eth_getBalance",
         calls,
@@ -249,6 +253,7 @@ def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
 def start_lattice(tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     """A devnet in `tmp/lattice` with fast blocks, answering JSON-RPC; `extra` flags."""
     port = free_port()
+    log = tmp / "devnet.log"
     process = subprocess.Popen(
         [
             sys.executable,
@@ -267,8 +272,8 @@ def start_lattice(tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]
             "3",
             *extra,
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -279,7 +284,8 @@ def start_lattice(tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]
     deadline = time.monotonic() + 120
     while not (tmp / "lattice" / "api-key").exists():
         if time.monotonic() > deadline or process.poll() is not None:
-            raise RuntimeError("the devnet did not finish its set-up")
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            raise RuntimeError("the devnet did not finish its set-up:\n" + "\n".join(tail))
         time.sleep(0.2)
     return process, url
 

@@ -97,6 +97,9 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent,
+                # Its own process group: a signal to the devnet's group (a service manager's
+                # SIGTERM) must not stop the broker before the archive has drained it.
+                process_group=0,
                 env={**os.environ, "RUST_LOG": "warn"},
             )
         finally:

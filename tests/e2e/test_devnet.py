@@ -53,6 +53,7 @@ class Devnet:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                start_new_session=True,  # its own process group, as in a terminal
             )
         deadline = time.monotonic() + 60
         while "ready" not in self.output():
@@ -63,9 +64,14 @@ class Devnet:
     def output(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
+    def stop(self, sig: int = signal.SIGTERM, group: bool = False) -> int:
+        """Signal the devnet (with `group`, its whole process group, as Ctrl-C in a terminal
+        or a service manager does) and wait for its exit code."""
         assert self.process is not None
-        self.process.send_signal(sig)
+        if group:
+            os.killpg(self.process.pid, sig)
+        else:
+            self.process.send_signal(sig)
         code = self.process.wait(60)
         self.process = None
         return code
@@ -136,7 +142,8 @@ def test_transactions_survive_restarts_exactly_once(devnet: Devnet) -> None:
     assert devnet.tail(sender=ACCOUNT.address) == before
     response = httpx.post(f"{devnet.url}/v1/transactions", json="0x" + signed(nonce=3).hex())
     assert response.status_code == 202
-    assert devnet.stop() == 0
+    # The whole process group at once: the broker must still outlive the archive's drain.
+    assert devnet.stop(signal.SIGTERM, group=True) == 0
 
     devnet.start()
     after = devnet.tail(sender=ACCOUNT.address)
