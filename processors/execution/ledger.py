@@ -9,8 +9,13 @@ fees go to the chain block's proposer.
 A transaction is skipped, deterministically and with a recorded reason, when it was already
 executed (the same hash appeared earlier in the order: mergesets of parallel blocks often
 carry the same transaction), when it can never be valid, or when the state rejects it (nonce,
-balance, fee below the base fee, gas above what the block has left). Skipped transactions
-become `lattice.tx.rejected` events.
+balance, fee below the base fee). Skipped transactions become `lattice.tx.rejected` events.
+
+A block is full once the next transaction's gas limit exceeds the gas it has left (a chain
+block's mergeset can carry far more than one EVM block holds). That transaction and every
+one after it are carried over, in order, ahead of the next chain block's transactions: the
+carried list is part of the ledger's state, written in the same batch as the block, so a
+replay or a restart carries exactly the same ones.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import rlp
 from eth.abc import AtomicDatabaseAPI, BlockHeaderAPI, ComputationAPI, ReceiptAPI
 from eth.chains.base import MiningChain
 from eth.vm.forks import PragueVM  # type: ignore[attr-defined]
@@ -36,6 +42,7 @@ from processors.execution.transactions import (
 )
 
 _EXECUTED = b"lattice/tx/"  # tx hash -> block number, for "already executed"
+_CARRIED = b"lattice/carried"  # RLP [[raw, dag block], ...]: what the last block had no room for
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,8 @@ class BlockResult:
     included: tuple[Included, ...]
     rejected: tuple[Rejection, ...]
     touched: tuple[bytes, ...] = field(default=())
+    #: Transactions waiting for the next block (this one was full), oldest first.
+    carried: int = 0
 
 
 _NONCE = re.compile(r"expected (\d+), but got (\d+)", re.IGNORECASE)
@@ -141,9 +150,13 @@ class Ledger:
         rejected: list[Rejection] = []
         touched: set[bytes] = {ordered["proposer"]}
         seen: set[bytes] = set()
+        carry: list[tuple[bytes, bytes]] = []
         cumulative = 0
-        for entry in ordered["transactions"]:
-            raw, dag_block = entry["raw"], entry["dag_block"]
+        queue = self.carried() + [(e["raw"], e["dag_block"]) for e in ordered["transactions"]]
+        for raw, dag_block in queue:
+            if carry:  # the block is full: everything after waits, in order
+                carry.append((raw, dag_block))
+                continue
             tx_hash = keccak(raw)
             try:
                 tx = decode_transaction(raw, self.rules)
@@ -161,6 +174,22 @@ class Ledger:
                         "already executed earlier",
                     )
                 )
+                continue
+            if header.gas_used + tx.gas_limit > header.gas_limit:
+                if header.gas_used == 0:  # no block could hold it: refuse, do not wait forever
+                    rejected.append(
+                        Rejection(
+                            tx_hash,
+                            tx.sender,
+                            tx.nonce,
+                            dag_block,
+                            "block_gas_exhausted",
+                            f"gas limit {tx.gas_limit} above the block gas limit "
+                            f"{header.gas_limit}",
+                        )
+                    )
+                    continue
+                carry.append((raw, dag_block))
                 continue
             try:
                 evm_tx = builder.decode(raw)
@@ -200,9 +229,22 @@ class Ledger:
         chain.header = chain.create_header_from_parent(block.header)
         for item in included:
             self.db[_EXECUTED + item.tx.hash] = block.header.block_number.to_bytes(8, "big")
+        if carry or self.db.exists(_CARRIED):
+            self.db[_CARRIED] = rlp.encode([[raw, dag] for raw, dag in carry])
         return BlockResult(
-            block.header, ordered["hash"], tuple(included), tuple(rejected), tuple(sorted(touched))
+            block.header,
+            ordered["hash"],
+            tuple(included),
+            tuple(rejected),
+            tuple(sorted(touched)),
+            len(carry),
         )
+
+    def carried(self) -> list[tuple[bytes, bytes]]:
+        """(raw transaction, DAG block) the last block had no room for, oldest first."""
+        if not self.db.exists(_CARRIED):
+            return []
+        return [(bytes(raw), bytes(dag)) for raw, dag in rlp.decode(self.db[_CARRIED])]
 
     def account(self, address: bytes) -> dict[str, Any]:
         """An account at the head, as a `lattice.state.AccountState` body."""

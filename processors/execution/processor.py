@@ -110,6 +110,8 @@ class ExecutionProcessor:
             self.producer.send(CHECKPOINTS, checkpoint, key=str(number)).result(timeout=60)
         self._commit_overlay({(ORDERED.name, 0): offset})
         BLOCK_EXECUTION_SECONDS.observe(time.perf_counter() - started)
+        if result.carried:
+            log.info("block %d full: %d transactions wait for the next", number, result.carried)
         EVM_TRANSACTIONS.labels("included").inc(len(result.included))
         EVM_TRANSACTIONS.labels("rejected").inc(len(result.rejected))
         return result

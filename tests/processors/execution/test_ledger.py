@@ -55,9 +55,9 @@ class Store:
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
 
-    def ledger(self) -> tuple[Ledger, Any]:
+    def ledger(self, gas_limit: int = 30_000_000) -> tuple[Ledger, Any]:
         db, overlay = overlay_chain_db(self.data.get)
-        ledger = Ledger(db, dev_genesis(30_000_000), RULES)
+        ledger = Ledger(db, dev_genesis(gas_limit), RULES)
         self.commit(overlay)
         return ledger, overlay
 
@@ -127,6 +127,32 @@ def test_same_input_same_state_roots_and_restart_from_the_store() -> None:
     later = [resumed.execute(b).header.state_root for b in blocks[3:]]
     assert later == roots[3:]
     assert len(set(roots)) == 5
+
+
+def test_a_full_block_carries_the_rest_over_in_order_across_restarts() -> None:
+    key1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+    store = Store()
+    ledger, overlay = store.ledger(gas_limit=50_000)  # room for two transfers
+    first = ledger.execute(
+        ordered(1, [transfer(0), transfer(1), transfer(2), transfer(0, key=key1)])
+    )
+    assert [i.tx.nonce for i in first.included] == [0, 1]
+    assert first.rejected == () and first.carried == 2
+    store.commit(overlay)
+    resumed, overlay = store.ledger(gas_limit=50_000)  # a restart in between
+    second = resumed.execute(ordered(2, [transfer(3)]))
+    # The carried ones go first, in their order; the new one waits behind them.
+    assert [(i.tx.sender, i.tx.nonce) for i in second.included] == [
+        (ADDR0, 2),
+        (bytes.fromhex(DEV_ACCOUNTS[1][2:]), 0),
+    ]
+    assert second.carried == 1
+    third = resumed.execute(ordered(3, []))
+    assert [i.tx.nonce for i in third.included] == [3] and third.carried == 0
+    # What no block could ever hold is refused rather than carried forever.
+    fourth = resumed.execute(ordered(4, [transfer(4, gas=60_000)]))
+    assert [r.code for r in fourth.rejected] == ["block_gas_exhausted"]
+    assert fourth.carried == 0 and resumed.carried() == []
 
 
 def test_contract_creation_and_logs() -> None:
