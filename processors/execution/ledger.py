@@ -97,6 +97,10 @@ def _rejection_code(message: str) -> str:
     return "invalid"
 
 
+def _refused(tx: Transaction, dag_block: bytes, code: str, reason: str) -> Rejection:
+    return Rejection(tx.hash, tx.sender, tx.nonce, dag_block, code, reason)
+
+
 def _touched(computation: ComputationAPI, out: set[bytes]) -> None:
     msg = computation.msg
     out.update(a for a in (msg.sender, msg.storage_address, msg.to) if a)
@@ -164,30 +168,12 @@ class Ledger:
                 rejected.append(Rejection(tx_hash, b"", 0, dag_block, exc.code, exc.message))
                 continue
             if tx_hash in seen or self.db.exists(_EXECUTED + tx_hash):
-                rejected.append(
-                    Rejection(
-                        tx_hash,
-                        tx.sender,
-                        tx.nonce,
-                        dag_block,
-                        "already_executed",
-                        "already executed earlier",
-                    )
-                )
+                rejected.append(_refused(tx, dag_block, "already_executed", "executed earlier"))
                 continue
             if header.gas_used + tx.gas_limit > header.gas_limit:
                 if header.gas_used == 0:  # no block could hold it: refuse, do not wait forever
-                    rejected.append(
-                        Rejection(
-                            tx_hash,
-                            tx.sender,
-                            tx.nonce,
-                            dag_block,
-                            "block_gas_exhausted",
-                            f"gas limit {tx.gas_limit} above the block gas limit "
-                            f"{header.gas_limit}",
-                        )
-                    )
+                    limits = f"gas limit {tx.gas_limit} above the block's {header.gas_limit}"
+                    rejected.append(_refused(tx, dag_block, "block_gas_exhausted", limits))
                     continue
                 carry.append((raw, dag_block))
                 continue
@@ -200,11 +186,7 @@ class Ledger:
                 receipt, computation = vm.apply_transaction(header, evm_tx)
             except ValidationError as exc:
                 # Raised by validation, before the state changed.
-                rejected.append(
-                    Rejection(
-                        tx_hash, tx.sender, tx.nonce, dag_block, _rejection_code(str(exc)), str(exc)
-                    )
-                )
+                rejected.append(_refused(tx, dag_block, _rejection_code(str(exc)), str(exc)))
                 continue
             header = vm.add_receipt_to_header(header, receipt)
             applied.append(evm_tx)
