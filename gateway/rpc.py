@@ -385,8 +385,11 @@ class Rpc:
                 f"insufficient funds for gas * price + value: balance {balance}, tx cost {cost}",
             )
         waiting = self.pending.setdefault(tx.sender, {})
-        for executed in [n for n in waiting if n < nonce]:
-            del waiting[executed]
+        # Executed ones leave from the front (senders send in nonce order, so insertion order
+        # is nonce order): O(1) per call even with thousands pending. One sent out of order
+        # lingers harmlessly below the state nonce until the sweep.
+        while waiting and (oldest := next(iter(waiting))) < nonce:
+            del waiting[oldest]
         previous = waiting.get(tx.nonce)
         if previous is not None:
             if previous.hash == tx.hash:

@@ -69,6 +69,9 @@ class ProposerProcess:
         self.mempool = Mempool()
         self.sequence = 0
         self.published = 0
+        #: Blocks this process proposed and has not read back yet: reading one back needs
+        #: no decoding (each decode recovers a signature).
+        self._proposed: set[bytes] = set()
         self.producer = Producer(bootstrap, client_id=f"proposer-{self.address[:10]}")
 
     @property
@@ -87,6 +90,9 @@ class ProposerProcess:
         self.orderer.rejected.clear()
         if record["proposer"] == self.proposer.address:
             self.sequence = max(self.sequence, record["sequence"] + 1)
+        if record["hash"] in self._proposed:  # its transactions left the mempool at proposing
+            self._proposed.discard(record["hash"])
+            return
         included = []
         for raw in record["transactions"]:
             try:
@@ -136,6 +142,7 @@ class ProposerProcess:
         self.sequence += 1
         self.published += 1
         self.mempool.mark_included(txs)
+        self._proposed.add(block["hash"])
         MEMPOOL_SIZE.set(len(self.mempool))
         log.info("block %s: %d parents, %d txs", block["hash"].hex()[:12], len(parents), len(txs))
         return block
