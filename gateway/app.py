@@ -85,11 +85,12 @@ def _raw_hex(body: bytes, content_type: str) -> str:
 
 
 class JsonRpcFront:
-    """`POST /` (JSON-RPC) served straight from ASGI, ahead of FastAPI's routing.
+    """`POST /` (JSON-RPC) served straight from ASGI, ahead of FastAPI.
 
     A JSON-RPC call is the gateway's hot path: FastAPI's middleware stack, router and
-    endpoint machinery cost ~0.1 ms a request, as much as a whole `eth_blockNumber`. Every
-    other request passes through untouched.
+    endpoint machinery cost ~0.1 ms a request, a sixth of a whole `eth_blockNumber`. Every
+    other request passes through untouched. An unexpected error in a call is the ASGI
+    server's to log and answer (500), as it would be behind FastAPI.
     """
 
     def __init__(self, app: ASGIApp, rpc: Rpc, refresh: Callable[[], None]) -> None:
@@ -124,6 +125,21 @@ class JsonRpcFront:
         await send({"type": "http.response.body", "body": body})
 
 
+class GatewayApp(FastAPI):
+    """FastAPI with `JsonRpcFront` ahead of its whole middleware stack (error handling, body
+    limits, telemetry, routing), which cost a JSON-RPC call ~0.1 ms."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.json_rpc: tuple[Rpc, Callable[[], None]] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        if self.json_rpc is None:
+            return stack
+        return JsonRpcFront(stack, *self.json_rpc)
+
+
 class Unavailable(RuntimeError):
     """The log did not accept a record in time."""
 
@@ -139,7 +155,7 @@ def create_app(
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
     # A hex body is twice the bytes plus quoting; anything beyond is refused unread.
     body_limit = 2 * settings.max_tx_bytes + 1024
-    app = FastAPI(title="Lattice gateway", version=client_version().split("/")[1])
+    app = GatewayApp(title="Lattice gateway", version=client_version().split("/")[1])
     rpc: Rpc | None = None
 
     def fresh_view() -> None:
@@ -187,7 +203,7 @@ def create_app(
         )
 
     if rpc is not None:
-        app.add_middleware(JsonRpcFront, rpc=rpc, refresh=fresh_view)
+        app.json_rpc = (rpc, fresh_view)
         if market is not None:
             app.include_router(market_router(settings, market, rpc, sink))
         app.include_router(rest_router(rpc))
