@@ -3,7 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from eth.db.trie import make_trie_root_and_nodes
 from eth_account import Account
+from eth_typing import BlockNumber
 
 from processors.execution.db import overlay_chain_db
 from processors.execution.genesis import (
@@ -108,6 +110,12 @@ def test_transfers_and_every_rejection_reason() -> None:
     assert ledger.account(ADDR0)["nonce"] == 2
     # Priority fees went to the chain block's proposer.
     assert ledger.account(PROPOSER)["balance"] == 2 * 21_000 * 10**9
+    # The stored block reads back through py-evm, its tries as py-evm itself builds them.
+    block = ledger.chain.get_canonical_block_by_number(BlockNumber(1))
+    assert [bytes(t.hash) for t in block.transactions] == [i.tx.hash for i in result.included]
+    assert make_trie_root_and_nodes(block.transactions)[0] == result.header.transaction_root
+    receipts = block.get_receipts(ledger.chain.chaindb)
+    assert make_trie_root_and_nodes(receipts)[0] == result.header.receipt_root
     # A transaction executed in an earlier block is recognised as such.
     again = ledger.execute(ordered(2, [transfer(0)]))
     assert [r.code for r in again.rejected] == ["already_executed"]
