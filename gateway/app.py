@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.chainview import ChainView, LedgerNotReady
@@ -84,6 +85,18 @@ def _raw_hex(body: bytes, content_type: str) -> str:
         raise InvalidTransaction("not_hex", "the request body is not ASCII hex") from None
 
 
+#: Browsers may call the gateway from any origin (dApps served elsewhere), as anvil and
+#: Hardhat allow: JSON-RPC carries no cookies or ambient credentials.
+CORS_ORIGIN = [(b"access-control-allow-origin", b"*")]
+CORS_RPC = ("POST", "OPTIONS")
+CORS_RPC_HEADERS = [
+    *CORS_ORIGIN,
+    (b"access-control-allow-methods", b"POST, OPTIONS"),
+    (b"access-control-allow-headers", b"content-type, authorization"),
+    (b"access-control-max-age", b"86400"),
+]
+
+
 class JsonRpcFront:
     """`POST /` (JSON-RPC) served straight from ASGI, ahead of FastAPI.
 
@@ -99,8 +112,12 @@ class JsonRpcFront:
         self.refresh = refresh
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/":
+        if scope["type"] != "http" or scope["path"] != "/" or scope["method"] not in CORS_RPC:
             await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS":  # a browser's preflight: any origin may call
+            await send({"type": "http.response.start", "status": 204, "headers": CORS_RPC_HEADERS})
+            await send({"type": "http.response.body", "body": b""})
             return
         chunks = []
         while True:
@@ -113,13 +130,14 @@ class JsonRpcFront:
         self.refresh()
         answer = await self.rpc.handle(b"".join(chunks))
         if answer is None:  # notifications only
-            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.start", "status": 204, "headers": CORS_ORIGIN})
             await send({"type": "http.response.body", "body": b""})
             return
         body = json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
+            *CORS_ORIGIN,
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -156,6 +174,9 @@ def create_app(
     # A hex body is twice the bytes plus quoting; anything beyond is refused unread.
     body_limit = 2 * settings.max_tx_bytes + 1024
     app = GatewayApp(title="Lattice gateway", version=client_version().split("/")[1])
+    app.add_middleware(
+        CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
+    )
     rpc: Rpc | None = None
 
     def fresh_view() -> None:

@@ -61,6 +61,15 @@ class Devnet:
             assert time.monotonic() < deadline, self.output()
             time.sleep(0.1)
 
+    def wait_set_up(self, timeout: float = 120) -> None:
+        """Until the devnet's own first transactions (dev account 0's deposit and API key)
+        are executed: tests sending from account 0 would otherwise race them for nonces."""
+        deadline = time.monotonic() + timeout
+        while not (self.data_dir / "api-key").exists():
+            assert self.process is not None and self.process.poll() is None, self.output()
+            assert time.monotonic() < deadline, self.output()
+            time.sleep(0.1)
+
     def output(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 

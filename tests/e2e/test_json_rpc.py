@@ -29,6 +29,7 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
         tmp_path_factory.mktemp("rpc") / "data", "--block-interval", "0.3", "--finality-depth", "3"
     )
     net.start()
+    net.wait_set_up()
     yield net
     net.stop()
 
@@ -126,11 +127,12 @@ def test_refused_transactions_get_minus_32000_and_reach_nothing(
         send_first = send(w3, key, to=DEV_ACCOUNTS[3])  # make nonce 0 used
         w3.eth.wait_for_transaction_receipt(send_first, timeout=60, poll_latency=0.1)
     raw = sign(w3, key, to=DEV_ACCOUNTS[3], **tx)
-    before = len(devnet.tail())
+    sender = Account.from_key(key).address
+    before = len(devnet.tail(sender=sender))
     answer = rpc(devnet, "eth_sendRawTransaction", "0x" + raw.hex())
     assert answer["error"]["code"] == -32000
     assert message in answer["error"]["message"]
-    assert len(devnet.tail()) == before
+    assert len(devnet.tail(sender=sender)) == before
 
 
 def test_bad_signature_is_refused(devnet: Devnet) -> None:
@@ -226,6 +228,23 @@ def test_a_batch_of_back_to_back_transactions_lands_in_order(devnet: Devnet, w3:
     assert w3.eth.get_transaction_count(account.address) == nonce + 20
     only_notifications = httpx.post(devnet.url, json={"jsonrpc": "2.0", "method": "eth_chainId"})
     assert only_notifications.status_code == 204 and only_notifications.content == b""
+
+
+def test_browsers_on_other_origins_may_call(devnet: Devnet) -> None:
+    origin = {"origin": "http://dapp.example", "access-control-request-method": "POST"}
+    preflight = httpx.options(devnet.url, headers=origin)
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    call = httpx.post(
+        devnet.url,
+        json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"},
+        headers={"origin": "http://dapp.example"},
+    )
+    assert call.json()["result"] == "0x6a2e"
+    assert call.headers["access-control-allow-origin"] == "*"
+    rest = httpx.get(f"{devnet.url}/v1/blocks/latest", headers={"origin": "http://dapp.example"})
+    assert rest.headers["access-control-allow-origin"] == "*"
 
 
 # A contract whose every call emits LOG2(topic0 = 0xaa..aa, topic1 = caller), no data:
