@@ -21,11 +21,11 @@ from typing import Any
 
 from eth.abc import BlockAPI, BlockHeaderAPI
 from eth.chains.base import MiningChain
-from eth.vm.forks import PragueVM  # type: ignore[attr-defined]
 from rocksdict import AccessType, Options, Rdict
 
 from processors.execution.db import overlay_chain_db
 from processors.execution.processor import EVM_PREFIX
+from processors.execution.vm import VM_CONFIGURATION
 
 
 class LedgerNotReady(RuntimeError):
@@ -107,7 +107,7 @@ class ChainView:
         if self._chain is None:
             db, self._overlay = overlay_chain_db(self._read)
             chain_class = MiningChain.configure(
-                __name__="LatticeView", vm_configuration=((0, PragueVM),), chain_id=self.chain_id
+                __name__="LatticeView", vm_configuration=VM_CONFIGURATION, chain_id=self.chain_id
             )
             try:
                 self._chain = chain_class(db)

@@ -28,7 +28,6 @@ from typing import Any
 import rlp
 from eth.abc import AtomicDatabaseAPI, BlockAPI, BlockHeaderAPI, ComputationAPI, ReceiptAPI
 from eth.chains.base import MiningChain
-from eth.vm.forks import PragueVM  # type: ignore[attr-defined]
 from eth_hash.auto import keccak
 from eth_typing import Address
 from eth_utils import ValidationError  # type: ignore[attr-defined]
@@ -41,6 +40,7 @@ from processors.execution.transactions import (
     decode_transaction,
 )
 from processors.execution.trie import ordered_trie
+from processors.execution.vm import VM_CONFIGURATION
 
 _EXECUTED = b"lattice/tx/"  # tx hash -> block number, for "already executed"
 _CARRIED = b"lattice/carried"  # RLP [[raw, dag block], ...]: what the last block had no room for
@@ -132,7 +132,7 @@ class Ledger:
         self.rules = rules
         self.db = db
         chain_class = MiningChain.configure(
-            __name__="LatticeChain", vm_configuration=((0, PragueVM),), chain_id=rules.chain_id
+            __name__="LatticeChain", vm_configuration=VM_CONFIGURATION, chain_id=rules.chain_id
         )
         try:
             self.chain: MiningChain = chain_class(db)

@@ -137,6 +137,16 @@ def test_same_input_same_state_roots_and_restart_from_the_store() -> None:
     assert len(set(roots)) == 5
 
 
+def test_empty_blocks_keep_the_genesis_gas_limit() -> None:
+    # py-evm's default rule shrank it by 1/1024 per empty block (22M after these 300).
+    ledger, _ = Store().ledger(gas_limit=30_000_000)
+    limits = {ledger.execute(ordered(n, [])).header.gas_limit for n in range(1, 301)}
+    assert limits == {30_000_000}
+    whole = ledger.execute(ordered(301, [transfer(0, gas=30_000_000)]))
+    assert [i.tx.nonce for i in whole.included] == [0]
+    assert ledger.chain.create_header_from_parent(ledger.head).gas_limit == 30_000_000
+
+
 def test_a_full_block_carries_the_rest_over_in_order_across_restarts() -> None:
     key1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
     store = Store()
