@@ -7,7 +7,9 @@ transfers sent with eth_sendRawTransaction until every receipt is in, first one 
 a time, then from ten wallets at once (one connection and one thread each, every wallet
 sending its next transaction as soon as the last was accepted, as ten busy users would);
 the same for ERC-20 transfers (LatticeToken); submit-to-receipt latency of single
-transfers; eth_call latency (balanceOf); and eth_getBalance throughput. Receipts are
+transfers; eth_call latency (balanceOf), the same call repeated (Lattice answers a call it
+ran on the same block from memory) and a different holder each time (run every time); and
+eth_getBalance throughput. Receipts are
 polled with JSON-RPC batches of 100. anvil is foundry's and Hardhat 3 is `hardhat node`,
 both from npm (`node_modules/.bin/`, installed by `make`), on loopback. The devnet runs
 with 0.25 s blocks and finality depth 3. The execution processor alone is measured by
@@ -242,6 +244,15 @@ def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
         client.call("eth_call", {"to": token_address, "data": balance_of}, "latest")
         latencies.append((time.perf_counter() - start) * 1000)
     results.update(percentiles("eth_call", latencies))
+    # The same read for another holder each time: no node can answer it from memory.
+    latencies = []
+    for i in range(calls):
+        holder = (0xB0B << 140 | i).to_bytes(20, "big")
+        fresh = "0x" + (keccak(b"balanceOf(address)")[:4] + encode(["address"], [holder])).hex()
+        start = time.perf_counter()
+        client.call("eth_call", {"to": token_address, "data": fresh}, "latest")
+        latencies.append((time.perf_counter() - start) * 1000)
+    results.update(percentiles("eth_call new", latencies))
     results["getBalance"] = rate(
         "eth_getBalance",
         calls,

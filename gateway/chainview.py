@@ -19,8 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from eth.abc import BlockAPI, BlockHeaderAPI
+from eth.abc import BlockAPI, BlockHeaderAPI, MessageAPI
 from eth.chains.base import MiningChain
+from eth.constants import CREATE_CONTRACT_ADDRESS, EMPTY_SHA3
+from eth.vm.forks.prague.constants import SET_CODE_TRANSACTION_TYPE
+from eth.vm.message import Message
 from rocksdict import AccessType, Options, Rdict
 
 from processors.execution.db import overlay_chain_db
@@ -181,7 +184,7 @@ class ChainView:
         with self.costless_state(header) as state:
             executor = state.get_transaction_executor()
             executor.validate_transaction(tx)
-            message = executor.build_evm_message(tx)
+            message = _call_message(state, executor, tx)
             return executor.build_computation(message, tx)
 
     def state(self, header: BlockHeaderAPI) -> Any:
@@ -191,3 +194,33 @@ class ChainView:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _call_message(state: Any, executor: Any, tx: Any) -> MessageAPI:
+    """The message py-evm's `build_evm_message` makes for a call, without its no-ops.
+
+    At a gas price of zero, buying gas moves no wei, and the sender's nonce bump can be seen
+    by nothing when the sender runs no code (no opcode reads another account's nonce; only
+    a CREATE by the sender itself would use it): yet each rewrote and re-encoded the
+    sender's account, and the message's debug line hex-encoded the whole contract, together
+    a quarter of a plain `eth_call`. Creations, paid calls and senders with code (EIP-7702
+    delegations) take py-evm's own path.
+    """
+    sender = tx.sender
+    if (
+        tx.to == CREATE_CONTRACT_ADDRESS
+        or state.get_gas_price(tx)
+        or tx.type_id == SET_CODE_TRANSACTION_TYPE
+        or state.get_code_hash(sender) != EMPTY_SHA3
+    ):
+        return executor.build_evm_message(tx)  # type: ignore[no-any-return]
+    code, delegation = executor.get_code_at_address(tx.to)
+    return Message(
+        gas=tx.gas - tx.intrinsic_gas,
+        to=tx.to,
+        sender=sender,
+        value=tx.value,
+        data=tx.data,
+        code=code,
+        is_delegation=delegation is not None,
+    )

@@ -45,6 +45,8 @@ MAX_LOG_RANGE = 10_000
 MAX_LOGS = 10_000
 #: Filters nobody polled for this long are dropped, as geth does.
 FILTER_TIMEOUT_S = 300
+#: eth_call outcomes remembered (by block and call).
+CALL_CACHE_SIZE = 4096
 CLIENT = "lattice"
 
 
@@ -131,6 +133,8 @@ class Rpc:
         self.filters: dict[str, _Filter] = {}
         #: Executed blocks never change: their receipts are built once (LRU by block hash).
         self._receipt_cache: OrderedDict[bytes, list[dict[str, Any]]] = OrderedDict()
+        #: eth_call outcomes by (block hash, call), oldest first.
+        self._call_cache: OrderedDict[tuple[bytes, str], str | tuple[int, str, Any]] = OrderedDict()
         self._filter_ids = itertools.count(1)
         self.methods: dict[str, Callable[[list[Any]], Any]] = {
             name[4:]: getattr(self, name) for name in dir(self) if name.startswith("rpc_")
@@ -323,14 +327,32 @@ class Rpc:
 
     def rpc_eth_call(self, params: list[Any]) -> str:
         header = self._header(_param(params, 1, "block", "latest"))
-        tx = self._spoof(_param(params, 0, "call"), header)
+        call = _param(params, 0, "call")
+        # A call's outcome is a function of the block it runs on and its fields alone, and
+        # executed blocks never change: the same call on the same block is answered from
+        # memory (dapps poll the same balanceOf/allowance/getReserves every block).
+        key = (header.hash, json.dumps(call, sort_keys=True)) if isinstance(call, dict) else None
+        outcome = self._call_cache.get(key) if key else None
+        if outcome is None:
+            outcome = self._run_call(header, call)
+            if key:
+                self._call_cache[key] = outcome
+                if len(self._call_cache) > CALL_CACHE_SIZE:
+                    self._call_cache.popitem(last=False)
+        if isinstance(outcome, tuple):  # a fresh exception each time: a raised one keeps frames
+            raise RpcError(*outcome)
+        return outcome
+
+    def _run_call(self, header: Any, call: Any) -> str | tuple[int, str, Any]:
+        """The call's result, or the (code, message, data) of its error."""
+        tx = self._spoof(call, header)
         try:
             computation = self.view.call(header, tx)
         except ValidationError as exc:  # a value above the sender's balance, gas too low
-            raise RpcError(-32000, f"invalid call: {exc}") from None
+            return -32000, f"invalid call: {exc}", None
         if computation.is_error:
             output = computation.output
-            raise RpcError(3, "execution reverted" + _reason(output), data(output))
+            return 3, "execution reverted" + _reason(output), data(output)
         return data(computation.output)
 
     def rpc_eth_estimateGas(self, params: list[Any]) -> str:

@@ -18,7 +18,7 @@ from eth.abc import BlockHeaderAPI
 from eth.vm.forks import PragueVM  # type: ignore[attr-defined]
 
 
-class LatticeVM(PragueVM):  # type: ignore[misc]
+class LatticeVM(PragueVM):
     fork = "prague"
 
     @classmethod

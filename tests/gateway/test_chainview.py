@@ -104,7 +104,10 @@ def test_calls_share_a_state_per_head_and_never_see_each_others_writes(
     call = {"to": "0x" + created.hex()}
     one = "0x" + (1).to_bytes(32, "big").hex() * 2
     assert rpc.rpc_eth_call([call, "latest"]) == one
-    assert rpc.rpc_eth_call([call, "latest"]) == one  # storage and transient storage reverted
+    # Run again past the gateway's memo of outcomes: storage and transient storage reverted.
+    head = view.head()
+    tx = rpc._spoof(call, head)
+    assert [view.call(head, tx).output for _ in range(2)] == [bytes.fromhex(one[2:])] * 2
     execution.block(2, to=to_checksum_address(created))  # a real call: slot 0 becomes 1
     view.refresh()
     two_then_one = "0x" + (2).to_bytes(32, "big").hex() + (1).to_bytes(32, "big").hex()
@@ -115,6 +118,63 @@ def test_calls_share_a_state_per_head_and_never_see_each_others_writes(
     with pytest.raises(RpcError) as refused:
         rpc.rpc_eth_call([broke, "latest"])
     assert refused.value.code == -32000
+    view.close()
+
+
+def test_the_same_call_on_the_same_block_runs_once(execution: Execution, tmp_path: Path) -> None:
+    created = execution.block(1, to="", data=DEPLOY_COUNTER).included[0].contract_address
+    view = ChainView(tmp_path / "store", CHAIN_ID)
+    rpc = Rpc(view, _no_submit, chain_id=CHAIN_ID, client_version="t", block_gas_limit=30_000_000)
+    runs: list[int] = []
+    run = view.call
+    view.call = lambda header, tx: runs.append(header.block_number) or run(header, tx)  # type: ignore[method-assign]
+    call = {"to": "0x" + created.hex()}
+    first = rpc.rpc_eth_call([call, "latest"])
+    assert rpc.rpc_eth_call([dict(reversed(call.items())), "latest"]) == first  # field order
+    assert runs == [1]
+    execution.block(2, to=to_checksum_address(created))
+    view.refresh()
+    assert rpc.rpc_eth_call([call, "latest"]) != first and runs == [1, 2]  # a new head
+    assert rpc.rpc_eth_call([call, "0x1"]) == first and runs == [1, 2]  # block 1 is remembered
+    # Refusals are remembered too, and each answer is a fresh error.
+    broke = {**call, "from": "0x" + "77" * 20, "value": "0x1"}
+    errors = []
+    for _ in range(2):
+        with pytest.raises(RpcError) as refused:
+            rpc.rpc_eth_call([broke, "latest"])
+        errors.append(refused.value)
+    assert runs == [1, 2, 2] and errors[0] is not errors[1]
+    assert errors[0].code == errors[1].code == -32000 and errors[0].message == errors[1].message
+    view.close()
+
+
+def test_call_messages_run_exactly_as_py_evm_builds_them(
+    execution: Execution, tmp_path: Path
+) -> None:
+    created = execution.block(1, to="", data=DEPLOY_COUNTER).included[0].contract_address
+    view = ChainView(tmp_path / "store", CHAIN_ID)
+    rpc = Rpc(view, _no_submit, chain_id=CHAIN_ID, client_version="t", block_gas_limit=30_000_000)
+    head = view.head()
+    sender = "0x" + bytes.fromhex(Account.from_key(KEY0).address[2:]).hex()
+    calls = [
+        {"to": "0x" + created.hex()},
+        {"to": "0x" + created.hex(), "from": sender, "gas": "0x10000"},
+        {"to": "0x" + "22" * 20, "from": sender, "value": "0x5"},
+        {"from": sender, "data": "0x" + DEPLOY_COUNTER},  # a creation: py-evm's own path
+        {"to": "0x" + created.hex(), "gas": "0x5300"},  # runs out of gas
+    ]
+    for call in calls:
+        tx = rpc._spoof(call, head)
+        ours = view.call(head, tx)
+        with view.costless_state(head) as state:
+            executor = state.get_transaction_executor()
+            executor.validate_transaction(tx)
+            reference = executor.build_computation(executor.build_evm_message(tx), tx)
+        assert (ours.output, ours.is_error, ours.get_gas_remaining()) == (
+            reference.output,
+            reference.is_error,
+            reference.get_gas_remaining(),
+        ), call
     view.close()
 
 
