@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -37,8 +38,35 @@ def tansu_binary() -> str:
         raise BrokerError(str(exc)) from exc
 
 
+#: Where ports for listeners started later are picked, below Linux's default ephemeral range.
+LISTEN_PORTS = range(20_000, 32_768)
+
+
+def _ephemeral_ports() -> range:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32_768, 61_000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    """A port free now on `host`, for a listener that another process will open soon.
+
+    Not one the kernel hands out for outgoing connections: a port of that range, free when
+    checked, could be some client's local port by the time the listener binds (seen: a
+    processor's metrics port taken by one of the many Kafka connections a devnet opens).
+    """
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in random.sample(LISTEN_PORTS, 64) if p not in ephemeral]
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # an unusual port layout: let the kernel choose
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
