@@ -365,6 +365,25 @@ def test_rest_mirrors(devnet: Devnet, w3: Web3) -> None:
     assert httpx.get(f"{base}/blocks/999999999").status_code == 404
 
 
+def test_a_rest_only_client_follows_its_transaction_to_the_receipt(
+    devnet: Devnet, w3: Web3
+) -> None:
+    raw = sign(w3, KEY1, to=DEV_ACCOUNTS[6], value=11)
+    base = f"{devnet.url}/v1"
+    before = int(httpx.get(f"{base}/accounts/{DEV_ACCOUNTS[6]}").json()["balance"])
+    accepted = httpx.post(f"{base}/transactions", json="0x" + raw.hex())
+    assert accepted.status_code == 202
+    tx_hash = accepted.json()["hash"]
+    deadline = time.monotonic() + 60
+    while (found := httpx.get(f"{base}/receipts/{tx_hash}")).status_code == 404:
+        assert time.monotonic() < deadline, "the REST mirror never saw the receipt"
+        time.sleep(0.1)
+    assert found.json()["status"] == "0x1"
+    assert int(httpx.get(f"{base}/accounts/{DEV_ACCOUNTS[6]}").json()["balance"]) == before + 11
+    number = int(found.json()["blockNumber"], 16)
+    assert int(httpx.get(f"{base}/blocks/latest").json()["number"], 16) >= number
+
+
 def test_erc20_deploy_transfer_and_events(w3: Web3) -> None:
     from contracts.build import load
 
