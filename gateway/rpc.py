@@ -45,8 +45,9 @@ MAX_LOG_RANGE = 10_000
 MAX_LOGS = 10_000
 #: Filters nobody polled for this long are dropped, as geth does.
 FILTER_TIMEOUT_S = 300
-#: eth_call outcomes remembered (by block and call).
+#: eth_call outcomes remembered (by block and call), each at most this many hex characters.
 CALL_CACHE_SIZE = 4096
+CALL_CACHE_MAX_RESULT = 4096
 CLIENT = "lattice"
 
 
@@ -335,7 +336,8 @@ class Rpc:
         outcome = self._call_cache.get(key) if key else None
         if outcome is None:
             outcome = self._run_call(header, call)
-            if key:
+            size = len(outcome) if isinstance(outcome, str) else len(str(outcome))
+            if key and size <= CALL_CACHE_MAX_RESULT:  # small outcomes only: bounded memory
                 self._call_cache[key] = outcome
                 if len(self._call_cache) > CALL_CACHE_SIZE:
                     self._call_cache.popitem(last=False)

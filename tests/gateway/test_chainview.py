@@ -30,6 +30,9 @@ COUNTER = (
 # Init code: copy the runtime (after these 12 bytes) to memory and return it.
 _SIZE = f"{len(COUNTER) // 2:02x}"
 DEPLOY_COUNTER = f"60{_SIZE}600c60003960{_SIZE}6000f3" + COUNTER
+# Runtime code returning 5 KiB of zeros (RETURN(0, 0x1400)); its init code copies it.
+_BIG = "6114006000f3"
+RETURNS_5K = f"60{len(_BIG) // 2:02x}600c60003960{len(_BIG) // 2:02x}6000f3" + _BIG
 
 
 class Execution:
@@ -145,6 +148,12 @@ def test_the_same_call_on_the_same_block_runs_once(execution: Execution, tmp_pat
         errors.append(refused.value)
     assert runs == [1, 2, 2] and errors[0] is not errors[1]
     assert errors[0].code == errors[1].code == -32000 and errors[0].message == errors[1].message
+    # Large outputs are not kept (memory stays bounded): a 5 KiB return runs every time.
+    big = execution.block(3, to="", data=RETURNS_5K).included[0].contract_address
+    view.refresh()
+    for _ in range(2):
+        assert len(rpc.rpc_eth_call([{"to": "0x" + big.hex()}, "latest"])) == 2 + 2 * 5120
+    assert runs == [1, 2, 2, 3, 3]
     view.close()
 
 
