@@ -98,12 +98,18 @@ def test_refresh_sees_new_blocks_and_skips_catch_up_when_nothing_changed(
     view.close()
 
 
-def test_calls_share_a_state_per_head_and_never_see_each_others_writes(
-    execution: Execution, tmp_path: Path
-) -> None:
+def with_counter(execution: Execution, tmp_path: Path) -> tuple[bytes, ChainView, Rpc]:
+    """The counter deployed in block 1, a view of the store and JSON-RPC over it."""
     created = execution.block(1, to="", data=DEPLOY_COUNTER).included[0].contract_address
     view = ChainView(tmp_path / "store", CHAIN_ID)
     rpc = Rpc(view, _no_submit, chain_id=CHAIN_ID, client_version="t", block_gas_limit=30_000_000)
+    return created, view, rpc
+
+
+def test_calls_share_a_state_per_head_and_never_see_each_others_writes(
+    execution: Execution, tmp_path: Path
+) -> None:
+    created, view, rpc = with_counter(execution, tmp_path)
     call = {"to": "0x" + created.hex()}
     one = "0x" + (1).to_bytes(32, "big").hex() * 2
     assert rpc.rpc_eth_call([call, "latest"]) == one
@@ -125,9 +131,7 @@ def test_calls_share_a_state_per_head_and_never_see_each_others_writes(
 
 
 def test_the_same_call_on_the_same_block_runs_once(execution: Execution, tmp_path: Path) -> None:
-    created = execution.block(1, to="", data=DEPLOY_COUNTER).included[0].contract_address
-    view = ChainView(tmp_path / "store", CHAIN_ID)
-    rpc = Rpc(view, _no_submit, chain_id=CHAIN_ID, client_version="t", block_gas_limit=30_000_000)
+    created, view, rpc = with_counter(execution, tmp_path)
     runs: list[int] = []
     run = view.call
     view.call = lambda header, tx: runs.append(header.block_number) or run(header, tx)  # type: ignore[method-assign]
@@ -160,9 +164,7 @@ def test_the_same_call_on_the_same_block_runs_once(execution: Execution, tmp_pat
 def test_call_messages_run_exactly_as_py_evm_builds_them(
     execution: Execution, tmp_path: Path
 ) -> None:
-    created = execution.block(1, to="", data=DEPLOY_COUNTER).included[0].contract_address
-    view = ChainView(tmp_path / "store", CHAIN_ID)
-    rpc = Rpc(view, _no_submit, chain_id=CHAIN_ID, client_version="t", block_gas_limit=30_000_000)
+    created, view, rpc = with_counter(execution, tmp_path)
     head = view.head()
     sender = "0x" + bytes.fromhex(Account.from_key(KEY0).address[2:]).hex()
     calls = [
