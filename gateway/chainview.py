@@ -15,7 +15,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from eth.chains.base import MiningChain
 from eth.constants import CREATE_CONTRACT_ADDRESS, EMPTY_SHA3
 from eth.vm.forks.prague.constants import SET_CODE_TRANSACTION_TYPE
 from eth.vm.message import Message
+from eth.vm.spoof import SpoofTransaction
+from eth_utils import ValidationError  # type: ignore[attr-defined]
 from rocksdict import AccessType, Options, Rdict
 
 from processors.execution.db import overlay_chain_db
@@ -187,6 +189,20 @@ class ChainView:
             message = _call_message(state, executor, tx)
             return executor.build_computation(message, tx)
 
+    def estimate_gas(self, header: BlockHeaderAPI, tx: Any) -> int:
+        """The gas limit `tx` needs on top of `header` (`least_gas`); raises `CallFailed`
+        when it fails even with all the gas it may have (`tx.gas`)."""
+
+        def run(gas: int) -> Any:
+            try:
+                return self.call(header, SpoofTransaction(tx, gas=gas))
+            except ValidationError:
+                if gas == tx.gas:  # invalid whatever its gas: the caller says why
+                    raise
+                return None  # e.g. below EIP-7623's calldata floor
+
+        return least_gas(run, tx.gas)
+
     def state(self, header: BlockHeaderAPI) -> Any:
         return self.vm(header).state
 
@@ -224,3 +240,55 @@ def _call_message(state: Any, executor: Any, tx: Any) -> MessageAPI:
         code=code,
         is_delegation=delegation is not None,
     )
+
+
+class CallFailed(Exception):
+    """A call that fails with all the gas it may have; `computation` says how (None: the
+    transaction is invalid at any gas)."""
+
+    def __init__(self, computation: Any) -> None:
+        super().__init__(str(computation.error) if computation is not None else "invalid")
+        self.computation = computation
+
+
+#: How close an estimate must come to the least gas that works, as geth's (1.5%).
+ESTIMATE_TOLERANCE_PER_MILLE = 15
+#: The 2300 gas a value-bearing CALL hands on, which some callees need left over.
+CALL_STIPEND = 2300
+
+
+def least_gas(run: Callable[[int], Any], cap: int) -> int:
+    """The least gas limit with which `run(gas)` succeeds, within 1.5% above (geth's rule).
+
+    `run` returns the computation at that limit, or None for one the transaction cannot
+    have. The search is geth's: one run at the cap gives the gas actually used; most
+    transactions succeed with exactly that (plain transfers, reads), which is checked
+    first and is exact; others need more than they use (the 63/64 rule for nested calls,
+    SSTORE's 2300-gas floor, refunds), tried next at (used + refund + 2300) x 64/63, then
+    bisected. Two to about eight runs, where py-evm's own estimator takes a dozen or more.
+    """
+    top = run(cap)
+    if top is None or top.is_error:
+        raise CallFailed(top)
+    used = cap - int(top.get_gas_remaining())
+
+    def works(gas: int) -> bool:
+        computation = run(gas)
+        return computation is not None and not computation.is_error
+
+    if used >= cap or works(used):
+        return min(used, cap)
+    low, high = used, cap  # low fails, high works
+    optimistic = (used + top.get_gas_refund() + CALL_STIPEND) * 64 // 63
+    if optimistic < high:
+        if works(optimistic):
+            high = optimistic
+        else:
+            low = optimistic
+    while high - low > 1 and (high - low) * 1000 > high * ESTIMATE_TOLERANCE_PER_MILLE:
+        middle = min((low + high) // 2, 2 * low)  # most answers lie just above `used`
+        if works(middle):
+            high = middle
+        else:
+            low = middle
+    return high

@@ -24,14 +24,16 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import rlp
 from eth._utils.address import generate_contract_address
+from eth.exceptions import OutOfGas, Revert
 from eth.vm.spoof import SpoofTransaction
 from eth_bloom import BloomFilter  # type: ignore[attr-defined]
 from eth_hash.auto import keccak
 from eth_typing import Address
 from eth_utils.exceptions import ValidationError
 
-from gateway.chainview import ChainView, LedgerNotReady
+from gateway.chainview import CallFailed, ChainView, LedgerNotReady
 from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
 from processors.execution.transactions import InvalidTransaction, Transaction
@@ -45,7 +47,8 @@ MAX_LOG_RANGE = 10_000
 MAX_LOGS = 10_000
 #: Filters nobody polled for this long are dropped, as geth does.
 FILTER_TIMEOUT_S = 300
-#: eth_call outcomes remembered (by block and call), each at most this many hex characters.
+#: eth_call and eth_estimateGas outcomes remembered (by block and call), each at most this
+#: many characters.
 CALL_CACHE_SIZE = 4096
 CALL_CACHE_MAX_RESULT = 4096
 CLIENT = "lattice"
@@ -134,7 +137,7 @@ class Rpc:
         self.filters: dict[str, _Filter] = {}
         #: Executed blocks never change: their receipts are built once (LRU by block hash).
         self._receipt_cache: OrderedDict[bytes, list[dict[str, Any]]] = OrderedDict()
-        #: eth_call outcomes by (block hash, call), oldest first.
+        #: eth_call and eth_estimateGas outcomes by (block hash, kind + call), oldest first.
         self._call_cache: OrderedDict[tuple[bytes, str], str | tuple[int, str, Any]] = OrderedDict()
         self._filter_ids = itertools.count(1)
         self.methods: dict[str, Callable[[list[Any]], Any]] = {
@@ -327,15 +330,30 @@ class Rpc:
         return SpoofTransaction(unsigned, from_=sender)
 
     def rpc_eth_call(self, params: list[Any]) -> str:
+        return self._remembered("call", params, self._run_call)
+
+    def rpc_eth_estimateGas(self, params: list[Any]) -> str:
+        return self._remembered("estimate", params, self._run_estimate)
+
+    def _remembered(
+        self, kind: str, params: list[Any], run: Callable[[Any, Any], str | tuple[int, str, Any]]
+    ) -> str:
+        """`run(header, call)`'s outcome, remembered by block and call.
+
+        A call's outcome is a function of the block it runs on and its fields alone, and
+        executed blocks never change: the same call on the same block is answered from
+        memory (dapps poll the same balanceOf/allowance/getReserves every block).
+        """
         header = self._header(_param(params, 1, "block", "latest"))
         call = _param(params, 0, "call")
-        # A call's outcome is a function of the block it runs on and its fields alone, and
-        # executed blocks never change: the same call on the same block is answered from
-        # memory (dapps poll the same balanceOf/allowance/getReserves every block).
-        key = (header.hash, json.dumps(call, sort_keys=True)) if isinstance(call, dict) else None
+        key = (
+            (header.hash, kind + json.dumps(call, sort_keys=True))
+            if isinstance(call, dict)
+            else None
+        )
         outcome = self._call_cache.get(key) if key else None
         if outcome is None:
-            outcome = self._run_call(header, call)
+            outcome = run(header, call)
             size = len(outcome) if isinstance(outcome, str) else len(str(outcome))
             if key and size <= CALL_CACHE_MAX_RESULT:  # small outcomes only: bounded memory
                 self._call_cache[key] = outcome
@@ -357,13 +375,21 @@ class Rpc:
             return 3, "execution reverted" + _reason(output), data(output)
         return data(computation.output)
 
-    def rpc_eth_estimateGas(self, params: list[Any]) -> str:
-        header = self._header(_param(params, 1, "block", "latest"))
-        tx = self._spoof(_param(params, 0, "call"), header)
+    def _run_estimate(self, header: Any, call: Any) -> str | tuple[int, str, Any]:
+        """The gas the call needs, or the (code, message, data) of why it fails."""
+        tx = self._spoof(call, header)
         try:
-            return qty(self.view.chain.estimate_gas(tx, header))  # type: ignore[arg-type]
-        except Exception as exc:  # py-evm raises the failing computation's error
-            raise RpcError(3, f"execution reverted: {exc}") from None
+            return qty(self.view.estimate_gas(header, tx))
+        except ValidationError as exc:  # a value above the sender's balance
+            return -32000, f"invalid call: {exc}", None
+        except CallFailed as failed:
+            error = failed.computation.error if failed.computation is not None else None
+            if isinstance(error, Revert):
+                output = failed.computation.output
+                return 3, "execution reverted" + _reason(output), data(output)
+            if isinstance(error, OutOfGas):
+                return -32000, f"gas required exceeds allowance ({tx.gas})", None
+            return -32000, f"execution failed: {error or 'invalid call'}", None
 
     # -- transactions ------------------------------------------------------------------
 
@@ -812,6 +838,21 @@ def _receipts(view: ChainView, block: Any) -> list[dict[str, Any]]:
     return out
 
 
+_SIZES: OrderedDict[bytes, int] = OrderedDict()
+
+
+def _block_size(block: Any) -> int:
+    """The block's RLP size in bytes (header, transactions, uncles, withdrawals), as geth
+    reports it; encoded once per block (the last 256 kept), since blocks are final."""
+    key = block.header.hash
+    size = _SIZES.get(key)
+    if size is None:
+        size = _SIZES[key] = len(rlp.encode(block))
+        if len(_SIZES) > 256:
+            _SIZES.popitem(last=False)
+    return size
+
+
 def block_json(block: Any, full: bool) -> dict[str, Any]:
     h = block.header
     out: dict[str, Any] = {
@@ -828,7 +869,7 @@ def block_json(block: Any, full: bool) -> dict[str, Any]:
         "difficulty": qty(h.difficulty),
         "totalDifficulty": qty(0),
         "extraData": data(h.extra_data),
-        "size": qty(len(block.encode()) if hasattr(block, "encode") else 0),
+        "size": qty(_block_size(block)),
         "gasLimit": qty(h.gas_limit),
         "gasUsed": qty(h.gas_used),
         "timestamp": qty(h.timestamp),

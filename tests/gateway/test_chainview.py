@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rlp
+from eth.estimators.gas import binary_gas_search_exact
+from eth.vm.spoof import SpoofTransaction
 from eth_account import Account
 from eth_typing import Address
 from eth_utils import to_checksum_address
 
-from gateway.chainview import ChainView
+from gateway.chainview import CallFailed, ChainView, least_gas
 from gateway.rpc import Rpc, RpcError
 from processors.execution.db import overlay_chain_db
 from processors.execution.genesis import dev_genesis
@@ -191,3 +194,102 @@ def test_call_messages_run_exactly_as_py_evm_builds_them(
 
 async def _no_submit(raw: bytes, source: str) -> Any:
     raise AssertionError("no transactions in this test")
+
+
+def deploy_code(runtime: str) -> str:
+    """Init code returning `runtime` (under 256 bytes) as the contract's code."""
+    size = f"{len(runtime) // 2:02x}"
+    return f"60{size}600c60003960{size}6000f3" + runtime
+
+
+def calling(callee: bytes) -> str:
+    """Runtime code that CALLs `callee` with all its gas and reverts if that call failed."""
+    return (
+        "6000" * 5 + "73" + callee.hex() + "5a" + "f1" + "15" + "6026" + "57" + "00"
+        + "5b" + "6000" + "6000" + "fd"
+    )  # fmt: skip
+
+
+def test_gas_estimates_are_geths_least_gas_within_its_tolerance(
+    execution: Execution, tmp_path: Path
+) -> None:
+    counter, view, rpc = with_counter(execution, tmp_path)
+    caller = execution.block(2, to="", data=deploy_code(calling(counter)))
+    caller_address = caller.included[0].contract_address
+    view.refresh()
+    head = view.head()
+    sender = Account.from_key(KEY0).address
+    cases = [
+        ({"from": sender, "to": "0x" + "22" * 20, "value": "0x5"}, True),  # exact: 21,000
+        ({"from": sender, "to": "0x" + counter.hex()}, True),  # reads and writes a slot
+        # A nested call gets 63/64 of what is left: it needs more than it uses.
+        ({"from": sender, "to": "0x" + caller_address.hex()}, False),
+    ]
+    for call, exact_expected in cases:
+        tx = rpc._spoof(call, head)
+        ours = view.estimate_gas(head, tx)
+        with view.vm(head).in_costless_state() as state:
+            least = binary_gas_search_exact(state, tx)
+        assert least <= ours <= least * 1015 // 1000 + 1, call
+        assert (ours == least) is exact_expected, (call, ours, least)
+        assert not view.call(head, SpoofTransaction(tx, gas=ours)).is_error
+    assert rpc.rpc_eth_estimateGas([cases[0][0], "latest"]) == hex(21_000)
+    view.close()
+
+
+def test_gas_estimates_of_failing_calls_say_why(execution: Execution, tmp_path: Path) -> None:
+    reverts = execution.block(1, to="", data=deploy_code("60006000fd")).included[0]
+    loops = execution.block(2, to="", data=deploy_code("5b600056")).included[0]
+    view = ChainView(tmp_path / "store", CHAIN_ID)
+    rpc = Rpc(view, _no_submit, chain_id=CHAIN_ID, client_version="t", block_gas_limit=30_000_000)
+    for created, code, message in (
+        (reverts, 3, "execution reverted"),
+        (loops, -32000, "gas required exceeds allowance (1000000)"),
+    ):
+        call = {"to": "0x" + created.contract_address.hex(), "gas": hex(1_000_000)}
+        with pytest.raises(RpcError) as failed:
+            rpc.rpc_eth_estimateGas([call, "latest"])
+        assert (failed.value.code, failed.value.message) == (code, message)
+    broke = {"from": "0x" + "77" * 20, "to": "0x" + "22" * 20, "value": "0x1"}
+    with pytest.raises(RpcError) as refused:
+        rpc.rpc_eth_estimateGas([broke, "latest"])
+    assert refused.value.code == -32000 and "invalid call" in refused.value.message
+    view.close()
+
+
+def test_least_gas_searches_like_geth() -> None:
+    class Outcome:
+        def __init__(self, gas: int, need: int, use: int) -> None:
+            self.is_error = gas < need
+            self.error = "out of gas" if self.is_error else None
+            self._left = gas - use
+
+        def get_gas_remaining(self) -> int:
+            return self._left
+
+        def get_gas_refund(self) -> int:
+            return 0
+
+    for need, use in ((21_000, 21_000), (60_000, 50_000), (5_000_000, 100_000)):
+        runs: list[int] = []
+
+        def run(gas: int, need: int = need, use: int = use, runs: list[int] = runs) -> Outcome:
+            runs.append(gas)
+            return Outcome(gas, need, use)
+
+        found = least_gas(run, 30_000_000)
+        assert need <= found <= need * 1015 // 1000 + 1
+        assert len(runs) <= 25
+    with pytest.raises(CallFailed):
+        least_gas(lambda gas: Outcome(gas, 40_000_000, 0), 30_000_000)
+
+
+def test_blocks_report_their_encoded_size(execution: Execution, tmp_path: Path) -> None:
+    _, view, rpc = with_counter(execution, tmp_path)
+    block = rpc.rpc_eth_getBlockByNumber(["0x1", False])
+    assert int(block["size"], 16) == len(rlp.encode(view.block(1))) > 600  # header + a tx
+    execution.block(2, to="0x" + "22" * 20)  # a transfer: no init code in the block
+    view.refresh()
+    transfer = rpc.rpc_eth_getBlockByNumber(["0x2", True])
+    assert int(transfer["size"], 16) == len(rlp.encode(view.block(2))) < int(block["size"], 16)
+    view.close()
