@@ -6,14 +6,14 @@ One Python client (httpx, keep-alive) runs the same script on each node: pre-sig
 transfers sent with eth_sendRawTransaction until every receipt is in, first one request at
 a time, then from ten wallets at once (one connection and one thread each, every wallet
 sending its next transaction as soon as the last was accepted, as ten busy users would),
-then as JSON-RPC batches holding one transaction of each wallet (as a relayer would);
-the same for ERC-20 transfers (LatticeToken); submit-to-receipt latency of single
-transfers; eth_call latency (balanceOf), the same call repeated (Lattice answers a call it
-ran on the same block from memory) and a different holder each time (run every time); and
-eth_getBalance throughput. Receipts are
-polled with JSON-RPC batches of 100. anvil is foundry's and Hardhat 3 is `hardhat node`,
-both from npm (`node_modules/.bin/`, installed by `make`), on loopback. The devnet runs
-with 0.25 s blocks and finality depth 3. The execution processor alone is measured by
+then as JSON-RPC batches holding one transaction of each wallet (as a relayer would); the
+same for ERC-20 transfers (LatticeToken); submit-to-receipt latency of single transfers;
+eth_call latency (balanceOf), the same call repeated (Lattice answers a call it ran on the
+same block from memory) and a different holder each time (run every time); eth_estimateGas
+of an ERC-20 transfer to a new address; and eth_getBalance throughput. Receipts are polled
+with JSON-RPC batches of 100. anvil is foundry's and Hardhat 3 is `hardhat node`, both from
+npm (`node_modules/.bin/`, installed by `make`), on loopback. The devnet runs with 0.25 s
+blocks and finality depth 3. The execution processor alone is measured by
 `bench/bench_execution.py`.
 Figures are printed with the ratio lattice / anvil; nothing is asserted.
 """
@@ -270,6 +270,15 @@ def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
         client.call("eth_call", {"to": token_address, "data": fresh}, "latest")
         latencies.append((time.perf_counter() - start) * 1000)
     results.update(percentiles("eth_call new", latencies))
+    # What a wallet asks before each send: the gas of an ERC-20 transfer, to a new address.
+    latencies = []
+    for i in range(calls // 4):
+        to = (0xE57 << 140 | i).to_bytes(20, "big")
+        payload = "0x" + (selector + encode(["address", "uint256"], [to, 1])).hex()
+        start = time.perf_counter()
+        client.call("eth_estimateGas", {"from": accounts[0], "to": token_address, "data": payload})
+        latencies.append((time.perf_counter() - start) * 1000)
+    results.update(percentiles("eth_estimateGas", latencies))
     results["getBalance"] = rate(
         "eth_getBalance",
         calls,
