@@ -261,11 +261,12 @@ def least_gas(run: Callable[[int], Any], cap: int) -> int:
     """The least gas limit with which `run(gas)` succeeds, within 1.5% above (geth's rule).
 
     `run` returns the computation at that limit, or None for one the transaction cannot
-    have. The search is geth's: one run at the cap gives the gas actually used; most
-    transactions succeed with exactly that (plain transfers, reads), which is checked
-    first and is exact; others need more than they use (the 63/64 rule for nested calls,
-    SSTORE's 2300-gas floor, refunds), tried next at (used + refund + 2300) x 64/63, then
-    bisected. Two to about eight runs, where py-evm's own estimator takes a dozen or more.
+    have. The search is geth's with one step more: one run at the cap gives the gas
+    actually used; most transactions succeed with exactly that (plain transfers, reads),
+    which is tried first and then exact; others need more than they use (the 63/64 rule
+    for nested calls, SSTORE's 2300-gas floor, refunds): geth's optimistic bound
+    (used + refund + 2300) x 64/63 next, then bisection. Two to about eight runs, where
+    py-evm's own estimator takes a dozen or more.
     """
     top = run(cap)
     if top is None or top.is_error:

@@ -50,30 +50,33 @@ def _block_param(block_id: str) -> Any:
 
 
 def router(rpc: Rpc) -> APIRouter:
+    # Handlers are coroutines, so they run on the event loop like JSON-RPC calls: FastAPI
+    # runs plain functions on a thread pool, where they would share py-evm's state and the
+    # view's caches with the loop's calls unguarded.
     api = APIRouter(prefix="/v1")
 
     @api.get("/blocks/{block_id}", response_model=None)
-    def block(block_id: str, full: bool = False) -> Any:
+    async def block(block_id: str, full: bool = False) -> Any:
         if block_id.startswith("0x") and len(block_id) == 66:
             return _ask(rpc.rpc_eth_getBlockByHash, block_id, full)
         return _ask(rpc.rpc_eth_getBlockByNumber, _block_param(block_id), full)
 
     @api.get("/blocks/{block_id}/receipts", response_model=None)
-    def block_receipts(block_id: str) -> Any:
+    async def block_receipts(block_id: str) -> Any:
         if block_id.startswith("0x") and len(block_id) == 66:
             return _ask(rpc.rpc_eth_getBlockReceipts, {"blockHash": block_id})
         return _ask(rpc.rpc_eth_getBlockReceipts, _block_param(block_id))
 
     @api.get("/transactions/{tx_hash}", response_model=None)
-    def transaction(tx_hash: str) -> Any:
+    async def transaction(tx_hash: str) -> Any:
         return _ask(rpc.rpc_eth_getTransactionByHash, tx_hash)
 
     @api.get("/receipts/{tx_hash}", response_model=None)
-    def receipt(tx_hash: str) -> Any:
+    async def receipt(tx_hash: str) -> Any:
         return _ask(rpc.rpc_eth_getTransactionReceipt, tx_hash)
 
     @api.get("/accounts/{address}", response_model=None)
-    def account(address: str) -> Any:
+    async def account(address: str) -> Any:
         balance = _ask(rpc.rpc_eth_getBalance, address, "latest")
         if isinstance(balance, JSONResponse):
             return balance
