@@ -83,6 +83,17 @@ def test_dev_accounts_and_chain(w3: Web3) -> None:
     assert w3.eth.get_block("finalized").number <= w3.eth.block_number
 
 
+def test_block_time_is_the_wall_clock(w3: Web3) -> None:
+    # Several blocks a second share a timestamp instead of running ahead of real time.
+    start = w3.eth.block_number
+    while w3.eth.block_number < start + 20:
+        time.sleep(0.2)
+    latest = w3.eth.get_block("latest")
+    assert abs(latest["timestamp"] - time.time()) < 10
+    stamps = [w3.eth.get_block(n)["timestamp"] for n in range(start, latest["number"] + 1)]
+    assert stamps == sorted(stamps)
+
+
 def test_back_to_back_transfers_with_pending_nonces(w3: Web3) -> None:
     dest = "0x" + "33" * 20
     before = w3.eth.get_balance(dest)

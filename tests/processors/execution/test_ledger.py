@@ -137,6 +137,17 @@ def test_same_input_same_state_roots_and_restart_from_the_store() -> None:
     assert len(set(roots)) == 5
 
 
+def test_the_ledger_keeps_the_dag_clock_and_never_goes_back() -> None:
+    ledger, _ = Store().ledger()
+    at = [1_800_000_000_000, 1_800_000_000_250, 1_800_000_000_999, 1_800_000_001_000]
+    at += [1_799_999_999_000, 1_800_000_005_400]  # a chain block stamped earlier, then later
+    stamps = []
+    for n, ms in enumerate(at, start=1):
+        block = {**ordered(n, []), "timestamp_ms": ms}
+        stamps.append(ledger.execute(block).header.timestamp)
+    assert stamps == [1_800_000_000] * 3 + [1_800_000_001] * 2 + [1_800_000_005]
+
+
 def test_empty_blocks_keep_the_genesis_gas_limit() -> None:
     # py-evm's default rule shrank it by 1/1024 per empty block (22M after these 300).
     ledger, _ = Store().ledger(gas_limit=30_000_000)
