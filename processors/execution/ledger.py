@@ -157,8 +157,8 @@ class Ledger:
         parent = self.head
         # The chain block's clock, never behind the parent's. Several blocks may share a
         # second (as on Arbitrum): forcing each one a second above its parent, as Ethereum's
-        # 12 s slots allow, put a devnet with 0.25 s blocks (five chain blocks a second)
-        # four minutes ahead of the wall clock after 80 s, and contracts' deadlines with it.
+        # 12 s slots allow, runs a devnet with 0.25 s blocks (five chain blocks a second)
+        # four seconds ahead for every second it runs, and contracts' deadlines with it.
         timestamp = max(parent.timestamp, ordered["timestamp_ms"] // 1000)
         chain = self.chain
         header = chain.create_header_from_parent(
