@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -114,11 +115,29 @@ class JobStatus:
         return "assigned" if self.assignments else "submitted"
 
 
+#: Where each job record goes in its job's status.
+_PART_OF_A_JOB = {
+    "lattice.jobs.JobAssigned": "assignments",
+    "lattice.jobs.JobResult": "results",
+    "lattice.jobs.JobVerdict": "verdicts",
+    "lattice.jobs.JobSettled": "settlements",
+    "lattice.jobs.JobTokens": "tokens",
+}
+#: Jobs whose records came before their submission, kept at most (the oldest dropped).
+MAX_EARLY_JOBS = 10_000
+
+
+def _attach(status: JobStatus, schema: str, record: dict[str, Any]) -> None:
+    getattr(status, _PART_OF_A_JOB[schema]).append(record)
+
+
 class MarketService:
     def __init__(self, settings: Settings, bootstrap: str, chain_id: int) -> None:
         self.settings = settings
         self.view = MarketView(chain_id)
         self.jobs: dict[bytes, JobStatus] = {}
+        #: Records of jobs whose submission has not come in yet, by job, oldest first.
+        self._early: OrderedDict[bytes, list[tuple[str, dict[str, Any]]]] = OrderedDict()
         self.lock = threading.Lock()
         self.waiters: dict[bytes, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
         self.blockstore = Blockstore(Path(settings.data_dir) / "blockstore")
@@ -158,25 +177,27 @@ class MarketService:
     def apply(self, schema: str, record: dict[str, Any]) -> None:
         with self.lock:
             self.view.apply(schema, record)
+            job_id = record.get("job_id", b"")
             if schema == "lattice.jobs.JobSubmitted":
-                self.jobs.setdefault(record["job_id"], JobStatus(record))
-                return
-            status = self.jobs.get(record.get("job_id", b""))
-            if status is None:
-                return
-            if schema == "lattice.jobs.JobAssigned":
-                status.assignments.append(record)
-            elif schema == "lattice.jobs.JobResult":
-                status.results.append(record)
-            elif schema == "lattice.jobs.JobVerdict":
-                status.verdicts.append(record)
-            elif schema == "lattice.jobs.JobSettled":
-                status.settlements.append(record)
-            elif schema == "lattice.jobs.JobTokens":
-                status.tokens.append(record)
+                status = self.jobs.setdefault(job_id, JobStatus(record))
+                early = self._early.pop(job_id, [])
+                for kind, item in early:
+                    _attach(status, kind, item)
+                if not early:
+                    return
+            elif schema in _PART_OF_A_JOB:
+                known = self.jobs.get(job_id)
+                if known is None:
+                    # The job topics are read side by side in no set order: an assignment
+                    # can come in before its submission. Keep it for when that arrives.
+                    self._early.setdefault(job_id, []).append((schema, record))
+                    if len(self._early) > MAX_EARLY_JOBS:
+                        self._early.popitem(last=False)
+                    return
+                _attach(known, schema, record)
             else:
                 return
-            wake = self.waiters.pop(record["job_id"], [])
+            wake = self.waiters.pop(job_id, [])
         for loop, future in wake:
             loop.call_soon_threadsafe(_resolve, future)
 
