@@ -248,7 +248,8 @@ def cmd_tail(settings: Settings, name: str, count: int, follow: bool, out: TextI
             (topic_name, p): low if count < 0 else max(low, end - count)
             for p, (low, end) in ends.items()
         }
-        backlog = list(reader.read(starts))
+        until = {(topic_name, p): end for p, (_, end) in ends.items()}
+        backlog = list(reader.read(starts, until=until))
         backlog.sort(key=lambda m: (m.timestamp()[1], m.partition(), m.offset()))
         if count >= 0:
             backlog = backlog[len(backlog) - count :] if count else []

@@ -79,6 +79,8 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 #: 2 ms at 5 ms), but every idle consumer then fetches 1000/wait times a second, and at 5 ms
 #: four market consumers kept the broker at ~85% of a core on an idle devnet.
 LOW_LATENCY_READ: dict[str, Any] = {"fetch.wait.max.ms": 20, "fetch.min.bytes": 1}
+#: How long finding a partition's end reads on before asking the watermark again.
+PROBE_PATIENCE_S = 0.5
 READER_DEFAULTS: dict[str, Any] = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
@@ -261,27 +263,61 @@ class Reader:
         positions: Mapping[tuple[str, int], int],
         *,
         follow: bool = False,
+        until: Mapping[tuple[str, int], int] | None = None,
         idle_timeout: float = 30.0,
     ) -> Iterator[Any]:
         """Raw messages from the given positions; stops at the end unless `follow`.
 
-        Without `follow`, the end is where every partition reported EOF. `idle_timeout`
-        guards against a broker that stops answering mid-read.
+        Without `follow`, the end is `until` (one past the last offset wanted, per
+        partition) or, where none is given, each partition's end as of this call. A fixed
+        end is what makes a read of a live topic finish: partition EOF alone can chase a
+        partition written faster than the broker answers a fetch (a devnet's proposed
+        blocks did, for over a minute). `idle_timeout` guards against a broker that stops
+        answering mid-read.
         """
+        if not follow and until is None:
+            spans = self.end_offsets_of(sorted({topic for topic, _ in positions}))
+            until = {key: spans[key][1] for key in positions if key in spans}
+        return self._drain(positions, None if follow else until or {}, idle_timeout)
+
+    def _drain(
+        self,
+        positions: Mapping[tuple[str, int], int],
+        ends: Mapping[tuple[str, int], int] | None,
+        idle_timeout: float,
+    ) -> Iterator[Any]:
+        """Messages from `positions`: forever where `ends` is None, else until every
+        partition reached its end there (or its EOF, where it has none)."""
+        pending = {
+            key
+            for key, start in positions.items()
+            if ends is None or start < ends.get(key, start + 1)
+        }
+        if not pending:
+            return
         self.assign(positions)
-        pending = set(positions)
         last_progress = time.monotonic()
-        while follow or pending:
+        while ends is None or pending:
             message = self.poll_raw(0.2)
             if message is None:
-                if not follow and time.monotonic() - last_progress > idle_timeout:
+                if ends is not None and time.monotonic() - last_progress > idle_timeout:
                     raise TimeoutError(f"no end-of-partition seen for {sorted(pending)}")
                 continue
             last_progress = time.monotonic()
+            key = (message.topic(), message.partition())
             if message.error() is not None:  # partition EOF
-                pending.discard((message.topic(), message.partition()))
+                pending.discard(key)
+                continue
+            if ends is None:
+                yield message
+                continue
+            end = ends.get(key)
+            if key not in pending or (end is not None and message.offset() >= end):
+                pending.discard(key)  # fetched past the end
                 continue
             yield message
+            if end is not None and message.offset() + 1 >= end:
+                pending.discard(key)
 
     def end_offsets(self, topic: str, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
         """(low, end) offsets per partition, the end being one past the last record."""
@@ -293,9 +329,12 @@ class Reader:
     ) -> dict[tuple[str, int], tuple[int, int]]:
         """(low, end) per partition of several topics, in one round of requests.
 
-        Watermarks come from one ListOffsets request per spec for every partition; the
-        true end is then found by reading each non-empty partition's last batch to EOF
-        (see the module docstring for why the high watermark alone is not enough).
+        Watermarks come from one ListOffsets request per spec for every partition. On the
+        embedded broker the watermark is the first offset of the last batch plus one (see
+        the module docstring), so each non-empty partition is then read on from there to
+        its EOF. A partition still being written may not reach EOF soon; for those the
+        watermark is asked again every `PROBE_PATIENCE_S`, and once it has moved, the
+        batch it now points into starts at or after the end as of the first request.
         """
         metadata = self._consumer.list_topics(timeout=timeout).topics
         partitions = []
@@ -308,14 +347,36 @@ class Reader:
             return {}
         lows = self._admin_offsets(partitions, OffsetSpec.earliest(), timeout)  # type: ignore[no-untyped-call]
         highs = self._admin_offsets(partitions, OffsetSpec.latest(), timeout)  # type: ignore[no-untyped-call]
-        result = {key: (lows[key], highs[key]) for key in lows}
-        probes = {key: max(low, high - 1) for key, (low, high) in result.items() if high > low}
-        if probes:
-            for message in self.read(probes, idle_timeout=timeout):
-                key = (message.topic(), message.partition())
-                low, end = result[key]
-                result[key] = (low, max(end, message.offset() + 1))
-        return result
+        ends = {key: highs[key] for key in lows}
+        pending = {key for key in ends if ends[key] > lows[key]}
+        if pending:
+            self.assign({key: max(lows[key], ends[key] - 1) for key in pending})
+        last_progress = ask_again = time.monotonic()
+        while pending:
+            now = time.monotonic()
+            if now - ask_again > PROBE_PATIENCE_S:
+                ask_again = now
+                moving = [TopicPartition(t, p) for t, p in sorted(pending)]
+                latest = self._admin_offsets(moving, OffsetSpec.latest(), timeout)  # type: ignore[no-untyped-call]
+                for key, later in latest.items():
+                    if later > highs[key]:
+                        ends[key] = max(ends[key], later - 1)
+                        pending.discard(key)
+                continue
+            message = self.poll_raw(0.1)
+            if message is None:
+                if now - last_progress > timeout:
+                    raise TimeoutError(f"no end-of-partition seen for {sorted(pending)}")
+                continue
+            last_progress = now
+            key = (message.topic(), message.partition())
+            if key not in pending:
+                continue
+            if message.error() is not None:  # partition EOF
+                pending.discard(key)
+            else:
+                ends[key] = max(ends[key], message.offset() + 1)
+        return {key: (lows[key], ends[key]) for key in lows}
 
     def _admin_offsets(
         self, partitions: list[TopicPartition], spec: Any, timeout: float

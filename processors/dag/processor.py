@@ -158,7 +158,8 @@ def last_chain_index(bootstrap: str, output: TopicSpec) -> int:
         last = 0
         for partition, (low, end) in ends.items():
             if end > low:
-                for message in reader.read({(output.name, partition): end - 1}):
+                key = (output.name, partition)
+                for message in reader.read({key: end - 1}, until={key: end}):
                     last = max(last, reader.decode(message).value["chain_index"])
         return last
     finally:

@@ -214,7 +214,7 @@ def sent_for(bootstrap: str, offset: int, window: int = 20_000) -> set[tuple[str
         spans = reader.end_offsets_of([RECEIPTS.name, REJECTED.name, ACCOUNTS.name])
         starts = {k: max(low, end - window) for k, (low, end) in spans.items() if end > low}
         if starts:
-            for message in reader.read(starts):
+            for message in reader.read(starts, until={k: end for k, (_, end) in spans.items()}):
                 record = reader.decode(message)
                 cause = record.value.get("cause")
                 if cause and cause["topic"] == ORDERED.name and cause["offset"] == offset:
@@ -232,7 +232,7 @@ def last_block_number(bootstrap: str) -> int:
         if end <= low:
             return 0
         last = 0
-        for message in reader.read({(EXECUTED.name, 0): end - 1}):
+        for message in reader.read({(EXECUTED.name, 0): end - 1}, until={(EXECUTED.name, 0): end}):
             last = max(last, reader.decode(message).value["number"])
         return last
     finally:

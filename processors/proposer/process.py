@@ -154,7 +154,9 @@ class ProposerProcess:
         ends = reader.end_offsets(PROPOSED.name)
         next_offset = 0
         if ends[0][1] > 0:
-            for message in reader.read({(PROPOSED.name, 0): 0}):
+            for message in reader.read(
+                {(PROPOSED.name, 0): 0}, until={(PROPOSED.name, 0): ends[0][1]}
+            ):
                 self.on_block(message)
                 next_offset = message.offset() + 1
         return next_offset

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -110,6 +112,44 @@ def test_end_offsets_are_true_ends_even_after_multi_record_batches(
         reader.close()
     counts = {s.name: s.records for s in list_topics(broker.bootstrap)}
     assert counts[spec.name] == 25
+
+
+def test_reads_of_a_topic_being_written_end_at_the_end_as_of_the_call(
+    broker: EmbeddedBroker, make_topic: Callable[..., TopicSpec]
+) -> None:
+    # One record at a time, as proposers write blocks: waiting for partition EOF alone
+    # chased such a partition for over a minute.
+    spec = make_topic(schema="lattice.common.Position", partitions=1)
+    producer = Producer(broker.bootstrap)
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        i, deadline = 0, time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            acked.append(producer.send(spec, position(i), partition=0).result(10).offset)
+            i += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    reader = Reader(broker.bootstrap)
+    try:
+        while len(acked) < 300:
+            time.sleep(0.01)
+        for _ in range(3):
+            written = len(acked)
+            offsets = [m.offset() for m in reader.read(from_beginning(spec.name, [0]))]
+            assert writer.is_alive(), "the read only ended when the writing did"
+            assert offsets == list(range(len(offsets)))
+            assert len(offsets) >= written
+            (low, end) = reader.end_offsets(spec.name)[0]
+            assert low == 0 and end >= len(offsets)
+            assert writer.is_alive()
+    finally:
+        stop.set()
+        writer.join()
+        producer.close()
+        reader.close()
 
 
 def test_encoding_errors_raise_before_anything_is_sent(
