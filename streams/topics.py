@@ -136,3 +136,34 @@ def topic(name: str) -> TopicSpec:
 def hex_key(value: bytes) -> str:
     """The text key for an address or hash."""
     return "0x" + value.hex()
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash, as the Java client's default partitioner computes it."""
+    m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
+    length = len(data)
+    h = (0x9747B28C ^ length) & mask
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & mask
+        k ^= k >> r
+        k = (k * m) & mask
+        h = (h * m) & mask
+        h ^= k
+    tail = data[length - length % 4 :]
+    if len(tail) >= 3:
+        h ^= tail[2] << 16
+    if len(tail) >= 2:
+        h ^= tail[1] << 8
+    if tail:
+        h ^= tail[0]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition our producers (and the Java client, and Faust) put a keyed record in."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eth_abi.abi import decode, encode
+from eth_abi.exceptions import DecodingError
 from eth_account import Account
 from eth_hash.auto import keccak
 from eth_utils.address import to_checksum_address
@@ -66,6 +67,23 @@ def signed_call(
     return bytes(Account.sign_transaction(tx, private_key).raw_transaction)
 
 
+SETTLE = "settle(bytes32,address,address,address,uint256,uint256,uint256,uint256)"
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """The arguments of a `JobMarket.settle` call."""
+
+    settlement_id: bytes
+    signer: bytes
+    requester: bytes
+    provider: bytes
+    paid: int
+    fee: int
+    refund: int
+    slash: int
+
+
 def settle_call(
     settlement_id: bytes,
     signer: bytes,
@@ -77,11 +95,32 @@ def settle_call(
     slash: int,
 ) -> bytes:
     return call_data(
-        "settle(bytes32,address,address,address,uint256,uint256,uint256,uint256)",
+        SETTLE,
         settlement_id,
         "0x" + signer.hex(),
         "0x" + requester.hex(),
         "0x" + provider.hex(),
+        paid,
+        fee,
+        refund,
+        slash,
+    )
+
+
+def settlement_of(data: bytes) -> Settlement | None:
+    """The arguments of a `settle` call's data; None for any other call."""
+    if data[:4] != selector(SETTLE):
+        return None
+    try:
+        words = decode(SETTLE[SETTLE.index("(") + 1 : -1].split(","), data[4:])
+    except DecodingError:
+        return None
+    sid, signer, requester, provider, paid, fee, refund, slash = words
+    return Settlement(
+        sid,
+        bytes.fromhex(signer[2:]),
+        bytes.fromhex(requester[2:]),
+        bytes.fromhex(provider[2:]),
         paid,
         fee,
         refund,

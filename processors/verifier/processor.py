@@ -13,8 +13,14 @@ a rejected one pays nothing and slashes the node's stake; a late one, or a job t
 expired, is refunded (a zero-charge settlement, so the ledger records it). Each paid or
 refunded (job, node) settles once: duplicates of a result, and results arriving after the
 job was paid, get a verdict but no second payment. Settlements are transactions signed with
-the settler's key and produced to `lattice.tx.submitted`, their nonces counted from the
-settlements already on the log, and recorded on `lattice.jobs.settled`.
+the settler's key and produced to `lattice.tx.submitted`, then recorded on
+`lattice.jobs.settled`.
+
+A crash can fall between those steps; the log says where, and a restart finishes the step:
+a verdict with no settlement is paid from that verdict (not judged again), and a settlement
+transaction with no record is recorded as sent (not signed again, so no settlement is paid
+twice or lost and the settler's nonces stay gapless: they are counted from the settler's
+own transactions on the log).
 
 On start it reads every input and its own outputs from the beginning: what was verdicted
 or settled before is not done again. Verdicts and amounts depend only on each job's own
@@ -41,7 +47,7 @@ from gpu_worker.runtime import BlockSource, FetchError, ModelCache
 from gpu_worker.training import Trainer, TrainingSpec, weights_array
 from processors.execution.genesis import JOB_MARKET, address_of
 from processors.execution.transactions import ChainRules, decode_transaction, submitted_event
-from processors.market.chain import settle_call, signed_call
+from processors.market.chain import Settlement, settle_call, settlement_of, signed_call
 from processors.market.content import Blockstore, ContentError
 from processors.market.economics import Reward, refund, reward, slash_wei
 from processors.market.jobs import TRAINING, InvalidSignature, job_signer
@@ -50,7 +56,7 @@ from streams.admin import ensure_topics
 from streams.kafka import LOW_LATENCY_READ, Producer, Reader
 from streams.metrics import VERIFICATIONS
 from streams.settings import Settings
-from streams.topics import TopicSpec, hex_key, topic
+from streams.topics import TopicSpec, hex_key, partition_of, topic
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +76,7 @@ class JobFacts:
     assignments: dict[int, dict[str, Any]] = field(default_factory=dict)
     charged: int = 0
     settled_for: set[bytes] = field(default_factory=set)  # nodes paid/refunded, ZERO: expiry
-    verdicted: set[bytes] = field(default_factory=set)  # nodes (excluded from reassignment)
+    verdicts: dict[bytes, dict[str, Any]] = field(default_factory=dict)  # by node
     waiting: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
 
 
@@ -87,9 +93,10 @@ class Verifier:
         peers: list[str] | None = None,
         replay_into: str | None = None,
     ) -> None:
-        """`replay_into`: a prefix; the verifier then starts from nothing, ignores the live
-        verdicts and settlements, and writes its outputs to `<prefix>.verdicts`,
-        `<prefix>.settled` and `<prefix>.transactions` instead (a replay to compare)."""
+        """`replay_into`: a prefix; the verifier then ignores the live verdicts and
+        settlements and writes its outputs to `<prefix>.verdicts`, `<prefix>.settled` and
+        `<prefix>.tx` instead (a replay to compare). It reads those back as its own, like
+        the live verifier reads its own: a fresh prefix starts from nothing."""
         self.settings = settings
         self.outputs = {"verdicts": VERDICTS, "settled": SETTLED, "tx": TX_SUBMITTED}
         self.inputs: tuple[TopicSpec, ...] = INPUTS
@@ -99,7 +106,9 @@ class Verifier:
                 for name, spec in self.outputs.items()
             }
             ensure_topics(bootstrap, list(self.outputs.values()))
-            self.inputs = tuple(t for t in INPUTS if t not in (VERDICTS, SETTLED))
+            # Its own side outputs replace the live ones: a replay stopped midway resumes.
+            own = {VERDICTS: self.outputs["verdicts"], SETTLED: self.outputs["settled"]}
+            self.inputs = tuple(own.get(t, t) for t in INPUTS)
         self.bootstrap = bootstrap
         self.key = settler_key
         self.address = address_of(settler_key)
@@ -109,6 +118,10 @@ class Verifier:
         self.slashed: dict[bytes, int] = {}
         self.manifests: dict[str, dict[str, Any]] = {}
         self.nonce = 0
+        # Settlement id -> (tx hash, call) of every settlement transaction this settler has
+        # on the log: after a crash between a transaction and its `jobs.settled` record,
+        # the ledger will run that transaction, so it is recorded, never signed again.
+        self.sent: dict[bytes, tuple[bytes, Settlement]] = {}
         self.live = False
         work = Path(settings.data_dir) / "verifier"
         self.models = ModelCache(
@@ -136,7 +149,7 @@ class Verifier:
             facts = self.facts(record["job_id"])
             facts.assignments.setdefault(record["attempt"], record)
         elif schema == "lattice.jobs.JobVerdict":
-            self.facts(record["job_id"]).verdicted.add(record["node"])
+            self.facts(record["job_id"]).verdicts.setdefault(record["node"], record)
         elif schema == "lattice.jobs.JobSettled":
             facts = self.facts(record["job_id"])
             facts.settled_for.add(record["provider"])
@@ -145,8 +158,6 @@ class Verifier:
                 self.slashed[record["provider"]] = (
                     self.slashed.get(record["provider"], 0) + record["slashed_wei"]
                 )
-            if record["requester"] != ZERO or record["transaction_hash"]:
-                self.nonce += 1
         elif schema == "lattice.jobs.JobResult":
             facts = self.facts(record["job_id"])
             facts.waiting.append((record, position))
@@ -284,11 +295,20 @@ class Verifier:
         return check, core.generation_flops(params, len(prompt), len(tokens))
 
     def judge(self, facts: JobFacts, result: dict[str, Any], position: dict[str, Any]) -> None:
+        """Verdict, then money. A verdict on the log whose money is not (a crash between
+        the two) is paid now from that verdict, not judged again."""
+        verdict = facts.verdicts.get(result["node"])
+        if verdict is None:
+            verdict = self.verdict(facts, result, position)
+        elif verdict["cause"] != position:
+            return  # a duplicate result: judged (and settled) once
+        self.pay(facts, result, verdict)
+
+    def verdict(
+        self, facts: JobFacts, result: dict[str, Any], position: dict[str, Any]
+    ) -> dict[str, Any]:
         job = facts.record
         assert job is not None
-        if result["node"] in facts.verdicted:
-            return  # a duplicate result: judged (and settled) once
-        facts.verdicted.add(result["node"])
         checks = self.checks(facts, result)
         outcome = core.outcome(checks)
         VERIFICATIONS.labels(outcome).inc()
@@ -310,25 +330,42 @@ class Verifier:
             "cause": position,
         }
         self.producer.send(self.outputs["verdicts"], verdict, key=hex_key(job["job_id"])).result(30)
+        facts.verdicts[result["node"]] = verdict
         log.info(
             "job 0x%s node 0x%s: %s", job["job_id"].hex()[:12], result["node"].hex()[:8], outcome
         )
-        registration = self.registrations[result["node"]]
-        if outcome == core.ACCEPTED:
+        return verdict
+
+    def pay(self, facts: JobFacts, result: dict[str, Any], verdict: dict[str, Any]) -> None:
+        """What a verdict means in money: the node paid, slashed, or the requester refunded."""
+        job = facts.record
+        assert job is not None
+        node = result["node"]
+        if node in facts.settled_for:
+            return
+        registration = self.registrations[node]
+        cause = verdict["cause"]
+        if verdict["outcome"] == core.ACCEPTED:
             price = registration["price_wei_per_hour"]
             budget = job["max_price_wei"] - facts.charged
-            if result["node"] in facts.settled_for or budget <= 0:
+            if budget <= 0:
                 return  # the job's budget went to an earlier result
-            owed = reward(price, result["timings"]["compute_ms"], budget, performance, reputation)
-            self.settle(facts, result["node"], owed, 0, position)
-        elif outcome == core.REJECTED:
+            owed = reward(
+                price,
+                result["timings"]["compute_ms"],
+                budget,
+                verdict["performance_bps"],
+                verdict["reputation_bps"],
+            )
+            self.settle(facts, node, owed, 0, cause)
+        elif verdict["outcome"] == core.REJECTED:
             # A result the node did not sign proves nothing against it: anyone can write one.
-            signed = checks[0].passed
-            stake = registration["stake_wei"] - self.slashed.get(result["node"], 0)
+            signed = all(c["passed"] for c in verdict["checks"] if c["name"] == "signature")
+            stake = registration["stake_wei"] - self.slashed.get(node, 0)
             slash = slash_wei(max(stake, 0)) if signed else 0
-            self.settle(facts, result["node"], Reward(0, 0, 0), slash, position)
+            self.settle(facts, node, Reward(0, 0, 0), slash, cause)
         elif not facts.charged and ZERO not in facts.settled_for:
-            self.settle(facts, ZERO, refund(job["max_price_wei"]), 0, position)
+            self.settle(facts, ZERO, refund(job["max_price_wei"]), 0, cause)
 
     # -- money ----------------------------------------------------------------------------
 
@@ -342,7 +379,7 @@ class Verifier:
         except InvalidSignature:
             return  # never assigned: the matcher dropped it too
         refund_wei = job["max_price_wei"] - facts.charged - owed.charged_wei
-        data = settle_call(
+        call = Settlement(
             settlement_id(job["job_id"], provider),
             signer,
             job["requester"],
@@ -352,32 +389,76 @@ class Verifier:
             max(refund_wei, 0),
             slash,
         )
-        raw = signed_call(
-            self.key, self.settings.chain_id, self.nonce, JOB_MARKET, data, gas=200_000
-        )
-        tx = decode_transaction(raw, self.rules)
-        self.producer.send(
-            self.outputs["tx"],
-            submitted_event(tx, job["submitted_at_ms"], "verifier"),
-            key=hex_key(tx.sender),
-        ).result(30)
+        earlier = self.sent.get(call.settlement_id)
+        if earlier is not None:
+            tx_hash, sent = earlier
+            if sent != call:
+                log.error(
+                    "settlement 0x%s was sent as %s, now computes %s", tx_hash.hex(), sent, call
+                )
+            call = sent  # what the ledger runs is what is recorded
+            log.warning(
+                "job 0x%s: settlement tx 0x%s was sent before a restart; recording it",
+                job["job_id"].hex()[:12],
+                tx_hash.hex(),
+            )
+        else:
+            raw = signed_call(
+                self.key,
+                self.settings.chain_id,
+                self.nonce,
+                JOB_MARKET,
+                settle_call(*dataclasses.astuple(call)),
+                gas=200_000,
+            )
+            tx = decode_transaction(raw, self.rules)
+            self.producer.send(
+                self.outputs["tx"],
+                submitted_event(tx, job["submitted_at_ms"], "verifier"),
+                key=hex_key(tx.sender),
+            ).result(30)
+            self.nonce += 1
+            tx_hash = tx.hash
+            self.sent[call.settlement_id] = (tx_hash, call)
         settled = {
             "job_id": job["job_id"],
             "provider": provider,
             "requester": job["requester"],
-            "transaction_hash": tx.hash,
-            "paid_wei": owed.paid_wei,
-            "fee_wei": owed.fee_wei,
-            "refund_wei": max(refund_wei, 0),
-            "slashed_wei": slash,
+            "transaction_hash": tx_hash,
+            "paid_wei": call.paid,
+            "fee_wei": call.fee,
+            "refund_wei": call.refund,
+            "slashed_wei": call.slash,
             "cause": cause,
         }
         self.producer.send(self.outputs["settled"], settled, key=hex_key(job["job_id"])).result(30)
-        self.nonce += 1
         facts.settled_for.add(provider)
-        facts.charged += owed.charged_wei
-        if slash:
-            self.slashed[provider] = self.slashed.get(provider, 0) + slash
+        facts.charged += call.paid + call.fee
+        if call.slash:
+            self.slashed[provider] = self.slashed.get(provider, 0) + call.slash
+
+    def recall_sent(self) -> None:
+        """Every transaction this settler has on the log: its next nonce, and the
+        settlements already sent (see `sent`)."""
+        reader = Reader(self.bootstrap, client_id=f"{self.settings.client_id}-verifier-sent")
+        mine = hex_key(self.address)
+        topic_name = self.outputs["tx"].name
+        try:
+            # Keyed by sender: one partition holds every transaction of the settler's.
+            partition = partition_of(mine, len(reader.partitions(topic_name)))
+            for message in reader.read({(topic_name, partition): 0}):
+                if message.key() != mine.encode():
+                    continue
+                record = reader.decode(message).value
+                if record["sender"] != self.address:
+                    continue
+                self.nonce = max(self.nonce, record["nonce"] + 1)
+                tx = decode_transaction(record["raw"], self.rules)
+                call = settlement_of(tx.data) if tx.to == JOB_MARKET else None
+                if call is not None:
+                    self.sent.setdefault(call.settlement_id, (tx.hash, call))
+        finally:
+            reader.close()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -389,10 +470,11 @@ class Verifier:
             client_id=f"{self.settings.client_id}-verifier",
             config=LOW_LATENCY_READ,
         )
+        self.recall_sent()
         positions = {(s.name, p): 0 for s in self.inputs for p in reader.partitions(s.name)}
         reader.assign(positions)
         behind = set(positions)
-        own = {VERDICTS.name, SETTLED.name}
+        own = {self.outputs["verdicts"].name, self.outputs["settled"].name}
         idle_since = time.monotonic()
         try:
             while not stop.is_set():

@@ -393,6 +393,78 @@ def test_replaying_the_job_topics_reproduces_every_verdict_and_settlement(market
     assert counts[0] >= 6 and counts[1] >= 6
 
 
+class Crash(BaseException):
+    """The verifier process dying at a chosen step (BaseException: nothing may catch it)."""
+
+
+def test_a_verifier_restarted_mid_settlement_settles_each_result_once(
+    market: Market, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A verifier killed between a verdict and its settlement transaction, then between a
+    transaction and its settlement record, finishes both steps on restart: every live
+    settlement exactly once with the same amounts, one transaction per settlement, and the
+    settler's nonces gapless. (Side topics, as a replay uses, so the live ones are safe.)"""
+    from processors.verifier.processor import Verifier
+    from schemas.codec import default_codec
+    from streams.kafka import Reader
+
+    # Enough settlements on the log for both crashes, whichever tests ran before.
+    submitted = [market.submit() for _ in range(4)]
+    for response in submitted:
+        assert response.status_code == 201, response.text
+        market.settled(response.json()["id"])
+    kafka = json.loads((market.net.data_dir / "devnet.json").read_text())["kafka"]
+    settings = Settings(data_dir=tmp_path)
+    prefix = f"lattice.crashtest.{os.getpid()}"
+
+    def run(crash_at: tuple[str, int] | None) -> None:
+        verifier = Verifier(
+            settings, kafka, devnet_key("settler"), [market.net.url], replay_into=prefix
+        )
+        sends: dict[str, int] = {}
+        send = verifier.producer.send
+
+        def dying_send(spec: Any, value: Any, **kwargs: Any) -> Any:
+            kind = spec.name.rsplit(".", 1)[-1]
+            sends[kind] = sends.get(kind, 0) + 1
+            if (kind, sends[kind]) == crash_at:
+                raise Crash(kind)
+            return send(spec, value, **kwargs)
+
+        monkeypatch.setattr(verifier.producer, "send", dying_send)
+        if crash_at is None:
+            verifier.run(threading.Event(), idle_exit_s=2.0)
+        else:
+            with pytest.raises(Crash):  # else it returns, idle, and the test fails
+                verifier.run(threading.Event(), idle_exit_s=5.0)
+
+    run(("settled", 2))  # the second settlement's transaction is out, its record is not
+    run(("tx", 2))  # the next verdict is out, its transaction is not
+    run(None)
+
+    def read(topic: str) -> list[dict[str, Any]]:
+        reader = Reader(kafka, client_id="crash-test")
+        try:
+            positions = {(topic, p): 0 for p in reader.partitions(topic)}
+            return [default_codec().decode(m.value()).record for m in reader.read(positions)]
+        finally:
+            reader.close()
+
+    amounts = ("provider", "requester", "paid_wei", "fee_wei", "refund_wei", "slashed_wei")
+    live = {(r["job_id"], r["provider"]): r for r in read("lattice.jobs.settled")}
+    again = read(f"{prefix}.settled")
+    assert len(again) == len({(r["job_id"], r["provider"]) for r in again}) == len(live)
+    for record in again:
+        original = live[(record["job_id"], record["provider"])]
+        assert [record[f] for f in amounts] == [original[f] for f in amounts]
+    sent = read(f"{prefix}.tx")
+    assert sorted(t["nonce"] for t in sent) == list(range(len(live)))
+    assert {t["hash"] for t in sent} == {r["transaction_hash"] for r in again}
+    verdicts = read(f"{prefix}.verdicts")
+    assert len(verdicts) == len({(v["job_id"], v["node"]) for v in verdicts})
+    assert len(verdicts) == len(read("lattice.jobs.verdicts"))
+
+
 def test_analytics_match_the_ledger_and_replay_identically(market: Market, tmp_path: Path) -> None:
     import duckdb
 

