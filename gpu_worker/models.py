@@ -1,8 +1,9 @@
 """Model import: a Hugging Face directory or an ONNX file becomes content-addressed blocks.
 
 `import_model` loads a local Hugging Face directory with transformers' `from_pretrained`
-(offline: nothing is fetched), exports it to ONNX with the dynamo exporter (one input,
-`input_ids` [batch, sequence]; one output, `logits` [batch, sequence, vocabulary]), and
+(offline: nothing is fetched), exports it to ONNX with the dynamo exporter (`input_ids`
+[batch, sequence] and the key/value cache so far in; `logits` [batch, sequence, vocabulary]
+and the cache with the new positions out; see `export_causal_lm`), and
 stores in the blockstore: the ONNX graph (weights inline), the tokenizer files and the source
 weights and config (what training jobs start from), each as a deterministic tar or raw file
 split into 1 MiB raw blocks. A plain `.onnx` file is imported as a tensor model: its inputs
@@ -14,6 +15,7 @@ ledger's `ModelRegistry` records and what every worker verifies against.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tarfile
@@ -26,6 +28,8 @@ from typing import Any
 from processors.market.content import Blockstore, Chunk
 
 TEXT_GENERATION = "text-generation"
+#: The cache inputs of a text model's graph (see `KvCache`); a graph without them has none.
+PAST_KEYS, PAST_VALUES = "past_keys", "past_values"
 TENSOR = "tensor"
 RUNTIME_OVERHEAD_BYTES = 64 << 20
 _TOKENIZER_FILES = (
@@ -106,11 +110,76 @@ def _onnx_facts(model_bytes: bytes) -> tuple[list[dict[str, Any]], list[dict[str
     return _tensor_specs(graph.input), _tensor_specs(graph.output), parameters
 
 
-def export_causal_lm(directory: Path, progress: Callable[[str], None]) -> tuple[bytes, Any]:
-    """Load a Hugging Face causal LM from `directory` (offline) and export it to ONNX bytes."""
+@dataclass(frozen=True)
+class KvCache:
+    """The shape of a text model's key/value cache, as its ONNX graph takes and returns it:
+    `past_keys`/`past_values` in, `present_keys`/`present_values` out, each
+    [layers, batch, heads, positions, head_dim]."""
+
+    layers: int
+    heads: int
+    head_dim: int
+
+    def empty(self, batch: int = 1) -> Any:
+        import numpy as np
+
+        return np.zeros((self.layers, batch, self.heads, 0, self.head_dim), dtype=np.float32)
+
+
+def _kv_cache_of(model: Any) -> KvCache:
+    """The cache shape of a Hugging Face model, from one forward pass; raises when its
+    cache is not one uniform key/value pair per layer (sliding windows, hybrid caches)."""
+    import torch
+
+    with torch.no_grad():
+        out = model(input_ids=torch.zeros((1, 3), dtype=torch.int64), use_cache=True)
+    layers = getattr(out.past_key_values, "layers", None)
+    if not layers:
+        raise TypeError(f"no per-layer cache ({type(out.past_key_values).__name__})")
+    shapes = {(tuple(layer.keys.shape), tuple(layer.values.shape)) for layer in layers}
+    if len(shapes) != 1:
+        raise TypeError(f"layers' caches differ in shape: {sorted(shapes)}")
+    ((keys, values),) = shapes
+    if len(keys) != 4 or keys != values or keys[2] != 3:
+        raise TypeError(f"unexpected cache shape {keys}")
+    return KvCache(len(layers), int(keys[1]), int(keys[3]))
+
+
+def _export(
+    module: Any, example: tuple[Any, ...], names: tuple[list[str], list[str]], dims: dict[str, Any]
+) -> bytes:
     import onnx
     import torch
-    from transformers import AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            module.eval(),
+            example,
+            str(path),
+            dynamo=True,
+            input_names=names[0],
+            output_names=names[1],
+            dynamic_shapes=dims,
+            verbose=False,
+        )
+        # Fold any external-data file back in: a model is one graph blob, then chunked.
+        return bytes(onnx.load(str(path), load_external_data=True).SerializeToString())
+
+
+def export_causal_lm(
+    directory: Path, progress: Callable[[str], None]
+) -> tuple[bytes, Any, KvCache | None]:
+    """Load a Hugging Face causal LM from `directory` (offline) and export it to ONNX bytes.
+
+    The graph carries the key/value cache where the model's cache allows it: one graph
+    then serves a whole sequence (an empty past) and each generated token after it (the
+    past so far), so generating n tokens costs n single-token passes instead of n passes
+    over ever longer sequences. Models whose cache does not fit that shape get the plain
+    graph (logits only) and generate without a cache.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, DynamicCache
 
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
@@ -128,24 +197,56 @@ def export_causal_lm(directory: Path, progress: Callable[[str], None]) -> tuple[
         def forward(self, input_ids: Any) -> Any:
             return self.inner(input_ids=input_ids, use_cache=False).logits
 
-    example = torch.zeros((2, 8), dtype=torch.int64)
-    progress("exporting to ONNX (torch.onnx.export, dynamo)")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence")}
-        torch.onnx.export(
-            Logits(model).eval(),
-            (example,),
-            str(path),
-            dynamo=True,
-            input_names=["input_ids"],
-            output_names=["logits"],
-            dynamic_shapes={"input_ids": dims},
-            verbose=False,
+    class CachedStep(torch.nn.Module):
+        def __init__(self, inner: Any, layers: int) -> None:
+            super().__init__()
+            self.inner, self.layers = inner, layers
+
+        def forward(self, input_ids: Any, past_keys: Any, past_values: Any) -> Any:
+            cache = DynamicCache(config=self.inner.config)
+            for i in range(self.layers):
+                cache.update(past_keys[i], past_values[i], i)
+            past = past_keys.shape[3]
+            positions = torch.arange(past, past + input_ids.shape[1]).unsqueeze(0)
+            out = self.inner(
+                input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=True
+            )
+            present = out.past_key_values.layers
+            keys = torch.stack([present[i].keys for i in range(self.layers)])
+            values = torch.stack([present[i].values for i in range(self.layers)])
+            return out.logits, keys, values
+
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    try:
+        cache = _kv_cache_of(model)
+        shape = (cache.layers, 1, cache.heads, 5, cache.head_dim)
+        progress("exporting to ONNX with a key/value cache (torch.onnx.export, dynamo)")
+        positions = torch.export.Dim("past")
+        graph = _export(
+            CachedStep(model, cache.layers),
+            # Two tensors, not one twice: the exporter folds aliased inputs into one.
+            (torch.zeros((1, 3), dtype=torch.int64), torch.zeros(shape), torch.zeros(shape)),
+            (
+                ["input_ids", PAST_KEYS, PAST_VALUES],
+                ["logits", "present_keys", "present_values"],
+            ),
+            {
+                "input_ids": {0: batch, 1: sequence},
+                PAST_KEYS: {1: batch, 3: positions},
+                PAST_VALUES: {1: batch, 3: positions},
+            },
         )
-        # Fold any external-data file back in: a model is one graph blob, then chunked.
-        graph = onnx.load(str(path), load_external_data=True)
-    return graph.SerializeToString(), model.config
+        return graph, model.config, cache
+    except Exception as exc:  # the exporter fails in many ways on caches it cannot trace
+        progress(f"no key/value cache in the graph ({type(exc).__name__}: {exc}); plain graph")
+    progress("exporting to ONNX (torch.onnx.export, dynamo)")
+    graph = _export(
+        Logits(model),
+        (torch.zeros((2, 8), dtype=torch.int64),),
+        (["input_ids"], ["logits"]),
+        {"input_ids": {0: batch, 1: sequence}},
+    )
+    return graph, model.config, None
 
 
 def import_model(
@@ -163,7 +264,7 @@ def import_model(
                 f"{path}: a Hugging Face model directory needs {', '.join(missing)}"
             )
         progress(f"loading {path} with transformers (offline)")
-        onnx_bytes, config = export_causal_lm(path, progress)
+        onnx_bytes, config, cache = export_causal_lm(path, progress)
         tokenizer = {f: (path / f).read_bytes() for f in _TOKENIZER_FILES if (path / f).exists()}
         source = {
             p.name: p.read_bytes()
@@ -179,6 +280,8 @@ def import_model(
             ),
             "eos_token_id": config.eos_token_id,
         }
+        if cache is not None:
+            document["kv_cache"] = dataclasses.asdict(cache)
         progress("storing tokenizer and source weights")
         document["tokenizer"] = store_part(store, deterministic_tar(tokenizer))
         document["source"] = store_part(store, deterministic_tar(source))

@@ -26,7 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from gpu_worker.models import TEXT_GENERATION, Manifest, load_manifest, store_part, untar
+from gpu_worker.models import (
+    PAST_KEYS,
+    PAST_VALUES,
+    TEXT_GENERATION,
+    KvCache,
+    Manifest,
+    load_manifest,
+    store_part,
+    untar,
+)
 from processors.market.content import Blockstore, ContentError, verify
 
 
@@ -123,6 +132,7 @@ class LoadedModel:
     threads: int
     tokenizer: Any = None
     eos_token_id: int | None = None
+    kv_cache: KvCache | None = None  # None: a graph without one (generation re-reads all)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     # -- text generation ------------------------------------------------------------------
@@ -141,10 +151,21 @@ class LoadedModel:
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits for every position of one sequence: [len(ids), vocabulary]."""
-        feed = {"input_ids": np.asarray([list(ids)], dtype=np.int64)}
+        return self.step(ids, None)[0]
+
+    def step(self, ids: Sequence[int], past: Any) -> tuple[np.ndarray, Any]:
+        """Logits for `ids` following `past` (a cache this returned before, or None for
+        the start of the sequence), and the cache including `ids` (None without one)."""
+        feed: dict[str, Any] = {"input_ids": np.asarray([list(ids)], dtype=np.int64)}
+        if self.kv_cache is None:
+            with self.lock:
+                (out,) = self.session.run(["logits"], feed)
+            return np.asarray(out[0], dtype=np.float32), None
+        keys, values = past if past is not None else (self.kv_cache.empty(),) * 2
+        feed.update({PAST_KEYS: keys, PAST_VALUES: values})
         with self.lock:
-            out = self.session.run(["logits"], feed)[0]
-        return np.asarray(out[0], dtype=np.float32)
+            out, keys, values = self.session.run(["logits", "present_keys", "present_values"], feed)
+        return np.asarray(out[0], dtype=np.float32), (keys, values)
 
     def generate(
         self, request: dict[str, Any], on_text: Callable[[int, int, str], None] | None = None
@@ -157,8 +178,9 @@ class LoadedModel:
         ids, chosen, logits = list(prompt), [], []
         sent = ""
         finish = "length"
+        rows, past = self.step(ids, None)
         for _ in range(max_tokens):
-            row = self.logits(ids)[-1]
+            row = rows[-1]
             token = int(np.argmax(row))
             if token == self.eos_token_id:
                 finish = "stop"
@@ -171,6 +193,9 @@ class LoadedModel:
                 if not so_far.endswith("\ufffd"):
                     on_text(len(chosen) - 1, token, so_far[len(sent) :])
                     sent = so_far
+            if len(chosen) < max_tokens:
+                # With a cache only the new token is run; without, the whole sequence again.
+                rows, past = self.step([token], past) if past is not None else self.step(ids, None)
         text = self.tokenizer.decode(chosen, skip_special_tokens=True)
         return Generation(tuple(prompt), tuple(chosen), tuple(logits), text, finish)
 
@@ -241,4 +266,6 @@ class ModelCache:
         if manifest.task == TEXT_GENERATION:
             model.tokenizer = self.tokenizer(manifest_cid)
             model.eos_token_id = manifest.document.get("eos_token_id")
+            cache = manifest.document.get("kv_cache")
+            model.kv_cache = KvCache(**cache) if cache else None
         return model

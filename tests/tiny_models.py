@@ -21,7 +21,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_gpt2(directory: Path, *, layers: int = 2, width: int = 32, seed: int = 0) -> Path:
+def build_tiny_gpt2(
+    directory: Path,
+    *,
+    layers: int = 2,
+    width: int = 32,
+    heads: int = 2,
+    positions: int = 128,
+    seed: int = 0,
+) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
@@ -45,10 +53,10 @@ def build_tiny_gpt2(directory: Path, *, layers: int = 2, width: int = 32, seed: 
     eos = fast.convert_tokens_to_ids("<|endoftext|>")
     config = GPT2Config(
         vocab_size=len(fast),
-        n_positions=128,
+        n_positions=positions,
         n_embd=width,
         n_layer=layers,
-        n_head=2,
+        n_head=heads,
         bos_token_id=eos,
         eos_token_id=eos,
     )

@@ -140,10 +140,14 @@ def _cpu_gflops(registration: Mapping[str, Any]) -> int:
     return max(1, int(registration["cpu_cores"]) * 320)
 
 
-def generation_flops(parameter_count: int, prompt_tokens: int, generated: int) -> int:
-    """Forward FLOP of greedy decoding without a KV cache: 2·params per token per step."""
-    tokens = sum(prompt_tokens + i for i in range(max(generated, 1)))
-    return 2 * parameter_count * tokens
+def generation_flops(parameter_count: int, prompt_tokens: int, generated: int, cached: bool) -> int:
+    """Forward FLOP of greedy decoding, 2·params per token run: with a key/value cache the
+    prompt once and then each new token; without one, the whole sequence every step. The
+    least work an honest node can have done, so a cached model must not be held to the
+    uncached figure (a fast honest node would look impossibly fast)."""
+    steps = max(generated, 1)
+    whole_each_step = sum(prompt_tokens + i for i in range(steps))
+    return 2 * parameter_count * (prompt_tokens + steps - 1 if cached else whole_each_step)
 
 
 def check_generation(

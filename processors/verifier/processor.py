@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from eth_hash.auto import keccak
 
-from gpu_worker.models import TEXT_GENERATION
+from gpu_worker.models import PAST_KEYS, TEXT_GENERATION
 from gpu_worker.runtime import BlockSource, FetchError, ModelCache
 from gpu_worker.training import Trainer, TrainingSpec, weights_array
 from processors.execution.genesis import JOB_MARKET, address_of
@@ -231,7 +231,8 @@ class Verifier:
                 tokens = int(claimed["epochs"][0]["samples"]) * spec.seq_len
                 return core.training_flops(params, tokens, spec.epochs)
             prompt, generated = int(claimed["prompt_tokens"]), len(claimed["token_ids"])
-            return core.generation_flops(params, prompt, generated)
+            cached = any(i["name"] == PAST_KEYS for i in manifest["inputs"])
+            return core.generation_flops(params, prompt, generated, cached)
         except (ValueError, KeyError, TypeError, IndexError):
             return 0
 
@@ -292,7 +293,8 @@ class Verifier:
             model.eos_token_id,
         )
         params = model.manifest.document["parameter_count"]
-        return check, core.generation_flops(params, len(prompt), len(tokens))
+        cached = model.kv_cache is not None
+        return check, core.generation_flops(params, len(prompt), len(tokens), cached)
 
     def judge(self, facts: JobFacts, result: dict[str, Any], position: dict[str, Any]) -> None:
         """Verdict, then money. A verdict on the log whose money is not (a crash between

@@ -145,3 +145,15 @@ def test_signature_output_deadline_and_timing_checks() -> None:
     ).passed
     assert core.outcome([core.Check("deadline", False, "")]) == core.INCONCLUSIVE
     assert core.outcome([core.Check("signature", False, "")]) == core.REJECTED
+
+
+def test_generation_work_counts_what_a_cache_saves() -> None:
+    # A 4-token prompt and 3 generated tokens: with a cache the prompt is run once, then
+    # the two tokens that follow it; without, 4 + 5 + 6 tokens.
+    assert core.generation_flops(10, 4, 3, cached=True) == 2 * 10 * 6
+    assert core.generation_flops(10, 4, 3, cached=False) == 2 * 10 * 15
+    # The least work is what the timing check holds an honest node to: never above what
+    # the cached run did, or a fast honest node would be called impossibly fast.
+    assert core.generation_flops(10**9, 500, 500, cached=True) * 100 < core.generation_flops(
+        10**9, 500, 500, cached=False
+    )

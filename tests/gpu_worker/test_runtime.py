@@ -1,0 +1,86 @@
+"""Text generation on ONNX Runtime against the same model run by transformers in torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gpu_worker import models
+from gpu_worker.runtime import BlockSource, LoadedModel, ModelCache
+from processors.market.content import Blockstore
+
+PROMPT = {"prompt": "the quick brown fox", "max_tokens": 24}
+
+
+def greedy_in_torch(
+    directory: Path, prompt: list[int], count: int
+) -> tuple[list[int], list[float]]:
+    """The reference: every step a full forward pass over the whole sequence, no cache."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True).eval()
+    ids, chosen = list(prompt), []
+    with torch.no_grad():
+        for _ in range(count):
+            row = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1].numpy()
+            token = int(np.argmax(row))
+            ids.append(token)
+            chosen.append(float(row[token]))
+    return ids[len(prompt) :], chosen
+
+
+def load(store: Blockstore, manifest: models.Manifest, tmp: Path) -> LoadedModel:
+    model, _ = ModelCache(BlockSource(store), tmp, 1, use_gpu=False).load(manifest.cid)
+    return model
+
+
+def check_against_torch(model: LoadedModel, directory: Path) -> None:
+    generation = model.generate(PROMPT)
+    count = len(generation.token_ids)
+    assert count > 0
+    tokens, chosen = greedy_in_torch(directory, list(generation.prompt_ids), count)
+    assert list(generation.token_ids) == tokens
+    np.testing.assert_allclose(generation.chosen_logits, chosen, rtol=1e-4, atol=1e-4)
+
+
+def test_the_imported_graph_carries_a_kv_cache_and_generates_as_torch_does(
+    tiny_store: tuple[Any, Any], tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    store, manifest = tiny_store
+    assert manifest.document["kv_cache"] == {"layers": 2, "heads": 2, "head_dim": 16}
+    names = [i["name"] for i in manifest.document["inputs"]]
+    assert names == ["input_ids", "past_keys", "past_values"]
+    model = load(store, manifest, tmp_path)
+    check_against_torch(model, tiny_gpt2)
+    # Step by step through the cache, the logits of a whole sequence in one pass.
+    ids = [*model.prompt_ids(PROMPT), 7, 11, 13]
+    whole = model.logits(ids)
+    rows, past = model.step(ids[:2], None)
+    pieces = [rows]
+    for token in ids[2:]:
+        rows, past = model.step([token], past)
+        pieces.append(rows)
+    np.testing.assert_allclose(np.concatenate(pieces), whole, rtol=1e-5, atol=1e-5)
+    assert past[0].shape == (2, 1, 2, len(ids), 16)
+
+
+def test_a_model_whose_cache_cannot_be_exported_gets_the_plain_graph(
+    tiny_gpt2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(model: Any) -> models.KvCache:
+        raise TypeError("a hybrid cache")
+
+    monkeypatch.setattr(models, "_kv_cache_of", refuse)
+    heard: list[str] = []
+    store = Blockstore(tmp_path / "store")
+    manifest = models.import_model(tiny_gpt2, "plain", store, heard.append)
+    assert "kv_cache" not in manifest.document
+    assert [i["name"] for i in manifest.document["inputs"]] == ["input_ids"]
+    assert any("no key/value cache" in line and "a hybrid cache" in line for line in heard)
+    model = load(store, manifest, tmp_path / "work")
+    assert model.kv_cache is None
+    check_against_torch(model, tiny_gpt2)
