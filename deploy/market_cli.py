@@ -1,6 +1,8 @@
 """The market's commands.
 
-    lattice worker [--price WEI_PER_HOUR] [--stake WEI] [--key HEX | --devnet-index N] [--threads N]
+    lattice worker [run] [--price WEI_PER_HOUR] [--stake WEI] [--key HEX | --devnet-index N]
+                   [--threads N]
+    lattice worker unstake|withdraw-stake [--key HEX | --devnet-index N]
     lattice matcher run
     lattice verifier run|replay [--key HEX]
     lattice model import PATH --name NAME [--key HEX | --dev-account N]
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -38,7 +41,16 @@ def _client(parser: argparse.ArgumentParser, who: str) -> None:
 
 def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # type: ignore[type-arg]
     add = common  # the CLI's --data-dir/--kafka/--config adder
-    worker = sub.add_parser("worker", help="run a compute node")
+    worker = sub.add_parser(
+        "worker",
+        help="run a compute node, or take it out of the market",
+        description="run: serve jobs (the default). unstake: stop being offered work and "
+        "start the unbonding period (the stake can still be slashed until it ends). "
+        "withdraw-stake: take the stake back once the period is over.",
+    )
+    worker.add_argument(
+        "action", nargs="?", default="run", choices=["run", "unstake", "withdraw-stake"]
+    )
     add(worker)  # type: ignore[operator]
     worker.add_argument(
         "--price", type=int, metavar="WEI_PER_HOUR", help="price of an hour of compute"
@@ -106,9 +118,12 @@ def _rpc(settings: Settings, args: argparse.Namespace) -> str:
     return str(args.rpc or Endpoints.read(settings.data_dir).rpc)
 
 
-def cmd_worker(settings: Settings, args: argparse.Namespace, bootstrap: str) -> int:
+def cmd_worker(
+    settings: Settings, args: argparse.Namespace, bootstrap_of: Callable[[Settings], str]
+) -> int:
+    """`bootstrap_of` is asked only by the actions that use Kafka (withdraw-stake does not)."""
     from gpu_worker.worker import Worker
-    from processors.execution.genesis import devnet_key
+    from processors.execution.genesis import address_of, devnet_key
     from processors.runtime import configure_logging, stop_on_signals
 
     changes = {
@@ -123,9 +138,28 @@ def cmd_worker(settings: Settings, args: argparse.Namespace, bootstrap: str) -> 
     settings = settings.replace(**changes)
     key = _key(args) if args.key else devnet_key("worker", args.devnet_index or 0)
     rpc = args.rpc or _devnet_rpc(settings)
+    if args.action == "withdraw-stake":
+        from gpu_worker.worker import withdraw_stake
+
+        if rpc is None:
+            raise MarketUsageError("give --rpc (no devnet found in the data directory)")
+        amount = withdraw_stake(rpc, _chain_id(rpc), key)
+        print(f"withdrew {amount} wei of stake to 0x{address_of(key).hex()}", flush=True)
+        return 0
+    if args.action == "unstake":
+        import time
+
+        stake, until = Worker(settings, bootstrap_of(settings), key, rpc).leave()
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until))
+        print(
+            f"node 0x{address_of(key).hex()} is leaving: no new jobs; its {stake} wei of stake "
+            f"is withdrawable from {when} (`lattice worker withdraw-stake`)",
+            flush=True,
+        )
+        return 0
     configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
-    worker = Worker(settings, bootstrap, key, rpc)
+    worker = Worker(settings, bootstrap_of(settings), key, rpc)
     hw = worker.hardware
     print(
         f"worker 0x{worker.address.hex()}: {hw.device_name}, {hw.cpu_cores} cores, "
@@ -273,7 +307,7 @@ def run(
     boot = bootstrap_of  # callable(settings) -> str
     try:
         if args.command == "worker":
-            return cmd_worker(settings, args, boot(settings))  # type: ignore[operator]
+            return cmd_worker(settings, args, boot)  # type: ignore[arg-type]
         if args.command == "matcher":
             return cmd_matcher(settings, boot(settings))  # type: ignore[operator]
         if args.command == "verifier":

@@ -594,6 +594,8 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
                 {
                     "address": _hex(a),
                     "price_wei_per_hour": str(v.price_wei_per_hour),
+                    "stake_wei": str(v.stake_wei),
+                    "leaving": v.stake_wei == 0,
                     "memory_bytes": v.vram_bytes,
                     "memory_used_bytes": v.vram_used_bytes,
                     "reputation_bps": v.reputation_bps,

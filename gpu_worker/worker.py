@@ -27,13 +27,19 @@ import numpy as np
 from confluent_kafka import Consumer
 from eth_hash.auto import keccak
 
-from gateway.client import rpc_call, send_call, wait_for_ledger
+from gateway.client import RpcFailure, rpc_call, send_call, wait_for_ledger
 from gpu_worker.models import TEXT_GENERATION
 from gpu_worker.probe import Hardware, probe, usage
 from gpu_worker.runtime import BlockSource, LoadedModel, ModelCache
 from gpu_worker.training import Trainer, TrainingSpec, output_document
 from processors.execution.genesis import JOB_MARKET, address_of
-from processors.market.chain import register_node_call, stakes_call
+from processors.market.chain import (
+    register_node_call,
+    request_unstake_call,
+    stakes_call,
+    unbonding_until_call,
+    withdraw_stake_call,
+)
 from processors.market.content import Blockstore, cid_of
 from processors.market.jobs import TRAINING, node_record_hash, result_hash, sign
 from processors.verifier.core import (
@@ -76,6 +82,29 @@ def execute(
         )
     output = model.run_tensors(data)
     return output, TENSOR_SCHEME, tensor_fingerprint(output, job["job_id"])
+
+
+def market_uint(rpc: str, data: bytes) -> int:
+    """A uint256 read from `JobMarket` at the latest block."""
+    call = {"to": "0x" + JOB_MARKET.hex(), "data": "0x" + data.hex()}
+    return int(rpc_call(rpc, "eth_call", [call, "latest"]), 16)
+
+
+def withdraw_stake(rpc: str, chain_id: int, key: bytes) -> int:
+    """Take a leaving node's stake back once its unbonding period is over; the amount.
+    Refuses (nothing sent) while the node is not leaving or the period is still running."""
+    node = address_of(key)
+    wait_for_ledger(rpc)
+    until = market_uint(rpc, unbonding_until_call(node))
+    if until == 0:
+        raise RpcFailure(f"node 0x{node.hex()} is not leaving: run `lattice worker unstake` first")
+    now = int(rpc_call(rpc, "eth_getBlockByNumber", ["latest", False])["timestamp"], 16)
+    if now < until:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until))
+        raise RpcFailure(f"still unbonding: the stake is withdrawable in {until - now} s ({when})")
+    stake = market_uint(rpc, stakes_call(node))
+    send_call(rpc, chain_id, key, JOB_MARKET, withdraw_stake_call(), gas=100_000)
+    return stake
 
 
 class Worker:
@@ -130,6 +159,29 @@ class Worker:
             wait_s=None,
         )
         return tx_hash
+
+    def leave(self) -> tuple[int, int]:
+        """Leave the market: `requestUnstake` on the ledger, then a registration with no
+        stake, after which the matcher offers this node nothing. Returns the stake and when
+        it becomes withdrawable (unix seconds). A worker started again rejoins (its
+        `registerNode` cancels the leaving)."""
+        if self.rpc_url is None:
+            raise RpcFailure("leaving needs a gateway: give --rpc or run it beside a devnet")
+        stake = market_uint(self.rpc_url, stakes_call(self.address))
+        if stake == 0:
+            raise RpcFailure(f"node 0x{self.address.hex()} has nothing staked")
+        send_call(
+            self.rpc_url,
+            self.settings.chain_id,
+            self.key,
+            JOB_MARKET,
+            request_unstake_call(),
+            gas=100_000,
+        )
+        self.settings = self.settings.replace(worker_stake=0)
+        self.producer.send(NODES, self.registration(), key=hex_key(self.address)).result(30)
+        self.producer.flush()
+        return stake, market_uint(self.rpc_url, unbonding_until_call(self.address))
 
     def registration(self) -> dict[str, Any]:
         hw = self.hardware

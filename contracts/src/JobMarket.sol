@@ -3,7 +3,7 @@ pragma solidity ^0.8.20;
 
 /// @title JobMarket: deposits, provider stakes, API-key delegates and job settlement.
 /// @notice Deployed in the genesis (no constructor): `settler`, `treasury` and `minStake` are
-/// written into slots 0..2 by the genesis allocation. The settler is the verifier's account; it
+/// written into slots 0..2 by the genesis allocation, `unbondingSeconds` into slot 10. The settler is the verifier's account; it
 /// is the only caller of `settle`, and each job settles at most once, so a duplicate result
 /// can never pay twice.
 contract JobMarket {
@@ -18,12 +18,17 @@ contract JobMarket {
     mapping(address => uint256) public priceWeiPerHour;
     mapping(bytes32 => bool) public settled;
     uint256 public feesAccrued;
+    /// @notice node => when its stake may be withdrawn (0: not leaving)
+    mapping(address => uint256) public unbondingUntil; // slot 9
+    uint256 public unbondingSeconds; // slot 10
 
     event Deposited(address indexed account, uint256 amount);
     event Withdrawn(address indexed account, uint256 amount);
     event DelegateAuthorised(address indexed account, address indexed delegate);
     event DelegateRevoked(address indexed account, address indexed delegate);
     event NodeRegistered(address indexed node, uint256 stake, uint256 priceWeiPerHour);
+    event UnstakeRequested(address indexed node, uint256 stake, uint256 withdrawableAt);
+    event StakeWithdrawn(address indexed node, uint256 amount);
     event Settled(
         bytes32 indexed jobId,
         address indexed requester,
@@ -42,6 +47,9 @@ contract JobMarket {
     error DelegateTaken(address delegate, address account);
     error NotYourDelegate(address delegate);
     error TransferFailed(address to, uint256 amount);
+    error NothingStaked(address node);
+    error NotUnbonding(address node);
+    error StillUnbonding(uint256 withdrawableAt, uint256 now_);
 
     function deposit() external payable {
         deposits[msg.sender] += msg.value;
@@ -70,13 +78,38 @@ contract JobMarket {
         emit DelegateRevoked(msg.sender, delegate);
     }
 
-    /// @notice Register (or top up and re-price) the caller as a compute node.
+    /// @notice Register (or top up and re-price) the caller as a compute node; a node that
+    /// was leaving stays instead.
     function registerNode(uint256 price) external payable {
         uint256 stake = stakes[msg.sender] + msg.value;
         if (stake < minStake) revert StakeTooLow(stake, minStake);
         stakes[msg.sender] = stake;
         priceWeiPerHour[msg.sender] = price;
+        delete unbondingUntil[msg.sender];
         emit NodeRegistered(msg.sender, stake, price);
+    }
+
+    /// @notice Leave: the stake becomes withdrawable `unbondingSeconds` from now. Until then
+    /// it can still be slashed for results already given.
+    function requestUnstake() external {
+        uint256 stake = stakes[msg.sender];
+        if (stake == 0) revert NothingStaked(msg.sender);
+        uint256 at = block.timestamp + unbondingSeconds;
+        unbondingUntil[msg.sender] = at;
+        emit UnstakeRequested(msg.sender, stake, at);
+    }
+
+    /// @notice The whole stake, once the unbonding period has run out.
+    function withdrawStake() external {
+        uint256 at = unbondingUntil[msg.sender];
+        if (at == 0) revert NotUnbonding(msg.sender);
+        if (block.timestamp < at) revert StillUnbonding(at, block.timestamp);
+        uint256 amount = stakes[msg.sender];
+        delete stakes[msg.sender];
+        delete unbondingUntil[msg.sender];
+        delete priceWeiPerHour[msg.sender];
+        emit StakeWithdrawn(msg.sender, amount);
+        _pay(msg.sender, amount);
     }
 
     /// @notice Pay `paid` to the provider and `fee` to the treasury out of the requester's

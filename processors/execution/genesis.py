@@ -9,7 +9,8 @@ The chain id is fixed (27182, `streams.settings.CHAIN_ID`) and signed into trans
 
 The market's system contracts live at fixed addresses from the genesis on: `JobMarket` at
 `0x4c00…0001` and `ModelRegistry` at `0x4c00…0002` (runtime code from the committed
-artifacts; JobMarket's settler, treasury and minimum stake written into its slots 0..2).
+artifacts; JobMarket's settler, treasury and minimum stake written into its slots 0..2, its
+unbonding period into slot 10).
 The devnet also funds a settler account (the verifier's, which sends settlements) and
 sixteen worker accounts, with keys derived from public seeds (`devnet_key`): they are as
 public as the development mnemonic and must never hold real value.
@@ -93,6 +94,9 @@ class Genesis:
 JOB_MARKET = bytes.fromhex("4c00000000000000000000000000000000000001")
 MODEL_REGISTRY = bytes.fromhex("4c00000000000000000000000000000000000002")
 MIN_STAKE = ETHER
+#: How long a node that asked to leave waits for its stake (`JobMarket.withdrawStake`):
+#: far beyond a job's deadline and verification, so what it did can still be slashed.
+UNBONDING_SECONDS = 3600
 DEV_WORKERS = 16
 
 
@@ -105,13 +109,20 @@ def address_of(private_key: bytes) -> bytes:
     return keccak(PrivateKey(private_key).public_key.format(compressed=False)[1:])[-20:]
 
 
-def system_contracts(settler: bytes, treasury: bytes, min_stake: int) -> dict[bytes, Account]:
+def system_contracts(
+    settler: bytes, treasury: bytes, min_stake: int, unbonding_seconds: int = UNBONDING_SECONDS
+) -> dict[bytes, Account]:
     """The market contracts' genesis entries."""
 
     def runtime(name: str) -> bytes:
         return bytes.fromhex(load_artifact(name)["deployedBytecode"][2:])
 
-    market_slots = {0: int.from_bytes(settler), 1: int.from_bytes(treasury), 2: min_stake}
+    market_slots = {
+        0: int.from_bytes(settler),
+        1: int.from_bytes(treasury),
+        2: min_stake,
+        10: unbonding_seconds,
+    }
     return {
         JOB_MARKET: Account(code=runtime("JobMarket"), storage=market_slots),
         MODEL_REGISTRY: Account(code=runtime("ModelRegistry")),

@@ -136,6 +136,18 @@ def stakes_call(node: bytes) -> bytes:
     return call_data("stakes(address)", "0x" + node.hex())
 
 
+def unbonding_until_call(node: bytes) -> bytes:
+    return call_data("unbondingUntil(address)", "0x" + node.hex())
+
+
+def request_unstake_call() -> bytes:
+    return call_data("requestUnstake()")
+
+
+def withdraw_stake_call() -> bytes:
+    return call_data("withdrawStake()")
+
+
 def deposit_call() -> bytes:
     return call_data("deposit()")
 

@@ -33,6 +33,7 @@ class NodeView:
     last_seen_ms: int
     runtimes: tuple[str, ...]
     peak_gflops: int
+    stake_wei: int  # as registered; 0: the node is leaving (`lattice worker unstake`)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ def assess(job: JobNeeds, node: NodeView, now_ms: int, excluded: frozenset[bytes
     reasons = []
     if node.address in excluded:
         reasons.append("failed an earlier attempt of this job")
+    if node.stake_wei == 0:
+        reasons.append("leaving the network (stake being withdrawn)")
     if now_ms - node.last_seen_ms > STALE_AFTER_MS:
         reasons.append(f"silent for {now_ms - node.last_seen_ms} ms")
     if free < job.required_vram_bytes:

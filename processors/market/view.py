@@ -40,6 +40,7 @@ class NodeState:
             last_seen_ms=beat["timestamp_ms"] if beat else reg["registered_at_ms"],
             runtimes=tuple(reg["runtimes"]),
             peak_gflops=sum(d["peak_fp16_gflops"] for d in devices),
+            stake_wei=reg["stake_wei"],
         )
 
 

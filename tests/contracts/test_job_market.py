@@ -11,6 +11,7 @@ from processors.execution.genesis import (
     ETHER,
     JOB_MARKET,
     MODEL_REGISTRY,
+    UNBONDING_SECONDS,
     address_of,
     devnet_key,
 )
@@ -32,19 +33,28 @@ class Chain:
         self.ledger, self.overlay = self.store.ledger()
         self.nonces: dict[bytes, int] = {}
         self.height = 0
+        self.later_ms = 0  # how far `wait` moved the blocks' clock ahead
 
     def send(self, key: bytes, to: bytes, data: bytes, value: int = 0) -> Any:
         nonce = self.nonces.get(key, 0)
         self.nonces[key] = nonce + 1
         raw = chain.signed_call(key, CHAIN_ID, nonce, to, data, value=value)
         self.height += 1
-        result: BlockResult = self.ledger.execute(ordered(self.height, [raw]))
+        block = ordered(self.height, [raw])
+        block["timestamp_ms"] += self.later_ms
+        result: BlockResult = self.ledger.execute(block)
         self.store.commit(self.overlay)
         assert not result.rejected, result.rejected
         return result.included[0].receipt
 
+    def wait(self, seconds: int) -> None:
+        self.later_ms += seconds * 1000
+
     def balance(self, key: bytes) -> int:
-        return int(self.ledger.account(address_of(key))["balance"])
+        return self.balance_of(address_of(key))
+
+    def balance_of(self, address: bytes) -> int:
+        return int(self.ledger.account(address)["balance"])
 
     def slot(self, to: bytes, slot: int, key: bytes | None = None) -> int:
         """A storage word: a plain variable, or a mapping entry (Solidity's layout)."""
@@ -54,7 +64,7 @@ class Chain:
 
 
 # JobMarket's layout: settler, treasury, minStake, deposits, delegateOf, stakes, ...
-DEPOSITS, STAKES, FEES = 3, 5, 8
+DEPOSITS, STAKES, FEES, UNBONDING_UNTIL = 3, 5, 8, 9
 
 
 def ok(receipt: Any) -> bool:
@@ -106,3 +116,39 @@ def test_model_registry_owns_names_and_counts_versions() -> None:
     assert ok(first) and ok(second)
     assert chain.decode_model_registered(second.logs[0].data) == ("m", "bafk2", 2, "gpt2")
     assert not ok(c.send(PROVIDER, MODEL_REGISTRY, chain.register_model_call("m", "x", "gpt2")))
+
+
+def test_a_node_leaves_after_the_unbonding_period_and_can_be_slashed_until_then() -> None:
+    c = Chain()
+    node = address_of(PROVIDER)
+    assert not ok(c.send(PROVIDER, JOB_MARKET, chain.request_unstake_call()))  # nothing staked
+    assert ok(c.send(PROVIDER, JOB_MARKET, chain.register_node_call(5), value=3 * ETHER))
+    assert not ok(c.send(PROVIDER, JOB_MARKET, chain.withdraw_stake_call()))  # not leaving
+    asked = c.send(PROVIDER, JOB_MARKET, chain.request_unstake_call())
+    assert ok(asked)
+    until = c.slot(JOB_MARKET, UNBONDING_UNTIL, node)
+    assert int.from_bytes(asked.logs[0].data[32:]) == until
+    c.wait(UNBONDING_SECONDS - 10)
+    assert not ok(c.send(PROVIDER, JOB_MARKET, chain.withdraw_stake_call()))  # too early
+    # Still slashable for what it did before leaving.
+    assert ok(settle(c, b"\x06" * 32, USER, paid=0, fee=0, slash=ETHER))
+    c.wait(10)
+    held = c.balance_of(JOB_MARKET)
+    out = c.send(PROVIDER, JOB_MARKET, chain.withdraw_stake_call())
+    assert ok(out)
+    assert int.from_bytes(out.logs[0].data) == 2 * ETHER
+    assert c.balance_of(JOB_MARKET) == held - 2 * ETHER
+    assert c.slot(JOB_MARKET, STAKES, node) == c.slot(JOB_MARKET, UNBONDING_UNTIL, node) == 0
+    assert not ok(c.send(PROVIDER, JOB_MARKET, chain.withdraw_stake_call()))  # nothing left
+
+
+def test_registering_again_cancels_leaving() -> None:
+    c = Chain()
+    node = address_of(PROVIDER)
+    assert ok(c.send(PROVIDER, JOB_MARKET, chain.register_node_call(5), value=2 * ETHER))
+    assert ok(c.send(PROVIDER, JOB_MARKET, chain.request_unstake_call()))
+    assert ok(c.send(PROVIDER, JOB_MARKET, chain.register_node_call(5)))
+    assert c.slot(JOB_MARKET, UNBONDING_UNTIL, node) == 0
+    c.wait(UNBONDING_SECONDS + 1)
+    assert not ok(c.send(PROVIDER, JOB_MARKET, chain.withdraw_stake_call()))
+    assert c.slot(JOB_MARKET, STAKES, node) == 2 * ETHER

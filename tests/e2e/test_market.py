@@ -31,7 +31,7 @@ USER = bytes.fromhex(DEV_ACCOUNTS[0][2:])
 HONEST = [address_of(devnet_key("worker", i)) for i in range(2)]
 ROOT = Path(__file__).resolve().parents[2]
 CHEAP = 3_600_000  # wei per hour: 1 wei per ms, so jobs priced in the thousands reach only it
-DEPOSITS_SLOT, STAKES_SLOT = 3, 5
+DEPOSITS_SLOT, STAKES_SLOT, UNBONDING_SLOT = 3, 5, 9
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
@@ -334,6 +334,42 @@ def test_duplicate_results_pay_once(market: Market, cheat: FaultyWorker) -> None
     assert len(job["verdicts"]) == 1 and len(job["settlements"]) == 1
     assert job["verdicts"][0]["outcome"] == "ACCEPTED"
     assert market.balance(cheat.address) == balance + job["settlements"][0]["paid_wei"]
+
+
+def test_a_node_leaves_the_market_and_waits_out_its_unbonding(market: Market) -> None:
+    from gateway.client import send_call
+    from processors.market.chain import register_node_call
+    from streams.settings import CHAIN_ID
+
+    key, index = devnet_key("worker", 7), "7"
+    node = "0x" + address_of(key).hex()
+    early = market.net.cli("worker", "unstake", "--devnet-index", index, timeout=120)
+    assert early.returncode == 1 and "nothing staked" in early.stderr, early.stderr
+    send_call(market.net.url, CHAIN_ID, key, JOB_MARKET, register_node_call(CHEAP), value=ETHER)
+    left = market.net.cli("worker", "unstake", "--devnet-index", index, timeout=120)
+    assert left.returncode == 0, left.stderr
+    assert f"node {node} is leaving" in left.stdout and "withdrawable from" in left.stdout
+    assert market.slot(UNBONDING_SLOT, address_of(key)) > 0
+
+    def listed() -> bool:
+        nodes = market.http.get("/v1/nodes").json()["nodes"]
+        return any(n["address"] == node and n["leaving"] for n in nodes)
+
+    wait_for("the node's leaving record", listed)
+
+    def offered_nothing() -> list[str] | None:
+        response = market.submit()
+        assert response.status_code == 201, response.text
+        job = market.settled(response.json()["id"])
+        candidates = {c["node"]: c for c in job["assignments"][0]["candidates"]}
+        return candidates[node]["reasons"] if node in candidates else None
+
+    reasons = wait_for("a job the matcher weighed the node for", offered_nothing)
+    assert reasons == ["leaving the network (stake being withdrawn)"]
+    nonce = market.rpc("eth_getTransactionCount", node, "latest")
+    refused = market.net.cli("worker", "withdraw-stake", "--devnet-index", index)
+    assert refused.returncode == 1 and "still unbonding" in refused.stderr, refused.stderr
+    assert market.rpc("eth_getTransactionCount", node, "latest") == nonce  # nothing sent
 
 
 def test_job_past_its_deadline_is_refunded(market: Market) -> None:

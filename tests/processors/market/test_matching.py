@@ -19,6 +19,7 @@ def node(n: int, **changes: object) -> NodeView:
         last_seen_ms=NOW,
         runtimes=("onnxruntime-cpu", "torch-cpu"),
         peak_gflops=100,
+        stake_wei=2 * 10**18,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -33,6 +34,7 @@ def test_ineligible_nodes_are_kept_with_their_reasons() -> None:
         node(3, runtimes=("torch-cpu",)),
         node(4, price_wei_per_hour=10**20),
         node(5),
+        node(6, stake_wei=0),
     ]
     decision = decide(JOB, nodes, NOW)
     assert decision.nodes == (node(5).address,)
@@ -42,6 +44,7 @@ def test_ineligible_nodes_are_kept_with_their_reasons() -> None:
     assert "no onnxruntime runtime" in reasons[3]
     assert "price" in reasons[4][0]
     assert reasons[5] == ()
+    assert reasons[6] == ("leaving the network (stake being withdrawn)",)
 
 
 def test_reputation_load_and_exclusion_steer_the_choice() -> None:
