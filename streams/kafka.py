@@ -388,5 +388,36 @@ class Reader:
         self._consumer.close()
 
 
+class CatchUp:
+    """Which of a reader's partitions are still behind the ends they had when it started.
+
+    A processor that rebuilds its state from the log before acting (the matcher assigns,
+    the verifier settles only once caught up) must not wait for partition EOF alone: on a
+    partition written faster than the broker answers a fetch, EOF may not come for as long
+    as the writing goes on. The ends are taken once, up front; a partition is caught up at
+    its EOF or once the record before its end has been read, whichever comes first.
+    """
+
+    def __init__(self, reader: Reader, positions: Mapping[tuple[str, int], int]) -> None:
+        spans = reader.end_offsets_of(sorted({topic for topic, _ in positions}))
+        self._ends = {
+            key: spans[key][1] for key, start in positions.items() if start < spans[key][1]
+        }
+        self.behind = set(self._ends)
+
+    @property
+    def done(self) -> bool:
+        return not self.behind
+
+    def saw(self, message: Any) -> bool:
+        """Note a polled message or EOF event; True once nothing is behind."""
+        key = (message.topic(), message.partition())
+        if key in self.behind and (
+            message.error() is not None or message.offset() + 1 >= self._ends[key]
+        ):
+            self.behind.discard(key)
+        return not self.behind
+
+
 def from_beginning(topic: str, partitions: Sequence[int]) -> dict[tuple[str, int], int]:
     return {(topic, p): OFFSET_BEGINNING for p in partitions}

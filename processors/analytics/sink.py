@@ -38,7 +38,7 @@ from processors.analytics.tables import (
 )
 from processors.execution.transactions import ChainRules
 from schemas.codec import CodecError
-from streams.kafka import Reader
+from streams.kafka import CatchUp, Reader
 from streams.metrics import EVENTS
 from streams.topics import TopicSpec, topic
 
@@ -203,13 +203,13 @@ class AnalyticsSink:
         reader = Reader(self.bootstrap, client_id=self.client_id, config={"fetch.wait.max.ms": 50})
         try:
             positions = self.positions(reader)
+            catch_up = CatchUp(reader, positions)
             reader.assign(positions)
-            behind = set(positions)
             while not stop.is_set():
                 for message in reader.poll_batch(5_000, 0.2):
                     key = (message.topic(), message.partition())
+                    catch_up.saw(message)
                     if message.error() is not None:
-                        behind.discard(key)
                         continue
                     try:
                         decoded = reader.codec.decode(message.value())
@@ -219,13 +219,14 @@ class AnalyticsSink:
                         continue
                     self.add(decoded.name, decoded.record, key[0], key[1], message.offset())
                 due = time.monotonic() - self._last_flush > self.flush_every_s
-                if self.pending_count >= self.batch_rows or due or (not behind and until_caught_up):
+                caught_up = until_caught_up and catch_up.done
+                if self.pending_count >= self.batch_rows or due or caught_up:
                     self.flush()
                     if self.snapshot_every_s is not None and (
                         time.monotonic() - self._last_snapshot > self.snapshot_every_s
                     ):
                         self.snapshot()
-                if until_caught_up and not behind and not self.pending_offsets:
+                if caught_up and not self.pending_offsets:
                     return
         finally:
             self.flush()

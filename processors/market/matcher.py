@@ -27,7 +27,7 @@ from typing import Any
 from processors.market.jobs import InvalidSignature, job_signer, recover, result_hash
 from processors.market.matching import JobNeeds, decide
 from processors.market.view import MarketView
-from streams.kafka import LOW_LATENCY_READ, Producer, Reader
+from streams.kafka import LOW_LATENCY_READ, CatchUp, Producer, Reader
 from streams.metrics import JOB_QUEUE
 from streams.settings import Settings
 from streams.topics import hex_key, topic
@@ -202,19 +202,18 @@ class Matcher:
         for spec in INPUTS:
             for p in reader.partitions(spec.name):
                 positions[(spec.name, p)] = 0
+        catch_up = CatchUp(reader, positions)
         reader.assign(positions)
-        behind = set(positions)
         last_tick = 0.0
         try:
             while not stop.is_set():
                 message = reader.poll_raw(0.02)
                 if message is not None:
-                    if message.error() is not None:
-                        behind.discard((message.topic(), message.partition()))
-                    else:
+                    catch_up.saw(message)
+                    if message.error() is None:
                         record = reader.decode(message)
                         self.apply(record.schema, record.value, record.position)
-                if behind:
+                if not catch_up.done:
                     continue
                 if (
                     message is None

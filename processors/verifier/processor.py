@@ -53,7 +53,7 @@ from processors.market.economics import Reward, refund, reward, slash_wei
 from processors.market.jobs import TRAINING, InvalidSignature, job_signer
 from processors.verifier import core
 from streams.admin import ensure_topics
-from streams.kafka import LOW_LATENCY_READ, Producer, Reader
+from streams.kafka import LOW_LATENCY_READ, CatchUp, Producer, Reader
 from streams.metrics import VERIFICATIONS
 from streams.settings import Settings
 from streams.topics import TopicSpec, hex_key, partition_of, topic
@@ -161,6 +161,11 @@ class Verifier:
         elif schema == "lattice.jobs.JobResult":
             facts = self.facts(record["job_id"])
             facts.waiting.append((record, position))
+        self.drain()
+
+    def go_live(self) -> None:
+        self.live = True
+        log.info("verifier caught up; settler 0x%s nonce %d", self.address.hex(), self.nonce)
         self.drain()
 
     def drain(self) -> None:
@@ -474,11 +479,13 @@ class Verifier:
         )
         self.recall_sent()
         positions = {(s.name, p): 0 for s in self.inputs for p in reader.partitions(s.name)}
+        catch_up = CatchUp(reader, positions)
         reader.assign(positions)
-        behind = set(positions)
         own = {self.outputs["verdicts"].name, self.outputs["settled"].name}
         idle_since = time.monotonic()
         try:
+            if catch_up.done:
+                self.go_live()
             while not stop.is_set():
                 message = reader.poll_raw(0.05)
                 if message is None:
@@ -487,21 +494,12 @@ class Verifier:
                         return
                     continue
                 idle_since = time.monotonic()
-                if message.error() is not None:
-                    behind.discard((message.topic(), message.partition()))
-                    if not behind and not self.live:
-                        self.live = True
-                        log.info(
-                            "verifier caught up; settler 0x%s nonce %d",
-                            self.address.hex(),
-                            self.nonce,
-                        )
-                        self.drain()
-                    continue
-                if self.live and message.topic() in own:
-                    continue  # our own outputs, already applied when we sent them
-                record = reader.decode(message)
-                self.apply(record.schema, record.value, record.position)
+                # Live, our own outputs were applied when we sent them.
+                if message.error() is None and not (self.live and message.topic() in own):
+                    record = reader.decode(message)
+                    self.apply(record.schema, record.value, record.position)
+                if not self.live and catch_up.saw(message):
+                    self.go_live()
         finally:
             reader.close()
             self.producer.close()

@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient
 
 from streams.admin import TopicMismatch, ensure_topics, list_topics
 from streams.broker import EmbeddedBroker
-from streams.kafka import DeliveryError, Producer, Reader, from_beginning
+from streams.kafka import CatchUp, DeliveryError, Producer, Reader, from_beginning
 from streams.topics import TOPICS, TopicSpec, partition_of
 
 pytestmark = pytest.mark.broker
@@ -119,6 +119,46 @@ def test_reads_of_a_topic_being_written_end_at_the_end_as_of_the_call(
             (low, end) = reader.end_offsets(spec.name)[0]
             assert low == 0 and end >= len(offsets)
             assert writer.is_alive()
+    finally:
+        stop.set()
+        writer.join()
+        producer.close()
+        reader.close()
+
+
+def test_catching_up_ends_at_the_ends_as_of_the_start_though_writing_goes_on(
+    broker: EmbeddedBroker, make_topic: Callable[..., TopicSpec]
+) -> None:
+    busy = make_topic(schema="lattice.common.Position", partitions=1)
+    empty = make_topic(schema="lattice.common.Position", partitions=1)
+    producer = Producer(broker.bootstrap)
+    acked: list[int] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            acked.append(producer.send(busy, position(0), partition=0).result(10).offset)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    reader = Reader(broker.bootstrap)
+    try:
+        while len(acked) < 300:
+            time.sleep(0.01)
+        assert CatchUp(reader, {(empty.name, 0): 0}).done  # nothing there to catch up on
+        written = len(acked)
+        catch_up = CatchUp(reader, {(busy.name, 0): 0, (empty.name, 0): 0})
+        assert catch_up.behind == {(busy.name, 0)}
+        reader.assign({(busy.name, 0): 0, (empty.name, 0): 0})
+        read = 0
+        while not catch_up.done:
+            message = reader.poll_raw(1.0)
+            if message is not None:
+                read += message.error() is None
+                catch_up.saw(message)
+        assert writer.is_alive(), "caught up only when the writing stopped"
+        assert read >= written
     finally:
         stop.set()
         writer.join()
