@@ -10,7 +10,9 @@ DuckDB allows one writing process. Analysts read a snapshot instead: every few s
 sink checkpoints and copies the database to `snapshot.duckdb` beside it (written to a
 temporary name, then renamed, so a reader never sees half a file; a reader that has it open
 keeps its version). `lattice sql` and any DuckDB client open the snapshot read-only while
-the sink keeps writing.
+the sink keeps writing. A copy is made only when rows were written since the last, and
+never sooner than `SNAPSHOT_DUTY` times the last copy took, so copying a large database
+costs the sink at most 1/SNAPSHOT_DUTY of its time (snapshots then come less often).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ INPUTS = tuple(
     )
 )
 SNAPSHOT = "snapshot.duckdb"
+#: The least multiple of its own duration between two snapshot copies.
+SNAPSHOT_DUTY = 20
 
 
 def columns_of(table: Table, rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
@@ -112,6 +116,8 @@ class AnalyticsSink:
         self.written = 0
         self._last_flush = time.monotonic()
         self._last_snapshot = 0.0
+        self._snapshot_cost_s = 0.0
+        self._written_at_snapshot = -1
 
     def positions(self, reader: Reader) -> dict[tuple[str, int], int]:
         done = {
@@ -188,14 +194,26 @@ class AnalyticsSink:
             )
 
     def snapshot(self) -> Path:
-        """Publish a consistent read-only copy for analysts; its path."""
-        self.db.execute("CHECKPOINT")
+        """Publish a consistent read-only copy for analysts (unless the last one is still
+        current); its path."""
         target = self.directory / SNAPSHOT
+        if self.written == self._written_at_snapshot and target.exists():
+            return target
+        started = time.monotonic()
+        self.db.execute("CHECKPOINT")
         tmp = self.directory / f".{SNAPSHOT}.{os.getpid()}"
         shutil.copyfile(self.path, tmp)
         os.replace(tmp, target)
         self._last_snapshot = time.monotonic()
+        self._snapshot_cost_s = self._last_snapshot - started
+        self._written_at_snapshot = self.written
         return target
+
+    def snapshot_due(self) -> bool:
+        if self.snapshot_every_s is None:
+            return False
+        wait = max(self.snapshot_every_s, SNAPSHOT_DUTY * self._snapshot_cost_s)
+        return time.monotonic() - self._last_snapshot > wait
 
     def run(self, stop: threading.Event, until_caught_up: bool = False) -> None:
         """Sink until `stop`; with `until_caught_up`, return once every partition's end is
@@ -222,9 +240,7 @@ class AnalyticsSink:
                 caught_up = until_caught_up and catch_up.done
                 if self.pending_count >= self.batch_rows or due or caught_up:
                     self.flush()
-                    if self.snapshot_every_s is not None and (
-                        time.monotonic() - self._last_snapshot > self.snapshot_every_s
-                    ):
+                    if self.snapshot_due():
                         self.snapshot()
                 if caught_up and not self.pending_offsets:
                     return

@@ -190,3 +190,22 @@ def test_readers_use_the_snapshot_while_the_sink_writes(
         stop.set()
         thread.join(30)
         sink.close()
+
+
+def test_snapshots_are_copied_only_when_new_and_at_most_a_twentieth_of_the_time(
+    broker: EmbeddedBroker, topics: dict[str, TopicSpec], tmp_path: Path
+) -> None:
+    load(broker, topics, range(1, 3))
+    sink = sink_into(broker, topics, tmp_path)
+    try:
+        snapshot = tmp_path / "snapshot.duckdb"
+        first = snapshot.stat().st_ino
+        sink.snapshot()  # nothing written since: the same file, not a new copy
+        assert snapshot.stat().st_ino == first
+        sink.snapshot_every_s = 0.01
+        sink._snapshot_cost_s = 1.0  # as if the last copy took a second
+        assert not sink.snapshot_due()  # the next waits for 20 s, not 0.01
+        sink._last_snapshot -= 21
+        assert sink.snapshot_due()
+    finally:
+        sink.close()
