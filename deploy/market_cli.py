@@ -121,7 +121,8 @@ def _rpc(settings: Settings, args: argparse.Namespace) -> str:
 def cmd_worker(
     settings: Settings, args: argparse.Namespace, bootstrap_of: Callable[[Settings], str]
 ) -> int:
-    """`bootstrap_of` is asked only by the actions that use Kafka (withdraw-stake does not)."""
+    """`bootstrap_of` is asked only when running a node (unstake and withdraw-stake use
+    the gateway alone)."""
     from gpu_worker.worker import Worker
     from processors.execution.genesis import address_of, devnet_key
     from processors.runtime import configure_logging, stop_on_signals
@@ -138,18 +139,22 @@ def cmd_worker(
     settings = settings.replace(**changes)
     key = _key(args) if args.key else devnet_key("worker", args.devnet_index or 0)
     rpc = args.rpc or _devnet_rpc(settings)
+    if args.action != "run" and rpc is None:
+        raise MarketUsageError("give --rpc (no devnet found in the data directory)")
     if args.action == "withdraw-stake":
         from gpu_worker.worker import withdraw_stake
 
-        if rpc is None:
-            raise MarketUsageError("give --rpc (no devnet found in the data directory)")
+        assert rpc is not None
         amount = withdraw_stake(rpc, _chain_id(rpc), key)
         print(f"withdrew {amount} wei of stake to 0x{address_of(key).hex()}", flush=True)
         return 0
     if args.action == "unstake":
         import time
 
-        stake, until = Worker(settings, bootstrap_of(settings), key, rpc).leave()
+        from gpu_worker.worker import leave
+
+        assert rpc is not None
+        stake, until = leave(rpc, _chain_id(rpc), key)
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(until))
         print(
             f"node 0x{address_of(key).hex()} is leaving: no new jobs; its {stake} wei of stake "

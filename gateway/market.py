@@ -64,6 +64,7 @@ FOLLOWED = (
     topic("jobs.verdicts"),
     topic("jobs.settled"),
     topic("jobs.tokens"),
+    topic("receipts"),  # nodes' stakes, from JobMarket's events
 )
 INLINE_LIMIT = 64 * 1024
 KEY_PREFIX = "lk_"
@@ -595,7 +596,7 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
                     "address": _hex(a),
                     "price_wei_per_hour": str(v.price_wei_per_hour),
                     "stake_wei": str(v.stake_wei),
-                    "leaving": v.stake_wei == 0,
+                    "leaving": v.leaving,
                     "memory_bytes": v.vram_bytes,
                     "memory_used_bytes": v.vram_used_bytes,
                     "reputation_bps": v.reputation_bps,

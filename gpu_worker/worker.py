@@ -90,6 +90,20 @@ def market_uint(rpc: str, data: bytes) -> int:
     return int(rpc_call(rpc, "eth_call", [call, "latest"]), 16)
 
 
+def leave(rpc: str, chain_id: int, key: bytes) -> tuple[int, int]:
+    """Take a node out of the market: `requestUnstake` on the ledger, after which the
+    matcher (which reads stakes from the ledger's receipts) offers it nothing. Returns the
+    stake and when it becomes withdrawable (unix seconds). Refuses (nothing sent) when the
+    node has nothing staked. A worker started again rejoins: its `registerNode` cancels it."""
+    node = address_of(key)
+    wait_for_ledger(rpc)
+    stake = market_uint(rpc, stakes_call(node))
+    if stake == 0:
+        raise RpcFailure(f"node 0x{node.hex()} has nothing staked")
+    send_call(rpc, chain_id, key, JOB_MARKET, request_unstake_call(), gas=100_000)
+    return stake, market_uint(rpc, unbonding_until_call(node))
+
+
 def withdraw_stake(rpc: str, chain_id: int, key: bytes) -> int:
     """Take a leaving node's stake back once its unbonding period is over; the amount.
     Refuses (nothing sent) while the node is not leaving or the period is still running."""
@@ -133,8 +147,9 @@ class Worker:
     # -- announcing the node --------------------------------------------------------------
 
     def stake_on_ledger(self) -> str | None:
-        """Send `registerNode` with what the stake lacks; the transaction hash, or None
-        without a gateway to send it through."""
+        """Send `registerNode` with what the stake lacks and wait for it to execute (the
+        matcher offers work only to nodes staked on the ledger); the transaction hash, or
+        None without a gateway to send it through."""
         if self.rpc_url is None:
             return None
         wait_for_ledger(self.rpc_url)
@@ -156,32 +171,8 @@ class Worker:
             register_node_call(self.settings.worker_price),
             value=top_up,
             gas=150_000,
-            wait_s=None,
         )
         return tx_hash
-
-    def leave(self) -> tuple[int, int]:
-        """Leave the market: `requestUnstake` on the ledger, then a registration with no
-        stake, after which the matcher offers this node nothing. Returns the stake and when
-        it becomes withdrawable (unix seconds). A worker started again rejoins (its
-        `registerNode` cancels the leaving)."""
-        if self.rpc_url is None:
-            raise RpcFailure("leaving needs a gateway: give --rpc or run it beside a devnet")
-        stake = market_uint(self.rpc_url, stakes_call(self.address))
-        if stake == 0:
-            raise RpcFailure(f"node 0x{self.address.hex()} has nothing staked")
-        send_call(
-            self.rpc_url,
-            self.settings.chain_id,
-            self.key,
-            JOB_MARKET,
-            request_unstake_call(),
-            gas=100_000,
-        )
-        self.settings = self.settings.replace(worker_stake=0)
-        self.producer.send(NODES, self.registration(), key=hex_key(self.address)).result(30)
-        self.producer.flush()
-        return stake, market_uint(self.rpc_url, unbonding_until_call(self.address))
 
     def registration(self) -> dict[str, Any]:
         hw = self.hardware

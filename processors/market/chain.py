@@ -33,6 +33,9 @@ def event_topic(signature: str) -> bytes:
 
 
 SETTLED = event_topic("Settled(bytes32,address,address,uint256,uint256,uint256,uint256)")
+NODE_REGISTERED = event_topic("NodeRegistered(address,uint256,uint256)")
+UNSTAKE_REQUESTED = event_topic("UnstakeRequested(address,uint256,uint256)")
+STAKE_WITHDRAWN = event_topic("StakeWithdrawn(address,uint256)")
 MODEL_REGISTERED = event_topic("ModelRegistered(bytes32,string,string,address,uint32,string)")
 
 

@@ -46,6 +46,7 @@ INPUTS = (
     ASSIGNED,
     RESULTS,
     VERDICTS,
+    topic("receipts"),  # nodes' stakes, from JobMarket's events
 )
 
 

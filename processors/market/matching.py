@@ -33,7 +33,8 @@ class NodeView:
     last_seen_ms: int
     runtimes: tuple[str, ...]
     peak_gflops: int
-    stake_wei: int  # as registered; 0: the node is leaving (`lattice worker unstake`)
+    stake_wei: int  # on the ledger (`JobMarket.stakes`)
+    leaving: bool  # asked to unstake (`lattice worker unstake`)
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,10 @@ def assess(job: JobNeeds, node: NodeView, now_ms: int, excluded: frozenset[bytes
     reasons = []
     if node.address in excluded:
         reasons.append("failed an earlier attempt of this job")
-    if node.stake_wei == 0:
+    if node.leaving:
         reasons.append("leaving the network (stake being withdrawn)")
+    elif node.stake_wei == 0:
+        reasons.append("no stake on the ledger")
     if now_ms - node.last_seen_ms > STALE_AFTER_MS:
         reasons.append(f"silent for {now_ms - node.last_seen_ms} ms")
     if free < job.required_vram_bytes:

@@ -2,9 +2,15 @@
 
 The matcher decides from this view and the gateway serves it (`/v1/nodes`, `/v1/models`):
 one fold over `lattice.gpu.nodes`, `lattice.gpu.heartbeats`, `lattice.models`,
-`lattice.jobs.results` and `lattice.jobs.verdicts`, so both read the same truth. Records
-with a bad signature are ignored; an older registration or heartbeat (by sequence) never
-replaces a newer one.
+`lattice.jobs.results`, `lattice.jobs.verdicts` and `lattice.receipts`, so both read the
+same truth. Records with a bad signature are ignored; an older registration or heartbeat
+(by sequence) never replaces a newer one.
+
+A node's stake is the ledger's, not what its registration says: `JobMarket`'s events in the
+receipts (registered, slashed in a settlement, leaving, withdrawn). Receipts come from
+several partitions in no set order, so each event is placed by its (block, transaction,
+log) position and the stake is computed from the latest absolute figure and the slashes
+after it: the same answer whatever order they arrive in.
 """
 
 from __future__ import annotations
@@ -13,15 +19,43 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from processors.execution.genesis import JOB_MARKET
+from processors.market.chain import NODE_REGISTERED, SETTLED, STAKE_WITHDRAWN, UNSTAKE_REQUESTED
 from processors.market.economics import reputation_bps
 from processors.market.jobs import InvalidSignature, node_record_hash, recover
 from processors.market.matching import NodeView
+
+Position = tuple[int, int, int]  # block number, transaction index, log index
+NOWHERE: Position = (-1, -1, -1)
+
+
+@dataclass
+class LedgerStake:
+    """A node's stake as `JobMarket`'s events tell it (see the module docstring)."""
+
+    figure: tuple[Position, int] = (NOWHERE, 0)  # the latest absolute stake and where
+    slashes: dict[Position, int] = field(default_factory=dict)
+    leaving: tuple[Position, bool] = (NOWHERE, False)
+
+    @property
+    def stake_wei(self) -> int:
+        at, stake = self.figure
+        return max(0, stake - sum(a for p, a in self.slashes.items() if p > at))
+
+    def set(self, at: Position, stake: int, leaving: bool | None) -> None:
+        if at > self.figure[0]:
+            self.figure = (at, stake)
+            # Slashes before the figure are in it already.
+            self.slashes = {p: a for p, a in self.slashes.items() if p > at}
+        if leaving is not None and at > self.leaving[0]:
+            self.leaving = (at, leaving)
 
 
 @dataclass
 class NodeState:
     registration: dict[str, Any]
     heartbeat: dict[str, Any] | None = None
+    ledger: LedgerStake | None = None
     accepted: int = 0
     rejected: int = 0
 
@@ -30,6 +64,7 @@ class NodeState:
         devices = reg["devices"]
         vram = sum(d["vram_bytes"] for d in devices) or reg["ram_bytes"]
         used = sum(d["vram_used_bytes"] for d in beat["devices"]) if beat else 0
+        ledger = self.ledger or LedgerStake()
         return NodeView(
             address=reg["node"],
             price_wei_per_hour=reg["price_wei_per_hour"],
@@ -40,7 +75,8 @@ class NodeState:
             last_seen_ms=beat["timestamp_ms"] if beat else reg["registered_at_ms"],
             runtimes=tuple(reg["runtimes"]),
             peak_gflops=sum(d["peak_fp16_gflops"] for d in devices),
-            stake_wei=reg["stake_wei"],
+            stake_wei=ledger.stake_wei,
+            leaving=ledger.leaving[1],
         )
 
 
@@ -50,6 +86,7 @@ class MarketView:
     nodes: dict[bytes, NodeState] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> latest manifest
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # manifest CID -> it
+    stakes: dict[bytes, LedgerStake] = field(default_factory=dict)  # by node, from receipts
 
     def _signed_by_node(self, domain: str, record: Mapping[str, Any]) -> bool:
         try:
@@ -64,7 +101,8 @@ class MarketView:
                 return
             node = self.nodes.get(record["node"])
             if node is None:
-                self.nodes[record["node"]] = NodeState(record)
+                stake = self.stakes.setdefault(record["node"], LedgerStake())
+                self.nodes[record["node"]] = NodeState(record, ledger=stake)
             elif record["sequence"] > node.registration["sequence"]:
                 node.registration = record
         elif schema == "lattice.gpu.GpuNodeHeartbeat":
@@ -78,12 +116,35 @@ class MarketView:
             current = self.models.get(record["name"])
             if current is None or record["version"] >= current["version"]:
                 self.models[record["name"]] = record
+        elif schema == "lattice.receipts.Receipt":
+            for log in record["logs"]:
+                if log["address"] == JOB_MARKET and log["topics"]:
+                    self._stake_event(record, log)
         elif schema == "lattice.jobs.JobVerdict":
             node = self.nodes.get(record["node"])
             if node is not None and record["outcome"] == "ACCEPTED":
                 node.accepted += 1
             elif node is not None and record["outcome"] == "REJECTED":
                 node.rejected += 1
+
+    def _stake_event(self, receipt: dict[str, Any], log: dict[str, Any]) -> None:
+        at = (receipt["block_number"], receipt["transaction_index"], log["log_index"])
+        event, topics, data = log["topics"][0], log["topics"], log["data"]
+        if event == SETTLED:
+            slashed = int.from_bytes(data[96:128])  # paid, fee, refund, slashed
+            if slashed:
+                self._stake_of(topics[3]).slashes[at] = slashed
+        elif event == NODE_REGISTERED:
+            self._stake_of(topics[1]).set(at, int.from_bytes(data[:32]), leaving=False)
+        elif event == UNSTAKE_REQUESTED:
+            stake = self._stake_of(topics[1])
+            stake.set(at, int.from_bytes(data[:32]), leaving=True)
+        elif event == STAKE_WITHDRAWN:
+            self._stake_of(topics[1]).set(at, 0, leaving=False)
+
+    def _stake_of(self, topic: bytes) -> LedgerStake:
+        node = topic[-20:]
+        return self.stakes.setdefault(node, LedgerStake())
 
     def node_views(self) -> list[NodeView]:
         return [n.view() for _, n in sorted(self.nodes.items())]

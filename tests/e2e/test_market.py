@@ -65,6 +65,14 @@ class Market:
             self.rpc("eth_getStorageAt", "0x" + JOB_MARKET.hex(), "0x" + slot.hex(), "latest"), 16
         )
 
+    def node(self, address: bytes) -> dict[str, Any]:
+        """The node as `/v1/nodes` shows it (empty when not listed)."""
+        nodes = self.http.get("/v1/nodes").json()["nodes"]
+        return next((n for n in nodes if n["address"] == "0x" + address.hex()), {})
+
+    def staked(self, address: bytes) -> bool:
+        return int(self.node(address).get("stake_wei", "0")) > 0
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self.http.get(f"/v1/jobs/{job_id}").json()  # type: ignore[no-any-return]
 
@@ -288,6 +296,7 @@ def cheat(market: Market, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     thread.start()
     wait_for("the cheap worker", lambda: worker.address.hex() in market.http.get("/v1/nodes").text)
     wait_for("its stake", lambda: market.slot(STAKES_SLOT, worker.address) == 2 * ETHER)
+    wait_for("the market to see its stake", lambda: market.staked(worker.address))
     yield worker
     stop.set()
     thread.join(30)
@@ -336,26 +345,29 @@ def test_duplicate_results_pay_once(market: Market, cheat: FaultyWorker) -> None
     assert market.balance(cheat.address) == balance + job["settlements"][0]["paid_wei"]
 
 
-def test_a_node_leaves_the_market_and_waits_out_its_unbonding(market: Market) -> None:
-    from gateway.client import send_call
-    from processors.market.chain import register_node_call
-    from streams.settings import CHAIN_ID
-
+def test_a_node_leaves_the_market_and_waits_out_its_unbonding(
+    market: Market, tmp_path: Path
+) -> None:
     key, index = devnet_key("worker", 7), "7"
     node = "0x" + address_of(key).hex()
     early = market.net.cli("worker", "unstake", "--devnet-index", index, timeout=120)
     assert early.returncode == 1 and "nothing staked" in early.stderr, early.stderr
-    send_call(market.net.url, CHAIN_ID, key, JOB_MARKET, register_node_call(CHEAP), value=ETHER)
+    # A node that registers and stakes (no job loop: it must never be chosen, so it is dear).
+    endpoints = json.loads((market.net.data_dir / "devnet.json").read_text())
+    settings = Settings(data_dir=tmp_path, worker_price=10**17, worker_stake=ETHER)
+    idle = Worker(settings, endpoints["kafka"], key, market.net.url)
+    try:
+        idle.announce()
+    finally:
+        idle.producer.close()
+    wait_for("its stake in the market", lambda: market.staked(address_of(key)))
+    assert market.node(address_of(key))["stake_wei"] == str(ETHER)
     left = market.net.cli("worker", "unstake", "--devnet-index", index, timeout=120)
     assert left.returncode == 0, left.stderr
     assert f"node {node} is leaving" in left.stdout and "withdrawable from" in left.stdout
     assert market.slot(UNBONDING_SLOT, address_of(key)) > 0
-
-    def listed() -> bool:
-        nodes = market.http.get("/v1/nodes").json()["nodes"]
-        return any(n["address"] == node and n["leaving"] for n in nodes)
-
-    wait_for("the node's leaving record", listed)
+    # The market reads the leaving from the ledger's receipts.
+    wait_for("the node's leaving", lambda: market.node(address_of(key))["leaving"])
 
     def offered_nothing() -> list[str] | None:
         response = market.submit()

@@ -20,6 +20,7 @@ def node(n: int, **changes: object) -> NodeView:
         runtimes=("onnxruntime-cpu", "torch-cpu"),
         peak_gflops=100,
         stake_wei=2 * 10**18,
+        leaving=False,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -34,7 +35,8 @@ def test_ineligible_nodes_are_kept_with_their_reasons() -> None:
         node(3, runtimes=("torch-cpu",)),
         node(4, price_wei_per_hour=10**20),
         node(5),
-        node(6, stake_wei=0),
+        node(6, leaving=True),
+        node(7, stake_wei=0),
     ]
     decision = decide(JOB, nodes, NOW)
     assert decision.nodes == (node(5).address,)
@@ -45,6 +47,7 @@ def test_ineligible_nodes_are_kept_with_their_reasons() -> None:
     assert "price" in reasons[4][0]
     assert reasons[5] == ()
     assert reasons[6] == ("leaving the network (stake being withdrawn)",)
+    assert reasons[7] == ("no stake on the ledger",)
 
 
 def test_reputation_load_and_exclusion_steer_the_choice() -> None:
