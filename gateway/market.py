@@ -282,7 +282,7 @@ def job_json(status: JobStatus) -> dict[str, Any]:
         "assignments": [jsonable(a | {"job": None}) for a in status.assignments],
         "result": jsonable(result | {"output": None}) if result else None,
         "result_count": len(status.results),
-        "streamed_tokens": len(status.tokens),
+        "streamed_tokens": sum(len(t["token_ids"]) for t in status.tokens),
         "output": output,
         "verdicts": [jsonable(v) for v in status.verdicts],
         "settlements": [jsonable(s) for s in status.settlements],

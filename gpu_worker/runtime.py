@@ -171,7 +171,8 @@ class LoadedModel:
         self, request: dict[str, Any], on_text: Callable[[int, int, str], None] | None = None
     ) -> Generation:
         """Greedy decoding; `on_text(index, token, text)` hears each token as it comes, with
-        the text it adds (held back while it ends inside a multi-byte character)."""
+        the text it adds ("" while the text so far ends inside a multi-byte character: that
+        text comes with a later token)."""
         limit = int(self.manifest.document.get("max_positions") or 1024)
         prompt = self.prompt_ids(request)[-(limit - 1) :]
         max_tokens = max(1, min(int(request.get("max_tokens", 16)), limit - len(prompt)))
@@ -190,9 +191,10 @@ class LoadedModel:
             logits.append(float(row[token]))
             if on_text is not None:
                 so_far = self.tokenizer.decode(chosen, skip_special_tokens=True)
+                added = ""
                 if not so_far.endswith("\ufffd"):
-                    on_text(len(chosen) - 1, token, so_far[len(sent) :])
-                    sent = so_far
+                    added, sent = so_far[len(sent) :], so_far
+                on_text(len(chosen) - 1, token, added)
             if len(chosen) < max_tokens:
                 # With a cache only the new token is run; without, the whole sequence again.
                 rows, past = self.step([token], past) if past is not None else self.step(ids, None)

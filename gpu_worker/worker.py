@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,50 @@ def execute(
         )
     output = model.run_tensors(data)
     return output, TENSOR_SCHEME, tensor_fingerprint(output, job["job_id"])
+
+
+#: The longest a streamed token waits for others to share its event (the first goes at once).
+STREAM_EVERY_S = 0.02
+
+
+@dataclass
+class TokenBatch:
+    """Streamed tokens gathered into `lattice.jobs.tokens` events: one event per token made
+    a fast model's stream a record per millisecond; now at most one per `STREAM_EVERY_S`."""
+
+    job_id: bytes
+    node: bytes
+    attempt: int
+    first: int = 0
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    sent_at: float | None = None
+
+    def add(self, index: int, token: int, text: str, now: float) -> list[dict[str, Any]]:
+        """The events due after this token (none while it waits for company)."""
+        if not self.token_ids:
+            self.first = index
+        self.token_ids.append(token)
+        self.text += text
+        if self.sent_at is not None and now - self.sent_at < STREAM_EVERY_S:
+            return []
+        self.sent_at = now
+        return self.rest()
+
+    def rest(self) -> list[dict[str, Any]]:
+        """The event holding whatever is gathered (none when nothing is)."""
+        if not self.token_ids:
+            return []
+        record = {
+            "job_id": self.job_id,
+            "node": self.node,
+            "attempt": self.attempt,
+            "index": self.first,
+            "token_ids": self.token_ids,
+            "text": self.text,
+        }
+        self.token_ids, self.text = [], ""
+        return [record]
 
 
 def market_uint(rpc: str, data: bytes) -> int:
@@ -276,19 +321,18 @@ class Worker:
         if job["params"].get("stream") != "1":
             return execute(model, job)
 
+        batch = TokenBatch(job["job_id"], self.address, self.attempt)
+
         def stream(index: int, token: int, text: str) -> None:
             # Not awaited: progress only; the signed result that follows is what counts.
-            record = {
-                "job_id": job["job_id"],
-                "node": self.address,
-                "attempt": self.attempt,
-                "index": index,
-                "token_ids": [token],
-                "text": text,
-            }
-            self.producer.send(TOKENS, record, key=hex_key(job["job_id"]))
+            for record in batch.add(index, token, text, time.monotonic()):
+                self.producer.send(TOKENS, record, key=hex_key(job["job_id"]))
 
-        return execute(model, job, stream)
+        try:
+            return execute(model, job, stream)
+        finally:
+            for record in batch.rest():
+                self.producer.send(TOKENS, record, key=hex_key(job["job_id"]))
 
     def train(self, job: dict[str, Any]) -> tuple[bytes, str, bytes]:
         """Run a training job; every epoch's checkpoint is published by CID as it ends."""
