@@ -74,6 +74,9 @@ class Settings:
     #: Share of results the verifier re-executes, and of jobs run twice (basis points).
     verify_bps: int = 10_000
     redundancy_bps: int = 1_000
+    #: What a result forged under a node's own signature costs the node (wei; the ledger
+    #: takes at most its stake): a fixed figure, not a share of a stake the node declares.
+    slash_wei: int = 10**18
     #: How long a node holds an assignment before the job goes to another node.
     lease_ms: int = 15_000
     #: OpenAI-compatible jobs: time allowed and the most they may cost (wei).

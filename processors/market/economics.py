@@ -20,7 +20,6 @@ BPS = 10_000
 FEE_BPS = 1_000  # network fee: 10%
 MS_PER_HOUR = 3_600_000
 MAX_BONUS_BPS = 2_000  # a perfect reputation earns at most +20%
-SLASH_BPS = 5_000  # a provider caught cheating loses half its stake
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,3 @@ def reward(
 
 def refund(max_price_wei: int) -> Reward:
     return Reward(paid_wei=0, fee_wei=0, refund_wei=max_price_wei)
-
-
-def slash_wei(stake_wei: int) -> int:
-    return stake_wei * SLASH_BPS // BPS

@@ -49,7 +49,7 @@ from processors.execution.genesis import JOB_MARKET, address_of
 from processors.execution.transactions import ChainRules, decode_transaction, submitted_event
 from processors.market.chain import Settlement, settle_call, settlement_of, signed_call
 from processors.market.content import Blockstore, ContentError
-from processors.market.economics import Reward, refund, reward, slash_wei
+from processors.market.economics import Reward, refund, reward
 from processors.market.jobs import TRAINING, InvalidSignature, job_signer
 from processors.verifier import core
 from streams.admin import ensure_topics
@@ -115,7 +115,6 @@ class Verifier:
         self.rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
         self.jobs: dict[bytes, JobFacts] = {}
         self.registrations: dict[bytes, dict[str, Any]] = {}
-        self.slashed: dict[bytes, int] = {}
         self.manifests: dict[str, dict[str, Any]] = {}
         self.nonce = 0
         # Settlement id -> (tx hash, call) of every settlement transaction this settler has
@@ -154,10 +153,6 @@ class Verifier:
             facts = self.facts(record["job_id"])
             facts.settled_for.add(record["provider"])
             facts.charged += record["paid_wei"] + record["fee_wei"]
-            if record["slashed_wei"]:
-                self.slashed[record["provider"]] = (
-                    self.slashed.get(record["provider"], 0) + record["slashed_wei"]
-                )
         elif schema == "lattice.jobs.JobResult":
             facts = self.facts(record["job_id"])
             facts.waiting.append((record, position))
@@ -367,9 +362,9 @@ class Verifier:
             self.settle(facts, node, owed, 0, cause)
         elif verdict["outcome"] == core.REJECTED:
             # A result the node did not sign proves nothing against it: anyone can write one.
+            # The figure is fixed: the stake a registration declares is the node's own word.
             signed = all(c["passed"] for c in verdict["checks"] if c["name"] == "signature")
-            stake = registration["stake_wei"] - self.slashed.get(node, 0)
-            slash = slash_wei(max(stake, 0)) if signed else 0
+            slash = self.settings.slash_wei if signed else 0
             self.settle(facts, node, Reward(0, 0, 0), slash, cause)
         elif not facts.charged and ZERO not in facts.settled_for:
             self.settle(facts, ZERO, refund(job["max_price_wei"]), 0, cause)
@@ -441,8 +436,6 @@ class Verifier:
         self.producer.send(self.outputs["settled"], settled, key=hex_key(job["job_id"])).result(30)
         facts.settled_for.add(provider)
         facts.charged += call.paid + call.fee
-        if call.slash:
-            self.slashed[provider] = self.slashed.get(provider, 0) + call.slash
 
     def recall_sent(self) -> None:
         """Every transaction this settler has on the log: its next nonce, and the

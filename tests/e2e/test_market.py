@@ -257,6 +257,15 @@ class FaultyWorker(Worker):
 
     mode = "honest"
 
+    def registration(self) -> dict[str, Any]:
+        # It stakes 2 ETH on the ledger but tells the market 1 wei, hoping to be slashed by
+        # a share of that (the matcher and the verifier must go by the ledger and the rules).
+        from processors.market.jobs import node_record_hash, sign
+
+        record = {**super().registration(), "stake_wei": 1, "signature": b""}
+        digest = node_record_hash("node-registration", record, self.settings.chain_id)
+        return {**record, "signature": sign(self.key, digest)}
+
     def execute(self, model: LoadedModel, job: dict[str, Any]) -> tuple[bytes, str, bytes]:
         output, scheme, fingerprint = super().execute(model, job)
         if self.mode == "forge":

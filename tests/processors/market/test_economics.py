@@ -9,7 +9,6 @@ from processors.market.economics import (
     reputation_bonus_bps,
     reputation_bps,
     reward,
-    slash_wei,
 )
 
 
@@ -51,6 +50,5 @@ def test_reputation_is_bounded_and_monotone(accepted: int, rejected: int) -> Non
     assert 0 <= reputation_bonus_bps(value) <= 2_000
 
 
-def test_new_nodes_are_neutral_and_slashing_takes_half() -> None:
+def test_new_nodes_are_neutral() -> None:
     assert reputation_bps(0, 0) == 5_000 and reputation_bonus_bps(5_000) == 0
-    assert slash_wei(2 * 10**18) == 10**18
