@@ -88,41 +88,56 @@ def test_end_offsets_are_true_ends_even_after_multi_record_batches(
     assert counts[spec.name] == 25
 
 
+class SteadyWriter:
+    """One record at a time to a topic's partition 0, acknowledged each (as proposers write
+    blocks), for up to 30 s: the kind of partition that EOF alone chased for over a minute."""
+
+    def __init__(self, broker: EmbeddedBroker, spec: TopicSpec) -> None:
+        self.producer = Producer(broker.bootstrap)
+        self.spec = spec
+        self.acked: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.write)
+
+    def write(self) -> None:
+        deadline = time.monotonic() + 30
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            delivered = self.producer.send(self.spec, position(0), partition=0).result(10)
+            self.acked.append(delivered.offset)
+
+    def __enter__(self) -> SteadyWriter:
+        self.thread.start()
+        while len(self.acked) < 300:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.producer.close()
+
+    @property
+    def writing(self) -> bool:
+        return self.thread.is_alive()
+
+
 def test_reads_of_a_topic_being_written_end_at_the_end_as_of_the_call(
     broker: EmbeddedBroker, make_topic: Callable[..., TopicSpec]
 ) -> None:
-    # One record at a time, as proposers write blocks: waiting for partition EOF alone
-    # chased such a partition for over a minute.
     spec = make_topic(schema="lattice.common.Position", partitions=1)
-    producer = Producer(broker.bootstrap)
-    acked: list[int] = []
-    stop = threading.Event()
-
-    def write() -> None:
-        i, deadline = 0, time.monotonic() + 30
-        while not stop.is_set() and time.monotonic() < deadline:
-            acked.append(producer.send(spec, position(i), partition=0).result(10).offset)
-            i += 1
-
-    writer = threading.Thread(target=write)
-    writer.start()
     reader = Reader(broker.bootstrap)
     try:
-        while len(acked) < 300:
-            time.sleep(0.01)
-        for _ in range(3):
-            written = len(acked)
-            offsets = [m.offset() for m in reader.read(from_beginning(spec.name, [0]))]
-            assert writer.is_alive(), "the read only ended when the writing did"
-            assert offsets == list(range(len(offsets)))
-            assert len(offsets) >= written
-            (low, end) = reader.end_offsets(spec.name)[0]
-            assert low == 0 and end >= len(offsets)
-            assert writer.is_alive()
+        with SteadyWriter(broker, spec) as writer:
+            for _ in range(3):
+                written = len(writer.acked)
+                offsets = [m.offset() for m in reader.read(from_beginning(spec.name, [0]))]
+                assert writer.writing, "the read only ended when the writing did"
+                assert offsets == list(range(len(offsets)))
+                assert len(offsets) >= written
+                (low, end) = reader.end_offsets(spec.name)[0]
+                assert low == 0 and end >= len(offsets)
+                assert writer.writing
     finally:
-        stop.set()
-        writer.join()
-        producer.close()
         reader.close()
 
 
@@ -131,38 +146,23 @@ def test_catching_up_ends_at_the_ends_as_of_the_start_though_writing_goes_on(
 ) -> None:
     busy = make_topic(schema="lattice.common.Position", partitions=1)
     empty = make_topic(schema="lattice.common.Position", partitions=1)
-    producer = Producer(broker.bootstrap)
-    acked: list[int] = []
-    stop = threading.Event()
-
-    def write() -> None:
-        deadline = time.monotonic() + 30
-        while not stop.is_set() and time.monotonic() < deadline:
-            acked.append(producer.send(busy, position(0), partition=0).result(10).offset)
-
-    writer = threading.Thread(target=write)
-    writer.start()
     reader = Reader(broker.bootstrap)
     try:
-        while len(acked) < 300:
-            time.sleep(0.01)
-        assert CatchUp(reader, {(empty.name, 0): 0}).done  # nothing there to catch up on
-        written = len(acked)
-        catch_up = CatchUp(reader, {(busy.name, 0): 0, (empty.name, 0): 0})
-        assert catch_up.behind == {(busy.name, 0)}
-        reader.assign({(busy.name, 0): 0, (empty.name, 0): 0})
-        read = 0
-        while not catch_up.done:
-            message = reader.poll_raw(1.0)
-            if message is not None:
-                read += message.error() is None
-                catch_up.saw(message)
-        assert writer.is_alive(), "caught up only when the writing stopped"
-        assert read >= written
+        with SteadyWriter(broker, busy) as writer:
+            assert CatchUp(reader, {(empty.name, 0): 0}).done  # nothing there to catch up on
+            written = len(writer.acked)
+            catch_up = CatchUp(reader, {(busy.name, 0): 0, (empty.name, 0): 0})
+            assert catch_up.behind == {(busy.name, 0)}
+            reader.assign({(busy.name, 0): 0, (empty.name, 0): 0})
+            read = 0
+            while not catch_up.done:
+                message = reader.poll_raw(1.0)
+                if message is not None:
+                    read += message.error() is None
+                    catch_up.saw(message)
+            assert writer.writing, "caught up only when the writing stopped"
+            assert read >= written
     finally:
-        stop.set()
-        writer.join()
-        producer.close()
         reader.close()
 
 
