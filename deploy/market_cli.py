@@ -2,7 +2,7 @@
 
     lattice worker [run] [--price WEI_PER_HOUR] [--stake WEI] [--key HEX | --devnet-index N]
                    [--threads N]
-    lattice worker unstake|withdraw-stake [--key HEX | --devnet-index N]
+    lattice worker status|unstake|withdraw-stake [--key HEX | --devnet-index N]
     lattice matcher run
     lattice verifier run|replay [--key HEX]
     lattice model import PATH --name NAME [--key HEX | --dev-account N]
@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from deploy.endpoints import Endpoints
 from streams.settings import Settings
@@ -44,12 +44,16 @@ def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # ty
     worker = sub.add_parser(
         "worker",
         help="run a compute node, or take it out of the market",
-        description="run: serve jobs (the default). unstake: stop being offered work and "
+        description="run: serve jobs (the default). status: the node's stake, price and "
+        "standing in the market. unstake: stop being offered work and "
         "start the unbonding period (the stake can still be slashed until it ends). "
         "withdraw-stake: take the stake back once the period is over.",
     )
     worker.add_argument(
-        "action", nargs="?", default="run", choices=["run", "unstake", "withdraw-stake"]
+        "action",
+        nargs="?",
+        default="run",
+        choices=["run", "status", "unstake", "withdraw-stake"],
     )
     add(worker)  # type: ignore[operator]
     worker.add_argument(
@@ -141,6 +145,12 @@ def cmd_worker(
     rpc = args.rpc or _devnet_rpc(settings)
     if args.action != "run" and rpc is None:
         raise MarketUsageError("give --rpc (no devnet found in the data directory)")
+    if args.action == "status":
+        from gpu_worker.worker import node_status
+
+        assert rpc is not None
+        print(_status_text(node_status(rpc, address_of(key))), flush=True)
+        return 0
     if args.action == "withdraw-stake":
         from gpu_worker.worker import withdraw_stake
 
@@ -173,6 +183,30 @@ def cmd_worker(
     )
     worker.run(stop)
     return 0
+
+
+def _status_text(status: dict[str, Any]) -> str:
+    import time
+
+    lines = [
+        f"node      {status['node']}",
+        f"stake     {status['stake_wei']} wei on the ledger",
+        f"price     {status['price_wei_per_hour']} wei per hour",
+    ]
+    if status["withdrawable_at"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(status["withdrawable_at"]))
+        lines.append(f"leaving   stake withdrawable from {when}")
+    market = status["market"]
+    if market is None:
+        lines.append("market    not registered (start `lattice worker`)")
+    else:
+        seen = time.strftime("%H:%M:%S UTC", time.gmtime(market["last_seen_ms"] / 1000))
+        lines.append(
+            f"market    reputation {market['reputation_bps']} bps, {market['accepted']} "
+            f"accepted, {market['rejected']} rejected, {market['jobs_in_flight']} in flight, "
+            f"last seen {seen}"
+        )
+    return "\n".join(lines)
 
 
 def _devnet_rpc(settings: Settings) -> str | None:

@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ from gpu_worker.runtime import BlockSource, LoadedModel, ModelCache
 from gpu_worker.training import Trainer, TrainingSpec, output_document
 from processors.execution.genesis import JOB_MARKET, address_of
 from processors.market.chain import (
+    price_call,
     register_node_call,
     request_unstake_call,
     stakes_call,
@@ -147,6 +149,26 @@ def leave(rpc: str, chain_id: int, key: bytes) -> tuple[int, int]:
         raise RpcFailure(f"node 0x{node.hex()} has nothing staked")
     send_call(rpc, chain_id, key, JOB_MARKET, request_unstake_call(), gas=100_000)
     return stake, market_uint(rpc, unbonding_until_call(node))
+
+
+def node_status(rpc: str, node: bytes) -> dict[str, Any]:
+    """What the ledger and the market say of a node: stake, price, leaving, and the
+    market's view of it (`/v1/nodes`: reputation, verdicts, last seen) when listed."""
+    wait_for_ledger(rpc)
+    until = market_uint(rpc, unbonding_until_call(node))
+    status: dict[str, Any] = {
+        "node": "0x" + node.hex(),
+        "stake_wei": market_uint(rpc, stakes_call(node)),
+        "price_wei_per_hour": market_uint(rpc, price_call(node)),
+        "withdrawable_at": until or None,
+    }
+    try:
+        with urllib.request.urlopen(rpc.rstrip("/") + "/v1/nodes", timeout=30) as response:
+            listed = json.loads(response.read())["nodes"]
+    except (OSError, ValueError) as exc:
+        raise RpcFailure(f"GET /v1/nodes at {rpc}: {exc}") from None
+    status["market"] = next((n for n in listed if n["address"] == status["node"]), None)
+    return status
 
 
 def withdraw_stake(rpc: str, chain_id: int, key: bytes) -> int:

@@ -139,6 +139,10 @@ def stakes_call(node: bytes) -> bytes:
     return call_data("stakes(address)", "0x" + node.hex())
 
 
+def price_call(node: bytes) -> bytes:
+    return call_data("priceWeiPerHour(address)", "0x" + node.hex())
+
+
 def unbonding_until_call(node: bytes) -> bytes:
     return call_data("unbondingUntil(address)", "0x" + node.hex())
 

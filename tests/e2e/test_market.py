@@ -377,6 +377,11 @@ def test_a_node_leaves_the_market_and_waits_out_its_unbonding(
     assert market.slot(UNBONDING_SLOT, address_of(key)) > 0
     # The market reads the leaving from the ledger's receipts.
     wait_for("the node's leaving", lambda: market.node(address_of(key))["leaving"])
+    status = market.net.cli("worker", "status", "--devnet-index", index)
+    assert status.returncode == 0, status.stderr
+    assert f"stake     {ETHER} wei on the ledger" in status.stdout
+    assert "leaving   stake withdrawable from" in status.stdout
+    assert "market    reputation 5000 bps, 0 accepted" in status.stdout
 
     def offered_nothing() -> list[str] | None:
         response = market.submit()
