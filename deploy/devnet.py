@@ -127,6 +127,7 @@ class Devnet:
         self.processors: list[Child] = []
         self.workers: list[Child] = []
         self.market: MarketService | None = None
+        self.followers: list[DagView | CheckpointView] = []  # the gateway's other readers
 
     def say(self, label: str, text: str) -> None:
         print(f"  {label:<11} {text}", file=self.out, flush=True)
@@ -150,6 +151,7 @@ class Devnet:
                 view = ChainView(s.data_dir / "lattice-execution", s.chain_id)
                 dag = DagView(bootstrap, s.chain_id, s.ghostdag_k, s.finality_depth)
                 checkpoints = CheckpointView(bootstrap, s.replicas)
+                self.followers = [dag, checkpoints]
                 self.market = MarketService(s, bootstrap, s.chain_id)
                 app = create_app(s, self.producer, view, dag, checkpoints, self.market)
                 # uvloop: the gateway's event loop is on every request's path.
@@ -384,6 +386,8 @@ class Devnet:
         # Workers and producers of blocks first, then the processors that consume them.
         if self.market is not None:
             self.market.close()
+        for follower in self.followers:
+            follower.close()
         for group in (self.workers, self.proposers, self.processors):
             for child in group:
                 child.terminate()

@@ -214,7 +214,9 @@ class Reader:
         )
         # Consumer tuning means nothing to the admin client (librdkafka warns about it).
         admin = {k: v for k, v in (config or {}).items() if not k.startswith("fetch.")}
-        self._admin = AdminClient(client_config(bootstrap, {"client.id": client_id}, admin))
+        self._admin: AdminClient | None = AdminClient(
+            client_config(bootstrap, {"client.id": client_id}, admin)
+        )
 
     def partitions(self, topic: str, timeout: float = 10.0) -> list[int]:
         metadata = self._consumer.list_topics(topic, timeout=timeout)
@@ -381,11 +383,16 @@ class Reader:
     def _admin_offsets(
         self, partitions: list[TopicPartition], spec: Any, timeout: float
     ) -> dict[tuple[str, int], int]:
+        if self._admin is None:
+            raise RuntimeError("the reader is closed")
         futures = self._admin.list_offsets({tp: spec for tp in partitions}, request_timeout=timeout)
         return {(tp.topic, tp.partition): max(0, f.result().offset) for tp, f in futures.items()}
 
     def close(self) -> None:
         self._consumer.close()
+        # The admin client has no close: dropping it now closes its connections now, not
+        # at garbage collection (a broker stopping later would see them drop, loudly).
+        self._admin = None
 
 
 class CatchUp:
