@@ -220,16 +220,11 @@ class Worker:
         if self.rpc_url is None:
             return None
         wait_for_ledger(self.rpc_url)
-        staked = rpc_call(
-            self.rpc_url,
-            "eth_call",
-            [
-                {"to": "0x" + JOB_MARKET.hex(), "data": "0x" + stakes_call(self.address).hex()},
-                "latest",
-            ],
-        )
+        staked = market_uint(self.rpc_url, stakes_call(self.address))
+        if market_uint(self.rpc_url, unbonding_until_call(self.address)):
+            log.warning("node 0x%s was leaving; registering again rejoins", self.address.hex())
         # Top the stake up to what the settings ask; the call also sets the price.
-        top_up = max(0, self.settings.worker_stake - int(staked, 16))
+        top_up = max(0, self.settings.worker_stake - staked)
         tx_hash, _ = send_call(
             self.rpc_url,
             self.settings.chain_id,
