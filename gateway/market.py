@@ -132,11 +132,40 @@ def _attach(status: JobStatus, schema: str, record: dict[str, Any]) -> None:
     getattr(status, _PART_OF_A_JOB[schema]).append(record)
 
 
+@dataclass
+class Hold:
+    """What a job may still cost its requester's deposit: its maximum price, held from its
+    submission until a settlement of it has executed (the deposit then shows the charge),
+    or until `expires_ms` should the verifier never settle it."""
+
+    account: bytes
+    price_wei: int
+    expires_ms: int
+
+
+def _remember(seen: OrderedDict[bytes, None], key: bytes) -> None:
+    seen[key] = None
+    if len(seen) > MAX_EARLY_SETTLEMENTS:
+        seen.popitem(last=False)
+
+
+#: How long after its deadline an unsettled job stops holding its deposit.
+HOLD_GRACE_MS = 120_000
+#: Settlement transactions seen executed before their `jobs.settled` record, kept at most.
+MAX_EARLY_SETTLEMENTS = 10_000
+
+
 class MarketService:
     def __init__(self, settings: Settings, bootstrap: str, chain_id: int) -> None:
         self.settings = settings
         self.view = MarketView(chain_id)
         self.jobs: dict[bytes, JobStatus] = {}
+        #: Deposit holds by job, from the log (so every gateway holds the same) and from
+        #: this gateway's own admissions until the log brings them back.
+        self.holds: dict[bytes, Hold] = {}
+        self._settling: dict[bytes, bytes] = {}  # settlement tx hash -> job id
+        self._executed: OrderedDict[bytes, None] = OrderedDict()  # JobMarket tx hashes
+        self._released: OrderedDict[bytes, None] = OrderedDict()  # jobs settled on the ledger
         #: Records of jobs whose submission has not come in yet, by job, oldest first.
         self._early: OrderedDict[bytes, list[tuple[str, dict[str, Any]]]] = OrderedDict()
         self.lock = threading.Lock()
@@ -175,9 +204,50 @@ class MarketService:
         finally:
             reader.close()
 
+    def in_flight(self, account: bytes, now_ms: int) -> int:
+        """The deposit `account`'s unsettled jobs hold (expired holds are dropped)."""
+        with self.lock:
+            for job_id in [j for j, h in self.holds.items() if h.expires_ms <= now_ms]:
+                del self.holds[job_id]
+            return sum(h.price_wei for h in self.holds.values() if h.account == account)
+
+    def hold(self, job_id: bytes, hold: Hold) -> None:
+        with self.lock:
+            self.holds[job_id] = hold
+
+    def unhold(self, job_id: bytes) -> None:
+        with self.lock:
+            self.holds.pop(job_id, None)
+
+    def _fold_holds(self, schema: str, record: dict[str, Any]) -> None:
+        # The topics are read side by side: a settlement (or its receipt) can come in
+        # before the job's submission, or its receipt before its record.
+        if schema == "lattice.jobs.JobSubmitted":
+            job_id = record["job_id"]
+            if job_id not in self.jobs and job_id not in self._released:
+                expires = record["deadline_ms"] + HOLD_GRACE_MS
+                self.holds[job_id] = Hold(record["requester"], record["max_price_wei"], expires)
+        elif schema == "lattice.jobs.JobSettled":
+            tx = record["transaction_hash"]
+            if tx in self._executed:
+                self._release(record["job_id"])
+            else:
+                self._settling[tx] = record["job_id"]
+        elif schema == "lattice.receipts.Receipt" and record["to_address"] == JOB_MARKET:
+            job_id = self._settling.pop(record["transaction_hash"], None)
+            if job_id is not None:
+                self._release(job_id)
+            else:
+                _remember(self._executed, record["transaction_hash"])
+
+    def _release(self, job_id: bytes) -> None:
+        self.holds.pop(job_id, None)
+        _remember(self._released, job_id)
+
     def apply(self, schema: str, record: dict[str, Any]) -> None:
         with self.lock:
             self.view.apply(schema, record)
+            self._fold_holds(schema, record)
             job_id = record.get("job_id", b"")
             if schema == "lattice.jobs.JobSubmitted":
                 status = self.jobs.setdefault(job_id, JobStatus(record))
@@ -291,7 +361,6 @@ def job_json(status: JobStatus) -> dict[str, Any]:
 
 def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink) -> APIRouter:
     api = APIRouter()
-    reserved: dict[bytes, int] = {}
 
     def authorise(request: Request) -> tuple[bytes, bytes]:
         """(delegate key, account) for the request's bearer API key."""
@@ -318,10 +387,11 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
         training: dict[str, Any] | None = None,
         redundant: bool = False,
         stream: bool = False,
-    ) -> tuple[dict[str, Any], Callable[[], None]]:
-        """Admit, sign and log a job: its record, and the call that releases its hold on
-        the deposit. `training` ({"dataset", "epochs", "batch_size"} plus string params)
-        makes it a training job; `stream` asks the node for its tokens as they come."""
+    ) -> dict[str, Any]:
+        """Admit, sign and log a job; its record. It holds its maximum price on the deposit
+        until a settlement of it has executed (`MarketService.holds`). `training`
+        ({"dataset", "epochs", "batch_size"} plus string params) makes it a training job;
+        `stream` asks the node for its tokens as they come."""
         key, account = authorise(request)
         with market.lock:
             manifest = market.view.models.get(model_name)
@@ -330,7 +400,7 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
                 404, "model_not_found", f"no model named {model_name!r} is registered"
             )
         price = max_price or settings.job_max_price
-        in_flight = reserved.get(account, 0)
+        in_flight = market.in_flight(account, int(time.time() * 1000))
         try:
             deposit = deposit_of(rpc, account)
         except (RpcError, LedgerNotReady) as exc:
@@ -371,18 +441,15 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
             **(training or {}),
         )
         record = job.signed(key, settings.chain_id, data)
-        reserved[account] = in_flight + price
-
-        def release() -> None:
-            reserved[account] -= price
-
+        # Held now, before the log brings the job back to this gateway's market view.
+        market.hold(record["job_id"], Hold(account, price, job.deadline_ms + HOLD_GRACE_MS))
         try:
             future = sink.send(SUBMITTED, record, key=hex_key(record["job_id"]))
             await asyncio.wait_for(asyncio.wrap_future(future), 15)
         except BaseException:
-            release()
+            market.unhold(record["job_id"])
             raise
-        return record, release
+        return record
 
     async def submit(
         request: Request,
@@ -394,17 +461,14 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
         redundant: bool = False,
     ) -> JobStatus:
         """Start a job and wait for its first result."""
-        record, release = await start(
+        record = await start(
             request, model_name, payload, max_price, timeout_ms, training, redundant
         )
-        try:
-            status = await market.wait(
-                record["job_id"],
-                lambda s: bool(s.results) or s.state == "expired",
-                (timeout_ms or settings.job_deadline_ms) / 1000 + 5,
-            )
-        finally:
-            release()
+        status = await market.wait(
+            record["job_id"],
+            lambda s: bool(s.results) or s.state == "expired",
+            (timeout_ms or settings.job_deadline_ms) / 1000 + 5,
+        )
         if status is None or not status.results:
             job_id = _hex(record["job_id"])
             raise MarketError(504, "job_expired", f"no node answered job {job_id} in time")
@@ -449,9 +513,9 @@ def router(settings: Settings, market: MarketService, rpc: Rpc, sink: RecordSink
                 body.get("max_tokens") or body.get("max_completion_tokens") or 16
             )
             if body.get("stream"):
-                record, release = await start(request, body["model"], payload, None, stream=True)
+                record = await start(request, body["model"], payload, None, stream=True)
                 ident = ("chatcmpl-" if chat else "cmpl-") + record["job_id"].hex()
-                live = _live(market, record, release, settings.job_deadline_ms / 1000 + 5)
+                live = _live(market, record, settings.job_deadline_ms / 1000 + 5)
                 return StreamingResponse(
                     _stream(ident, int(time.time()), body["model"], live, chat),
                     media_type="text/event-stream",
@@ -700,7 +764,6 @@ def _moved(seen: int, status: JobStatus) -> bool:
 async def _live(
     market: MarketService,
     record: dict[str, Any],
-    release: Callable[[], None],
     timeout: float,
 ) -> AsyncIterator[tuple[str, str | None]]:
     """(text, finish reason) pieces of a streamed job as the node produces them: tokens
@@ -709,31 +772,28 @@ async def _live(
     job_id = record["job_id"]
     node: bytes | None = None
     seen, text = 0, ""
-    try:
-        while True:
-            status = await market.wait(job_id, partial(_moved, seen), timeout)
-            if status is None:
-                break
-            with market.lock:
-                fresh, seen = status.tokens[seen:], len(status.tokens)
-                results = list(status.results)
-            for piece in fresh:
-                node = node or piece["node"]
-                if piece["node"] == node and piece["text"]:
-                    text += piece["text"]
-                    yield piece["text"], None
-            answer = next((r for r in results if node is None or r["node"] == node), None)
-            if answer is not None:
-                document = json.loads(answer["output"])
-                if document["text"].startswith(text) and len(document["text"]) > len(text):
-                    yield document["text"][len(text) :], None
-                yield "", document["finish_reason"]
-                return
-            if status.state == "expired":
-                break
-        raise MarketError(504, "job_expired", f"no node answered job {_hex(job_id)} in time")
-    finally:
-        release()
+    while True:
+        status = await market.wait(job_id, partial(_moved, seen), timeout)
+        if status is None:
+            break
+        with market.lock:
+            fresh, seen = status.tokens[seen:], len(status.tokens)
+            results = list(status.results)
+        for piece in fresh:
+            node = node or piece["node"]
+            if piece["node"] == node and piece["text"]:
+                text += piece["text"]
+                yield piece["text"], None
+        answer = next((r for r in results if node is None or r["node"] == node), None)
+        if answer is not None:
+            document = json.loads(answer["output"])
+            if document["text"].startswith(text) and len(document["text"]) > len(text):
+                yield document["text"][len(text) :], None
+            yield "", document["finish_reason"]
+            return
+        if status.state == "expired":
+            break
+    raise MarketError(504, "job_expired", f"no node answered job {_hex(job_id)} in time")
 
 
 async def _stream(

@@ -221,6 +221,30 @@ def test_cli_deposit_and_api_key_for_another_account(market: Market) -> None:
     )
 
 
+def test_a_deposit_stays_held_until_the_settlement_has_executed(market: Market) -> None:
+    price = 10**16  # the least the devnet's own workers take for a job
+    deposited = market.net.cli("deposit", str(price * 3 // 2), "--dev-account", "4")
+    assert deposited.returncode == 0, deposited.stderr
+    created = market.net.cli("keys", "create", "--account", DEV_ACCOUNTS[4], "--dev-account", "4")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+
+    def submit() -> httpx.Response:
+        body = {"model": "tiny-gpt2", "input": {"prompt": "hi", "max_tokens": 2}}
+        body["max_price_wei"] = price
+        return market.http.post("/v1/jobs", json=body, headers={"Authorization": f"Bearer {key}"})
+
+    first = submit()
+    assert first.status_code == 201, first.text
+    # Answered, but not yet settled on the ledger: its maximum price is still held.
+    refused = submit()
+    assert refused.status_code == 402, refused.text
+    assert f"{price} reserved by jobs in flight" in refused.text
+    market.settled(first.json()["id"])  # the settlement executed: the hold ends
+    again = wait_for("the hold to end", lambda: (r := submit()).status_code == 201 and r)
+    market.settled(again.json()["id"])
+
+
 def test_streaming_completions_and_errors(market: Market) -> None:
     request = {
         "model": "tiny-gpt2",
