@@ -128,6 +128,7 @@ class Devnet:
         self.workers: list[Child] = []
         self.market: MarketService | None = None
         self.followers: list[DagView | CheckpointView] = []  # the gateway's other readers
+        self.stopping = threading.Event()
 
     def say(self, label: str, text: str) -> None:
         print(f"  {label:<11} {text}", file=self.out, flush=True)
@@ -288,7 +289,10 @@ class Devnet:
                 rpc, chain, account, JOB_MARKET, authorise_call(address_of(delegate)), wait_s=120
             )
         except RpcFailure as exc:
-            log.error("could not set up the dev API key: %s", exc)
+            if self.stopping.is_set():  # stopped before the set-up finished: next start does it
+                log.info("dev API key not set up: the devnet stopped first")
+            else:
+                log.error("could not set up the dev API key: %s", exc)
             return
         key = new_api_key(delegate)
         tmp = path.with_suffix(".tmp")
@@ -347,6 +351,7 @@ class Devnet:
         print("ready; Ctrl-C to stop", file=self.out, flush=True)
         threading.Thread(target=self._dev_api_key, args=(rpc,), daemon=True).start()
         problem = await self._watch(stop, tasks)
+        self.stopping.set()
         print("stopping...", file=self.out, flush=True)
         for server in servers:
             server.should_exit = True
