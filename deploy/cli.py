@@ -8,7 +8,7 @@
     lattice execution run [--group-id ID] [--genesis FILE]
     lattice replay TARGET_DIR [--genesis FILE] [-q]
     lattice proposer (--key HEX | --devnet-index N)
-    lattice schemas {list,check,freeze}
+    lattice schemas {list,check,freeze,generate}
     lattice worker | matcher run | verifier run | model import | keys create | deposit
       (see deploy/market_cli.py)
     lattice analytics run | analytics replay DIR | sql QUERY  (see deploy/analytics_cli.py)
@@ -147,7 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     analytics_cli.add_commands(sub, _common)
 
     schemas = sub.add_parser("schemas", help="inspect and freeze the Avro schemas")
-    schemas.add_argument("action", choices=["list", "check", "freeze"])
+    schemas.add_argument(
+        "action",
+        choices=["list", "check", "freeze", "generate"],
+        help="generate: write schemas/events.py (the typed event classes) from the schemas",
+    )
     return parser
 
 
@@ -428,8 +432,18 @@ def cmd_schemas(action: str, out: TextIO) -> int:
         for name in codec.names():
             print(f"{name}  {codec.current[name].fingerprint_hex}", file=out)
         return 0
+    if action == "generate":
+        from schemas.generate import EVENTS_FILE, write
+
+        changed = write()
+        print(f"{EVENTS_FILE}: {'written' if changed else 'already up to date'}", file=out)
+        return 0
     if action == "check":
+        from schemas.generate import EVENTS_FILE, render
+
         problems = evolution.check(codec)
+        if EVENTS_FILE.read_text() != render():
+            problems.append(f"{EVENTS_FILE} is stale: run `lattice schemas generate`")
         for problem in problems:
             print(problem, file=out)
         print(f"{len(codec.names())} schemas, {len(problems)} problems", file=out)

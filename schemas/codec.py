@@ -21,12 +21,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fastavro
 import fastavro.read
 import fastavro.write
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
+
+from schemas.events import EVENT_TYPES
+from schemas.record import Event
+
+E = TypeVar("E", bound=Event)
 
 AVRO_DIR = Path(__file__).parent / "avro"
 HISTORY_DIR = Path(__file__).parent / "history"
@@ -155,6 +160,22 @@ class Codec:
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise CodecError(f"{name}: record does not match the schema: {exc}") from exc
         return buf.getvalue()
+
+    def encode_event(self, event: Event) -> bytes:
+        """A typed event, single-object encoded under its class's schema."""
+        return self.encode(event.SCHEMA, event.to_avro())
+
+    def decode_event(self, data: bytes, expect: type[E] | None = None) -> Event:
+        """A record as its typed event; with `expect`, a record of another schema is a
+        `CodecError` (the result is then an `expect`)."""
+        decoded = self.decode(data, expect.SCHEMA if expect is not None else None)
+        return EVENT_TYPES[decoded.name].from_avro(decoded.record)
+
+    def decode_as(self, data: bytes, expect: type[E]) -> E:
+        """A record that must be an `expect` event."""
+        event = self.decode_event(data, expect)
+        assert isinstance(event, expect)
+        return event
 
     def writer_of(self, data: bytes) -> SchemaInfo:
         if len(data) < HEADER_SIZE or data[:2] != MARKER:
