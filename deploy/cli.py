@@ -25,13 +25,16 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from confluent_kafka import KafkaException
 
 from deploy.endpoints import DevnetNotFound, Endpoints
 from schemas.codec import CodecError, default_codec, jsonable
 from streams.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from processors.abc import Processor, StateStore
 
 
 class UsageError(RuntimeError):
@@ -271,24 +274,25 @@ def cmd_tail(settings: Settings, name: str, count: int, follow: bool, out: TextI
     return 0
 
 
-def _serve(processor: Any, bootstrap: str, group_id: str, topic_name: str, stop: Any) -> int:
-    """Feed a processor its one-partition input from where its store left off, until stop."""
-    from processors.runtime import consume
+def serve(processor: Processor[Any], store: StateStore, settings: Settings, stop: Any) -> int:
+    """Run a processor over its store with the one runtime until `stop`."""
+    from processors.runtime import Runtime
 
     try:
-        consume(
-            bootstrap, group_id, {(topic_name, 0): processor.resume_from()}, processor.handle, stop
+        Runtime(processor, store, bootstrap_of(settings), kafka_config=settings.kafka_config).run(
+            stop
         )
     finally:
-        processor.close()
+        store.close()
     return 0
 
 
 def cmd_proposer(settings: Settings, key_hex: str | None, index: int | None) -> int:
     from coincurve import PrivateKey
 
-    from processors.proposer.process import ProposerProcess, devnet_key
+    from processors.proposer.processor import ProposerProcessor, devnet_key
     from processors.runtime import configure_logging, stop_on_signals
+    from processors.state import MemoryStore
 
     if key_hex is not None:
         try:
@@ -299,23 +303,22 @@ def cmd_proposer(settings: Settings, key_hex: str | None, index: int | None) -> 
         key = devnet_key(int(index or 0))
     configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
-    process = ProposerProcess(
-        bootstrap_of(settings),
+    processor = ProposerProcessor(
         key,
         chain_id=settings.chain_id,
         interval_s=settings.block_interval,
         k=settings.ghostdag_k,
         finality_depth=settings.finality_depth,
     )
-    print(f"proposer {process.address} on {process.bootstrap}", flush=True)
-    process.run(stop)
-    return 0
+    print(f"proposer {processor.address} on {bootstrap_of(settings)}", flush=True)
+    return serve(processor, MemoryStore(), settings, stop)
 
 
 def cmd_dag_run(settings: Settings, args: argparse.Namespace) -> int:
     from processors.dag.blocks import genesis_hash
     from processors.dag.processor import ORDERED, PROPOSED, DagConfig, DagProcessor
     from processors.runtime import configure_logging, stop_on_signals
+    from processors.state import RocksStore
     from streams.admin import ensure_topics
     from streams.topics import TopicSpec
 
@@ -332,9 +335,9 @@ def cmd_dag_run(settings: Settings, args: argparse.Namespace) -> int:
         finality_depth=settings.finality_depth,
     )
     state_dir = args.state_dir or settings.data_dir / args.group_id
-    processor = DagProcessor(bootstrap, state_dir, config, group_id=args.group_id, output=output)
+    processor = DagProcessor(config, name=args.group_id, output=output)
     print(f"dag processor {args.group_id}: {PROPOSED.name} -> {output.name}", flush=True)
-    return _serve(processor, bootstrap, args.group_id, PROPOSED.name, stop)
+    return serve(processor, RocksStore(state_dir), settings, stop)
 
 
 def _genesis(settings: Settings) -> Any:
@@ -375,34 +378,32 @@ def cmd_replay(settings: Settings, args: argparse.Namespace, out: TextIO) -> int
 
 
 def cmd_execution_run(settings: Settings, args: argparse.Namespace) -> int:
-    from processors.execution.processor import ORDERED, ExecutionProcessor
+    from processors.execution.checkpoints import replica_key
+    from processors.execution.processor import ExecutionProcessor
     from processors.execution.transactions import ChainRules
     from processors.runtime import configure_logging, stop_on_signals
+    from processors.state import RocksStore
 
     genesis = _genesis(settings)
     configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
-    bootstrap = bootstrap_of(settings)
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
-    state_dir = args.state_dir or settings.data_dir / args.group_id
-    from processors.execution.checkpoints import replica_key
-
+    store = RocksStore(args.state_dir or settings.data_dir / args.group_id)
     processor = ExecutionProcessor(
-        bootstrap,
-        state_dir,
         genesis,
         rules,
-        group_id=args.group_id,
+        name=args.group_id,
         publish=not args.no_publish,
         checkpoint_key=replica_key(args.replica_index),
         checkpoint_every=settings.checkpoint_every,
     )
+    processor.restore(store)
     head = processor.ledger.head
     print(
         f"execution {args.group_id}: head {head.block_number} state root 0x{head.state_root.hex()}",
         flush=True,
     )
-    return _serve(processor, bootstrap, args.group_id, ORDERED.name, stop)
+    return serve(processor, store, settings, stop)
 
 
 def cmd_dag_order(path: Path, check: bool, out: TextIO) -> int:

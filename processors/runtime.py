@@ -1,8 +1,19 @@
-"""Running processors: the consume loop and clean shutdown on SIGTERM/SIGINT.
+"""The one processor runtime: poll, decode, handle, commit, send (see `processors.abc`).
 
-Processors own their offsets (see `processors.state`), so inputs are read by explicit
-assignment from the stored position rather than from consumer-group commits; a broker that
-forgot its group offsets (the embedded one, after a restart) changes nothing.
+Processors own their offsets: inputs are read by explicit assignment from the positions
+their store holds, not from consumer-group commits, so a broker that forgot its groups (the
+embedded one, after a restart) changes nothing. Only subscriptions that share partitions
+among members (`Subscription.group`) take their partitions and positions from a group, and
+the runtime commits those back after each store commit.
+
+Outputs leave through the store's outbox: committed with the state and the input offsets,
+then sent, each record carrying three headers, `lattice-origin` (the processor's name),
+`lattice-seq` (the store's identity and the entry's outbox sequence) and, for outputs of an input, `lattice-cause` (the
+input's topic, partition, offset and the output's index among that input's outputs). On
+start, the outbox entries not acknowledged before are looked for on the log from the last
+acknowledged offset of their partition on, and only those missing are sent. With
+`Pace.rebuild_window`, the last records of each output partition are read at start too:
+outputs whose cause the log already shows are not sent again (a store rebuilt from the log).
 """
 
 from __future__ import annotations
@@ -10,11 +21,27 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any, Generic
 
-from streams.kafka import Reader
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from processors.abc import Outgoing, Output, Partition, Processor, S, Subscription
+from schemas.codec import CodecError, default_codec
+from streams.kafka import CatchUp, Delivered, DeliveryError, Producer, Reader, client_config, record_of
+from streams.metrics import EVENTS
 from streams.metrics import serve as serve_metrics
+from streams.topics import partition_of
+
+log = logging.getLogger(__name__)
+
+ORIGIN = "lattice-origin"
+SEQUENCE = "lattice-seq"
+CAUSE = "lattice-cause"
+#: Acknowledgements are written with the next state commit, or on their own this often.
+ACK_COMMIT_S = 1.0
 
 
 def stop_on_signals() -> threading.Event:
@@ -37,24 +64,457 @@ def configure_logging(level: str, metrics_port: int = 0) -> None:
     serve_metrics(metrics_port)
 
 
-def consume(
-    bootstrap: str,
-    client_id: str,
-    start: dict[tuple[str, int], int],
-    handle: Callable[[Any], object],
-    stop: threading.Event,
-    idle: Callable[[], object] | None = None,
-) -> None:
-    """Feed every message from `start` on to `handle` until `stop` is set; `idle` runs
-    whenever a poll comes back empty-handed or after each message."""
-    reader = Reader(bootstrap, client_id=client_id)
-    try:
-        reader.assign(start)
-        while not stop.is_set():
-            message = reader.poll_raw(0.1)
-            if message is not None and message.error() is None:
-                handle(message)
-            if idle is not None:
-                idle()
-    finally:
-        reader.close()
+def headers_of(message: Any) -> dict[str, bytes]:
+    return {name: value or b"" for name, value in message.headers() or ()}
+
+
+def _cause_header(cause: tuple[str, int, int, int]) -> bytes:
+    return "{}:{}:{}:{}".format(*cause).encode()
+
+
+def parse_cause(value: bytes) -> tuple[str, int, int, int]:
+    topic, partition, offset, index = value.decode().rsplit(":", 3)
+    return topic, int(partition), int(offset), int(index)
+
+
+class _Sent:
+    """Outbox entries in flight and their acknowledgements (filled by the producer's
+    delivery thread, taken by the loop)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.acknowledged: dict[int, Delivered] = {}
+        self.failures: list[str] = []
+        self.in_flight = 0
+
+    def watch(self, sequence: int, future: Future[Delivered]) -> None:
+        with self.lock:
+            self.in_flight += 1
+
+        def done(result: Future[Delivered]) -> None:
+            with self.lock:
+                self.in_flight -= 1
+                error = result.exception()
+                if error is not None:
+                    self.failures.append(str(error))
+                else:
+                    self.acknowledged[sequence] = result.result()
+
+        future.add_done_callback(done)
+
+    def take(self) -> dict[int, Delivered]:
+        with self.lock:
+            if self.failures:
+                raise DeliveryError("; ".join(self.failures))
+            taken, self.acknowledged = self.acknowledged, {}
+            return taken
+
+
+class Runtime(Generic[S]):
+    """Runs one processor over its store until stopped.
+
+    `open` restores the processor, settles the outbox and positions the reader; `run`
+    loops; `close` commits what is pending, waits for the outbox to be acknowledged and
+    releases the clients. `run` opens first when `open` was not called.
+    """
+
+    def __init__(
+        self,
+        processor: Processor[S],
+        store: S,
+        bootstrap: str,
+        *,
+        producer: Producer | None = None,
+        kafka_config: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.processor = processor
+        self.store = store
+        self.bootstrap = bootstrap
+        self.clock = clock
+        self.name = processor.name
+        self.pace = processor.pace
+        self._config = kafka_config
+        self._own_producer = producer is None
+        self.producer = producer or Producer(
+            bootstrap, client_id=f"{self.name}-out", config=kafka_config
+        )
+        self.reader = Reader(
+            bootstrap,
+            client_id=self.name,
+            config={**(kafka_config or {}), **(self.pace.read_config or {})},
+        )
+        self.codec = default_codec()
+        self._group: Consumer | None = None
+        self._group_ready = threading.Event()
+        self._catch_up: CatchUp | None = None
+        self._sent = _Sent()
+        self._partitions: dict[str, int] = {}
+        self._sequence = 0
+        self._positions: dict[Partition, int] = {}
+        self._outgoing: list[Outgoing] = []
+        self._acknowledged: dict[int, Delivered] = {}
+        self._handled = 0
+        self._first_pending = 0.0
+        self._last_commit = time.monotonic()
+        self._last_tick = 0.0
+        self._on_log_high: dict[Partition, int] = {}
+        self._on_log: set[tuple[str, int, int, int]] = set()
+        self.opened = False
+        self.live = False
+        self.skipped = 0
+
+    # -- start -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Restore, settle the outbox, find the start positions and assign the reader."""
+        self.processor.restore(self.store)
+        self.store.commit({}, (), {})  # what restoring wrote (a fresh ledger's genesis)
+        self._sequence = self.store.next_sequence()
+        self._identity = self.store.identity()
+        self._resend_outbox()
+        if self.pace.rebuild_window > 0:
+            self._find_own_outputs()
+        assigned = [s for s in self.processor.subscriptions() if s.group is None]
+        start = self._start_positions(assigned)
+        self._catch_up = CatchUp(self.reader, start, spans=self._spans)
+        self.reader.assign(start)
+        groups = [s for s in self.processor.subscriptions() if s.group is not None]
+        if groups:
+            self._join_group(groups)
+        self.opened = True
+        if self._catch_up.done:
+            self._go_live()
+
+    def _start_positions(self, subscriptions: Sequence[Subscription]) -> dict[Partition, int]:
+        topics = sorted({s.topic.name for s in subscriptions})
+        self._spans = self.reader.end_offsets_of(topics) if topics else {}
+        stored = self.store.positions()
+        start: dict[Partition, int] = {}
+        for subscription in subscriptions:
+            name = subscription.topic.name
+            partitions = subscription.partitions or sorted(
+                p for t, p in self._spans if t == name
+            )
+            for partition in partitions:
+                key = (name, partition)
+                low, end = self._spans[key]
+                if key in stored:
+                    start[key] = max(low, stored[key] + 1)
+                else:
+                    start[key] = low if subscription.start == "beginning" else end
+        return start
+
+    def _join_group(self, subscriptions: Sequence[Subscription]) -> None:
+        group = subscriptions[0].group
+        if any(s.group != group for s in subscriptions):
+            raise ValueError(f"{self.name}: one consumer group per processor")
+        reset = "earliest" if subscriptions[0].start == "beginning" else "latest"
+        self._group = Consumer(
+            client_config(
+                self.bootstrap,
+                {
+                    "group.id": group,
+                    "client.id": f"{self.name}-group",
+                    "auto.offset.reset": reset,
+                    "enable.auto.commit": False,
+                    "session.timeout.ms": 10_000,
+                    "heartbeat.interval.ms": 1_000,
+                },
+                self._config,
+            )
+        )
+        self._group.subscribe(
+            [s.topic.name for s in subscriptions],
+            on_assign=lambda consumer, parts: self._group_ready.set(),
+        )
+
+    def _go_live(self) -> None:
+        self.live = True
+        log.info("%s caught up", self.name)
+
+    # -- the outbox after a restart --------------------------------------------------------
+
+    def _resend_outbox(self) -> None:
+        pending = self.store.outbox()
+        if not pending:
+            return
+        landed = self._landed(pending)
+        resend = [entry for entry in pending if entry.sequence not in landed]
+        log.info(
+            "%s: %d outbox entries from before the restart, %d already on the log",
+            self.name,
+            len(pending),
+            len(pending) - len(resend),
+        )
+        self._acknowledged.update(landed)
+        for entry in resend:
+            self._send(entry)
+
+    def _landed(self, pending: Sequence[Outgoing]) -> dict[int, Delivered]:
+        """Which pending entries the log holds: read from the last acknowledged offset of
+        each of their partitions to its end."""
+        wanted = {entry.sequence for entry in pending}
+        partitions = sorted({(entry.topic, entry.partition) for entry in pending})
+        delivered = self.store.delivered()
+        spans = self.reader.end_offsets_of(sorted({t for t, _ in partitions}))
+        starts = {
+            key: max(spans[key][0], delivered.get(key, -1) + 1)
+            for key in partitions
+            if key in spans
+        }
+        found: dict[int, Delivered] = {}
+        if not starts:
+            return found
+        until = {key: spans[key][1] for key in starts}
+        for message in self.reader.read(starts, until=until):
+            headers = headers_of(message)
+            if headers.get(ORIGIN) != self.name.encode():
+                continue
+            sequence = self._own_sequence(headers.get(SEQUENCE, b""))
+            if sequence in wanted:
+                found[sequence] = Delivered(message.topic(), message.partition(), message.offset())
+        return found
+
+    def _own_sequence(self, header: bytes) -> int | None:
+        """The outbox sequence a `lattice-seq` header names, if it is this store's."""
+        identity, _, sequence = header.decode(errors="replace").partition(":")
+        return int(sequence) if identity == self._identity and sequence.isdigit() else None
+
+    def _find_own_outputs(self) -> None:
+        """What the last `rebuild_window` records of each output partition say this
+        processor already sent, by cause."""
+        topics = sorted({spec.name for spec in self.processor.outputs()})
+        if not topics:
+            return
+        spans = self.reader.end_offsets_of(topics)
+        starts = {
+            key: max(low, end - self.pace.rebuild_window)
+            for key, (low, end) in spans.items()
+            if end > low
+        }
+        if not starts:
+            return
+        mine = self.name.encode()
+        for message in self.reader.read(starts, until={k: spans[k][1] for k in starts}):
+            headers = headers_of(message)
+            if headers.get(ORIGIN) != mine or CAUSE not in headers:
+                continue
+            cause = parse_cause(headers[CAUSE])
+            self._on_log.add(cause)
+            key = (cause[0], cause[1])
+            self._on_log_high[key] = max(self._on_log_high.get(key, -1), cause[2])
+        if self._on_log_high:
+            log.info("%s: outputs already on the log up to %s", self.name, self._on_log_high)
+
+    def _already_sent(self, cause: tuple[str, int, int, int]) -> bool:
+        high = self._on_log_high.get((cause[0], cause[1]))
+        return high is not None and (cause[2] < high or cause in self._on_log)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        until_caught_up: bool = False,
+        idle_exit_s: float | None = None,
+    ) -> None:
+        """Process until `stop`; with `until_caught_up`, return once the inputs' ends as of
+        the start are committed and acknowledged; with `idle_exit_s`, once caught up and
+        without input that long."""
+        if not self.opened:
+            self.open()
+        idle_since = time.monotonic()
+        try:
+            while not stop.is_set():
+                got = self.step()
+                now = time.monotonic()
+                if got:
+                    idle_since = now
+                settled = self.live and not self._uncommitted() and self._sent.in_flight == 0
+                if until_caught_up and settled:
+                    return
+                if idle_exit_s is not None and settled and now - idle_since > idle_exit_s:
+                    return
+        finally:
+            self.close()
+
+    def step(self) -> int:
+        """One poll, its handling and whatever commit and sends are due; the number of
+        records polled (EOF events included)."""
+        messages = self._poll()
+        if self._group is not None and self.live:
+            messages += self._poll_group()
+        for message in messages:
+            self._take(message)
+        self._tick(bool(messages))
+        self._acknowledged.update(self._sent.take())
+        if self._commit_due(bool(messages)):
+            self.commit()
+        return len(messages)
+
+    def _poll(self) -> list[Any]:
+        """What is there: waits for the first record (at most `poll_s`, or what is left of
+        the linger), then takes what else is already fetched, up to `batch`. A batch
+        consume would wait its whole timeout for a full batch."""
+        timeout = self.pace.poll_s
+        if self._uncommitted() and self.pace.linger_s:
+            left = self.pace.linger_s - (time.monotonic() - self._first_pending)
+            timeout = max(0.0, min(timeout, left))
+        first = self.reader.poll_raw(timeout)
+        if first is None:
+            return []
+        return [first, *self.reader.poll_batch(self.pace.batch - 1, 0)]
+
+    def _poll_group(self) -> list[Any]:
+        assert self._group is not None
+        out = []
+        for message in self._group.consume(self.pace.batch, 0.0):
+            error = message.error()
+            if error is None:
+                out.append(message)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                raise KafkaException(error)
+        return out
+
+    def _take(self, message: Any) -> None:
+        if self._catch_up is not None and not self.live and self._catch_up.saw(message):
+            self._go_live()
+        if message.error() is not None:  # end of a partition
+            return
+        key = (message.topic(), message.partition())
+        offset = message.offset()
+        if not self._outgoing and not self._handled:
+            self._first_pending = time.monotonic()
+        self._handled += 1
+        self._positions[key] = offset
+        EVENTS.labels(self.processor.role, key[0], "in").inc()
+        try:
+            record = record_of(message, self.codec)
+        except CodecError as exc:
+            self.skipped += 1
+            log.warning(
+                "%s: skipping an undecodable record at %s[%d]@%d: %s", self.name, *key, offset, exc
+            )
+            return
+        outputs = self.processor.handle(record, self.store)
+        self._enqueue(outputs, (key[0], key[1], offset))
+
+    def _tick(self, polled: bool) -> None:
+        every = self.pace.tick_s
+        if every is None or not self.live:
+            return
+        now = time.monotonic()
+        if now - self._last_tick < every and not (polled and self.processor.tick_due()):
+            return
+        self._last_tick = now
+        outputs = self.processor.tick(int(self.clock() * 1000), self.store)
+        if outputs and not self._outgoing and not self._handled:
+            self._first_pending = now
+        self._enqueue(outputs, None)
+
+    def _enqueue(self, outputs: Sequence[Output], source: tuple[str, int, int] | None) -> None:
+        """Encode outputs into outbox entries (`source`: the input they come from)."""
+        for index, output in enumerate(outputs):
+            cause = (*source, index) if source is not None else None
+            if cause is not None and self._already_sent(cause):
+                continue
+            spec = output.topic
+            if output.event.SCHEMA != spec.schema:
+                raise TypeError(f"{self.name}: a {output.event.SCHEMA} sent to {spec.name}")
+            self._outgoing.append(
+                Outgoing(
+                    sequence=self._sequence,
+                    topic=spec.name,
+                    partition=self._partition_for(spec.name, output.key),
+                    key=output.key,
+                    value=self.codec.encode_event(output.event),
+                    timestamp_ms=output.timestamp_ms,
+                    cause=cause,
+                )
+            )
+            self._sequence += 1
+
+    def _partition_for(self, topic: str, key: str | None) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            count = self._partitions[topic] = len(self.reader.partitions(topic))
+        return partition_of(key, count) if key is not None else 0
+
+    def _uncommitted(self) -> bool:
+        return bool(self._handled or self._outgoing)
+
+    def _commit_due(self, polled: bool) -> bool:
+        if not self._uncommitted():
+            return bool(self._acknowledged) and time.monotonic() - self._last_commit > ACK_COMMIT_S
+        if self.pace.linger_s == 0 or not polled:
+            return True
+        waited = time.monotonic() - self._first_pending
+        return self._handled >= self.pace.batch or waited >= self.pace.linger_s
+
+    def commit(self) -> None:
+        """Write state, positions and outbox in one go, then send the new outbox entries."""
+        outgoing, self._outgoing = self._outgoing, []
+        acknowledged, self._acknowledged = self._acknowledged, {}
+        self.store.commit(self._positions, outgoing, acknowledged)
+        self._last_commit = time.monotonic()
+        if self._group is not None:
+            self._commit_group()
+        self._positions = {}
+        self._handled = 0
+        for entry in outgoing:
+            self._send(entry)
+
+    def _commit_group(self) -> None:
+        assert self._group is not None
+        names = {s.topic.name for s in self.processor.subscriptions() if s.group is not None}
+        offsets = [
+            TopicPartition(topic, partition, offset + 1)
+            for (topic, partition), offset in self._positions.items()
+            if topic in names
+        ]
+        if offsets:
+            self._group.commit(offsets=offsets, asynchronous=True)
+
+    def _send(self, entry: Outgoing) -> None:
+        sequence = f"{self._identity}:{entry.sequence}".encode()
+        headers = [(ORIGIN, self.name.encode()), (SEQUENCE, sequence)]
+        if entry.cause is not None:
+            headers.append((CAUSE, _cause_header(entry.cause)))
+        future = self.producer.send_raw(
+            entry.topic,
+            entry.value,
+            key=entry.key,
+            partition=entry.partition,
+            timestamp_ms=entry.timestamp_ms,
+            headers=headers,
+        )
+        self._sent.watch(entry.sequence, future)
+        EVENTS.labels(self.processor.role, entry.topic, "out").inc()
+
+    # -- stop -------------------------------------------------------------------------------
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Commit what is pending and wait until every sent entry is acknowledged."""
+        if self._uncommitted():
+            self.commit()
+        self.producer.flush(timeout)
+        self._acknowledged.update(self._sent.take())
+        if self._acknowledged:
+            self.store.commit({}, (), self._acknowledged)
+            self._acknowledged = {}
+
+    def close(self) -> None:
+        try:
+            if self.opened:
+                self.drain()
+        finally:
+            if self._group is not None:
+                self._group.close()
+                self._group = None
+            self.reader.close()
+            if self._own_producer:
+                self.producer.close()
+            self.opened = False
+

@@ -19,15 +19,20 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Producer as _KafkaProducer
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from schemas.codec import Codec, default_codec
+from schemas.codec import Codec, CodecError, default_codec
+from schemas.events import Position
+from schemas.record import Event
 from streams.metrics import STATS_INTERVAL_MS, record_statistics
 from streams.topics import TopicSpec
+
+
+E = TypeVar("E", bound=Event)
 
 
 class DeliveryError(RuntimeError):
@@ -42,21 +47,22 @@ class Delivered:
 
 
 @dataclass(frozen=True)
-class Record:
-    """A consumed record, decoded."""
+class Record(Generic[E]):
+    """A consumed record: its place on the log and its typed event."""
 
     topic: str
     partition: int
     offset: int
     timestamp_ms: int
     key: str | None
-    schema: str
-    value: dict[str, Any]
+    event: E
+    #: The encoded value as it is on the log (a processor that keeps records stores this).
+    raw: bytes
 
     @property
-    def position(self) -> dict[str, Any]:
-        """This record's position, as a `lattice.common.Position` value."""
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+    def position(self) -> Position:
+        """This record's position, as events carry it in their `cause`."""
+        return Position(topic=self.topic, partition=self.partition, offset=self.offset)
 
 
 def client_config(bootstrap: str, *layers: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -90,6 +96,21 @@ READER_DEFAULTS: dict[str, Any] = {
 }
 
 
+def record_of(message: Any, codec: Codec) -> Record[Event]:
+    """A confluent-kafka message as a decoded record (`schemas.CodecError` if it is not one)."""
+    raw = message.value()
+    key = message.key()
+    return Record(
+        topic=message.topic(),
+        partition=message.partition(),
+        offset=message.offset(),
+        timestamp_ms=message.timestamp()[1],
+        key=key.decode(errors="replace") if key is not None else None,
+        event=codec.decode_event(raw),
+        raw=raw,
+    )
+
+
 class Producer:
     """Sends Avro records to catalogue topics; a background thread serves delivery reports."""
 
@@ -118,17 +139,20 @@ class Producer:
     def send(
         self,
         topic: TopicSpec,
-        value: Mapping[str, Any],
+        event: Event,
         *,
         key: str | None = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
     ) -> Future[Delivered]:
-        """Encode and send one record; the future resolves once the broker acknowledged it.
+        """Encode and send one event; the future resolves once the broker acknowledged it.
 
-        Encoding errors raise at once (nothing is sent); delivery errors fail the future.
+        Encoding errors, and an event of another schema than the topic's, raise at once
+        (nothing is sent); delivery errors fail the future.
         """
-        payload = self.codec.encode(topic.schema, value)
+        if event.SCHEMA != topic.schema:
+            raise CodecError(f"{topic.name} holds {topic.schema} records, not {event.SCHEMA}")
+        payload = self.codec.encode_event(event)
         return self.send_raw(
             topic.name, payload, key=key, partition=partition, timestamp_ms=timestamp_ms
         )
@@ -247,18 +271,9 @@ class Reader:
                 raise KafkaException(error)
         return list(batch)
 
-    def decode(self, message: Any) -> Record:
-        decoded = self.codec.decode(message.value())
-        key = message.key()
-        return Record(
-            topic=message.topic(),
-            partition=message.partition(),
-            offset=message.offset(),
-            timestamp_ms=message.timestamp()[1],
-            key=key.decode() if key is not None else None,
-            schema=decoded.name,
-            value=decoded.record,
-        )
+    def decode(self, message: Any) -> Record[Event]:
+        """A polled message as its record; `schemas.CodecError` when it does not decode."""
+        return record_of(message, self.codec)
 
     def read(
         self,
@@ -405,8 +420,15 @@ class CatchUp:
     its EOF or once the record before its end has been read, whichever comes first.
     """
 
-    def __init__(self, reader: Reader, positions: Mapping[tuple[str, int], int]) -> None:
-        spans = reader.end_offsets_of(sorted({topic for topic, _ in positions}))
+    def __init__(
+        self,
+        reader: Reader,
+        positions: Mapping[tuple[str, int], int],
+        spans: Mapping[tuple[str, int], tuple[int, int]] | None = None,
+    ) -> None:
+        """`spans`: the (low, end) offsets, when the caller has just asked for them."""
+        if spans is None:
+            spans = reader.end_offsets_of(sorted({topic for topic, _ in positions}))
         self._ends = {
             key: spans[key][1] for key, start in positions.items() if start < spans[key][1]
         }

@@ -10,15 +10,15 @@ transactions' hashes, binding the transaction list to the signed header.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import rlp
 from coincurve import PrivateKey, PublicKey
 from eth_hash.auto import keccak
 
 from processors.dag.ghostdag import InvalidBlock
+from schemas.events import BlockProposed
 
 VERSION = 1
 #: Limits a block must respect (raw transaction bytes and count).
@@ -78,56 +78,55 @@ class Proposer:
         sequence: int,
         transactions: Sequence[bytes],
         target: int | None = None,
-    ) -> dict[str, Any]:
-        """A signed `lattice.blocks.BlockProposed` record."""
+    ) -> BlockProposed:
+        """A signed block."""
         root = transactions_root(transactions)
         block_hash = header_hash(parents, self.address, timestamp_ms, sequence, target, root)
         signature = self.key.sign_recoverable(block_hash, hasher=None)
-        return {
-            "hash": block_hash,
-            "version": VERSION,
-            "parents": list(parents),
-            "proposer": self.address,
-            "timestamp_ms": timestamp_ms,
-            "sequence": sequence,
-            "target": target,
-            "transactions_root": root,
-            "transactions": list(transactions),
-            "signature": signature,
-            "cause": None,
-        }
+        return BlockProposed(
+            hash=block_hash,
+            version=VERSION,
+            parents=tuple(parents),
+            proposer=self.address,
+            timestamp_ms=timestamp_ms,
+            sequence=sequence,
+            target=target,
+            transactions_root=root,
+            transactions=tuple(transactions),
+            signature=signature,
+        )
 
 
-def verify_block(record: Mapping[str, Any]) -> None:
+def verify_block(record: BlockProposed) -> None:
     """Check everything about a block that needs no other block; raises `InvalidBlock`."""
-    block = record["hash"]
+    block = record.hash
     label = block.hex()[:16]
-    if record["version"] != VERSION:
-        raise InvalidBlock("bad_version", f"block {label}: unknown version {record['version']}")
-    parents = record["parents"]
+    if record.version != VERSION:
+        raise InvalidBlock("bad_version", f"block {label}: unknown version {record.version}")
+    parents = record.parents
     if not 1 <= len(parents) <= MAX_PARENTS:
         raise InvalidBlock("bad_parents", f"block {label}: needs 1 to {MAX_PARENTS} parents")
-    transactions = record["transactions"]
+    transactions = record.transactions
     if len(transactions) > MAX_BLOCK_TRANSACTIONS or sum(map(len, transactions)) > MAX_BLOCK_BYTES:
         raise InvalidBlock("too_large", f"block {label}: over the size limit")
     root = transactions_root(transactions)
-    if root != record["transactions_root"]:
+    if root != record.transactions_root:
         raise InvalidBlock("bad_tx_root", f"block {label}: transactions do not match the root")
     expected = header_hash(
         parents,
-        record["proposer"],
-        record["timestamp_ms"],
-        record["sequence"],
-        record["target"],
+        record.proposer,
+        record.timestamp_ms,
+        record.sequence,
+        record.target,
         root,
-        record["version"],
+        record.version,
     )
     if expected != block:
         raise InvalidBlock("bad_hash", f"block {label}: hash does not match the header")
-    signature = record["signature"]
+    signature = record.signature
     try:
         key = PublicKey.from_signature_and_message(signature, block, hasher=None)
     except Exception:  # coincurve raises bare Exception/ValueError on bad signatures
         raise InvalidBlock("bad_signature", f"block {label}: unreadable signature") from None
-    if keccak(key.format(compressed=False)[1:])[12:] != record["proposer"]:
+    if keccak(key.format(compressed=False)[1:])[12:] != record.proposer:
         raise InvalidBlock("bad_signature", f"block {label}: not signed by its proposer")

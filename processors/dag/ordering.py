@@ -25,16 +25,13 @@ memory stays bounded however long the DAG grows.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from eth_hash.auto import keccak
 
 from processors.dag.blocks import verify_block
 from processors.dag.ghostdag import Ghostdag, InvalidBlock, MissingParents, work_from_target
-
-Position = Mapping[str, Any]
+from schemas.events import BlockOrdered, BlockProposed, OrderedTransaction, Position
 
 
 @dataclass(frozen=True)
@@ -44,9 +41,9 @@ class Rejection:
     reason: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Block:
-    record: Mapping[str, Any]
+    record: BlockProposed
     position: Position
 
 
@@ -79,16 +76,15 @@ class DagOrderer:
         return len(self.final) - 1 + self.pruned_final
 
     def accept(
-        self, record: Mapping[str, Any], position: Position, logged_at_ms: int
-    ) -> list[dict[str, Any]]:
-        """Take one proposed block; returns the newly final chain blocks as
-        `lattice.blocks.BlockOrdered` records."""
-        block = record["hash"]
+        self, record: BlockProposed, position: Position, logged_at_ms: int
+    ) -> list[BlockOrdered]:
+        """Take one proposed block; returns the chain blocks that became final."""
+        block = record.hash
         if block in self.blocks or block in self.pending or block == self.genesis:
             return []
         try:
             verify_block(record)
-            if record["timestamp_ms"] > logged_at_ms + self.timestamp_tolerance_ms:
+            if record.timestamp_ms > logged_at_ms + self.timestamp_tolerance_ms:
                 raise InvalidBlock("future_timestamp", "timestamp is ahead of the log")
         except InvalidBlock as exc:
             self.rejected.append(Rejection(block, exc.code, str(exc)))
@@ -100,8 +96,8 @@ class DagOrderer:
         ready = [entry]
         while ready:
             current = ready.pop()
-            block = current.record["hash"]
-            parents = current.record["parents"]
+            block = current.record.hash
+            parents = current.record.parents
             missing = [p for p in parents if p not in self.ghostdag]
             if missing:
                 if len(self.pending) >= self.max_pending:
@@ -116,20 +112,20 @@ class DagOrderer:
             for child in sorted(self.waiting_on.pop(block, ())):
                 waiting = self.pending.get(child)
                 if waiting is not None and all(
-                    p in self.ghostdag for p in waiting.record["parents"]
+                    p in self.ghostdag for p in waiting.record.parents
                 ):
                     del self.pending[child]
                     ready.append(waiting)
 
     def _add(self, entry: _Block) -> bool:
         record = entry.record
-        block = record["hash"]
-        parents = record["parents"]
+        block = record.hash
+        parents = record.parents
         latest = max(self.timestamp_of(p) for p in parents)
         try:
-            if record["timestamp_ms"] < latest - self.timestamp_tolerance_ms:
+            if record.timestamp_ms < latest - self.timestamp_tolerance_ms:
                 raise InvalidBlock("past_timestamp", "timestamp is before its parents'")
-            work = 1 if record["target"] is None else work_from_target(record["target"])
+            work = 1 if record.target is None else work_from_target(record.target)
             self.ghostdag.add(block, parents, work)
         except (InvalidBlock, MissingParents) as exc:
             self.rejected.append(Rejection(block, getattr(exc, "code", "missing"), str(exc)))
@@ -151,7 +147,7 @@ class DagOrderer:
 
     def timestamp_of(self, block: bytes) -> int:
         entry = self.blocks.get(block)
-        return int(entry.record["timestamp_ms"]) if entry is not None else 0
+        return entry.record.timestamp_ms if entry is not None else 0
 
     def selected_tip(self) -> bytes:
         data = self.ghostdag.data
@@ -160,7 +156,7 @@ class DagOrderer:
         eligible = [t for t in self.tips if reach.is_chain_ancestor(last, t)]
         return max(eligible, key=lambda t: (data[t].blue_work, t)) if eligible else last
 
-    def _advance(self) -> list[dict[str, Any]]:
+    def _advance(self) -> list[BlockOrdered]:
         data = self.ghostdag.data
         tip = self.selected_tip()
         horizon = data[tip].blue_score - self.finality_depth
@@ -180,28 +176,27 @@ class DagOrderer:
             self._prune()
         return out
 
-    def _ordered(self, chain_block: bytes) -> dict[str, Any]:
+    def _ordered(self, chain_block: bytes) -> BlockOrdered:
         data = self.ghostdag.data[chain_block]
         entry = self.blocks[chain_block]
-        transactions = []
-        for block in self.ghostdag.consensus_order(chain_block):
-            for index, raw in enumerate(self.blocks[block].record["transactions"]):
-                transactions.append(
-                    {"hash": keccak(raw), "raw": raw, "dag_block": block, "index_in_block": index}
-                )
-        return {
-            "chain_index": self.chain_index,
-            "hash": chain_block,
-            "selected_parent": data.selected_parent,
-            "blue_score": data.blue_score,
-            "blue_work": data.blue_work,
-            "timestamp_ms": entry.record["timestamp_ms"],
-            "proposer": entry.record["proposer"],
-            "mergeset_blues": list(data.mergeset_blues),
-            "mergeset_reds": list(data.mergeset_reds),
-            "transactions": transactions,
-            "cause": dict(entry.position),
-        }
+        transactions = [
+            OrderedTransaction(hash=keccak(raw), raw=raw, dag_block=block, index_in_block=index)
+            for block in self.ghostdag.consensus_order(chain_block)
+            for index, raw in enumerate(self.blocks[block].record.transactions)
+        ]
+        return BlockOrdered(
+            chain_index=self.chain_index,
+            hash=chain_block,
+            selected_parent=data.selected_parent,
+            blue_score=data.blue_score,
+            blue_work=data.blue_work,
+            timestamp_ms=entry.record.timestamp_ms,
+            proposer=entry.record.proposer,
+            mergeset_blues=tuple(data.mergeset_blues),
+            mergeset_reds=tuple(data.mergeset_reds),
+            transactions=tuple(transactions),
+            cause=entry.position,
+        )
 
     def _prune(self) -> None:
         data = self.ghostdag.data

@@ -10,12 +10,14 @@ gateway logs it and reports it through `lattice_status`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from coincurve import PrivateKey, PublicKey
 from eth_hash.auto import keccak
+
+from schemas.events import Checkpoint, Position
 
 
 def checkpoint_digest(height: int, block_hash: bytes, state_root: bytes) -> bytes:
@@ -37,25 +39,25 @@ def sign_checkpoint(
     block_hash: bytes,
     state_root: bytes,
     replica: str,
-    cause: Mapping[str, Any],
-) -> dict[str, Any]:
-    """A `lattice.state.Checkpoint` record."""
+    cause: Position,
+) -> Checkpoint:
+    """A signed checkpoint."""
     digest = checkpoint_digest(height, block_hash, state_root)
-    return {
-        "height": height,
-        "block_hash": block_hash,
-        "state_root": state_root,
-        "signer": address_of(key),
-        "signature": key.sign_recoverable(digest, hasher=None),
-        "replica": replica,
-        "cause": dict(cause),
-    }
+    return Checkpoint(
+        height=height,
+        block_hash=block_hash,
+        state_root=state_root,
+        signer=address_of(key),
+        signature=key.sign_recoverable(digest, hasher=None),
+        replica=replica,
+        cause=cause,
+    )
 
 
-def recover_signer(record: Mapping[str, Any]) -> bytes | None:
-    digest = checkpoint_digest(record["height"], record["block_hash"], record["state_root"])
+def recover_signer(record: Checkpoint) -> bytes | None:
+    digest = checkpoint_digest(record.height, record.block_hash, record.state_root)
     try:
-        key = PublicKey.from_signature_and_message(record["signature"], digest, hasher=None)
+        key = PublicKey.from_signature_and_message(record.signature, digest, hasher=None)
     except Exception:  # coincurve raises bare exceptions on malformed signatures
         return None
     return keccak(key.format(compressed=False)[1:])[12:]
@@ -73,19 +75,16 @@ class Checkpoints:
     def quorum(self) -> int:
         return len(self.signers) // 2 + 1
 
-    def add(self, record: Mapping[str, Any]) -> bool:
+    def add(self, record: Checkpoint) -> bool:
         """Count a checkpoint; False if its signature is bad or its signer unknown."""
         signer = recover_signer(record)
-        if signer is None or signer != record["signer"] or signer not in self.signers:
+        if signer is None or signer != record.signer or signer not in self.signers:
             self.rejected += 1
             return False
-        self.votes.setdefault(record["height"], {})[signer] = (
-            record["block_hash"],
-            record["state_root"],
-        )
+        self.votes.setdefault(record.height, {})[signer] = (record.block_hash, record.state_root)
         return True
 
-    def extend(self, records: Iterable[Mapping[str, Any]]) -> None:
+    def extend(self, records: Iterable[Checkpoint]) -> None:
         for record in records:
             self.add(record)
 

@@ -21,7 +21,6 @@ replay or a restart carries exactly the same ones.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ from eth_typing import Address
 from eth_utils import ValidationError  # type: ignore[attr-defined]
 
 from processors.execution.genesis import Genesis
+from processors.execution.receipts import BlockReceipt, ReceiptSource, block_receipts
 from processors.execution.transactions import (
     ChainRules,
     InvalidTransaction,
@@ -41,6 +41,7 @@ from processors.execution.transactions import (
 )
 from processors.execution.trie import ordered_trie
 from processors.execution.vm import VM_CONFIGURATION
+from schemas.events import BlockOrdered
 
 _EXECUTED = b"lattice/tx/"  # tx hash -> block number, for "already executed"
 _CARRIED = b"lattice/carried"  # RLP [[raw, dag block], ...]: what the last block had no room for
@@ -61,9 +62,17 @@ class Included:
     tx: Transaction
     index: int
     receipt: ReceiptAPI
-    gas_used: int
-    effective_gas_price: int
-    contract_address: bytes | None
+
+
+@dataclass(frozen=True)
+class Account:
+    """An account at the head, as `lattice.state.accounts` tells it."""
+
+    address: bytes
+    balance: int
+    nonce: int
+    code_hash: bytes
+    storage_root: bytes
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class BlockResult:
     header: BlockHeaderAPI
     dag_block: bytes
     included: tuple[Included, ...]
+    receipts: tuple[BlockReceipt, ...]
     rejected: tuple[Rejection, ...]
     touched: tuple[bytes, ...] = field(default=())
     #: Transactions waiting for the next block (this one was full), oldest first.
@@ -153,16 +163,16 @@ class Ledger:
     def head(self) -> BlockHeaderAPI:
         return self.chain.get_canonical_head()
 
-    def execute(self, ordered: Mapping[str, Any]) -> BlockResult:
+    def execute(self, ordered: BlockOrdered) -> BlockResult:
         parent = self.head
         # The chain block's clock, never behind the parent's. Several blocks may share a
         # second (as on Arbitrum): forcing each one a second above its parent, as Ethereum's
         # 12 s slots allow, runs a devnet with 0.25 s blocks (five chain blocks a second)
         # four seconds ahead for every second it runs, and contracts' deadlines with it.
-        timestamp = max(parent.timestamp, ordered["timestamp_ms"] // 1000)
+        timestamp = max(parent.timestamp, ordered.timestamp_ms // 1000)
         chain = self.chain
         header = chain.create_header_from_parent(
-            parent, timestamp=timestamp, coinbase=ordered["proposer"]
+            parent, timestamp=timestamp, coinbase=ordered.proposer
         )
         # Straight through the VM, as py-evm's apply_all_transactions does, but skipping
         # what the state rejects (MiningChain.apply_transaction rebuilds the block per
@@ -173,11 +183,10 @@ class Ledger:
         receipts: list[ReceiptAPI] = []
         included: list[Included] = []
         rejected: list[Rejection] = []
-        touched: set[bytes] = {ordered["proposer"]}
+        touched: set[bytes] = {ordered.proposer}
         seen: set[bytes] = set()
         carry: list[tuple[bytes, bytes]] = []
-        cumulative = 0
-        queue = self.carried() + [(e["raw"], e["dag_block"]) for e in ordered["transactions"]]
+        queue = self.carried() + [(e.raw, e.dag_block) for e in ordered.transactions]
         for raw, dag_block in queue:
             if carry:  # the block is full: everything after waits, in order
                 carry.append((raw, dag_block))
@@ -213,14 +222,9 @@ class Ledger:
             applied.append(evm_tx)
             receipts.append(receipt)
             seen.add(tx_hash)
-            gas_used = receipt.gas_used - cumulative
-            cumulative = receipt.gas_used
-            base_fee = header.base_fee_per_gas or 0
-            price = min(tx.fee_cap, base_fee + tx.tip_cap) if tx.tx_type == 2 else tx.fee_cap
-            created = computation.msg.storage_address if tx.to is None else None
             _touched(computation, touched)
             touched.add(tx.sender)
-            included.append(Included(tx, len(included), receipt, gas_used, price, created))
+            included.append(Included(tx, len(included), receipt))
         block = _seal(vm, header, applied, receipts)
         # The chain database directly: Chain.persist_block re-validates the block it was
         # just given and reads every new canonical block back with all its transactions,
@@ -231,10 +235,19 @@ class Ledger:
             self.db[_EXECUTED + item.tx.hash] = block.header.block_number.to_bytes(8, "big")
         if carry or self.db.exists(_CARRIED):
             self.db[_CARRIED] = rlp.encode([[raw, dag] for raw, dag in carry])
+        sealed = block.header
+        facts = block_receipts(
+            sealed.block_number,
+            sealed.hash,
+            sealed.base_fee_per_gas or 0,
+            [_source(i.tx) for i in included],
+            [i.receipt for i in included],
+        )
         return BlockResult(
-            block.header,
-            ordered["hash"],
+            sealed,
+            ordered.hash,
             tuple(included),
+            facts,
             tuple(rejected),
             tuple(sorted(touched)),
             len(carry),
@@ -246,17 +259,21 @@ class Ledger:
             return []
         return [(bytes(raw), bytes(dag)) for raw, dag in rlp.decode(self.db[_CARRIED])]
 
-    def account(self, address: bytes) -> dict[str, Any]:
-        """An account at the head, as a `lattice.state.AccountState` body."""
+    def account(self, address: bytes) -> Account:
+        """An account at the head."""
         state = self.chain.get_vm().state
         account = Address(address)
-        return {
-            "address": address,
-            "balance": state.get_balance(account),
-            "nonce": state.get_nonce(account),
-            "code_hash": state.get_code_hash(account),
-            "storage_root": _storage_root(state, address),
-        }
+        return Account(
+            address=address,
+            balance=state.get_balance(account),
+            nonce=state.get_nonce(account),
+            code_hash=state.get_code_hash(account),
+            storage_root=_storage_root(state, address),
+        )
+
+
+def _source(tx: Transaction) -> ReceiptSource:
+    return ReceiptSource(tx.hash, tx.sender, tx.to, tx.nonce, tx.tx_type, tx.fee_cap, tx.tip_cap)
 
 
 def _storage_root(state: Any, address: bytes) -> bytes:

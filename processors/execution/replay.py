@@ -1,9 +1,10 @@
 """`lattice replay`: rebuild the ledger from the log alone and check it against the live one.
 
-Reads `lattice.blocks.ordered` from the beginning, executes every block with a fresh `Ledger`
-on a fresh rocksdict store in the target directory (committed per block, like the processor),
-prints each block's state root, and compares it with the one the live execution processor
-published on `lattice.blocks.executed`. Any difference is reported and fails the command:
+Reads `lattice.blocks.ordered` from the beginning, executes every block with a fresh,
+non-publishing `ExecutionProcessor` (the live processor's own `handle`) on a fresh store in
+the target directory, committed per block as the runtime would, prints each block's state
+root, and compares it with the one the live execution processor published on
+`lattice.blocks.executed`. Any difference is reported and fails the command:
 replaying the topics must rebuild the state bit for bit.
 """
 
@@ -12,14 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from processors.execution.db import overlay_chain_db
 from processors.execution.genesis import Genesis
-from processors.execution.ledger import Ledger
-from processors.execution.processor import EVM_PREFIX, EXECUTED, ORDERED
+from processors.execution.processor import EXECUTED, ORDERED, ExecutionProcessor
 from processors.execution.transactions import ChainRules
-from processors.state import ProcessorState
-from streams.kafka import Reader
+from processors.state import RocksStore
+from schemas.events import BlockExecuted
+from streams.kafka import Reader, Record
 
 
 @dataclass(frozen=True)
@@ -41,27 +42,26 @@ def replay(
         raise FileExistsError(f"{target} already holds a store; replay into a fresh directory")
     reader = Reader(bootstrap, client_id="lattice-replay")
     try:
-        live = {
-            reader.decode(m).value["number"]: reader.decode(m).value["state_root"]
-            for m in reader.read({(EXECUTED.name, 0): 0})
-        }
-        ordered = [reader.decode(m).value for m in reader.read({(ORDERED.name, 0): 0})]
+        live = {}
+        for message in reader.read({(EXECUTED.name, 0): 0}):
+            executed = reader.codec.decode_as(message.value(), BlockExecuted)
+            live[executed.number] = executed.state_root
+        ordered: list[Record[Any]] = [
+            reader.decode(message) for message in reader.read({(ORDERED.name, 0): 0})
+        ]
     finally:
         reader.close()
-    state = ProcessorState(target)
+    state = RocksStore(target)
     try:
-        db, overlay = overlay_chain_db(lambda key: state.get(EVM_PREFIX + key))
-        ledger = Ledger(db, genesis, rules)
+        processor = ExecutionProcessor(genesis, rules, name="lattice-replay", publish=False)
+        processor.restore(state)
+        state.commit({})
         mismatches = []
-        head = ledger.head.state_root
-        for offset, block in enumerate(ordered):
-            header = ledger.execute(block).header
-            changes = overlay.take_changes()
-            state.commit(
-                {(ORDERED.name, 0): offset},
-                {EVM_PREFIX + k: v for k, v in changes.items() if v is not None},
-                deletes=[EVM_PREFIX + k for k, v in changes.items() if v is None],
-            )
+        head = processor.ledger.head.state_root
+        for record in ordered:
+            processor.handle(record, state)
+            state.commit({(ORDERED.name, 0): record.offset})
+            header = processor.ledger.head
             published = live.get(header.block_number)
             if published is not None and published != header.state_root:
                 mismatches.append(header.block_number)

@@ -20,6 +20,8 @@ from coincurve import PublicKey
 from eth_hash.auto import keccak
 from rlp.sedes import Binary, CountableList, List, big_endian_int, binary
 
+from schemas.events import TransactionSubmitted
+
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 UINT256_MAX = (1 << 256) - 1
 #: Largest nonce an Avro `long` carries; EIP-2681 allows up to 2**64-2, which no account
@@ -109,6 +111,13 @@ class Transaction:
     def effective_tip(self, base_fee: int) -> int:
         """Priority fee per gas actually paid at `base_fee` (mempool ordering key)."""
         return max(0, min(self.tip_cap, self.fee_cap - base_fee))
+
+
+def effective_gas_price(fee_cap: int, tip_cap: int, base_fee: int) -> int:
+    """What a transaction pays per gas in a block with `base_fee` (EIP-1559): the base fee
+    plus its tip, capped by its fee cap. A legacy or access-list transaction's caps are
+    both its gas price, so it pays exactly that."""
+    return min(fee_cap, base_fee + tip_cap)
 
 
 def parse_hex(text: str) -> bytes:
@@ -308,21 +317,21 @@ def decode_transaction(raw: bytes, rules: ChainRules) -> Transaction:
     )
 
 
-def submitted_event(tx: Transaction, received_at_ms: int, source: str) -> dict[str, Any]:
-    """The `lattice.tx.TransactionSubmitted` record for a decoded transaction."""
-    return {
-        "hash": tx.hash,
-        "raw": tx.raw,
-        "sender": tx.sender,
-        "tx_type": tx.tx_type,
-        "chain_id": tx.chain_id,
-        "nonce": tx.nonce,
-        "gas_limit": tx.gas_limit,
-        "to": tx.to,
-        "value": tx.value,
-        "gas_price": tx.gas_price,
-        "max_fee_per_gas": tx.max_fee_per_gas,
-        "max_priority_fee_per_gas": tx.max_priority_fee_per_gas,
-        "received_at_ms": received_at_ms,
-        "source": source,
-    }
+def submitted_event(tx: Transaction, received_at_ms: int, source: str) -> TransactionSubmitted:
+    """The `lattice.tx.submitted` event for a decoded transaction."""
+    return TransactionSubmitted(
+        hash=tx.hash,
+        raw=tx.raw,
+        sender=tx.sender,
+        tx_type=tx.tx_type,
+        chain_id=tx.chain_id,
+        nonce=tx.nonce,
+        gas_limit=tx.gas_limit,
+        to=tx.to,
+        value=tx.value,
+        gas_price=tx.gas_price,
+        max_fee_per_gas=tx.max_fee_per_gas,
+        max_priority_fee_per_gas=tx.max_priority_fee_per_gas,
+        received_at_ms=received_at_ms,
+        source=source,
+    )

@@ -1,1 +1,1 @@
-"""Block proposers: the mempool (pure core) and the proposer process."""
+"""Block proposers: the mempool (pure core) and the proposer processor."""

@@ -103,7 +103,7 @@ def test_refresh_sees_new_blocks_and_skips_catch_up_when_nothing_changed(
 
 def with_counter(execution: Execution, tmp_path: Path) -> tuple[bytes, ChainView, Rpc]:
     """The counter deployed in block 1, a view of the store and JSON-RPC over it."""
-    created = execution.block(1, to="", data=DEPLOY_COUNTER).included[0].contract_address
+    created = execution.block(1, to="", data=DEPLOY_COUNTER).receipts[0].contract_address
     view = ChainView(tmp_path / "store", CHAIN_ID)
     rpc = Rpc(view, _no_submit, chain_id=CHAIN_ID, client_version="t", block_gas_limit=30_000_000)
     return created, view, rpc
@@ -156,7 +156,7 @@ def test_the_same_call_on_the_same_block_runs_once(execution: Execution, tmp_pat
     assert runs == [1, 2, 2] and errors[0] is not errors[1]
     assert errors[0].code == errors[1].code == -32000 and errors[0].message == errors[1].message
     # Large outputs are not kept (memory stays bounded): a 5 KiB return runs every time.
-    big = execution.block(3, to="", data=RETURNS_5K).included[0].contract_address
+    big = execution.block(3, to="", data=RETURNS_5K).receipts[0].contract_address
     view.refresh()
     for _ in range(2):
         assert len(rpc.rpc_eth_call([{"to": "0x" + big.hex()}, "latest"])) == 2 + 2 * 5120

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import subprocess
@@ -8,16 +9,17 @@ from typing import Any
 
 from processors.dag.blocks import genesis_hash
 from processors.dag.ordering import DagOrderer
+from schemas.events import BlockOrdered, BlockProposed, Position
 from tests.processors.dag.sim import GENESIS, proposers, simulate
 
 LOGGED = 1_800_000_000_000
 
 
-def feed(blocks: list[dict[str, Any]], **kw: Any) -> tuple[DagOrderer, list[dict[str, Any]]]:
+def feed(blocks: list[BlockProposed], **kw: Any) -> tuple[DagOrderer, list[BlockOrdered]]:
     orderer = DagOrderer(GENESIS, **kw)
     out = []
     for n, block in enumerate(blocks):
-        position = {"topic": "lattice.blocks.proposed", "partition": 0, "offset": n}
+        position = Position(topic="lattice.blocks.proposed", partition=0, offset=n)
         out.extend(orderer.accept(block, position, LOGGED))
     return orderer, out
 
@@ -29,7 +31,7 @@ from tests.processors.dag.sim import simulate
 from tests.processors.dag.test_ordering import feed
 _, out = feed(simulate(4, 60, seed=1), k=3, finality_depth=5)
 codec = default_codec()
-data = b"".join(codec.encode("lattice.blocks.BlockOrdered", r) for r in out)
+data = b"".join(codec.encode_event(r) for r in out)
 print(len(out), hashlib.sha256(data).hexdigest())
 """
 
@@ -59,26 +61,26 @@ def test_any_delivery_order_gives_the_same_colouring_and_no_leftovers() -> None:
     b, _ = feed(shuffled, k=3, finality_depth=5)
     assert not a.pending and not b.pending
     for block in blocks:
-        assert a.ghostdag.data[block["hash"]] == b.ghostdag.data[block["hash"]]
+        assert a.ghostdag.data[block.hash] == b.ghostdag.data[block.hash]
 
 
 def test_parallel_blocks_merge_and_small_k_makes_reds() -> None:
     blocks = simulate(6, 40, seed=3)
     _, out = feed(blocks, k=1, finality_depth=4)
-    assert any(len(b["parents"]) > 1 for b in blocks)
-    assert sum(len(r["mergeset_reds"]) for r in out) > 0
+    assert any(len(b.parents) > 1 for b in blocks)
+    assert sum(len(r.mergeset_reds) for r in out) > 0
     # Every transaction of an ordered block appears once, reds' included.
-    hashes = [t["hash"] for r in out for t in r["transactions"]]
+    hashes = [t.hash for r in out for t in r.transactions]
     assert len(hashes) == len(set(hashes))
-    ordered_blocks = {t["dag_block"] for r in out for t in r["transactions"]}
-    assert {red for r in out for red in r["mergeset_reds"]} <= ordered_blocks
+    ordered_blocks = {t.dag_block for r in out for t in r.transactions}
+    assert {red for r in out for red in r.mergeset_reds} <= ordered_blocks
 
 
 def test_invalid_blocks_are_rejected_and_their_children_dropped() -> None:
     good = simulate(1, 3, seed=5)
-    forged = dict(good[0], signature=bytes(65))
+    forged = dataclasses.replace(good[0], signature=bytes(65))
     orderer = DagOrderer(GENESIS, k=3, finality_depth=1)
-    position = {"topic": "t", "partition": 0, "offset": 0}
+    position = Position(topic="t", partition=0, offset=0)
     assert orderer.accept(forged, position, LOGGED) == []
     assert orderer.rejected[-1].code == "bad_signature"
     for block in good[1:]:
@@ -92,7 +94,7 @@ def test_timestamps_ahead_of_the_log_are_rejected() -> None:
     (proposer,) = proposers(1)
     block = proposer.make_block([genesis_hash(27182)], LOGGED + 10 * 60_000, 0, [])
     orderer = DagOrderer(GENESIS)
-    orderer.accept(block, {"topic": "t", "partition": 0, "offset": 0}, LOGGED)
+    orderer.accept(block, Position(topic="t", partition=0, offset=0), LOGGED)
     assert orderer.rejected[-1].code == "future_timestamp"
 
 
@@ -100,6 +102,6 @@ def test_pruning_bounds_memory_and_keeps_counting() -> None:
     blocks = simulate(3, 300, seed=9)
     orderer, out = feed(blocks, k=3, finality_depth=3, prune_depth=20)
     assert len(orderer.ghostdag) < len(blocks) / 3
-    assert [r["chain_index"] for r in out] == list(range(1, len(out) + 1))
+    assert [r.chain_index for r in out] == list(range(1, len(out) + 1))
     _, out_full = feed(blocks, k=3, finality_depth=3, prune_depth=10**9)
     assert out == out_full

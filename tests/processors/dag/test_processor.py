@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import threading
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from processors.dag.processor import PROPOSED, DagConfig, DagProcessor
-from processors.runtime import consume
+from processors.state import RocksStore
+from schemas.codec import default_codec
+from schemas.events import BlockOrdered, BlockProposed
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
-from streams.kafka import Producer, Reader, from_beginning
+from streams.kafka import Producer
 from streams.topics import TopicSpec
 from tests.processors.dag.sim import GENESIS, simulate
+from tests.processors.harness import CrashPoint, crash, read_all, run_to_end
 
 pytestmark = pytest.mark.broker
 CONFIG = DagConfig(GENESIS, k=3, finality_depth=4)
@@ -30,11 +32,11 @@ def own_broker() -> Iterator[EmbeddedBroker]:
         yield broker
 
 
-def publish(bootstrap: str, blocks: list[dict[str, Any]]) -> None:
+def publish(bootstrap: str, blocks: list[BlockProposed]) -> None:
     producer = Producer(bootstrap)
     for block in blocks:
         producer.send(
-            PROPOSED, block, key="0x" + block["proposer"].hex(), timestamp_ms=block["timestamp_ms"]
+            PROPOSED, block, key="0x" + block.proposer.hex(), timestamp_ms=block.timestamp_ms
         )
     producer.close()
 
@@ -45,38 +47,23 @@ def output_topic(bootstrap: str) -> TopicSpec:
     return spec
 
 
-def ordered(bootstrap: str, spec: TopicSpec) -> list[tuple[bytes, dict[str, Any]]]:
-    reader = Reader(bootstrap)
-    try:
-        return [
-            (m.value(), reader.decode(m).value) for m in reader.read(from_beginning(spec.name, [0]))
-        ]
-    finally:
-        reader.close()
+def ordered(bootstrap: str, spec: TopicSpec) -> list[tuple[bytes, BlockOrdered]]:
+    raws = read_all(bootstrap, spec.name)
+    codec = default_codec()
+    return [(raw, codec.decode_as(raw, BlockOrdered)) for raw in raws]
 
 
-def run_until_idle(processor: DagProcessor, bootstrap: str, group: str, expect_offset: int) -> None:
-    stop = threading.Event()
+def processor(name: str, spec: TopicSpec) -> DagProcessor:
+    """A DAG processor committing every 8 blocks: a crash has commits to fall between."""
+    made = DagProcessor(CONFIG, name=name, output=spec)
+    made.pace = dataclasses.replace(made.pace, batch=8)
+    return made
 
-    def idle() -> None:
-        stored = processor.state.offset(PROPOSED.name, 0)
-        if stored is not None and stored >= expect_offset:
-            stop.set()
 
-    thread = threading.Thread(
-        target=consume,
-        args=(
-            bootstrap,
-            group,
-            {(PROPOSED.name, 0): processor.resume_from()},
-            processor.handle,
-            stop,
-            idle,
-        ),
-    )
-    thread.start()
-    thread.join(60)
-    assert not thread.is_alive(), "processor did not reach the end of the input"
+def run(bootstrap: str, path: Path, name: str, spec: TopicSpec) -> None:
+    store = RocksStore(path)
+    run_to_end(processor(name, spec), store, bootstrap)
+    store.close()
 
 
 def test_two_replicas_emit_byte_identical_topics(
@@ -87,52 +74,43 @@ def test_two_replicas_emit_byte_identical_topics(
     outputs = []
     for name in ("replica-a", "replica-b"):
         spec = output_topic(own_broker.bootstrap)
-        processor = DagProcessor(
-            own_broker.bootstrap, tmp_path / name, CONFIG, group_id=name, output=spec
-        )
-        run_until_idle(processor, own_broker.bootstrap, name, len(blocks) - 1)
-        processor.close()
+        run(own_broker.bootstrap, tmp_path / name, name, spec)
         outputs.append(ordered(own_broker.bootstrap, spec))
     a, b = outputs
     assert len(a) > 20
     assert [raw for raw, _ in a] == [raw for raw, _ in b]
-    assert [v["chain_index"] for _, v in a] == list(range(1, len(a) + 1))
-    assert any(len(v["mergeset_blues"]) > 1 for _, v in a)
+    assert [v.chain_index for _, v in a] == list(range(1, len(a) + 1))
+    assert any(len(v.mergeset_blues) > 1 for _, v in a)
 
 
-def test_crash_between_send_and_commit_leaves_no_gap_and_no_duplicate(
-    own_broker: EmbeddedBroker, tmp_path: Path
+@pytest.mark.parametrize(
+    ("point", "after"), [("before-commit", 3), ("mid-send", 10), ("before-acks", 0)]
+)
+def test_a_crash_anywhere_leaves_no_gap_and_no_duplicate(
+    own_broker: EmbeddedBroker, tmp_path: Path, point: CrashPoint, after: int
 ) -> None:
     blocks = simulate(3, 50, seed=12)
     publish(own_broker.bootstrap, blocks)
-    reference = DagProcessor(
-        own_broker.bootstrap, tmp_path / "ref", CONFIG, output=output_topic(own_broker.bootstrap)
-    )
-    run_until_idle(reference, own_broker.bootstrap, "ref", len(blocks) - 1)
-    reference.close()
-    expected = [raw for raw, _ in ordered(own_broker.bootstrap, reference.output)]
+    reference = output_topic(own_broker.bootstrap)
+    run(own_broker.bootstrap, tmp_path / "ref", "ref", reference)
+    expected = [raw for raw, _ in ordered(own_broker.bootstrap, reference)]
 
     spec = output_topic(own_broker.bootstrap)
-    crashing = DagProcessor(own_broker.bootstrap, tmp_path / "s", CONFIG, output=spec)
-    real_commit = crashing.state.commit
+    crash(processor("s", spec), RocksStore(tmp_path / "s"), own_broker.bootstrap, point, after)
+    run(own_broker.bootstrap, tmp_path / "s", "s", spec)
+    assert [raw for raw, _ in ordered(own_broker.bootstrap, spec)] == expected
 
-    def commit(offsets: Any, puts: Any = None, ints: Any = None) -> None:
-        if ints and ints[b"emitted"] >= 10:
-            raise RuntimeError("power cut")  # outputs were sent; the store never hears
-        real_commit(offsets, puts, ints)
 
-    crashing.state.commit = commit  # type: ignore[method-assign]
-    reader = Reader(own_broker.bootstrap)
-    with pytest.raises(RuntimeError, match="power cut"):
-        for message in reader.read({(PROPOSED.name, 0): 0}):
-            crashing.handle(message)
-    reader.close()
-    crashing.close()
-    sent = ordered(own_broker.bootstrap, spec)
-    assert sent and sent[-1][1]["chain_index"] >= 10
-
-    resumed = DagProcessor(own_broker.bootstrap, tmp_path / "s", CONFIG, output=spec)
-    assert resumed.emitted == sent[-1][1]["chain_index"]  # learned from the topic
-    run_until_idle(resumed, own_broker.bootstrap, "s", len(blocks) - 1)
-    resumed.close()
+def test_a_lost_store_rebuilt_from_the_topic_emits_nothing_twice(
+    own_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    blocks = simulate(3, 50, seed=13)
+    publish(own_broker.bootstrap, blocks[:60])
+    reference = output_topic(own_broker.bootstrap)
+    spec = output_topic(own_broker.bootstrap)
+    run(own_broker.bootstrap, tmp_path / "first", "s", spec)
+    publish(own_broker.bootstrap, blocks[60:])
+    run(own_broker.bootstrap, tmp_path / "rebuilt", "s", spec)  # the first store is gone
+    run(own_broker.bootstrap, tmp_path / "ref", "ref", reference)
+    expected = [raw for raw, _ in ordered(own_broker.bootstrap, reference)]
     assert [raw for raw, _ in ordered(own_broker.bootstrap, spec)] == expected

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 from processors.execution.checkpoints import (
     Checkpoints,
     address_of,
@@ -7,19 +9,20 @@ from processors.execution.checkpoints import (
     replica_key,
     sign_checkpoint,
 )
+from schemas.events import Checkpoint, Position
 
-CAUSE = {"topic": "lattice.blocks.ordered", "partition": 0, "offset": 1}
+CAUSE = Position(topic="lattice.blocks.ordered", partition=0, offset=1)
 KEYS = [replica_key(i) for i in range(3)]
 SIGNERS = frozenset(address_of(k) for k in KEYS)
 
 
-def vote(index: int, height: int, root: bytes = b"r" * 32) -> dict[str, object]:
+def vote(index: int, height: int, root: bytes = b"r" * 32) -> Checkpoint:
     return sign_checkpoint(KEYS[index], height, b"h" * 32, root, f"replica-{index}", CAUSE)
 
 
 def test_signatures_recover_their_signer() -> None:
     record = vote(1, 8)
-    assert recover_signer(record) == address_of(KEYS[1]) == record["signer"]
+    assert recover_signer(record) == address_of(KEYS[1]) == record.signer
 
 
 def test_a_height_is_final_once_a_majority_agrees() -> None:
@@ -48,7 +51,7 @@ def test_divergence_is_reported_and_never_finalised_by_a_minority() -> None:
 
 def test_forged_or_unknown_signers_are_ignored() -> None:
     book = Checkpoints(SIGNERS)
-    forged = dict(vote(0, 4), state_root=b"z" * 32)  # signature no longer matches
+    forged = dataclasses.replace(vote(0, 4), state_root=b"z" * 32)  # signature no longer matches
     assert not book.add(forged)
     stranger = sign_checkpoint(replica_key(99), 4, b"h" * 32, b"r" * 32, "x", CAUSE)
     assert not book.add(stranger)

@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 from eth.db.trie import make_trie_root_and_nodes
 from eth_account import Account
+from eth_hash.auto import keccak
 from eth_typing import BlockNumber
 
 from processors.execution.db import overlay_chain_db
@@ -18,6 +19,7 @@ from processors.execution.genesis import (
 )
 from processors.execution.ledger import Ledger
 from processors.execution.transactions import ChainRules
+from schemas.events import BlockOrdered, OrderedTransaction, Position
 from streams.settings import CHAIN_ID
 
 RULES = ChainRules(CHAIN_ID)
@@ -42,13 +44,25 @@ def transfer(nonce: int, value: int = 5, key: str = KEY0, **kw: Any) -> bytes:
     return bytes(Account.sign_transaction(tx, key).raw_transaction)
 
 
-def ordered(n: int, raws: list[bytes]) -> dict[str, Any]:
-    return {
-        "hash": n.to_bytes(32, "big"),
-        "timestamp_ms": 1_700_000_000_000 + n * 1000,
-        "proposer": PROPOSER,
-        "transactions": [{"raw": r, "dag_block": n.to_bytes(32, "big")} for r in raws],
-    }
+def ordered(n: int, raws: list[bytes], timestamp_ms: int | None = None) -> BlockOrdered:
+    """Chain block number `n` carrying `raws` from one DAG block."""
+    return BlockOrdered(
+        chain_index=n,
+        hash=n.to_bytes(32, "big"),
+        blue_score=n,
+        blue_work=n,
+        timestamp_ms=1_700_000_000_000 + n * 1000 if timestamp_ms is None else timestamp_ms,
+        proposer=PROPOSER,
+        mergeset_blues=(),
+        mergeset_reds=(),
+        transactions=tuple(
+            OrderedTransaction(
+                hash=keccak(r), raw=r, dag_block=n.to_bytes(32, "big"), index_in_block=i
+            )
+            for i, r in enumerate(raws)
+        ),
+        cause=Position(topic="lattice.blocks.proposed", partition=0, offset=n),
+    )
 
 
 class Store:
@@ -82,7 +96,7 @@ def test_genesis_funds_the_dev_accounts() -> None:
     ledger, _ = Store().ledger()
     assert ledger.head.block_number == 0
     for address in DEV_ACCOUNTS:
-        assert ledger.account(bytes.fromhex(address[2:]))["balance"] == 10_000 * ETHER
+        assert ledger.account(bytes.fromhex(address[2:])).balance == 10_000 * ETHER
 
 
 def test_transfers_and_every_rejection_reason() -> None:
@@ -106,10 +120,10 @@ def test_transfers_and_every_rejection_reason() -> None:
         "insufficient_funds",
         "fee_below_base_fee",
     ]
-    assert ledger.account(DEST)["balance"] == 10
-    assert ledger.account(ADDR0)["nonce"] == 2
+    assert ledger.account(DEST).balance == 10
+    assert ledger.account(ADDR0).nonce == 2
     # Priority fees went to the chain block's proposer.
-    assert ledger.account(PROPOSER)["balance"] == 2 * 21_000 * 10**9
+    assert ledger.account(PROPOSER).balance == 2 * 21_000 * 10**9
     # The stored block reads back through py-evm, its tries as py-evm itself builds them.
     block = ledger.chain.get_canonical_block_by_number(BlockNumber(1))
     assert [bytes(t.hash) for t in block.transactions] == [i.tx.hash for i in result.included]
@@ -143,7 +157,7 @@ def test_the_ledger_keeps_the_dag_clock_and_never_goes_back() -> None:
     at += [1_799_999_999_000, 1_800_000_005_400]  # a chain block stamped earlier, then later
     stamps = []
     for n, ms in enumerate(at, start=1):
-        block = {**ordered(n, []), "timestamp_ms": ms}
+        block = ordered(n, [], timestamp_ms=ms)
         stamps.append(ledger.execute(block).header.timestamp)
     assert stamps == [1_800_000_000] * 3 + [1_800_000_001] * 2 + [1_800_000_005]
 
@@ -191,8 +205,10 @@ def test_contract_creation_and_logs() -> None:
     raw = transfer(0, value=0, to=b"", data=init, gas=100_000)
     result = ledger.execute(ordered(1, [raw]))
     (item,) = result.included
-    assert item.contract_address is not None
+    (receipt,) = result.receipts
+    assert receipt.contract_address is not None and receipt.to_address is None
     assert item.receipt.logs[0].topics == (0x2A,)
+    assert receipt.logs[0].topics == ((0x2A).to_bytes(32, "big"),) and receipt.status == 1
 
 
 def test_genesis_files(tmp_path: Any) -> None:

@@ -1,7 +1,9 @@
-"""The execution processor as a real process: kill -9 in the middle, restart, compare."""
+"""The execution processor as a real process (kill -9 in the middle, restart, compare) and in
+process under the runtime (a crash at each point of a commit)."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -15,15 +17,24 @@ import pytest
 
 from processors.execution.genesis import Account as GenesisAccount
 from processors.execution.genesis import Genesis, dev_genesis
-from processors.execution.processor import EXECUTED, ORDERED, RECEIPTS
+from processors.execution.processor import (
+    EXECUTED,
+    ORDERED,
+    RECEIPTS,
+    REJECTED,
+    ExecutionProcessor,
+)
 from processors.execution.replay import replay
 from processors.execution.transactions import ChainRules
+from processors.state import RocksStore
+from schemas.events import BlockOrdered
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
 from streams.kafka import Producer, Reader, from_beginning
 from streams.settings import CHAIN_ID
 from streams.topics import TOPICS
 from tests.processors.execution.test_ledger import Store, ordered, transfer
+from tests.processors.harness import CrashPoint, crash, run_to_end
 
 pytestmark = pytest.mark.broker
 KEYS = [
@@ -35,7 +46,7 @@ BLOCKS = 60
 PER_KEY = 15
 
 
-def load() -> list[dict[str, Any]]:
+def load() -> list[BlockOrdered]:
     blocks = []
     for n in range(1, BLOCKS + 1):
         raws = [
@@ -43,21 +54,7 @@ def load() -> list[dict[str, Any]]:
         ]
         if n % 7 == 0:
             raws.append(raws[0])  # a duplicate, to be rejected
-        blocks.append(
-            {
-                **ordered(n, raws),
-                "chain_index": n,
-                "selected_parent": None,
-                "blue_score": n,
-                "blue_work": n,
-                "mergeset_blues": [],
-                "mergeset_reds": [],
-                "cause": {"topic": "lattice.blocks.proposed", "partition": 0, "offset": n},
-            }
-        )
-    for block in blocks:
-        for i, tx in enumerate(block["transactions"]):
-            tx.update({"hash": b"\0" * 32, "index_in_block": i})
+        blocks.append(ordered(n, raws))
     return blocks
 
 
@@ -68,11 +65,11 @@ def broker() -> Iterator[EmbeddedBroker]:
         yield own
 
 
-def records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+def records(bootstrap: str, topic: str) -> list[Any]:
     reader = Reader(bootstrap)
     try:
         parts = reader.partitions(topic)
-        return [reader.decode(m).value for m in reader.read(from_beginning(topic, parts))]
+        return [reader.decode(m).event for m in reader.read(from_beginning(topic, parts))]
     finally:
         reader.close()
 
@@ -135,15 +132,15 @@ def test_kill_9_and_restart_gives_the_uninterrupted_state(
         process.wait(30)
 
     executed = records(broker.bootstrap, EXECUTED.name)
-    assert [b["number"] for b in executed] == list(range(1, BLOCKS + 1))
-    receipts = Counter(r["transaction_hash"] for r in records(broker.bootstrap, RECEIPTS.name))
+    assert [b.number for b in executed] == list(range(1, BLOCKS + 1))
+    receipts = Counter(r.transaction_hash for r in records(broker.bootstrap, RECEIPTS.name))
     assert len(receipts) == BLOCKS * len(KEYS) * PER_KEY
     assert set(receipts.values()) == {1}
 
     store = Store()
     ledger, _ = store.ledger()
     roots = [ledger.execute(block).header.state_root for block in blocks]
-    assert [b["state_root"] for b in executed] == roots
+    assert [b.state_root for b in executed] == roots
 
     # Replaying the topics into a fresh store rebuilds the same state roots.
     report = replay(
@@ -161,3 +158,37 @@ def test_kill_9_and_restart_gives_the_uninterrupted_state(
     assert wrong.mismatches[:1] == (1,)
     with pytest.raises(FileExistsError):
         replay(broker.bootstrap, tmp_path / "replay", dev_genesis(30_000_000), ChainRules(CHAIN_ID))
+
+
+@pytest.mark.parametrize(
+    ("point", "after"), [("before-commit", 2), ("mid-send", 300), ("before-acks", 0)]
+)
+def test_a_crash_anywhere_in_process_publishes_every_event_once(
+    broker: EmbeddedBroker, tmp_path: Path, point: CrashPoint, after: int
+) -> None:
+    blocks = load()[:12]
+    producer = Producer(broker.bootstrap)
+    for block in blocks:
+        producer.send(ORDERED, block)
+    producer.close()
+
+    def processor() -> ExecutionProcessor:
+        made = ExecutionProcessor(dev_genesis(30_000_000), ChainRules(CHAIN_ID))
+        made.pace = dataclasses.replace(made.pace, batch=3)  # commits to fall between
+        return made
+
+    crash(processor(), RocksStore(tmp_path / "store"), broker.bootstrap, point, after)
+    store = RocksStore(tmp_path / "store")
+    run_to_end(processor(), store, broker.bootstrap)
+    store.close()
+
+    executed = records(broker.bootstrap, EXECUTED.name)
+    assert [b.number for b in executed] == list(range(1, len(blocks) + 1))
+    receipts = Counter(r.transaction_hash for r in records(broker.bootstrap, RECEIPTS.name))
+    assert len(receipts) == len(blocks) * len(KEYS) * PER_KEY and set(receipts.values()) == {1}
+    rejected = records(broker.bootstrap, REJECTED.name)
+    assert len(rejected) == len({r.hash for r in rejected}) == len(blocks) // 7
+    ledger, _ = Store().ledger()
+    assert [b.state_root for b in executed] == [
+        ledger.execute(block).header.state_root for block in blocks
+    ]
