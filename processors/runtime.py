@@ -8,8 +8,9 @@ the runtime commits those back after each store commit.
 
 Outputs leave through the store's outbox: committed with the state and the input offsets,
 then sent, each record carrying three headers, `lattice-origin` (the processor's name),
-`lattice-seq` (the store's identity and the entry's outbox sequence) and, for outputs of an input, `lattice-cause` (the
-input's topic, partition, offset and the output's index among that input's outputs). On
+`lattice-seq` (the store's identity and the entry's outbox sequence) and, for outputs of
+an input, `lattice-cause` (the input's topic, partition, offset and the output's index
+among that input's outputs). On
 start, the outbox entries not acknowledged before are looked for on the log from the last
 acknowledged offset of their partition on, and only those missing are sent. With
 `Pace.rebuild_window`, the last records of each output partition are read at start too:
@@ -30,7 +31,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from processors.abc import Outgoing, Output, Partition, Processor, S, Subscription
 from schemas.codec import CodecError, default_codec
-from streams.kafka import CatchUp, Delivered, DeliveryError, Producer, Reader, client_config, record_of
+from streams.kafka import (
+    CatchUp,
+    Delivered,
+    DeliveryError,
+    Producer,
+    Reader,
+    client_config,
+    record_of,
+)
 from streams.metrics import EVENTS
 from streams.metrics import serve as serve_metrics
 from streams.topics import partition_of
@@ -421,7 +430,7 @@ class Runtime(Generic[S]):
             if cause is not None and self._already_sent(cause):
                 continue
             spec = output.topic
-            if output.event.SCHEMA != spec.schema:
+            if spec.schema != output.event.SCHEMA:
                 raise TypeError(f"{self.name}: a {output.event.SCHEMA} sent to {spec.name}")
             self._outgoing.append(
                 Outgoing(

@@ -31,7 +31,6 @@ from schemas.record import Event
 from streams.metrics import STATS_INTERVAL_MS, record_statistics
 from streams.topics import TopicSpec
 
-
 E = TypeVar("E", bound=Event)
 
 
@@ -150,7 +149,7 @@ class Producer:
         Encoding errors, and an event of another schema than the topic's, raise at once
         (nothing is sent); delivery errors fail the future.
         """
-        if event.SCHEMA != topic.schema:
+        if topic.schema != event.SCHEMA:
             raise CodecError(f"{topic.name} holds {topic.schema} records, not {event.SCHEMA}")
         payload = self.codec.encode_event(event)
         return self.send_raw(

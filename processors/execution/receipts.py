@@ -97,7 +97,9 @@ def block_receipts(
         logs = []
         for entry in receipt.logs:
             topics = tuple(t.to_bytes(32, "big") for t in entry.topics)
-            logs.append(Log(log_index=log_index, address=entry.address, topics=topics, data=entry.data))
+            logs.append(
+                Log(log_index=log_index, address=entry.address, topics=topics, data=entry.data)
+            )
             log_index += 1
         created = None
         if not tx.to:
