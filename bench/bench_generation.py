@@ -23,8 +23,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gpu_worker import models  # noqa: E402
-from gpu_worker.runtime import BlockSource, LoadedModel, ModelCache  # noqa: E402
+from processors.compute import models  # noqa: E402
+from processors.compute.runtime import BlockSource, LoadedModel, ModelCache  # noqa: E402
 from processors.market.content import Blockstore  # noqa: E402
 from tests.tiny_models import build_tiny_gpt2  # noqa: E402
 

@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench_rpc import start_lattice  # noqa: E402  (bench/ is the script's directory)
 
-from gpu_worker.models import import_model  # noqa: E402
-from gpu_worker.runtime import BlockSource, ModelCache  # noqa: E402
-from gpu_worker.worker import execute  # noqa: E402
+from gpu_worker.processor import execute  # noqa: E402
+from processors.compute.models import import_model  # noqa: E402
+from processors.compute.runtime import BlockSource, ModelCache  # noqa: E402
 from processors.market.content import Blockstore  # noqa: E402
 from processors.verifier import core  # noqa: E402
 

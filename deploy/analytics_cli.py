@@ -108,7 +108,7 @@ def render(columns: list[str], rows: list[tuple[Any, ...]], fmt: str, out: TextI
 
 def cmd_sql(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     from processors.analytics.queries import SAVED
-    from processors.analytics.sink import SNAPSHOT
+    from processors.analytics.store import SNAPSHOT
 
     if args.list_saved:
         for name, (about, _) in SAVED.items():
@@ -137,45 +137,49 @@ def cmd_sql(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace, bootstrap: str) -> int:
-    from processors.analytics.sink import AnalyticsSink
+    from processors.analytics.processor import AnalyticsSink
+    from processors.analytics.store import AnalyticsStore
     from processors.execution.transactions import ChainRules
-    from processors.runtime import configure_logging, stop_on_signals
+    from processors.runtime import Runtime, configure_logging, stop_on_signals
 
     configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
     directory = args.dir or Path(settings.data_dir) / "analytics"
-    sink = AnalyticsSink(bootstrap, directory, rules)
+    store = AnalyticsStore(directory)
     print(
-        f"analytics sink: {sink.path} (snapshot for readers: {directory}/snapshot.duckdb)",
+        f"analytics sink: {store.path} (snapshot for readers: {directory}/snapshot.duckdb)",
         flush=True,
     )
     try:
-        sink.run(stop)
+        Runtime(AnalyticsSink(rules), store, bootstrap, kafka_config=settings.kafka_config).run(
+            stop
+        )
     finally:
-        sink.close()
+        store.close()
     return 0
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace, bootstrap: str, out: TextIO) -> int:
-    from processors.analytics.sink import AnalyticsSink
+    from processors.analytics.processor import AnalyticsSink
+    from processors.analytics.store import AnalyticsStore
     from processors.analytics.tables import TABLES
     from processors.execution.transactions import ChainRules
+    from processors.runtime import Runtime
 
     if args.target.exists() and any(args.target.iterdir()):
         print(f"lattice: error: {args.target} is not empty", file=sys.stderr)
         return 2
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
-    sink = AnalyticsSink(
-        bootstrap, args.target, rules, snapshot_every_s=None, client_id="lattice-analytics-replay"
-    )
+    store = AnalyticsStore(args.target, snapshot_every_s=None)
+    sink = AnalyticsSink(rules, name="lattice-analytics-replay")
     try:
-        sink.run(threading.Event(), until_caught_up=True)
+        Runtime(sink, store, bootstrap).run(threading.Event(), until_caught_up=True)
         for name in TABLES:
-            count = sink.db.execute(f"SELECT count(*) FROM {name}").fetchone()
+            count = store.db.execute(f"SELECT count(*) FROM {name}").fetchone()
             print(f"{name:<22} {count[0] if count else 0}", file=out)
     finally:
-        sink.close()
+        store.close()
     print(f"replayed into {args.target / 'analytics.duckdb'}", file=out)
     return 0
 

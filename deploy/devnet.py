@@ -269,10 +269,10 @@ class Devnet:
 
     def _dev_api_key(self, rpc: str) -> None:
         """Give dev account 0 a deposit and an API key, once per data directory."""
-        from gateway.client import RpcFailure, send_call
         from gateway.market import new_api_key
         from processors.execution.genesis import DEV_KEYS, ETHER, JOB_MARKET, address_of
         from processors.market.chain import authorise_call, deposit_call
+        from processors.market.client import RpcFailure, send_call
 
         path = self.settings.data_dir / "api-key"
         if path.exists():

@@ -127,7 +127,7 @@ def cmd_worker(
 ) -> int:
     """`bootstrap_of` is asked only when running a node (unstake and withdraw-stake use
     the gateway alone)."""
-    from gpu_worker.worker import Worker
+    from gpu_worker.processor import Worker
     from processors.execution.genesis import address_of, devnet_key
     from processors.runtime import configure_logging, stop_on_signals
 
@@ -146,13 +146,13 @@ def cmd_worker(
     if args.action != "run" and rpc is None:
         raise MarketUsageError("give --rpc (no devnet found in the data directory)")
     if args.action == "status":
-        from gpu_worker.worker import node_status
+        from gpu_worker.staking import node_status
 
         assert rpc is not None
         print(_status_text(node_status(rpc, address_of(key))), flush=True)
         return 0
     if args.action == "withdraw-stake":
-        from gpu_worker.worker import withdraw_stake
+        from gpu_worker.staking import withdraw_stake
 
         assert rpc is not None
         amount = withdraw_stake(rpc, _chain_id(rpc), key)
@@ -161,7 +161,7 @@ def cmd_worker(
     if args.action == "unstake":
         import time
 
-        from gpu_worker.worker import leave
+        from gpu_worker.staking import leave
 
         assert rpc is not None
         stake, until = leave(rpc, _chain_id(rpc), key)
@@ -217,19 +217,22 @@ def _devnet_rpc(settings: Settings) -> str | None:
 
 
 def cmd_matcher(settings: Settings, bootstrap: str) -> int:
-    from processors.market.matcher import Matcher
-    from processors.runtime import configure_logging, stop_on_signals
+    from processors.market.processor import Matcher
+    from processors.runtime import Runtime, configure_logging, stop_on_signals
+    from processors.state import MemoryStore
 
     configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
     print(f"matcher on {bootstrap}", flush=True)
-    Matcher(settings, bootstrap).run(stop)
+    config = settings.kafka_config
+    Runtime(Matcher(settings), MemoryStore(), bootstrap, kafka_config=config).run(stop)
     return 0
 
 
 def cmd_verifier(settings: Settings, args: argparse.Namespace, bootstrap: str) -> int:
     from processors.execution.genesis import devnet_key
-    from processors.runtime import configure_logging, stop_on_signals
+    from processors.runtime import Runtime, configure_logging, stop_on_signals
+    from processors.state import MemoryStore
     from processors.verifier.processor import Verifier
 
     key = _key(args) if args.key else devnet_key("settler")
@@ -248,19 +251,20 @@ def cmd_verifier(settings: Settings, args: argparse.Namespace, bootstrap: str) -
         return 1 if report.differences else 0
     configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
-    verifier = Verifier(settings, bootstrap, key, peers)
+    verifier = Verifier(settings, key, peers)
     print(f"verifier (settler 0x{verifier.address.hex()}) on {bootstrap}", flush=True)
-    verifier.run(stop)
+    config = settings.kafka_config
+    Runtime(verifier, MemoryStore(), bootstrap, kafka_config=config).run(stop)
     return 0
 
 
 def cmd_model_import(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     import json
 
-    from gateway.client import http_post, send_call
-    from gpu_worker.models import ModelImportError, canonical_json, import_model
+    from processors.compute.models import ModelImportError, canonical_json, import_model
     from processors.execution.genesis import MODEL_REGISTRY
     from processors.market.chain import register_model_call
+    from processors.market.client import http_post, send_call
     from processors.market.content import Blockstore
 
     key = _key(args)
@@ -302,16 +306,16 @@ def cmd_model_import(settings: Settings, args: argparse.Namespace, out: TextIO) 
 
 
 def _chain_id(rpc: str) -> int:
-    from gateway.client import rpc_call
+    from processors.market.client import rpc_call
 
     return int(rpc_call(rpc, "eth_chainId", []), 16)
 
 
 def cmd_keys_create(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    from gateway.client import send_call
     from gateway.market import new_api_key
     from processors.execution.genesis import JOB_MARKET, address_of
     from processors.market.chain import authorise_call
+    from processors.market.client import send_call
 
     key = _key(args)
     account = address_of(key)
@@ -325,9 +329,9 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace, out: TextIO) -
 
 
 def cmd_deposit(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    from gateway.client import send_call
     from processors.execution.genesis import JOB_MARKET
     from processors.market.chain import deposit_call
+    from processors.market.client import send_call
 
     if args.amount <= 0:
         raise MarketUsageError("the amount must be positive")

@@ -1,20 +1,21 @@
 """The gateway application.
 
-`POST /v1/transactions` is the ledger's front door: it decodes a raw signed transaction,
-applies every stateless check (`processors.execution.transactions`) and produces it to
-`lattice.tx.submitted` keyed by sender, answering only once the broker acknowledged it.
-With a ledger view, transactions are also checked against the executed state (nonce too
-low, insufficient funds) and `POST /` serves the Ethereum JSON-RPC (`gateway.rpc`).
-A bad transaction gets a 4xx JSON error `{"error": {"code", "message"}}` and nothing is
-produced.
+The layers, from the outside in: HTTP framing here and in `gateway.jsonrpc`, `gateway.rest`,
+`gateway.ws` and `gateway.market`; then the typed layers they all call, transaction intake
+(`gateway.intake`) and ledger queries (`gateway.ledger`) over the chain view
+(`gateway.chainview`), the gateway's followers of the log (`gateway.dagview`,
+`gateway.checkpointview`, `gateway.market.service`).
+
+`POST /v1/transactions` is the ledger's front door: the intake decodes a raw signed
+transaction, applies every stateless check, with a ledger view the stateful ones too (nonce
+too low, insufficient funds), and produces it to `lattice.tx.submitted` keyed by sender,
+answering only once the broker acknowledged it. A bad transaction gets a 4xx JSON error
+`{"error": {"code", "message"}}` and nothing is produced.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import time
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,32 +27,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.chainview import ChainView, LedgerNotReady
+from gateway.chainview import ChainView
 from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
+from gateway.intake import TransactionIntake, Unavailable
+from gateway.jsonrpc import JsonRpc, Methods
+from gateway.ledger import LedgerQueries
 from gateway.market import MarketService
 from gateway.market import router as market_router
 from gateway.rest import router as rest_router
-from gateway.rpc import Rpc
 from gateway.ws import serve as serve_socket
-from processors.execution.transactions import (
-    ChainRules,
-    InvalidTransaction,
-    Transaction,
-    decode_transaction,
-    parse_hex,
-    submitted_event,
-)
-from streams.abc import RecordSink
-from streams.kafka import Delivered, DeliveryError
+from processors.abc import RecordSink
+from processors.execution.transactions import ChainRules, InvalidTransaction, parse_hex
 from streams.metrics import REPLICA_DIVERGENCES
 from streams.settings import Settings
-from streams.topics import hex_key, topic
 
-TX_SUBMITTED = topic("tx.submitted")
 DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
-#: How long a request waits for the broker before answering 503.
-DELIVERY_TIMEOUT_S = 15.0
 
 
 def client_version() -> str:
@@ -107,7 +98,7 @@ class JsonRpcFront:
     behind FastAPI.
     """
 
-    def __init__(self, app: ASGIApp, rpc: Rpc, refresh: Callable[[], None]) -> None:
+    def __init__(self, app: ASGIApp, rpc: JsonRpc, refresh: Callable[[], object]) -> None:
         self.app = app
         self.rpc = rpc
         self.refresh = refresh
@@ -153,17 +144,13 @@ class GatewayApp(FastAPI):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.json_rpc: tuple[Rpc, Callable[[], None]] | None = None
+        self.json_rpc: tuple[JsonRpc, Callable[[], object]] | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
         if self.json_rpc is None:
             return stack
         return JsonRpcFront(stack, *self.json_rpc)
-
-
-class Unavailable(RuntimeError):
-    """The log did not accept a record in time."""
 
 
 def create_app(
@@ -174,71 +161,44 @@ def create_app(
     checkpoints: CheckpointView | None = None,
     market: MarketService | None = None,
 ) -> FastAPI:
+    """The gateway: transaction intake always; with a ledger view, JSON-RPC (HTTP and
+    WebSocket), the REST mirrors and, with a market service, the market's routes."""
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
-    # A hex body is twice the bytes plus quoting; anything beyond is refused unread.
-    body_limit = 2 * settings.max_tx_bytes + 1024
     app = GatewayApp(title="Lattice gateway", version=client_version().split("/")[1])
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
     )
-    rpc: Rpc | None = None
-
-    def fresh_view() -> None:
-        # ~10 us when execution committed nothing new (ChainView.refresh).
-        if view is not None:
-            view.refresh()
-
-    async def submit(raw: bytes, source: str) -> tuple[Transaction, Delivered]:
-        """Decode, check and log a transaction; raises InvalidTransaction or Unavailable."""
-        tx = decode_transaction(raw, rules)
-        admitted, replaced = False, None
-        if rpc is not None:
-            # Before execution has written its genesis, only the stateless checks apply.
-            with contextlib.suppress(LedgerNotReady):
-                replaced = rpc.admit(tx)
-                admitted = True
-        event = submitted_event(tx, int(time.time() * 1000), source)
-        try:
-            future = sink.send(TX_SUBMITTED, event, key=hex_key(tx.sender))
-            delivered = await asyncio.wait_for(asyncio.wrap_future(future), DELIVERY_TIMEOUT_S)
-        except (DeliveryError, TimeoutError) as exc:
-            if rpc is not None and admitted:
-                rpc.release(tx, replaced)
-            raise Unavailable(f"the log did not accept the transaction: {exc}") from exc
-        if rpc is not None:
-            rpc.note_accepted(tx)
-        return tx, delivered
-
-    async def submit_for_rpc(raw: bytes, source: str) -> Transaction:
-        try:
-            return (await submit(raw, source))[0]
-        except Unavailable as exc:
-            raise InvalidTransaction("unavailable", str(exc)) from exc
-
+    ledger = None
     if view is not None:
-        rpc = Rpc(
-            view,
-            submit_for_rpc,
-            chain_id=settings.chain_id,
-            client_version=client_version(),
-            block_gas_limit=settings.block_gas_limit,
-            dag=dag,
-            checkpoints=checkpoints,
+        ledger = LedgerQueries(
+            view, block_gas_limit=settings.block_gas_limit, checkpoints=checkpoints
         )
-
-    if rpc is not None:
-        app.json_rpc = (rpc, fresh_view)
+    intake = TransactionIntake(rules, sink, ledger)
+    rpc = None
+    if ledger is not None and view is not None:
+        methods = Methods(
+            ledger, intake, chain_id=settings.chain_id, client_version=client_version(), dag=dag
+        )
+        rpc = JsonRpc(methods)
+        # ~10 us when execution committed nothing new (ChainView.refresh).
+        app.json_rpc = (rpc, view.refresh)
         if market is not None:
-            app.include_router(market_router(settings, market, rpc, sink))
-        app.include_router(rest_router(rpc))
+            app.include_router(market_router(settings, market, ledger, sink))
+        app.include_router(rest_router(ledger))
+    _json_rpc_routes(app, rpc, view)
+    _operator_routes(app, settings, checkpoints, market)
+    _transaction_route(app, intake, body_limit=2 * settings.max_tx_bytes + 1024)
+    return app
 
+
+def _json_rpc_routes(app: FastAPI, rpc: JsonRpc | None, view: ChainView | None) -> None:
     @app.websocket("/")
     async def json_rpc_socket(socket: WebSocket) -> None:
         """JSON-RPC over WebSocket, with subscriptions (gateway.ws)."""
-        if rpc is None:
+        if rpc is None or view is None:
             await socket.close(code=1011, reason="JSON-RPC is not served by this gateway")
             return
-        await serve_socket(socket, rpc, fresh_view)
+        await serve_socket(socket, rpc, view.refresh)
 
     @app.post("/", response_model=None)
     async def json_rpc(request: Request) -> Response:
@@ -254,6 +214,13 @@ def create_app(
             }
         )
 
+
+def _operator_routes(
+    app: FastAPI,
+    settings: Settings,
+    checkpoints: CheckpointView | None,
+    market: MarketService | None,
+) -> None:
     @app.get("/", response_class=HTMLResponse)
     async def dashboard() -> HTMLResponse:
         """The network dashboard: a page that reads this gateway's own API."""
@@ -272,6 +239,11 @@ def create_app(
     async def health() -> dict[str, Any]:
         return {"status": "ok", "chain_id": settings.chain_id, "client": client_version()}
 
+
+def _transaction_route(app: FastAPI, intake: TransactionIntake, body_limit: int) -> None:
+    """`POST /v1/transactions`: a hex body is twice the bytes plus quoting; anything beyond
+    `body_limit` is refused unread."""
+
     @app.post("/v1/transactions", status_code=202, response_model=None)
     async def submit_transaction(request: Request) -> JSONResponse | dict[str, Any]:
         declared = request.headers.get("content-length")
@@ -282,7 +254,7 @@ def create_app(
             return error(413, "oversize", f"request body over {body_limit} bytes")
         try:
             raw = parse_hex(_raw_hex(body, request.headers.get("content-type", "")))
-            tx, delivered = await submit(raw, "rest")
+            tx, delivered = await intake.submit(raw, "rest")
         except InvalidTransaction as exc:
             return error(413 if exc.code == "oversize" else 400, exc.code, exc.message)
         except Unavailable as exc:
@@ -296,5 +268,3 @@ def create_app(
             "partition": delivered.partition,
             "offset": delivered.offset,
         }
-
-    return app

@@ -1,38 +1,55 @@
 """The gateway's view of the replicas' checkpoints: what `finalized` means, and divergence.
 
-Follows `lattice.checkpoints`, counts each known replica's signed (block hash, state root)
-per height, and reports the highest height a majority agrees on. Replicas disagreeing on a
-height is logged as an error once per height and shown by `lattice_status`.
+A follower (`gateway.follow`) of `lattice.checkpoints`: it counts each known replica's
+signed (block hash, state root) per height, and reports the highest height a majority
+agrees on. Replicas disagreeing on a height is logged as an error once per height and shown
+by `lattice_status`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from gateway.follow import Follower
+from processors.abc import Output, Processor, Subscription
 from processors.execution.checkpoints import Checkpoints, address_of, replica_key
+from processors.state import MemoryStore
+from schemas.events import Checkpoint
+from streams.kafka import Record
 from streams.topics import topic
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = topic("checkpoints")
 
 
-class CheckpointView:
+class CheckpointView(Processor[MemoryStore]):
+    role = "gateway"
+    name = "lattice-gateway-checkpoints"
+
     def __init__(self, bootstrap: str, replicas: int) -> None:
         signers = frozenset(address_of(replica_key(i)) for i in range(replicas))
         self.checkpoints = Checkpoints(signers)
         self.lock = threading.Lock()
         self._reported: set[int] = set()
-        self._follower = Follower(bootstrap, CHECKPOINTS, self._on_checkpoint, "checkpoints")
+        self._follower = Follower(self, bootstrap)
 
-    def _on_checkpoint(self, record: dict[str, Any], message: Any) -> None:
+    def subscriptions(self) -> Sequence[Subscription]:
+        return (Subscription(CHECKPOINTS),)
+
+    def handle(self, record: Record[Any], state: MemoryStore) -> Sequence[Output]:
+        if isinstance(record.event, Checkpoint):
+            self.count(record.event)
+        return ()
+
+    def count(self, checkpoint: Checkpoint) -> None:
         with self.lock:
-            if not self.checkpoints.add(record):
+            if not self.checkpoints.add(checkpoint):
                 log.warning(
                     "ignoring a checkpoint with a bad or unknown signer at height %d",
-                    record["height"],
+                    checkpoint.height,
                 )
                 return
             for divergence in self.checkpoints.divergences():

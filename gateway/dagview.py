@@ -1,34 +1,47 @@
 """The gateway's view of the block DAG, for the `dag_*` JSON-RPC methods.
 
-A background thread follows `lattice.blocks.proposed` through the same `DagOrderer` the DAG
-processor and the proposers run (one partition, so the same order and the same state), and
-answers questions about tips, blocks and the virtual selected chain under a lock.
+A follower (`gateway.follow`) feeds `lattice.blocks.proposed` through the same `DagOrderer`
+the DAG processor and the proposers run (one partition, so the same order and the same
+state); the view answers questions about tips, blocks and the virtual selected chain under
+a lock.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from gateway.follow import Follower
+from processors.abc import Output, Processor, Subscription
 from processors.dag.blocks import genesis_hash
 from processors.dag.ordering import DagOrderer
+from processors.state import MemoryStore
+from schemas.events import BlockProposed
+from streams.kafka import Record
 from streams.topics import topic
 
 PROPOSED = topic("blocks.proposed")
 
 
-class DagView:
+class DagView(Processor[MemoryStore]):
+    role = "gateway"
+    name = "lattice-gateway-dag-view"
+
     def __init__(self, bootstrap: str, chain_id: int, k: int, finality_depth: int) -> None:
         self.orderer = DagOrderer(genesis_hash(chain_id), k=k, finality_depth=finality_depth)
         self.lock = threading.Lock()
-        self._follower = Follower(bootstrap, PROPOSED, self._on_block, "dag-view")
+        self._follower = Follower(self, bootstrap)
 
-    def _on_block(self, record: dict[str, Any], message: Any) -> None:
-        position = {"topic": PROPOSED.name, "partition": 0, "offset": message.offset()}
-        with self.lock:
-            self.orderer.accept(record, position, message.timestamp()[1])
-            self.orderer.rejected.clear()
+    def subscriptions(self) -> Sequence[Subscription]:
+        return (Subscription(PROPOSED),)
+
+    def handle(self, record: Record[Any], state: MemoryStore) -> Sequence[Output]:
+        if isinstance(record.event, BlockProposed):
+            with self.lock:
+                self.orderer.accept(record.event, record.position, record.timestamp_ms)
+                self.orderer.rejected.clear()
+        return ()
 
     def tips(self) -> list[bytes]:
         with self.lock:
@@ -71,9 +84,9 @@ class DagView:
                 "mergeset_reds": list(data.mergeset_reds),
                 "colour": colour,
                 "merged_by": merged_by,
-                "proposer": entry.record["proposer"] if entry else None,
-                "timestamp_ms": entry.record["timestamp_ms"] if entry else None,
-                "transactions": len(entry.record["transactions"]) if entry else 0,
+                "proposer": entry.record.proposer if entry else None,
+                "timestamp_ms": entry.record.timestamp_ms if entry else None,
+                "transactions": len(entry.record.transactions) if entry else 0,
                 "is_tip": block_hash in orderer.tips,
             }
 

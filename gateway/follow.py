@@ -1,54 +1,43 @@
-"""Background followers: a thread that feeds every record of a one-partition topic, from
-the beginning and then live, to a handler (the gateway's DAG and checkpoint views)."""
+"""The gateway's followers: processors over in-memory state, each run by the one runtime
+(`processors.runtime`) in a thread of the gateway's process, from the beginning of their
+topics and then live (the DAG view, the checkpoint view, the market view).
+
+Their stores are `MemoryStore`s: a gateway rebuilds its views from the log at every start
+and serves only from its own memory and its node's stores. A follower that fails logs why
+and stops; the gateway keeps serving what it had.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
-from schemas.codec import CodecError, default_codec
-from streams.kafka import Reader
-from streams.topics import TopicSpec
+from processors.abc import Processor
+from processors.runtime import Runtime
+from processors.state import MemoryStore
 
 log = logging.getLogger(__name__)
 
 
 class Follower:
-    def __init__(
-        self,
-        bootstrap: str,
-        topic: TopicSpec,
-        handle: Callable[[dict[str, Any], Any], None],
-        name: str,
-    ) -> None:
-        self._bootstrap = bootstrap
-        self._topic = topic
-        self._handle = handle
+    def __init__(self, processor: Processor[Any], bootstrap: str) -> None:
+        self.processor = processor
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._runtime = Runtime(processor, MemoryStore(), bootstrap)
+        self._thread = threading.Thread(target=self._run, name=processor.name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        codec = default_codec()
-        reader = Reader(self._bootstrap, client_id=f"lattice-gateway-{self._thread.name}")
         try:
-            reader.assign({(self._topic.name, p): 0 for p in reader.partitions(self._topic.name)})
-            while not self._stop.is_set():
-                message = reader.poll_raw(0.2)
-                if message is None or message.error() is not None:
-                    continue
-                try:
-                    record = codec.decode(message.value(), expect=self._topic.schema).record
-                except CodecError as exc:
-                    log.warning("%s: skipping an undecodable record: %s", self._topic.name, exc)
-                    continue
-                self._handle(record, message)
+            self._runtime.run(self._stop)
         except Exception:
-            log.exception("stopped following %s", self._topic.name)
-        finally:
-            reader.close()
+            log.exception("%s stopped following the log", self.processor.name)
+
+    @property
+    def live(self) -> bool:
+        """Whether it has caught up with its topics' ends as of its start."""
+        return self._runtime.live
 
     def close(self) -> None:
         self._stop.set()

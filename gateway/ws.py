@@ -3,9 +3,10 @@
 Every JSON-RPC method works over the socket. Subscriptions push
 `{"method": "eth_subscription", "params": {"subscription", "result"}}` notifications:
 `newHeads` (each executed block's header), `logs` (with the usual address/topics filter) and
-`newPendingTransactions` (hashes this gateway accepted). A per-connection task checks for new
-blocks every `poll_s` seconds; executed blocks arrive a few per second, so this keeps the
-notification delay well under the block interval.
+`newPendingTransactions` (hashes this gateway accepted). A subscription is a watch from
+now (`gateway.filters`); a per-connection task checks for news every `poll_s` seconds;
+executed blocks arrive a few per second, so this keeps the notification delay well under
+the block interval.
 """
 
 from __future__ import annotations
@@ -14,26 +15,24 @@ import asyncio
 import contextlib
 import itertools
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
 from gateway.chainview import LedgerNotReady
-from gateway.rpc import LogCriteria, Rpc, RpcError, block_json, data, qty
+from gateway.filters import Changes, Watch, criteria_of
+from gateway.formats import BadParam, block_json, data, log_json
+from gateway.jsonrpc import JsonRpc, RpcError, error
 
-SUBSCRIPTION_KINDS = ("newHeads", "logs", "newPendingTransactions")
-
-
-class _Subscription:
-    def __init__(self, kind: str, criteria: LogCriteria | None, cursor: int) -> None:
-        self.kind = kind
-        self.criteria = criteria
-        self.cursor = cursor
+SUBSCRIPTION_KINDS = {"newHeads": "blocks", "logs": "logs", "newPendingTransactions": "pending"}
 
 
-async def serve(socket: WebSocket, rpc: Rpc, refresh: Any, poll_s: float = 0.05) -> None:
+async def serve(
+    socket: WebSocket, rpc: JsonRpc, refresh: Callable[[], object], poll_s: float = 0.05
+) -> None:
     await socket.accept()
-    subscriptions: dict[str, _Subscription] = {}
+    subscriptions: dict[str, Watch] = {}
     ids = itertools.count(1)
     lock = asyncio.Lock()
 
@@ -47,19 +46,14 @@ async def serve(socket: WebSocket, rpc: Rpc, refresh: Any, poll_s: float = 0.05)
             if not subscriptions:
                 continue
             refresh()
-            try:
-                head = rpc.view.head().block_number
-            except LedgerNotReady:
-                continue
-            for ident, sub in list(subscriptions.items()):
-                for result in _new_results(rpc, sub, head):
-                    await send(
-                        {
-                            "jsonrpc": "2.0",
-                            "method": "eth_subscription",
-                            "params": {"subscription": ident, "result": result},
-                        }
-                    )
+            for ident, watch in list(subscriptions.items()):
+                try:
+                    results = _results(rpc, rpc.methods.watcher.changes(watch))
+                except LedgerNotReady:
+                    break
+                for result in results:
+                    params = {"subscription": ident, "result": result}
+                    await send({"jsonrpc": "2.0", "method": "eth_subscription", "params": params})
 
     pumping = asyncio.create_task(pump())
     try:
@@ -68,17 +62,11 @@ async def serve(socket: WebSocket, rpc: Rpc, refresh: Any, poll_s: float = 0.05)
             try:
                 request = json.loads(text)
             except ValueError:
-                await send(
-                    {
-                        "jsonrpc": "2.0",
-                        "id": None,
-                        "error": {"code": -32700, "message": "parse error"},
-                    }
-                )
+                await send(error(None, RpcError(-32700, "parse error")))
                 continue
             method = request.get("method") if isinstance(request, dict) else None
             if method == "eth_subscribe":
-                await send(_subscribe(request, rpc, subscriptions, ids))
+                await send(_subscribe(request, rpc, subscriptions, next(ids)))
             elif method == "eth_unsubscribe":
                 params = request.get("params") or [None]
                 found = subscriptions.pop(params[0], None) is not None
@@ -97,44 +85,39 @@ async def serve(socket: WebSocket, rpc: Rpc, refresh: Any, poll_s: float = 0.05)
 
 
 def _subscribe(
-    request: dict[str, Any], rpc: Rpc, subscriptions: dict[str, _Subscription], ids: Any
+    request: dict[str, Any], rpc: JsonRpc, subscriptions: dict[str, Watch], number: int
 ) -> dict[str, Any]:
     ident = request.get("id")
     params = request.get("params") or []
-    kind = params[0] if params else None
+    name = params[0] if params else None
     try:
-        if kind not in SUBSCRIPTION_KINDS:
-            raise RpcError(
-                -32602, f"unknown subscription {kind!r}; one of {', '.join(SUBSCRIPTION_KINDS)}"
-            )
-        criteria = LogCriteria(params[1] if len(params) > 1 else {}) if kind == "logs" else None
-        if kind == "newPendingTransactions":
-            cursor = len(rpc.accepted)
-        else:
-            cursor = rpc.view.head().block_number + 1
+        kind = SUBSCRIPTION_KINDS.get(name) if isinstance(name, str) else None
+        if kind is None:
+            known = ", ".join(SUBSCRIPTION_KINDS)
+            raise RpcError(-32602, f"unknown subscription {name!r}; one of {known}")
+        criteria = criteria_of(params[1] if len(params) > 1 else {}) if kind == "logs" else None
+        watch = rpc.methods.watcher.watch(kind, criteria, from_now=True)  # type: ignore[arg-type]
+    except BadParam as exc:
+        return error(ident, RpcError(-32602, str(exc)))
     except RpcError as exc:
-        return {"jsonrpc": "2.0", "id": ident, "error": {"code": exc.code, "message": exc.message}}
+        return error(ident, exc)
     except LedgerNotReady as exc:
-        return {"jsonrpc": "2.0", "id": ident, "error": {"code": -32000, "message": str(exc)}}
-    subscription_id = qty(next(ids) << 64 | id(subscriptions) & 0xFFFFFFFF)
-    subscriptions[subscription_id] = _Subscription(kind, criteria, cursor)
+        return error(ident, RpcError(-32000, str(exc)))
+    subscription_id = hex(number << 64 | id(subscriptions) & 0xFFFFFFFF)
+    subscriptions[subscription_id] = watch
     return {"jsonrpc": "2.0", "id": ident, "result": subscription_id}
 
 
-def _new_results(rpc: Rpc, sub: _Subscription, head: int) -> list[Any]:
-    if sub.kind == "newPendingTransactions":
-        new = rpc.accepted[sub.cursor :]
-        sub.cursor = len(rpc.accepted)
-        return [data(h) for h in new]
-    first, sub.cursor = sub.cursor, max(sub.cursor, head + 1)
-    if first > head:
-        return []
-    if sub.kind == "newHeads":
-        out = []
-        for number in range(first, head + 1):
-            block = block_json(rpc.view.block(number), False)
-            del block["transactions"], block["uncles"]
-            out.append(block)
-        return out
-    assert sub.criteria is not None
-    return rpc.logs(sub.criteria, first, head)
+def _results(rpc: JsonRpc, changes: Changes) -> list[Any]:
+    if changes.pending:
+        return [data(h) for h in changes.pending]
+    if changes.logs:
+        return [log_json(receipt, i) for receipt, i in changes.logs]
+    ledger = rpc.methods.ledger
+    out = []
+    for number in changes.blocks:
+        block = ledger.block(number)
+        head = block_json(block, False, ledger.block_size(block))
+        del head["transactions"], head["uncles"]
+        out.append(head)
+    return out

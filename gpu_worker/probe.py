@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import dataclass, field
-from typing import Any
+
+from schemas.events import DeviceUsage
 
 # FP16 dense tensor throughput by compute capability, GFLOP/s per SM per MHz (NVIDIA specs:
 # e.g. H100 SXM 989.5 TFLOP/s at 132 SMs x 1830 MHz). Unknown architectures get the lowest.
@@ -112,7 +113,7 @@ def probe() -> Hardware:
     )
 
 
-def usage() -> list[dict[str, Any]]:
+def usage() -> list[DeviceUsage]:
     """Live utilisation per GPU, for heartbeats; empty on a CPU node."""
     try:
         import pynvml
@@ -121,18 +122,18 @@ def usage() -> list[dict[str, Any]]:
     except Exception:
         return []
     try:
-        out = []
+        out: list[DeviceUsage] = []
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             rates = pynvml.nvmlDeviceGetUtilizationRates(handle)
             out.append(
-                {
-                    "index": i,
-                    "utilisation_pct": int(rates.gpu),
-                    "vram_used_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).used),
-                    "temperature_c": int(pynvml.nvmlDeviceGetTemperature(handle, 0)),
-                    "power_mw": int(pynvml.nvmlDeviceGetPowerUsage(handle)),
-                }
+                DeviceUsage(
+                    index=i,
+                    utilisation_pct=int(rates.gpu),
+                    vram_used_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).used),
+                    temperature_c=int(pynvml.nvmlDeviceGetTemperature(handle, 0)),
+                    power_mw=int(pynvml.nvmlDeviceGetPowerUsage(handle)),
+                )
             )
         return out
     finally:

@@ -85,7 +85,8 @@ class Subscription:
 
     `start` is where a partition the store holds no position for begins: the beginning
     (a fold of the whole topic) or its end as of the start (only what comes next).
-    `partitions` limits the input to some partitions (None: all). With `group`, the
+    `partitions` limits the input to some partitions (None: all); `key`, to the partition
+    that key's records are in (a settler's own transactions). With `group`, the
     partitions are the share a consumer group gives this member (shared work, like the
     proposers' transactions), positions come from the group and the runtime commits them
     there after each store commit.
@@ -94,6 +95,7 @@ class Subscription:
     topic: TopicSpec
     start: Literal["beginning", "end"] = "beginning"
     partitions: tuple[int, ...] | None = None
+    key: str | None = None
     group: str | None = None
 
 

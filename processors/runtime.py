@@ -145,9 +145,7 @@ class Runtime(Generic[S]):
         self.pace = processor.pace
         self._config = kafka_config
         self._own_producer = producer is None
-        self.producer = producer or Producer(
-            bootstrap, client_id=f"{self.name}-out", config=kafka_config
-        )
+        self._producer = producer
         self.reader = Reader(
             bootstrap,
             client_id=self.name,
@@ -170,8 +168,18 @@ class Runtime(Generic[S]):
         self._on_log_high: dict[Partition, int] = {}
         self._on_log: set[tuple[str, int, int, int]] = set()
         self.opened = False
+        self.closed = False
         self.live = False
         self.skipped = 0
+
+    @property
+    def producer(self) -> Producer:
+        """The producer outputs go through (made when first needed: a view sends nothing)."""
+        if self._producer is None:
+            self._producer = Producer(
+                self.bootstrap, client_id=f"{self.name}-out", config=self._config
+            )
+        return self._producer
 
     # -- start -----------------------------------------------------------------------------
 
@@ -202,9 +210,10 @@ class Runtime(Generic[S]):
         start: dict[Partition, int] = {}
         for subscription in subscriptions:
             name = subscription.topic.name
-            partitions = subscription.partitions or sorted(
-                p for t, p in self._spans if t == name
-            )
+            every = sorted(p for t, p in self._spans if t == name)
+            partitions = subscription.partitions or every
+            if subscription.key is not None:
+                partitions = (partition_of(subscription.key, len(every)),)
             for partition in partitions:
                 key = (name, partition)
                 low, end = self._spans[key]
@@ -508,13 +517,17 @@ class Runtime(Generic[S]):
         """Commit what is pending and wait until every sent entry is acknowledged."""
         if self._uncommitted():
             self.commit()
-        self.producer.flush(timeout)
+        if self._producer is not None:
+            self._producer.flush(timeout)
         self._acknowledged.update(self._sent.take())
         if self._acknowledged:
             self.store.commit({}, (), self._acknowledged)
             self._acknowledged = {}
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         try:
             if self.opened:
                 self.drain()
@@ -523,7 +536,7 @@ class Runtime(Generic[S]):
                 self._group.close()
                 self._group = None
             self.reader.close()
-            if self._own_producer:
-                self.producer.close()
+            if self._own_producer and self._producer is not None:
+                self._producer.close()
             self.opened = False
 

@@ -45,7 +45,7 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_store(tiny_gpt2: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     """(blockstore, manifest) of the tiny GPT-2 imported through the real importer."""
-    from gpu_worker.models import import_model
+    from processors.compute.models import import_model
     from processors.market.content import Blockstore
 
     store = Blockstore(tmp_path_factory.mktemp("blockstore"))

@@ -10,6 +10,7 @@ the node's id. Signatures are 65-byte recoverable secp256k1 (r, s, recovery id),
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +20,11 @@ from coincurve import PrivateKey, PublicKey
 from eth_hash.auto import keccak
 
 from schemas.codec import default_codec
+from schemas.events import GpuNodeHeartbeat, GpuNodeRegistration, JobKind, JobResult, JobSubmitted
+from schemas.record import Event
 
-INFERENCE = "INFERENCE"
-TRAINING = "TRAINING"
+INFERENCE: JobKind = "INFERENCE"
+TRAINING: JobKind = "TRAINING"
 
 
 class InvalidSignature(ValueError):
@@ -58,7 +61,7 @@ class JobRequest:
     """What a requester signs; `job_record` turns it into a `JobSubmitted` value."""
 
     requester: bytes
-    kind: str
+    kind: JobKind
     model_id: str
     input_cid: str
     required_vram_bytes: int
@@ -92,89 +95,94 @@ class JobRequest:
     def job_id(self, chain_id: int) -> bytes:
         return signing_hash("lattice-job-v1", chain_id, self.fields())
 
-    def signed(self, private_key: bytes, chain_id: int, data: bytes | None) -> dict[str, Any]:
+    def signed(self, private_key: bytes, chain_id: int, data: bytes | None) -> JobSubmitted:
         job_id = self.job_id(chain_id)
-        return {
-            "job_id": job_id,
-            "requester": self.requester,
-            "kind": self.kind,
-            "model_id": self.model_id,
-            "input_cid": self.input_cid,
-            "batch_size": self.batch_size,
-            "epochs": self.epochs,
-            "dataset_cid": self.dataset_cid,
-            "params": dict(self.params or {}),
-            "required_vram_bytes": self.required_vram_bytes,
-            "max_price_wei": self.max_price_wei,
-            "deadline_ms": self.deadline_ms,
-            "nonce": self.nonce,
-            "submitted_at_ms": self.submitted_at_ms,
-            "signature": sign(private_key, job_id),
-            "input": data,
-        }
+        return JobSubmitted(
+            job_id=job_id,
+            requester=self.requester,
+            kind=self.kind,
+            model_id=self.model_id,
+            input_cid=self.input_cid,
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            dataset_cid=self.dataset_cid,
+            params=dict(self.params or {}),
+            required_vram_bytes=self.required_vram_bytes,
+            max_price_wei=self.max_price_wei,
+            deadline_ms=self.deadline_ms,
+            nonce=self.nonce,
+            submitted_at_ms=self.submitted_at_ms,
+            signature=sign(private_key, job_id),
+            input=data,
+        )
 
 
-def request_of(record: Mapping[str, Any]) -> JobRequest:
+def request_of(record: JobSubmitted) -> JobRequest:
     return JobRequest(
-        requester=record["requester"],
-        kind=record["kind"],
-        model_id=record["model_id"],
-        input_cid=record["input_cid"],
-        required_vram_bytes=record["required_vram_bytes"],
-        max_price_wei=record["max_price_wei"],
-        deadline_ms=record["deadline_ms"],
-        nonce=record["nonce"],
-        submitted_at_ms=record["submitted_at_ms"],
-        batch_size=record["batch_size"],
-        epochs=record["epochs"],
-        dataset_cid=record["dataset_cid"],
-        params=record["params"],
+        requester=record.requester,
+        kind=record.kind,
+        model_id=record.model_id,
+        input_cid=record.input_cid,
+        required_vram_bytes=record.required_vram_bytes,
+        max_price_wei=record.max_price_wei,
+        deadline_ms=record.deadline_ms,
+        nonce=record.nonce,
+        submitted_at_ms=record.submitted_at_ms,
+        batch_size=record.batch_size,
+        epochs=record.epochs,
+        dataset_cid=record.dataset_cid,
+        params=record.params,
     )
 
 
-def job_signer(record: Mapping[str, Any], chain_id: int) -> bytes:
-    """The address that signed a `JobSubmitted` record (the requester or its delegate);
+def job_signer(record: JobSubmitted, chain_id: int) -> bytes:
+    """The address that signed a job request (the requester or its delegate);
     InvalidSignature when the id does not match the fields or the signature is unreadable."""
     job_id = request_of(record).job_id(chain_id)
-    if job_id != record["job_id"]:
+    if job_id != record.job_id:
         raise InvalidSignature("job id does not match the signed fields")
-    return recover(job_id, record["signature"])
+    return recover(job_id, record.signature)
 
 
-def result_hash(record: Mapping[str, Any], chain_id: int) -> bytes:
-    """What a node signs in a `JobResult`: everything but the signature and the cause."""
-    t, h = record["timings"], record["hardware"]
+def result_hash(record: JobResult, chain_id: int) -> bytes:
+    """What a node signs in a `JobResult`: everything but the signature, the cause and the
+    inline output (whose digest and CID are signed)."""
+    t, h = record.timings, record.hardware
     return signing_hash(
         "lattice-result-v1",
         chain_id,
         [
-            record["job_id"],
-            record["node"],
-            _int(record["attempt"]),
-            record["output_cid"].encode(),
-            record["output_digest"],
-            _int(record["output_size"]),
-            record["fingerprint_scheme"].encode(),
-            record["fingerprint"],
-            [_int(t["queue_ms"]), _int(t["load_ms"]), _int(t["compute_ms"])],
+            record.job_id,
+            record.node,
+            _int(record.attempt),
+            record.output_cid.encode(),
+            record.output_digest,
+            _int(record.output_size),
+            record.fingerprint_scheme.encode(),
+            record.fingerprint,
+            [_int(t.queue_ms), _int(t.load_ms), _int(t.compute_ms)],
             [
-                h["device_name"].encode(),
-                _int(h["vram_bytes"]),
-                _text(h["driver_version"]),
-                h["execution_provider"].encode(),
-                _int(h["threads"]),
+                h.device_name.encode(),
+                _int(h.vram_bytes),
+                _text(h.driver_version),
+                h.execution_provider.encode(),
+                _int(h.threads),
             ],
-            _int(record["completed_at_ms"]),
+            _int(record.completed_at_ms),
         ],
     )
 
 
-def node_record_hash(domain: str, record: Mapping[str, Any], chain_id: int) -> bytes:
+def node_record_hash(
+    domain: str, record: GpuNodeRegistration | GpuNodeHeartbeat, chain_id: int
+) -> bytes:
     """What a node signs in its registration or heartbeat: the record's canonical Avro body
     without the signature (both schemas end with it), so every field is covered."""
-    schema = {
-        "node-registration": "lattice.gpu.GpuNodeRegistration",
-        "node-heartbeat": "lattice.gpu.GpuNodeHeartbeat",
+    expected: type[Event] = {
+        "node-registration": GpuNodeRegistration,
+        "node-heartbeat": GpuNodeHeartbeat,
     }[domain]
-    body = default_codec().encode(schema, {**record, "signature": b""})
+    if not isinstance(record, expected):
+        raise TypeError(f"a {domain} signs a {expected.SCHEMA}")
+    body = default_codec().encode_event(dataclasses.replace(record, signature=b""))
     return signing_hash(f"lattice-{domain}-v1", chain_id, [body])

@@ -15,15 +15,22 @@ after it: the same answer whatever order they arrive in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from processors.execution.genesis import JOB_MARKET
 from processors.market.chain import NODE_REGISTERED, SETTLED, STAKE_WITHDRAWN, UNSTAKE_REQUESTED
 from processors.market.economics import reputation_bps
 from processors.market.jobs import InvalidSignature, node_record_hash, recover
 from processors.market.matching import NodeView
+from schemas.events import (
+    GpuNodeHeartbeat,
+    GpuNodeRegistration,
+    JobVerdict,
+    Log,
+    ModelManifest,
+    Receipt,
+)
+from schemas.record import Event
 
 Position = tuple[int, int, int]  # block number, transaction index, log index
 NOWHERE: Position = (-1, -1, -1)
@@ -53,28 +60,28 @@ class LedgerStake:
 
 @dataclass
 class NodeState:
-    registration: dict[str, Any]
-    heartbeat: dict[str, Any] | None = None
+    registration: GpuNodeRegistration
+    heartbeat: GpuNodeHeartbeat | None = None
     ledger: LedgerStake | None = None
     accepted: int = 0
     rejected: int = 0
 
     def view(self) -> NodeView:
         reg, beat = self.registration, self.heartbeat
-        devices = reg["devices"]
-        vram = sum(d["vram_bytes"] for d in devices) or reg["ram_bytes"]
-        used = sum(d["vram_used_bytes"] for d in beat["devices"]) if beat else 0
+        devices = reg.devices
+        vram = sum(d.vram_bytes for d in devices) or reg.ram_bytes
+        used = sum(d.vram_used_bytes for d in beat.devices) if beat else 0
         ledger = self.ledger or LedgerStake()
         return NodeView(
-            address=reg["node"],
-            price_wei_per_hour=reg["price_wei_per_hour"],
+            address=reg.node,
+            price_wei_per_hour=reg.price_wei_per_hour,
             vram_bytes=vram,
             vram_used_bytes=used,
             reputation_bps=reputation_bps(self.accepted, self.rejected),
-            jobs_in_flight=beat["jobs_in_flight"] if beat else 0,
-            last_seen_ms=beat["timestamp_ms"] if beat else reg["registered_at_ms"],
-            runtimes=tuple(reg["runtimes"]),
-            peak_gflops=sum(d["peak_fp16_gflops"] for d in devices),
+            jobs_in_flight=beat.jobs_in_flight if beat else 0,
+            last_seen_ms=beat.timestamp_ms if beat else reg.registered_at_ms,
+            runtimes=reg.runtimes,
+            peak_gflops=sum(d.peak_fp16_gflops for d in devices),
             stake_wei=ledger.stake_wei,
             leaving=ledger.leaving[1],
         )
@@ -84,52 +91,53 @@ class NodeState:
 class MarketView:
     chain_id: int
     nodes: dict[bytes, NodeState] = field(default_factory=dict)
-    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> latest manifest
-    versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # manifest CID -> it
+    models: dict[str, ModelManifest] = field(default_factory=dict)  # name -> latest manifest
+    versions: dict[str, ModelManifest] = field(default_factory=dict)  # manifest CID -> it
     stakes: dict[bytes, LedgerStake] = field(default_factory=dict)  # by node, from receipts
 
-    def _signed_by_node(self, domain: str, record: Mapping[str, Any]) -> bool:
+    def _signed_by_node(self, domain: str, record: GpuNodeRegistration | GpuNodeHeartbeat) -> bool:
         try:
-            signer = recover(node_record_hash(domain, record, self.chain_id), record["signature"])
+            signer = recover(node_record_hash(domain, record, self.chain_id), record.signature)
         except InvalidSignature:
             return False
-        return bool(signer == record["node"])
+        return bool(signer == record.node)
 
-    def apply(self, schema: str, record: dict[str, Any]) -> None:
-        if schema == "lattice.gpu.GpuNodeRegistration":
-            if not self._signed_by_node("node-registration", record):
+    def apply(self, event: Event) -> None:
+        """Fold one record of the market's topics (others are ignored)."""
+        if isinstance(event, GpuNodeRegistration):
+            if not self._signed_by_node("node-registration", event):
                 return
-            node = self.nodes.get(record["node"])
+            node = self.nodes.get(event.node)
             if node is None:
-                stake = self.stakes.setdefault(record["node"], LedgerStake())
-                self.nodes[record["node"]] = NodeState(record, ledger=stake)
-            elif record["sequence"] > node.registration["sequence"]:
-                node.registration = record
-        elif schema == "lattice.gpu.GpuNodeHeartbeat":
-            node = self.nodes.get(record["node"])
-            if node is None or not self._signed_by_node("node-heartbeat", record):
+                stake = self.stakes.setdefault(event.node, LedgerStake())
+                self.nodes[event.node] = NodeState(event, ledger=stake)
+            elif event.sequence > node.registration.sequence:
+                node.registration = event
+        elif isinstance(event, GpuNodeHeartbeat):
+            node = self.nodes.get(event.node)
+            if node is None or not self._signed_by_node("node-heartbeat", event):
                 return
-            if node.heartbeat is None or record["sequence"] > node.heartbeat["sequence"]:
-                node.heartbeat = record
-        elif schema == "lattice.models.ModelManifest":
-            self.versions[record["manifest_cid"]] = record
-            current = self.models.get(record["name"])
-            if current is None or record["version"] >= current["version"]:
-                self.models[record["name"]] = record
-        elif schema == "lattice.receipts.Receipt":
-            for log in record["logs"]:
-                if log["address"] == JOB_MARKET and log["topics"]:
-                    self._stake_event(record, log)
-        elif schema == "lattice.jobs.JobVerdict":
-            node = self.nodes.get(record["node"])
-            if node is not None and record["outcome"] == "ACCEPTED":
+            if node.heartbeat is None or event.sequence > node.heartbeat.sequence:
+                node.heartbeat = event
+        elif isinstance(event, ModelManifest):
+            self.versions[event.manifest_cid] = event
+            current = self.models.get(event.name)
+            if current is None or event.version >= current.version:
+                self.models[event.name] = event
+        elif isinstance(event, Receipt):
+            for log in event.logs:
+                if log.address == JOB_MARKET and log.topics:
+                    self._stake_event(event, log)
+        elif isinstance(event, JobVerdict):
+            node = self.nodes.get(event.node)
+            if node is not None and event.outcome == "ACCEPTED":
                 node.accepted += 1
-            elif node is not None and record["outcome"] == "REJECTED":
+            elif node is not None and event.outcome == "REJECTED":
                 node.rejected += 1
 
-    def _stake_event(self, receipt: dict[str, Any], log: dict[str, Any]) -> None:
-        at = (receipt["block_number"], receipt["transaction_index"], log["log_index"])
-        event, topics, data = log["topics"][0], log["topics"], log["data"]
+    def _stake_event(self, receipt: Receipt, log: Log) -> None:
+        at = (receipt.block_number, receipt.transaction_index, log.log_index)
+        event, topics, data = log.topics[0], log.topics, log.data
         if event == SETTLED:
             slashed = int.from_bytes(data[96:128])  # paid, fee, refund, slashed
             if slashed:

@@ -28,8 +28,18 @@ import numpy as np
 
 from processors.market.content import cid_of
 from processors.market.jobs import InvalidSignature, recover, result_hash
+from schemas.events import (
+    GpuNodeRegistration,
+    JobAssigned,
+    JobResult,
+    JobSubmitted,
+    Outcome,
+    VerdictCheck,
+)
 
-ACCEPTED, REJECTED, INCONCLUSIVE = "ACCEPTED", "REJECTED", "INCONCLUSIVE"
+ACCEPTED: Outcome = "ACCEPTED"
+REJECTED: Outcome = "REJECTED"
+INCONCLUSIVE: Outcome = "INCONCLUSIVE"
 GENERATION_SCHEME = "greedy-logits-f32-v1"
 TENSOR_SCHEME = "tensor-sample-f32-v1"
 TRAINING_SCHEME = "training-loss-f32-v1"
@@ -52,8 +62,8 @@ class Check:
     passed: bool
     detail: str
 
-    def record(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+    def record(self) -> VerdictCheck:
+        return VerdictCheck(name=self.name, passed=self.passed, detail=self.detail)
 
 
 # -- fingerprints -------------------------------------------------------------------------
@@ -81,63 +91,59 @@ def _flatten(npz: bytes) -> np.ndarray:
 # -- checks -------------------------------------------------------------------------------
 
 
-def check_signature(result: Mapping[str, Any], chain_id: int) -> Check:
+def check_signature(result: JobResult, chain_id: int) -> Check:
     try:
-        signer = recover(result_hash(result, chain_id), result["signature"])
+        signer = recover(result_hash(result, chain_id), result.signature)
     except InvalidSignature as exc:
         return Check("signature", False, str(exc))
-    ok = signer == result["node"]
+    ok = signer == result.node
     return Check("signature", ok, "signed by the node" if ok else f"signed by 0x{signer.hex()}")
 
 
-def check_assignment(result: Mapping[str, Any], assignment: Mapping[str, Any] | None) -> Check:
+def check_assignment(result: JobResult, assignment: JobAssigned | None) -> Check:
     if assignment is None:
         return Check("assignment", False, "no assignment for this attempt")
-    ok = result["node"] in assignment["nodes"]
-    return Check(
-        "assignment", ok, f"attempt {result['attempt']}" + ("" if ok else ": not assigned")
-    )
+    ok = result.node in assignment.nodes
+    return Check("assignment", ok, f"attempt {result.attempt}" + ("" if ok else ": not assigned"))
 
 
-def check_output(result: Mapping[str, Any]) -> Check:
-    output = result.get("output")
+def check_output(result: JobResult) -> Check:
+    output = result.output
     if output is None:
         return Check("output", False, "output not inline")
-    if hashlib.sha256(output).digest() != result["output_digest"]:
+    if hashlib.sha256(output).digest() != result.output_digest:
         return Check("output", False, "output bytes do not match the digest")
-    if cid_of(output) != result["output_cid"] or len(output) != result["output_size"]:
+    if cid_of(output) != result.output_cid or len(output) != result.output_size:
         return Check("output", False, "output bytes do not match the CID or size")
     return Check("output", True, f"{len(output)} bytes, CID verified")
 
 
-def check_deadline(result: Mapping[str, Any], job: Mapping[str, Any]) -> Check:
-    late = result["completed_at_ms"] - job["deadline_ms"]
+def check_deadline(result: JobResult, job: JobSubmitted) -> Check:
+    late = result.completed_at_ms - job.deadline_ms
     return Check("deadline", late <= 0, "in time" if late <= 0 else f"{late} ms late")
 
 
-def check_timing(
-    result: Mapping[str, Any], registration: Mapping[str, Any] | None, flops: int
-) -> Check:
+def check_timing(result: JobResult, registration: GpuNodeRegistration | None, flops: int) -> Check:
     """The claimed hardware must be the registered one, and the compute time must not be
     shorter than the work divided by that hardware's peak rate."""
     if registration is None:
         return Check("timing", False, "node not registered")
-    hardware = result["hardware"]
-    names = {d["name"] for d in registration["devices"]} | {registration["cpu_model"]}
-    if hardware["device_name"] not in names:
-        return Check("timing", False, f"ran on {hardware['device_name']!r}, not registered")
-    peak = sum(d["peak_fp16_gflops"] for d in registration["devices"]) or _cpu_gflops(registration)
+    hardware = result.hardware
+    names = {d.name for d in registration.devices} | {registration.cpu_model}
+    if hardware.device_name not in names:
+        return Check("timing", False, f"ran on {hardware.device_name!r}, not registered")
+    peak = sum(d.peak_fp16_gflops for d in registration.devices) or _cpu_gflops(registration)
     floor_ms = flops // (peak * 1_000_000)  # 1 GFLOP/s is 1e6 FLOP per ms
-    compute = result["timings"]["compute_ms"]
+    compute = result.timings.compute_ms
     ok = compute >= floor_ms
     return Check(
         "timing", ok, f"{compute} ms for {flops} FLOP (floor {floor_ms} ms at {peak} GFLOP/s)"
     )
 
 
-def _cpu_gflops(registration: Mapping[str, Any]) -> int:
+def _cpu_gflops(registration: GpuNodeRegistration) -> int:
     # A generous ceiling: 64 FLOP per cycle per core (AVX-512 FMA) at 5 GHz.
-    return max(1, int(registration["cpu_cores"]) * 320)
+    return max(1, registration.cpu_cores * 320)
 
 
 def generation_flops(parameter_count: int, prompt_tokens: int, generated: int, cached: bool) -> int:
@@ -243,30 +249,32 @@ def check_training_epoch(
     return Check(name, True, f"{len(rerun)} tensors and the loss within tolerance")
 
 
-def outputs_agree(a: Mapping[str, Any], b: Mapping[str, Any], tol: Tolerance = Tolerance()) -> bool:
+def outputs_agree(a: JobResult, b: JobResult, tol: Tolerance = Tolerance()) -> bool:
     """Whether two nodes' results for one job agree (redundant execution)."""
-    if a["fingerprint_scheme"] != b["fingerprint_scheme"]:
+    if a.fingerprint_scheme != b.fingerprint_scheme:
         return False
-    fa = np.frombuffer(a["fingerprint"], dtype="<f4").astype(np.float64)
-    fb = np.frombuffer(b["fingerprint"], dtype="<f4").astype(np.float64)
+    fa = np.frombuffer(a.fingerprint, dtype="<f4").astype(np.float64)
+    fb = np.frombuffer(b.fingerprint, dtype="<f4").astype(np.float64)
     if fa.shape != fb.shape or (np.abs(fa - fb) > tol.bound(fb)).any():
         return False
-    if a["fingerprint_scheme"] == GENERATION_SCHEME:
-        return bool(json.loads(a["output"])["token_ids"] == json.loads(b["output"])["token_ids"])
+    if a.fingerprint_scheme == GENERATION_SCHEME:
+        return bool(
+            json.loads(a.output or b"")["token_ids"] == json.loads(b.output or b"")["token_ids"]
+        )
     return True
 
 
-def performance_bps(job: Mapping[str, Any], result: Mapping[str, Any]) -> int:
+def performance_bps(job: JobSubmitted, result: JobResult) -> int:
     """Full marks for finishing within half the time the job allowed, falling linearly to
     half marks at the deadline."""
-    budget = max(job["deadline_ms"] - job["submitted_at_ms"], 1)
-    taken = max(result["completed_at_ms"] - job["submitted_at_ms"], 0)
+    budget = max(job.deadline_ms - job.submitted_at_ms, 1)
+    taken = max(result.completed_at_ms - job.submitted_at_ms, 0)
     if 2 * taken <= budget:
         return 10_000
     return int(max(5_000, 10_000 - 5_000 * (2 * taken - budget) // budget))
 
 
-def outcome(checks: Sequence[Check]) -> str:
+def outcome(checks: Sequence[Check]) -> Outcome:
     """REJECTED (cheating: not paid, slashed) when any check but the deadline fails;
     INCONCLUSIVE (late: refunded, not slashed) when only the deadline does."""
     failed = {c.name for c in checks if not c.passed}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from eth_hash.auto import keccak
@@ -41,7 +42,7 @@ class Chain:
         raw = chain.signed_call(key, CHAIN_ID, nonce, to, data, value=value)
         self.height += 1
         block = ordered(self.height, [raw])
-        block["timestamp_ms"] += self.later_ms
+        block = dataclasses.replace(block, timestamp_ms=block.timestamp_ms + self.later_ms)
         result: BlockResult = self.ledger.execute(block)
         self.store.commit(self.overlay)
         assert not result.rejected, result.rejected
@@ -54,7 +55,7 @@ class Chain:
         return self.balance_of(address_of(key))
 
     def balance_of(self, address: bytes) -> int:
-        return int(self.ledger.account(address)["balance"])
+        return self.ledger.account(address).balance
 
     def slot(self, to: bytes, slot: int, key: bytes | None = None) -> int:
         """A storage word: a plain variable, or a mapping entry (Solidity's layout)."""

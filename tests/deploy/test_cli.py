@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from deploy.cli import main
+from schemas.events import Position
 from streams.broker import EmbeddedBroker
 from streams.kafka import Producer
 from streams.topics import TopicSpec
@@ -57,7 +58,7 @@ def test_topics_and_tail(
     for i in range(12):
         producer.send(
             spec,
-            {"topic": "t", "partition": 0, "offset": i},
+            Position(topic="t", partition=0, offset=i),
             key=f"k{i}",
             timestamp_ms=1_700_000_000_000 + i,
         )
@@ -102,7 +103,7 @@ def test_tail_follow_prints_new_records_as_they_arrive(
 ) -> None:
     spec = make_topic(schema="lattice.common.Position", partitions=2)
     producer = Producer(broker.bootstrap)
-    producer.send(spec, {"topic": "old", "partition": 0, "offset": 1}, key="k").result(10)
+    producer.send(spec, Position(topic="old", partition=0, offset=1), key="k").result(10)
     follower = subprocess.Popen(
         [
             sys.executable,
@@ -124,7 +125,7 @@ def test_tail_follow_prints_new_records_as_they_arrive(
         assert follower.stdout is not None
         # The backlog line proves the follower reached the end; what comes next is live.
         assert json.loads(follower.stdout.readline())["value"]["topic"] == "old"
-        producer.send(spec, {"topic": "live", "partition": 0, "offset": 42}, key="j")
+        producer.send(spec, Position(topic="live", partition=0, offset=42), key="j")
         producer.flush()
         line = json.loads(follower.stdout.readline())
         assert line["value"] == {"topic": "live", "partition": 0, "offset": 42}

@@ -5,6 +5,7 @@ then a replay of the verifier."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -20,9 +21,10 @@ import openai
 import pytest
 from eth_hash.auto import keccak
 
-from gpu_worker.runtime import LoadedModel
-from gpu_worker.worker import Worker
+from gpu_worker.processor import RESULTS, Worker
+from processors.compute.runtime import LoadedModel
 from processors.execution.genesis import DEV_ACCOUNTS, ETHER, JOB_MARKET, address_of, devnet_key
+from schemas.events import GpuNodeRegistration, JobAssigned, JobResult, JobSubmitted
 from streams.settings import Settings
 from tests.e2e.test_devnet import LATTICE, Devnet
 
@@ -281,16 +283,16 @@ class FaultyWorker(Worker):
 
     mode = "honest"
 
-    def registration(self) -> dict[str, Any]:
+    def registration(self) -> GpuNodeRegistration:
         # It stakes 2 ETH on the ledger but tells the market 1 wei, hoping to be slashed by
         # a share of that (the matcher and the verifier must go by the ledger and the rules).
         from processors.market.jobs import node_record_hash, sign
 
-        record = {**super().registration(), "stake_wei": 1, "signature": b""}
+        record = dataclasses.replace(super().registration(), stake_wei=1, signature=b"")
         digest = node_record_hash("node-registration", record, self.settings.chain_id)
-        return {**record, "signature": sign(self.key, digest)}
+        return dataclasses.replace(record, signature=sign(self.key, digest))
 
-    def execute(self, model: LoadedModel, job: dict[str, Any]) -> tuple[bytes, str, bytes]:
+    def execute(self, model: LoadedModel, job: JobSubmitted) -> tuple[bytes, str, bytes]:
         output, scheme, fingerprint = super().execute(model, job)
         if self.mode == "forge":
             document = json.loads(output)
@@ -299,24 +301,19 @@ class FaultyWorker(Worker):
             output = json.dumps(document).encode()
         return output, scheme, fingerprint
 
-    def sign_result(self, record: dict[str, Any]) -> bytes:
+    def sign_result(self, record: JobResult) -> bytes:
         if self.mode == "bad-signature":
-            return super().sign_result({**record, "output_size": record["output_size"] + 1})
+            return super().sign_result(
+                dataclasses.replace(record, output_size=record.output_size + 1)
+            )
         return super().sign_result(record)
 
-    def result_for(self, assignment: dict[str, Any], received_ms: int) -> dict[str, Any]:
+    def result_for(self, assignment: JobAssigned, received_ms: int) -> JobResult:
         result = super().result_for(assignment, received_ms)
         if self.mode == "duplicate":
-            self.producer.send(
-                self.results_topic, {**result, "cause": None}, key="0x" + result["job_id"].hex()
-            ).result(30)
+            copy = dataclasses.replace(result, cause=None)
+            self.producer.send(RESULTS, copy, key="0x" + result.job_id.hex()).result(30)
         return result
-
-    @property
-    def results_topic(self) -> Any:
-        from gpu_worker.worker import RESULTS
-
-        return RESULTS
 
 
 @pytest.fixture(scope="module")
@@ -490,8 +487,11 @@ def test_a_verifier_restarted_mid_settlement_settles_each_result_once(
     transaction and its settlement record, finishes both steps on restart: every live
     settlement exactly once with the same amounts, one transaction per settlement, and the
     settler's nonces gapless. (Side topics, as a replay uses, so the live ones are safe.)"""
-    from processors.verifier.processor import Verifier
+    from processors.runtime import Runtime
+    from processors.state import MemoryStore
+    from processors.verifier.processor import Verifier, side_topics
     from schemas.codec import default_codec
+    from streams.admin import ensure_topics
     from streams.kafka import Reader
 
     # Enough settlements on the log for both crashes, whichever tests ran before.
@@ -502,27 +502,27 @@ def test_a_verifier_restarted_mid_settlement_settles_each_result_once(
     kafka = json.loads((market.net.data_dir / "devnet.json").read_text())["kafka"]
     settings = Settings(data_dir=tmp_path)
     prefix = f"lattice.crashtest.{os.getpid()}"
+    ensure_topics(kafka, list(side_topics(prefix).values()))
 
     def run(crash_at: tuple[str, int] | None) -> None:
-        verifier = Verifier(
-            settings, kafka, devnet_key("settler"), [market.net.url], replay_into=prefix
-        )
+        verifier = Verifier(settings, devnet_key("settler"), [market.net.url], replay_into=prefix)
+        runtime = Runtime(verifier, MemoryStore(), kafka)
         sends: dict[str, int] = {}
-        send = verifier.producer.send
+        send = runtime._send
 
-        def dying_send(spec: Any, value: Any, **kwargs: Any) -> Any:
-            kind = spec.name.rsplit(".", 1)[-1]
+        def dying_send(entry: Any) -> None:
+            kind = entry.topic.rsplit(".", 1)[-1]
             sends[kind] = sends.get(kind, 0) + 1
             if (kind, sends[kind]) == crash_at:
                 raise Crash(kind)
-            return send(spec, value, **kwargs)
+            send(entry)
 
-        monkeypatch.setattr(verifier.producer, "send", dying_send)
+        monkeypatch.setattr(runtime, "_send", dying_send)
         if crash_at is None:
-            verifier.run(threading.Event(), idle_exit_s=2.0)
+            runtime.run(threading.Event(), idle_exit_s=2.0)
         else:
             with pytest.raises(Crash):  # else it returns, idle, and the test fails
-                verifier.run(threading.Event(), idle_exit_s=5.0)
+                runtime.run(threading.Event(), idle_exit_s=5.0)
 
     run(("settled", 2))  # the second settlement's transaction is out, its record is not
     run(("tx", 2))  # the next verdict is out, its transaction is not

@@ -3,6 +3,7 @@ instance), with the store written the way execution writes it."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +13,21 @@ from eth.estimators.gas import binary_gas_search_exact
 from eth.vm.spoof import SpoofTransaction
 from eth_account import Account
 from eth_typing import Address
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from gateway.chainview import CallFailed, ChainView, least_gas
-from gateway.rpc import Rpc, RpcError
+from gateway.intake import TransactionIntake
+from gateway.jsonrpc import JsonRpc, Methods, RpcError, call_of
+from gateway.ledger import LedgerQueries
 from processors.execution.db import overlay_chain_db
 from processors.execution.genesis import dev_genesis
 from processors.execution.ledger import Ledger
 from processors.execution.processor import EVM_PREFIX
 from processors.execution.transactions import ChainRules
-from processors.state import ProcessorState
+from processors.state import RocksStore
+from streams.kafka import Producer
 from streams.settings import CHAIN_ID
+from tests.processors.execution.test_ledger import ordered
 
 KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 # Runtime code: slot 0 += 1, transient slot 0 += 1, return both words. A call that wrote
@@ -39,19 +44,20 @@ RETURNS_5K = f"60{len(_BIG) // 2:02x}600c60003960{len(_BIG) // 2:02x}6000f3" + _
 
 
 class Execution:
-    """Executes blocks into a ProcessorState the way the execution processor commits."""
+    """Executes blocks into a store the way the execution processor commits."""
 
     def __init__(self, store: Path) -> None:
-        self.state = ProcessorState(store)
+        self.state = RocksStore(store)
         db, self.overlay = overlay_chain_db(lambda key: self.state.get(EVM_PREFIX + key))
         self.ledger = Ledger(db, dev_genesis(30_000_000), ChainRules(CHAIN_ID))
         self.commit()
         self.nonce = 0
 
     def commit(self) -> None:
-        changes = self.overlay.take_changes()
-        puts = {EVM_PREFIX + k: v for k, v in changes.items() if v is not None}
-        self.state.commit({}, puts)
+        for key, value in self.overlay.take_changes().items():
+            if value is not None:
+                self.state.put(EVM_PREFIX + key, value)
+        self.state.commit({})
 
     def block(self, n: int, **tx: Any) -> Any:
         full = {
@@ -66,14 +72,7 @@ class Execution:
         }
         self.nonce += 1
         raw = bytes(Account.sign_transaction(full, KEY0).raw_transaction)
-        result = self.ledger.execute(
-            {
-                "hash": n.to_bytes(32, "big"),
-                "timestamp_ms": 1_700_000_000_000 + n * 1000,
-                "proposer": b"\x99" * 20,
-                "transactions": [{"raw": raw, "dag_block": n.to_bytes(32, "big")}],
-            }
-        )
+        result = self.ledger.execute(ordered(n, [raw]))
         self.commit()
         return result
 
@@ -101,12 +100,35 @@ def test_refresh_sees_new_blocks_and_skips_catch_up_when_nothing_changed(
     view.close()
 
 
+class Rpc:
+    """JSON-RPC over a view, called as a client would: results, or `RpcError`s."""
+
+    def __init__(self, view: ChainView) -> None:
+        self.ledger = LedgerQueries(view, block_gas_limit=30_000_000)
+        intake = TransactionIntake(ChainRules(CHAIN_ID), _NoSink(), self.ledger)
+        self.rpc = JsonRpc(Methods(self.ledger, intake, chain_id=CHAIN_ID, client_version="t"))
+
+    def __call__(self, method: str, *params: Any) -> Any:
+        return asyncio.run(self.rpc.run(method, list(params)))
+
+    def spoof(self, call: dict[str, Any], head: Any) -> Any:
+        return self.ledger._spoof(call_of(call), head)
+
+
+class _NoSink(Producer):
+    def __init__(self) -> None:
+        pass
+
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("no transactions in this test")
+
+
 def with_counter(execution: Execution, tmp_path: Path) -> tuple[bytes, ChainView, Rpc]:
     """The counter deployed in block 1, a view of the store and JSON-RPC over it."""
     created = execution.block(1, to="", data=DEPLOY_COUNTER).receipts[0].contract_address
+    assert created is not None
     view = ChainView(tmp_path / "store", CHAIN_ID)
-    rpc = Rpc(view, _no_submit, chain_id=CHAIN_ID, client_version="t", block_gas_limit=30_000_000)
-    return created, view, rpc
+    return created, view, Rpc(view)
 
 
 def test_calls_share_a_state_per_head_and_never_see_each_others_writes(
@@ -115,20 +137,20 @@ def test_calls_share_a_state_per_head_and_never_see_each_others_writes(
     created, view, rpc = with_counter(execution, tmp_path)
     call = {"to": "0x" + created.hex()}
     one = "0x" + (1).to_bytes(32, "big").hex() * 2
-    assert rpc.rpc_eth_call([call, "latest"]) == one
+    assert rpc("eth_call", call, "latest") == one
     # Run again past the gateway's memo of outcomes: storage and transient storage reverted.
     head = view.head()
-    tx = rpc._spoof(call, head)
+    tx = rpc.spoof(call, head)
     assert [view.call(head, tx).output for _ in range(2)] == [bytes.fromhex(one[2:])] * 2
     execution.block(2, to=to_checksum_address(created))  # a real call: slot 0 becomes 1
     view.refresh()
     two_then_one = "0x" + (2).to_bytes(32, "big").hex() + (1).to_bytes(32, "big").hex()
-    assert rpc.rpc_eth_call([call, "latest"]) == two_then_one
-    assert rpc.rpc_eth_call([call, "0x1"]) == one  # an older block's state still answers
+    assert rpc("eth_call", call, "latest") == two_then_one
+    assert rpc("eth_call", call, "0x1") == one  # an older block's state still answers
     # A call moving more than the sender has is refused, like geth's.
     broke = {**call, "from": "0x" + "77" * 20, "value": "0x1"}
     with pytest.raises(RpcError) as refused:
-        rpc.rpc_eth_call([broke, "latest"])
+        rpc("eth_call", broke, "latest")
     assert refused.value.code == -32000
     view.close()
 
@@ -139,19 +161,19 @@ def test_the_same_call_on_the_same_block_runs_once(execution: Execution, tmp_pat
     run = view.call
     view.call = lambda header, tx: runs.append(header.block_number) or run(header, tx)  # type: ignore[method-assign]
     call = {"to": "0x" + created.hex()}
-    first = rpc.rpc_eth_call([call, "latest"])
-    assert rpc.rpc_eth_call([dict(reversed(call.items())), "latest"]) == first  # field order
+    first = rpc("eth_call", call, "latest")
+    assert rpc("eth_call", dict(reversed(call.items())), "latest") == first  # field order
     assert runs == [1]
     execution.block(2, to=to_checksum_address(created))
     view.refresh()
-    assert rpc.rpc_eth_call([call, "latest"]) != first and runs == [1, 2]  # a new head
-    assert rpc.rpc_eth_call([call, "0x1"]) == first and runs == [1, 2]  # block 1 is remembered
+    assert rpc("eth_call", call, "latest") != first and runs == [1, 2]  # a new head
+    assert rpc("eth_call", call, "0x1") == first and runs == [1, 2]  # block 1 is remembered
     # Refusals are remembered too, and each answer is a fresh error.
     broke = {**call, "from": "0x" + "77" * 20, "value": "0x1"}
     errors = []
     for _ in range(2):
         with pytest.raises(RpcError) as refused:
-            rpc.rpc_eth_call([broke, "latest"])
+            rpc("eth_call", broke, "latest")
         errors.append(refused.value)
     assert runs == [1, 2, 2] and errors[0] is not errors[1]
     assert errors[0].code == errors[1].code == -32000 and errors[0].message == errors[1].message
@@ -159,7 +181,7 @@ def test_the_same_call_on_the_same_block_runs_once(execution: Execution, tmp_pat
     big = execution.block(3, to="", data=RETURNS_5K).receipts[0].contract_address
     view.refresh()
     for _ in range(2):
-        assert len(rpc.rpc_eth_call([{"to": "0x" + big.hex()}, "latest"])) == 2 + 2 * 5120
+        assert len(rpc("eth_call", {"to": "0x" + big.hex()}, "latest")) == 2 + 2 * 5120
     assert runs == [1, 2, 2, 3, 3]
     view.close()
 
@@ -178,7 +200,7 @@ def test_call_messages_run_exactly_as_py_evm_builds_them(
         {"to": "0x" + created.hex(), "gas": "0x5300"},  # runs out of gas
     ]
     for call in calls:
-        tx = rpc._spoof(call, head)
+        tx = rpc.spoof(call, head)
         ours = view.call(head, tx)
         with view.costless_state(head) as state:
             executor = state.get_transaction_executor()
@@ -190,10 +212,6 @@ def test_call_messages_run_exactly_as_py_evm_builds_them(
             reference.get_gas_remaining(),
         ), call
     view.close()
-
-
-async def _no_submit(raw: bytes, source: str) -> Any:
-    raise AssertionError("no transactions in this test")
 
 
 def deploy_code(runtime: str) -> str:
@@ -215,7 +233,8 @@ def test_gas_estimates_are_geths_least_gas_within_its_tolerance(
 ) -> None:
     counter, view, rpc = with_counter(execution, tmp_path)
     caller = execution.block(2, to="", data=deploy_code(calling(counter)))
-    caller_address = caller.included[0].contract_address
+    caller_address = caller.receipts[0].contract_address
+    assert caller_address is not None
     view.refresh()
     head = view.head()
     sender = Account.from_key(KEY0).address
@@ -226,33 +245,34 @@ def test_gas_estimates_are_geths_least_gas_within_its_tolerance(
         ({"from": sender, "to": "0x" + caller_address.hex()}, False),
     ]
     for call, exact_expected in cases:
-        tx = rpc._spoof(call, head)
+        tx = rpc.spoof(call, head)
         ours = view.estimate_gas(head, tx)
         with view.vm(head).in_costless_state() as state:
             least = binary_gas_search_exact(state, tx)
         assert least <= ours <= least * 1015 // 1000 + 1, call
         assert (ours == least) is exact_expected, (call, ours, least)
         assert not view.call(head, SpoofTransaction(tx, gas=ours)).is_error
-    assert rpc.rpc_eth_estimateGas([cases[0][0], "latest"]) == hex(21_000)
+    assert rpc("eth_estimateGas", cases[0][0], "latest") == hex(21_000)
     view.close()
 
 
 def test_gas_estimates_of_failing_calls_say_why(execution: Execution, tmp_path: Path) -> None:
-    reverts = execution.block(1, to="", data=deploy_code("60006000fd")).included[0]
-    loops = execution.block(2, to="", data=deploy_code("5b600056")).included[0]
+    reverts = execution.block(1, to="", data=deploy_code("60006000fd")).receipts[0]
+    loops = execution.block(2, to="", data=deploy_code("5b600056")).receipts[0]
     view = ChainView(tmp_path / "store", CHAIN_ID)
-    rpc = Rpc(view, _no_submit, chain_id=CHAIN_ID, client_version="t", block_gas_limit=30_000_000)
+    rpc = Rpc(view)
     for created, code, message in (
         (reverts, 3, "execution reverted"),
         (loops, -32000, "gas required exceeds allowance (1000000)"),
     ):
+        assert created.contract_address is not None
         call = {"to": "0x" + created.contract_address.hex(), "gas": hex(1_000_000)}
         with pytest.raises(RpcError) as failed:
-            rpc.rpc_eth_estimateGas([call, "latest"])
+            rpc("eth_estimateGas", call, "latest")
         assert (failed.value.code, failed.value.message) == (code, message)
     broke = {"from": "0x" + "77" * 20, "to": "0x" + "22" * 20, "value": "0x1"}
     with pytest.raises(RpcError) as refused:
-        rpc.rpc_eth_estimateGas([broke, "latest"])
+        rpc("eth_estimateGas", broke, "latest")
     assert refused.value.code == -32000 and "invalid call" in refused.value.message
     view.close()
 
@@ -286,10 +306,10 @@ def test_least_gas_searches_like_geth() -> None:
 
 def test_blocks_report_their_encoded_size(execution: Execution, tmp_path: Path) -> None:
     _, view, rpc = with_counter(execution, tmp_path)
-    block = rpc.rpc_eth_getBlockByNumber(["0x1", False])
+    block = rpc("eth_getBlockByNumber", "0x1", False)
     assert int(block["size"], 16) == len(rlp.encode(view.block(1))) > 600  # header + a tx
     execution.block(2, to="0x" + "22" * 20)  # a transfer: no init code in the block
     view.refresh()
-    transfer = rpc.rpc_eth_getBlockByNumber(["0x2", True])
+    transfer = rpc("eth_getBlockByNumber", "0x2", True)
     assert int(transfer["size"], 16) == len(rlp.encode(view.block(2))) < int(block["size"], 16)
     view.close()

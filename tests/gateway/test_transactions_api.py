@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.app import TX_SUBMITTED, create_app
+from gateway.app import create_app
+from gateway.intake import TX_SUBMITTED
 from schemas.codec import default_codec
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
@@ -28,12 +29,12 @@ def client(broker: EmbeddedBroker) -> Iterator[TestClient]:
 
 
 def submitted(broker: EmbeddedBroker) -> list[dict[str, object]]:
+    """The records on the topic as they are on the wire (Avro values)."""
     reader = Reader(broker.bootstrap)
     try:
         parts = reader.partitions(TX_SUBMITTED.name)
-        return [
-            reader.decode(m).value for m in reader.read(from_beginning(TX_SUBMITTED.name, parts))
-        ]
+        messages = reader.read(from_beginning(TX_SUBMITTED.name, parts))
+        return [reader.codec.decode(m.value()).record for m in messages]
     finally:
         reader.close()
 

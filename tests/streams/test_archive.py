@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from schemas.events import Position
 from streams.admin import ensure_topics
 from streams.archive import ArchivedRecord, ArchiveError, Archiver, PartitionLog, TopicArchive
 from streams.broker import EmbeddedBroker
@@ -49,7 +50,7 @@ def _produce(bootstrap: str, start: int, count: int) -> None:
         spec = TOPICS[i % 2]
         producer.send(
             spec,
-            {"topic": "x", "partition": 0, "offset": i},
+            Position(topic="x", partition=0, offset=i),
             key=f"key-{i % 11}",
             timestamp_ms=1_000_000 + i,
         )

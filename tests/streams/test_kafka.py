@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from schemas.codec import CodecError
+from schemas.events import JobTokens, Position
+from schemas.record import Event
 from streams.admin import TopicMismatch, ensure_topics, list_topics
 from streams.broker import EmbeddedBroker
 from streams.kafka import CatchUp, DeliveryError, Producer, Reader, from_beginning
@@ -18,8 +20,13 @@ from streams.topics import TOPICS, TopicSpec, partition_of
 pytestmark = pytest.mark.broker
 
 
-def position(i: int) -> dict[str, Any]:
-    return {"topic": "t", "partition": i % 7, "offset": i}
+def position(i: int) -> Position:
+    return Position(topic="t", partition=i % 7, offset=i)
+
+
+def offset_of(event: Event) -> int:
+    assert isinstance(event, Position)
+    return event.offset
 
 
 def test_ensure_topics_is_idempotent(broker: EmbeddedBroker) -> None:
@@ -56,17 +63,17 @@ def test_produce_and_read_back_decoded(
     reader = Reader(broker.bootstrap)
     try:
         messages = list(reader.read(from_beginning(spec.name, reader.partitions(spec.name))))
-        records = sorted((reader.decode(m) for m in messages), key=lambda r: r.value["offset"])
+        records = sorted((reader.decode(m) for m in messages), key=lambda r: offset_of(r.event))
     finally:
         reader.close()
-    assert [r.value for r in records] == [position(i) for i in range(50)]
-    assert {r.schema for r in records} == {"lattice.common.Position"}
+    assert [r.event for r in records] == [position(i) for i in range(50)]
+    assert {r.event.SCHEMA for r in records} == {"lattice.common.Position"}
     for r in records:
-        assert r.key == f"k{r.value['offset'] % 5}"
+        assert r.key == f"k{offset_of(r.event) % 5}"
     # Per key, the log keeps the order of sending.
     for key in {r.key for r in records}:
         offsets = [
-            r.value["offset"] for r in sorted(records, key=lambda r: r.offset) if r.key == key
+            offset_of(r.event) for r in sorted(records, key=lambda r: r.offset) if r.key == key
         ]
         assert offsets == sorted(offsets)
 
@@ -172,7 +179,11 @@ def test_encoding_errors_raise_before_anything_is_sent(
     spec = make_topic(schema="lattice.common.Position", partitions=1)
     producer = Producer(broker.bootstrap)
     with pytest.raises(ValueError, match="Position"):
-        producer.send(spec, {"topic": "t"})
+        producer.send(spec, Position(topic=7, partition=0, offset=0))  # type: ignore[arg-type]
+    with pytest.raises(CodecError, match=r"holds lattice\.common\.Position records"):
+        producer.send(
+            spec, JobTokens(job_id=b"", node=b"", attempt=0, index=0, token_ids=(), text="")
+        )
     producer.close()
     reader = Reader(broker.bootstrap)
     try:

@@ -11,9 +11,12 @@ from typing import Any
 import duckdb
 import pytest
 
-from processors.analytics.sink import AnalyticsSink
+from processors.analytics.processor import AnalyticsSink
+from processors.analytics.store import AnalyticsStore
 from processors.analytics.tables import TABLES
 from processors.execution.transactions import ChainRules, decode_transaction
+from processors.runtime import Runtime
+from schemas.events import BlockExecuted, BlockOrdered, Receipt
 from streams.broker import EmbeddedBroker
 from streams.kafka import Producer
 from streams.settings import CHAIN_ID
@@ -24,72 +27,78 @@ RULES = ChainRules(CHAIN_ID)
 CAUSE = {"topic": "t", "partition": 0, "offset": 0}
 
 
-def ordered(index: int, raws: list[bytes]) -> dict[str, Any]:
+def ordered(index: int, raws: list[bytes]) -> BlockOrdered:
     chain = index.to_bytes(32)
-    return {
-        "chain_index": index,
-        "hash": chain,
-        "selected_parent": (index - 1).to_bytes(32) if index else None,
-        "blue_score": index,
-        "blue_work": index,
-        "timestamp_ms": 1_700_000_000_000 + index,
-        "proposer": b"\x09" * 20,
-        "mergeset_blues": [chain, b"\x0b" * 32],
-        "mergeset_reds": [b"\x0c" * 32] if index == 1 else [],
-        "transactions": [
-            {
-                "hash": decode_transaction(r, RULES).hash,
-                "raw": r,
-                "dag_block": chain,
-                "index_in_block": i,
-            }
-            for i, r in enumerate(raws)
-        ],
-        "cause": CAUSE,
-    }
+    return BlockOrdered.from_avro(
+        {
+            "chain_index": index,
+            "hash": chain,
+            "selected_parent": (index - 1).to_bytes(32) if index else None,
+            "blue_score": index,
+            "blue_work": index,
+            "timestamp_ms": 1_700_000_000_000 + index,
+            "proposer": b"\x09" * 20,
+            "mergeset_blues": [chain, b"\x0b" * 32],
+            "mergeset_reds": [b"\x0c" * 32] if index == 1 else [],
+            "transactions": [
+                {
+                    "hash": decode_transaction(r, RULES).hash,
+                    "raw": r,
+                    "dag_block": chain,
+                    "index_in_block": i,
+                }
+                for i, r in enumerate(raws)
+            ],
+            "cause": CAUSE,
+        }
+    )
 
 
-def executed(number: int, hashes: list[bytes]) -> dict[str, Any]:
-    return {
-        "number": number,
-        "hash": number.to_bytes(32),
-        "parent_hash": (number - 1).to_bytes(32),
-        "dag_block": number.to_bytes(32),
-        "state_root": b"\x01" * 32,
-        "receipts_root": b"\x02" * 32,
-        "transactions_root": b"\x03" * 32,
-        "logs_bloom": b"\x00" * 256,
-        "gas_used": 21_000 * len(hashes),
-        "gas_limit": 30_000_000,
-        "base_fee_per_gas": 10**9,
-        "timestamp": 1_700_000_000 + number,
-        "fee_recipient": b"\x09" * 20,
-        "transaction_hashes": hashes,
-        "rejected_count": 0,
-        "cause": CAUSE,
-    }
+def executed(number: int, hashes: list[bytes]) -> BlockExecuted:
+    return BlockExecuted.from_avro(
+        {
+            "number": number,
+            "hash": number.to_bytes(32),
+            "parent_hash": (number - 1).to_bytes(32),
+            "dag_block": number.to_bytes(32),
+            "state_root": b"\x01" * 32,
+            "receipts_root": b"\x02" * 32,
+            "transactions_root": b"\x03" * 32,
+            "logs_bloom": b"\x00" * 256,
+            "gas_used": 21_000 * len(hashes),
+            "gas_limit": 30_000_000,
+            "base_fee_per_gas": 10**9,
+            "timestamp": 1_700_000_000 + number,
+            "fee_recipient": b"\x09" * 20,
+            "transaction_hashes": hashes,
+            "rejected_count": 0,
+            "cause": CAUSE,
+        }
+    )
 
 
-def receipt(tx_hash: bytes, number: int, index: int) -> dict[str, Any]:
-    return {
-        "transaction_hash": tx_hash,
-        "transaction_index": index,
-        "block_number": number,
-        "block_hash": number.to_bytes(32),
-        "from_address": b"\x04" * 20,
-        "to_address": b"\x22" * 20,
-        "contract_address": None,
-        "tx_type": 2,
-        "status": 1,
-        "gas_used": 21_000,
-        "cumulative_gas_used": 21_000 * (index + 1),
-        "effective_gas_price": 2 * 10**9,
-        "logs_bloom": b"\x00" * 256,
-        "logs": [
-            {"log_index": 0, "address": b"\x22" * 20, "topics": [b"\x05" * 32], "data": b"\x01"}
-        ],
-        "cause": CAUSE,
-    }
+def receipt(tx_hash: bytes, number: int, index: int) -> Receipt:
+    return Receipt.from_avro(
+        {
+            "transaction_hash": tx_hash,
+            "transaction_index": index,
+            "block_number": number,
+            "block_hash": number.to_bytes(32),
+            "from_address": b"\x04" * 20,
+            "to_address": b"\x22" * 20,
+            "contract_address": None,
+            "tx_type": 2,
+            "status": 1,
+            "gas_used": 21_000,
+            "cumulative_gas_used": 21_000 * (index + 1),
+            "effective_gas_price": 2 * 10**9,
+            "logs_bloom": b"\x00" * 256,
+            "logs": [
+                {"log_index": 0, "address": b"\x22" * 20, "topics": [b"\x05" * 32], "data": b"\x01"}
+            ],
+            "cause": CAUSE,
+        }
+    )
 
 
 @pytest.fixture
@@ -115,12 +124,12 @@ def load(broker: EmbeddedBroker, topics: dict[str, TopicSpec], blocks: range) ->
 
 def sink_into(
     broker: EmbeddedBroker, topics: dict[str, TopicSpec], directory: Path
-) -> AnalyticsSink:
-    sink = AnalyticsSink(
-        broker.bootstrap, directory, RULES, inputs=tuple(topics.values()), snapshot_every_s=0.0
-    )
-    sink.run(threading.Event(), until_caught_up=True)
-    return sink
+) -> AnalyticsStore:
+    """Sink every record on the topics into the store in `directory`; the open store."""
+    store = AnalyticsStore(directory, snapshot_every_s=0.0)
+    sink = AnalyticsSink(RULES, inputs=tuple(topics.values()))
+    Runtime(sink, store, broker.bootstrap).run(threading.Event(), until_caught_up=True)
+    return store
 
 
 def dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
@@ -160,11 +169,10 @@ def test_readers_use_the_snapshot_while_the_sink_writes(
     broker: EmbeddedBroker, topics: dict[str, TopicSpec], tmp_path: Path
 ) -> None:
     load(broker, topics, range(1, 3))
-    sink = AnalyticsSink(
-        broker.bootstrap, tmp_path, RULES, inputs=tuple(topics.values()), snapshot_every_s=0.1
-    )
+    store = AnalyticsStore(tmp_path, snapshot_every_s=0.1)
+    runtime = Runtime(AnalyticsSink(RULES, inputs=tuple(topics.values())), store, broker.bootstrap)
     stop = threading.Event()
-    thread = threading.Thread(target=sink.run, args=(stop,))
+    thread = threading.Thread(target=runtime.run, args=(stop,))
     thread.start()
     try:
         snapshot = tmp_path / "snapshot.duckdb"
@@ -189,7 +197,7 @@ def test_readers_use_the_snapshot_while_the_sink_writes(
     finally:
         stop.set()
         thread.join(30)
-        sink.close()
+        store.close()
 
 
 def test_snapshots_are_copied_only_when_new_and_at_most_a_twentieth_of_the_time(

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from processors.execution.genesis import address_of
 from processors.market.jobs import InvalidSignature, JobRequest, job_signer
 from schemas.codec import default_codec
+from schemas.events import JobSubmitted
 
 KEY = b"\x11" * 32
 DELEGATE = b"\x22" * 32
@@ -30,8 +33,9 @@ def request(**changes: object) -> JobRequest:
 
 def test_a_signed_job_is_a_valid_record_whose_signer_recovers() -> None:
     record = request().signed(DELEGATE, CHAIN, b'{"prompt": "hi"}')
-    decoded = default_codec().decode(default_codec().encode("lattice.jobs.JobSubmitted", record))
-    assert job_signer(decoded.record, CHAIN) == address_of(DELEGATE)
+    decoded = default_codec().decode_as(default_codec().encode_event(record), JobSubmitted)
+    assert decoded == record
+    assert job_signer(decoded, CHAIN) == address_of(DELEGATE)
 
 
 def test_every_field_is_bound_by_the_id() -> None:
@@ -40,6 +44,6 @@ def test_every_field_is_bound_by_the_id() -> None:
     assert request().job_id(CHAIN) != request().job_id(CHAIN + 1)
     record = request().signed(KEY, CHAIN, None)
     with pytest.raises(InvalidSignature, match="does not match"):
-        job_signer({**record, "max_price_wei": 10**18}, CHAIN)
+        job_signer(dataclasses.replace(record, max_price_wei=10**18), CHAIN)
     with pytest.raises(InvalidSignature):
-        job_signer({**record, "signature": b"\x00" * 65}, CHAIN)
+        job_signer(dataclasses.replace(record, signature=b"\x00" * 65), CHAIN)

@@ -3,48 +3,27 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 from eth_abi.abi import encode
 
 from processors.execution.genesis import JOB_MARKET
 from processors.market import chain
-from processors.market.jobs import node_record_hash, sign
 from processors.market.view import MarketView
+from schemas.events import Log, Receipt
+from tests import market_events
 
 KEY = b"\x07" * 32
 CHAIN_ID = 27182
 
 
-def registration(node: bytes) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "node": node,
-        "price_wei_per_hour": 1,
-        "stake_wei": 10**30,  # what the node claims; the ledger says otherwise
-        "devices": [],
-        "driver_version": None,
-        "cuda_version": None,
-        "cpu_model": "cpu",
-        "cpu_cores": 2,
-        "ram_bytes": 1 << 30,
-        "runtimes": ["onnxruntime-cpu"],
-        "worker_version": "test",
-        "sequence": 1,
-        "registered_at_ms": 0,
-        "signature": b"",
-    }
-    record["signature"] = sign(KEY, node_record_hash("node-registration", record, CHAIN_ID))
-    return record
-
-
-def receipt(block: int, topics: list[bytes], words: list[int]) -> dict[str, Any]:
-    log = {
-        "log_index": 0,
-        "address": JOB_MARKET,
-        "topics": topics,
-        "data": encode(["uint256"] * len(words), words),
-    }
-    return {"block_number": block, "transaction_index": 0, "logs": [log]}
+def receipt(block: int, topics: list[bytes], words: list[int]) -> Receipt:
+    log = Log(
+        log_index=0,
+        address=JOB_MARKET,
+        topics=tuple(topics),
+        data=encode(["uint256"] * len(words), words),
+    )
+    return market_events.receipt(block, [log])
 
 
 def word(address: bytes) -> bytes:
@@ -71,21 +50,20 @@ def test_stakes_come_from_the_ledger_in_any_order_of_arrival() -> None:
     ]
     for order in itertools.permutations(events):
         view = MarketView(CHAIN_ID)
-        view.apply("lattice.gpu.GpuNodeRegistration", registration(node))
+        view.apply(market_events.registration(KEY))
         for event in order:
-            view.apply("lattice.receipts.Receipt", event)
+            view.apply(event)
         (seen,) = view.node_views()
         # The figure at block 8 (2 ETH) less the slash after it; the earlier ones are in it.
         assert (seen.stake_wei, seen.leaving) == (19 * 10**17, True)
-    view.apply("lattice.receipts.Receipt", receipt(10, [chain.STAKE_WITHDRAWN, word(node)], [1]))
+    view.apply(receipt(10, [chain.STAKE_WITHDRAWN, word(node)], [1]))
     assert [(v.stake_wei, v.leaving) for v in view.node_views()] == [(0, False)]
 
 
 def test_a_node_never_staked_has_no_stake_whatever_it_claims() -> None:
-    from processors.execution.genesis import address_of
 
     view = MarketView(CHAIN_ID)
-    view.apply("lattice.gpu.GpuNodeRegistration", registration(address_of(KEY)))
+    view.apply(market_events.registration(KEY))
     other = receipt(3, [chain.NODE_REGISTERED, word(b"\x09" * 20)], [2 * 10**18, 5])
-    view.apply("lattice.receipts.Receipt", other)
+    view.apply(other)
     assert [v.stake_wei for v in view.node_views()] == [0]

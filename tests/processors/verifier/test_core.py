@@ -3,6 +3,7 @@ accepted (no false accusations), forged ones are caught."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -12,11 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpu_worker.runtime import BlockSource, LoadedModel, ModelCache
-from gpu_worker.worker import execute
+from gpu_worker.processor import execute
+from processors.compute.runtime import BlockSource, LoadedModel, ModelCache
 from processors.market.content import cid_of
-from processors.market.jobs import result_hash, sign
 from processors.verifier import core
+from schemas.events import JobResult, JobSubmitted
+from tests import market_events
+from tests.market_events import signed_result, submitted
 
 PROMPTS = [
     {"prompt": "the quick brown fox", "max_tokens": 12},
@@ -31,11 +34,9 @@ def load(tiny_store: tuple[Any, Any], tmp: Path, threads: int) -> LoadedModel:
     return model
 
 
-def job(payload: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "job_id": hashlib.sha256(json.dumps(payload).encode()).digest(),
-        "input": json.dumps(payload).encode(),
-    }
+def job(payload: dict[str, Any]) -> JobSubmitted:
+    job_id = hashlib.sha256(json.dumps(payload).encode()).digest()
+    return dataclasses.replace(submitted(job_id), input=json.dumps(payload).encode())
 
 
 def verify(
@@ -95,32 +96,15 @@ def test_tensor_results_compare_within_tolerance() -> None:
     assert not core.check_tensors(npz(y=wrong), npz(y=exact), fingerprint, job_id).passed
 
 
-def result(key: bytes, node: bytes, output: bytes, **changes: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "job_id": b"\x05" * 32,
-        "node": node,
-        "attempt": 0,
-        "output_cid": cid_of(output),
-        "output_digest": hashlib.sha256(output).digest(),
-        "output_size": len(output),
-        "fingerprint_scheme": core.GENERATION_SCHEME,
-        "fingerprint": b"",
-        "timings": {"queue_ms": 1, "load_ms": 0, "compute_ms": 5},
-        "hardware": {
-            "device_name": "cpu",
-            "vram_bytes": 1,
-            "driver_version": None,
-            "execution_provider": "CPUExecutionProvider",
-            "threads": 1,
-        },
-        "completed_at_ms": 1_500,
-        "signature": b"",
-        "cause": None,
-        "output": output,
-    }
-    record.update(changes)
-    record["signature"] = sign(key, result_hash(record, 27182))
-    return record
+def result(key: bytes, output: bytes) -> JobResult:
+    made = market_events.result(b"\x05" * 32, key, output=output, compute_ms=5)
+    record = dataclasses.replace(
+        made,
+        output_cid=cid_of(output),
+        output_digest=hashlib.sha256(output).digest(),
+        output_size=len(output),
+    )
+    return signed_result(record, key)
 
 
 def test_signature_output_deadline_and_timing_checks() -> None:
@@ -128,21 +112,23 @@ def test_signature_output_deadline_and_timing_checks() -> None:
 
     key = b"\x09" * 32
     node = address_of(key)
-    honest = result(key, node, b"{}")
+    honest = result(key, b"{}")
     assert core.check_signature(honest, 27182).passed
-    assert not core.check_signature(result(b"\x08" * 32, node, b"{}"), 27182).passed
-    assert not core.check_signature({**honest, "output_size": 3}, 27182).passed
+    forged = signed_result(honest, b"\x08" * 32)  # someone else's signature
+    assert forged.node == node and not core.check_signature(forged, 27182).passed
+    assert not core.check_signature(dataclasses.replace(honest, output_size=3), 27182).passed
     assert core.check_output(honest).passed
-    assert not core.check_output({**honest, "output": b"[]"}).passed
-    job = {"deadline_ms": 1_000, "submitted_at_ms": 0}
-    assert not core.check_deadline(honest, job).passed
-    registration = {"devices": [], "cpu_model": "cpu", "cpu_cores": 2}
+    assert not core.check_output(dataclasses.replace(honest, output=b"[]")).passed
+    late = submitted(honest.job_id, deadline_ms=1_000, submitted_at_ms=0)
+    assert not core.check_deadline(honest, late).passed
+    registration = market_events.registration(key, cpu_model="cpu", cpu_cores=2)
     assert core.check_timing(honest, registration, 10**6).passed
     # 10 TFLOP in 5 ms on a 2-core CPU is not believable.
     assert not core.check_timing(honest, registration, 10**13).passed
-    assert not core.check_timing(
-        {**honest, "hardware": {**honest["hardware"], "device_name": "H100"}}, registration, 0
-    ).passed
+    elsewhere = dataclasses.replace(
+        honest, hardware=dataclasses.replace(honest.hardware, device_name="H100")
+    )
+    assert not core.check_timing(elsewhere, registration, 0).passed
     assert core.outcome([core.Check("deadline", False, "")]) == core.INCONCLUSIVE
     assert core.outcome([core.Check("signature", False, "")]) == core.REJECTED
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from processors.market.content import Blockstore, Chunk
+from schemas.events import ModelChunk, ModelManifest, TensorSpec
 
 TEXT_GENERATION = "text-generation"
 #: The cache inputs of a text model's graph (see `KvCache`); a graph without them has none.
@@ -312,25 +313,29 @@ def load_manifest(data: bytes, cid: str) -> Manifest:
 
 def manifest_record(
     manifest: Manifest, owner: bytes, version: int, registered_at_ms: int
-) -> dict[str, Any]:
-    """The `lattice.models.ModelManifest` event for a registered manifest."""
+) -> ModelManifest:
+    """The `lattice.models` event for a registered manifest."""
     d = manifest.document
     tokenizer = d.get("tokenizer")
-    return {
-        "model_id": d["name"],
-        "name": d["name"],
-        "version": version,
-        "owner": owner,
-        "model_type": d["model_type"],
-        "format": d["format"],
-        "manifest_cid": manifest.cid,
-        "chunks": d["onnx"]["chunks"],
-        "total_bytes": d["onnx"]["size"],
-        "parameter_count": d["parameter_count"],
-        "vram_required_bytes": d["vram_required_bytes"],
-        "inputs": d["inputs"],
-        "outputs": d["outputs"],
-        "tokenizer_cid": tokenizer["cid"] if tokenizer else None,
-        "registered_at_ms": registered_at_ms,
-        "cause": None,
-    }
+    return ModelManifest(
+        model_id=d["name"],
+        name=d["name"],
+        version=version,
+        owner=owner,
+        model_type=d["model_type"],
+        format=d["format"],
+        manifest_cid=manifest.cid,
+        chunks=tuple(ModelChunk(**c) for c in d["onnx"]["chunks"]),
+        total_bytes=d["onnx"]["size"],
+        parameter_count=d["parameter_count"],
+        vram_required_bytes=d["vram_required_bytes"],
+        inputs=tuple(_tensor_spec(t) for t in d["inputs"]),
+        outputs=tuple(_tensor_spec(t) for t in d["outputs"]),
+        tokenizer_cid=tokenizer["cid"] if tokenizer else None,
+        registered_at_ms=registered_at_ms,
+    )
+
+
+def _tensor_spec(document: dict[str, Any]) -> TensorSpec:
+    shape = tuple(str(d) for d in document["shape"])
+    return TensorSpec(name=document["name"], dtype=document["dtype"], shape=shape)

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from schemas.events import JobSubmitted
+
 
 @dataclass(frozen=True)
 class TrainingSpec:
@@ -33,14 +35,14 @@ class TrainingSpec:
     seed: int
 
     @classmethod
-    def of(cls, job: dict[str, Any]) -> TrainingSpec:
-        params = job["params"]
+    def of(cls, job: JobSubmitted) -> TrainingSpec:
+        params = job.params
         return cls(
-            epochs=int(job["epochs"] or 1),
-            batch_size=int(job["batch_size"] or 8),
+            epochs=int(job.epochs or 1),
+            batch_size=int(job.batch_size or 8),
             learning_rate=float(params.get("learning_rate", "0.05")),
             seq_len=int(params.get("seq_len", "32")),
-            seed=int.from_bytes(job["job_id"][:6]),  # 48 bits: torch seeds are 64-bit signed
+            seed=int.from_bytes(job.job_id[:6]),  # 48 bits: torch seeds are 64-bit signed
         )
 
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gpu_worker import models
-from gpu_worker.runtime import BlockSource, LoadedModel, ModelCache
+from processors.compute import models
+from processors.compute.runtime import BlockSource, LoadedModel, ModelCache
 from processors.market.content import Blockstore
 
 PROMPT = {"prompt": "the quick brown fox", "max_tokens": 24}

@@ -1,4 +1,5 @@
-"""A small client of the gateway's JSON-RPC, for the CLI and workers (stdlib HTTP only)."""
+"""A small client of a gateway's JSON-RPC, for the market's participants: workers staking and
+leaving, the CLI depositing, authorising keys and registering models (stdlib HTTP only)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from gpu_worker.models import (
+from processors.compute.models import (
     PAST_KEYS,
     PAST_VALUES,
     TEXT_GENERATION,
@@ -71,7 +71,7 @@ class BlockSource:
         return b"".join(self.get(c.cid) for c in manifest.chunks(name))
 
     def file(self, index_cid: str) -> bytes:
-        """A file stored as chunks under an index block (`gpu_worker.models.store_part`)."""
+        """A file stored as chunks under an index block (`processors.compute.models.store_part`)."""
         index = json.loads(self.get(index_cid))
         data = b"".join(self.get(c["cid"]) for c in index["chunks"])
         if len(data) != index["size"]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gpu_worker.runtime import BlockSource, ModelCache
-from gpu_worker.training import Trainer, TrainingSpec, weights_array
+from processors.compute.runtime import BlockSource, ModelCache
+from processors.compute.training import Trainer, TrainingSpec, weights_array
 from processors.verifier.core import check_training_epoch
 from tests.tiny_models import CORPUS
 

@@ -1,0 +1,165 @@
+"""Transaction intake: decode, admit, log, and remember what this gateway accepted.
+
+Every transaction a user sends (`eth_sendRawTransaction`, `POST /v1/transactions`) comes
+through `TransactionIntake.submit`:
+
+1. **decode**: every stateless check (`processors.execution.transactions`): encoding, chain
+   id, signature, size, intrinsic gas;
+2. **admit**: the checks a node makes against the executed state before accepting (nonce
+   too low, insufficient funds for gas * price + value) and a place among this gateway's
+   pending transactions: a second transaction with a pending one's sender and nonce is
+   refused unless it bumps both fee caps by 10% (the mempool's rule, geth's "replacement
+   transaction underpriced"); otherwise the gateway would acknowledge a transaction every
+   proposer is bound to drop. Before execution has written its genesis, only the stateless
+   checks apply;
+3. **send** to `lattice.tx.submitted`, keyed by sender, answering only once the broker
+   acknowledged it;
+4. **release** the place taken at admission if the log did not take the transaction.
+
+Pending transactions are per sender and nonce: `eth_getTransactionCount(addr, "pending")`
+counts them, and executed ones leave from the front as the state nonce passes them.
+Accepted hashes are numbered from 0, so pending-transaction filters and subscriptions keep
+an absolute cursor; the oldest are forgotten beyond `MAX_ACCEPTED`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+
+from gateway.chainview import LedgerNotReady
+from gateway.ledger import LedgerQueries
+from processors.abc import RecordSink
+from processors.execution.transactions import (
+    ChainRules,
+    InvalidTransaction,
+    Transaction,
+    decode_transaction,
+    submitted_event,
+)
+from processors.proposer.mempool import PRICE_BUMP_PERCENT, replaces
+from streams.kafka import Delivered, DeliveryError
+from streams.topics import hex_key, topic
+
+TX_SUBMITTED = topic("tx.submitted")
+#: How long a request waits for the broker before the log counts as unavailable.
+DELIVERY_TIMEOUT_S = 15.0
+#: Senders with pending transactions beyond which executed ones are swept out.
+MAX_PENDING_SENDERS = 10_000
+#: Accepted hashes kept for pending-transaction filters (slow pollers lose the oldest).
+MAX_ACCEPTED = 20_000
+
+
+class Unavailable(RuntimeError):
+    """The log did not accept a record in time."""
+
+
+class TransactionIntake:
+    def __init__(self, rules: ChainRules, sink: RecordSink, ledger: LedgerQueries | None) -> None:
+        self.rules = rules
+        self.sink = sink
+        self.ledger = ledger
+        #: Transactions this gateway accepted and execution has not yet reached, per sender
+        #: and nonce: pending nonces, duplicates and replacements are judged against them.
+        self.pending: dict[bytes, dict[int, Transaction]] = {}
+        self._accepted: deque[bytes] = deque(maxlen=MAX_ACCEPTED)
+        self._accepted_count = 0
+
+    async def submit(self, raw: bytes, source: str) -> tuple[Transaction, Delivered]:
+        """Decode, check and log a transaction; raises InvalidTransaction or Unavailable."""
+        tx = decode_transaction(raw, self.rules)
+        admitted, replaced = False, None
+        if self.ledger is not None:
+            try:
+                replaced = self.admit(tx)
+                admitted = True
+            except LedgerNotReady:
+                pass
+        event = submitted_event(tx, int(time.time() * 1000), source)
+        try:
+            future = self.sink.send(TX_SUBMITTED, event, key=hex_key(tx.sender))
+            delivered = await asyncio.wait_for(asyncio.wrap_future(future), DELIVERY_TIMEOUT_S)
+        except (DeliveryError, TimeoutError) as exc:
+            if admitted:
+                self.release(tx, replaced)
+            raise Unavailable(f"the log did not accept the transaction: {exc}") from exc
+        self._accepted.append(tx.hash)
+        self._accepted_count += 1
+        return tx, delivered
+
+    def admit(self, tx: Transaction) -> Transaction | None:
+        """The stateful checks, then a place among the pending transactions. Returns the
+        transaction it replaces, if any (give it to `release` should the log refuse `tx`)."""
+        assert self.ledger is not None
+        nonce = self.ledger.nonce(tx.sender)
+        if tx.nonce < nonce:
+            raise InvalidTransaction(
+                "nonce_too_low", f"nonce too low: next nonce {nonce}, tx nonce {tx.nonce}"
+            )
+        cost = tx.gas_limit * tx.fee_cap + tx.value
+        balance = self.ledger.balance(tx.sender)
+        if balance < cost:
+            raise InvalidTransaction(
+                "insufficient_funds",
+                f"insufficient funds for gas * price + value: balance {balance}, tx cost {cost}",
+            )
+        waiting = self.pending.setdefault(tx.sender, {})
+        # Executed ones leave from the front (senders send in nonce order, so insertion order
+        # is nonce order): O(1) per call even with thousands pending. One sent out of order
+        # lingers harmlessly below the state nonce until the sweep.
+        while waiting and (oldest := next(iter(waiting))) < nonce:
+            del waiting[oldest]
+        previous = waiting.get(tx.nonce)
+        if previous is not None:
+            if previous.hash == tx.hash:
+                raise InvalidTransaction("already_known", "already known")
+            if not replaces(tx, previous):
+                raise InvalidTransaction(
+                    "underpriced",
+                    "replacement transaction underpriced: raise the fee cap and the tip by "
+                    f"{PRICE_BUMP_PERCENT}% over the pending transaction 0x{previous.hash.hex()}",
+                )
+        waiting[tx.nonce] = tx
+        if len(self.pending) > MAX_PENDING_SENDERS:
+            self._forget_executed()
+        return previous
+
+    def release(self, tx: Transaction, previous: Transaction | None) -> None:
+        """Undo `admit` for a transaction the log did not take."""
+        waiting = self.pending.get(tx.sender, {})
+        if waiting.get(tx.nonce) is tx:
+            if previous is None:
+                del waiting[tx.nonce]
+            else:
+                waiting[tx.nonce] = previous
+
+    def _forget_executed(self) -> None:
+        assert self.ledger is not None
+        for sender in list(self.pending):
+            nonce = self.ledger.nonce(sender)
+            waiting = {n: t for n, t in self.pending[sender].items() if n >= nonce}
+            if waiting:
+                self.pending[sender] = waiting
+            else:
+                del self.pending[sender]
+
+    def pending_nonce(self, sender: bytes, state_nonce: int) -> int:
+        """The next nonce counting this gateway's pending transactions of `sender`."""
+        waiting = self.pending.get(sender, {})
+        nonce = state_nonce
+        while nonce in waiting:
+            nonce += 1
+        return nonce
+
+    @property
+    def accepted_count(self) -> int:
+        """How many transactions this gateway has accepted: the cursor of "from now on"."""
+        return self._accepted_count
+
+    def accepted_since(self, cursor: int) -> tuple[list[bytes], int]:
+        """Hashes accepted from `cursor` on (those still kept), and the cursor after them."""
+        first_kept = self._accepted_count - len(self._accepted)
+        skip = max(0, cursor - first_kept)
+        return list(itertools.islice(self._accepted, skip, None)), self._accepted_count

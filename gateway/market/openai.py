@@ -1,0 +1,187 @@
+"""The OpenAI-compatible endpoints: `/v1/completions` and `/v1/chat/completions`.
+
+A completion is a job (`gateway.market.service.JobService`) whose answer is the node's
+signed result, returned once it is on the log (verification and payment follow
+asynchronously). With `stream: true` the job asks its node for its tokens as it generates
+them (`lattice.jobs.tokens`); they are sent as server-sent events as they arrive, and the
+stream ends with the signed result's finish reason.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from gateway.market.service import JobOrder, JobService, MarketError
+from processors.market.lifecycle import Job
+from schemas.events import JobSubmitted
+
+DEFAULT_MAX_TOKENS = 16
+
+
+def error_response(exc: MarketError) -> JSONResponse:
+    body = {"error": {"code": exc.code, "message": exc.message, "type": exc.code}}
+    return JSONResponse(body, status_code=exc.status)
+
+
+def _payload(body: Any, chat: bool) -> dict[str, Any]:
+    """The generation request a completion body asks for; MarketError when malformed."""
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise MarketError(400, "invalid_request_error", "'model' is required")
+    if chat:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise MarketError(400, "invalid_request_error", "'messages' must be a non-empty list")
+        payload: dict[str, Any] = {
+            "messages": [
+                {"role": str(m.get("role")), "content": str(m.get("content"))} for m in messages
+            ]
+        }
+    else:
+        payload = {"prompt": str(body.get("prompt", ""))}
+    limit = body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
+    payload["max_tokens"] = int(limit)
+    return payload
+
+
+def _usage(document: dict[str, Any]) -> dict[str, int]:
+    prompt, completion = document["prompt_tokens"], len(document["token_ids"])
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _completion(job: Job, model: str, chat: bool) -> dict[str, Any]:
+    assert job.submitted is not None
+    document: dict[str, Any] = json.loads(job.results[0].output or b"{}")
+    finish = document["finish_reason"]
+    if chat:
+        message = {"role": "assistant", "content": document["text"]}
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
+    else:
+        choice = {"index": 0, "text": document["text"], "finish_reason": finish, "logprobs": None}
+    return {
+        "id": ("chatcmpl-" if chat else "cmpl-") + job.job_id.hex(),
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": _usage(document),
+        "lattice": {"job_id": "0x" + job.job_id.hex()},
+    }
+
+
+class Completions:
+    """The two endpoints, over the job service."""
+
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+
+    async def chat(self, request: Request) -> Response:
+        return await self.complete(request, chat=True)
+
+    async def text(self, request: Request) -> Response:
+        return await self.complete(request, chat=False)
+
+    async def complete(self, request: Request, chat: bool) -> Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return error_response(MarketError(400, "invalid_request_error", "the body is not JSON"))
+        authorization = request.headers.get("authorization", "")
+        try:
+            payload = _payload(body, chat)
+            order = JobOrder(body["model"], payload, stream=bool(body.get("stream")))
+            if order.stream:
+                record = await self.jobs.start(authorization, order)
+                return self._streamed(record, body["model"], chat)
+            job = await self.jobs.submit(authorization, order)
+        except MarketError as exc:
+            return error_response(exc)
+        return JSONResponse(_completion(job, body["model"], chat))
+
+    def _streamed(self, record: JobSubmitted, model: str, chat: bool) -> StreamingResponse:
+        ident = ("chatcmpl-" if chat else "cmpl-") + record.job_id.hex()
+        timeout = self.jobs.settings.job_deadline_ms / 1000 + 5
+        pieces = _live(self.jobs, record, timeout)
+        return StreamingResponse(
+            _events(ident, int(time.time()), model, pieces, chat), media_type="text/event-stream"
+        )
+
+
+def _moved(seen: int, tokens: list[Any], job: Job) -> bool:
+    """Whether a streamed job has news: more tokens, a result, or its expiry."""
+    return len(tokens) > seen or bool(job.results) or job.state == "expired"
+
+
+async def _live(
+    jobs: JobService, record: JobSubmitted, timeout: float
+) -> AsyncIterator[tuple[str, str | None]]:
+    """(text, finish reason) pieces of a streamed job as the node produces them: tokens
+    from the first node that streams, then whatever its signed result adds, then the
+    finish reason. Raises MarketError when no result comes in time."""
+    market = jobs.market
+    job_id = record.job_id
+    tokens = market.tokens.setdefault(job_id, [])
+    node: bytes | None = None
+    seen, text = 0, ""
+    while True:
+        job = await market.wait(job_id, partial(_moved, seen, tokens), timeout)
+        if job is None:
+            break
+        with market.lock:
+            fresh, seen = tokens[seen:], len(tokens)
+            results = list(job.results)
+        for piece in fresh:
+            node = node or piece.node
+            if piece.node == node and piece.text:
+                text += piece.text
+                yield piece.text, None
+        answer = next((r for r in results if node is None or r.node == node), None)
+        if answer is not None:
+            document = json.loads(answer.output or b"{}")
+            if document["text"].startswith(text) and len(document["text"]) > len(text):
+                yield document["text"][len(text) :], None
+            yield "", document["finish_reason"]
+            return
+        if job.state == "expired":
+            break
+    raise MarketError(504, "job_expired", f"no node answered job 0x{job_id.hex()} in time")
+
+
+async def _events(
+    ident: str,
+    created: int,
+    model: str,
+    pieces: AsyncIterator[tuple[str, str | None]],
+    chat: bool,
+) -> AsyncIterator[str]:
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    if chat:
+        first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+        yield _sse(ident, kind, created, model, first)
+    try:
+        async for piece, finish in pieces:
+            if chat:
+                delta = {"content": piece} if piece or finish is None else {}
+                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            else:
+                choice = {"index": 0, "text": piece, "finish_reason": finish}
+            yield _sse(ident, kind, created, model, choice)
+    except MarketError as exc:
+        error = {"error": {"code": exc.code, "message": exc.message, "type": exc.code}}
+        yield f"data: {json.dumps(error)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _sse(ident: str, kind: str, created: int, model: str, choice: dict[str, Any]) -> str:
+    chunk = {"id": ident, "object": kind, "created": created, "model": model, "choices": [choice]}
+    return f"data: {json.dumps(chunk)}\n\n"

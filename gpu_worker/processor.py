@@ -1,0 +1,423 @@
+"""`lattice worker`: a compute node, and its job loop as a processor.
+
+Start-up: probe the hardware, stake and register on the ledger (`JobMarket.registerNode`,
+sent through the gateway's JSON-RPC), announce the node on `lattice.gpu.nodes` (signed), then
+heartbeat on `lattice.gpu.heartbeats` every couple of seconds with live utilisation.
+
+The job loop is this processor under the one runtime: it reads `lattice.jobs.assigned` (from
+its end at the node's first start, from its store's offset after that, so the node's store
+in `<data-dir>/workers/<address>/state` says which assignments it has answered); an
+assignment naming this node (and not yet past its lease) is run — models are fetched by
+CID, verified and loaded once — and answered on `lattice.jobs.results` with a signed result
+carrying the output inline, its CID and digest, a tolerance-aware fingerprint, timings and a
+hardware snapshot. The result is committed with the assignment's offset and sent from the
+outbox, once; a crash before the commit runs the job again (the verifier pays a job once),
+and a node that dies holding a job loses it to another node when its lease expires.
+
+Unlike a fold, a job is work done in the world: its result (timings included) is what the
+node measured, written down and signed. Streamed tokens are progress only, sent at once
+beside the runtime and not kept: the signed result that follows is what counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from eth_hash.auto import keccak
+
+from gpu_worker.probe import Hardware, probe, usage
+from gpu_worker.staking import market_uint
+from processors.abc import Output, Pace, Processor, Subscription
+from processors.compute.models import TEXT_GENERATION
+from processors.compute.runtime import BlockSource, LoadedModel, ModelCache
+from processors.compute.training import Trainer, TrainingSpec, output_document
+from processors.execution.genesis import JOB_MARKET, address_of
+from processors.market.chain import register_node_call, stakes_call, unbonding_until_call
+from processors.market.client import send_call, wait_for_ledger
+from processors.market.content import Blockstore, cid_of
+from processors.market.jobs import TRAINING, node_record_hash, result_hash, sign
+from processors.runtime import Runtime
+from processors.state import RocksStore
+from processors.verifier.core import (
+    GENERATION_SCHEME,
+    TENSOR_SCHEME,
+    TRAINING_SCHEME,
+    generation_fingerprint,
+    tensor_fingerprint,
+)
+from schemas.events import (
+    EpochCheckpoint,
+    GpuDevice,
+    GpuNodeHeartbeat,
+    GpuNodeRegistration,
+    HardwareSnapshot,
+    JobAssigned,
+    JobProof,
+    JobResult,
+    JobSubmitted,
+    JobTokens,
+    Timings,
+)
+from streams.kafka import LOW_LATENCY_READ, Producer, Record
+from streams.settings import Settings
+from streams.topics import hex_key, topic
+
+log = logging.getLogger(__name__)
+
+NODES = topic("gpu.nodes")
+HEARTBEATS = topic("gpu.heartbeats")
+ASSIGNED = topic("jobs.assigned")
+RESULTS = topic("jobs.results")
+PROOFS = topic("jobs.proofs")
+TOKENS = topic("jobs.tokens")
+HEARTBEAT_EVERY_S = 2.0
+VERSION = "0.1.0"
+
+
+def execute(
+    model: LoadedModel,
+    job: JobSubmitted,
+    on_text: Callable[[int, int, str], None] | None = None,
+) -> tuple[bytes, str, bytes]:
+    """Run one inference job: (output bytes, fingerprint scheme, fingerprint)."""
+    data = job.input or b""
+    if model.manifest.task == TEXT_GENERATION:
+        generation = model.generate(json.loads(data), on_text)
+        return (
+            generation.output(),
+            GENERATION_SCHEME,
+            generation_fingerprint(generation.chosen_logits),
+        )
+    output = model.run_tensors(data)
+    return output, TENSOR_SCHEME, tensor_fingerprint(output, job.job_id)
+
+
+#: The longest a streamed token waits for others to share its event (the first goes at once).
+STREAM_EVERY_S = 0.02
+
+
+@dataclass
+class TokenBatch:
+    """Streamed tokens gathered into `lattice.jobs.tokens` events: one event per token made
+    a fast model's stream a record per millisecond; now at most one per `STREAM_EVERY_S`."""
+
+    job_id: bytes
+    node: bytes
+    attempt: int
+    first: int = 0
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    sent_at: float | None = None
+
+    def add(self, index: int, token: int, text: str, now: float) -> list[JobTokens]:
+        """The events due after this token (none while it waits for company)."""
+        if not self.token_ids:
+            self.first = index
+        self.token_ids.append(token)
+        self.text += text
+        if self.sent_at is not None and now - self.sent_at < STREAM_EVERY_S:
+            return []
+        self.sent_at = now
+        return self.rest()
+
+    def rest(self) -> list[JobTokens]:
+        """The event holding whatever is gathered (none when nothing is)."""
+        if not self.token_ids:
+            return []
+        event = JobTokens(
+            job_id=self.job_id,
+            node=self.node,
+            attempt=self.attempt,
+            index=self.first,
+            token_ids=tuple(self.token_ids),
+            text=self.text,
+        )
+        self.token_ids, self.text = [], ""
+        return [event]
+
+
+class Worker(Processor[RocksStore]):
+    role = "worker"
+    pace = Pace(batch=1, read_config=LOW_LATENCY_READ)
+
+    def __init__(
+        self, settings: Settings, bootstrap: str, private_key: bytes, rpc_url: str | None
+    ) -> None:
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.key = private_key
+        self.address = address_of(private_key)
+        self.name = f"lattice-worker-{self.address.hex()}"
+        self.rpc_url = rpc_url
+        self.hardware: Hardware = probe()
+        self.producer = Producer(
+            bootstrap, client_id=f"{settings.client_id}-worker", config=settings.kafka_config
+        )
+        self.work = settings.data_dir / "workers" / self.address.hex()
+        peers = [rpc_url.rstrip("/")] if rpc_url else []
+        self.models = ModelCache(
+            BlockSource(Blockstore(self.work / "blockstore"), peers),
+            self.work,
+            threads=settings.worker_threads,
+            use_gpu=bool(self.hardware.devices),
+        )
+        self.in_flight = 0
+        self.attempt = 0  # of the job being run
+        self.sequence = int(time.time() * 1000)  # strictly increasing across restarts
+
+    def subscriptions(self) -> Sequence[Subscription]:
+        return (Subscription(ASSIGNED, start="end"),)
+
+    # -- announcing the node --------------------------------------------------------------
+
+    def stake_on_ledger(self) -> str | None:
+        """Send `registerNode` with what the stake lacks and wait for it to execute (the
+        matcher offers work only to nodes staked on the ledger); the transaction hash, or
+        None without a gateway to send it through."""
+        if self.rpc_url is None:
+            return None
+        wait_for_ledger(self.rpc_url)
+        staked = market_uint(self.rpc_url, stakes_call(self.address))
+        if market_uint(self.rpc_url, unbonding_until_call(self.address)):
+            log.warning("node 0x%s was leaving; registering again rejoins", self.address.hex())
+        # Top the stake up to what the settings ask; the call also sets the price.
+        top_up = max(0, self.settings.worker_stake - staked)
+        tx_hash, _ = send_call(
+            self.rpc_url,
+            self.settings.chain_id,
+            self.key,
+            JOB_MARKET,
+            register_node_call(self.settings.worker_price),
+            value=top_up,
+            gas=150_000,
+        )
+        return tx_hash
+
+    def registration(self) -> GpuNodeRegistration:
+        hw = self.hardware
+        self.sequence += 1
+        record = GpuNodeRegistration(
+            node=self.address,
+            price_wei_per_hour=self.settings.worker_price,
+            stake_wei=self.settings.worker_stake,
+            devices=tuple(GpuDevice(**vars(d)) for d in hw.devices),
+            driver_version=hw.driver_version,
+            cuda_version=hw.cuda_version,
+            cpu_model=hw.cpu_model,
+            cpu_cores=hw.cpu_cores,
+            ram_bytes=hw.ram_bytes,
+            runtimes=hw.runtimes,
+            worker_version=VERSION,
+            sequence=self.sequence,
+            registered_at_ms=int(time.time() * 1000),
+            signature=b"",
+        )
+        digest = node_record_hash("node-registration", record, self.settings.chain_id)
+        return dataclasses.replace(record, signature=sign(self.key, digest))
+
+    def heartbeat(self) -> GpuNodeHeartbeat:
+        self.sequence += 1
+        record = GpuNodeHeartbeat(
+            node=self.address,
+            sequence=self.sequence,
+            timestamp_ms=int(time.time() * 1000),
+            devices=tuple(usage()),
+            jobs_in_flight=self.in_flight,
+            signature=b"",
+        )
+        digest = node_record_hash("node-heartbeat", record, self.settings.chain_id)
+        return dataclasses.replace(record, signature=sign(self.key, digest))
+
+    def announce(self) -> None:
+        tx = self.stake_on_ledger()
+        self.producer.send(NODES, self.registration(), key=hex_key(self.address)).result(30)
+        self.producer.send(HEARTBEATS, self.heartbeat(), key=hex_key(self.address)).result(30)
+        log.info(
+            "node 0x%s registered (%s, %d cores, stake tx %s)",
+            self.address.hex(),
+            self.hardware.device_name,
+            self.hardware.cpu_cores,
+            tx,
+        )
+
+    # -- the job loop ---------------------------------------------------------------------
+
+    def handle(self, record: Record[Any], state: RocksStore) -> Sequence[Output]:
+        assignment = record.event
+        if not isinstance(assignment, JobAssigned):
+            return ()
+        if self.address not in assignment.nodes or assignment.job is None:
+            return ()
+        now = int(time.time() * 1000)
+        if now > assignment.lease_expires_ms:
+            log.info("skipping job 0x%s: its lease expired", assignment.job_id.hex())
+            return ()
+        self.in_flight += 1
+        try:
+            result = self.result_for(assignment, now)
+        except Exception:
+            log.exception("job 0x%s failed", assignment.job_id.hex())
+            return ()  # not answered: the lease expires and the matcher reassigns it
+        finally:
+            self.in_flight -= 1
+        result = dataclasses.replace(result, cause=record.position)
+        outputs = [Output(RESULTS, result, key=hex_key(result.job_id))]
+        if result.fingerprint_scheme == TRAINING_SCHEME:
+            outputs.append(Output(PROOFS, self.proof(result), key=hex_key(result.job_id)))
+        return outputs
+
+    def result_for(self, assignment: JobAssigned, received_ms: int) -> JobResult:
+        job = assignment.job
+        assert job is not None
+        self.attempt = assignment.attempt
+        manifest_cid = job.params.get("manifest_cid", "")
+        if job.kind == TRAINING:
+            provider = "torch-cpu"
+            started = time.perf_counter()
+            output, scheme, fingerprint = self.train(job)
+            load_ms = 0
+            threads = self.settings.worker_threads
+        else:
+            model, load_ms = self.models.load(manifest_cid)
+            provider, threads = model.provider, model.threads
+            started = time.perf_counter()
+            output, scheme, fingerprint = self.execute(model, job)
+        compute_ms = int((time.perf_counter() - started) * 1000)
+        record = JobResult(
+            job_id=job.job_id,
+            node=self.address,
+            attempt=assignment.attempt,
+            output_cid=cid_of(output),
+            output_digest=hashlib.sha256(output).digest(),
+            output_size=len(output),
+            fingerprint_scheme=scheme,
+            fingerprint=fingerprint,
+            timings=Timings(
+                queue_ms=max(0, received_ms - job.submitted_at_ms),
+                load_ms=load_ms,
+                compute_ms=compute_ms,
+            ),
+            hardware=HardwareSnapshot(
+                device_name=self.hardware.device_name,
+                vram_bytes=self.hardware.memory_bytes,
+                driver_version=self.hardware.driver_version,
+                execution_provider=provider,
+                threads=threads,
+            ),
+            completed_at_ms=int(time.time() * 1000),
+            signature=b"",
+            output=output,
+        )
+        return dataclasses.replace(record, signature=self.sign_result(record))
+
+    def execute(self, model: LoadedModel, job: JobSubmitted) -> tuple[bytes, str, bytes]:
+        if job.params.get("stream") != "1":
+            return execute(model, job)
+
+        batch = TokenBatch(job.job_id, self.address, self.attempt)
+
+        def stream(index: int, token: int, text: str) -> None:
+            # Not awaited: progress only; the signed result that follows is what counts.
+            for event in batch.add(index, token, text, time.monotonic()):
+                self.producer.send(TOKENS, event, key=hex_key(job.job_id))
+
+        try:
+            return execute(model, job, stream)
+        finally:
+            for event in batch.rest():
+                self.producer.send(TOKENS, event, key=hex_key(job.job_id))
+
+    def train(self, job: JobSubmitted) -> tuple[bytes, str, bytes]:
+        """Run a training job; every epoch's checkpoint is published by CID as it ends."""
+        manifest_cid = job.params["manifest_cid"]
+        _, source = self.models.unpacked(manifest_cid, "source")
+        dataset = self.models.source.file(job.dataset_cid or "")
+        trainer = Trainer(
+            source,
+            self.models.tokenizer(manifest_cid),
+            dataset,
+            TrainingSpec.of(job),
+            self.settings.worker_threads,
+        )
+        epochs = []
+        for epoch in trainer.run():
+            cid = self.models.source.publish(epoch.checkpoint)
+            epochs.append(
+                {
+                    "epoch": epoch.epoch,
+                    "checkpoint_cid": cid,
+                    "loss": epoch.loss,
+                    "samples": epoch.samples,
+                }
+            )
+            log.info(
+                "job 0x%s epoch %d: loss %.4f", job.job_id.hex()[:12], epoch.epoch, epoch.loss
+            )
+        losses = np.asarray([e["loss"] for e in epochs], dtype="<f4").tobytes()
+        return output_document(epochs), TRAINING_SCHEME, losses
+
+    def proof(self, result: JobResult) -> JobProof:
+        """The training trace behind a training result (lattice.jobs.proofs)."""
+        output = result.output or b""
+        epochs = json.loads(output)["epochs"]
+        commitment = keccak(output)
+        return JobProof(
+            job_id=result.job_id,
+            node=self.address,
+            attempt=result.attempt,
+            kind="TRAINING_TRACE",
+            commitment=commitment,
+            epochs=tuple(
+                EpochCheckpoint(
+                    epoch=e["epoch"],
+                    checkpoint_cid=e["checkpoint_cid"],
+                    loss_ppm=int(e["loss"] * 1_000_000),
+                    samples=e["samples"],
+                )
+                for e in epochs
+            ),
+            signature=sign(self.key, keccak(b"lattice-proof-v1" + result.job_id + commitment)),
+            cause=result.cause,
+        )
+
+    def sign_result(self, record: JobResult) -> bytes:
+        return sign(self.key, result_hash(record, self.settings.chain_id))
+
+    # -- the process ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Position the job loop at the end of the assignments, and only then announce the
+        node (an assignment made before the node could read it would wait for its lease),
+        heartbeat, and serve until `stop`."""
+        store = RocksStore(self.work / "state")
+        config = self.settings.kafka_config
+        runtime = Runtime(self, store, self.bootstrap, producer=self.producer, kafka_config=config)
+        try:
+            runtime.open()
+            if stop.is_set():
+                return
+            self.announce()
+            beat = threading.Thread(target=self._beat, args=(stop,), name="heartbeat", daemon=True)
+            beat.start()
+            runtime.run(stop)
+        finally:
+            runtime.close()
+            store.close()
+            self.producer.close()
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_EVERY_S):
+            try:
+                self.producer.send(HEARTBEATS, self.heartbeat(), key=hex_key(self.address))
+            except Exception:  # a missed heartbeat is not fatal; the next one may land
+                log.exception("heartbeat failed")
+

@@ -1,0 +1,191 @@
+"""The matcher: signed job requests in, assignments (with their reasons) out.
+
+It folds the market's topics into a `MarketView` and each job's records into its `Job`
+(`processors.market.lifecycle`), its own output `lattice.jobs.assigned` included. Its state
+is in memory: at every start the runtime feeds it everything from the beginning, and it
+decides nothing until it has caught up (ticks start then), so a restarted matcher never
+assigns a job twice. Live, its `tick` assigns each pending job
+(`processors.market.matching.decide`), at once when a job came in, and on its clock:
+
+- an assignment whose lease ran out with no result goes to another node (attempt + 1, the
+  silent node excluded); a node that dies mid-job therefore loses it after `lease_ms`;
+- a job still without a result at its deadline is expired: an assignment with no nodes,
+  which the verifier turns into a refund.
+
+Leases and deadlines are liveness decisions on the wall clock (the tick's `now_ms`); each
+is written down as an event with its seed and candidates, and everything downstream
+(verdicts, settlements, reputation) derives from those events alone. An assignment is
+folded into the job when it is decided; reading it back later changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from processors.abc import Output, Pace, Processor, Subscription
+from processors.market.jobs import InvalidSignature, job_signer, recover, result_hash
+from processors.market.lifecycle import Job
+from processors.market.matching import JobNeeds, decide
+from processors.market.view import MarketView
+from processors.state import MemoryStore
+from schemas.events import Candidate, JobAssigned, JobResult, JobSubmitted
+from streams.kafka import LOW_LATENCY_READ, Record
+from streams.metrics import JOB_QUEUE
+from streams.settings import Settings
+from streams.topics import hex_key, topic
+
+log = logging.getLogger(__name__)
+
+SUBMITTED = topic("jobs.submitted")
+ASSIGNED = topic("jobs.assigned")
+RESULTS = topic("jobs.results")
+VERDICTS = topic("jobs.verdicts")
+INPUTS = (
+    topic("gpu.nodes"),
+    topic("gpu.heartbeats"),
+    topic("models"),
+    SUBMITTED,
+    ASSIGNED,
+    RESULTS,
+    VERDICTS,
+    topic("receipts"),  # nodes' stakes, from JobMarket's events
+)
+
+
+class Matcher(Processor[MemoryStore]):
+    role = "matcher"
+    pace = Pace(poll_s=0.02, tick_s=0.05, read_config=LOW_LATENCY_READ)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.name = f"{settings.client_id}-matcher"
+        self.market = MarketView(settings.chain_id)
+        self.jobs: dict[bytes, Job] = {}
+        #: Submitted jobs not closed yet, in the order they came in.
+        self.open: dict[bytes, None] = {}
+        self.decisions = 0
+        self._came_in = False
+
+    def subscriptions(self) -> Sequence[Subscription]:
+        return [Subscription(spec) for spec in INPUTS]
+
+    # -- folding the log --------------------------------------------------------------------
+
+    def handle(self, record: Record[Any], state: MemoryStore) -> Sequence[Output]:
+        event = record.event
+        if isinstance(event, JobSubmitted):
+            self._submitted(event, record)
+        elif isinstance(event, JobAssigned):
+            assigned = self.jobs.get(event.job_id) or Job(event.job_id)
+            if event.attempt > assigned.attempt:
+                self._fold(assigned.apply(event))
+        elif isinstance(event, JobResult):
+            answered = self.jobs.get(event.job_id)
+            # A result the node did not sign does not count as its answer: the lease runs out.
+            if answered is not None and self._signed_by_node(event):
+                self._fold(answered.apply(event))
+        else:
+            self.market.apply(event)
+        return ()
+
+    def _submitted(self, event: JobSubmitted, record: Record[Any]) -> None:
+        job = self.jobs.get(event.job_id) or Job(event.job_id)
+        if job.submitted is not None:
+            return
+        try:
+            job_signer(event, self.settings.chain_id)
+        except InvalidSignature as exc:
+            log.warning("dropping job 0x%s: %s", event.job_id.hex(), exc)
+            return
+        self._fold(job.apply(event, record.position))
+        self._came_in = True
+
+    def _fold(self, job: Job) -> None:
+        self.jobs[job.job_id] = job
+        if job.submitted is not None and not job.closed:
+            self.open.setdefault(job.job_id, None)
+        else:
+            self.open.pop(job.job_id, None)
+
+    def _signed_by_node(self, result: JobResult) -> bool:
+        try:
+            signer = recover(result_hash(result, self.settings.chain_id), result.signature)
+        except InvalidSignature:
+            return False
+        return bool(signer == result.node)
+
+    # -- deciding -------------------------------------------------------------------------
+
+    def tick_due(self) -> bool:
+        return self._came_in
+
+    def assignment(self, job: Job, now: int, expire: bool) -> JobAssigned:
+        record = job.submitted
+        assert record is not None and job.submitted_at is not None
+        attempt = job.attempt + 1
+        model = self.market.versions.get(record.params.get("manifest_cid", ""))
+        known = model is not None and model.name == record.model_id
+        needs = JobNeeds(
+            record.job_id,
+            record.kind,
+            record.required_vram_bytes,
+            record.max_price_wei,
+            record.deadline_ms,
+        )
+        decision = decide(
+            needs,
+            self.market.node_views(),
+            now,
+            attempt,
+            job.excluded,
+            self.settings.redundancy_bps,
+            force_redundant=record.params.get("redundancy") == "2",
+        )
+        nodes = () if expire or not known else decision.nodes
+        return JobAssigned(
+            job_id=record.job_id,
+            attempt=attempt,
+            nodes=nodes,
+            redundant=decision.redundant and bool(nodes),
+            seed=decision.seed,
+            candidates=tuple(Candidate(**vars(c)) for c in decision.candidates),
+            lease_expires_ms=now + self.settings.lease_ms if nodes else now,
+            cause=job.submitted_at,
+            job=record if nodes else None,
+        )
+
+    def tick(self, now_ms: int, state: MemoryStore) -> Sequence[Output]:
+        """The assignments due now; each is folded into its job as it is decided."""
+        self._came_in = False
+        jobs = [self.jobs[j] for j in self.open]
+        JOB_QUEUE.labels("waiting").set(sum(1 for j in jobs if not j.nodes))
+        JOB_QUEUE.labels("running").set(sum(1 for j in jobs if j.nodes))
+        due = []
+        for job in jobs:
+            assignment = self._due(job, now_ms)
+            if assignment is None:
+                continue
+            self._fold(job.apply(assignment))
+            self.decisions += 1
+            log.info(
+                "job 0x%s attempt %d -> %s",
+                job.job_id.hex()[:12],
+                assignment.attempt,
+                ", ".join("0x" + n.hex()[:8] for n in assignment.nodes) or "expired",
+            )
+            due.append(Output(ASSIGNED, assignment, key=hex_key(job.job_id)))
+        return due
+
+    def _due(self, job: Job, now: int) -> JobAssigned | None:
+        """The assignment a job needs now, if any: an expiry past its deadline, a first
+        assignment, or a new node once the lease ran out unanswered."""
+        assert job.submitted is not None
+        if now >= job.submitted.deadline_ms:
+            return self.assignment(job, now, expire=True)
+        if job.attempt >= 0 and (now < job.lease_expires_ms or job.answered):
+            return None
+        proposal = self.assignment(job, now, expire=False)
+        known = job.submitted.params.get("manifest_cid", "") in self.market.versions
+        return proposal if proposal.nodes or not known else None  # unknown models expire
