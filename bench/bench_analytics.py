@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_analytics.py [--blocks 2000] [--txs-per-block 10] [--rows 1000000]
 
 1. Ingest: blocks with signed transactions, their receipts (one log each) and executed
-   blocks are produced to the embedded broker; the sink (`processors.analytics.sink`) reads
+   blocks are produced to the embedded broker; the sink (`processors.analytics.processor`) reads
    them into DuckDB. Printed: rows/s and records/s once all is on the log (a backlog drained),
    and while a producer keeps writing (the lag: records on the log not yet committed to
    DuckDB, sampled every 100 ms).
@@ -28,10 +28,12 @@ import duckdb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from processors.analytics.processor import INPUTS, AnalyticsSink  # noqa: E402
 from processors.analytics.queries import SAVED  # noqa: E402
-from processors.analytics.sink import INPUTS, AnalyticsSink  # noqa: E402
+from processors.analytics.store import AnalyticsStore  # noqa: E402
 from processors.analytics.tables import ddl  # noqa: E402
 from processors.execution.transactions import ChainRules, decode_transaction  # noqa: E402
+from processors.runtime import Runtime  # noqa: E402
 from streams.admin import ensure_topics  # noqa: E402
 from streams.broker import EmbeddedBroker  # noqa: E402
 from streams.kafka import Producer, Reader  # noqa: E402
@@ -71,18 +73,21 @@ def ingest(blocks: int, per_block: int) -> None:
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         ensure_topics(broker.bootstrap, INPUTS)
         records = produce(broker.bootstrap, range(1, blocks + 1), per_block)
-        sink = AnalyticsSink(broker.bootstrap, Path(tmp) / "a", RULES, snapshot_every_s=None)
+        store = AnalyticsStore(Path(tmp) / "a", snapshot_every_s=None)
         started = time.perf_counter()
-        sink.run(threading.Event(), until_caught_up=True)
+        Runtime(AnalyticsSink(RULES), store, broker.bootstrap).run(
+            threading.Event(), until_caught_up=True
+        )
         elapsed = time.perf_counter() - started
         print(
-            f"  backlog: {records} records -> {sink.written} rows in {elapsed:.1f} s: "
-            f"{sink.written / elapsed:,.0f} rows/s, {records / elapsed:,.0f} records/s",
+            f"  backlog: {records} records -> {store.written} rows in {elapsed:.1f} s: "
+            f"{store.written / elapsed:,.0f} rows/s, {records / elapsed:,.0f} records/s",
             flush=True,
         )
         # Under load: a producer writes while the sink follows; lag sampled from the outside.
         stop = threading.Event()
-        follower = threading.Thread(target=sink.run, args=(stop,))
+        runtime = Runtime(AnalyticsSink(RULES), store, broker.bootstrap)
+        follower = threading.Thread(target=runtime.run, args=(stop,))
         follower.start()
         lags: list[int] = []
         writer = threading.Thread(
@@ -91,14 +96,14 @@ def ingest(blocks: int, per_block: int) -> None:
         writer.start()
         while writer.is_alive():
             committed = (
-                sink.db.cursor().execute('SELECT sum("offset" + 1) FROM sink_offsets').fetchone()
+                store.db.cursor().execute('SELECT sum("offset" + 1) FROM sink_offsets').fetchone()
             )
             lags.append(log_end(broker.bootstrap) - int(committed[0] if committed else 0))
             time.sleep(0.1)
         writer.join()
         stop.set()
         follower.join()
-        sink.close()
+        store.close()
         lags.sort()
         print(
             f"  under load ({records} records produced while sinking): lag p50 "

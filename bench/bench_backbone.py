@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_backbone.py [--records N]
 
 Peers, measured in the same run on the same machine:
-- codec: Lattice's single-object encode/decode (header + uint256 logical type + validation)
-  beside bare fastavro schemaless write/read of the same records, and beside JSON;
+- codec: Lattice's single-object encode/decode (header + uint256 logical type + validation),
+  of plain records and of the typed event classes producers and consumers use, beside bare
+  fastavro schemaless write/read of the same records, and beside JSON;
 - broker: Lattice's idempotent Avro producer and decoding reader beside a bare
   confluent-kafka producer/consumer moving the same bytes, on the embedded broker.
 Figures are printed; nothing is asserted.
@@ -23,6 +24,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka import Producer as RawProducer
 
 from schemas.codec import default_codec, jsonable
+from schemas.events import TransactionSubmitted
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
 from streams.kafka import Producer, Reader, from_beginning
@@ -71,6 +73,9 @@ def bench_codec(n: int) -> None:
         lambda: encoded.extend(codec.encode(NAME, r) for r in records),
     )
     rate("lattice decode", n, lambda: [codec.decode(b) for b in encoded])
+    events = [TransactionSubmitted.from_avro(r) for r in records]
+    rate("lattice encode, typed events", n, lambda: [codec.encode_event(e) for e in events])
+    rate("lattice decode to typed events", n, lambda: [codec.decode_event(b) for b in encoded])
 
     def bare_write() -> list[bytes]:
         out = []
@@ -99,9 +104,9 @@ def bench_broker(n: int) -> None:
         ours = TopicSpec("bench.lattice", NAME, "k", 4)
         peer = TopicSpec("bench.raw", NAME, "k", 4)
         ensure_topics(broker.bootstrap, [ours, peer])
-        records = [record(i) for i in range(n)]
+        records = [TransactionSubmitted.from_avro(record(i)) for i in range(n)]
         codec = default_codec()
-        payloads = [codec.encode(NAME, r) for r in records]
+        payloads = [codec.encode_event(r) for r in records]
 
         producer = Producer(broker.bootstrap, config={"linger.ms": 5})
 
@@ -110,7 +115,7 @@ def bench_broker(n: int) -> None:
                 producer.send(ours, r, key=f"k{i % 64}")
             producer.flush()
 
-        rate("lattice producer (encode + idempotent)", n, produce_ours)
+        rate("lattice producer (typed event, encode + idempotent)", n, produce_ours)
         producer.close()
 
         raw = RawProducer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
@@ -129,7 +134,7 @@ def bench_broker(n: int) -> None:
 
         reader = Reader(broker.bootstrap)
         rate(
-            "lattice reader (decode) to end",
+            "lattice reader (decode to typed events) to end",
             n,
             lambda: [reader.decode(m) for m in reader.read(from_beginning(ours.name, range(4)))],
         )

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from schemas.events import BlockOrdered
 from streams.broker import free_port
 from streams.kafka import Reader
 
@@ -75,13 +76,13 @@ def run(proposers: int, seconds: float, interval: float, depth: int) -> None:
                 if message is None or message.error() is not None:
                     continue
                 now_ms = time.time() * 1000
-                value = reader.decode(message).value
+                value = reader.codec.decode_as(message.value(), BlockOrdered)
                 if time.monotonic() < warmup:
                     continue
                 chain_blocks += 1
-                reds += len(value["mergeset_reds"])
+                reds += len(value.mergeset_reds)
                 # The chain block's own timestamp; its mergeset blocks were made earlier.
-                latencies.append(now_ms - value["timestamp_ms"])
+                latencies.append(now_ms - value.timestamp_ms)
             reader.close()
         finally:
             devnet.send_signal(signal.SIGTERM)

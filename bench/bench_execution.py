@@ -3,8 +3,9 @@
     .venv/bin/python bench/bench_execution.py [--blocks 20] [--per-block 250]
 
 Fills an embedded broker's ordered topic with blocks of signed ETH transfers from the dev
-accounts, then runs the real ExecutionProcessor (py-evm, rocksdict commits, events sent and
-acknowledged) over it and reports transactions per second. Beside it, the same blocks
+accounts, then runs the real ExecutionProcessor under the processor runtime (read from the
+broker, py-evm, rocksdict commits, events sent and acknowledged) over it until it has caught
+up, and reports transactions per second. Beside it, the same blocks
 through the bare Ledger on an in-memory store: the cost of the processor's shell.
 """
 
@@ -13,9 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from eth_account import Account
 
@@ -25,9 +26,12 @@ from processors.execution.genesis import dev_genesis
 from processors.execution.ledger import Ledger
 from processors.execution.processor import ORDERED, ExecutionProcessor
 from processors.execution.transactions import ChainRules
+from processors.runtime import Runtime
+from processors.state import RocksStore
+from schemas.events import BlockOrdered, OrderedTransaction, Position
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
-from streams.kafka import Producer, Reader
+from streams.kafka import Producer
 from streams.settings import CHAIN_ID
 from streams.topics import TOPICS
 
@@ -39,7 +43,7 @@ KEYS = [
 ]
 
 
-def blocks(count: int, per_block: int) -> list[dict[str, Any]]:
+def blocks(count: int, per_block: int) -> list[BlockOrdered]:
     nonces = [0] * len(KEYS)
     out = []
     for n in range(1, count + 1):
@@ -59,27 +63,23 @@ def blocks(count: int, per_block: int) -> list[dict[str, Any]]:
             raw = bytes(Account.sign_transaction(tx, KEYS[k]).raw_transaction)
             nonces[k] += 1
             txs.append(
-                {
-                    "hash": b"\0" * 32,
-                    "raw": raw,
-                    "dag_block": n.to_bytes(32, "big"),
-                    "index_in_block": i,
-                }
+                OrderedTransaction(
+                    hash=b"\0" * 32, raw=raw, dag_block=n.to_bytes(32, "big"), index_in_block=i
+                )
             )
         out.append(
-            {
-                "chain_index": n,
-                "hash": n.to_bytes(32, "big"),
-                "selected_parent": None,
-                "blue_score": n,
-                "blue_work": n,
-                "timestamp_ms": 1_700_000_000_000 + n * 1000,
-                "proposer": b"\x99" * 20,
-                "mergeset_blues": [],
-                "mergeset_reds": [],
-                "transactions": txs,
-                "cause": {"topic": "lattice.blocks.proposed", "partition": 0, "offset": n},
-            }
+            BlockOrdered(
+                chain_index=n,
+                hash=n.to_bytes(32, "big"),
+                blue_score=n,
+                blue_work=n,
+                timestamp_ms=1_700_000_000_000 + n * 1000,
+                proposer=b"\x99" * 20,
+                mergeset_blues=(),
+                mergeset_reds=(),
+                transactions=tuple(txs),
+                cause=Position(topic="lattice.blocks.proposed", partition=0, offset=n),
+            )
         )
     return out
 
@@ -108,15 +108,14 @@ def main() -> None:
         for block in load:
             producer.send(ORDERED, block)
         producer.close()
-        processor = ExecutionProcessor(broker.bootstrap, Path(tmp), dev_genesis(30_000_000), rules)
-        reader = Reader(broker.bootstrap)
-        messages = list(reader.read({(ORDERED.name, 0): 0}))
-        reader.close()
+        rocks = RocksStore(Path(tmp))
+        processor = ExecutionProcessor(dev_genesis(30_000_000), rules)
+        runtime = Runtime(processor, rocks, broker.bootstrap)
+        runtime.open()
         start = time.perf_counter()
-        for message in messages:
-            processor.handle(message)
+        runtime.run(threading.Event(), until_caught_up=True)
         shell = total / (time.perf_counter() - start)
-        processor.close()
+        rocks.close()
     print(f"  bare Ledger (py-evm, memory store)        {bare:>8,.0f} tx/s")
     print(f"  ExecutionProcessor (rocksdict + events)   {shell:>8,.0f} tx/s   x{shell / bare:.2f}")
 

@@ -29,6 +29,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -43,6 +44,7 @@ from processors.compute.models import import_model  # noqa: E402
 from processors.compute.runtime import BlockSource, ModelCache  # noqa: E402
 from processors.market.content import Blockstore  # noqa: E402
 from processors.verifier import core  # noqa: E402
+from schemas.events import JobSubmitted  # noqa: E402
 
 PROMPT = "the quick brown fox"
 
@@ -76,6 +78,90 @@ def start_devnet(tmp: Path, workers: int) -> tuple[subprocess.Popen[bytes], str,
     return process, url, data
 
 
+def bench_direct(model: Any, tokens: int, jobs: int) -> list[float]:
+    """The peer: the worker's own generation, in this process; then the verifier's check."""
+    payload = {"prompt": PROMPT, "max_tokens": tokens}
+    job = JobSubmitted(
+        job_id=hashlib.sha256(b"bench").digest(),
+        requester=bytes(20),
+        kind="INFERENCE",
+        model_id="bench-model",
+        input_cid="",
+        required_vram_bytes=0,
+        max_price_wei=0,
+        deadline_ms=0,
+        nonce=0,
+        submitted_at_ms=0,
+        signature=b"",
+        input=json.dumps(payload).encode(),
+    )
+    direct = []
+    for _ in range(jobs):
+        started = time.perf_counter()
+        output, _, fingerprint = execute(model, job)
+        direct.append((time.perf_counter() - started) * 1000)
+    report("direct ONNX Runtime (peer)", direct, 1000 / statistics.mean(direct))
+    verify = []
+    generated = json.loads(output)["token_ids"]
+    for _ in range(jobs):
+        started = time.perf_counter()
+        prompt = model.prompt_ids(payload)
+        logits = model.logits(prompt + generated)
+        assert core.check_generation(
+            output, fingerprint, logits, len(prompt), model.eos_token_id
+        ).passed
+        verify.append((time.perf_counter() - started) * 1000)
+    report("verifier re-execution per result", verify, 1000 / statistics.mean(verify))
+    return direct
+
+
+def import_into(data: Path, model_dir: Path) -> None:
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "model",
+            "import",
+            str(model_dir),
+            "--name",
+            "bench-model",
+            "--dev-account",
+            "1",
+            "--data-dir",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    if imported.returncode != 0:
+        raise RuntimeError(imported.stderr)
+
+
+def bench_market(url: str, data: Path, tokens: int, jobs: int) -> list[float]:
+    """Completions through the market: one at a time, then from 8 threads."""
+    key = (data / "api-key").read_text().strip()
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+    def one() -> float:
+        started = time.perf_counter()
+        client.completions.create(model="bench-model", prompt=PROMPT, max_tokens=tokens)
+        return (time.perf_counter() - started) * 1000
+
+    for _ in range(5):
+        one()  # workers load the model on their first job
+    market = [one() for _ in range(jobs)]
+    report("market, one at a time", market, 1000 / statistics.mean(market))
+    started = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(lambda _: one(), range(jobs)))
+    elapsed = time.perf_counter() - started
+    report("market, 8 concurrent clients", concurrent, jobs / elapsed)
+    return market
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=200)
@@ -97,70 +183,11 @@ def main() -> None:
             f"parameters; {args.tokens} tokens per job, {args.jobs} jobs",
             flush=True,
         )
-        payload = {"prompt": PROMPT, "max_tokens": args.tokens}
-        job = {"job_id": hashlib.sha256(b"bench").digest(), "input": json.dumps(payload).encode()}
-        direct = []
-        for _ in range(args.jobs):
-            started = time.perf_counter()
-            output, _, fingerprint = execute(model, job)
-            direct.append((time.perf_counter() - started) * 1000)
-        report("direct ONNX Runtime (peer)", direct, 1000 / statistics.mean(direct))
-
-        verify = []
-        tokens = json.loads(output)["token_ids"]
-        for _ in range(args.jobs):
-            started = time.perf_counter()
-            prompt = model.prompt_ids(payload)
-            logits = model.logits(prompt + tokens)
-            assert core.check_generation(
-                output, fingerprint, logits, len(prompt), model.eos_token_id
-            ).passed
-            verify.append((time.perf_counter() - started) * 1000)
-        report("verifier re-execution per result", verify, 1000 / statistics.mean(verify))
-
+        direct = bench_direct(model, args.tokens, args.jobs)
         process, url, data = start_devnet(Path(tmp), args.workers)
         try:
-            imported = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "deploy.cli",
-                    "model",
-                    "import",
-                    str(model_dir),
-                    "--name",
-                    "bench-model",
-                    "--dev-account",
-                    "1",
-                    "--data-dir",
-                    str(data),
-                ],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-                check=False,
-            )
-            if imported.returncode != 0:
-                raise RuntimeError(imported.stderr)
-            key = (data / "api-key").read_text().strip()
-            client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
-
-            def one() -> float:
-                started = time.perf_counter()
-                client.completions.create(
-                    model="bench-model", prompt=PROMPT, max_tokens=args.tokens
-                )
-                return (time.perf_counter() - started) * 1000
-
-            for _ in range(5):
-                one()  # workers load the model on their first job
-            market = [one() for _ in range(args.jobs)]
-            report("market, one at a time", market, 1000 / statistics.mean(market))
-            started = time.perf_counter()
-            with ThreadPoolExecutor(8) as pool:
-                concurrent = list(pool.map(lambda _: one(), range(args.jobs)))
-            elapsed = time.perf_counter() - started
-            report("market, 8 concurrent clients", concurrent, args.jobs / elapsed)
+            import_into(data, model_dir)
+            market = bench_market(url, data, args.tokens, args.jobs)
             overhead = percentile(market, 0.5) - percentile(direct, 0.5)
             print(f"  market overhead over direct (p50): {overhead:.2f} ms", flush=True)
         finally:

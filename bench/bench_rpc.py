@@ -158,133 +158,171 @@ def percentiles(label: str, samples_ms: list[float]) -> dict[str, float]:
     return {f"{label} p50 ms": p50, f"{label} p99 ms": p99}
 
 
-def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
-    client = Client(url)
-    chain_id = int(client.call("eth_chainId"), 16)
-    accounts = [Account.from_key(k).address for k in KEYS]
-    nonces = [int(client.call("eth_getTransactionCount", a, "pending"), 16) for a in accounts]
-    results: dict[str, float] = {}
+class Workload:
+    """The client's script against one node: set-up (a token, funded wallets), then each
+    measured part adding its figures to `results`."""
 
-    # Deploy the token first (its receipt gives the address).
-    token = load("LatticeToken")
-    ctor = encode(["string", "string", "uint256"], ["Lattice", "LAT", 10**27])
-    deploy = signed(
-        chain_id,
-        KEYS[0],
-        nonces[0],
-        "",
-        data=bytes.fromhex(token["bytecode"][2:]) + ctor,
-        gas=2_000_000,
-    )
-    deploy_hash = client.call("eth_sendRawTransaction", deploy)
-    until_receipts(client, [deploy_hash])
-    receipt = client.call("eth_getTransactionReceipt", deploy_hash)
-    token_address = Web3.to_checksum_address(receipt["contractAddress"])
-    nonces[0] += 1
+    def __init__(self, url: str, transfers: int, calls: int) -> None:
+        self.url, self.transfers, self.calls = url, transfers, calls
+        self.client = Client(url)
+        self.chain_id = int(self.client.call("eth_chainId"), 16)
+        self.accounts = [Account.from_key(k).address for k in KEYS]
+        self.nonces = self.pending_nonces()
+        self.results: dict[str, float] = {}
+        self.selector = keccak(b"transfer(address,uint256)")[:4]
+        self.token = self.deploy_token()
 
-    # Every wallet gets tokens of its own, so that ERC-20 transfers can come from all ten.
-    selector = keccak(b"transfer(address,uint256)")[:4]
-    hashes = []
-    for k in range(1, len(KEYS)):
-        payload = selector + encode(["address", "uint256"], [accounts[k], 10**24])
-        raw = signed(chain_id, KEYS[0], nonces[0], token_address, data=payload, gas=80_000)
-        hashes.append(client.call("eth_sendRawTransaction", raw))
-        nonces[0] += 1
-    until_receipts(client, hashes)
+    def pending_nonces(self) -> list[int]:
+        return [
+            int(self.client.call("eth_getTransactionCount", a, "pending"), 16)
+            for a in self.accounts
+        ]
 
-    def wallets(kind: str) -> list[list[str]]:
+    def deploy_token(self) -> str:
+        """Deploy the token (its receipt gives the address) and give every wallet tokens of
+        its own, so that ERC-20 transfers can come from all ten."""
+        client = self.client
+        token = load("LatticeToken")
+        ctor = encode(["string", "string", "uint256"], ["Lattice", "LAT", 10**27])
+        code = bytes.fromhex(token["bytecode"][2:]) + ctor
+        deploy = signed(self.chain_id, KEYS[0], self.nonces[0], "", data=code, gas=2_000_000)
+        deploy_hash = client.call("eth_sendRawTransaction", deploy)
+        until_receipts(client, [deploy_hash])
+        receipt = client.call("eth_getTransactionReceipt", deploy_hash)
+        address = str(Web3.to_checksum_address(receipt["contractAddress"]))
+        self.nonces[0] += 1
+        hashes = []
+        for k in range(1, len(KEYS)):
+            payload = self.selector + encode(["address", "uint256"], [self.accounts[k], 10**24])
+            raw = signed(self.chain_id, KEYS[0], self.nonces[0], address, data=payload, gas=80_000)
+            hashes.append(client.call("eth_sendRawTransaction", raw))
+            self.nonces[0] += 1
+        until_receipts(client, hashes)
+        return address
+
+    def wallets(self, kind: str) -> list[list[str]]:
         """`transfers` transactions of a kind, spread over the ten wallets."""
         out: list[list[str]] = [[] for _ in KEYS]
-        for i in range(transfers):
+        for i in range(self.transfers):
             k = i % len(KEYS)
             if kind == "eth":
-                raw = signed(chain_id, KEYS[k], nonces[k], accounts[(k + 1) % len(KEYS)], value=1)
+                to = self.accounts[(k + 1) % len(KEYS)]
+                raw = signed(self.chain_id, KEYS[k], self.nonces[k], to, value=1)
             else:
-                to = "0x" + (i + 1).to_bytes(20, "big").hex()
-                payload = selector + encode(["address", "uint256"], [to, 1])
-                raw = signed(chain_id, KEYS[k], nonces[k], token_address, data=payload, gas=80_000)
+                holder = "0x" + (i + 1).to_bytes(20, "big").hex()
+                payload = self.selector + encode(["address", "uint256"], [holder, 1])
+                raw = signed(
+                    self.chain_id, KEYS[k], self.nonces[k], self.token, data=payload, gas=80_000
+                )
             out[k].append(raw)
-            nonces[k] += 1
+            self.nonces[k] += 1
         return out
 
-    def one_at_a_time(txs: list[list[str]]) -> None:
+    def one_at_a_time(self, txs: list[list[str]]) -> None:
         interleaved = [raw for row in itertools.zip_longest(*txs) for raw in row if raw]
-        until_receipts(client, [client.call("eth_sendRawTransaction", r) for r in interleaved])
+        sent = [self.client.call("eth_sendRawTransaction", r) for r in interleaved]
+        until_receipts(self.client, sent)
 
-    def all_wallets(txs: list[list[str]]) -> None:
-        until_receipts(client, send_from_wallets(url, txs))
+    def all_wallets(self, txs: list[list[str]]) -> None:
+        until_receipts(self.client, send_from_wallets(self.url, txs))
 
-    def batches(txs: list[list[str]]) -> None:
+    def batches(self, txs: list[list[str]]) -> None:
         # One transaction per wallet in each batch: no node has to keep a batch's order.
         rows = [[raw for raw in row if raw] for row in itertools.zip_longest(*txs)]
-        until_receipts(
-            client,
-            [h for row in rows for h in client.batch("eth_sendRawTransaction", [[r] for r in row])],
+        sent = [
+            h
+            for row in rows
+            for h in self.client.batch("eth_sendRawTransaction", [[r] for r in row])
+        ]
+        until_receipts(self.client, sent)
+
+    def bench_transfers(self) -> None:
+        for kind, name in (("eth", "ETH"), ("erc20", "ERC-20")):
+            for mode, label, send in (
+                ("sequential", "one at a time", self.one_at_a_time),
+                ("10 wallets", "ten wallets at once", self.all_wallets),
+                ("batches", "batches of ten (one per wallet)", self.batches),
+            ):
+                txs = self.wallets(kind)
+                key = f"{kind} transfers, {mode} /s"
+                try:
+                    self.results[key] = rate(
+                        f"{name} transfers, {label}, to all receipts",
+                        self.transfers,
+                        lambda send=send, txs=txs: send(txs),  # type: ignore[misc]
+                    )
+                except (RuntimeError, TimeoutError) as exc:  # a node refusing the workload
+                    print(f"    {name} transfers, {label}: FAILED: {exc}"[:300], flush=True)
+                    self.results[key] = float("nan")
+                    self.nonces = self.pending_nonces()
+
+    def bench_latency(self) -> None:
+        """Submit-to-receipt: one transfer at a time, its receipt polled every 5 ms."""
+        waits = []
+        for _ in range(LATENCY_SAMPLES):
+            raw = signed(self.chain_id, KEYS[1], self.nonces[1], self.accounts[2], value=1)
+            self.nonces[1] += 1
+            start = time.perf_counter()
+            tx_hash = self.client.call("eth_sendRawTransaction", raw)
+            while self.client.call("eth_getTransactionReceipt", tx_hash) is None:
+                time.sleep(0.005)
+            waits.append((time.perf_counter() - start) * 1000)
+        self.results.update(percentiles("submit-to-receipt", waits))
+
+    def timed(self, label: str, count: int, call: Callable[[int], object]) -> None:
+        latencies = []
+        for i in range(count):
+            start = time.perf_counter()
+            call(i)
+            latencies.append((time.perf_counter() - start) * 1000)
+        self.results.update(percentiles(label, latencies))
+
+    def bench_reads(self) -> None:
+        client, token = self.client, self.token
+
+        def balance_of(holder: str | bytes) -> str:
+            return "0x" + (keccak(b"balanceOf(address)")[:4] + encode(["address"], [holder])).hex()
+
+        same = balance_of(self.accounts[0])
+        self.timed(
+            "eth_call",
+            self.calls,
+            lambda i: client.call("eth_call", {"to": token, "data": same}, "latest"),
+        )
+        # The same read for another holder each time: no node can answer it from memory.
+        self.timed(
+            "eth_call new",
+            self.calls,
+            lambda i: client.call(
+                "eth_call",
+                {"to": token, "data": balance_of((0xB0B << 140 | i).to_bytes(20, "big"))},
+                "latest",
+            ),
         )
 
-    for kind, name in (("eth", "ETH"), ("erc20", "ERC-20")):
-        for mode, label, send in (
-            ("sequential", "one at a time", one_at_a_time),
-            ("10 wallets", "ten wallets at once", all_wallets),
-            ("batches", "batches of ten (one per wallet)", batches),
-        ):
-            txs = wallets(kind)
-            try:
-                results[f"{kind} transfers, {mode} /s"] = rate(
-                    f"{name} transfers, {label}, to all receipts",
-                    transfers,
-                    lambda send=send, txs=txs: send(txs),  # type: ignore[misc]
-                )
-            except (RuntimeError, TimeoutError) as exc:  # a node refusing the workload
-                print(f"    {name} transfers, {label}: FAILED: {exc}"[:300], flush=True)
-                results[f"{kind} transfers, {mode} /s"] = float("nan")
-                nonces = [
-                    int(client.call("eth_getTransactionCount", a, "pending"), 16) for a in accounts
-                ]
-    # Submit-to-receipt latency: one transfer at a time, its receipt polled every 5 ms.
-    waits = []
-    for _ in range(LATENCY_SAMPLES):
-        raw = signed(chain_id, KEYS[1], nonces[1], accounts[2], value=1)
-        nonces[1] += 1
-        start = time.perf_counter()
-        tx_hash = client.call("eth_sendRawTransaction", raw)
-        while client.call("eth_getTransactionReceipt", tx_hash) is None:
-            time.sleep(0.005)
-        waits.append((time.perf_counter() - start) * 1000)
-    results.update(percentiles("submit-to-receipt", waits))
-    balance_of = (
-        "0x" + (keccak(b"balanceOf(address)")[:4] + encode(["address"], [accounts[0]])).hex()
-    )
-    latencies = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        client.call("eth_call", {"to": token_address, "data": balance_of}, "latest")
-        latencies.append((time.perf_counter() - start) * 1000)
-    results.update(percentiles("eth_call", latencies))
-    # The same read for another holder each time: no node can answer it from memory.
-    latencies = []
-    for i in range(calls):
-        holder = (0xB0B << 140 | i).to_bytes(20, "big")
-        fresh = "0x" + (keccak(b"balanceOf(address)")[:4] + encode(["address"], [holder])).hex()
-        start = time.perf_counter()
-        client.call("eth_call", {"to": token_address, "data": fresh}, "latest")
-        latencies.append((time.perf_counter() - start) * 1000)
-    results.update(percentiles("eth_call new", latencies))
-    # What a wallet asks before each send: the gas of an ERC-20 transfer, to a new address.
-    latencies = []
-    for i in range(calls // 4):
-        to = (0xE57 << 140 | i).to_bytes(20, "big")
-        payload = "0x" + (selector + encode(["address", "uint256"], [to, 1])).hex()
-        start = time.perf_counter()
-        client.call("eth_estimateGas", {"from": accounts[0], "to": token_address, "data": payload})
-        latencies.append((time.perf_counter() - start) * 1000)
-    results.update(percentiles("eth_estimateGas", latencies))
-    results["getBalance"] = rate(
-        "eth_getBalance",
-        calls,
-        lambda: [client.call("eth_getBalance", accounts[1], "latest") for _ in range(calls)],
-    )
-    return results
+        # What a wallet asks before each send: the gas of an ERC-20 transfer, to a new address.
+        def estimate(i: int) -> object:
+            to = (0xE57 << 140 | i).to_bytes(20, "big")
+            payload = "0x" + (self.selector + encode(["address", "uint256"], [to, 1])).hex()
+            call = {"from": self.accounts[0], "to": token, "data": payload}
+            return client.call("eth_estimateGas", call)
+
+        self.timed("eth_estimateGas", self.calls // 4, estimate)
+        self.results["getBalance"] = rate(
+            "eth_getBalance",
+            self.calls,
+            lambda: [
+                client.call("eth_getBalance", self.accounts[1], "latest") for _ in range(self.calls)
+            ],
+        )
+
+
+def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
+    run = Workload(url, transfers, calls)
+    run.bench_transfers()
+    run.bench_latency()
+    run.bench_reads()
+    return run.results
 
 
 def start_lattice(tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:

@@ -52,10 +52,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lattice", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+Subparsers = Any  # argparse's private _SubParsersAction
 
+
+def _add_devnet(sub: Subparsers) -> None:
     devnet = sub.add_parser("devnet", help="run the whole network on this machine")
     _common(devnet)
     devnet.add_argument("--rpc-port", type=int, help="JSON-RPC and REST port (default 8545)")
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--finality-depth", type=int, help="blue-score depth of finality (default 10)"
     )
 
+
+def _add_ledger(sub: Subparsers) -> None:
     execution = sub.add_parser("execution", help="the EVM execution processor")
     execution_sub = execution.add_subparsers(
         dest="execution_command", required=True, metavar="ACTION"
@@ -101,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--genesis", type=Path, help="genesis file (default: dev genesis)")
     replay.add_argument("-q", "--quiet", action="store_true", help="only the summary")
 
+
+def _add_dag(sub: Subparsers) -> None:
     proposer = sub.add_parser("proposer", help="run one block proposer")
     _common(proposer)
     who = proposer.add_mutually_exclusive_group(required=True)
@@ -109,21 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     proposer.add_argument("--block-interval", type=float, help="seconds between blocks (default 1)")
     proposer.add_argument("--ghostdag-k", type=int)
     proposer.add_argument("--finality-depth", type=int)
-
-    topics = sub.add_parser("topics", help="list topics with their record counts")
-    _common(topics)
-
-    tail = sub.add_parser("tail", help="print a topic's records as JSON lines")
-    _common(tail)
-    tail.add_argument("topic", help="topic name, e.g. lattice.tx.submitted or tx.submitted")
-    tail.add_argument(
-        "-n",
-        type=int,
-        default=10,
-        metavar="N",
-        help="print the last N records (default 10; 0 for none, -1 for all)",
-    )
-    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
 
     dag = sub.add_parser("dag", help="GHOSTDAG tools")
     dag_sub = dag.add_subparsers(dest="dag_command", required=True, metavar="ACTION")
@@ -144,10 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     dag_run.add_argument("--ghostdag-k", type=int)
     dag_run.add_argument("--finality-depth", type=int)
 
-    from deploy import analytics_cli, market_cli
 
-    market_cli.add_commands(sub, _common)
-    analytics_cli.add_commands(sub, _common)
+def _add_log_tools(sub: Subparsers) -> None:
+    topics = sub.add_parser("topics", help="list topics with their record counts")
+    _common(topics)
+
+    tail = sub.add_parser("tail", help="print a topic's records as JSON lines")
+    _common(tail)
+    tail.add_argument("topic", help="topic name, e.g. lattice.tx.submitted or tx.submitted")
+    tail.add_argument(
+        "-n",
+        type=int,
+        default=10,
+        metavar="N",
+        help="print the last N records (default 10; 0 for none, -1 for all)",
+    )
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
 
     schemas = sub.add_parser("schemas", help="inspect and freeze the Avro schemas")
     schemas.add_argument(
@@ -155,6 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["list", "check", "freeze", "generate"],
         help="generate: write schemas/events.py (the typed event classes) from the schemas",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from deploy import analytics_cli, market_cli
+
+    parser = argparse.ArgumentParser(prog="lattice", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_devnet(sub)
+    _add_ledger(sub)
+    _add_dag(sub)
+    _add_log_tools(sub)
+    market_cli.add_commands(sub, _common)
+    analytics_cli.add_commands(sub, _common)
     return parser
 
 

@@ -124,6 +124,23 @@ def _seal(vm: Any, header: BlockHeaderAPI, txs: list[Any], receipts: list[Receip
     return vm.finalize_block(packed).block.copy(transactions=txs)  # type: ignore[no-any-return]
 
 
+@dataclass
+class _Building:
+    """An EVM block being built from ordered transactions."""
+
+    vm: Any
+    header: BlockHeaderAPI
+    touched: set[bytes]
+    builder: Any = None
+    applied: list[Any] = field(default_factory=list)
+    receipts: list[ReceiptAPI] = field(default_factory=list)
+    included: list[Included] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    seen: set[bytes] = field(default_factory=set)
+    #: What the block had no room for, in order: it waits for the next one.
+    carry: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
 def _refused(tx: Transaction, dag_block: bytes, code: str, reason: str) -> Rejection:
     return Rejection(tx.hash, tx.sender, tx.nonce, dag_block, code, reason)
 
@@ -178,80 +195,78 @@ class Ledger:
         # what the state rejects (MiningChain.apply_transaction rebuilds the block per
         # transaction: quadratic).
         vm = chain.get_vm(header)
-        builder = vm.get_transaction_builder()
-        applied: list[Any] = []
-        receipts: list[ReceiptAPI] = []
-        included: list[Included] = []
-        rejected: list[Rejection] = []
-        touched: set[bytes] = {ordered.proposer}
-        seen: set[bytes] = set()
-        carry: list[tuple[bytes, bytes]] = []
-        queue = self.carried() + [(e.raw, e.dag_block) for e in ordered.transactions]
-        for raw, dag_block in queue:
-            if carry:  # the block is full: everything after waits, in order
-                carry.append((raw, dag_block))
-                continue
-            tx_hash = keccak(raw)
-            try:
-                tx = decode_transaction(raw, self.rules)
-            except InvalidTransaction as exc:
-                rejected.append(Rejection(tx_hash, b"", 0, dag_block, exc.code, exc.message))
-                continue
-            if tx_hash in seen or self.db.exists(_EXECUTED + tx_hash):
-                rejected.append(_refused(tx, dag_block, "already_executed", "executed earlier"))
-                continue
-            if header.gas_used + tx.gas_limit > header.gas_limit:
-                if header.gas_used == 0:  # no block could hold it: refuse, do not wait forever
-                    limits = f"gas limit {tx.gas_limit} above the block's {header.gas_limit}"
-                    rejected.append(_refused(tx, dag_block, "block_gas_exhausted", limits))
-                    continue
-                carry.append((raw, dag_block))
-                continue
-            try:
-                evm_tx = builder.decode(raw)
-                # decode_transaction recovered the sender already (coincurve, from the same
-                # bytes): seed py-evm's cached property instead of recovering it twice
-                # (~10% of execution time).
-                evm_tx.__dict__["sender"] = tx.sender
-                receipt, computation = vm.apply_transaction(header, evm_tx)
-            except ValidationError as exc:
-                # Raised by validation, before the state changed.
-                rejected.append(_refused(tx, dag_block, _rejection_code(str(exc)), str(exc)))
-                continue
-            header = vm.add_receipt_to_header(header, receipt)
-            applied.append(evm_tx)
-            receipts.append(receipt)
-            seen.add(tx_hash)
-            _touched(computation, touched)
-            touched.add(tx.sender)
-            included.append(Included(tx, len(included), receipt))
-        block = _seal(vm, header, applied, receipts)
+        block = _Building(vm, header, {ordered.proposer}, vm.get_transaction_builder())
+        for raw, dag_block in self.carried() + [(e.raw, e.dag_block) for e in ordered.transactions]:
+            if block.carry:  # the block is full: everything after waits, in order
+                block.carry.append((raw, dag_block))
+            else:
+                self._take(block, raw, dag_block)
+        sealed = _seal(block.vm, block.header, block.applied, block.receipts)
         # The chain database directly: Chain.persist_block re-validates the block it was
         # just given and reads every new canonical block back with all its transactions,
         # only to return them (~10% of execution time).
-        chain.chaindb.persist_block(block)
-        chain.header = chain.create_header_from_parent(block.header)
-        for item in included:
-            self.db[_EXECUTED + item.tx.hash] = block.header.block_number.to_bytes(8, "big")
-        if carry or self.db.exists(_CARRIED):
-            self.db[_CARRIED] = rlp.encode([[raw, dag] for raw, dag in carry])
-        sealed = block.header
+        chain.chaindb.persist_block(sealed)
+        chain.header = chain.create_header_from_parent(sealed.header)
+        for item in block.included:
+            self.db[_EXECUTED + item.tx.hash] = sealed.header.block_number.to_bytes(8, "big")
+        if block.carry or self.db.exists(_CARRIED):
+            self.db[_CARRIED] = rlp.encode([[raw, dag] for raw, dag in block.carry])
+        h = sealed.header
         facts = block_receipts(
-            sealed.block_number,
-            sealed.hash,
-            sealed.base_fee_per_gas or 0,
-            [_source(i.tx) for i in included],
-            [i.receipt for i in included],
+            h.block_number,
+            h.hash,
+            h.base_fee_per_gas or 0,
+            [_source(i.tx) for i in block.included],
+            [i.receipt for i in block.included],
         )
         return BlockResult(
-            sealed,
+            h,
             ordered.hash,
-            tuple(included),
+            tuple(block.included),
             facts,
-            tuple(rejected),
-            tuple(sorted(touched)),
-            len(carry),
+            tuple(block.rejected),
+            tuple(sorted(block.touched)),
+            len(block.carry),
         )
+
+    def _take(self, block: _Building, raw: bytes, dag_block: bytes) -> None:
+        """Apply one ordered transaction to the block being built, or say why not."""
+        tx_hash = keccak(raw)
+        try:
+            tx = decode_transaction(raw, self.rules)
+        except InvalidTransaction as exc:
+            block.rejected.append(Rejection(tx_hash, b"", 0, dag_block, exc.code, exc.message))
+            return
+        if tx_hash in block.seen or self.db.exists(_EXECUTED + tx_hash):
+            block.rejected.append(_refused(tx, dag_block, "already_executed", "executed earlier"))
+            return
+        header = block.header
+        if header.gas_used + tx.gas_limit > header.gas_limit:
+            if header.gas_used == 0:  # no block could hold it: refuse, do not wait forever
+                limits = f"gas limit {tx.gas_limit} above the block's {header.gas_limit}"
+                block.rejected.append(_refused(tx, dag_block, "block_gas_exhausted", limits))
+            else:
+                block.carry.append((raw, dag_block))
+            return
+        try:
+            evm_tx = block.builder.decode(raw)
+            # decode_transaction recovered the sender already (coincurve, from the same
+            # bytes): seed py-evm's cached property instead of recovering it twice
+            # (~10% of execution time).
+            evm_tx.__dict__["sender"] = tx.sender
+            receipt, computation = block.vm.apply_transaction(header, evm_tx)
+        except ValidationError as exc:
+            # Raised by validation, before the state changed.
+            reason = str(exc)
+            block.rejected.append(_refused(tx, dag_block, _rejection_code(reason), reason))
+            return
+        block.header = block.vm.add_receipt_to_header(header, receipt)
+        block.applied.append(evm_tx)
+        block.receipts.append(receipt)
+        block.seen.add(tx_hash)
+        _touched(computation, block.touched)
+        block.touched.add(tx.sender)
+        block.included.append(Included(tx, len(block.included), receipt))
 
     def carried(self) -> list[tuple[bytes, bytes]]:
         """(raw transaction, DAG block) the last block had no room for, oldest first."""

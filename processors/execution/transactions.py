@@ -216,6 +216,113 @@ def _recover(signing_hash: bytes, y_parity: int, r: int, s: int) -> bytes:
     return keccak(key.format(compressed=False)[1:])[12:]
 
 
+@dataclass(frozen=True)
+class _Fields:
+    """A transaction's fields as its envelope carries them, and the hash it was signed over."""
+
+    tx_type: int
+    chain_id: int
+    nonce: int
+    gas_price: int | None
+    max_fee: int | None
+    max_tip: int | None
+    gas: int
+    to: bytes
+    value: int
+    data: bytes
+    access_list: AccessList
+    y_parity: int
+    r: int
+    s: int
+    signing_hash: bytes
+
+
+def _fields(raw: bytes) -> _Fields:
+    """The fields of a legacy (EIP-155), EIP-2930 or EIP-1559 transaction."""
+    first = raw[0]
+    if first >= 0xC0:
+        nonce, gas_price, gas, to, value, data, v, r, s = _rlp_fields(raw, _LEGACY, "legacy")
+        if v in (27, 28):
+            raise InvalidTransaction(
+                "unprotected", "transaction has no chain id; sign it with EIP-155 replay protection"
+            )
+        if v < 35:
+            raise InvalidTransaction("bad_signature", f"legacy signature v={v} is invalid")
+        chain_id, y_parity = (v - 35) // 2, (v - 35) % 2
+        signed = keccak(rlp.encode([nonce, gas_price, gas, to, value, data, chain_id, 0, 0]))
+        return _Fields(
+            0, chain_id, nonce, gas_price, None, None, gas, to, value, data, (), y_parity, r, s,
+            signed,
+        )  # fmt: skip
+    if first == 1:
+        (chain_id, nonce, gas_price, gas, to, value, data, access, y_parity, r, s) = _rlp_fields(
+            raw[1:], _EIP2930, "EIP-2930"
+        )
+        signed = keccak(
+            b"\x01" + rlp.encode([chain_id, nonce, gas_price, gas, to, value, data, access])
+        )
+        access_list = tuple((a, tuple(k)) for a, k in access)
+        return _Fields(
+            1, chain_id, nonce, gas_price, None, None, gas, to, value, data, access_list,
+            y_parity, r, s, signed,
+        )  # fmt: skip
+    if first == 2:
+        (chain_id, nonce, max_tip, max_fee, gas, to, value, data, access, y_parity, r, s) = (
+            _rlp_fields(raw[1:], _EIP1559, "EIP-1559")
+        )
+        signed = keccak(
+            b"\x02" + rlp.encode([chain_id, nonce, max_tip, max_fee, gas, to, value, data, access])
+        )
+        access_list = tuple((a, tuple(k)) for a, k in access)
+        return _Fields(
+            2, chain_id, nonce, None, max_fee, max_tip, gas, to, value, data, access_list,
+            y_parity, r, s, signed,
+        )  # fmt: skip
+    raise InvalidTransaction(
+        "unsupported_type",
+        f"transaction type 0x{first:02x} is not supported (legacy, 0x01 and 0x02 are)",
+    )
+
+
+def _check(f: _Fields, rules: ChainRules) -> None:
+    """Every stateless rule a transaction's fields must keep."""
+    if f.chain_id != rules.chain_id:
+        raise InvalidTransaction(
+            "wrong_chain_id",
+            f"transaction is signed for chain id {f.chain_id}; this network is {rules.chain_id}",
+        )
+    for name, amount in (
+        ("value", f.value),
+        ("gas price", f.gas_price),
+        ("max fee", f.max_fee),
+        ("max priority fee", f.max_tip),
+    ):
+        if amount is not None and amount > UINT256_MAX:
+            raise InvalidTransaction("malformed_rlp", f"{name} does not fit in 256 bits")
+    if f.nonce > MAX_NONCE:
+        raise InvalidTransaction("nonce_too_large", f"nonce {f.nonce} exceeds {MAX_NONCE}")
+    if f.max_fee is not None and f.max_tip is not None and f.max_tip > f.max_fee:
+        raise InvalidTransaction(
+            "tip_above_fee_cap",
+            f"max priority fee {f.max_tip} is above max fee per gas {f.max_fee}",
+        )
+    if f.gas > rules.block_gas_limit:
+        raise InvalidTransaction(
+            "gas_limit_too_high",
+            f"gas limit {f.gas} exceeds the block gas limit {rules.block_gas_limit}",
+        )
+    if not f.to and len(f.data) > MAX_INITCODE_SIZE:
+        raise InvalidTransaction(
+            "initcode_too_large",
+            f"init code is {len(f.data)} bytes; the limit is {MAX_INITCODE_SIZE}",
+        )
+    needed = intrinsic_gas(f.to or None, f.data, f.access_list)
+    if f.gas < needed:
+        raise InvalidTransaction(
+            "intrinsic_gas_too_low", f"gas limit {f.gas} is below the intrinsic gas {needed}"
+        )
+
+
 def decode_transaction(raw: bytes, rules: ChainRules) -> Transaction:
     """Decode `raw`, recover its sender and apply every stateless check."""
     if not raw:
@@ -224,96 +331,26 @@ def decode_transaction(raw: bytes, rules: ChainRules) -> Transaction:
         raise InvalidTransaction(
             "oversize", f"transaction is {len(raw)} bytes; the limit is {rules.max_tx_bytes}"
         )
-    first = raw[0]
-    access_list: AccessList = ()
-    gas_price = max_fee = max_tip = None
-    if first >= 0xC0:
-        nonce, gas_price, gas, to, value, data, v, r, s = _rlp_fields(raw, _LEGACY, "legacy")
-        tx_type = 0
-        if v in (27, 28):
-            raise InvalidTransaction(
-                "unprotected", "transaction has no chain id; sign it with EIP-155 replay protection"
-            )
-        if v < 35:
-            raise InvalidTransaction("bad_signature", f"legacy signature v={v} is invalid")
-        chain_id, y_parity = (v - 35) // 2, (v - 35) % 2
-        signing_hash = keccak(rlp.encode([nonce, gas_price, gas, to, value, data, chain_id, 0, 0]))
-    elif first == 1:
-        (chain_id, nonce, gas_price, gas, to, value, data, access, y_parity, r, s) = _rlp_fields(
-            raw[1:], _EIP2930, "EIP-2930"
-        )
-        tx_type, access_list = 1, tuple((a, tuple(k)) for a, k in access)
-        signing_hash = keccak(
-            b"\x01" + rlp.encode([chain_id, nonce, gas_price, gas, to, value, data, access])
-        )
-    elif first == 2:
-        (chain_id, nonce, max_tip, max_fee, gas, to, value, data, access, y_parity, r, s) = (
-            _rlp_fields(raw[1:], _EIP1559, "EIP-1559")
-        )
-        tx_type, access_list = 2, tuple((a, tuple(k)) for a, k in access)
-        signing_hash = keccak(
-            b"\x02" + rlp.encode([chain_id, nonce, max_tip, max_fee, gas, to, value, data, access])
-        )
-    else:
-        raise InvalidTransaction(
-            "unsupported_type",
-            f"transaction type 0x{first:02x} is not supported (legacy, 0x01 and 0x02 are)",
-        )
-    if chain_id != rules.chain_id:
-        raise InvalidTransaction(
-            "wrong_chain_id",
-            f"transaction is signed for chain id {chain_id}; this network is {rules.chain_id}",
-        )
-    to_address = to or None
-    for name, amount in (
-        ("value", value),
-        ("gas price", gas_price),
-        ("max fee", max_fee),
-        ("max priority fee", max_tip),
-    ):
-        if amount is not None and amount > UINT256_MAX:
-            raise InvalidTransaction("malformed_rlp", f"{name} does not fit in 256 bits")
-    if nonce > MAX_NONCE:
-        raise InvalidTransaction("nonce_too_large", f"nonce {nonce} exceeds {MAX_NONCE}")
-    if max_fee is not None and max_tip is not None and max_tip > max_fee:
-        raise InvalidTransaction(
-            "tip_above_fee_cap",
-            f"max priority fee {max_tip} is above max fee per gas {max_fee}",
-        )
-    if gas > rules.block_gas_limit:
-        raise InvalidTransaction(
-            "gas_limit_too_high",
-            f"gas limit {gas} exceeds the block gas limit {rules.block_gas_limit}",
-        )
-    if to_address is None and len(data) > MAX_INITCODE_SIZE:
-        raise InvalidTransaction(
-            "initcode_too_large",
-            f"init code is {len(data)} bytes; the limit is {MAX_INITCODE_SIZE}",
-        )
-    needed = intrinsic_gas(to_address, data, access_list)
-    if gas < needed:
-        raise InvalidTransaction(
-            "intrinsic_gas_too_low", f"gas limit {gas} is below the intrinsic gas {needed}"
-        )
-    sender = _recover(signing_hash, y_parity, r, s)
+    f = _fields(raw)
+    _check(f, rules)
     return Transaction(
         raw=raw,
         hash=keccak(raw),
-        tx_type=tx_type,
-        chain_id=chain_id,
-        nonce=nonce,
-        gas_limit=gas,
-        to=to_address,
-        value=value,
-        data=data,
-        access_list=access_list,
-        gas_price=gas_price,
-        max_fee_per_gas=max_fee,
-        max_priority_fee_per_gas=max_tip,
-        y_parity=y_parity,
-        r=r,
-        s=s,
-        sender=sender,
+        tx_type=f.tx_type,
+        chain_id=f.chain_id,
+        nonce=f.nonce,
+        gas_limit=f.gas,
+        to=f.to or None,
+        value=f.value,
+        data=f.data,
+        access_list=f.access_list,
+        gas_price=f.gas_price,
+        max_fee_per_gas=f.max_fee,
+        max_priority_fee_per_gas=f.max_tip,
+        y_parity=f.y_parity,
+        r=f.r,
+        s=f.s,
+        sender=_recover(f.signing_hash, f.y_parity, f.r, f.s),
     )
 
 
