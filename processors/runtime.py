@@ -154,6 +154,7 @@ class Runtime(Generic[S]):
         self.codec = default_codec()
         self._group: Consumer | None = None
         self._group_ready = threading.Event()
+        self._group_backlog: list[Any] = []
         self._catch_up: CatchUp | None = None
         self._sent = _Sent()
         self._partitions: dict[str, int] = {}
@@ -194,6 +195,17 @@ class Runtime(Generic[S]):
             self._find_own_outputs()
         assigned = [s for s in self.processor.subscriptions() if s.group is None]
         start = self._start_positions(assigned)
+        stored = self.store.positions()
+        # Where reading from a partition's end began is written down at once: a crash
+        # before the first commit resumes there, not at a later end.
+        from_end = {s.topic.name for s in assigned if s.start == "end"}
+        fresh = {
+            key: offset - 1
+            for key, offset in start.items()
+            if key not in stored and key[0] in from_end
+        }
+        if fresh:
+            self.store.commit(fresh, (), {})
         self._catch_up = CatchUp(self.reader, start, spans=self._spans)
         self.reader.assign(start)
         groups = [s for s in self.processor.subscriptions() if s.group is not None]
@@ -362,8 +374,13 @@ class Runtime(Generic[S]):
         """One poll, its handling and whatever commit and sends are due; the number of
         records polled (EOF events included)."""
         messages = self._poll()
-        if self._group is not None and self.live:
-            messages += self._poll_group()
+        if self._group is not None:
+            # Polled from the start, so that joining the group goes on meanwhile; what it
+            # brings waits until the processor has caught up with its other inputs.
+            self._group_backlog += self._poll_group()
+            if self.live:
+                messages += self._group_backlog
+                self._group_backlog = []
         for message in messages:
             self._take(message)
         self._tick(bool(messages))

@@ -5,10 +5,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from eth_abi.abi import encode
+
 from processors.execution.genesis import JOB_MARKET, address_of
-from processors.market.jobs import node_record_hash, result_hash, sign
+from processors.market.chain import NODE_REGISTERED
+from processors.market.jobs import JobRequest, node_record_hash, result_hash, sign
 from schemas.events import (
     GpuDevice,
+    GpuNodeHeartbeat,
     GpuNodeRegistration,
     HardwareSnapshot,
     JobAssigned,
@@ -16,6 +20,7 @@ from schemas.events import (
     JobSettled,
     JobSubmitted,
     Log,
+    ModelManifest,
     Position,
     Receipt,
     Timings,
@@ -168,3 +173,65 @@ def settled(job_id: bytes, tx: bytes, provider: bytes = b"\x0b" * 20) -> JobSett
         slashed_wei=0,
         cause=CAUSE,
     )
+
+
+def heartbeat(key: bytes, timestamp_ms: int, sequence: int = 2) -> GpuNodeHeartbeat:
+    record = GpuNodeHeartbeat(
+        node=address_of(key),
+        sequence=sequence,
+        timestamp_ms=timestamp_ms,
+        devices=(),
+        jobs_in_flight=0,
+        signature=b"",
+    )
+    digest = node_record_hash("node-heartbeat", record, CHAIN_ID)
+    return dataclasses.replace(record, signature=sign(key, digest))
+
+
+def staked(node: bytes, stake: int, block: int = 1) -> Receipt:
+    """A receipt whose JobMarket log says `node` registered with `stake` on the ledger."""
+    log = Log(
+        log_index=0,
+        address=JOB_MARKET,
+        topics=(NODE_REGISTERED, node.rjust(32, b"\0")),
+        data=encode(["uint256", "uint256"], [stake, 1]),
+    )
+    return receipt(block, [log], tx_hash=block.to_bytes(32, "big"))
+
+
+def manifest(name: str, cid: str, parameters: int = 1_000) -> ModelManifest:
+    return ModelManifest(
+        model_id=name,
+        name=name,
+        version=1,
+        owner=b"\x01" * 20,
+        model_type="gpt2",
+        format="onnx",
+        manifest_cid=cid,
+        chunks=(),
+        total_bytes=0,
+        parameter_count=parameters,
+        vram_required_bytes=1 << 20,
+        inputs=(),
+        outputs=(),
+        registered_at_ms=0,
+    )
+
+
+def signed_job(
+    key: bytes, manifest_cid: str, nonce: int, *, now_ms: int, price: int = 10**18
+) -> JobSubmitted:
+    """A job `key`'s account signed itself, on a registered model, due in a minute."""
+    request = JobRequest(
+        requester=address_of(key),
+        kind="INFERENCE",
+        model_id="m",
+        input_cid="c",
+        required_vram_bytes=1 << 20,
+        max_price_wei=price,
+        deadline_ms=now_ms + 60_000,
+        nonce=nonce,
+        submitted_at_ms=now_ms,
+        params={"manifest_cid": manifest_cid},
+    )
+    return request.signed(key, CHAIN_ID, b'{"prompt": "hi"}')

@@ -45,6 +45,7 @@ CHECKPOINTS = topic("checkpoints")
 EVM_PREFIX = b"evm/"
 #: How far back a rebuilt store looks for its outputs: well over a block's records.
 REBUILD_WINDOW = 20_000
+BLOCKS_PER_COMMIT = 16
 
 
 class ExecutionProcessor(Processor[RocksStore]):
@@ -67,7 +68,9 @@ class ExecutionProcessor(Processor[RocksStore]):
         self.publish = publish
         self.checkpoint_key = checkpoint_key
         self.checkpoint_every = checkpoint_every
-        self.pace = Pace(rebuild_window=REBUILD_WINDOW if publish else 0)
+        # A few blocks per commit: catching up commits (and publishes) as it goes rather
+        # than after a whole poll's worth of blocks.
+        self.pace = Pace(batch=BLOCKS_PER_COMMIT, rebuild_window=REBUILD_WINDOW if publish else 0)
         self._ledger: Ledger | None = None
         self._overlay: OverlayDB | None = None
 

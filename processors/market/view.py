@@ -4,7 +4,8 @@ The matcher decides from this view and the gateway serves it (`/v1/nodes`, `/v1/
 one fold over `lattice.gpu.nodes`, `lattice.gpu.heartbeats`, `lattice.models`,
 `lattice.jobs.results`, `lattice.jobs.verdicts` and `lattice.receipts`, so both read the
 same truth. Records with a bad signature are ignored; an older registration or heartbeat
-(by sequence) never replaces a newer one.
+(by sequence) never replaces a newer one, and a heartbeat that comes in before its node's
+registration counts once the registration does.
 
 A node's stake is the ledger's, not what its registration says: `JobMarket`'s events in the
 receipts (registered, slashed in a settlement, leaving, withdrawn). Receipts come from
@@ -94,6 +95,9 @@ class MarketView:
     models: dict[str, ModelManifest] = field(default_factory=dict)  # name -> latest manifest
     versions: dict[str, ModelManifest] = field(default_factory=dict)  # manifest CID -> it
     stakes: dict[bytes, LedgerStake] = field(default_factory=dict)  # by node, from receipts
+    #: The latest heartbeat of every node, registered yet or not (the topics are read side
+    #: by side: a heartbeat can come in before its node's registration).
+    beats: dict[bytes, GpuNodeHeartbeat] = field(default_factory=dict)
 
     def _signed_by_node(self, domain: str, record: GpuNodeRegistration | GpuNodeHeartbeat) -> bool:
         try:
@@ -110,15 +114,19 @@ class MarketView:
             node = self.nodes.get(event.node)
             if node is None:
                 stake = self.stakes.setdefault(event.node, LedgerStake())
-                self.nodes[event.node] = NodeState(event, ledger=stake)
+                beat = self.beats.get(event.node)
+                self.nodes[event.node] = NodeState(event, heartbeat=beat, ledger=stake)
             elif event.sequence > node.registration.sequence:
                 node.registration = event
         elif isinstance(event, GpuNodeHeartbeat):
-            node = self.nodes.get(event.node)
-            if node is None or not self._signed_by_node("node-heartbeat", event):
+            if not self._signed_by_node("node-heartbeat", event):
                 return
-            if node.heartbeat is None or event.sequence > node.heartbeat.sequence:
-                node.heartbeat = event
+            latest = self.beats.get(event.node)
+            if latest is None or event.sequence > latest.sequence:
+                self.beats[event.node] = event
+                known = self.nodes.get(event.node)
+                if known is not None:
+                    known.heartbeat = event
         elif isinstance(event, ModelManifest):
             self.versions[event.manifest_cid] = event
             current = self.models.get(event.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from streams.broker import EmbeddedBroker
 from streams.kafka import Producer
 from streams.settings import CHAIN_ID
 from streams.topics import TopicSpec
+from tests.processors.harness import crash
 from tests.txs import signed
 
 RULES = ChainRules(CHAIN_ID)
@@ -217,3 +219,25 @@ def test_snapshots_are_copied_only_when_new_and_at_most_a_twentieth_of_the_time(
         assert sink.snapshot_due()
     finally:
         sink.close()
+
+
+@pytest.mark.parametrize("after", [0, 2])
+def test_a_crash_before_a_commit_loses_no_row_and_doubles_none(
+    broker: EmbeddedBroker, topics: dict[str, TopicSpec], tmp_path: Path, after: int
+) -> None:
+    load(broker, topics, range(1, 5))
+    reference = sink_into(broker, topics, tmp_path / "reference")
+    reference.close()
+    sink = AnalyticsSink(RULES, inputs=tuple(topics.values()))
+    sink.pace = dataclasses.replace(sink.pace, batch=3, linger_s=0)  # commits to fall between
+    crash(
+        sink,
+        AnalyticsStore(tmp_path / "crashed", snapshot_every_s=None),
+        broker.bootstrap,
+        "before-commit",
+        after,
+    )
+    sink_into(broker, topics, tmp_path / "crashed").close()
+    assert dump(tmp_path / "crashed" / "analytics.duckdb") == dump(
+        tmp_path / "reference" / "analytics.duckdb"
+    )

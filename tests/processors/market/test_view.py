@@ -67,3 +67,13 @@ def test_a_node_never_staked_has_no_stake_whatever_it_claims() -> None:
     other = receipt(3, [chain.NODE_REGISTERED, word(b"\x09" * 20)], [2 * 10**18, 5])
     view.apply(other)
     assert [v.stake_wei for v in view.node_views()] == [0]
+
+
+def test_a_heartbeat_before_its_registration_still_counts() -> None:
+    view = MarketView(CHAIN_ID)
+    view.apply(market_events.heartbeat(KEY, timestamp_ms=1_234))
+    view.apply(market_events.registration(KEY))
+    (seen,) = view.node_views()
+    assert seen.last_seen_ms == 1_234
+    view.apply(market_events.heartbeat(KEY, timestamp_ms=999, sequence=1))  # an older one
+    assert view.node_views()[0].last_seen_ms == 1_234

@@ -1,0 +1,112 @@
+"""The matcher under the runtime, on the real embedded broker: a crash at any point of its
+first commit and sends, then a restart, assigns every job once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from processors.market.processor import ASSIGNED, Matcher
+from processors.runtime import Runtime
+from processors.state import MemoryStore
+from schemas.codec import default_codec
+from schemas.events import JobAssigned
+from streams.admin import ensure_topics
+from streams.broker import EmbeddedBroker
+from streams.kafka import Producer
+from streams.settings import Settings
+from streams.topics import TOPICS, hex_key, topic
+from tests import market_events
+from tests.processors.harness import CrashPoint, arm, read_all
+
+pytestmark = pytest.mark.broker
+NODE_KEY = b"\x31" * 32
+USER_KEY = b"\x32" * 32
+CID = "bafk-model"
+JOBS = 6
+
+
+@pytest.fixture
+def own_broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as broker:
+        ensure_topics(broker.bootstrap, TOPICS)
+        yield broker
+
+
+def market_with_jobs(bootstrap: str) -> None:
+    """One staked, live node, one model, and `JOBS` signed jobs for it."""
+    now = int(time.time() * 1000)
+    node = market_events.registration(NODE_KEY, price=1)
+    producer = Producer(bootstrap)
+    producer.send(topic("gpu.nodes"), node, key=hex_key(node.node))
+    producer.send(topic("gpu.heartbeats"), market_events.heartbeat(NODE_KEY, now))
+    producer.send(topic("receipts"), market_events.staked(node.node, 2 * 10**18))
+    producer.send(topic("models"), market_events.manifest("m", CID), key="m")
+    for nonce in range(JOBS):
+        job = market_events.signed_job(USER_KEY, CID, nonce, now_ms=now)
+        producer.send(topic("jobs.submitted"), job, key=hex_key(job.job_id))
+    producer.close()
+
+
+def assignments(bootstrap: str) -> list[JobAssigned]:
+    codec = default_codec()
+    return [codec.decode_as(raw, JobAssigned) for raw in read_all(bootstrap, ASSIGNED.name)]
+
+
+def run_until(bootstrap: str, runtime: Runtime[Any], count: int) -> None:
+    """Run until `count` assignments are on the log (the matcher never stops by itself)."""
+    stop = threading.Event()
+    thread = threading.Thread(target=runtime.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(assignments(bootstrap)) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+@pytest.mark.parametrize(("point", "after"), [("mid-send", 2), ("before-acks", 0)])
+def test_a_restarted_matcher_assigns_each_job_once(
+    own_broker: EmbeddedBroker, point: CrashPoint, after: int
+) -> None:
+    market_with_jobs(own_broker.bootstrap)
+    settings = Settings(redundancy_bps=0)
+    crashing: Runtime[MemoryStore] = Runtime(Matcher(settings), MemoryStore(), own_broker.bootstrap)
+    arm(crashing, point, after)
+    thread_error: list[BaseException] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            crashing.run(stop)
+        except BaseException as exc:  # the armed crash
+            thread_error.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while thread.is_alive() and len(assignments(own_broker.bootstrap)) < JOBS:
+        assert time.monotonic() < deadline, "the matcher assigned nothing"
+        time.sleep(0.1)
+    stop.set()  # what the crash did not stop yet (the one before the acknowledgements)
+    thread.join(60)
+    assert thread_error and not thread.is_alive(), "the matcher did not reach its crash"
+    before = assignments(own_broker.bootstrap)
+    assert len(before) < JOBS or point == "before-acks"
+    restarted: Runtime[MemoryStore] = Runtime(
+        Matcher(settings), MemoryStore(), own_broker.bootstrap
+    )
+    run_until(own_broker.bootstrap, restarted, JOBS)
+    time.sleep(0.5)  # room for a (wrong) second assignment
+    after_restart = assignments(own_broker.bootstrap)
+    assert sorted(a.job_id for a in after_restart) == sorted({a.job_id for a in after_restart})
+    assert len(after_restart) == JOBS
+    assert {a.attempt for a in after_restart} == {0}
+    node = market_events.registration(NODE_KEY).node
+    assert all(a.nodes == (node,) for a in after_restart)

@@ -1,0 +1,145 @@
+"""The verifier under the runtime, on the real embedded broker: whatever point of its sends
+a crash falls on, a restart leaves each result one verdict and each job one settlement,
+one transaction per settlement and the settler's nonces without a gap."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processors.execution.genesis import address_of, devnet_key
+from processors.market.content import cid_of
+from processors.runtime import Runtime
+from processors.state import MemoryStore
+from processors.verifier.processor import SETTLED, TX_SUBMITTED, VERDICTS, Verifier
+from schemas.codec import default_codec
+from schemas.events import Candidate, JobSettled, JobVerdict, TransactionSubmitted
+from streams.admin import ensure_topics
+from streams.broker import EmbeddedBroker
+from streams.kafka import Producer
+from streams.settings import Settings
+from streams.topics import TOPICS, hex_key, topic
+from tests import market_events
+from tests.processors.harness import CrashPoint, arm, read_all
+
+pytestmark = pytest.mark.broker
+NODE_KEY = b"\x41" * 32
+USER_KEY = b"\x42" * 32
+CID = "bafk-model"
+JOBS = 4
+
+
+@pytest.fixture
+def own_broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as broker:
+        ensure_topics(broker.bootstrap, TOPICS)
+        yield broker
+
+
+def honest_results(bootstrap: str) -> None:
+    """A node, a model, and `JOBS` jobs assigned to the node, each with its signed result."""
+    now = int(time.time() * 1000)
+    node = market_events.registration(NODE_KEY, price=3_600_000)
+    producer = Producer(bootstrap)
+    producer.send(topic("gpu.nodes"), node, key=hex_key(node.node))
+    producer.send(topic("models"), market_events.manifest("m", CID), key="m")
+    output = json.dumps({"prompt_tokens": 2, "token_ids": [1, 2], "text": "ab"}).encode()
+    for nonce in range(JOBS):
+        job = market_events.signed_job(USER_KEY, CID, nonce, now_ms=now, price=10**15)
+        key = hex_key(job.job_id)
+        candidate = Candidate(
+            node=node.node,
+            eligible=True,
+            score=1,
+            price_wei_per_hour=node.price_wei_per_hour,
+            free_vram_bytes=0,
+            reputation_bps=5_000,
+            load=0,
+            reasons=(),
+        )
+        assigned = dataclasses.replace(
+            market_events.assigned(job.job_id, 0, [node.node]), candidates=(candidate,), job=job
+        )
+        made = market_events.result(job.job_id, NODE_KEY, output=output, completed_at_ms=now)
+        result = market_events.signed_result(
+            dataclasses.replace(
+                made,
+                output_cid=cid_of(output),
+                output_digest=hashlib.sha256(output).digest(),
+            ),
+            NODE_KEY,
+        )
+        producer.send(topic("jobs.submitted"), job, key=key)
+        producer.send(topic("jobs.assigned"), assigned, key=key)
+        producer.send(topic("jobs.results"), result, key=key)
+    producer.close()
+
+
+def decoded(bootstrap: str, name: str, kind: type[Any]) -> list[Any]:
+    codec = default_codec()
+    return [codec.decode_as(raw, kind) for raw in read_all(bootstrap, name)]
+
+
+def settled(bootstrap: str) -> list[JobSettled]:
+    return decoded(bootstrap, SETTLED.name, JobSettled)
+
+
+def run_verifier(bootstrap: str, settings: Settings, point: CrashPoint | None, after: int) -> None:
+    runtime: Runtime[MemoryStore] = Runtime(
+        Verifier(settings, devnet_key("settler")), MemoryStore(), bootstrap
+    )
+    if point is None:
+        runtime.run(threading.Event(), idle_exit_s=1.0)
+        return
+    arm(runtime, point, after)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runtime.run(stop)
+        except BaseException as exc:  # the armed crash
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while thread.is_alive() and len(settled(bootstrap)) < JOBS:
+        assert time.monotonic() < deadline, "the verifier settled nothing"
+        time.sleep(0.1)
+    stop.set()
+    thread.join(60)
+    assert failures, "the verifier did not reach its crash"
+
+
+@pytest.mark.parametrize(("point", "after"), [("mid-send", 2), ("mid-send", 4), ("before-acks", 0)])
+def test_a_restarted_verifier_settles_each_result_once(
+    own_broker: EmbeddedBroker, tmp_path: Path, point: CrashPoint, after: int
+) -> None:
+    honest_results(own_broker.bootstrap)
+    settings = Settings(data_dir=tmp_path, verify_bps=0)
+    run_verifier(own_broker.bootstrap, settings, point, after)
+    run_verifier(own_broker.bootstrap, settings, None, 0)
+
+    verdicts = decoded(own_broker.bootstrap, VERDICTS.name, JobVerdict)
+    assert len(verdicts) == len({(v.job_id, v.node) for v in verdicts}) == JOBS
+    assert {v.outcome for v in verdicts} == {"ACCEPTED"}
+    records = settled(own_broker.bootstrap)
+    assert len(records) == len({r.job_id for r in records}) == JOBS
+    settler = address_of(devnet_key("settler"))
+    sent = [
+        t
+        for t in decoded(own_broker.bootstrap, TX_SUBMITTED.name, TransactionSubmitted)
+        if t.sender == settler
+    ]
+    assert sorted(t.nonce for t in sent) == list(range(JOBS))
+    assert {t.hash for t in sent} == {r.transaction_hash for r in records}
+    assert all(r.paid_wei > 0 for r in records)
