@@ -14,11 +14,11 @@ import itertools
 import os
 import tempfile
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cachetools import LRUCache
 from eth.abc import BlockAPI, BlockHeaderAPI, MessageAPI
 from eth.chains.base import MiningChain
 from eth.constants import CREATE_CONTRACT_ADDRESS, EMPTY_SHA3
@@ -49,8 +49,11 @@ class ChainView:
         self._vm_at: tuple[bytes, Any] | None = None
         self._state_at: tuple[bytes, Any] | None = None
         self._primary_mark: tuple[tuple[str, int], ...] = ()
-        self._blocks: OrderedDict[int, BlockAPI] = OrderedDict()
-        self._hashed: OrderedDict[bytes, bytes] = OrderedDict()
+        #: Executed blocks are final: a decoded block is good forever (the last 64 kept).
+        self._blocks: LRUCache[int, BlockAPI] = LRUCache(64)
+        #: 32-byte keys are content hashes (trie nodes, code, headers): a value found once
+        #: is good forever.
+        self._hashed: LRUCache[bytes, bytes] = LRUCache(200_000)
 
     def _open(self) -> Rdict:
         if self._db is None:
@@ -92,8 +95,7 @@ class ChainView:
             return True
 
     def _read(self, key: bytes) -> bytes | None:
-        # 32-byte keys are content hashes (trie nodes, code, headers): a value found once is
-        # good forever. Misses are not cached: the node may be written later.
+        # Misses are not cached: the node may be written later.
         cached = self._hashed.get(key)
         if cached is not None:
             return cached
@@ -103,8 +105,6 @@ class ChainView:
         found = bytes(value)
         if len(key) == 32:
             self._hashed[key] = found
-            if len(self._hashed) > 200_000:
-                self._hashed.popitem(last=False)
         return found
 
     @property
@@ -128,15 +128,10 @@ class ChainView:
         return self.chain.get_canonical_block_header_by_number(number)  # type: ignore[arg-type]
 
     def block(self, number: int) -> BlockAPI:
-        # Executed blocks are final: a decoded block is good forever (LRU of 64).
         cached = self._blocks.get(number)
         if cached is None:
             cached = self.chain.get_canonical_block_by_number(number)  # type: ignore[arg-type]
             self._blocks[number] = cached
-            if len(self._blocks) > 64:
-                self._blocks.popitem(last=False)
-        else:
-            self._blocks.move_to_end(number)
         return cached
 
     def block_by_hash(self, block_hash: bytes) -> BlockAPI:
