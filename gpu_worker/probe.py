@@ -6,7 +6,7 @@ import os
 import platform
 from dataclasses import dataclass, field
 
-from schemas.events import DeviceUsage
+from schemas.events import DeviceUsage, GpuDevice
 
 # FP16 dense tensor throughput by compute capability, GFLOP/s per SM per MHz (NVIDIA specs:
 # e.g. H100 SXM 989.5 TFLOP/s at 132 SMs x 1830 MHz). Unknown architectures get the lowest.
@@ -14,18 +14,10 @@ _FP16_PER_SM_MHZ = {9: 4.096, 8: 2.048, 7: 1.024}
 
 
 @dataclass(frozen=True)
-class Device:
-    index: int
-    name: str
-    uuid: str
-    vram_bytes: int
-    compute_capability: str
-    peak_fp16_gflops: int
-
-
-@dataclass(frozen=True)
 class Hardware:
-    devices: tuple[Device, ...]
+    """The node as its registration describes it (`lattice.gpu.GpuDevice` per GPU)."""
+
+    devices: tuple[GpuDevice, ...]
     driver_version: str | None
     cuda_version: str | None
     cpu_model: str
@@ -61,7 +53,7 @@ def _ram_bytes() -> int:
         return 0
 
 
-def _nvml_devices() -> tuple[tuple[Device, ...], str | None, str | None]:
+def _nvml_devices() -> tuple[tuple[GpuDevice, ...], str | None, str | None]:
     try:
         import pynvml
 
@@ -79,7 +71,7 @@ def _nvml_devices() -> tuple[tuple[Device, ...], str | None, str | None]:
             clock = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM)
             per = _FP16_PER_SM_MHZ.get(major, 0.5)
             devices.append(
-                Device(
+                GpuDevice(
                     index=i,
                     name=str(pynvml.nvmlDeviceGetName(handle)),
                     uuid=str(pynvml.nvmlDeviceGetUUID(handle)),

@@ -56,7 +56,6 @@ from processors.verifier.core import (
 )
 from schemas.events import (
     EpochCheckpoint,
-    GpuDevice,
     GpuNodeHeartbeat,
     GpuNodeRegistration,
     HardwareSnapshot,
@@ -209,7 +208,7 @@ class Worker(Processor[RocksStore]):
             node=self.address,
             price_wei_per_hour=self.settings.worker_price,
             stake_wei=self.settings.worker_stake,
-            devices=tuple(GpuDevice(**vars(d)) for d in hw.devices),
+            devices=hw.devices,
             driver_version=hw.driver_version,
             cuda_version=hw.cuda_version,
             cpu_model=hw.cpu_model,

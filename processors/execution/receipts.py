@@ -13,6 +13,7 @@ A receipt's facts come from its block's header, its transaction and py-evm's rec
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,24 +58,9 @@ class BlockReceipt:
     logs: tuple[Log, ...]
 
     def event(self, cause: Position) -> Receipt:
-        """The `lattice.receipts` event of this receipt."""
-        return Receipt(
-            transaction_hash=self.transaction_hash,
-            transaction_index=self.transaction_index,
-            block_number=self.block_number,
-            block_hash=self.block_hash,
-            from_address=self.from_address,
-            to_address=self.to_address,
-            contract_address=self.contract_address,
-            tx_type=self.tx_type,
-            status=self.status,
-            gas_used=self.gas_used,
-            cumulative_gas_used=self.cumulative_gas_used,
-            effective_gas_price=self.effective_gas_price,
-            logs_bloom=self.logs_bloom,
-            logs=self.logs,
-            cause=cause,
-        )
+        """The `lattice.receipts` event of this receipt (the same fields, and its cause)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return Receipt(**fields, cause=cause)
 
 
 def succeeded(receipt: ReceiptAPI) -> bool:

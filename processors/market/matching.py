@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from eth_hash.auto import keccak
 
 from processors.market.economics import MS_PER_HOUR
+from schemas.events import Candidate
 
 STALE_AFTER_MS = 15_000  # a node silent for longer is not offered work
 
@@ -44,18 +45,6 @@ class JobNeeds:
     required_vram_bytes: int
     max_price_wei: int
     deadline_ms: int
-
-
-@dataclass(frozen=True)
-class Candidate:
-    node: bytes
-    eligible: bool
-    score: int
-    price_wei_per_hour: int
-    free_vram_bytes: int
-    reputation_bps: int
-    load: int
-    reasons: tuple[str, ...]
 
 
 @dataclass(frozen=True)

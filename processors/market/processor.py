@@ -30,7 +30,7 @@ from processors.market.lifecycle import Job
 from processors.market.matching import JobNeeds, decide
 from processors.market.view import MarketView
 from processors.state import MemoryStore
-from schemas.events import Candidate, JobAssigned, JobResult, JobSubmitted
+from schemas.events import JobAssigned, JobResult, JobSubmitted
 from streams.kafka import LOW_LATENCY_READ, Record
 from streams.metrics import JOB_QUEUE
 from streams.settings import Settings
@@ -150,7 +150,7 @@ class Matcher(Processor[MemoryStore]):
             nodes=nodes,
             redundant=decision.redundant and bool(nodes),
             seed=decision.seed,
-            candidates=tuple(Candidate(**vars(c)) for c in decision.candidates),
+            candidates=decision.candidates,
             lease_expires_ms=now + self.settings.lease_ms if nodes else now,
             cause=job.submitted_at,
             job=record if nodes else None,

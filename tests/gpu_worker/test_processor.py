@@ -23,7 +23,7 @@ from streams.kafka import Producer
 from streams.settings import Settings
 from streams.topics import hex_key
 from tests import market_events
-from tests.processors.harness import CrashPoint, arm, read_all
+from tests.processors.harness import CrashPoint, arm, read_all, run_while
 
 pytestmark = pytest.mark.broker
 KEY = b"\x51" * 32
@@ -75,24 +75,8 @@ def test_each_assignment_is_answered_once_across_a_crash(
     runtime.open()  # positioned at the end: what is assigned from now on is for it
     assign(own_broker.bootstrap, worker)
     arm(runtime, point, after)
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            runtime.run(stop)
-        except BaseException as exc:  # the armed crash
-            failures.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while thread.is_alive() and len(results(own_broker.bootstrap)) < JOBS:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    stop.set()
-    thread.join(30)
-    assert failures, "the worker did not reach its crash"
+    crashed = run_while(runtime, lambda: len(results(own_broker.bootstrap)) >= JOBS, 30)
+    assert crashed, "the worker did not reach its crash"
     store.close()
 
     again = RocksStore(tmp_path / "state")

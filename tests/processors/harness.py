@@ -4,6 +4,7 @@ a crash at a chosen point (then the store is reopened like a restarted process w
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -86,3 +87,29 @@ def read_all(bootstrap: str, topic: str, decode: Callable[[Any], Any] | None = N
         return [decode(m) if decode else m.value() for m in messages]
     finally:
         reader.close()
+
+
+def run_while(
+    runtime: Runtime[Any], done: Callable[[], bool], timeout: float = 60
+) -> list[BaseException]:
+    """Run `runtime` in a thread until `done()` (or it dies, or `timeout`); what it died of.
+
+    For processors that never stop by themselves: an armed crash raises in the thread
+    (or, before the acknowledgements, when stopped)."""
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runtime.run(stop)
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and not done() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    thread.join(30)
+    return failures

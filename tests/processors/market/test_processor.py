@@ -3,10 +3,8 @@ first commit and sends, then a restart, assigns every job once."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -21,7 +19,7 @@ from streams.kafka import Producer
 from streams.settings import Settings
 from streams.topics import TOPICS, hex_key, topic
 from tests import market_events
-from tests.processors.harness import CrashPoint, arm, read_all
+from tests.processors.harness import CrashPoint, arm, read_all, run_while
 
 pytestmark = pytest.mark.broker
 NODE_KEY = b"\x31" * 32
@@ -57,20 +55,6 @@ def assignments(bootstrap: str) -> list[JobAssigned]:
     return [codec.decode_as(raw, JobAssigned) for raw in read_all(bootstrap, ASSIGNED.name)]
 
 
-def run_until(bootstrap: str, runtime: Runtime[Any], count: int) -> None:
-    """Run until `count` assignments are on the log (the matcher never stops by itself)."""
-    stop = threading.Event()
-    thread = threading.Thread(target=runtime.run, args=(stop,))
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while len(assignments(bootstrap)) < count and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        stop.set()
-        thread.join(30)
-
-
 @pytest.mark.parametrize(("point", "after"), [("mid-send", 2), ("before-acks", 0)])
 def test_a_restarted_matcher_assigns_each_job_once(
     own_broker: EmbeddedBroker, point: CrashPoint, after: int
@@ -79,30 +63,14 @@ def test_a_restarted_matcher_assigns_each_job_once(
     settings = Settings(redundancy_bps=0)
     crashing: Runtime[MemoryStore] = Runtime(Matcher(settings), MemoryStore(), own_broker.bootstrap)
     arm(crashing, point, after)
-    thread_error: list[BaseException] = []
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            crashing.run(stop)
-        except BaseException as exc:  # the armed crash
-            thread_error.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while thread.is_alive() and len(assignments(own_broker.bootstrap)) < JOBS:
-        assert time.monotonic() < deadline, "the matcher assigned nothing"
-        time.sleep(0.1)
-    stop.set()  # what the crash did not stop yet (the one before the acknowledgements)
-    thread.join(60)
-    assert thread_error and not thread.is_alive(), "the matcher did not reach its crash"
+    crashed = run_while(crashing, lambda: len(assignments(own_broker.bootstrap)) >= JOBS)
+    assert crashed, "the matcher did not reach its crash"
     before = assignments(own_broker.bootstrap)
     assert len(before) < JOBS or point == "before-acks"
     restarted: Runtime[MemoryStore] = Runtime(
         Matcher(settings), MemoryStore(), own_broker.bootstrap
     )
-    run_until(own_broker.bootstrap, restarted, JOBS)
+    run_while(restarted, lambda: len(assignments(own_broker.bootstrap)) >= JOBS)
     time.sleep(0.5)  # room for a (wrong) second assignment
     after_restart = assignments(own_broker.bootstrap)
     assert sorted(a.job_id for a in after_restart) == sorted({a.job_id for a in after_restart})

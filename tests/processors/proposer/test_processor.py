@@ -4,8 +4,6 @@ twice (no block sequence used twice, no transaction in two blocks)."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +23,7 @@ from streams.broker import EmbeddedBroker
 from streams.kafka import Producer
 from streams.settings import CHAIN_ID
 from streams.topics import hex_key
-from tests.processors.harness import Crash, read_all
+from tests.processors.harness import Crash, read_all, run_while
 from tests.txs import signed
 
 pytestmark = pytest.mark.broker
@@ -68,29 +66,10 @@ def proposer(group: str) -> ProposerProcessor:
     )
 
 
-def run_until(runtime: Runtime[MemoryStore], done: object, timeout: float = 60) -> None:
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            runtime.run(stop)
-        except BaseException as exc:  # an armed crash
-            failures.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while thread.is_alive() and not done() and time.monotonic() < deadline:  # type: ignore[operator]
-        time.sleep(0.1)
-    stop.set()
-    thread.join(30)
-
-
 def test_blocks_take_the_transactions_in_nonce_order(own_broker: EmbeddedBroker) -> None:
     hashes = submit(own_broker.bootstrap, range(TXS))
     runtime: Runtime[MemoryStore] = Runtime(proposer("p"), MemoryStore(), own_broker.bootstrap)
-    run_until(runtime, lambda: set(included(own_broker.bootstrap)) >= hashes)
+    run_while(runtime, lambda: set(included(own_broker.bootstrap)) >= hashes)
     assert sorted(included(own_broker.bootstrap)) == sorted(hashes)
     nonces = [
         decode_transaction(raw, RULES).nonce
@@ -114,11 +93,11 @@ def test_a_crash_mid_send_proposes_nothing_twice(own_broker: EmbeddedBroker) -> 
         crashing.producer.flush()
 
     crashing._send = dying_send  # type: ignore[method-assign]
-    run_until(crashing, lambda: False, timeout=60)
+    run_while(crashing, lambda: False, timeout=60)
     assert included(own_broker.bootstrap), "the proposer never took a transaction"
     more = submit(own_broker.bootstrap, range(TXS, TXS + 10))
     restarted: Runtime[MemoryStore] = Runtime(proposer("q"), MemoryStore(), own_broker.bootstrap)
-    run_until(restarted, lambda: set(included(own_broker.bootstrap)) >= more)
+    run_while(restarted, lambda: set(included(own_broker.bootstrap)) >= more)
     assert set(included(own_broker.bootstrap)) >= more, "the restarted proposer took nothing"
     made = blocks(own_broker.bootstrap)
     assert len({b.sequence for b in made}) == len(made) and len(made) > 3

@@ -28,7 +28,7 @@ from streams.kafka import Producer
 from streams.settings import Settings
 from streams.topics import TOPICS, hex_key, topic
 from tests import market_events
-from tests.processors.harness import CrashPoint, arm, read_all
+from tests.processors.harness import CrashPoint, arm, read_all, run_while
 
 pytestmark = pytest.mark.broker
 NODE_KEY = b"\x41" * 32
@@ -100,24 +100,8 @@ def run_verifier(bootstrap: str, settings: Settings, point: CrashPoint | None, a
         runtime.run(threading.Event(), idle_exit_s=1.0)
         return
     arm(runtime, point, after)
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            runtime.run(stop)
-        except BaseException as exc:  # the armed crash
-            failures.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while thread.is_alive() and len(settled(bootstrap)) < JOBS:
-        assert time.monotonic() < deadline, "the verifier settled nothing"
-        time.sleep(0.1)
-    stop.set()
-    thread.join(60)
-    assert failures, "the verifier did not reach its crash"
+    crashed = run_while(runtime, lambda: len(settled(bootstrap)) >= JOBS)
+    assert crashed, "the verifier did not reach its crash"
 
 
 @pytest.mark.parametrize(("point", "after"), [("mid-send", 2), ("mid-send", 4), ("before-acks", 0)])
