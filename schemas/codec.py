@@ -168,8 +168,8 @@ class Codec:
     def decode_event(self, data: bytes, expect: type[E] | None = None) -> Event:
         """A record as its typed event; with `expect`, a record of another schema is a
         `CodecError` (the result is then an `expect`)."""
-        decoded = self.decode(data, expect.SCHEMA if expect is not None else None)
-        return EVENT_TYPES[decoded.name].from_avro(decoded.record)
+        name, record = self._decode(data, expect.SCHEMA if expect is not None else None)
+        return EVENT_TYPES[name].from_avro(record)
 
     def decode_as(self, data: bytes, expect: type[E]) -> E:
         """A record that must be an `expect` event."""
@@ -190,6 +190,14 @@ class Codec:
 
     def decode(self, data: bytes, expect: str | None = None) -> Decoded:
         writer = self.writer_of(data)
+        name, record = self._decode(data, expect, writer)
+        return Decoded(name, record, writer.fingerprint)
+
+    def _decode(
+        self, data: bytes, expect: str | None, writer: SchemaInfo | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """(schema name, record) of an encoded record."""
+        writer = writer or self.writer_of(data)
         reader = self.current.get(writer.name)
         if reader is None:
             raise CodecError(f"schema {writer.name!r} is no longer known to this codec")
@@ -203,7 +211,7 @@ class Codec:
             raise CodecError(f"{writer.name}: corrupt record body: {exc!r}") from exc
         if not isinstance(record, dict):
             raise CodecError(f"{writer.name}: decoded body is not a record")
-        return Decoded(writer.name, record, writer.fingerprint)
+        return writer.name, record
 
 
 @cache

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Producer as _KafkaProducer
@@ -45,9 +45,9 @@ class Delivered:
     offset: int
 
 
-@dataclass(frozen=True)
-class Record(Generic[E]):
-    """A consumed record: its place on the log and its typed event."""
+class Record(NamedTuple, Generic[E]):
+    """A consumed record: its place on the log and its typed event. (A named tuple: one is
+    made for every record every consumer reads, and a tuple is built in one step.)"""
 
     topic: str
     partition: int
@@ -100,13 +100,13 @@ def record_of(message: Any, codec: Codec) -> Record[Event]:
     raw = message.value()
     key = message.key()
     return Record(
-        topic=message.topic(),
-        partition=message.partition(),
-        offset=message.offset(),
-        timestamp_ms=message.timestamp()[1],
-        key=key.decode(errors="replace") if key is not None else None,
-        event=codec.decode_event(raw),
-        raw=raw,
+        message.topic(),
+        message.partition(),
+        message.offset(),
+        message.timestamp()[1],
+        key.decode(errors="replace") if key is not None else None,
+        codec.decode_event(raw),
+        raw,
     )
 
 
