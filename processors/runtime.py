@@ -153,7 +153,6 @@ class Runtime(Generic[S]):
         )
         self.codec = default_codec()
         self._group: Consumer | None = None
-        self._group_ready = threading.Event()
         self._group_backlog: list[Any] = []
         self._catch_up: CatchUp | None = None
         self._sent = _Sent()
@@ -165,7 +164,7 @@ class Runtime(Generic[S]):
         self._handled = 0
         self._first_pending = 0.0
         self._last_commit = time.monotonic()
-        self._last_tick = 0.0
+        self._next_tick = 0.0
         self._on_log_high: dict[Partition, int] = {}
         self._on_log: set[tuple[str, int, int, int]] = set()
         self.opened = False
@@ -254,10 +253,7 @@ class Runtime(Generic[S]):
                 self._config,
             )
         )
-        self._group.subscribe(
-            [s.topic.name for s in subscriptions],
-            on_assign=lambda consumer, parts: self._group_ready.set(),
-        )
+        self._group.subscribe([s.topic.name for s in subscriptions])
 
     def _go_live(self) -> None:
         self.live = True
@@ -394,12 +390,17 @@ class Runtime(Generic[S]):
         the linger), then takes what else is already fetched, up to `batch`. A batch
         consume would wait its whole timeout for a full batch."""
         timeout = self.pace.poll_s
+        now = time.monotonic()
         if self._uncommitted() and self.pace.linger_s:
-            left = self.pace.linger_s - (time.monotonic() - self._first_pending)
-            timeout = max(0.0, min(timeout, left))
+            timeout = min(timeout, self.pace.linger_s - (now - self._first_pending))
+        if self.pace.tick_s is not None and self.live:
+            timeout = min(timeout, self._next_tick - now)  # wake for the next tick
+        timeout = max(0.0, timeout)
         first = self.reader.poll_raw(timeout)
         if first is None:
             return []
+        if self.pace.batch == 1:
+            return [first]
         return [first, *self.reader.poll_batch(self.pace.batch - 1, 0)]
 
     def _poll_group(self) -> list[Any]:
@@ -437,13 +438,18 @@ class Runtime(Generic[S]):
         self._enqueue(outputs, (key[0], key[1], offset))
 
     def _tick(self, polled: bool) -> None:
+        """Ticks keep their cadence (a proposer's blocks come every interval, not every
+        interval plus the loop's lateness); one that fell behind does not burst."""
         every = self.pace.tick_s
         if every is None or not self.live:
             return
         now = time.monotonic()
-        if now - self._last_tick < every and not (polled and self.processor.tick_due()):
+        if now < self._next_tick and not (polled and self.processor.tick_due()):
             return
-        self._last_tick = now
+        if now >= self._next_tick:
+            self._next_tick += every
+            if self._next_tick < now:  # fell behind: do not burst
+                self._next_tick = now + every
         outputs = self.processor.tick(int(self.clock() * 1000), self.store)
         if outputs and not self._outgoing and not self._handled:
             self._first_pending = now
@@ -556,4 +562,3 @@ class Runtime(Generic[S]):
             if self._own_producer and self._producer is not None:
                 self._producer.close()
             self.opened = False
-
