@@ -128,6 +128,7 @@ class Devnet:
         self.workers: list[Child] = []
         self.market: MarketService | None = None
         self.followers: list[DagView | CheckpointView] = []  # the gateway's other readers
+        self.view: ChainView | None = None
         self.stopping = threading.Event()
 
     def say(self, label: str, text: str) -> None:
@@ -149,7 +150,7 @@ class Devnet:
                     client_id=f"{s.client_id}-gateway",
                     config={"linger.ms": 0, **s.kafka_config},
                 )
-                view = ChainView(s.data_dir / "lattice-execution", s.chain_id)
+                view = self.view = ChainView(s.data_dir / "lattice-execution", s.chain_id)
                 dag = DagView(bootstrap, s.chain_id, s.ghostdag_k, s.finality_depth)
                 checkpoints = CheckpointView(bootstrap, s.replicas)
                 self.followers = [dag, checkpoints]
@@ -393,6 +394,8 @@ class Devnet:
             self.market.close()
         for follower in self.followers:
             follower.close()
+        if self.view is not None:
+            self.view.close()
         for group in (self.workers, self.proposers, self.processors):
             for child in group:
                 child.terminate()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -205,6 +206,7 @@ class ChainView:
         if self._db is not None:
             self._db.close()
             self._db = None
+        shutil.rmtree(self._secondary_dir, ignore_errors=True)
 
 
 def _call_message(state: Any, executor: Any, tx: Any) -> MessageAPI:

@@ -197,7 +197,7 @@ def test_acknowledged_but_unrecorded_entries_are_found_on_the_log(
 
     crash_at(broker.bootstrap, Echo(source, sink), tmp_path, arm)
     again = RocksStore(tmp_path)
-    assert len(again.outbox()) == 40
+    assert again.outbox(), "the acknowledgements of the last commit were never written"
     runtime = Runtime(Echo(source, sink), again, broker.bootstrap)
     run_to_end(runtime)
     check_exactly_once(broker.bootstrap, source, sink, 20)
