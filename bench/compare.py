@@ -55,8 +55,11 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        # The Node tools (anvil, Hardhat, solc) are installed once, in this checkout.
+        # The Node tools (anvil, Hardhat, solc) are installed once, in this checkout, and
+        # the reference data sits beside it.
         (earlier / "node_modules").symlink_to(ROOT / "node_modules")
+        if (ROOT.parent / "shared").exists():
+            (Path(tmp) / "shared").symlink_to(ROOT.parent / "shared")
         try:
             before, before_s = run(earlier, options.bench, options.args)
             after, after_s = run(ROOT, options.bench, options.args)

@@ -80,24 +80,9 @@ class BlockExecuted(Event):
     cause: Position
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "number": self.number,
-            "hash": self.hash,
-            "parent_hash": self.parent_hash,
-            "dag_block": self.dag_block,
-            "state_root": self.state_root,
-            "receipts_root": self.receipts_root,
-            "transactions_root": self.transactions_root,
-            "logs_bloom": self.logs_bloom,
-            "gas_used": self.gas_used,
-            "gas_limit": self.gas_limit,
-            "base_fee_per_gas": self.base_fee_per_gas,
-            "timestamp": self.timestamp,
-            "fee_recipient": self.fee_recipient,
-            "transaction_hashes": list(self.transaction_hashes),
-            "rejected_count": self.rejected_count,
-            "cause": self.cause.to_avro(),
-        }
+        value = dict(self.__dict__)
+        value["cause"] = self.cause.to_avro()
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> BlockExecuted:
@@ -151,19 +136,10 @@ class BlockOrdered(Event):
     cause: Position
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "chain_index": self.chain_index,
-            "hash": self.hash,
-            "selected_parent": self.selected_parent,
-            "blue_score": self.blue_score,
-            "blue_work": self.blue_work,
-            "timestamp_ms": self.timestamp_ms,
-            "proposer": self.proposer,
-            "mergeset_blues": list(self.mergeset_blues),
-            "mergeset_reds": list(self.mergeset_reds),
-            "transactions": [x.to_avro() for x in self.transactions],
-            "cause": self.cause.to_avro(),
-        }
+        value = dict(self.__dict__)
+        value["transactions"] = [x.to_avro() for x in self.transactions]
+        value["cause"] = self.cause.to_avro()
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> BlockOrdered:
@@ -220,19 +196,9 @@ class BlockProposed(Event):
     cause: Position | None = None
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "hash": self.hash,
-            "version": self.version,
-            "parents": list(self.parents),
-            "proposer": self.proposer,
-            "timestamp_ms": self.timestamp_ms,
-            "sequence": self.sequence,
-            "target": self.target,
-            "transactions_root": self.transactions_root,
-            "transactions": list(self.transactions),
-            "signature": self.signature,
-            "cause": None if self.cause is None else self.cause.to_avro(),
-        }
+        value = dict(self.__dict__)
+        value["cause"] = None if self.cause is None else self.cause.to_avro()
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> BlockProposed:
@@ -263,12 +229,7 @@ class OrderedTransaction(Event):
     index_in_block: int
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "hash": self.hash,
-            "raw": self.raw,
-            "dag_block": self.dag_block,
-            "index_in_block": self.index_in_block,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> OrderedTransaction:
@@ -291,11 +252,7 @@ class Position(Event):
     offset: int
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": self.offset,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> Position:
@@ -324,13 +281,7 @@ class DeviceUsage(Event):
     power_mw: int | None = None
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "utilisation_pct": self.utilisation_pct,
-            "vram_used_bytes": self.vram_used_bytes,
-            "temperature_c": self.temperature_c,
-            "power_mw": self.power_mw,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> DeviceUsage:
@@ -362,14 +313,7 @@ class GpuDevice(Event):
     peak_fp16_gflops: int
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "name": self.name,
-            "uuid": self.uuid,
-            "vram_bytes": self.vram_bytes,
-            "compute_capability": self.compute_capability,
-            "peak_fp16_gflops": self.peak_fp16_gflops,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> GpuDevice:
@@ -401,14 +345,9 @@ class GpuNodeHeartbeat(Event):
     signature: bytes
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "sequence": self.sequence,
-            "timestamp_ms": self.timestamp_ms,
-            "devices": [x.to_avro() for x in self.devices],
-            "jobs_in_flight": self.jobs_in_flight,
-            "signature": self.signature,
-        }
+        value = dict(self.__dict__)
+        value["devices"] = [x.to_avro() for x in self.devices]
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> GpuNodeHeartbeat:
@@ -469,22 +408,9 @@ class GpuNodeRegistration(Event):
     signature: bytes
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "price_wei_per_hour": self.price_wei_per_hour,
-            "stake_wei": self.stake_wei,
-            "devices": [x.to_avro() for x in self.devices],
-            "driver_version": self.driver_version,
-            "cuda_version": self.cuda_version,
-            "cpu_model": self.cpu_model,
-            "cpu_cores": self.cpu_cores,
-            "ram_bytes": self.ram_bytes,
-            "runtimes": list(self.runtimes),
-            "worker_version": self.worker_version,
-            "sequence": self.sequence,
-            "registered_at_ms": self.registered_at_ms,
-            "signature": self.signature,
-        }
+        value = dict(self.__dict__)
+        value["devices"] = [x.to_avro() for x in self.devices]
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> GpuNodeRegistration:
@@ -526,16 +452,7 @@ class Candidate(Event):
     reasons: tuple[str, ...]
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "node": self.node,
-            "eligible": self.eligible,
-            "score": self.score,
-            "price_wei_per_hour": self.price_wei_per_hour,
-            "free_vram_bytes": self.free_vram_bytes,
-            "reputation_bps": self.reputation_bps,
-            "load": self.load,
-            "reasons": list(self.reasons),
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> Candidate:
@@ -564,12 +481,7 @@ class EpochCheckpoint(Event):
     samples: int
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "checkpoint_cid": self.checkpoint_cid,
-            "loss_ppm": self.loss_ppm,
-            "samples": self.samples,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> EpochCheckpoint:
@@ -598,13 +510,7 @@ class HardwareSnapshot(Event):
     threads: int
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "device_name": self.device_name,
-            "vram_bytes": self.vram_bytes,
-            "driver_version": self.driver_version,
-            "execution_provider": self.execution_provider,
-            "threads": self.threads,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> HardwareSnapshot:
@@ -647,17 +553,11 @@ class JobAssigned(Event):
     job: JobSubmitted | None = None
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "attempt": self.attempt,
-            "nodes": list(self.nodes),
-            "redundant": self.redundant,
-            "seed": self.seed,
-            "candidates": [x.to_avro() for x in self.candidates],
-            "lease_expires_ms": self.lease_expires_ms,
-            "cause": self.cause.to_avro(),
-            "job": None if self.job is None else self.job.to_avro(),
-        }
+        value = dict(self.__dict__)
+        value["candidates"] = [x.to_avro() for x in self.candidates]
+        value["cause"] = self.cause.to_avro()
+        value["job"] = None if self.job is None else self.job.to_avro()
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> JobAssigned:
@@ -702,16 +602,10 @@ class JobProof(Event):
     cause: Position | None = None
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "node": self.node,
-            "attempt": self.attempt,
-            "kind": self.kind,
-            "commitment": self.commitment,
-            "epochs": [x.to_avro() for x in self.epochs],
-            "signature": self.signature,
-            "cause": None if self.cause is None else self.cause.to_avro(),
-        }
+        value = dict(self.__dict__)
+        value["epochs"] = [x.to_avro() for x in self.epochs]
+        value["cause"] = None if self.cause is None else self.cause.to_avro()
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> JobProof:
@@ -774,22 +668,11 @@ class JobResult(Event):
     output: bytes | None = None
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "node": self.node,
-            "attempt": self.attempt,
-            "output_cid": self.output_cid,
-            "output_digest": self.output_digest,
-            "output_size": self.output_size,
-            "fingerprint_scheme": self.fingerprint_scheme,
-            "fingerprint": self.fingerprint,
-            "timings": self.timings.to_avro(),
-            "hardware": self.hardware.to_avro(),
-            "completed_at_ms": self.completed_at_ms,
-            "signature": self.signature,
-            "cause": None if self.cause is None else self.cause.to_avro(),
-            "output": self.output,
-        }
+        value = dict(self.__dict__)
+        value["timings"] = self.timings.to_avro()
+        value["hardware"] = self.hardware.to_avro()
+        value["cause"] = None if self.cause is None else self.cause.to_avro()
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> JobResult:
@@ -837,17 +720,9 @@ class JobSettled(Event):
     cause: Position
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "provider": self.provider,
-            "requester": self.requester,
-            "transaction_hash": self.transaction_hash,
-            "paid_wei": self.paid_wei,
-            "fee_wei": self.fee_wei,
-            "refund_wei": self.refund_wei,
-            "slashed_wei": self.slashed_wei,
-            "cause": self.cause.to_avro(),
-        }
+        value = dict(self.__dict__)
+        value["cause"] = self.cause.to_avro()
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> JobSettled:
@@ -915,24 +790,7 @@ class JobSubmitted(Event):
     input: bytes | None = None
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "requester": self.requester,
-            "kind": self.kind,
-            "model_id": self.model_id,
-            "input_cid": self.input_cid,
-            "batch_size": self.batch_size,
-            "epochs": self.epochs,
-            "dataset_cid": self.dataset_cid,
-            "params": dict(self.params),
-            "required_vram_bytes": self.required_vram_bytes,
-            "max_price_wei": self.max_price_wei,
-            "deadline_ms": self.deadline_ms,
-            "nonce": self.nonce,
-            "submitted_at_ms": self.submitted_at_ms,
-            "signature": self.signature,
-            "input": self.input,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> JobSubmitted:
@@ -966,14 +824,7 @@ class JobTokens(Event):
     text: str
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "node": self.node,
-            "attempt": self.attempt,
-            "index": self.index,
-            "token_ids": list(self.token_ids),
-            "text": self.text,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> JobTokens:
@@ -1017,17 +868,10 @@ class JobVerdict(Event):
     cause: Position
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "node": self.node,
-            "verifier": self.verifier,
-            "outcome": self.outcome,
-            "checks": [x.to_avro() for x in self.checks],
-            "performance_bps": self.performance_bps,
-            "reputation_bps": self.reputation_bps,
-            "seed": self.seed,
-            "cause": self.cause.to_avro(),
-        }
+        value = dict(self.__dict__)
+        value["checks"] = [x.to_avro() for x in self.checks]
+        value["cause"] = self.cause.to_avro()
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> JobVerdict:
@@ -1054,11 +898,7 @@ class Timings(Event):
     compute_ms: int
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "queue_ms": self.queue_ms,
-            "load_ms": self.load_ms,
-            "compute_ms": self.compute_ms,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> Timings:
@@ -1081,11 +921,7 @@ class VerdictCheck(Event):
     detail: str
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "passed": self.passed,
-            "detail": self.detail,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> VerdictCheck:
@@ -1108,11 +944,7 @@ class ModelChunk(Event):
     size: int
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "cid": self.cid,
-            "offset": self.offset,
-            "size": self.size,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> ModelChunk:
@@ -1175,24 +1007,12 @@ class ModelManifest(Event):
     cause: Position | None = None
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "model_id": self.model_id,
-            "name": self.name,
-            "version": self.version,
-            "owner": self.owner,
-            "model_type": self.model_type,
-            "format": self.format,
-            "manifest_cid": self.manifest_cid,
-            "chunks": [x.to_avro() for x in self.chunks],
-            "total_bytes": self.total_bytes,
-            "parameter_count": self.parameter_count,
-            "vram_required_bytes": self.vram_required_bytes,
-            "inputs": [x.to_avro() for x in self.inputs],
-            "outputs": [x.to_avro() for x in self.outputs],
-            "tokenizer_cid": self.tokenizer_cid,
-            "registered_at_ms": self.registered_at_ms,
-            "cause": None if self.cause is None else self.cause.to_avro(),
-        }
+        value = dict(self.__dict__)
+        value["chunks"] = [x.to_avro() for x in self.chunks]
+        value["inputs"] = [x.to_avro() for x in self.inputs]
+        value["outputs"] = [x.to_avro() for x in self.outputs]
+        value["cause"] = None if self.cause is None else self.cause.to_avro()
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> ModelManifest:
@@ -1221,11 +1041,7 @@ class TensorSpec(Event):
     shape: tuple[str, ...]
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "dtype": self.dtype,
-            "shape": list(self.shape),
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> TensorSpec:
@@ -1254,12 +1070,7 @@ class Log(Event):
     data: bytes
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "log_index": self.log_index,
-            "address": self.address,
-            "topics": list(self.topics),
-            "data": self.data,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> Log:
@@ -1321,23 +1132,10 @@ class Receipt(Event):
     cause: Position
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "transaction_hash": self.transaction_hash,
-            "transaction_index": self.transaction_index,
-            "block_number": self.block_number,
-            "block_hash": self.block_hash,
-            "from_address": self.from_address,
-            "to_address": self.to_address,
-            "contract_address": self.contract_address,
-            "tx_type": self.tx_type,
-            "status": self.status,
-            "gas_used": self.gas_used,
-            "cumulative_gas_used": self.cumulative_gas_used,
-            "effective_gas_price": self.effective_gas_price,
-            "logs_bloom": self.logs_bloom,
-            "logs": [x.to_avro() for x in self.logs],
-            "cause": self.cause.to_avro(),
-        }
+        value = dict(self.__dict__)
+        value["logs"] = [x.to_avro() for x in self.logs]
+        value["cause"] = self.cause.to_avro()
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> Receipt:
@@ -1376,15 +1174,9 @@ class AccountState(Event):
     cause: Position
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "address": self.address,
-            "balance": self.balance,
-            "nonce": self.nonce,
-            "code_hash": self.code_hash,
-            "storage_root": self.storage_root,
-            "block_number": self.block_number,
-            "cause": self.cause.to_avro(),
-        }
+        value = dict(self.__dict__)
+        value["cause"] = self.cause.to_avro()
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> AccountState:
@@ -1424,15 +1216,9 @@ class Checkpoint(Event):
     cause: Position
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "height": self.height,
-            "block_hash": self.block_hash,
-            "state_root": self.state_root,
-            "signer": self.signer,
-            "signature": self.signature,
-            "replica": self.replica,
-            "cause": self.cause.to_avro(),
-        }
+        value = dict(self.__dict__)
+        value["cause"] = self.cause.to_avro()
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> Checkpoint:
@@ -1475,16 +1261,9 @@ class TransactionRejected(Event):
     cause: Position
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "hash": self.hash,
-            "sender": self.sender,
-            "nonce": self.nonce,
-            "block_number": self.block_number,
-            "dag_block": self.dag_block,
-            "code": self.code,
-            "reason": self.reason,
-            "cause": self.cause.to_avro(),
-        }
+        value = dict(self.__dict__)
+        value["cause"] = self.cause.to_avro()
+        return value
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> TransactionRejected:
@@ -1548,22 +1327,7 @@ class TransactionSubmitted(Event):
     source: str = "rest"
 
     def to_avro(self) -> dict[str, Any]:
-        return {
-            "hash": self.hash,
-            "raw": self.raw,
-            "sender": self.sender,
-            "tx_type": self.tx_type,
-            "chain_id": self.chain_id,
-            "nonce": self.nonce,
-            "gas_limit": self.gas_limit,
-            "to": self.to,
-            "value": self.value,
-            "gas_price": self.gas_price,
-            "max_fee_per_gas": self.max_fee_per_gas,
-            "max_priority_fee_per_gas": self.max_priority_fee_per_gas,
-            "received_at_ms": self.received_at_ms,
-            "source": self.source,
-        }
+        return dict(self.__dict__)
 
     @classmethod
     def from_avro(cls, value: Mapping[str, Any]) -> TransactionSubmitted:

@@ -141,12 +141,10 @@ def _to_avro(schemas: _Schemas, kind: Any, namespace: str, expr: str) -> str:
     if isinstance(kind, list):
         inner = _to_avro(schemas, kind[1], namespace, expr)
         return expr if inner == expr else f"None if {expr} is None else {inner}"
-    if kind["type"] == "array":
+    if kind["type"] == "array":  # fastavro writes a tuple as it does a list
         inner = _to_avro(schemas, kind["items"], namespace, "x")
-        return f"list({expr})" if inner == "x" else f"[{inner} for x in {expr}]"
-    if kind["type"] == "map":
-        return f"dict({expr})"
-    return expr
+        return expr if inner == "x" else f"[{inner} for x in {expr}]"
+    return expr  # maps: fastavro writes any mapping
 
 
 def _default(value: Any, where: str) -> str:
@@ -221,10 +219,14 @@ def _class(schemas: _Schemas, full_name: str) -> Iterator[str]:
         yield f"    {item.name}: {item.annotation}{default}"
     yield ""
     yield "    def to_avro(self) -> dict[str, Any]:"
-    yield "        return {"
-    for item in fields:
-        yield f'            "{item.name}": {item.to_avro},'
-    yield "        }"
+    nested = [item for item in fields if item.to_avro != f"self.{item.name}"]
+    if not nested:
+        yield "        return dict(self.__dict__)"
+    else:
+        yield "        value = dict(self.__dict__)"
+        for item in nested:
+            yield f'        value["{item.name}"] = {item.to_avro}'
+        yield "        return value"
     yield ""
     yield "    @classmethod"
     yield f"    def from_avro(cls, value: Mapping[str, Any]) -> {name}:"

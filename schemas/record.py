@@ -2,7 +2,9 @@
 
 An event is a frozen dataclass whose fields are its Avro record's fields, in the schema's
 order, with Python types (see `schemas.generate` for the mapping). `to_avro` gives the
-plain value fastavro writes; `from_avro` takes the value fastavro read back. The codec
+plain value fastavro writes (the instance's fields, nested events as their own values;
+arrays stay tuples, which fastavro writes alike); `from_avro` takes the value fastavro read
+back. The codec
 (`schemas.codec.Codec.encode_event` / `decode_event`) goes through them, so producers and
 consumers never see the dictionaries.
 """
