@@ -54,11 +54,16 @@ def arm(runtime: Runtime[Any], point: CrashPoint, after: int) -> None:
 
         runtime._send = dying_send  # type: ignore[method-assign]
     else:
+        store_commit = runtime.store.commit
+
+        def forgetful_commit(positions: Any, outgoing: Any = (), acknowledged: Any = None) -> None:
+            store_commit(positions, outgoing, {})  # the acknowledgements never reach the disk
 
         def dying_drain(timeout: float = 30.0) -> None:
             runtime.producer.flush()
             raise Crash
 
+        runtime.store.commit = forgetful_commit  # type: ignore[method-assign]
         runtime.drain = dying_drain  # type: ignore[method-assign]
 
 

@@ -18,13 +18,10 @@ from schemas.events import Position
 from streams.broker import EmbeddedBroker
 from streams.kafka import Producer, Reader, Record
 from streams.topics import TopicSpec
+from tests.processors.harness import crash, run_to_end
 
 pytestmark = pytest.mark.broker
 POSITION = "lattice.common.Position"
-
-
-class Crash(Exception):
-    """Stands for the process dying at the point it is raised."""
 
 
 class Echo(Processor[RocksStore]):
@@ -73,10 +70,6 @@ def outputs(bootstrap: str, spec: TopicSpec) -> list[tuple[dict[str, bytes], Pos
         reader.close()
 
 
-def run_to_end(runtime: Runtime[Any]) -> None:
-    runtime.run(threading.Event(), until_caught_up=True)
-
-
 def check_exactly_once(bootstrap: str, source: TopicSpec, sink: TopicSpec, count: int) -> None:
     found = outputs(bootstrap, sink)
     causes = [parse_cause(h[CAUSE]) for h, _ in found]
@@ -98,19 +91,6 @@ def _inputs(bootstrap: str, spec: TopicSpec) -> list[tuple[int, int]]:
         reader.close()
 
 
-def crash_at(
-    bootstrap: str, echo: Echo, path: Path, arm: Callable[[Runtime[RocksStore]], None]
-) -> None:
-    """Run until the armed point raises `Crash`; leave like a killed process would (what
-    the producer had queued may still land, nothing uncommitted is written)."""
-    store = RocksStore(path)
-    runtime = Runtime(echo, store, bootstrap)
-    arm(runtime)
-    with pytest.raises(Crash):
-        runtime.run(threading.Event(), until_caught_up=True)
-    store.close()
-
-
 @pytest.fixture
 def topics(make_topic: Callable[..., TopicSpec]) -> tuple[TopicSpec, TopicSpec]:
     return make_topic(POSITION, partitions=3), make_topic(POSITION, partitions=2)
@@ -122,7 +102,7 @@ def test_outputs_once_and_state_with_the_offsets(
     source, sink = topics
     fill(broker.bootstrap, source, 40)
     store = RocksStore(tmp_path)
-    run_to_end(Runtime(Echo(source, sink), store, broker.bootstrap))
+    run_to_end(Echo(source, sink), store, broker.bootstrap)
     check_exactly_once(broker.bootstrap, source, sink, 40)
     assert sum(store.get_int(b"count/k%d" % n) for n in range(5)) == 40
     assert store.outbox() == []
@@ -139,23 +119,10 @@ def test_a_crash_after_the_commit_and_some_sends_duplicates_nothing(
 ) -> None:
     source, sink = topics
     fill(broker.bootstrap, source, 30)
-
-    def arm(runtime: Runtime[RocksStore]) -> None:
-        send, sent = runtime._send, [0]
-
-        def dying(entry: Any) -> None:
-            if sent[0] == sent_before_crash:
-                runtime.producer.flush()
-                raise Crash
-            sent[0] += 1
-            send(entry)
-
-        runtime._send = dying  # type: ignore[method-assign]
-
-    crash_at(broker.bootstrap, Echo(source, sink), tmp_path, arm)
+    crash(Echo(source, sink), RocksStore(tmp_path), broker.bootstrap, "mid-send", sent_before_crash)
     again = RocksStore(tmp_path)
     assert again.outbox(), "the crash left outbox entries to settle"
-    run_to_end(Runtime(Echo(source, sink), again, broker.bootstrap))
+    run_to_end(Echo(source, sink), again, broker.bootstrap)
     check_exactly_once(broker.bootstrap, source, sink, 30)
     assert again.outbox() == []
     again.close()
@@ -166,17 +133,10 @@ def test_a_crash_before_the_commit_handles_the_inputs_again(
 ) -> None:
     source, sink = topics
     fill(broker.bootstrap, source, 25)
-
-    def arm(runtime: Runtime[RocksStore]) -> None:
-        def dying() -> None:
-            raise Crash
-
-        runtime.commit = dying  # type: ignore[method-assign]
-
-    crash_at(broker.bootstrap, Echo(source, sink), tmp_path, arm)
+    crash(Echo(source, sink), RocksStore(tmp_path), broker.bootstrap, "before-commit")
     again = RocksStore(tmp_path)
     assert again.positions() == {} and again.get(b"count/k0") is None
-    run_to_end(Runtime(Echo(source, sink), again, broker.bootstrap))
+    run_to_end(Echo(source, sink), again, broker.bootstrap)
     check_exactly_once(broker.bootstrap, source, sink, 25)
     assert sum(again.get_int(b"count/k%d" % n) for n in range(5)) == 25
     again.close()
@@ -187,20 +147,12 @@ def test_acknowledged_but_unrecorded_entries_are_found_on_the_log(
 ) -> None:
     source, sink = topics
     fill(broker.bootstrap, source, 20)
-
-    def arm(runtime: Runtime[RocksStore]) -> None:
-        def dying(timeout: float = 30.0) -> None:
-            runtime.producer.flush()  # all landed; the acknowledgements are never written
-            raise Crash
-
-        runtime.drain = dying  # type: ignore[method-assign]
-
-    crash_at(broker.bootstrap, Echo(source, sink), tmp_path, arm)
+    crash(Echo(source, sink), RocksStore(tmp_path), broker.bootstrap, "before-acks")
     again = RocksStore(tmp_path)
-    assert again.outbox(), "the acknowledgements of the last commit were never written"
-    runtime = Runtime(Echo(source, sink), again, broker.bootstrap)
-    run_to_end(runtime)
+    assert len(again.outbox()) == 40, "every acknowledgement was lost with the process"
+    run_to_end(Echo(source, sink), again, broker.bootstrap)
     check_exactly_once(broker.bootstrap, source, sink, 20)
+    assert again.outbox() == []
     again.close()
 
 
@@ -210,11 +162,11 @@ def test_a_store_rebuilt_from_the_log_does_not_send_again(
     source, sink = topics
     fill(broker.bootstrap, source, 15)
     first = RocksStore(tmp_path / "first")
-    run_to_end(Runtime(Echo(source, sink), first, broker.bootstrap))
+    run_to_end(Echo(source, sink), first, broker.bootstrap)
     first.close()
     fill(broker.bootstrap, source, 5)  # new inputs after the store was lost
     rebuilt = RocksStore(tmp_path / "rebuilt")
-    run_to_end(Runtime(Echo(source, sink), rebuilt, broker.bootstrap))
+    run_to_end(Echo(source, sink), rebuilt, broker.bootstrap)
     check_exactly_once(broker.bootstrap, source, sink, 20)
     assert sum(rebuilt.get_int(b"count/k%d" % n) for n in range(5)) == 20
     rebuilt.close()
@@ -236,7 +188,7 @@ def test_undecodable_records_are_skipped_and_their_offsets_advance(
 
     store = MemoryStore()
     runtime = Runtime(Counting(source, sink), store, broker.bootstrap)
-    run_to_end(runtime)
+    runtime.run(threading.Event(), until_caught_up=True)
     assert runtime.skipped == 1
     assert [k for k, _ in store.scan(b"seen/")] == [b"seen/1"]
     assert store.positions()[(source.name, 0)] == 1
