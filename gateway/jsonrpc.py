@@ -46,6 +46,7 @@ MAX_BATCH = 1000
 CODES = {
     "not_found": -32000,
     "beyond_head": -32000,
+    "bad_request": -32602,
     "invalid": -32000,
     "out_of_gas": -32000,
     "reverted": 3,

@@ -37,7 +37,9 @@ Tag = Literal["latest", "pending", "safe", "finalized", "earliest"]
 TAGS: tuple[Tag, ...] = ("latest", "pending", "safe", "finalized", "earliest")
 #: A block: a tag, a number, or a 32-byte hash.
 BlockRef = Tag | int | bytes
-ErrorKind = Literal["not_found", "beyond_head", "invalid", "reverted", "out_of_gas", "limit"]
+ErrorKind = Literal[
+    "not_found", "beyond_head", "bad_request", "invalid", "reverted", "out_of_gas", "limit"
+]
 #: Most blocks one log query may scan, and logs it may return (geth-like limits).
 MAX_LOG_RANGE = 10_000
 MAX_LOGS = 10_000
@@ -316,7 +318,7 @@ class LedgerQueries:
         first = self.header(criteria.from_block).block_number
         last = self.header(criteria.to_block).block_number
         if first > last:
-            raise QueryError("invalid", "fromBlock is after toBlock")
+            raise QueryError("bad_request", "fromBlock is after toBlock")
         return first, last
 
     def logs(self, criteria: LogCriteria, first: int, last: int) -> list[FoundLog]:

@@ -37,6 +37,8 @@ def _answer(query: Callable[[], Any]) -> Any:
     except BadParam as exc:
         return _fail(400, "bad_request", str(exc))
     except QueryError as exc:
+        if exc.kind == "bad_request":
+            return _fail(400, "bad_request", exc.message)
         return _fail(404, "not_found", exc.message)
     except LedgerNotReady as exc:
         return _fail(503, "unavailable", str(exc))
