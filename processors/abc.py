@@ -89,7 +89,7 @@ class Subscription:
     that key's records are in (a settler's own transactions). With `group`, the
     partitions are the share a consumer group gives this member (shared work, like the
     proposers' transactions), positions come from the group and the runtime commits them
-    there after each store commit.
+    there after each store commit (as far as `Processor.resume_from` allows).
     """
 
     topic: TopicSpec
@@ -232,3 +232,11 @@ class Processor(abc.ABC, Generic[S]):
     def outputs(self) -> Sequence[TopicSpec]:
         """The topics it writes (read at start when `pace.rebuild_window` is set)."""
         return ()
+
+    def resume_from(self, partition: Partition, handled: int) -> int:
+        """Where the member that takes a group partition next (this one restarted, or
+        another) must begin, `handled` being the last offset handled here: by default the
+        offset after it. A processor that keeps an input's effect in memory until it is on
+        the log (the proposers' mempool) holds this back to the oldest such input, so that
+        a crash loses none of them."""
+        return handled + 1

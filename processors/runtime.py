@@ -154,6 +154,11 @@ class Runtime(Generic[S]):
         self.codec = default_codec()
         self._group: Consumer | None = None
         self._group_backlog: list[Any] = []
+        #: The group partitions this member holds: the last offset handled, and the offset
+        #: last committed to the group.
+        self._group_handled: dict[Partition, int] = {}
+        self._group_committed: dict[Partition, int] = {}
+        self._group_topics: set[str] = set()
         self._catch_up: CatchUp | None = None
         self._sent = _Sent()
         self._partitions: dict[str, int] = {}
@@ -253,7 +258,16 @@ class Runtime(Generic[S]):
                 self._config,
             )
         )
-        self._group.subscribe([s.topic.name for s in subscriptions])
+        self._group_topics = {s.topic.name for s in subscriptions}
+        self._group.subscribe(list(self._group_topics), on_revoke=self._revoked)
+
+    def _revoked(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Partitions go to another member: commit how far they may resume, then forget
+        them (a later commit here must not move the new owner's position)."""
+        self._commit_group(wait=True)
+        for tp in partitions:
+            self._group_handled.pop((tp.topic, tp.partition), None)
+            self._group_committed.pop((tp.topic, tp.partition), None)
 
     def _go_live(self) -> None:
         self.live = True
@@ -425,6 +439,8 @@ class Runtime(Generic[S]):
             self._first_pending = time.monotonic()
         self._handled += 1
         self._positions[key] = offset
+        if self._group is not None and key[0] in self._group_topics:
+            self._group_handled[key] = offset
         EVENTS.labels(self.processor.role, key[0], "in").inc()
         try:
             record = record_of(message, self.codec)
@@ -507,16 +523,18 @@ class Runtime(Generic[S]):
         for entry in outgoing:
             self._send(entry)
 
-    def _commit_group(self) -> None:
+    def _commit_group(self, wait: bool = False) -> None:
+        """Commit to the group how far each of its partitions may resume (the processor may
+        hold a partition back, and let it go at a later commit)."""
         assert self._group is not None
-        names = {s.topic.name for s in self.processor.subscriptions() if s.group is not None}
-        offsets = [
-            TopicPartition(topic, partition, offset + 1)
-            for (topic, partition), offset in self._positions.items()
-            if topic in names
-        ]
+        offsets = []
+        for key, handled in self._group_handled.items():
+            resume = self.processor.resume_from(key, handled)
+            if resume > self._group_committed.get(key, -1):
+                self._group_committed[key] = resume
+                offsets.append(TopicPartition(key[0], key[1], resume))
         if offsets:
-            self._group.commit(offsets=offsets, asynchronous=True)
+            self._group.commit(offsets=offsets, asynchronous=not wait)
 
     def _send(self, entry: Outgoing) -> None:
         sequence = f"{self._identity}:{entry.sequence}".encode()

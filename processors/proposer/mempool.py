@@ -69,6 +69,11 @@ class Mempool:
         self._hashes.add(tx.hash)
         return "replaced" if current is not None else "added"
 
+    def waiting(self, sender: bytes, nonce: int) -> Transaction | None:
+        """The transaction waiting with this sender and nonce, if any."""
+        entry = self._by_sender.get(sender, {}).get(nonce)
+        return entry[1] if entry is not None else None
+
     def _start(self, sender: bytes) -> int:
         waiting = self._by_sender[sender]
         return self._next_nonce.get(sender, min(waiting))
@@ -117,8 +122,10 @@ class Mempool:
                 )
         return chosen
 
-    def mark_included(self, txs: Iterable[Transaction]) -> None:
-        """Forget included transactions and everything at or below their nonces."""
+    def mark_included(self, txs: Iterable[Transaction]) -> list[bytes]:
+        """Forget included transactions and everything at or below their nonces; the hashes
+        of the waiting transactions this dropped."""
+        dropped: list[bytes] = []
         for tx in txs:
             nxt = max(self._next_nonce.get(tx.sender, 0), tx.nonce + 1)
             self._next_nonce[tx.sender] = nxt
@@ -126,6 +133,9 @@ class Mempool:
             if waiting is None:
                 continue
             for nonce in [n for n in waiting if n < nxt]:
-                self._hashes.discard(waiting.pop(nonce)[1].hash)
+                gone = waiting.pop(nonce)[1].hash
+                self._hashes.discard(gone)
+                dropped.append(gone)
             if not waiting:
                 del self._by_sender[tx.sender]
+        return dropped

@@ -10,6 +10,12 @@ the tips it knows, less any tip that would make the block leave the final chain 
 rule for block templates), with transactions from its mempool; then it drops them from the
 mempool.
 
+A transaction is safe only once a block carrying it is on the log: until the proposer reads
+back its own block (or another's that includes it), the transaction's offset is held
+(`processors.proposer.holds`), and the group resumes from the oldest held offset. A
+proposer killed with transactions in its mempool or a block not yet acknowledged leaves
+them to the member that takes its partitions next (itself, restarted).
+
 Its state is in memory (`MemoryStore`): at start the runtime reads the whole block topic
 before anything else (transactions already in blocks are known before the mempool fills,
 and the group's transactions are read only once it has caught up), and the group's
@@ -25,10 +31,11 @@ from typing import Any
 from coincurve import PrivateKey
 from eth_hash.auto import keccak
 
-from processors.abc import Output, Pace, Processor, Subscription
+from processors.abc import Output, Pace, Partition, Processor, Subscription
 from processors.dag.blocks import MAX_BLOCK_BYTES, MAX_PARENTS, Proposer, genesis_hash
 from processors.dag.ordering import DagOrderer
 from processors.execution.transactions import ChainRules, InvalidTransaction, decode_transaction
+from processors.proposer.holds import Holds
 from processors.proposer.mempool import Mempool
 from processors.state import MemoryStore
 from schemas.events import BlockProposed, TransactionSubmitted
@@ -70,11 +77,13 @@ class ProposerProcessor(Processor[MemoryStore]):
         self.rules = rules or ChainRules(chain_id)
         self.orderer = DagOrderer(genesis_hash(chain_id), k=k, finality_depth=finality_depth)
         self.mempool = Mempool()
+        self.holds = Holds()
         self.sequence = 0
         self.published = 0
-        #: Blocks this process proposed and has not read back yet: reading one back needs
-        #: no decoding of its transactions (each recovers a signature).
-        self._proposed: set[bytes] = set()
+        #: Blocks this process proposed and has not read back yet, with their transactions'
+        #: hashes: reading one back needs no decoding of its transactions (each recovers a
+        #: signature), and releases their holds.
+        self._proposed: dict[bytes, list[bytes]] = {}
 
     @property
     def address(self) -> str:
@@ -88,8 +97,13 @@ class ProposerProcessor(Processor[MemoryStore]):
         if isinstance(event, BlockProposed):
             self.on_block(record, event)
         elif isinstance(event, TransactionSubmitted):
-            self.on_transaction(event)
+            self.on_transaction(event, (record.topic, record.partition), record.offset)
         return ()
+
+    def resume_from(self, partition: Partition, handled: int) -> int:
+        """Not past a transaction that is not in a block on the log yet."""
+        oldest = self.holds.oldest(partition)
+        return handled + 1 if oldest is None else oldest
 
     # -- following the DAG -------------------------------------------------------------
 
@@ -98,8 +112,9 @@ class ProposerProcessor(Processor[MemoryStore]):
         self.orderer.rejected.clear()
         if block.proposer == self.proposer.address:
             self.sequence = max(self.sequence, block.sequence + 1)
-        if block.hash in self._proposed:  # its transactions left the mempool at proposing
-            self._proposed.discard(block.hash)
+        carried = self._proposed.pop(block.hash, None)
+        if carried is not None:  # its transactions left the mempool at proposing
+            self.holds.release(carried)
             return
         included = []
         for raw in block.transactions:
@@ -107,17 +122,25 @@ class ProposerProcessor(Processor[MemoryStore]):
                 included.append(decode_transaction(raw, self.rules))
             except InvalidTransaction:
                 continue
-        self.mempool.mark_included(included)
+        self.holds.release(self.mempool.mark_included(included))
 
     # -- taking transactions -----------------------------------------------------------
 
-    def on_transaction(self, submitted: TransactionSubmitted) -> None:
+    def on_transaction(
+        self, submitted: TransactionSubmitted, partition: Partition, offset: int
+    ) -> None:
         try:
-            outcome = self.mempool.add(decode_transaction(submitted.raw, self.rules))
+            tx = decode_transaction(submitted.raw, self.rules)
         except InvalidTransaction as exc:
             log.warning("ignoring a submitted transaction: %s", exc)
             return
-        if outcome not in ("added", "replaced"):
+        before = self.mempool.waiting(tx.sender, tx.nonce)
+        outcome = self.mempool.add(tx)
+        if outcome in ("added", "replaced"):
+            self.holds.hold(tx.hash, partition, offset)
+            if before is not None and outcome == "replaced":
+                self.holds.release([before.hash])
+        else:
             log.debug("transaction %s", outcome)
 
     # -- proposing ---------------------------------------------------------------------
@@ -150,8 +173,10 @@ class ProposerProcessor(Processor[MemoryStore]):
         block = self.proposer.make_block(parents, timestamp, self.sequence, [t.raw for t in txs])
         self.sequence += 1
         self.published += 1
-        self.mempool.mark_included(txs)
-        self._proposed.add(block.hash)
+        carried = [t.hash for t in txs]
+        # The block's own transactions stay held until it is read back from the log.
+        self.holds.release(set(self.mempool.mark_included(txs)).difference(carried))
+        self._proposed[block.hash] = carried
         MEMPOOL_SIZE.set(len(self.mempool))
         log.info("block %s: %d parents, %d txs", block.hash.hex()[:12], len(parents), len(txs))
         return block

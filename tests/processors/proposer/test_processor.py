@@ -1,6 +1,8 @@
 """A proposer under the runtime, on the real embedded broker: its blocks carry the
-transactions in nonce order, and a crash mid-send followed by a restart proposes nothing
-twice (no block sequence used twice, no transaction in two blocks)."""
+transactions in nonce order, a crash mid-send followed by a restart proposes nothing
+twice (no block sequence used twice, no transaction in two blocks), and a crash before its
+block reached the log loses no transaction (the group resumes from the oldest one not in
+a block)."""
 
 from __future__ import annotations
 
@@ -102,3 +104,29 @@ def test_a_crash_mid_send_proposes_nothing_twice(own_broker: EmbeddedBroker) -> 
     made = blocks(own_broker.bootstrap)
     assert len({b.sequence for b in made}) == len(made) and len(made) > 3
     assert len(set(included(own_broker.bootstrap))) == len(included(own_broker.bootstrap))
+
+
+def test_a_crash_before_the_block_is_on_the_log_loses_no_transaction(
+    own_broker: EmbeddedBroker,
+) -> None:
+    hashes = submit(own_broker.bootstrap, range(TXS))
+    codec = default_codec()
+    crashing: Runtime[MemoryStore] = Runtime(proposer("r"), MemoryStore(), own_broker.bootstrap)
+    send = crashing._send
+    taken: list[int] = []
+
+    def dying_send(entry: Any) -> None:
+        """Die instead of sending the first block that carries transactions."""
+        carried = len(codec.decode_as(entry.value, BlockProposed).transactions)
+        if carried:
+            taken.append(carried)
+            raise Crash
+        send(entry)
+
+    crashing._send = dying_send  # type: ignore[method-assign]
+    failures = run_while(crashing, lambda: bool(taken), timeout=60)
+    assert taken and any(isinstance(f, Crash) for f in failures), failures
+    assert not included(own_broker.bootstrap)
+    restarted: Runtime[MemoryStore] = Runtime(proposer("r"), MemoryStore(), own_broker.bootstrap)
+    run_while(restarted, lambda: set(included(own_broker.bootstrap)) >= hashes)
+    assert sorted(included(own_broker.bootstrap)) == sorted(hashes)
