@@ -533,8 +533,10 @@ class Runtime(Generic[S]):
             if resume > self._group_committed.get(key, -1):
                 self._group_committed[key] = resume
                 offsets.append(TopicPartition(key[0], key[1], resume))
-        if offsets:
-            self._group.commit(offsets=offsets, asynchronous=not wait)
+        if offsets and wait:
+            self._group.commit(offsets=offsets, asynchronous=False)
+        elif offsets:
+            self._group.commit(offsets=offsets, asynchronous=True)
 
     def _send(self, entry: Outgoing) -> None:
         sequence = f"{self._identity}:{entry.sequence}".encode()
