@@ -1,6 +1,7 @@
 """The `lattice` command line.
 
     lattice devnet [--data-dir DIR] [--kafka HOST:PORT] [--rpc-port N] [--ws-port N]
+    lattice status [--data-dir DIR | --rpc URL]
     lattice topics [--data-dir DIR | --kafka HOST:PORT]
     lattice tail TOPIC [-n N] [--follow] [--data-dir DIR | --kafka HOST:PORT]
     lattice dag order FILE [--check]
@@ -135,6 +136,12 @@ def _add_dag(sub: Subparsers) -> None:
 
 
 def _add_log_tools(sub: Subparsers) -> None:
+    status = sub.add_parser(
+        "status", help="the ledger's head and finality, and each process's state and restarts"
+    )
+    _common(status)
+    status.add_argument("--rpc", metavar="URL", help="a gateway's JSON-RPC URL (default: devnet)")
+
     topics = sub.add_parser("topics", help="list topics with their record counts")
     _common(topics)
 
@@ -204,6 +211,37 @@ def cmd_devnet(settings: Settings, out: TextIO) -> int:
 
     Devnet(settings, out).run()
     return 0
+
+
+def status_table(status: dict[str, Any]) -> str:
+    """`lattice_status` as a terminal reads it: the head and finality, then one row per
+    supervised process."""
+    head = status["head"]
+    lines = [f"head      {'(no genesis yet)' if head is None else int(head, 16)}"]
+    checkpoints = status.get("checkpoints")
+    if checkpoints is not None:
+        lines.append(f"finalized {int(checkpoints['finalized'], 16)}")
+    processes = status.get("processes")
+    if processes:
+        lines.append("")
+        lines.append(f"{'PROCESS':<16} {'STATE':<11} {'PID':>7} {'RESTARTS':>8}  LAST EXIT")
+        for p in processes:
+            pid = "-" if p["pid"] is None else str(p["pid"])
+            lines.append(
+                f"{p['name']:<16} {p['state']:<11} {pid:>7} {p['restarts']:>8}  "
+                f"{p['lastExit'] or '-'}"
+            )
+    return "\n".join(lines)
+
+
+def cmd_status(settings: Settings, rpc: str | None, out: TextIO) -> int:
+    from processors.market.client import rpc_call
+
+    url = rpc or Endpoints.read(settings.data_dir).rpc
+    status = rpc_call(url, "lattice_status", [], timeout=10)
+    print(status_table(status), file=out)
+    failed = [p for p in status.get("processes") or [] if p["state"] == "failed"]
+    return 1 if failed else 0
 
 
 def cmd_topics(settings: Settings, out: TextIO) -> int:
@@ -488,6 +526,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             return cmd_execution_run(settings, args)
         if args.command == "proposer":
             return cmd_proposer(settings, args.key, args.devnet_index)
+        if args.command == "status":
+            return cmd_status(settings, args.rpc, out)
         if args.command == "topics":
             return cmd_topics(settings, out)
         if args.command == "tail":

@@ -18,7 +18,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ import uvloop
 from fastapi import FastAPI
 
 from deploy import endpoints
+from deploy.supervisor import Supervised, Supervisor
 from gateway.app import create_app
 from gateway.chainview import ChainView
 from gateway.checkpointview import CheckpointView
@@ -37,7 +37,7 @@ from gateway.dagview import DagView
 from gateway.market import MarketService
 from streams.admin import ensure_topics
 from streams.archive import Archiver, TopicArchive
-from streams.broker import EmbeddedBroker, die_with_parent, free_port
+from streams.broker import EmbeddedBroker
 from streams.kafka import Producer, Reader
 from streams.settings import Settings
 from streams.topics import TOPICS
@@ -79,43 +79,6 @@ def _check_port(host: str, port: int, flag: str) -> None:
             ) from None
 
 
-class Child:
-    """A processor the devnet runs as its own process, logging to `<data-dir>/logs/`."""
-
-    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
-        self.name = name
-        # Every child serves its own /metrics on a port of its own.
-        self.metrics_port = free_port()
-        self.log_path = log_dir / f"{name}.log"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "deploy.cli", *args],
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent,
-                env={**os.environ, "LATTICE_METRICS_PORT": str(self.metrics_port)},
-            )
-
-    @property
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def terminate(self) -> None:
-        if self.running:
-            self.process.terminate()
-
-    def stop(self, timeout: float = 20.0) -> None:
-        self.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.error("%s did not stop in %ss; killing it", self.name, timeout)
-            self.process.kill()
-            self.process.wait()
-
-
 class Devnet:
     def __init__(self, settings: Settings, out: TextIO = sys.stdout) -> None:
         self.settings = settings
@@ -123,9 +86,10 @@ class Devnet:
         self.broker: EmbeddedBroker | None = None
         self.archiver: Archiver | None = None
         self.producer: Producer | None = None
-        self.proposers: list[Child] = []
-        self.processors: list[Child] = []
-        self.workers: list[Child] = []
+        self.supervisor = Supervisor()
+        self.proposers: list[Supervised] = []
+        self.processors: list[Supervised] = []
+        self.workers: list[Supervised] = []
         self.market: MarketService | None = None
         self.followers: list[DagView | CheckpointView] = []  # the gateway's other readers
         self.view: ChainView | None = None
@@ -133,6 +97,14 @@ class Devnet:
 
     def say(self, label: str, text: str) -> None:
         print(f"  {label:<11} {text}", file=self.out, flush=True)
+
+    def _child(self, name: str, args: list[str]) -> Supervised:
+        """A supervised child, logging to `<data-dir>/logs/<name>.log`."""
+        logs = self.settings.data_dir / "logs"
+        return self.supervisor.add(Supervised(name, args, logs, report=self._report))
+
+    def _report(self, text: str) -> None:
+        self.say("process", text)
 
     def run(self) -> None:
         s = self.settings
@@ -155,7 +127,15 @@ class Devnet:
                 checkpoints = CheckpointView(bootstrap, s.replicas)
                 self.followers = [dag, checkpoints]
                 self.market = MarketService(s, bootstrap, s.chain_id)
-                app = create_app(s, self.producer, view, dag, checkpoints, self.market)
+                app = create_app(
+                    s,
+                    self.producer,
+                    view,
+                    dag,
+                    checkpoints,
+                    self.market,
+                    processes=self.supervisor.status,
+                )
                 # uvloop: the gateway's event loop is on every request's path.
                 uvloop.run(self._serve(app, bootstrap))
             finally:
@@ -205,14 +185,14 @@ class Devnet:
             str(s.finality_depth),
         ]
         logs = s.data_dir / "logs"
-        self.processors.append(Child("dag", ["dag", "run", *common], logs))
+        self.processors.append(self._child("dag", ["dag", "run", *common]))
         genesis = ["--genesis", str(s.genesis_file)] if s.genesis_file else []
         for index in range(s.replicas):
             # Replica 0 publishes the ledger's events; the others only sign checkpoints.
             group = "lattice-execution" if index == 0 else f"lattice-execution-{index}"
             extra = [] if index == 0 else ["--no-publish"]
             self.processors.append(
-                Child(
+                self._child(
                     group.removeprefix("lattice-"),
                     [
                         "execution",
@@ -230,12 +210,11 @@ class Devnet:
                         *genesis,
                         *extra,
                     ],
-                    logs,
                 )
             )
         for index in range(s.proposers):
             self.proposers.append(
-                Child(
+                self._child(
                     f"proposer-{index}",
                     [
                         "proposer",
@@ -245,13 +224,12 @@ class Devnet:
                         str(s.block_interval),
                         *common,
                     ],
-                    logs,
                 )
             )
         market = ["--kafka", bootstrap, "--data-dir", str(s.data_dir)]
-        self.processors.append(Child("matcher", ["matcher", "run", *market], logs))
-        self.processors.append(Child("verifier", ["verifier", "run", *market], logs))
-        self.processors.append(Child("analytics", ["analytics", "run", *market], logs))
+        self.processors.append(self._child("matcher", ["matcher", "run", *market]))
+        self.processors.append(self._child("verifier", ["verifier", "run", *market]))
+        self.processors.append(self._child("analytics", ["analytics", "run", *market]))
         self.say(
             "processors",
             f"analytics (DuckDB), matcher, verifier, execution (py-evm), dag ordering "
@@ -265,7 +243,7 @@ class Devnet:
         for index in range(s.workers):
             args = ["worker", "--kafka", bootstrap, "--data-dir", str(s.data_dir), "--rpc", rpc]
             args += ["--devnet-index", str(index)]
-            self.workers.append(Child(f"worker-{index}", args, s.data_dir / "logs"))
+            self.workers.append(self._child(f"worker-{index}", args))
         self.say("workers", f"{s.workers} local (OpenAI-compatible API at {rpc}/v1)")
 
     def _dev_api_key(self, rpc: str) -> None:
@@ -361,7 +339,9 @@ class Devnet:
             raise DevnetError(problem)
 
     async def _watch(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> str | None:
-        """Wait for a stop signal; return why the devnet must stop if something broke."""
+        """Wait for a stop signal, restarting children that die; return why the devnet must
+        stop if something broke (the gateway, the broker or the archiver, or a child that
+        keeps failing)."""
         checks: list[tuple[Callable[[], bool], str]] = [
             (lambda: any(t.done() for t in tasks), "the gateway stopped unexpectedly"),
         ]
@@ -371,17 +351,13 @@ class Devnet:
         if self.archiver is not None:
             archiver = self.archiver
             checks.append((lambda: archiver.failed is not None, "archiving failed"))
-        for child in self.proposers + self.processors + self.workers:
-            checks.append(
-                (
-                    lambda c=child: not c.running,  # type: ignore[misc]
-                    f"{child.name} exited (see {child.log_path})",
-                )
-            )
         while not stop.is_set():
             for failed, why in checks:
                 if failed():
                     return why
+            failing = self.supervisor.poll()
+            if failing:
+                return failing
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
         return None

@@ -31,7 +31,7 @@ from gateway.chainview import ChainView
 from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
 from gateway.intake import TransactionIntake, Unavailable
-from gateway.jsonrpc import JsonRpc, Methods
+from gateway.jsonrpc import JsonRpc, Methods, ProcessStatus
 from gateway.ledger import LedgerQueries
 from gateway.market import MarketService
 from gateway.market import router as market_router
@@ -160,6 +160,7 @@ def create_app(
     dag: DagView | None = None,
     checkpoints: CheckpointView | None = None,
     market: MarketService | None = None,
+    processes: ProcessStatus | None = None,
 ) -> FastAPI:
     """The gateway: transaction intake always; with a ledger view, JSON-RPC (HTTP and
     WebSocket), the REST mirrors and, with a market service, the market's routes."""
@@ -177,7 +178,12 @@ def create_app(
     rpc = None
     if ledger is not None and view is not None:
         methods = Methods(
-            ledger, intake, chain_id=settings.chain_id, client_version=client_version(), dag=dag
+            ledger,
+            intake,
+            chain_id=settings.chain_id,
+            client_version=client_version(),
+            dag=dag,
+            processes=processes,
         )
         rpc = JsonRpc(methods)
         # ~10 us when execution committed nothing new (ChainView.refresh).

@@ -88,6 +88,11 @@ def _count(value: Any, what: str) -> int:
     return parse_qty(value, what) if isinstance(value, str) else int(value)
 
 
+#: The state of the processes a devnet or node supervises (name, state, pid, restarts,
+#: lastExit), supplied by whoever runs them: the gateway does not run processes itself.
+ProcessStatus = Callable[[], list[dict[str, object]]]
+
+
 class Methods:
     """The JSON-RPC methods, each a thin adapter over the typed layers."""
 
@@ -99,8 +104,10 @@ class Methods:
         chain_id: int,
         client_version: str,
         dag: DagView | None = None,
+        processes: ProcessStatus | None = None,
     ) -> None:
         self.ledger = ledger
+        self.processes = processes
         self.intake = intake
         self.chain_id = chain_id
         self.client_version = client_version
@@ -140,11 +147,14 @@ class Methods:
 
     def lattice_status(self, params: list[Any]) -> dict[str, Any]:
         status = self.ledger.status()
-        out: dict[str, Any] = {"head": qty(status["head"])}
+        head = status["head"]
+        out: dict[str, Any] = {"head": None if head is None else qty(head)}
         replicas = status.get("checkpoints")
         if replicas is not None:
             out["checkpoints"] = {**replicas, "finalized": qty(replicas["finalized"])}
             out["healthy"] = not replicas["divergences"]
+        if self.processes is not None:
+            out["processes"] = self.processes()
         return out
 
     # -- fees ------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from eth_bloom import BloomFilter  # type: ignore[attr-defined]
 from eth_typing import Address
 from eth_utils.exceptions import ValidationError
 
-from gateway.chainview import CallFailed, ChainView
+from gateway.chainview import CallFailed, ChainView, LedgerNotReady
 from gateway.checkpointview import CheckpointView
 from processors.execution.receipts import BlockReceipt, ReceiptSource, block_receipts
 from schemas.events import Log
@@ -340,8 +340,13 @@ class LedgerQueries:
     # -- finality --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """Head, finality and replica agreement, for operators."""
-        status: dict[str, Any] = {"head": self.view.head().block_number}
+        """Head (None before genesis is executed), finality and replica agreement, for
+        operators: it answers while the ledger is starting, which is when they ask."""
+        try:
+            head: int | None = self.view.head().block_number
+        except LedgerNotReady:
+            head = None
+        status: dict[str, Any] = {"head": head}
         if self.checkpoints is not None:
             status["checkpoints"] = self.checkpoints.status()
         return status

@@ -297,3 +297,64 @@ def test_replicas_sign_checkpoints_and_finalize(tmp_path: Path) -> None:
     finally:
         if net.process is not None:
             assert net.stop() == 0
+
+
+def rpc(url: str, method: str, params: list[Any] | None = None) -> Any:
+    answer = httpx.post(
+        url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}
+    ).json()
+    assert "error" not in answer, answer
+    return answer["result"]
+
+
+def test_a_killed_child_is_restarted_and_loses_no_acknowledged_transaction(
+    tmp_path: Path,
+) -> None:
+    net = Devnet(tmp_path / "supervised", "--block-interval", "0.3", "--finality-depth", "3")
+    try:
+        net.start()
+        processes = {p["name"]: p for p in rpc(net.url, "lattice_status")["processes"]}
+        assert {"dag", "execution", "proposer-0", "proposer-1", "worker-0"} <= set(processes)
+        assert all(p["state"] == "running" and p["restarts"] == 0 for p in processes.values())
+        victims = ["proposer-0", "execution", "worker-0"]
+        hashes: list[str] = []
+        nonce = 0
+        for victim in victims:
+            for _ in range(4):
+                response = httpx.post(
+                    f"{net.url}/v1/transactions", json="0x" + signed(nonce=nonce).hex()
+                )
+                assert response.status_code == 202, response.text
+                hashes.append(response.json()["hash"])
+                nonce += 1
+            os.kill(processes[victim]["pid"], signal.SIGKILL)
+            time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while True:
+            now = {p["name"]: p for p in rpc(net.url, "lattice_status")["processes"]}
+            if all(now[v]["restarts"] == 1 and now[v]["state"] == "running" for v in victims):
+                break
+            assert time.monotonic() < deadline, now
+            time.sleep(0.5)
+        for victim in victims:
+            assert now[victim]["lastExit"] == "killed by SIGKILL"
+            assert now[victim]["pid"] != processes[victim]["pid"]
+            assert f"{victim} killed by SIGKILL; restarting in" in net.output()
+        deadline = time.monotonic() + 120
+        receipts: dict[str, Any] = {}
+        while len(receipts) < len(hashes):
+            assert time.monotonic() < deadline, f"receipts for {len(receipts)}/{len(hashes)}"
+            for tx in hashes:
+                if tx not in receipts:
+                    found = rpc(net.url, "eth_getTransactionReceipt", [tx])
+                    if found is not None:
+                        receipts[tx] = found
+            time.sleep(0.5)
+        assert all(r["status"] == "0x1" for r in receipts.values())
+        table = net.cli("status")
+        assert table.returncode == 0, table.stderr
+        assert re.search(r"proposer-0\s+running\s+\d+\s+1  killed by SIGKILL", table.stdout)
+        assert rpc(net.url, "eth_getTransactionCount", [ACCOUNT.address, "latest"]) == hex(nonce)
+    finally:
+        if net.process is not None:
+            assert net.stop() == 0
