@@ -96,8 +96,10 @@ class Supervised:
         backoff: Backoff = Backoff(),
         report: Callable[[str], None] | None = None,
         program: Sequence[str] = LATTICE,
+        kind: str = "processor",
     ) -> None:
         self.name = name
+        self.kind = kind
         self.command = [*program, *args]
         self.metrics_port = free_port()
         self.log_path = log_dir / f"{name}.log"

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.follow import Follower
 from processors.abc import Output, Processor, Subscription
-from processors.execution.checkpoints import Checkpoints, address_of, replica_key
+from processors.execution.checkpoints import Checkpoints
 from processors.state import MemoryStore
 from schemas.events import Checkpoint
 from streams.kafka import Record
@@ -29,8 +29,9 @@ class CheckpointView(Processor[MemoryStore]):
     role = "gateway"
     name = "lattice-gateway-checkpoints"
 
-    def __init__(self, bootstrap: str, replicas: int) -> None:
-        signers = frozenset(address_of(replica_key(i)) for i in range(replicas))
+    def __init__(self, bootstrap: str, signers: frozenset[bytes]) -> None:
+        """`signers`: the addresses whose checkpoints count (the network's nodes, or the
+        devnet's replicas); a majority of them finalises a height."""
         self.checkpoints = Checkpoints(signers)
         self.lock = threading.Lock()
         self._reported: set[int] = set()
