@@ -1,6 +1,7 @@
 """The `lattice` command line.
 
     lattice devnet [--data-dir DIR] [--kafka HOST:PORT] [--rpc-port N] [--ws-port N]
+    lattice node --kafka HOST:PORT [--roles ROLE,...] [--name NAME] [--signers ADDR,...]
     lattice status [--data-dir DIR | --rpc URL]
     lattice topics [--data-dir DIR | --kafka HOST:PORT]
     lattice tail TOPIC [-n N] [--follow] [--data-dir DIR | --kafka HOST:PORT]
@@ -73,6 +74,37 @@ def _add_devnet(sub: Subparsers) -> None:
     )
 
 
+def _add_node(sub: Subparsers) -> None:
+    from deploy.node import ROLES
+
+    roles = "\n".join(f"  {name:<10} {what}" for name, what in ROLES.items())
+    node = sub.add_parser(
+        "node",
+        help="run one host of a network (gateway, execution replica, chosen roles)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Every node runs a gateway (JSON-RPC, WebSocket, REST, market and "
+        "OpenAI endpoints,\ndashboard, metrics) serving from its own execution replica, "
+        "which signs checkpoints\nwith the node's key (<data-dir>/node.key, made at the "
+        "first start).\n\nroles (--roles, comma-separated; or `roles` in the settings "
+        f"file):\n{roles}",
+    )
+    _common(node)
+    node.add_argument("--roles", metavar="ROLE,...", help="roles beyond the gateway (above)")
+    node.add_argument("--name", dest="node_name", help="the node's name (default: host name)")
+    node.add_argument(
+        "--signers", metavar="ADDR,...", help="checkpoint signers of the network (default: own)"
+    )
+    node.add_argument("--rpc-port", type=int, help="JSON-RPC and REST port (default 8545)")
+    node.add_argument("--ws-port", type=int, help="WebSocket port (default 8546)")
+    node.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    node.add_argument("--genesis", type=Path, help="genesis file (default: dev genesis)")
+    node.add_argument("--chain-id", type=int, help="chain id (default 27182)")
+    node.add_argument("--block-interval", type=float, help="seconds between a proposer's blocks")
+    node.add_argument("--ghostdag-k", type=int, help="GHOSTDAG K (default 18)")
+    node.add_argument("--finality-depth", type=int, help="blue-score depth of finality")
+    node.add_argument("--checkpoint-every", type=int, help="blocks between checkpoints")
+
+
 def _add_ledger(sub: Subparsers) -> None:
     execution = sub.add_parser("execution", help="the EVM execution processor")
     execution_sub = execution.add_subparsers(
@@ -83,11 +115,15 @@ def _add_ledger(sub: Subparsers) -> None:
     execution_run.add_argument("--group-id", default="lattice-execution")
     execution_run.add_argument("--state-dir", type=Path, help="default DATA_DIR/GROUP")
     execution_run.add_argument("--genesis", type=Path, help="genesis file (default: dev genesis)")
-    execution_run.add_argument(
+    signer = execution_run.add_mutually_exclusive_group()
+    signer.add_argument(
         "--replica-index",
         type=int,
         default=0,
         help="sign checkpoints with the devnet's replica key N (default 0)",
+    )
+    signer.add_argument(
+        "--checkpoint-key-file", type=Path, metavar="FILE", help="sign checkpoints with this key"
     )
     execution_run.add_argument(
         "--no-publish",
@@ -110,6 +146,7 @@ def _add_dag(sub: Subparsers) -> None:
     _common(proposer)
     who = proposer.add_mutually_exclusive_group(required=True)
     who.add_argument("--key", help="secp256k1 private key, 0x-hex")
+    who.add_argument("--key-file", type=Path, metavar="FILE", help="the key, 0x-hex, in a file")
     who.add_argument("--devnet-index", type=int, help="use the devnet's well-known key number N")
     proposer.add_argument("--block-interval", type=float, help="seconds between blocks (default 1)")
     proposer.add_argument("--ghostdag-k", type=int)
@@ -171,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lattice", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_devnet(sub)
+    _add_node(sub)
     _add_ledger(sub)
     _add_dag(sub)
     _add_log_tools(sub)
@@ -196,6 +234,10 @@ def load_settings(args: argparse.Namespace) -> Settings:
         "checkpoint_every": getattr(args, "checkpoint_every", None),
         "workers": getattr(args, "workers", None),
         "metrics_port": getattr(args, "metrics_port", None),
+        "node_name": getattr(args, "node_name", None),
+        "roles": getattr(args, "roles", None),
+        "signers": getattr(args, "signers", None),
+        "chain_id": getattr(args, "chain_id", None),
     }
     return Settings.load(config_file=getattr(args, "config", None), env=os.environ, overrides=flags)
 
@@ -339,19 +381,33 @@ def serve(processor: Processor[Any], store: StateStore, settings: Settings, stop
     return 0
 
 
-def cmd_proposer(settings: Settings, key_hex: str | None, index: int | None) -> int:
+def _private_key(text: str, flag: str) -> Any:
     from coincurve import PrivateKey
 
+    try:
+        return PrivateKey(bytes.fromhex(text.strip().removeprefix("0x")))
+    except ValueError as exc:
+        raise UsageError(f"{flag}: not a secp256k1 private key ({exc})") from None
+
+
+def _key_file(path: Path, flag: str) -> Any:
+    try:
+        return _private_key(path.read_text(), f"{flag} {path}")
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot read {path} ({exc.strerror})") from None
+
+
+def cmd_proposer(settings: Settings, args: argparse.Namespace) -> int:
     from processors.proposer.processor import ProposerProcessor, devnet_key
     from processors.runtime import configure_logging, stop_on_signals
     from processors.state import MemoryStore
 
-    if key_hex is not None:
-        try:
-            key = PrivateKey(bytes.fromhex(key_hex.removeprefix("0x")))
-        except ValueError as exc:
-            raise UsageError(f"--key: not a secp256k1 private key ({exc})") from None
+    if args.key is not None:
+        key = _private_key(args.key, "--key")
+    elif args.key_file is not None:
+        key = _key_file(args.key_file, "--key-file")
     else:
+        index = args.devnet_index
         key = devnet_key(int(index or 0))
     configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
@@ -393,13 +449,11 @@ def cmd_dag_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _genesis(settings: Settings) -> Any:
-    from processors.execution.genesis import GenesisError, dev_genesis, load_genesis
+    from deploy.network import NetworkError, load_genesis
 
     try:
-        if settings.genesis_file:
-            return load_genesis(settings.genesis_file, settings.block_gas_limit)
-        return dev_genesis(settings.block_gas_limit)
-    except GenesisError as exc:
+        return load_genesis(settings)
+    except NetworkError as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -446,7 +500,11 @@ def cmd_execution_run(settings: Settings, args: argparse.Namespace) -> int:
         rules,
         name=args.group_id,
         publish=not args.no_publish,
-        checkpoint_key=replica_key(args.replica_index),
+        checkpoint_key=(
+            _key_file(args.checkpoint_key_file, "--checkpoint-key-file")
+            if args.checkpoint_key_file
+            else replica_key(args.replica_index)
+        ),
         checkpoint_every=settings.checkpoint_every,
     )
     processor.restore(store)
@@ -518,6 +576,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         settings = load_settings(args)
         if args.command == "devnet":
             return cmd_devnet(settings, out)
+        if args.command == "node":
+            from deploy.node import run_node  # the server stack loads only when serving
+
+            run_node(settings, out)
+            return 0
         if args.command == "dag":
             return cmd_dag_run(settings, args)
         if args.command == "replay":
@@ -525,7 +588,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         if args.command == "execution":
             return cmd_execution_run(settings, args)
         if args.command == "proposer":
-            return cmd_proposer(settings, args.key, args.devnet_index)
+            return cmd_proposer(settings, args)
         if args.command == "status":
             return cmd_status(settings, args.rpc, out)
         if args.command == "topics":

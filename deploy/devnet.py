@@ -11,20 +11,18 @@ end, stop the broker, remove `devnet.json`.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import TextIO
 
 import uvloop
 
 from deploy import endpoints
-from deploy.host import ChildSpec, Host, HostError, check_port
+from deploy.host import ChildSpec, Host, HostError, check_port, locked
+from deploy.network import NetworkError, join, load_genesis, ours, rules_of
 from processors.execution.checkpoints import address_of, replica_key
 from streams.admin import ensure_topics
 from streams.archive import Archiver, TopicArchive
@@ -38,17 +36,6 @@ log = logging.getLogger(__name__)
 
 class DevnetError(RuntimeError):
     """The devnet cannot start or had to stop."""
-
-
-@contextlib.contextmanager
-def _locked(data_dir: Path) -> Iterator[None]:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / "devnet.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DevnetError(f"another devnet is running with data directory {data_dir}") from None
-        yield
 
 
 def devnet_children(s: Settings, bootstrap: str) -> list[ChildSpec]:
@@ -107,35 +94,37 @@ class Devnet:
 
     def run(self) -> None:
         s = self.settings
-        with _locked(s.data_dir):
-            try:
-                check_port(s.host, s.rpc_port, "--rpc-port")
-                check_port(s.host, s.ws_port, "--ws-port")
-            except HostError as exc:
-                raise DevnetError(str(exc)) from None
-            print("lattice devnet", file=self.out, flush=True)
-            self.say("data dir", str(s.data_dir))
-            try:
-                bootstrap = self._start_log()
-                host = self.host = Host(s, bootstrap, self.out)
-                self.stopping = host.stopping
-                host.start(devnet_children(s, bootstrap))
-                logs = s.data_dir / "logs"
-                self.say(
-                    "processors",
-                    f"analytics (DuckDB), matcher, verifier, execution (py-evm), dag ordering "
-                    f"(K={s.ghostdag_k}, finality depth {s.finality_depth}), "
-                    f"{s.proposers} proposers every {s.block_interval}s; "
-                    f"logs in {logs}",
-                )
-                signers = frozenset(address_of(replica_key(i)) for i in range(s.replicas))
-                app = host.gateway(s.data_dir / "lattice-execution", signers)
-                # uvloop: the gateway's event loop is on every request's path.
-                uvloop.run(host.serve(app, self._ready, self._checks()))
-            except HostError as exc:
-                raise DevnetError(str(exc)) from None
-            finally:
-                self._stop()
+        try:
+            with locked(s.data_dir, "devnet"):
+                self._run()
+        except (HostError, NetworkError) as exc:
+            raise DevnetError(str(exc)) from None
+
+    def _run(self) -> None:
+        s = self.settings
+        check_port(s.host, s.rpc_port, "--rpc-port")
+        check_port(s.host, s.ws_port, "--ws-port")
+        print("lattice devnet", file=self.out, flush=True)
+        self.say("data dir", str(s.data_dir))
+        try:
+            bootstrap = self._start_log()
+            join(bootstrap, ours(load_genesis(s), rules_of(s), "devnet"))
+            host = self.host = Host(s, bootstrap, self.out)
+            self.stopping = host.stopping
+            host.start(devnet_children(s, bootstrap))
+            self.say(
+                "processors",
+                f"analytics (DuckDB), matcher, verifier, execution (py-evm), dag ordering "
+                f"(K={s.ghostdag_k}, finality depth {s.finality_depth}), "
+                f"{s.proposers} proposers every {s.block_interval}s; "
+                f"logs in {s.data_dir / 'logs'}",
+            )
+            signers = frozenset(address_of(replica_key(i)) for i in range(s.replicas))
+            app = host.gateway(s.data_dir / "lattice-execution", signers)
+            # uvloop: the gateway's event loop is on every request's path.
+            uvloop.run(host.serve(app, self._ready, self._checks()))
+        finally:
+            self._stop()
 
     def _checks(self) -> list[tuple[Callable[[], bool], str]]:
         """What stops the devnet outright: the log itself failing."""

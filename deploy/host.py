@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import signal
 import socket
@@ -60,6 +61,18 @@ class _QuietServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.contextmanager
+def locked(data_dir: Path, who: str) -> Iterator[None]:
+    """Hold `<data-dir>/<who>.lock` while running: one process tree per data directory."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / f"{who}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HostError(f"another {who} is running with data directory {data_dir}") from None
         yield
 
 

@@ -1052,6 +1052,35 @@ class TensorSpec(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class NetworkGenesis(Event):
+    """What makes a network one ledger: its chain id and genesis block (topic lattice.network,
+    key: genesis). The first node to start on an empty log writes it; every node compares its
+    own before it starts, and refuses to serve another ledger.
+    """
+
+    SCHEMA: ClassVar[str] = "lattice.network.NetworkGenesis"
+
+    #: EIP-155 chain id.
+    chain_id: int
+
+    #: Hash of the EVM genesis block (32 bytes).
+    genesis_hash: bytes
+
+    #: State root of the genesis block (32 bytes).
+    state_root: bytes
+
+    #: The name of the node that wrote it, for operators.
+    node: str
+
+    def to_avro(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_avro(cls, value: Mapping[str, Any]) -> NetworkGenesis:
+        return build(cls, value, {})
+
+
+@dataclass(frozen=True, kw_only=True)
 class Log(Event):
     """One EVM log entry."""
 
@@ -1360,6 +1389,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "lattice.models.ModelChunk": ModelChunk,
     "lattice.models.ModelManifest": ModelManifest,
     "lattice.models.TensorSpec": TensorSpec,
+    "lattice.network.NetworkGenesis": NetworkGenesis,
     "lattice.receipts.Log": Log,
     "lattice.receipts.Receipt": Receipt,
     "lattice.state.AccountState": AccountState,
@@ -1393,6 +1423,7 @@ __all__ = [
     "Log",
     "ModelChunk",
     "ModelManifest",
+    "NetworkGenesis",
     "OrderedTransaction",
     "Outcome",
     "Position",

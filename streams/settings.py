@@ -82,6 +82,13 @@ class Settings:
     #: OpenAI-compatible jobs: time allowed and the most they may cost (wei).
     job_deadline_ms: int = 60_000
     job_max_price: int = 10**16
+    #: A node's name in the network (default: the host name), its roles beyond the
+    #: gateway and execution replica every node runs (comma-separated: proposer, dag,
+    #: market, publisher, analytics; see `lattice node --help`), and the addresses whose
+    #: checkpoints count (comma-separated; a majority finalises; default: its own).
+    node_name: str | None = None
+    roles: str = ""
+    signers: str = ""
     #: A genesis file replacing the development genesis (see processors/execution/genesis.py).
     genesis_file: Path | None = None
     #: Extra librdkafka settings for every client (security, tuning), from the file only.

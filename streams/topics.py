@@ -119,6 +119,14 @@ TOPICS: tuple[TopicSpec, ...] = (
     _t("jobs.verdicts", "jobs.JobVerdict", "job id", 4, "Verification verdicts."),
     _t("jobs.settled", "jobs.JobSettled", "job id", 4, "Settlement transactions."),
     _t("models", "models.ModelManifest", "model id", 1, "Model manifests.", compacted=True),
+    _t(
+        "network",
+        "network.NetworkGenesis",
+        "genesis",
+        1,
+        "The network's chain id and genesis, as the first node wrote them.",
+        compacted=True,
+    ),
 )
 
 BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPICS}

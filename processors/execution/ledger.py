@@ -27,6 +27,7 @@ from typing import Any
 import rlp
 from eth.abc import AtomicDatabaseAPI, BlockAPI, BlockHeaderAPI, ComputationAPI, ReceiptAPI
 from eth.chains.base import MiningChain
+from eth.db.atomic import AtomicDB
 from eth_hash.auto import keccak
 from eth_typing import Address
 from eth_utils import ValidationError  # type: ignore[attr-defined]
@@ -294,3 +295,9 @@ def _source(tx: Transaction) -> ReceiptSource:
 def _storage_root(state: Any, address: bytes) -> bytes:
     # py-evm keeps the storage root on the account record; there is no public getter.
     return bytes(state._account_db._get_storage_root(address))
+
+
+def genesis_block(genesis: Genesis, rules: ChainRules) -> BlockHeaderAPI:
+    """The genesis header this configuration gives (built in memory): two nodes serve the
+    same ledger only if theirs agree."""
+    return Ledger(AtomicDB(), genesis, rules).head

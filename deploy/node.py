@@ -1,0 +1,189 @@
+"""`lattice node`: what one host runs to take part in a network, given its Kafka.
+
+Every node runs its own execution replica (its store in its own data directory, its
+checkpoints signed with its own key) and a gateway serving from that replica: JSON-RPC,
+WebSocket, REST, the market and OpenAI endpoints, the dashboard and /metrics. Roles add
+children (see `ROLES`). Start-up refuses, before anything runs, a Kafka that does not
+answer, a network whose chain id or genesis differ from the node's (`deploy.network`), and
+a data directory another node holds.
+
+The node's key is `<data-dir>/node.key` (0x-hex, mode 0600), made at the first start: its
+address signs the node's checkpoints and, with the proposer role, its blocks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TextIO
+
+import uvloop
+from coincurve import PrivateKey
+
+from deploy import endpoints
+from deploy.host import ChildSpec, Host, HostError, check_port, locked
+from deploy.network import NetworkError, join, load_genesis, ours, probe, rules_of
+from processors.execution.checkpoints import address_of
+from streams.admin import ensure_topics
+from streams.settings import Settings, SettingsError
+from streams.topics import TOPICS
+
+#: The roles a node may take beyond its gateway and execution replica. The last three are
+#: work done once per network: run each on exactly one node (hot standbys are not built
+#: yet; two nodes with `dag` would both write the ordered chain).
+ROLES: dict[str, str] = {
+    "proposer": "propose blocks signed with the node's key",
+    "analytics": "keep the DuckDB analytics store of the ledger and the market",
+    "dag": "order the DAG into the final chain (once per network)",
+    "market": "match and verify jobs and settle them on the ledger (once per network)",
+    "publisher": "publish the ledger's receipts and executed blocks (once per network)",
+}
+
+
+def parse_roles(text: str) -> frozenset[str]:
+    roles = frozenset(r.strip() for r in text.split(",") if r.strip())
+    unknown = sorted(roles - ROLES.keys())
+    if unknown:
+        raise SettingsError(f"unknown role(s) {', '.join(unknown)}; known: {', '.join(ROLES)}")
+    return roles
+
+
+def parse_signers(text: str) -> frozenset[bytes]:
+    signers = set()
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        try:
+            address = bytes.fromhex(item.removeprefix("0x"))
+        except ValueError:
+            address = b""
+        if len(address) != 20:
+            raise SettingsError(f"signers: {item!r} is not a 20-byte 0x-hex address")
+        signers.add(address)
+    return frozenset(signers)
+
+
+def node_key(path: Path) -> PrivateKey:
+    """The node's key, made (readable by its owner only) when the file does not exist."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("0x" + PrivateKey().secret.hex() + "\n")
+    try:
+        return PrivateKey(bytes.fromhex(path.read_text().strip().removeprefix("0x")))
+    except ValueError as exc:
+        raise SettingsError(f"{path}: not a secp256k1 private key ({exc})") from None
+
+
+def node_children(
+    s: Settings, name: str, roles: Iterable[str], bootstrap: str, key_file: Path
+) -> list[ChildSpec]:
+    """The children of a node with these roles (pure: the plan, not the processes)."""
+    roles = set(roles)
+    data = ("--kafka", bootstrap, "--data-dir", str(s.data_dir))
+    dag = (*data, "--ghostdag-k", str(s.ghostdag_k), "--finality-depth", str(s.finality_depth))
+    genesis = ("--genesis", str(s.genesis_file)) if s.genesis_file else ()
+    execution = [
+        "execution",
+        "run",
+        *data,
+        "--group-id",
+        f"lattice-execution-{name}",
+        "--state-dir",
+        str(s.data_dir / "lattice-execution"),
+        "--checkpoint-key-file",
+        str(key_file),
+        "--checkpoint-every",
+        str(s.checkpoint_every),
+        *genesis,
+    ]
+    if "publisher" not in roles:
+        execution.append("--no-publish")
+    children = [ChildSpec("execution", tuple(execution))]
+    if "dag" in roles:
+        children.append(ChildSpec("dag", ("dag", "run", *dag)))
+    if "proposer" in roles:
+        args = ("proposer", "--key-file", str(key_file), "--block-interval", str(s.block_interval))
+        children.append(ChildSpec("proposer", (*args, *dag), kind="proposer"))
+    if "market" in roles:
+        children.append(ChildSpec("matcher", ("matcher", "run", *data)))
+        children.append(ChildSpec("verifier", ("verifier", "run", *data)))
+    if "analytics" in roles:
+        children.append(ChildSpec("analytics", ("analytics", "run", *data)))
+    return children
+
+
+class Node:
+    def __init__(self, settings: Settings, out: TextIO = sys.stdout) -> None:
+        if not settings.kafka:
+            raise SettingsError(
+                "a node needs the network's Kafka: --kafka HOST:PORT[,HOST:PORT...] "
+                "(or kafka in the settings file)"
+            )
+        self.settings = settings
+        self.out = out
+        self.name = settings.node_name or socket.gethostname()
+        self.roles = parse_roles(settings.roles)
+        self.signers = parse_signers(settings.signers)
+        self.host: Host | None = None
+
+    def say(self, label: str, text: str) -> None:
+        print(f"  {label:<11} {text}", file=self.out, flush=True)
+
+    def run(self) -> None:
+        s = self.settings
+        with locked(s.data_dir, "node"):
+            check_port(s.host, s.rpc_port, "--rpc-port")
+            check_port(s.host, s.ws_port, "--ws-port")
+            bootstrap = str(s.kafka)
+            print(f"lattice node {self.name}", file=self.out, flush=True)
+            probe(bootstrap, extra=dict(s.kafka_config))
+            ensure_topics(bootstrap, TOPICS, replication=s.replication_factor, extra=s.kafka_config)
+            network = join(bootstrap, ours(load_genesis(s), rules_of(s), self.name))
+            key_file = s.data_dir / "node.key"
+            address = address_of(node_key(key_file))
+            self.say("kafka", bootstrap)
+            genesis = f"0x{network.genesis_hash.hex()}"
+            self.say("network", f"chain id {network.chain_id}, genesis {genesis}")
+            self.say("node key", f"0x{address.hex()} ({key_file})")
+            roles = ", ".join(sorted(self.roles)) or "none"
+            self.say("roles", f"gateway and execution replica; {roles}")
+            host = self.host = Host(s, bootstrap, self.out)
+            try:
+                host.start(node_children(s, self.name, self.roles, bootstrap, key_file))
+                signers = self.signers or frozenset([address])
+                self.say("signers", f"{len(signers)} (a majority of them finalises)")
+                app = host.gateway(s.data_dir / "lattice-execution", signers)
+                uvloop.run(host.serve(app, self._ready))
+            finally:
+                endpoints.remove(s.data_dir)
+                host.stop()
+                print("stopped", file=self.out, flush=True)
+
+    def _ready(self) -> None:
+        host = self.host
+        assert host is not None
+        s = self.settings
+        endpoints.Endpoints(
+            pid=os.getpid(),
+            kafka=host.bootstrap,
+            embedded=False,
+            rpc=host.rpc,
+            ws=host.ws,
+            chain_id=s.chain_id,
+            metrics=host.metrics(),
+        ).write(s.data_dir)
+        self.say("JSON-RPC", f"{host.rpc}  (REST {host.rpc}/v1, dashboard {host.rpc}/)")
+        self.say("WebSocket", host.ws)
+        print("ready; Ctrl-C to stop", file=self.out, flush=True)
+
+
+def run_node(settings: Settings, out: TextIO) -> None:
+    """`lattice node`; errors a user can act on become HostError."""
+    try:
+        Node(settings, out).run()
+    except NetworkError as exc:
+        raise HostError(str(exc)) from None
