@@ -18,7 +18,7 @@ NETWORK = NetworkGenesis(chain_id=27182, genesis_hash=b"\1" * 32, state_root=b"\
 
 def test_roles_and_signers_are_checked() -> None:
     assert parse_roles(" proposer, dag ,") == {"proposer", "dag"}
-    with pytest.raises(SettingsError, match="unknown role.*miner"):
+    with pytest.raises(SettingsError, match=r"unknown role.*miner"):
         parse_roles("proposer,miner")
     assert parse_signers("0x" + "ab" * 20 + ",") == {bytes.fromhex("ab" * 20)}
     with pytest.raises(SettingsError, match="not a 20-byte"):
