@@ -1,6 +1,7 @@
 """The `lattice` command line.
 
     lattice devnet [--data-dir DIR] [--kafka HOST:PORT] [--rpc-port N] [--ws-port N]
+    lattice broker [--host ADDRESS] [--broker-port N] [--data-dir DIR]
     lattice node --kafka HOST:PORT [--roles ROLE,...] [--name NAME] [--signers ADDR,...]
     lattice status [--data-dir DIR | --rpc URL]
     lattice topics [--data-dir DIR | --kafka HOST:PORT]
@@ -72,6 +73,19 @@ def _add_devnet(sub: Subparsers) -> None:
     devnet.add_argument(
         "--finality-depth", type=int, help="blue-score depth of finality (default 10)"
     )
+
+
+def _add_broker(sub: Subparsers) -> None:
+    broker = sub.add_parser(
+        "broker",
+        help="run the embedded Kafka-compatible broker and its archive for other hosts",
+        description="The embedded broker (tansu) with its durable archive in "
+        "<data-dir>/archive, listening on --host:--broker-port, which must be an address "
+        "every node and worker can reach (it is also the address the broker advertises).",
+    )
+    _common(broker)
+    broker.add_argument("--host", help="address to listen on and advertise (default 127.0.0.1)")
+    broker.add_argument("--broker-port", type=int, help="port (default 9092)")
 
 
 def _add_node(sub: Subparsers) -> None:
@@ -209,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_devnet(sub)
     _add_node(sub)
+    _add_broker(sub)
     _add_ledger(sub)
     _add_dag(sub)
     _add_log_tools(sub)
@@ -576,6 +591,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         settings = load_settings(args)
         if args.command == "devnet":
             return cmd_devnet(settings, out)
+        if args.command == "broker":
+            from deploy.log import serve_log
+
+            serve_log(settings, out)
+            return 0
         if args.command == "node":
             from deploy.node import run_node  # the server stack loads only when serving
 

@@ -15,21 +15,16 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
 from typing import TextIO
 
 import uvloop
 
 from deploy import endpoints
 from deploy.host import ChildSpec, Host, HostError, check_port, locked
+from deploy.log import Log
 from deploy.network import NetworkError, join, load_genesis, ours, rules_of
 from processors.execution.checkpoints import address_of, replica_key
-from streams.admin import ensure_topics
-from streams.archive import Archiver, TopicArchive
-from streams.broker import EmbeddedBroker
-from streams.kafka import Producer, Reader
 from streams.settings import Settings
-from streams.topics import TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +79,7 @@ class Devnet:
     def __init__(self, settings: Settings, out: TextIO = sys.stdout) -> None:
         self.settings = settings
         self.out = out
-        self.broker: EmbeddedBroker | None = None
-        self.archiver: Archiver | None = None
+        self.log = Log(settings, self.say)
         self.host: Host | None = None
         self.stopping = threading.Event()
 
@@ -107,7 +101,7 @@ class Devnet:
         print("lattice devnet", file=self.out, flush=True)
         self.say("data dir", str(s.data_dir))
         try:
-            bootstrap = self._start_log()
+            bootstrap = self.log.start()
             join(bootstrap, ours(load_genesis(s), rules_of(s), "devnet"))
             host = self.host = Host(s, bootstrap, self.out)
             self.stopping = host.stopping
@@ -122,20 +116,9 @@ class Devnet:
             signers = frozenset(address_of(replica_key(i)) for i in range(s.replicas))
             app = host.gateway(s.data_dir / "lattice-execution", signers)
             # uvloop: the gateway's event loop is on every request's path.
-            uvloop.run(host.serve(app, self._ready, self._checks()))
+            uvloop.run(host.serve(app, self._ready, self.log.checks()))
         finally:
             self._stop()
-
-    def _checks(self) -> list[tuple[Callable[[], bool], str]]:
-        """What stops the devnet outright: the log itself failing."""
-        checks: list[tuple[Callable[[], bool], str]] = []
-        if self.broker is not None:
-            broker = self.broker
-            checks.append((lambda: not broker.running, "the embedded broker exited"))
-        if self.archiver is not None:
-            archiver = self.archiver
-            checks.append((lambda: archiver.failed is not None, "archiving failed"))
-        return checks
 
     def _ready(self) -> None:
         s = self.settings
@@ -160,37 +143,6 @@ class Devnet:
         self.say("chain id", str(s.chain_id))
         print("ready; Ctrl-C to stop", file=self.out, flush=True)
         threading.Thread(target=self._dev_api_key, args=(rpc,), daemon=True).start()
-
-    def _start_log(self) -> str:
-        s = self.settings
-        if s.embedded:
-            self.broker = EmbeddedBroker(
-                port=s.broker_port,
-                log_file=s.data_dir / "broker.log",
-                start_timeout=s.broker_start_timeout,
-            ).start()
-            bootstrap = self.broker.bootstrap
-            self.say("kafka", f"{bootstrap} (embedded tansu, memory storage)")
-        else:
-            bootstrap = str(s.kafka)
-            self.say("kafka", f"{bootstrap} (external cluster)")
-        created = ensure_topics(
-            bootstrap, TOPICS, replication=s.replication_factor, extra=s.kafka_config
-        )
-        self.say("topics", f"{len(TOPICS)} in the catalogue, {len(created)} created")
-        if s.embedded:
-            archive = TopicArchive(s.data_dir / "archive")
-            seeder = Producer(bootstrap, client_id=f"{s.client_id}-reseed")
-            reader = Reader(bootstrap, client_id=f"{s.client_id}-reseed")
-            try:
-                count = archive.reseed(seeder, reader, TOPICS, progress=self._reseed_progress)
-            finally:
-                seeder.close()
-                reader.close()
-            self.say("archive", f"{s.data_dir / 'archive'} ({count} records re-seeded)")
-            self.archiver = Archiver(archive, bootstrap, TOPICS)
-            self.archiver.start()
-        return bootstrap
 
     def _dev_api_key(self, rpc: str) -> None:
         """Give dev account 0 a deposit and an API key, once per data directory."""
@@ -225,22 +177,9 @@ class Devnet:
         os.replace(tmp, path)
         self.say("api key", f"{key} (dev account 0, 100 ETH deposit; saved in {path})")
 
-    def _reseed_progress(self, topic: str, count: int) -> None:
-        self.say("re-seeded", f"{topic}: {count} records")
-
     def _stop(self) -> None:
-        s = self.settings
-        endpoints.remove(s.data_dir)
+        endpoints.remove(self.settings.data_dir)
         if self.host is not None:
             self.host.stop()
-        if self.archiver is not None:
-            try:
-                if self.broker is not None and self.broker.running:
-                    self.archiver.drain()
-            finally:
-                self.archiver.stop()
-            total = sum(self.archiver.archive.counts(TOPICS).values())
-            self.say("archived", f"{total} records in {s.data_dir / 'archive'}")
-        if self.broker is not None:
-            self.broker.stop()
+        self.log.stop()
         print("stopped", file=self.out, flush=True)
