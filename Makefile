@@ -6,8 +6,10 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
 .PHONY: devnet test lint typecheck check install clean
-# Debian's Chromium drives the dashboard's browser test (root installs it; others via sudo).
+# Debian's Chromium drives the dashboard's browser test, and Debian's docker-compose parses
+# deploy/compose.yaml (no container engine needed); root installs them, others via sudo.
 CHROMIUM = /usr/bin/chromium
+COMPOSE  = /usr/bin/docker-compose
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml constraints.txt package.json package-lock.json
@@ -27,7 +29,11 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
-test: $(STAMP) $(CHROMIUM)
+$(COMPOSE):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq --no-install-recommends docker-compose
+
+test: $(STAMP) $(CHROMIUM) $(COMPOSE)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
