@@ -181,6 +181,11 @@ def _add_dag(sub: Subparsers) -> None:
         "--group-id", default="lattice-dag", help="replica name (default lattice-dag)"
     )
     dag_run.add_argument("--output-topic", help="where to write (default lattice.blocks.ordered)")
+    dag_run.add_argument(
+        "--active-group",
+        metavar="GROUP",
+        help="a hot standby: members with one --group-id and this group; one is active",
+    )
     dag_run.add_argument("--state-dir", type=Path, help="rocksdict store (default DATA_DIR/GROUP)")
     dag_run.add_argument("--ghostdag-k", type=int)
     dag_run.add_argument("--finality-depth", type=int)
@@ -383,14 +388,25 @@ def cmd_tail(settings: Settings, name: str, count: int, follow: bool, out: TextI
     return 0
 
 
-def serve(processor: Processor[Any], store: StateStore, settings: Settings, stop: Any) -> int:
-    """Run a processor over its store with the one runtime until `stop`."""
+def serve(
+    processor: Processor[Any],
+    store: StateStore,
+    settings: Settings,
+    stop: Any,
+    active_group: str | None = None,
+) -> int:
+    """Run a processor over its store with the one runtime until `stop` (as a hot
+    standby member with `active_group`)."""
     from processors.runtime import Runtime
 
     try:
-        Runtime(processor, store, bootstrap_of(settings), kafka_config=settings.kafka_config).run(
-            stop
-        )
+        Runtime(
+            processor,
+            store,
+            bootstrap_of(settings),
+            kafka_config=settings.kafka_config,
+            active_group=active_group,
+        ).run(stop)
     finally:
         store.close()
     return 0
@@ -459,8 +475,9 @@ def cmd_dag_run(settings: Settings, args: argparse.Namespace) -> int:
     )
     state_dir = args.state_dir or settings.data_dir / args.group_id
     processor = DagProcessor(config, name=args.group_id, output=output)
-    print(f"dag processor {args.group_id}: {PROPOSED.name} -> {output.name}", flush=True)
-    return serve(processor, RocksStore(state_dir), settings, stop)
+    standby = f" (standby set {args.active_group})" if args.active_group else ""
+    print(f"dag processor {args.group_id}: {PROPOSED.name} -> {output.name}{standby}", flush=True)
+    return serve(processor, RocksStore(state_dir), settings, stop, args.active_group)
 
 
 def _genesis(settings: Settings) -> Any:

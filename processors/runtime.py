@@ -30,6 +30,7 @@ from typing import Any, Generic
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from processors.abc import Outgoing, Output, Partition, Processor, S, Subscription
+from processors.standby import Election, OnLog
 from schemas.codec import CodecError, default_codec
 from streams.kafka import (
     CatchUp,
@@ -136,7 +137,11 @@ class Runtime(Generic[S]):
         producer: Producer | None = None,
         kafka_config: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
+        active_group: str | None = None,
     ) -> None:
+        """`active_group`: run as one member of a hot-standby set under one name, sending
+        outputs only while this consumer group makes it the active one
+        (`processors.standby`)."""
         self.processor = processor
         self.store = store
         self.bootstrap = bootstrap
@@ -170,8 +175,16 @@ class Runtime(Generic[S]):
         self._first_pending = 0.0
         self._last_commit = time.monotonic()
         self._next_tick = 0.0
-        self._on_log_high: dict[Partition, int] = {}
-        self._on_log: set[tuple[str, int, int, int]] = set()
+        self._on_log = OnLog()
+        #: Standby (`active_group`): the election, the output partitions followed (next
+        #: offset), the committed entries held back, and the ends a takeover waits for.
+        self._election: Election | None = None
+        self.active = active_group is None
+        self._active_group = active_group
+        self._followed: dict[Partition, int] = {}
+        self._held: dict[int, Outgoing] = {}
+        self._last_output: dict[Partition, int] = {}
+        self._takeover: dict[Partition, int] | None = None
         self.opened = False
         self.closed = False
         self.live = False
@@ -194,9 +207,13 @@ class Runtime(Generic[S]):
         self.store.commit({}, (), {})  # what restoring wrote (a fresh ledger's genesis)
         self._sequence = self.store.next_sequence()
         self._identity = self.store.identity()
+        if self._active_group is not None:
+            self._check_standby()
         self._resend_outbox()
         if self.pace.rebuild_window > 0:
             self._find_own_outputs()
+        if self._held:
+            self._release_held()
         assigned = [s for s in self.processor.subscriptions() if s.group is None]
         start = self._start_positions(assigned)
         stored = self.store.positions()
@@ -211,7 +228,10 @@ class Runtime(Generic[S]):
         if fresh:
             self.store.commit(fresh, (), {})
         self._catch_up = CatchUp(self.reader, start, spans=self._spans)
-        self.reader.assign(start)
+        self.reader.assign({**start, **self._followed})
+        if self._active_group is not None:
+            first = self.processor.subscriptions()[0].topic.name
+            self._election = Election(self.bootstrap, self._active_group, first, self._config)
         groups = [s for s in self.processor.subscriptions() if s.group is not None]
         if groups:
             self._join_group(groups)
@@ -289,7 +309,7 @@ class Runtime(Generic[S]):
         )
         self._acknowledged.update(landed)
         for entry in resend:
-            self._send(entry)
+            self._send_or_hold(entry)
 
     def _landed(self, pending: Sequence[Outgoing]) -> dict[int, Delivered]:
         """Which pending entries the log holds: read from the last acknowledged offset of
@@ -323,11 +343,13 @@ class Runtime(Generic[S]):
 
     def _find_own_outputs(self) -> None:
         """What the last `rebuild_window` records of each output partition say this
-        processor already sent, by cause."""
+        processor already sent, by cause; a standby follows the partitions from there."""
         topics = sorted({spec.name for spec in self.processor.outputs()})
         if not topics:
             return
         spans = self.reader.end_offsets_of(topics)
+        if self._active_group is not None:
+            self._followed = {key: end for key, (_, end) in spans.items()}
         starts = {
             key: max(low, end - self.pace.rebuild_window)
             for key, (low, end) in spans.items()
@@ -335,21 +357,101 @@ class Runtime(Generic[S]):
         }
         if not starts:
             return
-        mine = self.name.encode()
         for message in self.reader.read(starts, until={k: spans[k][1] for k in starts}):
-            headers = headers_of(message)
-            if headers.get(ORIGIN) != mine or CAUSE not in headers:
-                continue
-            cause = parse_cause(headers[CAUSE])
-            self._on_log.add(cause)
-            key = (cause[0], cause[1])
-            self._on_log_high[key] = max(self._on_log_high.get(key, -1), cause[2])
-        if self._on_log_high:
-            log.info("%s: outputs already on the log up to %s", self.name, self._on_log_high)
+            self._note_output(message)
+        if self._on_log:
+            log.info("%s: outputs already on the log up to %s", self.name, self._on_log.highs())
 
-    def _already_sent(self, cause: tuple[str, int, int, int]) -> bool:
-        high = self._on_log_high.get((cause[0], cause[1]))
-        return high is not None and (cause[2] < high or cause in self._on_log)
+    def _note_output(self, message: Any) -> Delivered | None:
+        """Note an output record under this name; where it is, if it is one."""
+        headers = headers_of(message)
+        if headers.get(ORIGIN) != self.name.encode() or CAUSE not in headers:
+            return None
+        where = Delivered(message.topic(), message.partition(), message.offset())
+        self._on_log.saw(parse_cause(headers[CAUSE]), (where.topic, where.partition))
+        key = (where.topic, where.partition)
+        self._last_output[key] = max(self._last_output.get(key, -1), where.offset)
+        return where
+
+    def _already_sent(self, cause: tuple[str, int, int, int], output: Partition) -> bool:
+        return self._on_log.holds(cause, output)
+
+    # -- standby ---------------------------------------------------------------------------
+
+    def _check_standby(self) -> None:
+        if self.pace.tick_s is not None or self.pace.rebuild_window <= 0:
+            raise ValueError(
+                f"{self.name}: a standby member needs outputs that follow from its inputs "
+                "alone (no ticks) and a rebuild window to find them on the log"
+            )
+        outputs = {spec.name for spec in self.processor.outputs()}
+        if outputs & {s.topic.name for s in self.processor.subscriptions()}:
+            raise ValueError(f"{self.name}: a standby member cannot read its own outputs")
+
+    def _send_or_hold(self, entry: Outgoing) -> None:
+        if self.active:
+            self._send(entry)
+        else:
+            self._held[entry.sequence] = entry
+
+    def _release_held(self) -> None:
+        """Drop the held entries the log already holds (acknowledged where they lie)."""
+        for sequence, entry in list(self._held.items()):
+            output = (entry.topic, entry.partition)
+            if entry.cause is not None and self._on_log.holds(entry.cause, output):
+                del self._held[sequence]
+                # At or before the last output seen there: a lower bound is all the store
+                # needs (it is where a later look for unsent entries starts).
+                where = self._last_output.get(output, -1)
+                self._acknowledged[sequence] = Delivered(entry.topic, entry.partition, where)
+
+    def _follow(self, message: Any) -> None:
+        """An output partition's record or end, as a standby member sees it."""
+        key = (message.topic(), message.partition())
+        if message.error() is not None:  # end of the partition
+            self._followed[key] = max(self._followed[key], message.offset())
+            return
+        self._followed[key] = message.offset() + 1
+        where = self._note_output(message)
+        if where is None or self.active:
+            return
+        self._outgoing = [
+            e
+            for e in self._outgoing
+            if e.cause is None or not self._on_log.holds(e.cause, (e.topic, e.partition))
+        ]
+        self._release_held()
+
+    def _elect(self) -> None:
+        """Follow the election: take over once the output topics are read to their end,
+        or stand by."""
+        assert self._election is not None
+        self._election.poll()
+        if self._election.active and not self.active:
+            if self._takeover is None:
+                topics = sorted({t for t, _ in self._followed})
+                spans = self.reader.end_offsets_of(topics) if topics else {}
+                self._takeover = {key: spans[key][1] for key in self._followed}
+                log.info("%s: elected; reading the outputs to their end first", self.name)
+            if all(self._followed[k] >= end for k, end in self._takeover.items()):
+                self._take_over()
+        elif not self._election.active and self.active:
+            self.active = False
+            self._takeover = None
+            log.warning("%s: no longer active; standing by", self.name)
+
+    def _take_over(self) -> None:
+        self.commit()  # what is handled goes into the outbox first
+        self._release_held()
+        held = [self._held[s] for s in sorted(self._held)]
+        self._held = {}
+        self.active = True
+        self._takeover = None
+        log.warning(
+            "%s: active; sending the %d held outputs not on the log", self.name, len(held)
+        )
+        for entry in held:
+            self._send(entry)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -393,6 +495,8 @@ class Runtime(Generic[S]):
                 self._group_backlog = []
         for message in messages:
             self._take(message)
+        if self._election is not None:
+            self._elect()
         self._tick(bool(messages))
         self._acknowledged.update(self._sent.take())
         if self._commit_due(bool(messages)):
@@ -429,6 +533,9 @@ class Runtime(Generic[S]):
         return out
 
     def _take(self, message: Any) -> None:
+        if self._followed and (message.topic(), message.partition()) in self._followed:
+            self._follow(message)
+            return
         if self._catch_up is not None and not self.live and self._catch_up.saw(message):
             self._go_live()
         if message.error() is not None:  # end of a partition
@@ -475,16 +582,17 @@ class Runtime(Generic[S]):
         """Encode outputs into outbox entries (`source`: the input they come from)."""
         for index, output in enumerate(outputs):
             cause = (*source, index) if source is not None else None
-            if cause is not None and self._already_sent(cause):
-                continue
             spec = output.topic
+            partition = self._partition_for(spec.name, output.key)
+            if cause is not None and self._already_sent(cause, (spec.name, partition)):
+                continue
             if spec.schema != output.event.SCHEMA:
                 raise TypeError(f"{self.name}: a {output.event.SCHEMA} sent to {spec.name}")
             self._outgoing.append(
                 Outgoing(
                     sequence=self._sequence,
                     topic=spec.name,
-                    partition=self._partition_for(spec.name, output.key),
+                    partition=partition,
                     key=output.key,
                     value=self.codec.encode_event(output.event),
                     timestamp_ms=output.timestamp_ms,
@@ -521,7 +629,7 @@ class Runtime(Generic[S]):
         self._positions = {}
         self._handled = 0
         for entry in outgoing:
-            self._send(entry)
+            self._send_or_hold(entry)
 
     def _commit_group(self, wait: bool = False) -> None:
         """Commit to the group how far each of its partitions may resume (the processor may
@@ -578,6 +686,9 @@ class Runtime(Generic[S]):
             if self._group is not None:
                 self._group.close()
                 self._group = None
+            if self._election is not None:
+                self._election.close()
+                self._election = None
             self.reader.close()
             if self._own_producer and self._producer is not None:
                 self._producer.close()
