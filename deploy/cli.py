@@ -145,6 +145,12 @@ def _add_ledger(sub: Subparsers) -> None:
         help="a replica: publish only checkpoints, not receipts and blocks",
     )
     execution_run.add_argument("--checkpoint-every", type=int, help="blocks between checkpoints")
+    execution_run.add_argument(
+        "--active-group",
+        metavar="GROUP",
+        help="publish as a hot standby: members with one --group-id and this group; the "
+        "active one publishes, all sign checkpoints",
+    )
 
     replay = sub.add_parser(
         "replay", help="rebuild the ledger state from the topics into a fresh directory"
@@ -545,7 +551,7 @@ def cmd_execution_run(settings: Settings, args: argparse.Namespace) -> int:
         f"execution {args.group_id}: head {head.block_number} state root 0x{head.state_root.hex()}",
         flush=True,
     )
-    return serve(processor, store, settings, stop)
+    return serve(processor, store, settings, stop, args.active_group)
 
 
 def cmd_dag_order(path: Path, check: bool, out: TextIO) -> int:

@@ -23,6 +23,7 @@ from deploy import endpoints
 from deploy.host import ChildSpec, Host, HostError, check_port, locked
 from deploy.log import Log
 from deploy.network import NetworkError, join, load_genesis, ours, rules_of
+from deploy.node import DAG_GROUP, PUBLISHER_GROUP
 from processors.execution.checkpoints import address_of, replica_key
 from streams.settings import Settings
 
@@ -47,7 +48,8 @@ def devnet_children(s: Settings, bootstrap: str) -> list[ChildSpec]:
         "--finality-depth",
         str(s.finality_depth),
     )
-    children = [ChildSpec("dag", ("dag", "run", *common))]
+    # The network-once roles run as standby sets, so nodes may join them (`deploy.node`).
+    children = [ChildSpec("dag", ("dag", "run", *common, "--active-group", DAG_GROUP))]
     genesis = ("--genesis", str(s.genesis_file)) if s.genesis_file else ()
     for index in range(s.replicas):
         group = "lattice-execution" if index == 0 else f"lattice-execution-{index}"
@@ -56,6 +58,8 @@ def devnet_children(s: Settings, bootstrap: str) -> list[ChildSpec]:
         args += ["--checkpoint-every", str(s.checkpoint_every), *genesis]
         if index:
             args.append("--no-publish")  # replica 0 publishes the ledger's events
+        else:
+            args += ["--active-group", PUBLISHER_GROUP]
         children.append(ChildSpec(group.removeprefix("lattice-"), tuple(args)))
     for index in range(s.proposers):
         args = ["proposer", "--devnet-index", str(index)]

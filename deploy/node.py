@@ -31,16 +31,22 @@ from streams.admin import ensure_topics
 from streams.settings import Settings, SettingsError
 from streams.topics import TOPICS
 
-#: The roles a node may take beyond its gateway and execution replica. The last three are
-#: work done once per network: run each on exactly one node (hot standbys are not built
-#: yet; two nodes with `dag` would both write the ordered chain).
+#: The roles a node may take beyond its gateway and execution replica. `dag` and
+#: `publisher` are work done once per network, as hot-standby sets: any number of nodes
+#: may take them, one member is active and another takes over when it dies
+#: (`processors.standby`). `market` has no standby yet: run it on one node.
 ROLES: dict[str, str] = {
     "proposer": "propose blocks signed with the node's key",
     "analytics": "keep the DuckDB analytics store of the ledger and the market",
-    "dag": "order the DAG into the final chain (once per network)",
-    "market": "match and verify jobs and settle them on the ledger (once per network)",
-    "publisher": "publish the ledger's receipts and executed blocks (once per network)",
+    "dag": "order the DAG into the final chain (hot standby: one node of those with it)",
+    "publisher": "publish the ledger's receipts and executed blocks (hot standby, likewise)",
+    "market": "match and verify jobs and settle them on the ledger (one node per network)",
 }
+
+#: The consumer groups that elect the active member of each standby set; the members'
+#: common names are the processors' own (lattice-dag, lattice-execution).
+DAG_GROUP = "lattice-dag-active"
+PUBLISHER_GROUP = "lattice-publisher-active"
 
 
 def parse_roles(text: str) -> frozenset[str]:
@@ -86,12 +92,15 @@ def node_children(
     data = ("--kafka", bootstrap, "--data-dir", str(s.data_dir))
     dag = (*data, "--ghostdag-k", str(s.ghostdag_k), "--finality-depth", str(s.finality_depth))
     genesis = ("--genesis", str(s.genesis_file)) if s.genesis_file else ()
+    # Publishers share one name (their outputs are the same records); other replicas are
+    # named after their node.
+    publisher = "publisher" in roles
     execution = [
         "execution",
         "run",
         *data,
         "--group-id",
-        f"lattice-execution-{name}",
+        "lattice-execution" if publisher else f"lattice-execution-{name}",
         "--state-dir",
         str(s.data_dir / "lattice-execution"),
         "--checkpoint-key-file",
@@ -100,11 +109,11 @@ def node_children(
         str(s.checkpoint_every),
         *genesis,
     ]
-    if "publisher" not in roles:
-        execution.append("--no-publish")
+    execution += ["--active-group", PUBLISHER_GROUP] if publisher else ["--no-publish"]
     children = [ChildSpec("execution", tuple(execution))]
     if "dag" in roles:
-        children.append(ChildSpec("dag", ("dag", "run", *dag)))
+        state = ("--state-dir", str(s.data_dir / "lattice-dag"))
+        children.append(ChildSpec("dag", ("dag", "run", *dag, *state, "--active-group", DAG_GROUP)))
     if "proposer" in roles:
         args = ("proposer", "--key-file", str(key_file), "--block-interval", str(s.block_interval))
         children.append(ChildSpec("proposer", (*args, *dag), kind="proposer"))

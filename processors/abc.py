@@ -230,7 +230,9 @@ class Processor(abc.ABC, Generic[S]):
         return False
 
     def outputs(self) -> Sequence[TopicSpec]:
-        """The topics it writes (read at start when `pace.rebuild_window` is set)."""
+        """The topics it writes (read at start when `pace.rebuild_window` is set). As a hot
+        standby (`Runtime(active_group=...)`), only the active member sends to these; any
+        other output (a replica's own signed checkpoint) every member sends."""
         return ()
 
     def resume_from(self, partition: Partition, handled: int) -> int:

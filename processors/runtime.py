@@ -389,7 +389,10 @@ class Runtime(Generic[S]):
             raise ValueError(f"{self.name}: a standby member cannot read its own outputs")
 
     def _send_or_hold(self, entry: Outgoing) -> None:
-        if self.active:
+        """Send, unless this is a standby and the entry is one of the outputs only the
+        active member sends (`Processor.outputs`; a replica's own checkpoints, say, are
+        every member's to send)."""
+        if self.active or (entry.topic, entry.partition) not in self._followed:
             self._send(entry)
         else:
             self._held[entry.sequence] = entry
@@ -429,9 +432,7 @@ class Runtime(Generic[S]):
         self._election.poll()
         if self._election.active and not self.active:
             if self._takeover is None:
-                topics = sorted({t for t, _ in self._followed})
-                spans = self.reader.end_offsets_of(topics) if topics else {}
-                self._takeover = {key: spans[key][1] for key in self._followed}
+                self._takeover = self._ends_now(sorted({t for t, _ in self._followed}))
                 log.info("%s: elected; reading the outputs to their end first", self.name)
             if all(self._followed[k] >= end for k, end in self._takeover.items()):
                 self._take_over()
@@ -439,6 +440,18 @@ class Runtime(Generic[S]):
             self.active = False
             self._takeover = None
             log.warning("%s: no longer active; standing by", self.name)
+
+    def _ends_now(self, topics: Sequence[str]) -> dict[Partition, int]:
+        """The output partitions' ends now, asked with a reader of its own (finding them
+        reassigns the reader that asks, and this one must keep its inputs)."""
+        if not topics:
+            return {}
+        reader = Reader(self.bootstrap, client_id=f"{self.name}-ends", config=self._config)
+        try:
+            spans = reader.end_offsets_of(topics)
+        finally:
+            reader.close()
+        return {key: spans[key][1] for key in self._followed}
 
     def _take_over(self) -> None:
         self.commit()  # what is handled goes into the outbox first

@@ -351,6 +351,9 @@ class Reader:
         its EOF. A partition still being written may not reach EOF soon; for those the
         watermark is asked again every `PROBE_PATIENCE_S`, and once it has moved, the
         batch it now points into starts at or after the end as of the first request.
+
+        It reassigns this reader's partitions to read them: ask before `assign`, or ask
+        another reader.
         """
         metadata = self._consumer.list_topics(timeout=timeout).topics
         partitions = []

@@ -44,6 +44,8 @@ def test_every_node_runs_its_own_replica_and_roles_add_children(tmp_path: Path) 
         "analytics",
     ]
     assert "--no-publish" not in full[0].args
+    assert "lattice-publisher-active" in full[0].args and "lattice-execution" in full[0].args
+    assert "lattice-dag-active" in full[1].args
     assert full[2].kind == "proposer" and "--key-file" in full[2].args
 
 
