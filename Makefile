@@ -10,6 +10,8 @@ STAMP   = $(VENV)/.installed
 # deploy/compose.yaml (no container engine needed); root installs them, others via sudo.
 CHROMIUM = /usr/bin/chromium
 COMPOSE  = /usr/bin/docker-compose
+# iproute2's `ip` makes the testnet's hosts (network namespaces; the tests run them as root).
+IPROUTE  = /usr/sbin/ip
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml constraints.txt package.json package-lock.json
@@ -33,7 +35,11 @@ $(COMPOSE):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq --no-install-recommends docker-compose
 
-test: $(STAMP) $(CHROMIUM) $(COMPOSE)
+$(IPROUTE):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq --no-install-recommends iproute2
+
+test: $(STAMP) $(CHROMIUM) $(COMPOSE) $(IPROUTE)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 
     lattice devnet [--data-dir DIR] [--kafka HOST:PORT] [--rpc-port N] [--ws-port N]
     lattice broker [--host ADDRESS] [--broker-port N] [--data-dir DIR]
+    lattice testnet --nodes N [--data-dir DIR]   (as root: network namespaces)
     lattice node --kafka HOST:PORT [--roles ROLE,...] [--name NAME] [--signers ADDR,...]
     lattice status [--data-dir DIR | --rpc URL]
     lattice topics [--data-dir DIR | --kafka HOST:PORT]
@@ -73,6 +74,21 @@ def _add_devnet(sub: Subparsers) -> None:
     devnet.add_argument(
         "--finality-depth", type=int, help="blue-score depth of finality (default 10)"
     )
+
+
+def _add_testnet(sub: Subparsers) -> None:
+    testnet = sub.add_parser(
+        "testnet",
+        help="a network of test hosts on this machine (network namespaces; as root)",
+        description="One broker host, N node hosts and one worker host, each a network "
+        "namespace with its own address on a private bridge; endpoints are printed and "
+        "written to <data-dir>/testnet.json. Ctrl-C removes everything it made.",
+    )
+    _common(testnet)
+    testnet.add_argument("--nodes", type=int, default=4, help="node hosts (default 4)")
+    testnet.add_argument("--block-interval", type=float, help="seconds between a proposer's blocks")
+    testnet.add_argument("--finality-depth", type=int, help="blue-score depth of finality")
+    testnet.add_argument("--subnet", help="the bridge's subnet (default: a 10.x.y.0/24)")
 
 
 def _add_broker(sub: Subparsers) -> None:
@@ -235,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_devnet(sub)
     _add_node(sub)
     _add_broker(sub)
+    _add_testnet(sub)
     _add_ledger(sub)
     _add_dag(sub)
     _add_log_tools(sub)
@@ -614,6 +631,18 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         settings = load_settings(args)
         if args.command == "devnet":
             return cmd_devnet(settings, out)
+        if args.command == "testnet":
+            from deploy.testnet import Testnet
+
+            Testnet(
+                args.nodes,
+                settings.data_dir,
+                out,
+                block_interval=settings.block_interval,
+                finality_depth=settings.finality_depth,
+                subnet=args.subnet,
+            ).run()
+            return 0
         if args.command == "broker":
             from deploy.log import serve_log
 
