@@ -11,7 +11,7 @@ STAMP   = $(VENV)/.installed
 CHROMIUM = /usr/bin/chromium
 COMPOSE  = /usr/bin/docker-compose
 # iproute2's `ip` makes the testnet's hosts (network namespaces; the tests run them as root).
-IPROUTE  = /usr/sbin/ip
+IPROUTE  = /usr/bin/ip
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml constraints.txt package.json package-lock.json
