@@ -152,6 +152,7 @@ class Host:
             checkpoints,
             self.market,
             processes=self.supervisor.status,
+            bootstrap=self.bootstrap,
         )
 
     async def serve(

@@ -15,6 +15,7 @@ answering only once the broker acknowledged it. A bad transaction gets a 4xx JSO
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -43,6 +44,7 @@ from streams.metrics import REPLICA_DIVERGENCES
 from streams.settings import Settings
 
 DASHBOARD = Path(__file__).parent / "static" / "dashboard.html"
+START = Path(__file__).parent / "static" / "start.html"
 
 
 def client_version() -> str:
@@ -161,6 +163,7 @@ def create_app(
     checkpoints: CheckpointView | None = None,
     market: MarketService | None = None,
     processes: ProcessStatus | None = None,
+    bootstrap: str | None = None,
 ) -> FastAPI:
     """The gateway: transaction intake always; with a ledger view, JSON-RPC (HTTP and
     WebSocket), the REST mirrors and, with a market service, the market's routes."""
@@ -193,6 +196,7 @@ def create_app(
         app.include_router(rest_router(ledger))
     _json_rpc_routes(app, rpc, view)
     _operator_routes(app, settings, checkpoints, market)
+    _network_routes(app, settings, rpc, bootstrap)
     _transaction_route(app, intake, body_limit=2 * settings.max_tx_bytes + 1024)
     return app
 
@@ -244,6 +248,33 @@ def _operator_routes(
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "chain_id": settings.chain_id, "client": client_version()}
+
+
+def _network_routes(
+    app: FastAPI, settings: Settings, rpc: JsonRpc | None, bootstrap: str | None
+) -> None:
+    @app.get("/start", response_class=HTMLResponse)
+    async def start() -> HTMLResponse:
+        """The landing page: what the network is, its live figures, the API reference and
+        the commands that join it."""
+        return HTMLResponse(START.read_text())
+
+    @app.get("/v1/network")
+    async def network() -> dict[str, Any]:
+        """What a new node or worker needs to join: the chain id and the Kafka bootstrap
+        servers this gateway's node uses."""
+        return {"chain_id": settings.chain_id, "kafka": bootstrap, "client": client_version()}
+
+    @app.get("/v1/rpc-methods")
+    async def rpc_methods() -> list[dict[str, str]]:
+        """The JSON-RPC methods this gateway serves, with the first line of each one's
+        documentation (read from the code)."""
+        if rpc is None:
+            return []
+        return [
+            {"name": name, "doc": (inspect.getdoc(method) or "").split("\n")[0]}
+            for name, method in sorted(rpc.table.items())
+        ]
 
 
 def _transaction_route(app: FastAPI, intake: TransactionIntake, body_limit: int) -> None:

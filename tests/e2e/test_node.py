@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from streams.broker import free_port
@@ -147,3 +148,27 @@ def test_a_wrong_bootstrap_address_fails_within_seconds(tmp_path: Path) -> None:
     assert "no Kafka broker answered at 127.0.0.1:" in result.stderr
     # The promise is "within seconds, not a hang" (the probe waits 5 s); the bound is loose.
     assert took < 30, took
+
+
+def test_the_landing_page_in_headless_chromium(devnet: Devnet) -> None:
+    from tests.e2e.browser import Browser
+
+    methods = httpx.get(f"{devnet.url}/v1/rpc-methods").json()
+    names = {m["name"] for m in methods}
+    assert {"eth_sendRawTransaction", "lattice_status", "dag_getTips"} <= names
+    assert httpx.get(f"{devnet.url}/v1/network").json()["kafka"] == kafka_of(devnet)
+    browser = Browser()
+    try:
+        browser.open(devnet.url + "/start")
+        deadline = time.monotonic() + 30
+        while browser.text("height") in ("—", "") or browser.text("method-count") == "—":
+            assert time.monotonic() < deadline, browser.text("live")
+            browser.drain(0.3)
+        assert browser.text("method-count") == f"{len(methods)} methods"
+        assert browser.text("node-command").startswith(f"lattice node --kafka {kafka_of(devnet)}")
+        assert f"--rpc {devnet.url}" in browser.text("worker-command")
+        assert browser.text("live").startswith("live")
+        browser.drain(1.0)
+        assert browser.errors == []
+    finally:
+        browser.close()
