@@ -105,6 +105,19 @@ class ExecutionProcessor(Processor[RocksStore]):
         if not isinstance(ordered, BlockOrdered):
             log.warning("ignoring a %s on %s", ordered.SCHEMA, record.topic)
             return ()
+        head = self.ledger.head.block_number
+        if ordered.chain_index <= head:
+            # Each chain block is one EVM block: one already executed arrives again only
+            # when two writers sent it (a standby's takeover racing a cut-off active).
+            log.warning(
+                "skipping chain block %d at %s[%d]@%d: block %d is already executed",
+                ordered.chain_index,
+                record.topic,
+                record.partition,
+                record.offset,
+                head,
+            )
+            return ()
         started = time.perf_counter()
         assert self._overlay is not None
         try:

@@ -192,3 +192,23 @@ def test_a_crash_anywhere_in_process_publishes_every_event_once(
     assert [b.state_root for b in executed] == [
         ledger.execute(block).header.state_root for block in blocks
     ]
+
+
+def test_a_chain_block_sent_twice_is_executed_once(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """Two writers of the ordered chain (a standby taking over from a member that was cut
+    off, not dead) can put a chain block on the log twice: it is one EVM block."""
+    blocks = load()[:6]
+    producer = Producer(broker.bootstrap)
+    for block in [*blocks[:4], blocks[2], blocks[3], *blocks[4:]]:
+        producer.send(ORDERED, block)
+    producer.close()
+    store = RocksStore(tmp_path / "store")
+    processor = ExecutionProcessor(dev_genesis(30_000_000), ChainRules(CHAIN_ID))
+    run_to_end(processor, store, broker.bootstrap)
+    store.close()
+    executed = records(broker.bootstrap, EXECUTED.name)
+    assert [b.number for b in executed] == list(range(1, len(blocks) + 1))
+    ledger, _ = Store().ledger()
+    assert [b.state_root for b in executed] == [
+        ledger.execute(block).header.state_root for block in blocks
+    ]
