@@ -27,7 +27,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from deploy.supervisor import Supervised, Supervisor
-from gateway.app import create_app
+from gateway.app import close_followers, create_app
 from gateway.chainview import ChainView
 from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
@@ -96,6 +96,7 @@ class Host:
         self.market: MarketService | None = None
         self.followers: list[DagView | CheckpointView] = []
         self.view: ChainView | None = None
+        self.app: FastAPI | None = None
         self.stopping = threading.Event()
 
     @property
@@ -144,7 +145,7 @@ class Host:
         checkpoints = CheckpointView(self.bootstrap, signers)
         self.followers = [dag, checkpoints]
         self.market = MarketService(s, self.bootstrap, s.chain_id)
-        return create_app(
+        self.app = create_app(
             s,
             self.producer,
             view,
@@ -154,6 +155,7 @@ class Host:
             processes=self.supervisor.status,
             bootstrap=self.bootstrap,
         )
+        return self.app
 
     async def serve(
         self,
@@ -211,6 +213,8 @@ class Host:
         """Close the gateway's clients, then stop the children in `STOP_ORDER`."""
         if self.market is not None:
             self.market.close()
+        if self.app is not None:
+            close_followers(self.app)
         for follower in self.followers:
             follower.close()
         if self.view is not None:

@@ -36,6 +36,7 @@ from gateway.jsonrpc import JsonRpc, Methods, ProcessStatus
 from gateway.ledger import LedgerQueries
 from gateway.market import MarketService
 from gateway.market import router as market_router
+from gateway.pendingview import PendingView
 from gateway.rest import router as rest_router
 from gateway.ws import serve as serve_socket
 from processors.abc import RecordSink
@@ -166,7 +167,9 @@ def create_app(
     bootstrap: str | None = None,
 ) -> FastAPI:
     """The gateway: transaction intake always; with a ledger view, JSON-RPC (HTTP and
-    WebSocket), the REST mirrors and, with a market service, the market's routes."""
+    WebSocket), the REST mirrors and, with a market service, the market's routes. With
+    `bootstrap`, it follows the network's pending transactions on the log (close it with
+    `close_followers`)."""
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
     app = GatewayApp(title="Lattice gateway", version=client_version().split("/")[1])
     app.add_middleware(
@@ -178,6 +181,10 @@ def create_app(
             view, block_gas_limit=settings.block_gas_limit, checkpoints=checkpoints
         )
     intake = TransactionIntake(rules, sink, ledger)
+    #: Followers the app runs itself, for its owner to close (`close_followers`).
+    app.state.followers = []
+    if bootstrap is not None and ledger is not None:
+        app.state.followers.append(PendingView(bootstrap, intake))
     rpc = None
     if ledger is not None and view is not None:
         methods = Methods(
@@ -248,6 +255,12 @@ def _operator_routes(
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "chain_id": settings.chain_id, "client": client_version()}
+
+
+def close_followers(app: FastAPI) -> None:
+    """Stop the followers `create_app` started (the network's pending transactions)."""
+    for follower in getattr(app.state, "followers", []):
+        follower.close()
 
 
 def _network_routes(

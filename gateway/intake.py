@@ -17,7 +17,13 @@ through `TransactionIntake.submit`:
 4. **release** the place taken at admission if the log did not take the transaction.
 
 Pending transactions are per sender and nonce: `eth_getTransactionCount(addr, "pending")`
-counts them, and executed ones leave from the front as the state nonce passes them.
+counts them, and executed ones leave from the front as the state nonce passes them. They
+are the network's, not this gateway's: `learn` takes every transaction on
+`lattice.tx.submitted` in log order (`gateway.pendingview`, whichever gateway accepted it),
+and the log's order decides, as it does for the proposers: the first transaction of a sender
+and nonce on the log holds the place, a later one takes it only as a 10% bump. One this
+gateway admitted is provisional until the log shows it: another that reached the log first
+takes its place.
 Accepted hashes are numbered from 0, so pending-transaction filters and subscriptions keep
 an absolute cursor; the oldest are forgotten beyond `MAX_ACCEPTED`.
 """
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections import deque
 
@@ -64,6 +71,10 @@ class TransactionIntake:
         #: Transactions this gateway accepted and execution has not yet reached, per sender
         #: and nonce: pending nonces, duplicates and replacements are judged against them.
         self.pending: dict[bytes, dict[int, Transaction]] = {}
+        #: Admitted here, not yet seen on the log (`learn`).
+        self._provisional: set[bytes] = set()
+        #: `admit` runs on the event loop, `learn` on the pending view's thread.
+        self._lock = threading.Lock()
         self._accepted: deque[bytes] = deque(maxlen=MAX_ACCEPTED)
         self._accepted_count = 0
 
@@ -73,7 +84,9 @@ class TransactionIntake:
         admitted, replaced = False, None
         if self.ledger is not None:
             try:
-                replaced = self.admit(tx)
+                with self._lock:
+                    replaced = self.admit(tx)
+                    self._provisional.add(tx.hash)
                 admitted = True
             except LedgerNotReady:
                 pass
@@ -83,11 +96,38 @@ class TransactionIntake:
             delivered = await asyncio.wait_for(asyncio.wrap_future(future), DELIVERY_TIMEOUT_S)
         except (DeliveryError, TimeoutError) as exc:
             if admitted:
-                self.release(tx, replaced)
+                with self._lock:
+                    self.release(tx, replaced)
             raise Unavailable(f"the log did not accept the transaction: {exc}") from exc
-        self._accepted.append(tx.hash)
-        self._accepted_count += 1
+        with self._lock:
+            self._note_accepted(tx.hash)
         return tx, delivered
+
+    def _note_accepted(self, tx_hash: bytes) -> None:
+        self._accepted.append(tx_hash)
+        self._accepted_count += 1
+
+    def learn(self, tx: Transaction) -> None:
+        """A transaction on the log, in log order, whichever gateway accepted it."""
+        with self._lock:
+            if self.ledger is not None:
+                try:
+                    if tx.nonce < self.ledger.nonce(tx.sender):
+                        return  # executed already
+                except LedgerNotReady:
+                    pass
+            waiting = self.pending.setdefault(tx.sender, {})
+            current = waiting.get(tx.nonce)
+            if current is not None and current.hash == tx.hash:
+                self._provisional.discard(tx.hash)  # this gateway's own, now on the log
+                return
+            if current is None or current.hash in self._provisional or replaces(tx, current):
+                if current is not None:
+                    self._provisional.discard(current.hash)
+                waiting[tx.nonce] = tx
+                self._note_accepted(tx.hash)
+            if len(self.pending) > MAX_PENDING_SENDERS:
+                self._forget_executed()
 
     def admit(self, tx: Transaction) -> Transaction | None:
         """The stateful checks, then a place among the pending transactions. Returns the
@@ -128,6 +168,7 @@ class TransactionIntake:
 
     def release(self, tx: Transaction, previous: Transaction | None) -> None:
         """Undo `admit` for a transaction the log did not take."""
+        self._provisional.discard(tx.hash)
         waiting = self.pending.get(tx.sender, {})
         if waiting.get(tx.nonce) is tx:
             if previous is None:
@@ -139,6 +180,8 @@ class TransactionIntake:
         assert self.ledger is not None
         for sender in list(self.pending):
             nonce = self.ledger.nonce(sender)
+            for gone in (t for n, t in self.pending[sender].items() if n < nonce):
+                self._provisional.discard(gone.hash)
             waiting = {n: t for n, t in self.pending[sender].items() if n >= nonce}
             if waiting:
                 self.pending[sender] = waiting
@@ -146,8 +189,9 @@ class TransactionIntake:
                 del self.pending[sender]
 
     def pending_nonce(self, sender: bytes, state_nonce: int) -> int:
-        """The next nonce counting this gateway's pending transactions of `sender`."""
-        waiting = self.pending.get(sender, {})
+        """The next nonce counting the network's pending transactions of `sender`."""
+        with self._lock:
+            waiting = dict(self.pending.get(sender, {}))
         nonce = state_nonce
         while nonce in waiting:
             nonce += 1
@@ -160,6 +204,7 @@ class TransactionIntake:
 
     def accepted_since(self, cursor: int) -> tuple[list[bytes], int]:
         """Hashes accepted from `cursor` on (those still kept), and the cursor after them."""
-        first_kept = self._accepted_count - len(self._accepted)
-        skip = max(0, cursor - first_kept)
-        return list(itertools.islice(self._accepted, skip, None)), self._accepted_count
+        with self._lock:
+            first_kept = self._accepted_count - len(self._accepted)
+            skip = max(0, cursor - first_kept)
+            return list(itertools.islice(self._accepted, skip, None)), self._accepted_count

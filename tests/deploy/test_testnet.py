@@ -130,6 +130,7 @@ def active_dag(net: Net) -> dict[str, Any]:
     return {"node": node, "dag": next(p for p in processes if p["name"] == "dag")}
 
 
+@pytest.mark.timeout(900)  # six hosts on two cores, a 30 s cut, and the catching up after
 def test_four_nodes_serve_one_ledger_through_faults(testnet: Net) -> None:
     rng = random.Random(7)
     first = send_to_random_nodes(testnet, range(0, 6), rng)

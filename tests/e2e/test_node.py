@@ -117,6 +117,17 @@ def test_a_late_node_serves_the_same_ledger_and_takes_transactions(
             )
             assert (mine["hash"], mine["stateRoot"]) == (theirs["hash"], theirs["stateRoot"])
         assert rpc(node.url, "eth_getTransactionCount", [ACCOUNT.address, "latest"]) == "0x4"
+        # Pending transactions are the network's: one waiting on the devnet (a nonce gap
+        # keeps it waiting) holds its place on the node too, as the proposers would judge.
+        waiting = "0x" + signed(nonce=20).hex()
+        rpc(devnet.url, "eth_sendRawTransaction", [waiting])
+        time.sleep(2)  # the node follows the log within milliseconds; this is ample
+        cheaper = "0x" + signed(nonce=20, value=7).hex()
+        request = {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction"}
+        answer = httpx.post(node.url, json={**request, "params": [cheaper]}).json()
+        assert "replacement transaction underpriced" in answer["error"]["message"], answer
+        bumped = signed(nonce=20, maxFeePerGas=3 * 10**9, maxPriorityFeePerGas=2 * 10**9)
+        rpc(node.url, "eth_sendRawTransaction", ["0x" + bumped.hex()])
         status = subprocess.run(
             [*LATTICE, "status", "--data-dir", str(node.data_dir)],
             capture_output=True,

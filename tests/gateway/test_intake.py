@@ -1,0 +1,88 @@
+"""The network's pending transactions in a gateway's intake (pure: a stand-in ledger and
+sink): the log's order decides a sender and nonce, as it does for the proposers; this
+gateway's own admissions are provisional until the log shows them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.intake import TransactionIntake
+from processors.execution.transactions import ChainRules, InvalidTransaction, decode_transaction
+from streams.settings import CHAIN_ID
+from tests.txs import ACCOUNT, signed
+
+
+class Ledger:
+    """What the intake asks of the ledger: the state nonce and balance."""
+
+    def __init__(self, nonce: int = 0) -> None:
+        self.state_nonce = nonce
+
+    def nonce(self, sender: bytes) -> int:
+        return self.state_nonce
+
+    def balance(self, sender: bytes) -> int:
+        return 10**24
+
+
+def tx(nonce: int, tip_gwei: int = 1, fee_gwei: int = 2) -> Any:
+    raw = signed(nonce=nonce, maxPriorityFeePerGas=tip_gwei * 10**9, maxFeePerGas=fee_gwei * 10**9)
+    return decode_transaction(raw, ChainRules(CHAIN_ID))
+
+
+def intake(ledger: Ledger | None = None) -> TransactionIntake:
+    return TransactionIntake(ChainRules(CHAIN_ID), sink=None, ledger=ledger or Ledger())  # type: ignore[arg-type]
+
+
+SENDER = bytes.fromhex(ACCOUNT.address[2:])
+
+
+def test_transactions_learned_from_the_log_count_as_pending() -> None:
+    pool = intake()
+    for nonce in range(3):
+        pool.learn(tx(nonce))
+    assert pool.pending_nonce(SENDER, 0) == 3
+    assert pool.accepted_since(0)[1] == 3
+    with pytest.raises(InvalidTransaction, match="already known"):
+        pool.admit(tx(1))
+    with pytest.raises(InvalidTransaction, match="underpriced"):
+        pool.admit(tx(1, tip_gwei=1, fee_gwei=3))  # the tip is not bumped by 10%
+
+
+def test_the_first_on_the_log_holds_the_place_and_only_a_bump_takes_it() -> None:
+    pool = intake()
+    first, cheaper, bumped = tx(0), tx(0, 1, 3), tx(0, 2, 4)
+    pool.learn(first)
+    pool.learn(cheaper)  # on the log after it, not a bump: proposers drop it too
+    assert pool.pending[SENDER][0] is first
+    pool.learn(bumped)
+    assert pool.pending[SENDER][0] is bumped
+
+
+def test_an_admission_here_gives_way_to_another_that_reached_the_log_first() -> None:
+    pool = intake()
+    mine, theirs = tx(0, 1, 3), tx(0)
+    pool.admit(mine)
+    pool._provisional.add(mine.hash)  # as `submit` marks it once admitted
+    pool.learn(theirs)  # another gateway's, first on the log
+    assert pool.pending[SENDER][0] is theirs
+    pool.learn(mine)  # then mine on the log: not a 10% bump over theirs
+    assert pool.pending[SENDER][0] is theirs
+
+
+def test_its_own_admission_seen_on_the_log_stays() -> None:
+    pool = intake()
+    mine = tx(0)
+    pool.admit(mine)
+    pool._provisional.add(mine.hash)
+    pool.learn(mine)
+    assert pool.pending[SENDER][0] is mine and not pool._provisional
+    assert pool.accepted_since(0)[1] == 0  # counted once, when `submit` accepted it
+
+
+def test_executed_transactions_are_not_learned() -> None:
+    pool = intake(Ledger(nonce=5))
+    pool.learn(tx(3))
+    assert SENDER not in pool.pending
