@@ -74,7 +74,8 @@ class Network:
     def __init__(self, nodes: int, work: Path) -> None:
         self.nodes = nodes
         self.work = work
-        self.log = work / "network.log"
+        work.mkdir(parents=True, exist_ok=True)
+        self.log = work.parent / "network.log"
         if nodes:
             command = [*LATTICE, "testnet", "--nodes", str(nodes), "--data-dir", str(work)]
         else:
@@ -103,6 +104,17 @@ class Network:
             self.info = {"nodes": []}
             self.urls = [found["rpc"]]
             self.kafka = found["kafka"]
+        # "ready" means serving, not yet executed (issue 13): wait for genesis everywhere.
+        with httpx.Client(timeout=10) as client:
+            for url in self.urls:
+                while True:
+                    try:
+                        rpc(client, url, "eth_blockNumber")
+                        break
+                    except (RuntimeError, httpx.HTTPError):
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.3)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)
