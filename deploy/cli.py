@@ -124,6 +124,9 @@ def _add_node(sub: Subparsers) -> None:
     node.add_argument(
         "--signers", metavar="ADDR,...", help="checkpoint signers of the network (default: own)"
     )
+    node.add_argument(
+        "--peers", metavar="URL,...", help="other nodes' gateways, for content blocks"
+    )
     node.add_argument("--rpc-port", type=int, help="JSON-RPC and REST port (default 8545)")
     node.add_argument("--ws-port", type=int, help="WebSocket port (default 8546)")
     node.add_argument("--host", help="interface to bind (default 127.0.0.1)")
@@ -280,6 +283,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         "node_name": getattr(args, "node_name", None),
         "roles": getattr(args, "roles", None),
         "signers": getattr(args, "signers", None),
+        "peers": getattr(args, "peers", None),
         "chain_id": getattr(args, "chain_id", None),
     }
     return Settings.load(config_file=getattr(args, "config", None), env=os.environ, overrides=flags)

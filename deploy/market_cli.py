@@ -39,6 +39,15 @@ def _client(parser: argparse.ArgumentParser, who: str) -> None:
     keys.add_argument("--dev-account", type=int, help=f"{who}: development account N (devnet)")
 
 
+def _standby(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--active-group",
+        metavar="GROUP",
+        help="a hot standby: the members with this group read everything, one decides "
+        "(the verifiers share the settler key)",
+    )
+
+
 def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # type: ignore[type-arg]
     add = common  # the CLI's --data-dir/--kafka/--config adder
     worker = sub.add_parser(
@@ -69,6 +78,7 @@ def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # ty
     matcher = sub.add_parser("matcher", help="the job matcher")
     matcher.add_argument("action", choices=["run"])
     add(matcher)  # type: ignore[operator]
+    _standby(matcher)
 
     verifier = sub.add_parser("verifier", help="the verifier and settler")
     verifier.add_argument(
@@ -77,6 +87,7 @@ def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # ty
     add(verifier)  # type: ignore[operator]
     verifier.add_argument("--key", help="settler key, 0x-hex (default: the devnet's settler)")
     verifier.add_argument("--rpc", metavar="URL", help="gateway to fetch model blocks from")
+    _standby(verifier)
 
     model = sub.add_parser("model", help="models on the network")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
@@ -216,17 +227,24 @@ def _devnet_rpc(settings: Settings) -> str | None:
         return None
 
 
-def cmd_matcher(settings: Settings, bootstrap: str) -> int:
+def cmd_matcher(settings: Settings, args: argparse.Namespace, bootstrap: str) -> int:
     from processors.market.processor import Matcher
     from processors.runtime import Runtime, configure_logging, stop_on_signals
     from processors.state import MemoryStore
 
     configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
-    print(f"matcher on {bootstrap}", flush=True)
+    print(f"matcher on {bootstrap}{_standing(args)}", flush=True)
     config = settings.kafka_config
-    Runtime(Matcher(settings), MemoryStore(), bootstrap, kafka_config=config).run(stop)
+    group = args.active_group
+    Runtime(
+        Matcher(settings), MemoryStore(), bootstrap, kafka_config=config, active_group=group
+    ).run(stop)
     return 0
+
+
+def _standing(args: argparse.Namespace) -> str:
+    return f" (standby set {args.active_group})" if args.active_group else ""
 
 
 def cmd_verifier(settings: Settings, args: argparse.Namespace, bootstrap: str) -> int:
@@ -252,9 +270,11 @@ def cmd_verifier(settings: Settings, args: argparse.Namespace, bootstrap: str) -
     configure_logging(settings.log_level, settings.metrics_port)
     stop = stop_on_signals()
     verifier = Verifier(settings, key, peers)
-    print(f"verifier (settler 0x{verifier.address.hex()}) on {bootstrap}", flush=True)
+    settler = f"settler 0x{verifier.address.hex()}"
+    print(f"verifier ({settler}) on {bootstrap}{_standing(args)}", flush=True)
     config = settings.kafka_config
-    Runtime(verifier, MemoryStore(), bootstrap, kafka_config=config).run(stop)
+    group = args.active_group
+    Runtime(verifier, MemoryStore(), bootstrap, kafka_config=config, active_group=group).run(stop)
     return 0
 
 
@@ -352,7 +372,7 @@ def run(
         if args.command == "worker":
             return cmd_worker(settings, args, boot)  # type: ignore[arg-type]
         if args.command == "matcher":
-            return cmd_matcher(settings, boot(settings))  # type: ignore[operator]
+            return cmd_matcher(settings, args, boot(settings))  # type: ignore[operator]
         if args.command == "verifier":
             return cmd_verifier(settings, args, boot(settings))  # type: ignore[operator]
         if args.command == "model":

@@ -34,19 +34,21 @@ from streams.topics import TOPICS
 #: The roles a node may take beyond its gateway and execution replica. `dag` and
 #: `publisher` are work done once per network, as hot-standby sets: any number of nodes
 #: may take them, one member is active and another takes over when it dies
-#: (`processors.standby`). `market` has no standby yet: run it on one node.
+#: (`processors.standby`). `market` is two such sets, the matcher's and the verifier's.
 ROLES: dict[str, str] = {
     "proposer": "propose blocks signed with the node's key",
     "analytics": "keep the DuckDB analytics store of the ledger and the market",
     "dag": "order the DAG into the final chain (hot standby: one node of those with it)",
     "publisher": "publish the ledger's receipts and executed blocks (hot standby, likewise)",
-    "market": "match and verify jobs and settle them on the ledger (one node per network)",
+    "market": "match and verify jobs and settle them on the ledger (hot standby, likewise)",
 }
 
 #: The consumer groups that elect the active member of each standby set; the members'
 #: common names are the processors' own (lattice-dag, lattice-execution).
 DAG_GROUP = "lattice-dag-active"
 PUBLISHER_GROUP = "lattice-publisher-active"
+MATCHER_GROUP = "lattice-matcher-active"
+VERIFIER_GROUP = "lattice-verifier-active"
 
 
 def parse_roles(text: str) -> frozenset[str]:
@@ -84,6 +86,11 @@ def node_key(path: Path) -> PrivateKey:
         raise SettingsError(f"{path}: not a secp256k1 private key ({exc})") from None
 
 
+def _reachable(host: str) -> str:
+    """An address of this host that its own children can connect to."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
 def node_children(
     s: Settings, name: str, roles: Iterable[str], bootstrap: str, key_file: Path
 ) -> list[ChildSpec]:
@@ -118,8 +125,13 @@ def node_children(
         args = ("proposer", "--key-file", str(key_file), "--block-interval", str(s.block_interval))
         children.append(ChildSpec("proposer", (*args, *dag), kind="proposer"))
     if "market" in roles:
-        children.append(ChildSpec("matcher", ("matcher", "run", *data)))
-        children.append(ChildSpec("verifier", ("verifier", "run", *data)))
+        children.append(
+            ChildSpec("matcher", ("matcher", "run", *data, "--active-group", MATCHER_GROUP))
+        )
+        # Model blocks come through the node's own gateway.
+        own = f"http://{_reachable(s.host)}:{s.rpc_port}"
+        verifier = ("verifier", "run", *data, "--rpc", own, "--active-group", VERIFIER_GROUP)
+        children.append(ChildSpec("verifier", verifier))
     if "analytics" in roles:
         children.append(ChildSpec("analytics", ("analytics", "run", *data)))
     return children

@@ -7,9 +7,10 @@ genesis. The machine itself has the bridge's first address, so every endpoint is
 from it. What crosses between hosts crosses a real (virtual) network: a host's link can be
 cut (`ip link set <link> down`) and restored.
 
-Roles: every node proposes; the first two run the DAG ordering and the publishing as hot
-standbys of each other; the first also runs the market and analytics. Every node counts
-the checkpoints of all N (a majority finalises).
+Roles: every node proposes; the first two run the DAG ordering, the publishing and the
+market (matcher and verifier) as hot standbys of each other; the first also runs analytics.
+Every node counts the checkpoints of all N (a majority finalises), and fetches content
+blocks it lacks from the others' gateways (`--peers`).
 
 The testnet supervises its hosts' processes like the devnet its children, prints every
 endpoint, writes them to `<data-dir>/testnet.json`, and on Ctrl-C or SIGTERM stops the
@@ -90,9 +91,9 @@ def plan(nodes: int, tag: str, subnet: str) -> TestnetPlan:
 def node_roles(index: int) -> str:
     roles = ["proposer"]
     if index < 2:
-        roles += ["dag", "publisher"]
+        roles += ["dag", "publisher", "market"]
     if index == 0:
-        roles += ["market", "analytics"]
+        roles += ["analytics"]
     return ",".join(roles)
 
 
@@ -199,6 +200,8 @@ class Testnet:
             args += ["--data-dir", str(d / host.name), "--roles", node_roles(index)]
             args += ["--signers", signers, "--block-interval", str(self.block_interval)]
             args += ["--finality-depth", str(self.finality_depth)]
+            others = [f"http://{h.ip}:{RPC_PORT}" for h in p.nodes if h is not host]
+            args += ["--peers", ",".join(others)] if others else []
             nodes.append(self._on(host, host.name, args, "node"))
         entries = []
         for host, child in zip(p.nodes, nodes, strict=True):

@@ -30,7 +30,7 @@ from typing import Any, Generic
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from processors.abc import Outgoing, Output, Partition, Processor, S, Subscription
-from processors.standby import Election, OnLog
+from processors.standby import Election, LostLead, OnLog
 from schemas.codec import CodecError, default_codec
 from streams.kafka import (
     CatchUp,
@@ -141,7 +141,8 @@ class Runtime(Generic[S]):
     ) -> None:
         """`active_group`: run as one member of a hot-standby set under one name, sending
         outputs only while this consumer group makes it the active one
-        (`processors.standby`)."""
+        (`processors.standby`). A processor with ticks is led, not followed: its members
+        fold the whole log, and only the active one ticks (`Processor.tick`)."""
         self.processor = processor
         self.store = store
         self.bootstrap = bootstrap
@@ -185,6 +186,10 @@ class Runtime(Generic[S]):
         self._held: dict[int, Outgoing] = {}
         self._last_output: dict[Partition, int] = {}
         self._takeover: dict[Partition, int] | None = None
+        #: A ticking processor's standby set: only the elected member ticks (`_lead`).
+        self._led = active_group is not None and self.pace.tick_s is not None
+        self._start: dict[Partition, int] = {}
+        self._handled_to: dict[Partition, int] = {}
         self.opened = False
         self.closed = False
         self.live = False
@@ -227,6 +232,7 @@ class Runtime(Generic[S]):
         }
         if fresh:
             self.store.commit(fresh, (), {})
+        self._start = start
         self._catch_up = CatchUp(self.reader, start, spans=self._spans)
         self.reader.assign({**start, **self._followed})
         if self._active_group is not None:
@@ -379,10 +385,12 @@ class Runtime(Generic[S]):
     # -- standby ---------------------------------------------------------------------------
 
     def _check_standby(self) -> None:
-        if self.pace.tick_s is not None or self.pace.rebuild_window <= 0:
+        if self._led:
+            return
+        if self.pace.rebuild_window <= 0:
             raise ValueError(
-                f"{self.name}: a standby member needs outputs that follow from its inputs "
-                "alone (no ticks) and a rebuild window to find them on the log"
+                f"{self.name}: a standby member of a processor without ticks needs a "
+                "rebuild window to find its outputs on the log"
             )
         outputs = {spec.name for spec in self.processor.outputs()}
         if outputs & {s.topic.name for s in self.processor.subscriptions()}:
@@ -432,7 +440,9 @@ class Runtime(Generic[S]):
         self._election.poll()
         if self._election.active and not self.active:
             if self._takeover is None:
-                self._takeover = self._ends_now(sorted({t for t, _ in self._followed}))
+                self._takeover = self._ends_now(
+                    sorted({t for t, _ in self._followed}), self._followed
+                )
                 log.info("%s: elected; reading the outputs to their end first", self.name)
             if all(self._followed[k] >= end for k, end in self._takeover.items()):
                 self._take_over()
@@ -441,8 +451,10 @@ class Runtime(Generic[S]):
             self._takeover = None
             log.warning("%s: no longer active; standing by", self.name)
 
-    def _ends_now(self, topics: Sequence[str]) -> dict[Partition, int]:
-        """The output partitions' ends now, asked with a reader of its own (finding them
+    def _ends_now(
+        self, topics: Sequence[str], partitions: Mapping[Partition, int]
+    ) -> dict[Partition, int]:
+        """These partitions' ends now, asked with a reader of its own (finding them
         reassigns the reader that asks, and this one must keep its inputs)."""
         if not topics:
             return {}
@@ -451,7 +463,7 @@ class Runtime(Generic[S]):
             spans = reader.end_offsets_of(topics)
         finally:
             reader.close()
-        return {key: spans[key][1] for key in self._followed}
+        return {key: spans[key][1] for key in partitions}
 
     def _take_over(self) -> None:
         self.commit()  # what is handled goes into the outbox first
@@ -465,6 +477,31 @@ class Runtime(Generic[S]):
         )
         for entry in held:
             self._send(entry)
+
+    def _lead(self) -> None:
+        """A ticking processor's election. Elected, it reads every input to its end as of
+        now (the last leader's outputs included: it folds them as any other input), then
+        ticks: what it decides follows everything the last leader sent. Losing the lead
+        once it has ticked, it stops (`LostLead`): its memory holds decisions a standby
+        must not have, and a restart reads the log again as a standby."""
+        assert self._election is not None
+        self._election.poll()
+        if self._election.active and not self.active:
+            if self._takeover is None:
+                self._takeover = self._ends_now(sorted({t for t, _ in self._start}), self._start)
+                log.info("%s: elected; reading the inputs to their end first", self.name)
+            read = {key: self._read_to(key) for key in self._takeover}
+            if self.live and all(read[key] >= end for key, end in self._takeover.items()):
+                self.active = True
+                self._takeover = None
+                self._next_tick = 0.0
+                log.warning("%s: active; deciding from here", self.name)
+        elif not self._election.active and self.active:
+            raise LostLead(f"{self.name}: another member leads now; restart to stand by")
+
+    def _read_to(self, key: Partition) -> int:
+        """The next offset to handle on an input partition."""
+        return max(self._handled_to.get(key, -1) + 1, self._start[key])
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -509,7 +546,7 @@ class Runtime(Generic[S]):
         for message in messages:
             self._take(message)
         if self._election is not None:
-            self._elect()
+            self._lead() if self._led else self._elect()
         self._tick(bool(messages))
         self._acknowledged.update(self._sent.take())
         if self._commit_due(bool(messages)):
@@ -559,6 +596,8 @@ class Runtime(Generic[S]):
             self._first_pending = time.monotonic()
         self._handled += 1
         self._positions[key] = offset
+        if self._led:
+            self._handled_to[key] = offset
         if self._group is not None and key[0] in self._group_topics:
             self._group_handled[key] = offset
         EVENTS.labels(self.processor.role, key[0], "in").inc()
@@ -571,13 +610,18 @@ class Runtime(Generic[S]):
             )
             return
         outputs = self.processor.handle(record, self.store)
+        if outputs and self._led and not self.active:
+            raise RuntimeError(
+                f"{self.name}: a processor led by its ticks sent outputs from `handle` "
+                "before its first tick (a standby would send them too)"
+            )
         self._enqueue(outputs, (key[0], key[1], offset))
 
     def _tick(self, polled: bool) -> None:
         """Ticks keep their cadence (a proposer's blocks come every interval, not every
         interval plus the loop's lateness); one that fell behind does not burst."""
         every = self.pace.tick_s
-        if every is None or not self.live:
+        if every is None or not self.live or (self._led and not self.active):
             return
         now = time.monotonic()
         if now < self._next_tick and not (polled and self.processor.tick_due()):

@@ -9,6 +9,12 @@ active dies, the consumer group behind `Election` gives another member the lead;
 member reads the output topics to their end, then sends what its outbox still holds, which
 is what the dead member had not sent: no gap and no duplicate.
 
+A processor with ticks (the matcher, the verifier) decides on its clock rather than from
+each input alone, so it is led rather than followed: every member folds the whole log, its
+own output topics included, as a restarted one does; only the active member ticks, and
+only once it has read every input to the end it had when elected. What it decides then
+follows everything the last active member sent. Losing the lead, it stops (`LostLead`).
+
 `OnLog` (pure) is what a member knows of the log's outputs under its name. `Election` is
 the group membership: partition 0 of the processor's first input topic, assigned to one
 member and paused (the membership is the point, not the records).
@@ -64,6 +70,11 @@ class OnLog:
 
     def highs(self) -> dict[tuple[str, int, str, int], int]:
         return dict(self._high)
+
+
+class LostLead(RuntimeError):
+    """A led member (one that ticks) lost the election: it stops, and starts again as a
+    standby (a supervisor restarts it)."""
 
 
 class Election:

@@ -89,6 +89,10 @@ class Settings:
     node_name: str | None = None
     roles: str = ""
     signers: str = ""
+    #: Other nodes' gateways (comma-separated URLs): a content block this gateway lacks
+    #: (a model, a job's input, a worker's output stored through another node) is
+    #: fetched from them, verified against its CID and kept.
+    peers: str = ""
     #: A genesis file replacing the development genesis (see processors/execution/genesis.py).
     genesis_file: Path | None = None
     #: Extra librdkafka settings for every client (security, tuning), from the file only.

@@ -31,6 +31,7 @@ from gateway.ledger import LedgerQueries
 from gateway.market.openai import Completions, error_response
 from gateway.market.service import (
     MODELS,
+    PEER_HEADER,
     JobOrder,
     JobService,
     MarketError,
@@ -39,6 +40,7 @@ from gateway.market.service import (
 )
 from processors.abc import RecordSink
 from processors.compute.models import load_manifest, manifest_record
+from processors.compute.runtime import FetchError
 from processors.execution.genesis import MODEL_REGISTRY
 from processors.market.chain import MODEL_REGISTERED, decode_model_registered
 from processors.market.content import ContentError, cid_of, digest_of
@@ -213,14 +215,22 @@ class MarketRoutes:
         self.market.blockstore.put(data)
         return JSONResponse({"cid": cid, "size": len(data)}, status_code=201)
 
-    async def get_content(self, cid: str) -> Response:
+    async def get_content(self, cid: str, request: Request) -> Response:
+        """A block from this gateway's disk or, failing that, from a peer's (not when a
+        peer is the one asking)."""
         try:
             digest_of(cid)
             data = self.market.blockstore.get(cid)
         except ContentError as exc:
             return error_response(MarketError(400, "bad_cid", str(exc)))
         except KeyError:
-            return error_response(MarketError(404, "not_found", f"no block {cid}"))
+            peers = self.market.peers
+            if not peers.peers or request.headers.get(PEER_HEADER):
+                return error_response(MarketError(404, "not_found", f"no block {cid}"))
+            try:
+                data = await asyncio.to_thread(peers.get, cid)
+            except FetchError as exc:
+                return error_response(MarketError(404, "not_found", str(exc)))
         return Response(data, media_type="application/octet-stream")
 
     # -- nodes and jobs --------------------------------------------------------------------

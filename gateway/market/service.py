@@ -36,6 +36,7 @@ from gateway.follow import Follower
 from gateway.ledger import Call, LedgerQueries, QueryError
 from processors.abc import Output, Pace, Processor, RecordSink, Subscription
 from processors.compute.models import store_part
+from processors.compute.runtime import BlockSource
 from processors.execution.genesis import JOB_MARKET, address_of
 from processors.market.chain import call_data
 from processors.market.content import Blockstore, cid_of
@@ -110,6 +111,10 @@ class Hold:
     expires_ms: int
 
 
+#: Marks a block fetch from another node's gateway (answered from the disk alone: no loops).
+PEER_HEADER = "x-lattice-peer"
+
+
 class MarketService(Processor[MemoryStore]):
     role = "gateway"
     name = "lattice-gateway-market"
@@ -131,6 +136,10 @@ class MarketService(Processor[MemoryStore]):
         self.lock = threading.Lock()
         self.waiters: dict[bytes, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
         self.blockstore = Blockstore(Path(settings.data_dir) / "blockstore")
+        #: The other nodes' gateways, asked for a block this one lacks. A fetch is marked
+        #: as a peer's, so that a node without the block answers from its disk alone.
+        peers = [p.strip() for p in settings.peers.split(",") if p.strip()]
+        self.peers = BlockSource(self.blockstore, peers, {PEER_HEADER: "1"}, timeout_s=5.0)
         self._follower = Follower(self, bootstrap)
 
     def subscriptions(self) -> Sequence[Subscription]:

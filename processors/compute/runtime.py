@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,9 +46,18 @@ class FetchError(RuntimeError):
 class BlockSource:
     """The local blockstore, backed by HTTP peers for what it does not hold."""
 
-    def __init__(self, store: Blockstore, peers: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        store: Blockstore,
+        peers: Sequence[str] = (),
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        """`headers` go with every fetch (a gateway marks its own as a peer's)."""
         self.store = store
         self.peers = tuple(p.rstrip("/") for p in peers)
+        self.headers = dict(headers or {})
+        self.timeout_s = timeout_s
 
     def get(self, cid: str) -> bytes:
         try:
@@ -57,8 +66,9 @@ class BlockSource:
             pass
         errors = []
         for peer in self.peers:
+            request = urllib.request.Request(f"{peer}/ipfs/{cid}", headers=self.headers)
             try:
-                with urllib.request.urlopen(f"{peer}/ipfs/{cid}", timeout=30) as response:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     data = verify(cid, response.read())
             except (OSError, ContentError) as exc:
                 errors.append(f"{peer}: {exc}")

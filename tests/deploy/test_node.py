@@ -47,6 +47,10 @@ def test_every_node_runs_its_own_replica_and_roles_add_children(tmp_path: Path) 
     assert "lattice-publisher-active" in full[0].args and "lattice-execution" in full[0].args
     assert "lattice-dag-active" in full[1].args
     assert full[2].kind == "proposer" and "--key-file" in full[2].args
+    assert "lattice-matcher-active" in full[3].args
+    verifier = full[4].args
+    assert "lattice-verifier-active" in verifier
+    assert verifier[verifier.index("--rpc") + 1] == f"http://127.0.0.1:{s.rpc_port}"
 
 
 ROLES_ALL = ("proposer", "dag", "market", "publisher", "analytics")

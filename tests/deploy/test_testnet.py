@@ -1,9 +1,11 @@
 """`lattice testnet`: four node hosts, a broker host and a worker host in network
 namespaces (root only: CI runs as root). Transactions go to random nodes; every node serves
-the same blocks, state roots and receipts; the active DAG processor is SIGKILLed (its
-standby on the other node takes over: the ordered chain has no gap and no duplicate); a
-node's link is cut for 30 s and restored (it catches up, no divergence); Ctrl-C removes
-the namespaces, links and bridge."""
+the same blocks, state roots and receipts; the worker on its own host is paid for a job
+submitted through another node's OpenAI endpoint; the active verifier is SIGKILLed (its
+standby on the other node takes over: the next job is settled, and no settlement is paid
+twice); the active DAG processor is SIGKILLed (its standby takes over: the ordered chain has
+no gap and no duplicate); a node's link is cut for 30 s and restored (it catches up, no
+divergence); Ctrl-C removes the namespaces, links and bridge."""
 
 from __future__ import annotations
 
@@ -19,8 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
+from gateway.market.service import new_api_key
+from processors.execution.genesis import DEV_KEYS, ETHER, JOB_MARKET, address_of, devnet_key
+from processors.market.chain import authorise_call, deposit_call
+from processors.market.client import send_call
+from streams.settings import CHAIN_ID
 from tests.txs import signed
 
 pytestmark = [
@@ -96,42 +104,121 @@ def receipts_everywhere(net: Net, hashes: list[str], timeout: float = 120) -> No
         assert all(r == seen[0] for r in seen) and seen[0]["status"] == "0x1"
 
 
+def headers(url: str, numbers: range) -> list[tuple[str, str]]:
+    """Each block's hash and state root, asked in JSON-RPC batches."""
+    out = []
+    for start in range(numbers.start, numbers.stop, 200):
+        batch = [
+            {"jsonrpc": "2.0", "id": n, "method": "eth_getBlockByNumber", "params": [hex(n), False]}
+            for n in range(start, min(start + 200, numbers.stop))
+        ]
+        answers = sorted(httpx.post(url, json=batch, timeout=60).json(), key=lambda a: a["id"])
+        out += [(a["result"]["hash"], a["result"]["stateRoot"]) for a in answers]
+    return out
+
+
 def same_chain_everywhere(net: Net) -> int:
     """Block hashes and state roots agree on every node at every height they all have."""
     head = min(int(rpc(url, "eth_blockNumber"), 16) for url in net.urls)
-    for number in range(head + 1):
-        blocks = [rpc(u, "eth_getBlockByNumber", [hex(number), False]) for u in net.urls]
-        assert len({(b["hash"], b["stateRoot"]) for b in blocks}) == 1, number
+    chains = [headers(url, range(head + 1)) for url in net.urls]
+    for number, seen in enumerate(zip(*chains, strict=True)):
+        assert len(set(seen)) == 1, number
     return head
 
 
-def ordered_chain(net: Net) -> list[int]:
+def records(net: Net, topic: str) -> list[dict[str, Any]]:
     tail = subprocess.run(
-        [*LATTICE, "tail", "lattice.blocks.ordered", "-n", "-1", "--kafka", net.info["broker"]],
+        [*LATTICE, "tail", topic, "-n", "-1", "--kafka", net.info["broker"]],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert tail.returncode == 0, tail.stderr
-    return [json.loads(line)["value"]["chain_index"] for line in tail.stdout.splitlines()]
+    return [json.loads(line)["value"] for line in tail.stdout.splitlines()]
 
 
-def active_dag(net: Net) -> dict[str, Any]:
-    """The node whose DAG processor last took the lead, and that processor's status."""
+def ordered_chain(net: Net) -> list[int]:
+    return [r["chain_index"] for r in records(net, "lattice.blocks.ordered")]
+
+
+def active(net: Net, name: str, leading: str) -> dict[str, Any]:
+    """The status of the standby set's member (`name`, on the first two nodes) that last
+    took the lead (its log says `leading`)."""
     latest = max(
-        (Path(n["data_dir"]) / "logs" / "dag.log" for n in net.info["nodes"][:2]),
+        (Path(n["data_dir"]) / "logs" / f"{name}.log" for n in net.info["nodes"][:2]),
         key=lambda p: max(
-            (line[:23] for line in p.read_text().splitlines() if "active; sending" in line),
-            default="",
+            (line[:23] for line in p.read_text().splitlines() if leading in line), default=""
         ),
     )
     node = next(n for n in net.info["nodes"] if Path(n["data_dir"]) == latest.parents[1])
     processes = rpc(node["rpc"], "lattice_status")["processes"]
-    return {"node": node, "dag": next(p for p in processes if p["name"] == "dag")}
+    return next(p for p in processes if p["name"] == name)
 
 
-@pytest.mark.timeout(900)  # six hosts on two cores, a 30 s cut, and the catching up after
-def test_four_nodes_serve_one_ledger_through_faults(testnet: Net) -> None:
+def wait_for(what: str, check: Any, timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+    return value
+
+
+def open_market(net: Net, tiny_gpt2: Path, tmp_path: Path) -> str:
+    """The model imported through node 2, dev account 0's deposit and an API key; once the
+    worker (on its own host, talking to node 0) is offered work. The API key."""
+    url = net.urls[2]
+    command = [*LATTICE, "model", "import", str(tiny_gpt2), "--name", "tiny-gpt2", "--rpc", url]
+    imported = subprocess.run(
+        [*command, "--dev-account", "1", "--data-dir", str(tmp_path / "importer")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert imported.returncode == 0, imported.stderr
+    account, delegate = bytes.fromhex(DEV_KEYS[0][2:]), os.urandom(32)
+    send_call(url, CHAIN_ID, account, JOB_MARKET, deposit_call(), value=10 * ETHER, wait_s=120)
+    send_call(url, CHAIN_ID, account, JOB_MARKET, authorise_call(address_of(delegate)), wait_s=120)
+    worker = "0x" + address_of(devnet_key("worker", 0)).hex()
+
+    def offered() -> bool:
+        nodes = httpx.get(f"{url}/v1/nodes", timeout=10).json()["nodes"]
+        return any(n["address"] == worker and int(n["stake_wei"]) > 0 for n in nodes)
+
+    wait_for("the worker in the market", offered)
+    return new_api_key(delegate)
+
+
+def paid_job(net: Net, url: str, key: str) -> dict[str, Any]:
+    """A chat completion through `url`'s OpenAI endpoint, once settled: the job."""
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
+    reply = client.chat.completions.create(
+        model="tiny-gpt2", messages=[{"role": "user", "content": "hello network"}], max_tokens=6
+    )
+    assert reply.choices[0].message.content
+    job_id = "0x" + reply.id.removeprefix("chatcmpl-")
+
+    def settled() -> dict[str, Any] | None:
+        job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=10).json()
+        if not job.get("settlements"):
+            return None
+        for settlement in job["settlements"]:
+            found = rpc(url, "eth_getTransactionReceipt", [settlement["transaction_hash"]])
+            if found is None:
+                return None
+            assert found["status"] == "0x1", found
+        return dict(job)
+
+    return wait_for(f"settlement of {job_id}", settled)  # type: ignore[no-any-return]
+
+
+def balance(url: str, address: bytes) -> int:
+    return int(rpc(url, "eth_getBalance", ["0x" + address.hex(), "latest"]), 16)
+
+
+@pytest.mark.timeout(1200)  # six hosts on two cores, a 30 s cut, and the catching up after
+def test_four_nodes_serve_one_ledger_through_faults(
+    testnet: Net, tiny_gpt2: Path, tmp_path: Path
+) -> None:
     rng = random.Random(7)
     first = send_to_random_nodes(testnet, range(0, 6), rng)
     receipts_everywhere(testnet, first)
@@ -139,9 +226,32 @@ def test_four_nodes_serve_one_ledger_through_faults(testnet: Net) -> None:
     status = rpc(testnet.urls[2], "lattice_status")
     assert status["checkpoints"]["replicas"] == 4 and status["checkpoints"]["quorum"] == 3
 
+    # The worker (its own host, node 0's gateway) is paid for a job sent through node 2.
+    key = open_market(testnet, tiny_gpt2, tmp_path)
+    worker = address_of(devnet_key("worker", 0))
+    before = balance(testnet.urls[2], worker)
+    job = paid_job(testnet, testnet.urls[2], key)
+    paid = sum(int(s["paid_wei"]) for s in job["settlements"])
+    assert paid > 0 and all(s["provider"] == "0x" + worker.hex() for s in job["settlements"])
+    receipt = job["settlements"][0]["transaction_hash"]
+    receipts_everywhere(testnet, [receipt])
+    assert {balance(u, worker) for u in testnet.urls} == {before + paid}
+
+    # The active verifier dies; its standby settles the next job, and nothing twice.
+    verifier = active(testnet, "verifier", "active; deciding from here")
+    os.kill(verifier["pid"], signal.SIGKILL)
+    paid_job(testnet, testnet.urls[3], key)
+    settled = records(testnet, "lattice.jobs.settled")
+    assert len(settled) == len({(r["job_id"], r["provider"]) for r in settled}) >= 2
+    # One transaction per settlement, nonces gapless: neither verifier signed one twice.
+    settler = "0x" + address_of(devnet_key("settler")).hex()
+    signed_by = [t for t in records(testnet, "lattice.tx.submitted") if t["sender"] == settler]
+    assert sorted(t["nonce"] for t in signed_by) == list(range(len(settled)))
+    assert {t["hash"] for t in signed_by} == {r["transaction_hash"] for r in settled}
+
     # The active DAG processor dies; the standby on the other node takes over.
-    active = active_dag(testnet)
-    os.kill(active["dag"]["pid"], signal.SIGKILL)
+    dag = active(testnet, "dag", "active; sending")
+    os.kill(dag["pid"], signal.SIGKILL)
     during = send_to_random_nodes(testnet, range(6, 12), rng)
     receipts_everywhere(testnet, during)
     chain = ordered_chain(testnet)

@@ -28,10 +28,9 @@ def test_every_host_has_its_own_namespace_link_and_address() -> None:
 def test_two_nodes_share_the_once_per_network_roles() -> None:
     roles = [parse_roles(node_roles(i)) for i in range(4)]
     assert all("proposer" in r for r in roles)
-    assert [("dag" in r, "publisher" in r) for r in roles] == [(True, True)] * 2 + [
-        (False, False)
-    ] * 2
-    assert sum("market" in r for r in roles) == 1
+    shared = [("dag" in r, "publisher" in r, "market" in r) for r in roles]
+    assert shared == [(True, True, True)] * 2 + [(False, False, False)] * 2
+    assert sum("analytics" in r for r in roles) == 1
 
 
 def test_without_root_it_refuses(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:

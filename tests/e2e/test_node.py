@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from processors.market.content import cid_of
 from streams.broker import free_port
 from tests.e2e.test_devnet import LATTICE, Devnet, rpc
 from tests.txs import ACCOUNT, signed
@@ -76,7 +77,7 @@ def devnet(tmp_path: Path) -> Iterator[Devnet]:
     net.start()
     yield net
     if net.process is not None:
-        assert net.stop() == 0
+        assert net.stop() == 0, net.output()[-6000:]
 
 
 def kafka_of(devnet: Devnet) -> str:
@@ -100,7 +101,7 @@ def test_a_late_node_serves_the_same_ledger_and_takes_transactions(
 ) -> None:
     early = [send(devnet.url, nonce) for nonce in range(3)]
     receipt(devnet.url, early[-1])
-    node = Node(tmp_path / "node", kafka_of(devnet), "--name", "second")
+    node = Node(tmp_path / "node", kafka_of(devnet), "--name", "second", "--peers", devnet.url)
     try:
         node.start()
         assert "chain id 27182" in node.output() and "node key" in node.output()
@@ -117,6 +118,13 @@ def test_a_late_node_serves_the_same_ledger_and_takes_transactions(
             )
             assert (mine["hash"], mine["stateRoot"]) == (theirs["hash"], theirs["stateRoot"])
         assert rpc(node.url, "eth_getTransactionCount", [ACCOUNT.address, "latest"]) == "0x4"
+        # Content stored through the devnet's gateway is served by the node's (fetched from
+        # its peer, verified); a block neither holds is a quick 404, not a loop.
+        block = os.urandom(300)
+        cid = httpx.post(f"{devnet.url}/v1/content", content=block).json()["cid"]
+        assert httpx.get(f"{node.url}/ipfs/{cid}").content == block
+        missing = httpx.get(f"{node.url}/ipfs/{cid_of(os.urandom(9))}", timeout=10)
+        assert missing.status_code == 404 and "not found" in missing.text
         # Pending transactions are the network's: one waiting on the devnet (a nonce gap
         # keeps it waiting) holds its place on the node too, as the proposers would judge.
         waiting = "0x" + signed(nonce=20).hex()
@@ -139,6 +147,8 @@ def test_a_late_node_serves_the_same_ledger_and_takes_transactions(
         assert node.stop() == 0
         assert "stopped" in node.output()
     finally:
+        # Shown only when the test fails: what both hosts said.
+        print("devnet:", devnet.output()[-6000:], "node:", node.output()[-6000:], sep="\n")
         if node.process is not None:
             node.process.kill()
 
