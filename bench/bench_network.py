@@ -266,15 +266,22 @@ def takeover(net: Network) -> float | None:
         return time.perf_counter() - killed
 
 
-def catch_up(net: Network, work: Path, live_rate: float) -> tuple[float, float]:
+def catch_up(
+    net: Network, work: Path, live_rate: float, snapshot: bool = False
+) -> tuple[float, float]:
     """A node with an empty data directory started on the machine itself: blocks/s until
-    it reaches the head the network had when it started."""
+    it reaches the head the network had when it started (with `snapshot`, it starts from
+    node 0's newest state snapshot, checked against the nodes' checkpoints)."""
+    name = "late-snapshot" if snapshot else "late"
     with httpx.Client(timeout=30) as client:
         target = int(rpc(client, net.urls[0], "eth_blockNumber"), 16)
         port, ws = free_port(), free_port()
-        log = work / "late-node.log"
-        command = [*LATTICE, "node", "--kafka", net.kafka, "--data-dir", str(work / "late")]
-        command += ["--rpc-port", str(port), "--ws-port", str(ws), "--name", "late"]
+        log = work / f"{name}-node.log"
+        command = [*LATTICE, "node", "--kafka", net.kafka, "--data-dir", str(work / name)]
+        command += ["--rpc-port", str(port), "--ws-port", str(ws), "--name", name]
+        if snapshot:
+            signers = rpc(client, net.urls[0], "lattice_status")["checkpoints"]["signers"]
+            command += ["--snapshot", net.urls[0], "--signers", ",".join(signers)]
         with open(log, "wb") as out:
             late = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         started = time.perf_counter()
@@ -325,6 +332,7 @@ def measure(nodes: int, transfers: int, singles: int) -> dict[str, Any]:
             live_rate = (head - first_head) / (time.perf_counter() - started)
             takeover_s = takeover(net) if nodes else None
             late_rate = catch_up(net, work, live_rate)[0] if nodes else None
+            snapshot_rate = catch_up(net, work, live_rate, snapshot=True)[0] if nodes else None
         finally:
             net.stop()
     waits.sort()
@@ -336,6 +344,7 @@ def measure(nodes: int, transfers: int, singles: int) -> dict[str, Any]:
         "takeover": takeover_s,
         "live": live_rate,
         "catch_up": late_rate,
+        "from_snapshot": snapshot_rate,
     }
 
 
@@ -357,13 +366,13 @@ def main() -> None:
     print(f"{args.transfers} transfers, {args.singles} single transfers; 1 s blocks")
     print(
         f"{'network':<18} {'tx/s':>7} {'p50 s':>7} {'p99 s':>7} {'MiB/node':>9} "
-        f"{'takeover s':>11} {'live blk/s':>11} {'catch-up blk/s':>15}"
+        f"{'takeover s':>11} {'live blk/s':>11} {'catch-up blk/s':>15} {'snapshot blk/s':>15}"
     )
     for name, r in rows:
         print(
             f"{name:<18} {r['tps']:>7.1f} {r['p50']:>7.2f} {r['p99']:>7.2f} "
             f"{r['memory']:>9.0f} {fmt(r['takeover'], '.1f'):>11} {r['live']:>11.2f} "
-            f"{fmt(r['catch_up'], '.1f'):>15}"
+            f"{fmt(r['catch_up'], '.1f'):>15} {fmt(r['from_snapshot'], '.1f'):>15}"
         )
 
 

@@ -136,6 +136,15 @@ def _add_node(sub: Subparsers) -> None:
     node.add_argument("--ghostdag-k", type=int, help="GHOSTDAG K (default 18)")
     node.add_argument("--finality-depth", type=int, help="blue-score depth of finality")
     node.add_argument("--checkpoint-every", type=int, help="blocks between checkpoints")
+    node.add_argument(
+        "--snapshot-every", type=int, help="blocks between state snapshots served (default 200)"
+    )
+    node.add_argument(
+        "--snapshot",
+        metavar="URL",
+        help="with no state yet: start from the state snapshot of the node at URL (checked "
+        "against the network's signed checkpoints before serving)",
+    )
 
 
 def _add_ledger(sub: Subparsers) -> None:
@@ -164,6 +173,9 @@ def _add_ledger(sub: Subparsers) -> None:
         help="a replica: publish only checkpoints, not receipts and blocks",
     )
     execution_run.add_argument("--checkpoint-every", type=int, help="blocks between checkpoints")
+    execution_run.add_argument(
+        "--snapshot-every", type=int, help="blocks between state snapshots (0: none)"
+    )
     execution_run.add_argument(
         "--active-group",
         metavar="GROUP",
@@ -278,6 +290,8 @@ def load_settings(args: argparse.Namespace) -> Settings:
         "genesis_file": getattr(args, "genesis", None),
         "replicas": getattr(args, "replicas", None),
         "checkpoint_every": getattr(args, "checkpoint_every", None),
+        "snapshot_every": getattr(args, "snapshot_every", None),
+        "snapshot": getattr(args, "snapshot", None),
         "workers": getattr(args, "workers", None),
         "metrics_port": getattr(args, "metrics_port", None),
         "node_name": getattr(args, "node_name", None),
@@ -565,6 +579,7 @@ def cmd_execution_run(settings: Settings, args: argparse.Namespace) -> int:
             else replica_key(args.replica_index)
         ),
         checkpoint_every=settings.checkpoint_every,
+        snapshot_every=settings.snapshot_every,
     )
     processor.restore(store)
     head = processor.ledger.head

@@ -56,6 +56,7 @@ def devnet_children(s: Settings, bootstrap: str) -> list[ChildSpec]:
         args = ["execution", "run", "--kafka", bootstrap, "--data-dir", str(s.data_dir)]
         args += ["--group-id", group, "--replica-index", str(index)]
         args += ["--checkpoint-every", str(s.checkpoint_every), *genesis]
+        args += ["--snapshot-every", str(s.snapshot_every)]
         if index:
             args.append("--no-publish")  # replica 0 publishes the ledger's events
         else:

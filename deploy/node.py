@@ -23,10 +23,12 @@ from typing import TextIO
 import uvloop
 from coincurve import PrivateKey
 
-from deploy import endpoints
+from deploy import endpoints, snapshot
 from deploy.host import ChildSpec, Host, HostError, check_port, locked
 from deploy.network import NetworkError, join, load_genesis, ours, probe, rules_of
+from gateway.checkpointview import CheckpointView
 from processors.execution.checkpoints import address_of
+from schemas.events import NetworkGenesis
 from streams.admin import ensure_topics
 from streams.settings import Settings, SettingsError
 from streams.topics import TOPICS
@@ -114,6 +116,8 @@ def node_children(
         str(key_file),
         "--checkpoint-every",
         str(s.checkpoint_every),
+        "--snapshot-every",
+        str(s.snapshot_every),
         *genesis,
     ]
     execution += ["--active-group", PUBLISHER_GROUP] if publisher else ["--no-publish"]
@@ -172,17 +176,58 @@ class Node:
             self.say("node key", f"0x{address.hex()} ({key_file})")
             roles = ", ".join(sorted(self.roles)) or "none"
             self.say("roles", f"gateway and execution replica; {roles}")
+            signers = self.signers or frozenset([address])
+            state_dir = s.data_dir / "lattice-execution"
+            adopted = self._snapshot(state_dir, network, signers - {address})
             host = self.host = Host(s, bootstrap, self.out)
             try:
                 host.start(node_children(s, self.name, self.roles, bootstrap, key_file))
-                signers = self.signers or frozenset([address])
                 self.say("signers", f"{len(signers)} (a majority of them finalises)")
-                app = host.gateway(s.data_dir / "lattice-execution", signers)
+                app = host.gateway(state_dir, signers)
+                if adopted is not None:
+                    self._confirm(host, adopted, state_dir, address)
                 uvloop.run(host.serve(app, self._ready))
             finally:
                 endpoints.remove(s.data_dir)
                 host.stop()
                 print("stopped", file=self.out, flush=True)
+
+    def _snapshot(
+        self, state_dir: Path, network: NetworkGenesis, others: frozenset[bytes]
+    ) -> snapshot.Adopted | None:
+        """With no state yet and `--snapshot`, adopt one (checked); a snapshot adopted
+        before and not confirmed yet. Both wait for `_confirm` before serving."""
+        s = self.settings
+        adopted = snapshot.pending(state_dir)
+        if s.snapshot and (state_dir / "rocksdb" / "CURRENT").exists():
+            self.say("snapshot", "not taken: this node has a state of its own (it goes on from it)")
+        elif s.snapshot:
+            if not others:
+                raise HostError(
+                    "--snapshot needs the network's checkpoint signers (--signers ADDR,...) "
+                    "to check it against: this node's own signature cannot vouch for it"
+                )
+            self.say("snapshot", f"from {s.snapshot}")
+            adopted = snapshot.adopt(s, state_dir, network, lambda t: self.say("snapshot", t))
+        return adopted
+
+    def _confirm(self, host: Host, adopted: snapshot.Adopted, state_dir: Path, own: bytes) -> None:
+        checkpoints = next(f for f in host.followers if isinstance(f, CheckpointView))
+        assert host.view is not None
+        height = snapshot.confirm(
+            adopted,
+            state_dir,
+            host.view,
+            checkpoints,
+            own,
+            lambda t: self.say("snapshot", t),
+            host.stopping.is_set,
+        )
+        self.say(
+            "snapshot",
+            f"confirmed: at block {height} this node's block hash and state root are the "
+            "ones a quorum of the other nodes signed",
+        )
 
     def _ready(self) -> None:
         host = self.host
@@ -206,5 +251,5 @@ def run_node(settings: Settings, out: TextIO) -> None:
     """`lattice node`; errors a user can act on become HostError."""
     try:
         Node(settings, out).run()
-    except NetworkError as exc:
+    except (NetworkError, snapshot.SnapshotError) as exc:
         raise HostError(str(exc)) from None

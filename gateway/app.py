@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -40,6 +40,7 @@ from gateway.pendingview import PendingView
 from gateway.rest import router as rest_router
 from gateway.ws import serve as serve_socket
 from processors.abc import RecordSink
+from processors.execution import snapshots
 from processors.execution.transactions import ChainRules, InvalidTransaction, parse_hex
 from streams.metrics import REPLICA_DIVERGENCES
 from streams.settings import Settings
@@ -204,6 +205,8 @@ def create_app(
     _json_rpc_routes(app, rpc, view)
     _operator_routes(app, settings, checkpoints, market)
     _network_routes(app, settings, rpc, bootstrap)
+    if view is not None:
+        _snapshot_route(app, view.store_path.parent)
     _transaction_route(app, intake, body_limit=2 * settings.max_tx_bytes + 1024)
     return app
 
@@ -288,6 +291,22 @@ def _network_routes(
             {"name": name, "doc": (inspect.getdoc(method) or "").split("\n")[0]}
             for name, method in sorted(rpc.table.items())
         ]
+
+
+def _snapshot_route(app: FastAPI, store_dir: Path) -> None:
+    @app.get("/v1/snapshot", response_model=None)
+    async def snapshot() -> StreamingResponse | JSONResponse:
+        """The newest state snapshot of this node's execution replica, as a tar stream
+        (`lattice node --snapshot URL` starts from one); 404 before the first."""
+        made = snapshots.finished(store_dir)
+        if not made:
+            message = "this node has made no state snapshot yet (see snapshot_every)"
+            return JSONResponse({"error": {"code": "no_snapshot", "message": message}}, 404)
+        newest = made[0]
+        headers = {"x-lattice-snapshot-block": newest.name.lstrip("0") or "0"}
+        return StreamingResponse(
+            snapshots.chunks(newest), media_type="application/x-tar", headers=headers
+        )
 
 
 def _transaction_route(app: FastAPI, intake: TransactionIntake, body_limit: int) -> None:

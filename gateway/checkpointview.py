@@ -66,6 +66,12 @@ class CheckpointView(Processor[MemoryStore]):
         with self.lock:
             return self.checkpoints.finalized()
 
+    def agreed_from(
+        self, low: int, without: bytes | None = None
+    ) -> list[tuple[int, tuple[bytes, bytes]]]:
+        with self.lock:
+            return self.checkpoints.agreed(low, without)
+
     def status(self) -> dict[str, Any]:
         with self.lock:
             c = self.checkpoints

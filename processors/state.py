@@ -20,7 +20,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
 from processors.abc import Outgoing, Partition, State, StateStore
 from streams.kafka import Delivered
@@ -229,6 +229,21 @@ class RocksStore(State, StateStore):
             )
         self._db.write(batch)
         self._pending = _Pending()
+
+    def copy_to(self, path: Path) -> None:
+        """A consistent copy of what is committed (a RocksDB checkpoint: hard links)."""
+        Checkpoint(self._db).create_checkpoint(str(path))
+
+    def adopt(self) -> None:
+        """Make a store copied from another host this one's: a new identity (its outputs'
+        sequence headers must not pass for the other's) and no outbox (what the other had
+        not sent is the other's to send)."""
+        batch = WriteBatch(raw_mode=True)
+        for key, _ in self._committed(_OUTBOX):
+            batch.delete(key)
+        self._identity = os.urandom(8).hex()
+        batch.put(_IDENTITY, self._identity.encode())
+        self._db.write(batch)
 
     def close(self) -> None:
         self._db.close()

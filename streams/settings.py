@@ -64,6 +64,11 @@ class Settings:
     replicas: int = 1
     #: Blocks between a replica's signed checkpoints.
     checkpoint_every: int = 4
+    #: Blocks between the state snapshots a replica keeps for nodes joining from one
+    #: (`lattice node --snapshot URL`; 0: none).
+    snapshot_every: int = 200
+    #: A gateway to take a state snapshot from when this node has no state yet.
+    snapshot: str | None = None
     #: Port of a processor's Prometheus `/metrics` (0: none; the devnet assigns them).
     metrics_port: int = 0
     #: Local GPU workers the devnet runs, and what `lattice worker` asks for its work.

@@ -98,6 +98,23 @@ class Checkpoints:
                 return height
         return 0
 
+    def agreed(
+        self, low: int = 0, without: bytes | None = None
+    ) -> list[tuple[int, tuple[bytes, bytes]]]:
+        """The heights from `low` up that a quorum agrees on, counting no vote of
+        `without` (a node checking its own state asks the others), with the block hash and
+        state root they signed."""
+        out = []
+        for height in sorted(h for h in self.votes if h >= low):
+            tally: dict[tuple[bytes, bytes], int] = {}
+            for signer, vote in self.votes[height].items():
+                if signer != without:
+                    tally[vote] = tally.get(vote, 0) + 1
+            best = max(tally.items(), key=lambda item: item[1], default=None)
+            if best is not None and best[1] >= self.quorum:
+                out.append((height, best[0]))
+        return out
+
     def divergences(self) -> list[dict[str, Any]]:
         """Heights where replicas signed different roots, with who signed what."""
         out = []

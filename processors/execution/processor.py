@@ -23,6 +23,7 @@ from typing import Any
 from coincurve import PrivateKey
 
 from processors.abc import Output, Pace, Processor, Subscription
+from processors.execution import snapshots
 from processors.execution.checkpoints import sign_checkpoint
 from processors.execution.db import OverlayDB, overlay_chain_db
 from processors.execution.genesis import Genesis
@@ -60,7 +61,10 @@ class ExecutionProcessor(Processor[RocksStore]):
         publish: bool = True,
         checkpoint_key: PrivateKey | None = None,
         checkpoint_every: int = 4,
+        snapshot_every: int = 0,
     ) -> None:
+        """`snapshot_every`: blocks between the state snapshots kept for joining nodes
+        (`processors.execution.snapshots`; 0: none)."""
         self.name = name
         self.genesis = genesis
         self.rules = rules
@@ -68,6 +72,7 @@ class ExecutionProcessor(Processor[RocksStore]):
         self.publish = publish
         self.checkpoint_key = checkpoint_key
         self.checkpoint_every = checkpoint_every
+        self.snapshot_every = snapshot_every
         # A few blocks per commit: catching up commits (and publishes) as it goes rather
         # than after a whole poll's worth of blocks.
         self.pace = Pace(batch=BLOCKS_PER_COMMIT, rebuild_window=REBUILD_WINDOW if publish else 0)
@@ -135,12 +140,22 @@ class ExecutionProcessor(Processor[RocksStore]):
                 self.checkpoint_key, number, header.hash, header.state_root, self.name, cause
             )
             outputs.append(Output(CHECKPOINTS, checkpoint, key=str(number)))
+        if self.snapshot_every and number % self.snapshot_every == 0:
+            self._snapshot(state, number)
         BLOCK_EXECUTION_SECONDS.observe(time.perf_counter() - started)
         if result.carried:
             log.info("block %d full: %d transactions wait for the next", number, result.carried)
         EVM_TRANSACTIONS.labels("included").inc(len(result.included))
         EVM_TRANSACTIONS.labels("rejected").inc(len(result.rejected))
         return outputs
+
+    def _snapshot(self, state: RocksStore, number: int) -> None:
+        """Copy what is committed (the blocks before this one) for joining nodes. A copy
+        is a service to others: failing to make one stops nothing here."""
+        try:
+            snapshots.take(state, number)
+        except Exception as exc:  # RocksDB raises bare exceptions
+            log.error("no state snapshot at block %d: %s", number, exc)
 
     def events(self, result: BlockResult, cause: Position) -> list[Output]:
         """A block's events: receipts, rejections, touched accounts, then the block."""

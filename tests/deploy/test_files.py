@@ -80,7 +80,7 @@ def test_every_lattice_service_runs_a_command_the_cli_accepts() -> None:
     commands = [s["command"] for s in services.values() if "build" in s]
     assert sum(c[0] == "node" for c in commands) >= 3
     once = [c for c in commands if c[0] == "node" and "dag" in c[c.index("--roles") + 1]]
-    assert len(once) == 1  # the once-per-network roles on exactly one node
+    assert len(once) == 2  # the once-per-network roles: an active member and a standby
     for command in commands:
         lattice_args(command)
     with pytest.raises(SystemExit):
@@ -116,6 +116,7 @@ def test_nodes_keep_their_data_and_run_commands_the_cli_accepts() -> None:
             command = shlex.split(line.removeprefix("exec lattice "))
             for roles in re.findall(r"roles=([a-z,]+)", script):
                 filled = [a.replace("$HOSTNAME", "lattice-node-0") for a in command]
+                filled = [a.replace("$PEERS", "http://lattice-node-1:8545") for a in filled]
                 lattice_args([a.replace("$roles", roles) for a in filled])
     (worker,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
     lattice_args([a.replace("$(WORKER_KEY)", "0x" + "11" * 32) for a in worker["args"]])

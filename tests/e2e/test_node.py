@@ -55,7 +55,7 @@ class Node:
                 start_new_session=True,
             )
         deadline = time.monotonic() + 60
-        while "ready" not in self.output():
+        while "ready;" not in self.output():
             assert self.process.poll() is None, self.output()
             assert time.monotonic() < deadline, self.output()
             time.sleep(0.1)
@@ -193,3 +193,120 @@ def test_the_landing_page_in_headless_chromium(devnet: Devnet) -> None:
         assert browser.errors == []
     finally:
         browser.close()
+
+
+class SnapshotServer:
+    """Serves fixed bytes at /v1/snapshot: a snapshot someone altered."""
+
+    def __init__(self, body: bytes) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def altered_snapshot(url: str, tmp_path: Path) -> bytes:
+    """The node's snapshot with JobMarket's code changed (reachable from every root)."""
+    import io
+
+    from eth_hash.auto import keccak
+
+    from processors.execution import snapshots
+    from processors.execution.genesis import JOB_MARKET
+    from processors.execution.processor import EVM_PREFIX
+    from processors.state import RocksStore
+
+    answer = httpx.get(f"{url}/v1/snapshot", timeout=60)
+    assert answer.status_code == 200
+    where = tmp_path / "altered"
+    snapshots.unpack(io.BytesIO(answer.content), where)
+    store = RocksStore(where)
+    code = bytes.fromhex(rpc(url, "eth_getCode", ["0x" + JOB_MARKET.hex(), "latest"])[2:])
+    assert store.get(EVM_PREFIX + keccak(code)) == code
+    store.put(EVM_PREFIX + keccak(code), code[:-1] + bytes([code[-1] ^ 1]))
+    store.commit({})
+    store.close()
+    out = io.BytesIO()
+    snapshots.pack(where, out)
+    return out.getvalue()
+
+
+def test_a_node_joins_from_a_snapshot_checked_against_the_quorum(tmp_path: Path) -> None:
+    """A node with no state starts from the devnet's snapshot: its whole state is checked
+    under the head's root, then its block and root at a checkpoint the devnet's replica
+    signed; only then does it serve, the same block hashes and roots as the devnet, from
+    the snapshot's height on (no replay from genesis). An altered snapshot is refused."""
+    from processors.execution.checkpoints import address_of as signer_of
+    from processors.execution.checkpoints import replica_key
+
+    devnet = Devnet(
+        tmp_path / "devnet",
+        *("--block-interval", "0.3", "--finality-depth", "3"),
+        env={"LATTICE_SNAPSHOT_EVERY": "8"},
+    )
+    devnet.start()
+    signers = ("--signers", "0x" + signer_of(replica_key(0)).hex())
+    try:
+        sent = [send(devnet.url, nonce) for nonce in range(3)]
+        receipt(devnet.url, sent[-1])
+        deadline = time.monotonic() + 90
+        while httpx.get(f"{devnet.url}/v1/snapshot", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, "the devnet made no snapshot"
+            time.sleep(0.5)
+
+        # Altered: a byte of a contract's code flipped.
+        server = SnapshotServer(altered_snapshot(devnet.url, tmp_path))
+        refused = Node(tmp_path / "refused", kafka_of(devnet), "--snapshot", server.url, *signers)
+        result = subprocess.run(refused.command, capture_output=True, text=True, timeout=120)
+        server.close()
+        assert result.returncode == 1, result
+        assert "state at its head is not sound" in result.stderr, result.stderr
+        assert not (refused.data_dir / "lattice-execution").exists()  # nothing installed
+
+        node = Node(tmp_path / "joined", kafka_of(devnet), "--snapshot", devnet.url, *signers)
+        try:
+            node.start()
+            out = node.output()
+            assert "state sound:" in out and "confirmed: at block" in out, out
+            log = (node.data_dir / "logs" / "execution.log").read_text()
+            start = int(log.split("head ", 1)[1].split()[0])
+            assert start >= 8  # from the snapshot, not from genesis
+            late = send(node.url, 3)
+            assert receipt(node.url, late) == receipt(devnet.url, late)
+            head = min(int(rpc(u, "eth_blockNumber"), 16) for u in (devnet.url, node.url))
+            for number in range(start, head + 1):
+                mine, theirs = (
+                    rpc(u, "eth_getBlockByNumber", [hex(number), False])
+                    for u in (node.url, devnet.url)
+                )
+                assert (mine["hash"], mine["stateRoot"]) == (theirs["hash"], theirs["stateRoot"])
+            assert node.stop() == 0
+            # Confirmed once: a restart goes on from its own state.
+            node.start()
+            again = node.output()
+            assert (
+                "not taken: this node has a state of its own" in again and "confirmed" not in again
+            )
+            assert node.stop() == 0
+        finally:
+            print("node:", node.output()[-6000:])
+            if node.process is not None:
+                node.process.kill()
+    finally:
+        print("devnet:", devnet.output()[-6000:])
+        assert devnet.stop() == 0

@@ -56,3 +56,14 @@ def test_forged_or_unknown_signers_are_ignored() -> None:
     stranger = sign_checkpoint(replica_key(99), 4, b"h" * 32, b"r" * 32, "x", CAUSE)
     assert not book.add(stranger)
     assert book.rejected == 2 and book.finalized() == 0
+
+
+def test_what_the_others_agree_on_leaves_out_the_asking_node() -> None:
+    """A node checking its own state counts only the others: with 3 signers the other two
+    must agree (quorum 2), whatever it signed itself."""
+    book = Checkpoints(SIGNERS)
+    own = address_of(KEYS[0])
+    book.extend([vote(0, 4), vote(1, 4), vote(0, 8, b"x" * 32), vote(1, 8), vote(2, 8)])
+    assert book.agreed() == [(4, (b"h" * 32, b"r" * 32)), (8, (b"h" * 32, b"r" * 32))]
+    assert book.agreed(without=own) == [(8, (b"h" * 32, b"r" * 32))]  # 4: only one other
+    assert book.agreed(low=5) == [(8, (b"h" * 32, b"r" * 32))]
