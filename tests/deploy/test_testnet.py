@@ -4,8 +4,9 @@ the same blocks, state roots and receipts; the worker on its own host is paid fo
 submitted through another node's OpenAI endpoint; the active verifier is SIGKILLed (its
 standby on the other node takes over: the next job is settled, and no settlement is paid
 twice); the active DAG processor is SIGKILLed (its standby takes over: the ordered chain has
-no gap and no duplicate); a node's link is cut for 30 s and restored (it catches up, no
-divergence); Ctrl-C removes the namespaces, links and bridge."""
+no gap and no duplicate); a whole node is SIGKILLed (restarted, it catches up); a node's
+link is cut for 30 s and restored (it catches up, no divergence); a fifth node joins from a
+state snapshot and serves the same roots; Ctrl-C removes the namespaces, links and bridge."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from gateway.market.service import new_api_key
 from processors.execution.genesis import DEV_KEYS, ETHER, JOB_MARKET, address_of, devnet_key
 from processors.market.chain import authorise_call, deposit_call
 from processors.market.client import send_call
+from streams.broker import free_port
 from streams.settings import CHAIN_ID
 from tests.txs import signed
 
@@ -211,6 +213,41 @@ def paid_job(net: Net, url: str, key: str) -> dict[str, Any]:
     return wait_for(f"settlement of {job_id}", settled)  # type: ignore[no-any-return]
 
 
+def join_from_snapshot(net: Net, data_dir: Path) -> dict[str, Any]:
+    """`lattice node --snapshot` on the machine itself, once node 0 has made a snapshot:
+    its process, its URL and the block its replica started from."""
+    wait_for(
+        "node 0's first snapshot",
+        lambda: httpx.get(f"{net.urls[0]}/v1/snapshot", timeout=60).status_code == 200,
+        timeout=300,
+    )
+    port, ws = free_port(), free_port()
+    signers = rpc(net.urls[0], "lattice_status")["checkpoints"]["signers"]
+    command = [*LATTICE, "node", "--kafka", net.info["broker"], "--data-dir", str(data_dir)]
+    command += ["--rpc-port", str(port), "--ws-port", str(ws), "--name", "joined"]
+    command += ["--snapshot", net.urls[0], "--signers", ",".join(signers)]
+    log = data_dir.parent / "joined.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while "ready;" not in log.read_text():
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.3)
+    assert "state sound:" in log.read_text() and "confirmed: at block" in log.read_text()
+    execution = (data_dir / "logs" / "execution.log").read_text()
+    start = int(execution.split("head ", 1)[1].split()[0])
+    assert start > 0  # from the snapshot, not from genesis
+    return {"process": process, "url": f"http://127.0.0.1:{port}", "start": start}
+
+
+def serving(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def balance(url: str, address: bytes) -> int:
     return int(rpc(url, "eth_getBalance", ["0x" + address.hex(), "latest"]), 16)
 
@@ -257,6 +294,21 @@ def test_four_nodes_serve_one_ledger_through_faults(
     chain = ordered_chain(testnet)
     assert chain == list(range(1, len(chain) + 1))  # no gap, no duplicate
 
+    # One node is SIGKILLed whole (its children die with it): the others go on serving;
+    # the testnet restarts it and it catches up.
+    victim = testnet.info["nodes"][2]
+    pid = json.loads((Path(victim["data_dir"]) / "devnet.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    alive = [testnet.urls[i] for i in (0, 1, 3)]
+    meanwhile = [
+        rpc(alive[n % 3], "eth_sendRawTransaction", ["0x" + signed(nonce=n).hex()])
+        for n in range(12, 15)
+    ]
+    wait_for("node 2 back", lambda: f"{victim['name']} restarted" in testnet.output(), 120)
+    wait_for("node 2 serving", lambda: serving(victim["rpc"]), 300)
+    receipts_everywhere(testnet, meanwhile, timeout=300)
+    same_chain_everywhere(testnet)
+
     # One node's link is cut for 30 s: the others go on; it catches up when restored.
     cut = testnet.info["nodes"][3]
     others = testnet.urls[:3]
@@ -265,7 +317,7 @@ def test_four_nodes_serve_one_ledger_through_faults(
         rng_others = random.Random(8)
         sent = [
             rpc(rng_others.choice(others), "eth_sendRawTransaction", ["0x" + signed(nonce=n).hex()])
-            for n in range(12, 18)
+            for n in range(15, 18)
         ]
         time.sleep(30)
     finally:
@@ -274,6 +326,21 @@ def test_four_nodes_serve_one_ledger_through_faults(
     same_chain_everywhere(testnet)
     chain = ordered_chain(testnet)
     assert chain == list(range(1, len(chain) + 1))
+
+    # A fifth node joins from node 0's state snapshot, checked against the four's
+    # checkpoints, and serves their state roots from the snapshot's height on.
+    joined = join_from_snapshot(testnet, tmp_path / "joined")
+    try:
+        start, url = joined["start"], joined["url"]
+        late = rpc(url, "eth_sendRawTransaction", ["0x" + signed(nonce=18).hex()])
+        receipts_everywhere(testnet, [late])
+        head = min(int(rpc(u, "eth_blockNumber"), 16) for u in [*testnet.urls, url])
+        assert head > start
+        span = range(start, head + 1)
+        assert headers(url, span) == headers(testnet.urls[1], span)
+    finally:
+        joined["process"].send_signal(signal.SIGINT)
+        joined["process"].wait(60)
 
     testnet.process.send_signal(signal.SIGINT)
     assert testnet.process.wait(120) == 0
