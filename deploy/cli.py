@@ -127,6 +127,9 @@ def _add_node(sub: Subparsers) -> None:
     node.add_argument(
         "--peers", metavar="URL,...", help="other nodes' gateways, for content blocks"
     )
+    node.add_argument(
+        "--worker-key-file", type=Path, metavar="FILE", help="the key of the `worker` role"
+    )
     node.add_argument("--rpc-port", type=int, help="JSON-RPC and REST port (default 8545)")
     node.add_argument("--ws-port", type=int, help="WebSocket port (default 8546)")
     node.add_argument("--host", help="interface to bind (default 127.0.0.1)")
@@ -298,6 +301,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         "roles": getattr(args, "roles", None),
         "signers": getattr(args, "signers", None),
         "peers": getattr(args, "peers", None),
+        "worker_key_file": getattr(args, "worker_key_file", None),
         "chain_id": getattr(args, "chain_id", None),
     }
     return Settings.load(config_file=getattr(args, "config", None), env=os.environ, overrides=flags)

@@ -73,6 +73,7 @@ def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # ty
     worker.add_argument("--rpc", metavar="URL", help="gateway URL (default: the devnet's)")
     who = worker.add_mutually_exclusive_group()
     who.add_argument("--key", help="the node's private key, 0x-hex (its address is the node id)")
+    who.add_argument("--key-file", type=Path, help="the node's private key, 0x-hex, in a file")
     who.add_argument("--devnet-index", type=int, help="the devnet's well-known worker key N")
 
     matcher = sub.add_parser("matcher", help="the job matcher")
@@ -113,13 +114,20 @@ def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # ty
 def _key(args: argparse.Namespace) -> bytes:
     from processors.execution.genesis import DEV_KEYS
 
-    if getattr(args, "key", None):
+    text, flag = getattr(args, "key", None), "--key"
+    if getattr(args, "key_file", None):
+        flag = f"--key-file {args.key_file}"
         try:
-            key = bytes.fromhex(args.key.removeprefix("0x"))
+            text = args.key_file.read_text().strip()
+        except OSError as exc:
+            raise MarketUsageError(f"{flag}: cannot read it ({exc.strerror})") from None
+    if text:
+        try:
+            key = bytes.fromhex(text.removeprefix("0x"))
         except ValueError:
-            raise MarketUsageError("--key: not hex") from None
+            raise MarketUsageError(f"{flag}: not hex") from None
         if len(key) != 32:
-            raise MarketUsageError("--key: a private key is 32 bytes")
+            raise MarketUsageError(f"{flag}: a private key is 32 bytes")
         return key
     index = args.dev_account if getattr(args, "dev_account", None) is not None else None
     if index is None:
@@ -152,7 +160,7 @@ def cmd_worker(
         if v is not None
     }
     settings = settings.replace(**changes)
-    key = _key(args) if args.key else devnet_key("worker", args.devnet_index or 0)
+    key = _key(args) if args.key or args.key_file else devnet_key("worker", args.devnet_index or 0)
     rpc = args.rpc or _devnet_rpc(settings)
     if args.action != "run" and rpc is None:
         raise MarketUsageError("give --rpc (no devnet found in the data directory)")

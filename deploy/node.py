@@ -43,6 +43,7 @@ ROLES: dict[str, str] = {
     "dag": "order the DAG into the final chain (hot standby: one node of those with it)",
     "publisher": "publish the ledger's receipts and executed blocks (hot standby, likewise)",
     "market": "match and verify jobs and settle them on the ledger (hot standby, likewise)",
+    "worker": "a compute worker, paid to worker_key_file's address (it must hold the stake)",
 }
 
 #: The consumer groups that elect the active member of each standby set; the members'
@@ -88,9 +89,21 @@ def node_key(path: Path) -> PrivateKey:
         raise SettingsError(f"{path}: not a secp256k1 private key ({exc})") from None
 
 
-def _reachable(host: str) -> str:
-    """An address of this host that its own children can connect to."""
-    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+def _own_gateway(s: Settings) -> str:
+    """The node's gateway as its own children reach it."""
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "") else s.host
+    return f"http://{host}:{s.rpc_port}"
+
+
+def node_workers(s: Settings, roles: Iterable[str], bootstrap: str) -> list[ChildSpec]:
+    """The local worker of the `worker` role (started once the gateway answers: the
+    worker registers and stakes through it)."""
+    if "worker" not in roles:
+        return []
+    assert s.worker_key_file is not None
+    args = ["worker", "--kafka", bootstrap, "--data-dir", str(s.data_dir / "worker")]
+    args += ["--rpc", _own_gateway(s), "--key-file", str(s.worker_key_file)]
+    return [ChildSpec("worker", tuple(args), kind="worker")]
 
 
 def node_children(
@@ -133,7 +146,7 @@ def node_children(
             ChildSpec("matcher", ("matcher", "run", *data, "--active-group", MATCHER_GROUP))
         )
         # Model blocks come through the node's own gateway.
-        own = f"http://{_reachable(s.host)}:{s.rpc_port}"
+        own = _own_gateway(s)
         verifier = ("verifier", "run", *data, "--rpc", own, "--active-group", VERIFIER_GROUP)
         children.append(ChildSpec("verifier", verifier))
     if "analytics" in roles:
@@ -152,6 +165,11 @@ class Node:
         self.out = out
         self.name = settings.node_name or socket.gethostname()
         self.roles = parse_roles(settings.roles)
+        if "worker" in self.roles and settings.worker_key_file is None:
+            raise SettingsError(
+                "the worker role needs --worker-key-file FILE (or worker_key_file in the "
+                "settings file): a funded key, since the worker stakes and is paid"
+            )
         self.signers = parse_signers(settings.signers)
         self.host: Host | None = None
 
@@ -244,6 +262,10 @@ class Node:
         ).write(s.data_dir)
         self.say("JSON-RPC", f"{host.rpc}  (REST {host.rpc}/v1, dashboard {host.rpc}/)")
         self.say("WebSocket", host.ws)
+        workers = node_workers(s, self.roles, host.bootstrap)
+        if workers:
+            host.start(workers)
+            self.say("worker", f"local, key {s.worker_key_file} (registers through {host.rpc})")
         print("ready; Ctrl-C to stop", file=self.out, flush=True)
 
 

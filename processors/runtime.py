@@ -561,7 +561,7 @@ class Runtime(Generic[S]):
         now = time.monotonic()
         if self._uncommitted() and self.pace.linger_s:
             timeout = min(timeout, self.pace.linger_s - (now - self._first_pending))
-        if self.pace.tick_s is not None and self.live:
+        if self.pace.tick_s is not None and self.live and (self.active or not self._led):
             timeout = min(timeout, self._next_tick - now)  # wake for the next tick
         timeout = max(0.0, timeout)
         first = self.reader.poll_raw(timeout)

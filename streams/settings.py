@@ -98,6 +98,9 @@ class Settings:
     #: (a model, a job's input, a worker's output stored through another node) is
     #: fetched from them, verified against its CID and kept.
     peers: str = ""
+    #: The key (0x-hex, in a file) of a node's local worker (`roles` with `worker`): the
+    #: worker's address registers, stakes and is paid, so it must hold funds.
+    worker_key_file: Path | None = None
     #: A genesis file replacing the development genesis (see processors/execution/genesis.py).
     genesis_file: Path | None = None
     #: Extra librdkafka settings for every client (security, tuning), from the file only.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deploy.network import mismatch
-from deploy.node import node_children, node_key, parse_roles, parse_signers
+from deploy.node import Node, node_children, node_key, node_workers, parse_roles, parse_signers
 from schemas.events import NetworkGenesis
 from streams.settings import Settings, SettingsError
 
@@ -75,3 +75,15 @@ def test_another_chain_or_genesis_is_named() -> None:
     other_genesis = dataclasses.replace(NETWORK, genesis_hash=b"\3" * 32, node="b")
     problem = str(mismatch(other_genesis, NETWORK))
     assert "genesis block is 0x0303" in problem and "--genesis FILE" in problem
+
+
+def test_the_worker_role_runs_a_worker_on_its_funded_key(tmp_path: Path) -> None:
+    key = tmp_path / "w.key"
+    s = Settings(data_dir=tmp_path, kafka="k:9092", worker_key_file=key, rpc_port=9545)
+    assert node_workers(s, {"proposer"}, "k:9092") == []
+    (worker,) = node_workers(s, {"worker"}, "k:9092")
+    assert worker.kind == "worker" and str(key) in worker.args
+    assert worker.args[worker.args.index("--rpc") + 1] == "http://127.0.0.1:9545"
+    bare = Settings(data_dir=tmp_path, kafka="k:9092", roles="worker")
+    with pytest.raises(SettingsError, match="needs --worker-key-file"):
+        Node(bare)

@@ -101,7 +101,14 @@ def test_a_late_node_serves_the_same_ledger_and_takes_transactions(
 ) -> None:
     early = [send(devnet.url, nonce) for nonce in range(3)]
     receipt(devnet.url, early[-1])
-    node = Node(tmp_path / "node", kafka_of(devnet), "--name", "second", "--peers", devnet.url)
+    from processors.execution.genesis import address_of, devnet_key
+
+    worker_key = tmp_path / "worker.key"
+    worker_key.write_text("0x" + devnet_key("worker", 1).hex())  # funded in the dev genesis
+    roles = ("--roles", "worker", "--worker-key-file", str(worker_key))
+    node = Node(
+        tmp_path / "node", kafka_of(devnet), "--name", "second", "--peers", devnet.url, *roles
+    )
     try:
         node.start()
         assert "chain id 27182" in node.output() and "node key" in node.output()
@@ -143,6 +150,16 @@ def test_a_late_node_serves_the_same_ledger_and_takes_transactions(
             timeout=30,
         )
         assert status.returncode == 0 and "execution" in status.stdout, status
+        # The node's local worker registered through the node's gateway: the devnet sees it.
+        worker = "0x" + address_of(devnet_key("worker", 1)).hex()
+        deadline = time.monotonic() + 90
+        while worker not in {
+            n["address"] for n in httpx.get(f"{devnet.url}/v1/nodes").json()["nodes"]
+        }:
+            assert time.monotonic() < deadline, node.output()
+            time.sleep(0.5)
+        processes = rpc(node.url, "lattice_status")["processes"]
+        assert {p["name"]: p["state"] for p in processes}["worker"] == "running"
         assert (node.data_dir / "node.key").stat().st_mode & 0o777 == 0o600
         assert node.stop() == 0
         assert "stopped" in node.output()

@@ -87,6 +87,12 @@ def test_a_restarted_matcher_assigns_each_job_once(
     assert all(a.nodes == (node,) for a in after_restart)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def matcher_member(bootstrap: str, group: str, log: Path) -> subprocess.Popen[bytes]:
     """`lattice matcher run` as one member of the standby set `group`."""
     command = [sys.executable, "-m", "deploy.cli", "matcher", "run", "--kafka", bootstrap]
@@ -121,6 +127,11 @@ def test_a_standby_matcher_takes_over_from_a_killed_active_and_assigns_each_job_
         wait("the first jobs assigned", lambda: len(assignments(bootstrap)) >= JOBS)
         active = next(i for i, log in enumerate(logs) if leading in log.read_text())
         assert leading not in logs[1 - active].read_text()
+        # Standing by is waiting: no tick is due, so the member sleeps in its poll.
+        standby = members[1 - active].pid
+        used, began = cpu_seconds(standby), time.monotonic()
+        time.sleep(3)
+        assert cpu_seconds(standby) - used < 0.5 * (time.monotonic() - began)
         members[active].send_signal(signal.SIGKILL)
         members[active].wait(10)
         producer = Producer(bootstrap)
