@@ -85,7 +85,33 @@ def call_of(spec: Any) -> Call:
 
 
 def _count(value: Any, what: str) -> int:
-    return parse_qty(value, what) if isinstance(value, str) else int(value)
+    """A non-negative count, as a 0x-hex quantity or a JSON integer (geth takes both)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BadParam(f"{what}: expected a 0x-hex quantity or an integer, got {value!r}")
+    count = parse_qty(value, what) if isinstance(value, str) else value
+    if count < 0:
+        raise BadParam(f"{what}: must not be negative, got {value!r}")
+    return count
+
+
+#: The most reward percentiles `eth_feeHistory` takes (geth's limit).
+MAX_PERCENTILES = 100
+
+
+def _percentiles(value: Any) -> list[float]:
+    """`eth_feeHistory`'s reward percentiles: numbers from 0 to 100, ascending."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_PERCENTILES:
+        raise BadParam(f"rewardPercentiles: expected a list of at most {MAX_PERCENTILES} numbers")
+    numbers = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or not 0 <= item <= 100:
+            raise BadParam(f"rewardPercentiles: {item!r} is not a number from 0 to 100")
+        numbers.append(float(item))
+    if numbers != sorted(numbers):
+        raise BadParam("rewardPercentiles: must be in ascending order")
+    return numbers
 
 
 #: The state of the processes a devnet or node supervises (name, state, pid, restarts,
@@ -168,7 +194,7 @@ class Methods:
     def eth_feeHistory(self, params: list[Any]) -> dict[str, Any]:
         count = _count(param(params, 0, "blockCount"), "blockCount")
         newest = block_ref(param(params, 1, "newestBlock"), "newestBlock")
-        percentiles = param(params, 2, "rewardPercentiles", None) or []
+        percentiles = _percentiles(param(params, 2, "rewardPercentiles", None))
         history = self.ledger.fee_history(count, newest, len(percentiles))
         return {
             "oldestBlock": qty(history.oldest),
