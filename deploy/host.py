@@ -163,7 +163,8 @@ class Host:
         ready: Callable[[], None],
         checks: Sequence[tuple[Callable[[], bool], str]] = (),
     ) -> None:
-        """Serve until SIGINT or SIGTERM; `ready` runs once both ports answer. Raises
+        """Serve until SIGINT or SIGTERM; `ready` runs once both ports answer and the
+        ledger answers state reads (`gateway.app.Readiness`). Raises
         HostError when something it cannot restart broke (`checks`: a test and what it
         means)."""
         s = self.settings
@@ -182,9 +183,17 @@ class Host:
             if any(task.done() for task in tasks):
                 raise HostError("the gateway failed to start (see the log above)")
             await asyncio.sleep(0.02)
-        ready()
         gateway_down = (lambda: any(t.done() for t in tasks), "the gateway stopped unexpectedly")
-        problem = await self._watch(stop, [gateway_down, *checks])
+        watched = [gateway_down, *checks]
+        # "ready" is promised only once the ledger answers state reads: a wallet may send
+        # its first transaction the moment it is printed (anvil is usable once its port
+        # opens).
+        readiness = getattr(app.state, "readiness", None)
+        answers = (lambda: True) if readiness is None else (lambda: bool(readiness()[0]))
+        problem = await self._watch(stop, watched, until=answers)
+        if problem is None and not stop.is_set():
+            ready()
+            problem = await self._watch(stop, watched)
         self.stopping.set()
         print("stopping...", file=self.out, flush=True)
         for server in servers:
@@ -194,10 +203,15 @@ class Host:
             raise HostError(problem)
 
     async def _watch(
-        self, stop: asyncio.Event, checks: Sequence[tuple[Callable[[], bool], str]]
+        self,
+        stop: asyncio.Event,
+        checks: Sequence[tuple[Callable[[], bool], str]],
+        until: Callable[[], bool] | None = None,
     ) -> str | None:
-        """Wait for a stop signal, restarting children that die; why the host must stop if
-        something broke (a check failed, or a child keeps failing)."""
+        """Wait for a stop signal (or for `until` to hold), restarting children that die;
+        why the host must stop if something broke (a check failed, or a child keeps
+        failing)."""
+        interval = 0.5 if until is None else 0.05
         while not stop.is_set():
             for failed, why in checks:
                 if failed():
@@ -205,8 +219,10 @@ class Host:
             failing = self.supervisor.poll()
             if failing:
                 return failing
+            if until is not None and until():
+                return None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+                await asyncio.wait_for(stop.wait(), interval)
         return None
 
     def stop(self) -> None:

@@ -9,12 +9,15 @@ end before it stops the broker, so a graceful stop loses nothing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TextIO
 
 from streams.admin import ensure_topics
 from streams.archive import Archiver, TopicArchive
 from streams.broker import EmbeddedBroker
+from streams.durable import ENV as DURABLE_ENV
+from streams.durable import Watermarks
 from streams.kafka import Producer, Reader
 from streams.settings import Settings
 from streams.topics import TOPICS
@@ -62,7 +65,7 @@ class Log:
         self.say("topics", f"{len(TOPICS)} in the catalogue, {len(created)} created")
         if s.embedded:
             archive = TopicArchive(s.data_dir / "archive")
-            seeder = Producer(bootstrap, client_id=f"{s.client_id}-reseed")
+            seeder = Producer(bootstrap, client_id=f"{s.client_id}-reseed", gate=None)
             reader = Reader(bootstrap, client_id=f"{s.client_id}-reseed")
             try:
                 count = archive.reseed(seeder, reader, TOPICS, progress=self._reseeded)
@@ -70,8 +73,13 @@ class Log:
                 seeder.close()
                 reader.close()
             self.say("archive", f"{s.data_dir / 'archive'} ({count} records re-seeded)")
-            self.archiver = Archiver(archive, bootstrap, TOPICS)
+            path = s.data_dir / "archive" / "durable"
+            marks = Watermarks.publish(path, archive.counts(TOPICS))
+            self.archiver = Archiver(archive, bootstrap, TOPICS, marks)
             self.archiver.start()
+            # Every process started from here on (the gateway, the children) acknowledges
+            # and reads only what is on disk.
+            os.environ[DURABLE_ENV] = str(path)
         return bootstrap
 
     def _reseeded(self, topic: str, count: int) -> None:
@@ -89,6 +97,7 @@ class Log:
         return checks
 
     def stop(self) -> None:
+        os.environ.pop(DURABLE_ENV, None)
         if self.archiver is not None:
             try:
                 if self.broker is not None and self.broker.running:

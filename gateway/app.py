@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.chainview import ChainView
+from gateway.chainview import ChainView, LedgerNotReady
 from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
 from gateway.intake import TransactionIntake, Unavailable
@@ -203,6 +203,7 @@ def create_app(
             app.include_router(market_router(settings, market, ledger, sink))
         app.include_router(rest_router(ledger))
     _json_rpc_routes(app, rpc, view)
+    app.state.readiness = Readiness(ledger)
     _operator_routes(app, settings, checkpoints, market)
     _network_routes(app, settings, rpc, bootstrap)
     if view is not None:
@@ -235,6 +236,26 @@ def _json_rpc_routes(app: FastAPI, rpc: JsonRpc | None, view: ChainView | None) 
         )
 
 
+class Readiness:
+    """Whether the gateway can serve: live once it answers; ready once its ledger answers
+    state reads (execution has written the genesis, and the gateway's view opened it).
+    A gateway without a ledger (intake only) is ready as soon as it is live."""
+
+    def __init__(self, ledger: LedgerQueries | None) -> None:
+        self.ledger = ledger
+
+    def __call__(self) -> tuple[bool, dict[str, Any]]:
+        if self.ledger is None:
+            return True, {"head": None}
+        try:
+            self.ledger.view.refresh()
+            head = self.ledger.head()
+            self.ledger.nonce(b"\x00" * 20)  # a state read at the head
+        except LedgerNotReady as exc:
+            return False, {"head": None, "reason": str(exc)}
+        return True, {"head": head.block_number}
+
+
 def _operator_routes(
     app: FastAPI,
     settings: Settings,
@@ -255,9 +276,28 @@ def _operator_routes(
             market.observe()
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    readiness: Readiness = app.state.readiness
+
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "chain_id": settings.chain_id, "client": client_version()}
+        """Liveness (any answer) and readiness (`ready`: the ledger answers state reads;
+        `reason` says why not yet)."""
+        ready, detail = readiness()
+        return {
+            "status": "ok",
+            "live": True,
+            "ready": ready,
+            **detail,
+            "chain_id": settings.chain_id,
+            "client": client_version(),
+        }
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """200 once the ledger answers state reads, 503 until then (for load balancers and
+        scripts that must not send before the node can take a transaction)."""
+        ok, detail = readiness()
+        return JSONResponse({"ready": ok, **detail}, status_code=200 if ok else 503)
 
 
 def close_followers(app: FastAPI) -> None:

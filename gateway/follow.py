@@ -24,7 +24,9 @@ class Follower:
     def __init__(self, processor: Processor[Any], bootstrap: str) -> None:
         self.processor = processor
         self._stop = threading.Event()
-        self._runtime = Runtime(processor, MemoryStore(), bootstrap)
+        # Nothing stored, so nothing to gate: a view may show a record before it is on
+        # disk (a restart rebuilds it from what is).
+        self._runtime = Runtime(processor, MemoryStore(), bootstrap, gate=None)
         self._thread = threading.Thread(target=self._run, name=processor.name, daemon=True)
         self._thread.start()
 

@@ -25,13 +25,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any, Generic
+from typing import Any, Generic, Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from processors.abc import Outgoing, Output, Partition, Processor, S, Subscription
 from processors.standby import Election, LostLead, OnLog
 from schemas.codec import CodecError, default_codec
+from streams.durable import BrokerRestarted, Gate
 from streams.kafka import (
     CatchUp,
     Delivered,
@@ -138,12 +139,18 @@ class Runtime(Generic[S]):
         kafka_config: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
         active_group: str | None = None,
+        gate: Gate | Literal["env"] | None = "env",
     ) -> None:
         """`active_group`: run as one member of a hot-standby set under one name, sending
         outputs only while this consumer group makes it the active one
         (`processors.standby`). A processor with ticks is led, not followed: its members
-        fold the whole log, and only the active one ticks (`Processor.tick`)."""
+        fold the whole log, and only the active one ticks (`Processor.tick`).
+
+        `gate`: where records are handled, and outputs count as sent, only once they are
+        durable (`streams.durable`; by default the devnet's, under a devnet). A view that
+        stores nothing may pass None and see records sooner."""
         self.processor = processor
+        self._gate = Gate.from_env() if gate == "env" else gate
         self.store = store
         self.bootstrap = bootstrap
         self.clock = clock
@@ -200,7 +207,7 @@ class Runtime(Generic[S]):
         """The producer outputs go through (made when first needed: a view sends nothing)."""
         if self._producer is None:
             self._producer = Producer(
-                self.bootstrap, client_id=f"{self.name}-out", config=self._config
+                self.bootstrap, client_id=f"{self.name}-out", config=self._config, gate=self._gate
             )
         return self._producer
 
@@ -472,9 +479,7 @@ class Runtime(Generic[S]):
         self._held = {}
         self.active = True
         self._takeover = None
-        log.warning(
-            "%s: active; sending the %d held outputs not on the log", self.name, len(held)
-        )
+        log.warning("%s: active; sending the %d held outputs not on the log", self.name, len(held))
         for entry in held:
             self._send(entry)
 
@@ -535,6 +540,10 @@ class Runtime(Generic[S]):
     def step(self) -> int:
         """One poll, its handling and whatever commit and sends are due; the number of
         records polled (EOF events included)."""
+        if self._gate is not None and self._gate.restarted():
+            # What this process read since may not be what the new broker holds: start
+            # again from the store (the supervisor restarts it).
+            raise BrokerRestarted(f"{self.name}: the broker was restarted; restart to go on")
         messages = self._poll()
         if self._group is not None:
             # Polled from the start, so that joining the group goes on meanwhile; what it
@@ -583,6 +592,8 @@ class Runtime(Generic[S]):
         return out
 
     def _take(self, message: Any) -> None:
+        if self._gate is not None and message.error() is None:
+            self._gate.wait(message.topic(), message.partition(), message.offset())
         if self._followed and (message.topic(), message.partition()) in self._followed:
             self._follow(message)
             return

@@ -17,9 +17,10 @@ records the broker had acknowledged can be in the archive, and a record is archi
 once: the archiver resumes at the next offset the files do not hold.
 
 Shutdown order matters: stop everything that produces, then `Archiver.drain` until every
-partition's end offset is on disk, then stop the broker. Records acknowledged by the
-broker within the last instants before a hard kill (SIGKILL, power loss) can be lost;
-a graceful stop (Ctrl-C, SIGTERM) loses nothing.
+partition's end offset is on disk, then stop the broker. A hard kill (SIGKILL, power
+loss) loses only records the broker held and the archive did not: with the watermarks the
+archiver publishes (`streams.durable`), none of those was acknowledged to anyone, or read
+by a processor.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from streams.durable import Watermarks
 from streams.kafka import Producer, Reader
 from streams.topics import TopicSpec
 
@@ -46,6 +48,10 @@ _LEN = struct.Struct("<i")
 _HCOUNT = struct.Struct("<H")
 _HNAME = struct.Struct("<H")
 _HVALUE = struct.Struct("<I")
+#: The archiver's fetches: answered as soon as there is data (every acknowledgement waits
+#: for this hop), and at most every 10 ms when there is none.
+ARCHIVE_READ = {"fetch.wait.max.ms": 10, "fetch.min.bytes": 1}
+ARCHIVE_BATCH = 5000
 
 
 class ArchiveError(RuntimeError):
@@ -246,16 +252,26 @@ class TopicArchive:
 
 
 class Archiver:
-    """Copies every new record of the given topics from the broker into the archive."""
+    """Copies every new record of the given topics from the broker into the archive, and
+    publishes how far each partition is on disk (`streams.durable`): records are
+    acknowledged, and read by processors, only once it is."""
 
-    def __init__(self, archive: TopicArchive, bootstrap: str, topics: Iterable[TopicSpec]) -> None:
+    def __init__(
+        self,
+        archive: TopicArchive,
+        bootstrap: str,
+        topics: Iterable[TopicSpec],
+        watermarks: Watermarks | None = None,
+    ) -> None:
         self.archive = archive
         self.bootstrap = bootstrap
         self.topics = list(topics)
+        self.watermarks = watermarks
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="archiver", daemon=True)
-        self._reader = Reader(bootstrap, client_id="lattice-archiver")
+        # Every acknowledgement waits for this hop: fetch as soon as the broker has data.
+        self._reader = Reader(bootstrap, client_id="lattice-archiver", config=ARCHIVE_READ)
 
     def start(self) -> None:
         self._reader.assign(self.archive.counts(self.topics))
@@ -264,7 +280,12 @@ class Archiver:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                batch = self._reader.poll_batch(1000, 0.1)
+                # The first record waits; the rest is what is already fetched (a batch
+                # consume would wait its whole timeout for a full batch).
+                first = self._reader.poll_raw(0.1)
+                if first is None:
+                    continue
+                batch = [first, *self._reader.poll_batch(ARCHIVE_BATCH, 0)]
                 by_partition: dict[tuple[str, int], list[ArchivedRecord]] = {}
                 for message in batch:
                     if message.error() is None:
@@ -273,7 +294,10 @@ class Archiver:
                             ArchivedRecord.from_message(message)
                         )
                 for (topic, partition), records in by_partition.items():
-                    self.archive.log(topic, partition).append(records)
+                    partition_log = self.archive.log(topic, partition)
+                    partition_log.append(records)
+                    if self.watermarks is not None:
+                        self.watermarks.advance(topic, partition, partition_log.next_offset)
         except BaseException as exc:  # surfaced by drain/stop; the devnet must not run unarchived
             log.exception("archiver failed")
             self._error = exc

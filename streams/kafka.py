@@ -18,8 +18,9 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka import Producer as _KafkaProducer
@@ -28,6 +29,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 from schemas.codec import Codec, CodecError, default_codec
 from schemas.events import Position
 from schemas.record import Event
+from streams.durable import Gate
 from streams.metrics import STATS_INTERVAL_MS, record_statistics
 from streams.topics import TopicSpec
 
@@ -120,8 +122,14 @@ class Producer:
         codec: Codec | None = None,
         client_id: str = "lattice",
         config: Mapping[str, Any] | None = None,
+        gate: Gate | Literal["env"] | None = "env",
     ) -> None:
+        """`gate`: where sends resolve only once their record is durable (`streams.durable`);
+        by default the devnet's, when this process runs under one."""
         self.codec = codec or default_codec()
+        self.gate = Gate.from_env() if gate == "env" else gate
+        #: Sends acknowledged by the broker and waiting to be durable.
+        self._gated: set[Future[Delivered]] = set()
         self._producer = _KafkaProducer(
             client_config(bootstrap, PRODUCER_DEFAULTS, {"client.id": client_id}, config)
         )
@@ -168,15 +176,21 @@ class Producer:
     ) -> Future[Delivered]:
         """Send an already encoded record (the archive re-seeds the broker this way)."""
         future: Future[Delivered] = Future()
+        gate = self.gate
 
         def on_delivery(err: KafkaError | None, msg: Any) -> None:
             if err is not None:
-                reason = f"{topic}: {err.str()}"
-                with self._lock:
-                    self._failures.append(reason)
-                future.set_exception(DeliveryError(reason))
-            else:
-                future.set_result(Delivered(msg.topic(), msg.partition(), msg.offset()))
+                self._failed(future, f"{topic}: {err.str()}")
+                return
+            delivered = Delivered(msg.topic(), msg.partition(), msg.offset())
+            if gate is None:
+                future.set_result(delivered)
+                return
+            with self._lock:
+                self._gated.add(future)
+            durable: Future[Delivered] = Future()
+            durable.add_done_callback(lambda done: self._settled(future, done))
+            gate.resolve(msg.topic(), msg.partition(), msg.offset(), durable, delivered)
 
         kwargs: dict[str, Any] = {"on_delivery": on_delivery}
         if partition is not None:
@@ -195,13 +209,36 @@ class Producer:
             except KafkaException as exc:
                 raise DeliveryError(f"{topic}: {exc}") from exc
 
+    def _failed(self, future: Future[Delivered], reason: str) -> None:
+        with self._lock:
+            self._failures.append(reason)
+        future.set_exception(DeliveryError(reason))
+
+    def _settled(self, future: Future[Delivered], durable: Future[Delivered]) -> None:
+        """A gated send is durable, or never will be (the broker restarted first)."""
+        with self._lock:
+            self._gated.discard(future)
+        error = durable.exception()
+        if error is not None:
+            self._failed(future, str(error))
+        else:
+            future.set_result(durable.result())
+
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait for every outstanding record; raise `DeliveryError` if any failed."""
+        """Wait for every outstanding record (to be durable, with a gate); raise
+        `DeliveryError` if any failed."""
+        started = time.monotonic()
         remaining = self._producer.flush(timeout)
+        with self._lock:
+            gated = list(self._gated)
+        left = max(0.0, timeout - (time.monotonic() - started))
+        _, undone = wait_futures(gated, left) if gated else ((), ())
         with self._lock:
             failures, self._failures = self._failures, []
         if remaining:
             failures.append(f"{remaining} records still unacknowledged after {timeout}s")
+        if undone:
+            failures.append(f"{len(undone)} records still not on disk after {timeout}s")
         if failures:
             raise DeliveryError("; ".join(failures))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker import free_port
-from tests.e2e.test_devnet import LATTICE, rpc
+from tests.devnets import LATTICE, rpc
 from tests.e2e.test_node import Node, receipt, send
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,90 +16,10 @@ import httpx
 import pytest
 
 from streams.broker import free_port
+from tests.devnets import LATTICE, Devnet, rpc
 from tests.txs import ACCOUNT, signed
 
 pytestmark = pytest.mark.e2e
-LATTICE = [sys.executable, "-m", "deploy.cli"]
-
-
-class Devnet:
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.extra = list(extra)
-        self.env = env or {}
-        self.rpc_port, self.ws_port = free_port(), free_port()
-        self.log = data_dir.parent / f"devnet-{self.rpc_port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.rpc_port}"
-
-    def start(self) -> None:
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    *LATTICE,
-                    "devnet",
-                    "--data-dir",
-                    str(self.data_dir),
-                    "--rpc-port",
-                    str(self.rpc_port),
-                    "--ws-port",
-                    str(self.ws_port),
-                    *self.extra,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
-                start_new_session=True,  # its own process group, as in a terminal
-            )
-        deadline = time.monotonic() + 60
-        while "ready" not in self.output():
-            assert self.process.poll() is None, self.output()
-            assert time.monotonic() < deadline, self.output()
-            time.sleep(0.1)
-
-    def wait_set_up(self, timeout: float = 120) -> None:
-        """Until the devnet's own first transactions (dev account 0's deposit and API key)
-        are executed: tests sending from account 0 would otherwise race them for nonces."""
-        deadline = time.monotonic() + timeout
-        while not (self.data_dir / "api-key").exists():
-            assert self.process is not None and self.process.poll() is None, self.output()
-            assert time.monotonic() < deadline, self.output()
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, group: bool = False) -> int:
-        """Signal the devnet (with `group`, its whole process group, as Ctrl-C in a terminal
-        or a service manager does) and wait for its exit code."""
-        assert self.process is not None
-        if group:
-            os.killpg(self.process.pid, sig)
-        else:
-            self.process.send_signal(sig)
-        code = self.process.wait(60)
-        self.process = None
-        return code
-
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*LATTICE, *args, "--data-dir", str(self.data_dir)],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, **self.env},
-        )
-
-    def tail(
-        self, topic: str = "lattice.tx.submitted", sender: str | None = None
-    ) -> list[dict[str, Any]]:
-        result = self.cli("tail", topic, "-n", "-1")
-        assert result.returncode == 0, result.stderr
-        records = [json.loads(line) for line in result.stdout.splitlines()]
-        return [r for r in records if sender is None or r["key"] == sender.lower()]
 
 
 @pytest.fixture
@@ -297,14 +216,6 @@ def test_replicas_sign_checkpoints_and_finalize(tmp_path: Path) -> None:
     finally:
         if net.process is not None:
             assert net.stop() == 0
-
-
-def rpc(url: str, method: str, params: list[Any] | None = None) -> Any:
-    answer = httpx.post(
-        url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}
-    ).json()
-    assert "error" not in answer, answer
-    return answer["result"]
 
 
 def test_a_killed_child_is_restarted_and_loses_no_acknowledged_transaction(

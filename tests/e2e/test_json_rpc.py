@@ -14,7 +14,7 @@ from eth_account import Account
 from web3 import Web3
 
 from processors.execution.genesis import DEV_ACCOUNTS
-from tests.e2e.test_devnet import Devnet
+from tests.devnets import Devnet
 
 pytestmark = pytest.mark.e2e
 KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"

@@ -26,7 +26,7 @@ from processors.compute.runtime import LoadedModel
 from processors.execution.genesis import DEV_ACCOUNTS, ETHER, JOB_MARKET, address_of, devnet_key
 from schemas.events import GpuNodeRegistration, JobAssigned, JobResult, JobSubmitted
 from streams.settings import Settings
-from tests.e2e.test_devnet import LATTICE, Devnet
+from tests.devnets import LATTICE, Devnet
 
 pytestmark = pytest.mark.e2e
 USER = bytes.fromhex(DEV_ACCOUNTS[0][2:])

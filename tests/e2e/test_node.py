@@ -18,7 +18,7 @@ import pytest
 
 from processors.market.content import cid_of
 from streams.broker import free_port
-from tests.e2e.test_devnet import LATTICE, Devnet, rpc
+from tests.devnets import LATTICE, Devnet, rpc
 from tests.txs import ACCOUNT, signed
 
 pytestmark = pytest.mark.e2e

@@ -313,3 +313,26 @@ def test_blocks_report_their_encoded_size(execution: Execution, tmp_path: Path) 
     transfer = rpc("eth_getBlockByNumber", "0x2", True)
     assert int(transfer["size"], 16) == len(rlp.encode(view.block(2))) < int(block["size"], 16)
     view.close()
+
+
+def test_ready_only_once_the_ledger_answers_state_reads(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+    from streams.settings import Settings
+
+    view = ChainView(tmp_path / "store", CHAIN_ID)
+    client = TestClient(create_app(Settings(), _NoSink(), view))
+    health = client.get("/health").json()
+    assert health["live"] is True and health["ready"] is False
+    assert "genesis" in health["reason"]
+    assert client.get("/ready").status_code == 503
+    execution = Execution(tmp_path / "store")  # execution writes the genesis
+    try:
+        ready = client.get("/ready")
+        assert ready.status_code == 200, ready.text
+        assert ready.json() == {"ready": True, "head": 0}
+        assert client.get("/health").json()["ready"] is True
+    finally:
+        execution.state.close()
+        view.close()
