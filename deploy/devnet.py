@@ -119,7 +119,12 @@ class Devnet:
                 f"logs in {s.data_dir / 'logs'}",
             )
             signers = frozenset(address_of(replica_key(i)) for i in range(s.replicas))
-            app = host.gateway(s.data_dir / "lattice-execution", signers)
+            archiver = self.log.archiver
+            app = host.gateway(
+                s.data_dir / "lattice-execution",
+                signers,
+                on_acknowledged=archiver.offer if archiver is not None else None,
+            )
             # uvloop: the gateway's event loop is on every request's path.
             uvloop.run(host.serve(app, self._ready, self.log.checks()))
         finally:

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import uvicorn
 from fastapi import FastAPI
@@ -131,14 +131,21 @@ class Host:
             },
         }
 
-    def gateway(self, execution_dir: Path, signers: frozenset[bytes]) -> FastAPI:
-        """The gateway over this host's execution store and the log."""
+    def gateway(
+        self,
+        execution_dir: Path,
+        signers: frozenset[bytes],
+        on_acknowledged: Callable[[Any, Sequence[tuple[str, bytes]]], None] | None = None,
+    ) -> FastAPI:
+        """The gateway over this host's execution store and the log (`on_acknowledged`:
+        the devnet's archiver, given the gateway's records as the broker takes them)."""
         s = self.settings
         # No linger: a wallet waits for each answer, so batching only adds latency.
         self.producer = Producer(
             self.bootstrap,
             client_id=f"{s.client_id}-gateway",
             config={"linger.ms": 0, **s.kafka_config},
+            on_acknowledged=on_acknowledged,
         )
         view = self.view = ChainView(execution_dir, s.chain_id)
         dag = DagView(self.bootstrap, s.chain_id, s.ghostdag_k, s.finality_depth)

@@ -108,6 +108,9 @@ class Pace:
     in bulk). `tick_s` is how often `tick` runs once caught up (None: never).
     `rebuild_window`, when above 0, is how many records at the end of each output
     partition the runtime reads at start for outputs of this processor already there.
+    `durable_inputs`: under a devnet's archive, handle a record only once it is on disk
+    (`streams.durable`); a processor may do without only where acting on a record that a
+    hard stop then loses is harmless (the proposer's reasons are in its module).
     """
 
     batch: int = 500
@@ -117,6 +120,7 @@ class Pace:
     #: librdkafka settings for the processor's reader (e.g. `LOW_LATENCY_READ`).
     read_config: Mapping[str, Any] | None = None
     rebuild_window: int = 0
+    durable_inputs: bool = True
 
 
 class State(abc.ABC):

@@ -151,6 +151,8 @@ class Runtime(Generic[S]):
         stores nothing may pass None and see records sooner."""
         self.processor = processor
         self._gate = Gate.from_env() if gate == "env" else gate
+        if not processor.pace.durable_inputs:
+            self._gate = None
         self.store = store
         self.bootstrap = bootstrap
         self.clock = clock

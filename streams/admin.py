@@ -28,15 +28,26 @@ def admin_client(bootstrap: str, extra: Mapping[str, str] | None = None) -> Admi
     return AdminClient(client_config(bootstrap, extra))
 
 
+#: Replicas a topic gets by default, and how many must hold a record before it is
+#: acknowledged (Kafka's usual 3 and 2).
+MAX_REPLICAS = 3
+MIN_IN_SYNC = 2
+
+
 def ensure_topics(
     bootstrap: str,
     specs: Iterable[TopicSpec],
     *,
-    replication: int = 1,
+    replication: int = 0,
     timeout: float = 30.0,
     extra: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Create the topics that are missing; returns the names created.
+
+    `replication` 0: as many replicas as the cluster has brokers, up to 3. A topic with
+    more than one replica gets `min.insync.replicas` 2: with the producers' `acks=all`, an
+    acknowledged record is on two brokers, and a write that cannot be is refused rather
+    than acknowledged on one.
 
     Safe to call any number of times and from several processes at once: a topic created
     concurrently by someone else counts as existing. An existing topic whose partition
@@ -48,8 +59,14 @@ def ensure_topics(
     missing = [s for s in specs if s.name not in existing]
     created: list[str] = []
     if missing:
+        if replication <= 0:
+            replication = min(MAX_REPLICAS, len(admin.list_topics(timeout=timeout).brokers))
+        durable = {"min.insync.replicas": str(MIN_IN_SYNC)} if replication > 1 else {}
         futures = admin.create_topics(
-            [NewTopic(s.name, s.partitions, replication, config=s.config()) for s in missing],
+            [
+                NewTopic(s.name, s.partitions, replication, config={**s.config(), **durable})
+                for s in missing
+            ],
             operation_timeout=timeout,
             request_timeout=timeout,
         )

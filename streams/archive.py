@@ -12,7 +12,8 @@ File format (`<root>/<topic>/<partition>.log`), a sequence of frames:
 ``u32 body length | u32 CRC-32 of body | body``, the body being
 ``i64 offset | i64 timestamp ms | i32 key length (-1 = null) | key | i32 value length |
 value | u16 header count | (u16 name length | name | u32 length | value)*``, little-endian.
-A crash can leave a torn last frame; it is detected by length or CRC and cut off. Only
+A crash can leave a torn last frame, and space allocated ahead of the data (zeros); both
+are detected (by length or CRC, and a length of 0) and cut off at the next start. Only
 records the broker had acknowledged can be in the archive, and a record is archived
 once: the archiver resumes at the next offset the files do not hold.
 
@@ -25,17 +26,19 @@ by a processor.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+from streams import durable
 from streams.durable import Watermarks
 from streams.kafka import Producer, Reader
 from streams.topics import TopicSpec
@@ -52,6 +55,9 @@ _HVALUE = struct.Struct("<I")
 #: for this hop), and at most every 10 ms when there is none.
 ARCHIVE_READ = {"fetch.wait.max.ms": 10, "fetch.min.bytes": 1}
 ARCHIVE_BATCH = 5000
+#: Space allocated ahead of a partition file's data: as much again as it holds, within these.
+MIN_ALLOCATION = 64 * 1024
+MAX_ALLOCATION = 8 * 1024 * 1024
 
 
 class ArchiveError(RuntimeError):
@@ -115,12 +121,21 @@ class ArchivedRecord:
 
 
 class PartitionLog:
-    """The archive file of one partition."""
+    """The archive file of one partition.
+
+    Space is allocated ahead of the data (zeros, in growing steps), so that most appends
+    change no file metadata and `fdatasync` has only the new bytes to flush: on ext4
+    under a devnet's load an fsync that also grows the file took milliseconds, and every
+    acknowledgement waits for it. The data ends at the first frame of length 0 (a frame
+    holds at least the 26 bytes of its fixed fields); a torn frame ends it too.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.next_offset = 0
-        self._file: BinaryIO | None = None
+        self._fd: int | None = None
+        self._end = 0
+        self._allocated = 0
         self._recover()
 
     def _scan(self) -> Iterator[tuple[int, ArchivedRecord]]:
@@ -133,7 +148,7 @@ class PartitionLog:
         while pos + _FRAME.size <= len(data):
             length, crc = _FRAME.unpack_from(data, pos)
             body = data[pos + _FRAME.size : pos + _FRAME.size + length]
-            if len(body) < length or zlib.crc32(body) != crc:
+            if length == 0 or len(body) < length or zlib.crc32(body) != crc:
                 return
             pos += _FRAME.size + length
             yield pos, ArchivedRecord.decode(body)
@@ -147,18 +162,21 @@ class PartitionLog:
                     f"{self.path}: record at offset {record.offset}, expected {expected}"
                 )
             good_end, expected = end, expected + 1
-        size = self.path.stat().st_size if self.path.exists() else 0
-        if size > good_end:
-            log.warning("%s: cutting %d bytes of torn tail", self.path, size - good_end)
+        if self.path.exists():
             with open(self.path, "r+b") as f:
+                f.seek(good_end)
+                if f.read().strip(b"\x00"):
+                    log.warning("%s: cutting a torn tail after byte %d", self.path, good_end)
                 f.truncate(good_end)
         self.next_offset = expected
+        self._end = self._allocated = good_end
 
     def records(self) -> Iterator[ArchivedRecord]:
         for _, record in self._scan():
             yield record
 
     def append(self, records: Iterable[ArchivedRecord]) -> None:
+        """Write and sync these records (those already archived are skipped)."""
         frames = []
         for record in records:
             if record.offset < self.next_offset:
@@ -171,17 +189,28 @@ class PartitionLog:
             self.next_offset += 1
         if not frames:
             return
-        if self._file is None:
+        data = b"".join(frames)
+        if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab")  # noqa: SIM115 - kept open while archiving
-        self._file.write(b"".join(frames))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        grown = self._end + len(data) > self._allocated
+        if grown:
+            step = min(MAX_ALLOCATION, max(MIN_ALLOCATION, self._allocated))
+            self._allocated = self._end + len(data) + step
+            os.posix_fallocate(self._fd, self._end, self._allocated - self._end)
+        os.pwrite(self._fd, data, self._end)
+        self._end += len(data)
+        # A new size is metadata: a full fsync then; otherwise only the data.
+        os.fsync(self._fd) if grown else os.fdatasync(self._fd)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Close, giving back the space allocated ahead."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, self._end)
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            self._allocated = self._end
 
 
 class TopicArchive:
@@ -254,7 +283,16 @@ class TopicArchive:
 class Archiver:
     """Copies every new record of the given topics from the broker into the archive, and
     publishes how far each partition is on disk (`streams.durable`): records are
-    acknowledged, and read by processors, only once it is."""
+    acknowledged, and read by processors, only once it is.
+
+    Two ways in, one writer: a fetch loop reads every record from the broker, and
+    `offer` takes a record straight from a producer of this process the moment the broker
+    acknowledged it (the gateway's: a wallet waits for that acknowledgement, and a fetch
+    from the embedded broker is answered only when its wait runs out, ~10 ms). The writer
+    appends each partition's records in offset order, holding a record that comes before
+    the ones ahead of it (the fetch loop brings those), and fsyncs each partition once per
+    batch: a group commit.
+    """
 
     def __init__(
         self,
@@ -269,15 +307,37 @@ class Archiver:
         self.watermarks = watermarks
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="archiver", daemon=True)
-        # Every acknowledgement waits for this hop: fetch as soon as the broker has data.
+        self._fetcher = threading.Thread(target=self._fetch, name="archiver", daemon=True)
+        self._writer = threading.Thread(target=self._write, name="archive-writer", daemon=True)
         self._reader = Reader(bootstrap, client_id="lattice-archiver", config=ARCHIVE_READ)
+        self._queue: list[tuple[tuple[str, int], ArchivedRecord]] = []
+        self._wake = threading.Condition()
+        #: Records that came before the ones ahead of them, per partition, by offset.
+        self._ahead: dict[tuple[str, int], dict[int, ArchivedRecord]] = {}
+        self._archived = {(t.name, p) for t in self.topics for p in range(t.partitions)}
 
     def start(self) -> None:
         self._reader.assign(self.archive.counts(self.topics))
-        self._thread.start()
+        self._writer.start()
+        self._fetcher.start()
 
-    def _run(self) -> None:
+    def offer(self, message: Any, headers: Sequence[tuple[str, bytes]] = ()) -> None:
+        """A record the broker just acknowledged to a producer of this process (its
+        delivery report, and the headers it was sent with), to be archived without
+        waiting for the fetch loop."""
+        key = (message.topic(), message.partition())
+        if key in self._archived:
+            record = dataclasses.replace(
+                ArchivedRecord.from_message(message), headers=tuple(headers)
+            )
+            self._enqueue([(key, record)])
+
+    def _enqueue(self, records: list[tuple[tuple[str, int], ArchivedRecord]]) -> None:
+        with self._wake:
+            self._queue += records
+            self._wake.notify()
+
+    def _fetch(self) -> None:
         try:
             while not self._stop.is_set():
                 # The first record waits; the rest is what is already fetched (a batch
@@ -286,21 +346,50 @@ class Archiver:
                 if first is None:
                     continue
                 batch = [first, *self._reader.poll_batch(ARCHIVE_BATCH, 0)]
-                by_partition: dict[tuple[str, int], list[ArchivedRecord]] = {}
-                for message in batch:
-                    if message.error() is None:
-                        key = (message.topic(), message.partition())
-                        by_partition.setdefault(key, []).append(
-                            ArchivedRecord.from_message(message)
-                        )
-                for (topic, partition), records in by_partition.items():
-                    partition_log = self.archive.log(topic, partition)
-                    partition_log.append(records)
-                    if self.watermarks is not None:
-                        self.watermarks.advance(topic, partition, partition_log.next_offset)
+                self._enqueue(
+                    [
+                        ((m.topic(), m.partition()), ArchivedRecord.from_message(m))
+                        for m in batch
+                        if m.error() is None
+                    ]
+                )
         except BaseException as exc:  # surfaced by drain/stop; the devnet must not run unarchived
             log.exception("archiver failed")
             self._error = exc
+
+    def _write(self) -> None:
+        try:
+            while True:
+                with self._wake:
+                    while not self._queue and not self._stop.is_set():
+                        self._wake.wait()
+                    if not self._queue:
+                        return
+                    batch, self._queue = self._queue, []
+                touched = set()
+                for key, record in batch:
+                    if record.offset >= self.archive.log(*key).next_offset:
+                        self._ahead.setdefault(key, {})[record.offset] = record
+                        touched.add(key)
+                for key in touched:
+                    self._append(key)
+        except BaseException as exc:
+            log.exception("archive writer failed")
+            self._error = exc
+
+    def _append(self, key: tuple[str, int]) -> None:
+        partition_log = self.archive.log(*key)
+        ahead = self._ahead[key]
+        run = []
+        offset = partition_log.next_offset
+        while offset in ahead:
+            run.append(ahead.pop(offset))
+            offset += 1
+        if run:
+            partition_log.append(run)
+            if self.watermarks is not None:
+                self.watermarks.advance(*key, partition_log.next_offset)
+                durable.poke()
 
     @property
     def failed(self) -> BaseException | None:
@@ -327,7 +416,11 @@ class Archiver:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        if self._fetcher.is_alive():
+            self._fetcher.join()
+        with self._wake:
+            self._wake.notify()
+        if self._writer.is_alive():
+            self._writer.join()
         self._reader.close()
         self.archive.close()

@@ -211,4 +211,16 @@ class Gate:
             if still:
                 with self._lock:
                     self._waiting[:0] = still
-                time.sleep(POLL_S)
+                    # Woken early by `poke` when the archiver runs in this process.
+                    self._lock.wait(POLL_S)
+
+    def poke(self) -> None:
+        """The watermarks moved (the archiver, in this process): look again now."""
+        with self._lock:
+            self._lock.notify()
+
+
+def poke() -> None:
+    """Tell this process's gate, if it has one, that the watermarks moved."""
+    if Gate._shared is not None:
+        Gate._shared.poke()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -123,11 +123,16 @@ class Producer:
         client_id: str = "lattice",
         config: Mapping[str, Any] | None = None,
         gate: Gate | Literal["env"] | None = "env",
+        on_acknowledged: Callable[[Any, Sequence[tuple[str, bytes]]], None] | None = None,
     ) -> None:
         """`gate`: where sends resolve only once their record is durable (`streams.durable`);
-        by default the devnet's, when this process runs under one."""
+        by default the devnet's, when this process runs under one. `on_acknowledged`: given
+        each record the broker acknowledged (its delivery report, and the headers sent:
+        reports do not carry them), first: the devnet's
+        archiver in the same process takes the gateway's records that way."""
         self.codec = codec or default_codec()
         self.gate = Gate.from_env() if gate == "env" else gate
+        self._on_acknowledged = on_acknowledged
         #: Sends acknowledged by the broker and waiting to be durable.
         self._gated: set[Future[Delivered]] = set()
         self._producer = _KafkaProducer(
@@ -183,6 +188,8 @@ class Producer:
                 self._failed(future, f"{topic}: {err.str()}")
                 return
             delivered = Delivered(msg.topic(), msg.partition(), msg.offset())
+            if self._on_acknowledged is not None:
+                self._on_acknowledged(msg, headers or ())
             if gate is None:
                 future.set_result(delivered)
                 return

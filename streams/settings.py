@@ -46,9 +46,10 @@ class Settings:
     chain_id: int = CHAIN_ID
     max_tx_bytes: int = MAX_TX_BYTES
     block_gas_limit: int = BLOCK_GAS_LIMIT
-    #: Replication factor of topics Lattice creates (1 for the embedded broker; 3 on a
-    #: production cluster).
-    replication_factor: int = 1
+    #: Replication factor of topics Lattice creates; 0: the cluster's broker count, up to 3
+    #: (1 on the embedded broker). Topics replicated more than once also get
+    #: `min.insync.replicas` 2, so that an acknowledgement (`acks=all`) means two copies.
+    replication_factor: int = 0
     #: Prefix of Kafka client ids, so operators can tell processes apart.
     client_id: str = "lattice"
     #: Seconds to wait for an embedded broker to answer before giving up.

@@ -71,7 +71,14 @@ class ProposerProcessor(Processor[MemoryStore]):
     ) -> None:
         self.proposer = Proposer(key)
         self.name = f"proposer-{self.address[:10]}"
-        self.pace = Pace(poll_s=0.05, tick_s=interval_s)
+        # Its inputs need not wait for the archive (`Pace.durable_inputs`): it stores no
+        # position (the group's offsets, and a memory the log rebuilds); a transaction is
+        # acknowledged to its sender only once durable, so one it reads earlier and puts in
+        # a block was never promised to anyone; and a block lies after its parents on the
+        # one partition of the block topic, so none that is on disk lacks a parent. Its
+        # own blocks must come back at once: a block built before the last one was read
+        # back is its sibling, and GHOSTDAG may order it first (nonces out of order).
+        self.pace = Pace(poll_s=0.05, tick_s=interval_s, durable_inputs=False)
         self.max_block_txs = max_block_txs
         self.group_id = group_id
         self.rules = rules or ChainRules(chain_id)

@@ -248,9 +248,10 @@ def test_a_killed_child_is_restarted_and_loses_no_acknowledged_transaction(
             assert time.monotonic() < deadline, now
             time.sleep(0.5)
         for victim in victims:
-            assert now[victim]["lastExit"] == "killed by SIGKILL"
+            # The reason, then the last line of its log (a busy proposer's last block, say).
+            assert now[victim]["lastExit"].startswith("killed by SIGKILL")
             assert now[victim]["pid"] != processes[victim]["pid"]
-            assert f"{victim} killed by SIGKILL; restarting in" in net.output()
+            assert re.search(f"{victim} killed by SIGKILL(: .*)?; restarting in", net.output())
         deadline = time.monotonic() + 120
         receipts: dict[str, Any] = {}
         while len(receipts) < len(hashes):

@@ -51,6 +51,8 @@ class Sent:
     sender: int
     nonce: int
     value: int
+    #: When the request that got the hash was sent, and when the hash came back.
+    asked: float
     at: float
 
 
@@ -138,7 +140,9 @@ class Load:
         return {h: s for w in self.wallets for h, s in w.acknowledged.items()}
 
     def acknowledged_after(self, moment: float) -> list[Sent]:
-        return [s for s in self.acknowledged().values() if s.at > moment]
+        """Sends asked after `moment` and acknowledged (an answer already on its way when
+        a fault struck does not show the devnet working again)."""
+        return [s for s in self.acknowledged().values() if s.asked > moment]
 
     def _send(self, wallet: Wallet) -> None:
         try:
@@ -167,6 +171,7 @@ class Load:
                 }
                 raw = Account.sign_transaction(tx, wallet.key).raw_transaction.to_0x_hex()
             body = {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": [raw]}
+            asked = time.time()
             try:
                 answer = client.post(self.url, json=body).json()
             except (httpx.HTTPError, ValueError) as exc:
@@ -174,7 +179,8 @@ class Load:
                 time.sleep(0.2)
                 continue
             if "result" in answer:
-                sent = Sent(wallet.index, wallet.nonce, wallet.value_of(wallet.nonce), time.time())
+                value = wallet.value_of(wallet.nonce)
+                sent = Sent(wallet.index, wallet.nonce, value, asked, time.time())
                 wallet.acknowledged[answer["result"]] = sent
             else:
                 message = str(answer.get("error", {}).get("message", answer))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from streams.topics import murmur2, partition_of
+from streams.admin import admin_client, ensure_topics
+from streams.broker import EmbeddedBroker
+from streams.topics import TopicSpec, murmur2, partition_of
 
 # The Java client's own expectations for its partitioner hash (as signed 32-bit ints).
 JAVA_CLIENT_VECTORS = {
@@ -27,3 +29,13 @@ def test_partitions_are_the_positive_hash_modulo_the_count() -> None:
         (h & 0x7FFFFFFF) % 4 for _, h in sorted(JAVA_CLIENT_VECTORS.items())
     ]
     assert all(0 <= partition_of(f"0x{i:040x}", 7) < 7 for i in range(100))
+
+
+
+@pytest.mark.broker
+def test_topics_take_the_cluster_s_replicas_by_default(broker: EmbeddedBroker) -> None:
+    """Replication 0 (the default) is the broker count: one, on the embedded broker."""
+    spec = TopicSpec("lattice.test.replicas", "lattice.tx.TransactionSubmitted", "k", 2)
+    assert ensure_topics(broker.bootstrap, [spec]) == [spec.name]
+    topic = admin_client(broker.bootstrap).list_topics(spec.name, timeout=10).topics[spec.name]
+    assert [len(p.replicas) for p in topic.partitions.values()] == [1, 1]
