@@ -197,25 +197,35 @@ class Gate:
             with self._lock:
                 while not self._waiting:
                     self._lock.wait()
-                waiting, self._waiting = self._waiting, []
-            still = []
-            for item in waiting:
-                topic, partition, offset, future, value = item
-                try:
-                    if self.durable(topic, partition, offset):
-                        future.set_result(value)
-                    else:
-                        still.append(item)
-                except BrokerRestarted as exc:
-                    future.set_exception(exc)
-            if still:
+            if self.settle():
                 with self._lock:
-                    self._waiting[:0] = still
                     # Woken early by `poke` when the archiver runs in this process.
                     self._lock.wait(POLL_S)
 
+    def settle(self) -> bool:
+        """Resolve the waits now durable; whether some are left."""
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        still = []
+        for item in waiting:
+            topic, partition, offset, future, value = item
+            try:
+                if self.durable(topic, partition, offset):
+                    future.set_result(value)
+                else:
+                    still.append(item)
+            except BrokerRestarted as exc:
+                future.set_exception(exc)
+        if still:
+            with self._lock:
+                self._waiting[:0] = still
+        return bool(still)
+
     def poke(self) -> None:
-        """The watermarks moved (the archiver, in this process): look again now."""
+        """The watermarks moved (the archiver, in this process): settle in the caller's
+        thread (one hand-over fewer on every acknowledgement), and wake the waiting
+        thread."""
+        self.settle()
         with self._lock:
             self._lock.notify()
 
