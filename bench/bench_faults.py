@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.devnets import Devnet
-from tests.faults.harness import Fault, kill_child, kill_everything, run_faults, table
+from tests.faults.harness import Fault, kill_broker, kill_child, kill_everything, run_faults, table
 
 #: Every kind of child the default devnet runs, then the devnet itself.
 VICTIMS = ("execution", "dag", "proposer-0", "proposer-1", "matcher", "verifier", "analytics")
@@ -33,7 +33,7 @@ def main() -> None:
     faults: list[Fault] = []
     for _ in range(args.rounds):
         faults += [kill_child(name) for name in VICTIMS]
-        faults.append(kill_everything)
+        faults += [kill_broker, kill_everything]
     with tempfile.TemporaryDirectory() as tmp:
         net = Devnet(Path(tmp) / "data", "--block-interval", args.block_interval)
         started = time.monotonic()

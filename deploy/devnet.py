@@ -87,6 +87,7 @@ class Devnet:
         self.log = Log(settings, self.say)
         self.host: Host | None = None
         self.stopping = threading.Event()
+        self.runs = 0
 
     def say(self, label: str, text: str) -> None:
         print(f"  {label:<11} {text}", file=self.out, flush=True)
@@ -95,7 +96,18 @@ class Devnet:
         s = self.settings
         try:
             with locked(s.data_dir, "devnet"):
-                self._run()
+                while True:
+                    try:
+                        self._run()
+                        return
+                    except HostError as exc:
+                        if not self.log.broker_died():
+                            raise
+                        # Everything acknowledged is in the archive: start again on it.
+                        # Every process goes (each holds state read from the dead
+                        # broker); clients see the ports close and open again.
+                        self.say("kafka", f"{exc}; restarting the devnet on its archive")
+                        self.log = Log(s, self.say)
         except (HostError, NetworkError) as exc:
             raise DevnetError(str(exc)) from None
 
@@ -103,8 +115,10 @@ class Devnet:
         s = self.settings
         check_port(s.host, s.rpc_port, "--rpc-port")
         check_port(s.host, s.ws_port, "--ws-port")
-        print("lattice devnet", file=self.out, flush=True)
-        self.say("data dir", str(s.data_dir))
+        self.runs += 1
+        if self.runs == 1:
+            print("lattice devnet", file=self.out, flush=True)
+            self.say("data dir", str(s.data_dir))
         try:
             bootstrap = self.log.start()
             join(bootstrap, ours(load_genesis(s), rules_of(s), "devnet"))
@@ -189,7 +203,8 @@ class Devnet:
 
     def _stop(self) -> None:
         endpoints.remove(self.settings.data_dir)
+        broker = self.log.broker
         if self.host is not None:
-            self.host.stop()
+            self.host.stop(log_lost=broker is not None and not broker.running)
         self.log.stop()
         print("stopped", file=self.out, flush=True)

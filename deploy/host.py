@@ -52,6 +52,9 @@ class ChildSpec:
     kind: str = "processor"
 
 
+#: How long a stopping gateway lets requests under way finish.
+GRACEFUL_S = 5
+
 #: Children stop in this order: who makes work first, then who consumes it.
 STOP_ORDER = ("worker", "proposer", "processor")
 
@@ -177,7 +180,16 @@ class Host:
         s = self.settings
         servers = [
             _QuietServer(
-                uvicorn.Config(app, host=s.host, port=port, log_level="warning", lifespan="off")
+                uvicorn.Config(
+                    app,
+                    host=s.host,
+                    port=port,
+                    log_level="warning",
+                    lifespan="off",
+                    # A request still waiting at a stop (for a broker that died, say) is
+                    # cut after this: its client re-sends, and nothing it was told is lost.
+                    timeout_graceful_shutdown=GRACEFUL_S,
+                )
             )
             for port in (s.rpc_port, s.ws_port)
         ]
@@ -232,8 +244,11 @@ class Host:
                 await asyncio.wait_for(stop.wait(), interval)
         return None
 
-    def stop(self) -> None:
-        """Close the gateway's clients, then stop the children in `STOP_ORDER`."""
+    def stop(self, log_lost: bool = False) -> None:
+        """Close the gateway's clients, then stop the children in `STOP_ORDER`. With
+        `log_lost` (the broker died under them), kill the children rather than wait for
+        them to flush to a broker that is gone: what they committed is on disk, and what
+        they had not is not acknowledged to anyone."""
         if self.market is not None:
             self.market.close()
         if self.app is not None:
@@ -245,11 +260,11 @@ class Host:
         for kind in STOP_ORDER:
             group = [c for c in self.supervisor.children if c.kind == kind]
             for child in group:
-                child.terminate()
+                child.kill() if log_lost else child.terminate()
             for child in group:
                 child.stop()
         if self.producer is not None:
             try:
-                self.producer.close()
+                self.producer.close(0.0 if log_lost else 30.0)
             except Exception as exc:
                 log.error("producer flush failed: %s", exc)

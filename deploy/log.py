@@ -44,6 +44,7 @@ class Log:
         self.say = say
         self.broker: EmbeddedBroker | None = None
         self.archiver: Archiver | None = None
+        self._died = False
 
     def start(self) -> str:
         """Start it; the bootstrap servers."""
@@ -101,8 +102,13 @@ class Log:
             checks.append((lambda: archiver.failed is not None, "archiving failed"))
         return checks
 
+    def broker_died(self) -> bool:
+        """Whether the embedded broker had exited by itself when the log was stopped."""
+        return self._died
+
     def stop(self) -> None:
         os.environ.pop(DURABLE_ENV, None)
+        self._died = self.broker is not None and not self.broker.running
         if self.archiver is not None:
             try:
                 if self.broker is not None and self.broker.running:

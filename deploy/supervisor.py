@@ -166,6 +166,13 @@ class Supervised:
             assert self.process is not None
             self.process.terminate()
 
+    def kill(self) -> None:
+        """SIGKILL it, and restart it no more."""
+        self.state = "stopped"
+        if self.running:
+            assert self.process is not None
+            self.process.kill()
+
     def stop(self, timeout: float = 20.0) -> None:
         self.terminate()
         if self.process is None:

@@ -144,7 +144,9 @@ class Gate:
         path = os.environ.get(ENV)
         if not path:
             return None
-        if cls._shared is None or cls._shared_path != path:
+        shared = cls._shared
+        if shared is None or cls._shared_path != path or shared.restarted():
+            # A devnet that restarted its broker in this process starts a new generation.
             cls._shared, cls._shared_path = cls(Path(path)), path
         return cls._shared
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.devnets import Devnet
-from tests.faults.harness import kill_child, kill_everything, run_faults, table
+from tests.faults.harness import kill_broker, kill_child, kill_everything, run_faults, table
 
 pytestmark = pytest.mark.e2e
 
@@ -20,6 +20,7 @@ def test_nothing_acknowledged_is_lost_or_doubled_under_faults(tmp_path: Path) ->
         kill_child("execution"),
         kill_child("dag"),
         kill_child("proposer-0"),
+        kill_broker,
         kill_everything,
         kill_everything,
     ]

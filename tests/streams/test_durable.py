@@ -83,3 +83,19 @@ def test_a_file_of_another_catalogue_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="not a watermark file"):
         Gate(path)
+
+
+def test_a_process_that_restarted_its_broker_gets_a_gate_of_the_new_generation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams.durable import ENV
+
+    path = tmp_path / "durable"
+    Watermarks.publish(path, {(TX, 0): 1})
+    monkeypatch.setenv(ENV, str(path))
+    before = Gate.from_env()
+    assert before is not None and Gate.from_env() is before
+    Watermarks.publish(path, {(TX, 0): 1})
+    after = Gate.from_env()
+    assert after is not None and after is not before and not after.restarted()
+    assert after.durable(TX, 0, 0)
