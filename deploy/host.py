@@ -189,6 +189,8 @@ class Host:
                     # A request still waiting at a stop (for a broker that died, say) is
                     # cut after this: its client re-sends, and nothing it was told is lost.
                     timeout_graceful_shutdown=GRACEFUL_S,
+                    # A WebSocket message is a request body (closed with 1009 beyond).
+                    ws_max_size=s.max_body_bytes or sys.maxsize,
                 )
             )
             for port in (s.rpc_port, s.ws_port)

@@ -31,11 +31,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.chainview import ChainView, LedgerNotReady
 from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
+from gateway.guard import Guard, GuardRules
 from gateway.intake import TransactionIntake, Unavailable
 from gateway.jsonrpc import JsonRpc, Methods, ProcessStatus
 from gateway.ledger import LedgerQueries
+from gateway.limits import Limiter, RequestLimits, Slots
 from gateway.market import MarketService
 from gateway.market import router as market_router
+from gateway.market.routes import CONTENT_UPLOAD
+from gateway.market.routes import limited as market_limited
 from gateway.pendingview import PendingView
 from gateway.rest import router as rest_router
 from gateway.ws import serve as serve_socket
@@ -143,18 +147,33 @@ class JsonRpcFront:
 
 
 class GatewayApp(FastAPI):
-    """FastAPI with `JsonRpcFront` ahead of its whole middleware stack (error handling, body
-    limits, telemetry, routing), which cost a JSON-RPC call ~0.1 ms."""
+    """FastAPI with `JsonRpcFront` ahead of its whole middleware stack (error handling,
+    telemetry, routing), which cost a JSON-RPC call ~0.1 ms, and the limits
+    (`gateway.guard`) ahead of everything."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, guard: tuple[GuardRules, Limiter], **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.guard = guard
         self.json_rpc: tuple[JsonRpc, Callable[[], object]] | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
-        if self.json_rpc is None:
-            return stack
-        return JsonRpcFront(stack, *self.json_rpc)
+        if self.json_rpc is not None:
+            stack = JsonRpcFront(stack, *self.json_rpc)
+        return Guard(stack, *self.guard)
+
+
+def guard_of(settings: Settings) -> tuple[GuardRules, Limiter]:
+    """The limits of the settings: body limits on every route (content uploads their own),
+    per-client limits on the market's (`gateway.market.routes.limited`)."""
+
+    def body_limit(path: str) -> int:
+        if path == CONTENT_UPLOAD:
+            return settings.max_content_bytes
+        return settings.max_body_bytes
+
+    limits = RequestLimits(settings.rate_limit, settings.rate_burst, settings.max_concurrent)
+    return GuardRules(body_limit, market_limited), Limiter(limits)
 
 
 def create_app(
@@ -172,14 +191,20 @@ def create_app(
     `bootstrap`, it follows the network's pending transactions on the log (close it with
     `close_followers`)."""
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
-    app = GatewayApp(title="Lattice gateway", version=client_version().split("/")[1])
+    app = GatewayApp(
+        guard_of(settings), title="Lattice gateway", version=client_version().split("/")[1]
+    )
     app.add_middleware(
         CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"]
     )
     ledger = None
     if view is not None:
         ledger = LedgerQueries(
-            view, block_gas_limit=settings.block_gas_limit, checkpoints=checkpoints
+            view,
+            block_gas_limit=settings.block_gas_limit,
+            checkpoints=checkpoints,
+            max_log_range=settings.max_log_range,
+            max_log_results=settings.max_log_results,
         )
     intake = TransactionIntake(rules, sink, ledger)
     #: Followers the app runs itself, for its owner to close (`close_followers`).
@@ -202,7 +227,7 @@ def create_app(
         if market is not None:
             app.include_router(market_router(settings, market, ledger, sink))
         app.include_router(rest_router(ledger))
-    _json_rpc_routes(app, rpc, view)
+    _json_rpc_routes(app, settings, rpc, view)
     app.state.readiness = Readiness(ledger)
     _operator_routes(app, settings, checkpoints, market)
     _network_routes(app, settings, rpc, bootstrap)
@@ -212,14 +237,24 @@ def create_app(
     return app
 
 
-def _json_rpc_routes(app: FastAPI, rpc: JsonRpc | None, view: ChainView | None) -> None:
+def _json_rpc_routes(
+    app: FastAPI, settings: Settings, rpc: JsonRpc | None, view: ChainView | None
+) -> None:
+    connections = Slots(settings.max_ws_connections)
+
     @app.websocket("/")
     async def json_rpc_socket(socket: WebSocket) -> None:
         """JSON-RPC over WebSocket, with subscriptions (gateway.ws)."""
         if rpc is None or view is None:
             await socket.close(code=1011, reason="JSON-RPC is not served by this gateway")
             return
-        await serve_socket(socket, rpc, view.refresh)
+        await serve_socket(
+            socket,
+            rpc,
+            view.refresh,
+            max_subscriptions=settings.max_subscriptions,
+            connections=connections,
+        )
 
     @app.post("/", response_model=None)
     async def json_rpc(request: Request) -> Response:

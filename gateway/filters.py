@@ -99,8 +99,9 @@ class Watcher:
             return Watch(kind, criteria, self.ledger.header(criteria.from_block).block_number)
         return Watch(kind, criteria, self.ledger.head().block_number + 1)
 
-    def changes(self, watch: Watch) -> Changes:
-        """What is new since the watch's cursor (which moves past it)."""
+    def changes(self, watch: Watch, limited: bool = True) -> Changes:
+        """What is new since the watch's cursor (which moves past it); the log query
+        limits apply when `limited` (`LedgerQueries.logs`)."""
         watch.touched = time.monotonic()
         if watch.kind == "pending":
             hashes, watch.cursor = self.intake.accepted_since(watch.cursor)
@@ -113,7 +114,8 @@ class Watcher:
         last = min(head, self.ledger.header(watch.criteria.to_block).block_number)
         if first > last:
             return Changes()
-        return Changes(logs=tuple(self.ledger.logs(watch.criteria, first, last)))
+        found = self.ledger.logs(watch.criteria, first, last, limited=limited)
+        return Changes(logs=tuple(found))
 
 
 class Filters:

@@ -40,9 +40,6 @@ BlockRef = Tag | int | bytes
 ErrorKind = Literal[
     "not_found", "beyond_head", "bad_request", "invalid", "reverted", "out_of_gas", "limit"
 ]
-#: Most blocks one log query may scan, and logs it may return (geth-like limits).
-MAX_LOG_RANGE = 10_000
-MAX_LOGS = 10_000
 #: Calls and gas estimates remembered (by block and call), each outcome at most this big.
 CALL_CACHE_SIZE = 4096
 CALL_CACHE_MAX_RESULT = 2048
@@ -118,9 +115,15 @@ class LedgerQueries:
         *,
         block_gas_limit: int,
         checkpoints: CheckpointView | None = None,
+        max_log_range: int = 10_000,
+        max_log_results: int = 10_000,
     ) -> None:
+        """`max_log_range`, `max_log_results`: the most blocks a log query may span and
+        logs it may return (0: no limit; `Settings`)."""
         self.view = view
         self.block_gas_limit = block_gas_limit
+        self.max_log_range = max_log_range
+        self.max_log_results = max_log_results
         self.checkpoints = checkpoints
         self._receipts: LRUCache[bytes, tuple[BlockReceipt, ...]] = LRUCache(256)
         self._sizes: LRUCache[bytes, int] = LRUCache(256)
@@ -321,9 +324,16 @@ class LedgerQueries:
             raise QueryError("bad_request", "fromBlock is after toBlock")
         return first, last
 
-    def logs(self, criteria: LogCriteria, first: int, last: int) -> list[FoundLog]:
-        if last - first + 1 > MAX_LOG_RANGE:
-            raise QueryError("limit", f"query exceeds the limit of {MAX_LOG_RANGE} blocks")
+    def logs(
+        self, criteria: LogCriteria, first: int, last: int, *, limited: bool = True
+    ) -> list[FoundLog]:
+        """The matching logs of blocks `first` to `last`; QueryError "limit" (geth's
+        words) over the range or result limit. Not `limited`: a subscription's news of
+        the latest blocks, which no client could narrow."""
+        span, most = (self.max_log_range, self.max_log_results) if limited else (0, 0)
+        if span and last - first + 1 > span:
+            message = f"block range too large: {last - first + 1} blocks, the limit is {span}"
+            raise QueryError("limit", message)
         found: list[FoundLog] = []
         for number in range(first, last + 1):
             header = self.view.header(number)
@@ -333,8 +343,9 @@ class LedgerQueries:
                 found.extend(
                     (receipt, i) for i, e in enumerate(receipt.logs) if criteria.matches(e)
                 )
-            if len(found) > MAX_LOGS:
-                raise QueryError("limit", f"query returned more than {MAX_LOGS} results")
+            if most and len(found) > most:
+                message = f"query returned more than {most} results; narrow the block range"
+                raise QueryError("limit", message)
         return found
 
     # -- finality --------------------------------------------------------------------------

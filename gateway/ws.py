@@ -7,6 +7,12 @@ Every JSON-RPC method works over the socket. Subscriptions push
 now (`gateway.filters`); a per-connection task checks for news every `poll_s` seconds;
 executed blocks arrive a few per second, so this keeps the notification delay well under
 the block interval.
+
+Limits: a connection holds at most `max_subscriptions` (beyond, `eth_subscribe` answers
+-32005 and the connection stays); a client address holds at most its `connections` slots
+(beyond, the socket is closed at once with 1013, "try again later"). A subscription's
+news is never cut by the log query limits: it covers the blocks since the last poll,
+which no client could narrow.
 """
 
 from __future__ import annotations
@@ -24,14 +30,41 @@ from gateway.chainview import LedgerNotReady
 from gateway.filters import Changes, Watch, criteria_of
 from gateway.formats import BadParam, block_json, data, log_json
 from gateway.jsonrpc import JsonRpc, RpcError, error
+from gateway.limits import Slots, client_of
 
 SUBSCRIPTION_KINDS = {"newHeads": "blocks", "logs": "logs", "newPendingTransactions": "pending"}
 
 
 async def serve(
-    socket: WebSocket, rpc: JsonRpc, refresh: Callable[[], object], poll_s: float = 0.05
+    socket: WebSocket,
+    rpc: JsonRpc,
+    refresh: Callable[[], object],
+    *,
+    max_subscriptions: int = 0,
+    connections: Slots | None = None,
+    poll_s: float = 0.05,
 ) -> None:
+    """Serve one connection (`max_subscriptions`, `connections`: 0 or None, no limit)."""
     await socket.accept()
+    address = client_of("", socket.client.host if socket.client else None)
+    if connections is not None and not connections.take(address):
+        reason = f"more than {connections.limit} connections from this address"
+        await socket.close(code=1013, reason=reason)
+        return
+    try:
+        await _serve(socket, rpc, refresh, max_subscriptions, poll_s)
+    finally:
+        if connections is not None:
+            connections.give(address)
+
+
+async def _serve(
+    socket: WebSocket,
+    rpc: JsonRpc,
+    refresh: Callable[[], object],
+    max_subscriptions: int,
+    poll_s: float,
+) -> None:
     subscriptions: dict[str, Watch] = {}
     ids = itertools.count(1)
     lock = asyncio.Lock()
@@ -48,7 +81,7 @@ async def serve(
             refresh()
             for ident, watch in list(subscriptions.items()):
                 try:
-                    results = _results(rpc, rpc.methods.watcher.changes(watch))
+                    results = _results(rpc, rpc.methods.watcher.changes(watch, limited=False))
                 except LedgerNotReady:
                     break
                 for result in results:
@@ -65,7 +98,10 @@ async def serve(
                 await send(error(None, RpcError(-32700, "parse error")))
                 continue
             method = request.get("method") if isinstance(request, dict) else None
-            if method == "eth_subscribe":
+            if method == "eth_subscribe" and 0 < max_subscriptions <= len(subscriptions):
+                message = f"more than {max_subscriptions} subscriptions on one connection"
+                await send(error(request.get("id"), RpcError(-32005, message)))
+            elif method == "eth_subscribe":
                 await send(_subscribe(request, rpc, subscriptions, next(ids)))
             elif method == "eth_unsubscribe":
                 params = request.get("params") or [None]

@@ -88,6 +88,27 @@ class Settings:
     #: OpenAI-compatible jobs: time allowed and the most they may cost (wei).
     job_deadline_ms: int = 60_000
     job_max_price: int = 10**16
+    #: Limits of a public gateway (`gateway.limits`, `gateway.guard`; 0 turns one off).
+    #: The market and OpenAI-compatible routes, per API key (`Authorization: Bearer`; per
+    #: client address without one): requests a second and the burst taken above that
+    #: rate (a token bucket), and requests in flight at once. Beyond: 429 `Retry-After`.
+    rate_limit: float = 50.0
+    rate_burst: int = 100
+    max_concurrent: int = 16
+    #: Largest HTTP request body (JSON-RPC, REST, the market; beyond: 413) and WebSocket
+    #: message (beyond: closed with 1009): geth's 5 MiB.
+    max_body_bytes: int = 5 * 1024 * 1024
+    #: Largest content block `POST /v1/content` takes, instead of `max_body_bytes`
+    #: (models and checkpoints are uploaded as 1 MiB chunks).
+    max_content_bytes: int = 4 * 1024 * 1024
+    #: WebSocket: subscriptions one connection may hold, connections one client address
+    #: may hold open.
+    max_subscriptions: int = 100
+    max_ws_connections: int = 100
+    #: `eth_getLogs` and log filters: blocks one query may span and logs it may return
+    #: (the figures geth-based providers document); beyond, error -32005.
+    max_log_range: int = 10_000
+    max_log_results: int = 10_000
     #: A node's name in the network (default: the host name), its roles beyond the
     #: gateway and execution replica every node runs (comma-separated: proposer, dag,
     #: market, publisher, analytics; see `lattice node --help`), and the addresses whose

@@ -10,8 +10,9 @@
 
 Errors are `{"error": {"code", "message", "type"}}` (the OpenAI shape) with the status
 that fits: 400 bad input, 401 no or unknown API key, 402 a deposit that does not cover the
-job, 404 unknown model or job, 409 not yet registered, 413 too large, 503 the ledger
-unreadable, 504 no node answered in time.
+job, 404 unknown model or job, 409 not yet registered, 413 too large, 429 over the API
+key's rate or concurrency (`Retry-After`; `limited` says which routes, `gateway.guard`
+answers), 503 the ledger unreadable, 504 no node answered in time.
 """
 
 from __future__ import annotations
@@ -49,8 +50,17 @@ from schemas.codec import jsonable
 from schemas.events import JobTokens
 from streams.settings import Settings
 
-#: Largest content block taken (the importer's chunks are 1 MiB).
-MAX_BLOCK = 4 << 20
+#: Where content blocks are uploaded: its body limit is `max_content_bytes`.
+CONTENT_UPLOAD = "/v1/content"
+#: The routes limited per API key (`gateway.limits`): all but reads of content blocks by
+#: CID, which workers and peers make by the thousand for one model and which cost a
+#: file read.
+_LIMITED = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/nodes", "/v1/jobs")
+
+
+def limited(method: str, path: str) -> bool:
+    """Whether a request counts against its client's rate and concurrency limits."""
+    return path in _LIMITED or path == CONTENT_UPLOAD or path.startswith("/v1/jobs/")
 
 
 def _hex(value: bytes) -> str:
@@ -204,9 +214,8 @@ class MarketRoutes:
         return JSONResponse(body, status_code=201)
 
     async def put_content(self, request: Request) -> Response:
+        """A content block; `gateway.guard` has refused one over `max_content_bytes`."""
         data = await request.body()
-        if len(data) > MAX_BLOCK:
-            return error_response(MarketError(413, "too_large", "blocks are limited to 4 MiB"))
         claimed = request.headers.get("x-cid")
         cid = cid_of(data)
         if claimed and claimed != cid:
@@ -316,7 +325,7 @@ def router(
     api.add_api_route("/v1/completions", completions.text, methods=["POST"], response_model=None)
     api.add_api_route("/v1/models", routes.models, methods=["GET"])
     api.add_api_route("/v1/models", routes.register_model, methods=["POST"], response_model=None)
-    api.add_api_route("/v1/content", routes.put_content, methods=["POST"], response_model=None)
+    api.add_api_route(CONTENT_UPLOAD, routes.put_content, methods=["POST"], response_model=None)
     api.add_api_route("/ipfs/{cid}", routes.get_content, methods=["GET"], response_model=None)
     api.add_api_route("/v1/nodes", routes.nodes, methods=["GET"])
     api.add_api_route("/v1/jobs", routes.recent_jobs, methods=["GET"])

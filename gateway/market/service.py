@@ -34,6 +34,7 @@ from eth_abi.abi import decode
 
 from gateway.follow import Follower
 from gateway.ledger import Call, LedgerQueries, QueryError
+from gateway.limits import bearer
 from processors.abc import Output, Pace, Processor, RecordSink, Subscription
 from processors.compute.models import store_part
 from processors.compute.runtime import BlockSource
@@ -308,9 +309,10 @@ class JobService:
 
     def authorise(self, authorization: str) -> tuple[bytes, bytes]:
         """(delegate key, account) for a request's `Authorization: Bearer lk_...`."""
-        if not authorization.lower().startswith("bearer "):
+        api_key = bearer(authorization)
+        if api_key is None:
             raise MarketError(401, "missing_api_key", "send Authorization: Bearer lk_...")
-        key = key_of(authorization[7:].strip())
+        key = key_of(api_key)
         raw = self._read("delegateOf(address)", address_of(key))
         account = bytes.fromhex(str(decode(["address"], raw)[0])[2:])
         if account == bytes(20):

@@ -32,6 +32,16 @@ def test_flags_beat_env_beat_file(tmp_path: Path) -> None:
     assert not s.embedded
 
 
+def test_limits_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    defaults = Settings.load(env={})
+    assert (defaults.max_log_range, defaults.max_log_results) == (10_000, 10_000)
+    assert (defaults.rate_limit, defaults.max_body_bytes) == (50.0, 5 * 1024 * 1024)
+    config = tmp_path / "lattice.toml"
+    config.write_text("max_log_range = 500\nrate_burst = 7\n")
+    s = Settings.load(config_file=config, env={"LATTICE_RATE_LIMIT": "2.5"})
+    assert (s.max_log_range, s.rate_burst, s.rate_limit) == (500, 7, 2.5)
+
+
 def test_data_dir_settings_file_is_picked_up(tmp_path: Path) -> None:
     (tmp_path / "lattice.toml").write_text("rpc_port = 9999\n")
     assert Settings.load(env={}, overrides={"data_dir": tmp_path}).rpc_port == 9999
