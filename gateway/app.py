@@ -24,8 +24,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.chainview import ChainView, LedgerNotReady
@@ -40,6 +42,18 @@ from gateway.market import MarketService
 from gateway.market import router as market_router
 from gateway.market.routes import CONTENT_UPLOAD
 from gateway.market.routes import limited as market_limited
+from gateway.models import (
+    BINARY,
+    JSON_RPC_BODY,
+    RAW_TRANSACTION_BODY,
+    Health,
+    JsonRpcAnswer,
+    Network,
+    Ready,
+    RpcMethod,
+    SubmittedTransaction,
+    errors,
+)
 from gateway.pendingview import PendingView
 from gateway.rest import router as rest_router
 from gateway.ws import serve as serve_socket
@@ -155,12 +169,26 @@ class GatewayApp(FastAPI):
         super().__init__(**kwargs)
         self.guard = guard
         self.json_rpc: tuple[JsonRpc, Callable[[], object]] | None = None
+        #: Routes that answer bad input with a 400 of their own (`MarketRoute`).
+        self.own_bad_input: list[BaseRoute] = []
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
         if self.json_rpc is not None:
             stack = JsonRpcFront(stack, *self.json_rpc)
         return Guard(stack, *self.guard)
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            document = super().openapi()
+            # FastAPI documents a 422 for every route with parameters; the market's routes
+            # answer their bad input with a 400 in their own error shape instead.
+            for route in self.own_bad_input:
+                assert isinstance(route, APIRoute)
+                for method in route.methods or ():
+                    operation = document["paths"][route.path_format][method.lower()]
+                    operation["responses"].pop("422", None)
+        return self.openapi_schema  # type: ignore[return-value]
 
 
 def guard_of(settings: Settings) -> tuple[GuardRules, Limiter]:
@@ -225,7 +253,9 @@ def create_app(
         # ~10 us when execution committed nothing new (ChainView.refresh).
         app.json_rpc = (rpc, view.refresh)
         if market is not None:
-            app.include_router(market_router(settings, market, ledger, sink))
+            market_api = market_router(settings, market, ledger, sink)
+            app.include_router(market_api)
+            app.own_bad_input.extend(market_api.routes)
         app.include_router(rest_router(ledger))
     _json_rpc_routes(app, settings, rpc, view)
     app.state.readiness = Readiness(ledger)
@@ -256,7 +286,15 @@ def _json_rpc_routes(
             connections=connections,
         )
 
-    @app.post("/", response_model=None)
+    @app.post(
+        "/",
+        response_model=None,
+        openapi_extra={"requestBody": JSON_RPC_BODY},
+        responses={
+            200: {"model": JsonRpcAnswer, "description": "the response document"},
+            204: {"description": "the body held notifications only"},
+        },
+    )
     async def json_rpc(request: Request) -> Response:
         """Ethereum JSON-RPC 2.0, single or batch.
 
@@ -297,12 +335,13 @@ def _operator_routes(
     checkpoints: CheckpointView | None,
     market: MarketService | None,
 ) -> None:
-    @app.get("/", response_class=HTMLResponse)
+    # Pages and the Prometheus exposition are for browsers and scrapers, not API clients.
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def dashboard() -> HTMLResponse:
         """The network dashboard: a page that reads this gateway's own API."""
         return HTMLResponse(DASHBOARD.read_text())
 
-    @app.get("/metrics")
+    @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         """Prometheus exposition of this process (gateway, market follower, archiver)."""
         if checkpoints is not None:
@@ -313,26 +352,31 @@ def _operator_routes(
 
     readiness: Readiness = app.state.readiness
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
+    @app.get("/health", response_model_exclude_unset=True)
+    async def health() -> Health:
         """Liveness (any answer) and readiness (`ready`: the ledger answers state reads;
         `reason` says why not yet)."""
         ready, detail = readiness()
-        return {
-            "status": "ok",
-            "live": True,
-            "ready": ready,
+        return Health(
+            status="ok",
+            live=True,
+            ready=ready,
             **detail,
-            "chain_id": settings.chain_id,
-            "client": client_version(),
-        }
+            chain_id=settings.chain_id,
+            client=client_version(),
+        )
 
-    @app.get("/ready")
+    @app.get(
+        "/ready",
+        response_model=Ready,
+        responses={503: {"model": Ready, "description": "not ready yet, and why"}},
+    )
     async def ready() -> JSONResponse:
         """200 once the ledger answers state reads, 503 until then (for load balancers and
         scripts that must not send before the node can take a transaction)."""
         ok, detail = readiness()
-        return JSONResponse({"ready": ok, **detail}, status_code=200 if ok else 503)
+        body = Ready(ready=ok, **detail).model_dump(exclude_unset=True)
+        return JSONResponse(body, status_code=200 if ok else 503)
 
 
 def close_followers(app: FastAPI) -> None:
@@ -344,32 +388,55 @@ def close_followers(app: FastAPI) -> None:
 def _network_routes(
     app: FastAPI, settings: Settings, rpc: JsonRpc | None, bootstrap: str | None
 ) -> None:
-    @app.get("/start", response_class=HTMLResponse)
+    @app.get("/start", response_class=HTMLResponse, include_in_schema=False)
     async def start() -> HTMLResponse:
         """The landing page: what the network is, its live figures, the API reference and
         the commands that join it."""
         return HTMLResponse(START.read_text())
 
     @app.get("/v1/network")
-    async def network() -> dict[str, Any]:
+    async def network() -> Network:
         """What a new node or worker needs to join: the chain id and the Kafka bootstrap
         servers this gateway's node uses."""
-        return {"chain_id": settings.chain_id, "kafka": bootstrap, "client": client_version()}
+        return Network(chain_id=settings.chain_id, kafka=bootstrap, client=client_version())
 
     @app.get("/v1/rpc-methods")
-    async def rpc_methods() -> list[dict[str, str]]:
+    async def rpc_methods() -> list[RpcMethod]:
         """The JSON-RPC methods this gateway serves, with the first line of each one's
         documentation (read from the code)."""
         if rpc is None:
             return []
         return [
-            {"name": name, "doc": (inspect.getdoc(method) or "").split("\n")[0]}
+            RpcMethod(name=name, doc=(inspect.getdoc(method) or "").split("\n")[0])
             for name, method in sorted(rpc.table.items())
         ]
 
 
+class TarStream(StreamingResponse):
+    media_type = "application/x-tar"
+
+
 def _snapshot_route(app: FastAPI, store_dir: Path) -> None:
-    @app.get("/v1/snapshot", response_model=None)
+    @app.get(
+        "/v1/snapshot",
+        response_model=None,
+        # A class without a media type: FastAPI then documents the error bodies as JSON,
+        # and the 200 only as the tar stream declared here.
+        response_class=Response,
+        responses={
+            200: {
+                "description": "the snapshot's tar stream",
+                "content": {TarStream.media_type: BINARY},
+                "headers": {
+                    "x-lattice-snapshot-block": {
+                        "description": "the block the snapshot is of",
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    }
+                },
+            },
+            **errors(_404="no snapshot made yet"),
+        },
+    )
     async def snapshot() -> StreamingResponse | JSONResponse:
         """The newest state snapshot of this node's execution replica, as a tar stream
         (`lattice node --snapshot URL` starts from one); 404 before the first."""
@@ -379,17 +446,25 @@ def _snapshot_route(app: FastAPI, store_dir: Path) -> None:
             return JSONResponse({"error": {"code": "no_snapshot", "message": message}}, 404)
         newest = made[0]
         headers = {"x-lattice-snapshot-block": newest.name.lstrip("0") or "0"}
-        return StreamingResponse(
-            snapshots.chunks(newest), media_type="application/x-tar", headers=headers
-        )
+        return TarStream(snapshots.chunks(newest), headers=headers)
 
 
 def _transaction_route(app: FastAPI, intake: TransactionIntake, body_limit: int) -> None:
     """`POST /v1/transactions`: a hex body is twice the bytes plus quoting; anything beyond
     `body_limit` is refused unread."""
 
-    @app.post("/v1/transactions", status_code=202, response_model=None)
-    async def submit_transaction(request: Request) -> JSONResponse | dict[str, Any]:
+    @app.post(
+        "/v1/transactions",
+        status_code=202,
+        response_model=SubmittedTransaction,
+        openapi_extra={"requestBody": RAW_TRANSACTION_BODY},
+        responses=errors(
+            _400="not a valid signed transaction (or, with a ledger, not one it can take)",
+            _413="the body or the transaction is too large",
+            _503="the broker did not take it",
+        ),
+    )
+    async def submit_transaction(request: Request) -> SubmittedTransaction | JSONResponse:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > body_limit:
             return error(413, "oversize", f"request body over {body_limit} bytes")
@@ -403,12 +478,14 @@ def _transaction_route(app: FastAPI, intake: TransactionIntake, body_limit: int)
             return error(413 if exc.code == "oversize" else 400, exc.code, exc.message)
         except Unavailable as exc:
             return error(503, "unavailable", str(exc))
-        return {
-            "hash": "0x" + tx.hash.hex(),
-            "from": "0x" + tx.sender.hex(),
-            "nonce": tx.nonce,
-            "type": tx.tx_type,
-            "topic": delivered.topic,
-            "partition": delivered.partition,
-            "offset": delivered.offset,
-        }
+        return SubmittedTransaction.model_validate(
+            {
+                "hash": "0x" + tx.hash.hex(),
+                "from": "0x" + tx.sender.hex(),
+                "nonce": tx.nonce,
+                "type": tx.tx_type,
+                "topic": delivered.topic,
+                "partition": delivered.partition,
+                "offset": delivered.offset,
+            }
+        )

@@ -24,6 +24,21 @@ from gateway.chainview import LedgerNotReady
 from gateway.filters import block_ref
 from gateway.formats import BadParam, block_json, parse_data, receipt_json, transaction_json
 from gateway.ledger import BlockRef, LedgerQueries, QueryError
+from gateway.models import (
+    Account,
+    AddressPath,
+    Block,
+    BlockId,
+    Receipt,
+    Transaction,
+    TxHash,
+    errors,
+)
+
+#: What any lookup may answer instead (a malformed id, an unknown one, no genesis yet).
+LOOKUP_ERRORS = errors(
+    _400="a malformed id", _404="no such item", _503="the ledger has no genesis yet"
+)
 
 
 def _fail(status: int, code: str, message: str) -> JSONResponse:
@@ -49,7 +64,7 @@ def _answer(query: Callable[[], Any]) -> Any:
 
 def _block_id(block_id: str) -> BlockRef:
     """A block by tag, decimal or 0x number, or 32-byte hash."""
-    if block_id.isdigit():
+    if block_id.isascii() and block_id.isdigit():  # not "²", a digit int() refuses
         return int(block_id)
     if block_id.startswith("0x") and len(block_id) == 66:
         return parse_data(block_id, "block hash", 32)
@@ -66,45 +81,59 @@ def router(ledger: LedgerQueries) -> APIRouter:
         found = ledger.block(_block_id(block_id))
         return block_json(found, full, ledger.block_size(found))
 
-    @api.get("/blocks/{block_id}", response_model=None)
-    async def get_block(block_id: str, full: bool = False) -> Any:
+    # The routes answer `gateway.formats`' dictionaries, as JSON-RPC does; FastAPI checks
+    # them against the models (keys the wire leaves out stay out: exclude_unset).
+    shapes: dict[str, Any] = {"responses": LOOKUP_ERRORS, "response_model_exclude_unset": True}
+
+    @api.get("/blocks/{block_id}", response_model=Block, **shapes)
+    async def get_block(block_id: BlockId, full: bool = False) -> Any:
+        """A block by tag (latest, earliest, finalized, ...), decimal or 0x number, or
+        hash; `full`: with its transactions rather than their hashes."""
         return _answer(lambda: block(block_id, full))
 
-    @api.get("/blocks/{block_id}/receipts", response_model=None)
-    async def block_receipts(block_id: str) -> Any:
+    @api.get("/blocks/{block_id}/receipts", response_model=list[Receipt], **shapes)
+    async def block_receipts(block_id: BlockId) -> Any:
+        """The receipts of a block's transactions, in block order."""
+
         def receipts() -> list[dict[str, Any]]:
             found = ledger.block(_block_id(block_id))
             return [receipt_json(r) for r in ledger.receipts(found)]
 
         return _answer(receipts)
 
-    @api.get("/transactions/{tx_hash}", response_model=None)
-    async def transaction(tx_hash: str) -> Any:
+    @api.get("/transactions/{tx_hash}", response_model=Transaction, **shapes)
+    async def transaction(tx_hash: TxHash) -> Any:
+        """An executed transaction, with the block it is in."""
+
         def lookup() -> dict[str, Any] | None:
             found = ledger.locate(parse_data(tx_hash, "hash", 32))
             return None if found is None else transaction_json(*found)
 
         return _answer(lookup)
 
-    @api.get("/receipts/{tx_hash}", response_model=None)
-    async def receipt(tx_hash: str) -> Any:
+    @api.get("/receipts/{tx_hash}", response_model=Receipt, **shapes)
+    async def receipt(tx_hash: TxHash) -> Any:
+        """An executed transaction's receipt."""
+
         def lookup() -> dict[str, Any] | None:
             found = ledger.receipt(parse_data(tx_hash, "hash", 32))
             return None if found is None else receipt_json(found)
 
         return _answer(lookup)
 
-    @api.get("/accounts/{address}", response_model=None)
-    async def account(address: str) -> Any:
-        def lookup() -> dict[str, Any]:
+    @api.get("/accounts/{address}", response_model=Account, **shapes)
+    async def account(address: AddressPath) -> Any:
+        """An account at the head: balance (wei), nonce, code size."""
+
+        def lookup() -> Account:
             who = parse_data(address, "address", 20)
-            return {
-                "address": address.lower(),
-                "balance": str(ledger.balance(who)),
-                "nonce": ledger.nonce(who),
-                "code_size": len(ledger.code(who)),
-                "block_number": ledger.head().block_number,
-            }
+            return Account(
+                address="0x" + who.hex(),
+                balance=str(ledger.balance(who)),
+                nonce=ledger.nonce(who),
+                code_size=len(ledger.code(who)),
+                block_number=ledger.head().block_number,
+            )
 
         return _answer(lookup)
 

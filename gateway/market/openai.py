@@ -13,11 +13,19 @@ import json
 import time
 from collections.abc import AsyncIterator
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from gateway.market.models import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    CompletionRequest,
+    OpenAIRequest,
+    TextCompletion,
+)
 from gateway.market.service import JobOrder, JobService, MarketError
 from processors.market.lifecycle import Job
 from schemas.events import JobSubmitted
@@ -30,23 +38,30 @@ def error_response(exc: MarketError) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status)
 
 
-def _payload(body: Any, chat: bool) -> dict[str, Any]:
-    """The generation request a completion body asks for; MarketError when malformed."""
-    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        raise MarketError(400, "invalid_request_error", "'model' is required")
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise MarketError(400, "invalid_request_error", "'messages' must be a non-empty list")
-        payload: dict[str, Any] = {
-            "messages": [
-                {"role": str(m.get("role")), "content": str(m.get("content"))} for m in messages
-            ]
-        }
+#: `Authorization: Bearer lk_...`; the job service says what is wrong with a missing one.
+API_KEY = HTTPBearer(auto_error=False, description="an API key: lk_ and 64 hex digits")
+
+
+def authorization(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(API_KEY)],
+) -> str:
+    return "" if credentials is None else f"Bearer {credentials.credentials}"
+
+
+Authorization = Annotated[str, Depends(authorization)]
+
+
+def _payload(body: OpenAIRequest) -> dict[str, Any]:
+    """The generation request a completion body asks for."""
+    payload: dict[str, Any]
+    if isinstance(body, ChatCompletionRequest):
+        # An assistant's message that only called tools has no content: nothing to read.
+        messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
+        payload = {"messages": messages}
     else:
-        payload = {"prompt": str(body.get("prompt", ""))}
-    limit = body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_TOKENS
-    payload["max_tokens"] = int(limit)
+        assert isinstance(body, CompletionRequest)
+        payload = {"prompt": body.prompt}
+    payload["max_tokens"] = body.max_tokens or body.max_completion_tokens or DEFAULT_MAX_TOKENS
     return payload
 
 
@@ -85,28 +100,34 @@ class Completions:
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
 
-    async def chat(self, request: Request) -> Response:
-        return await self.complete(request, chat=True)
+    async def chat(
+        self, body: ChatCompletionRequest, key: Authorization
+    ) -> ChatCompletion | Response:
+        """A chat completion by a node running the model (OpenAI's shape)."""
+        answer = await self.complete(body, key, chat=True)
+        if isinstance(answer, Response):
+            return answer
+        return ChatCompletion.model_validate(answer)
 
-    async def text(self, request: Request) -> Response:
-        return await self.complete(request, chat=False)
+    async def text(self, body: CompletionRequest, key: Authorization) -> TextCompletion | Response:
+        """A text completion by a node running the model (OpenAI's shape)."""
+        answer = await self.complete(body, key, chat=False)
+        if isinstance(answer, Response):
+            return answer
+        return TextCompletion.model_validate(answer)
 
-    async def complete(self, request: Request, chat: bool) -> Response:
+    async def complete(
+        self, body: OpenAIRequest, authorization: str, chat: bool
+    ) -> dict[str, Any] | Response:
         try:
-            body = await request.json()
-        except ValueError:
-            return error_response(MarketError(400, "invalid_request_error", "the body is not JSON"))
-        authorization = request.headers.get("authorization", "")
-        try:
-            payload = _payload(body, chat)
-            order = JobOrder(body["model"], payload, stream=bool(body.get("stream")))
+            order = JobOrder(body.model, _payload(body), stream=body.stream)
             if order.stream:
                 record = await self.jobs.start(authorization, order)
-                return self._streamed(record, body["model"], chat)
+                return self._streamed(record, body.model, chat)
             job = await self.jobs.submit(authorization, order)
         except MarketError as exc:
             return error_response(exc)
-        return JSONResponse(_completion(job, body["model"], chat))
+        return _completion(job, body.model, chat)
 
     def _streamed(self, record: JobSubmitted, model: str, chat: bool) -> StreamingResponse:
         ident = ("chatcmpl-" if chat else "cmpl-") + record.job_id.hex()

@@ -12,7 +12,9 @@ Errors are `{"error": {"code", "message", "type"}}` (the OpenAI shape) with the 
 that fits: 400 bad input, 401 no or unknown API key, 402 a deposit that does not cover the
 job, 404 unknown model or job, 409 not yet registered, 413 too large, 429 over the API
 key's rate or concurrency (`Retry-After`; `limited` says which routes, `gateway.guard`
-answers), 503 the ledger unreadable, 504 no node answered in time.
+answers), 503 the ledger unreadable, 504 no node answered in time. A body, query or header
+that does not fit its model (`gateway.market.models`) is a 400 in that shape too
+(`MarketRoute`), as OpenAI answers, not FastAPI's 422.
 """
 
 from __future__ import annotations
@@ -21,15 +23,39 @@ import asyncio
 import dataclasses
 import json
 import time
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 
 from gateway.chainview import LedgerNotReady
 from gateway.formats import BadParam, parse_data
 from gateway.ledger import LedgerQueries
-from gateway.market.openai import Completions, error_response
+from gateway.market.models import (
+    CONTENT_BODY,
+    JOB_ERRORS,
+    ChatCompletion,
+    Cid,
+    JobId,
+    JobInfo,
+    JobList,
+    JobRequest,
+    ModelCard,
+    ModelList,
+    ModelRegistration,
+    NodeInfo,
+    NodeList,
+    RegisteredModel,
+    StoredContent,
+    TextCompletion,
+    market_errors,
+    streamed,
+)
+from gateway.market.openai import Authorization, Completions, error_response
 from gateway.market.service import (
     MODELS,
     PEER_HEADER,
@@ -39,6 +65,7 @@ from gateway.market.service import (
     MarketService,
     Training,
 )
+from gateway.models import BINARY
 from processors.abc import RecordSink
 from processors.compute.models import load_manifest, manifest_record
 from processors.compute.runtime import FetchError
@@ -98,42 +125,61 @@ def job_json(job: Job, tokens: list[JobTokens]) -> dict[str, Any]:
     }
 
 
-def _training(body: dict[str, Any]) -> Training:
+def _training(body: JobRequest) -> Training:
     """The training part of a REST job: a text dataset, epochs, batch size, SGD settings."""
-    dataset = body.get("dataset")
-    if not isinstance(dataset, str) or not dataset:
+    if not body.dataset:
         raise MarketError(400, "bad_request", "training jobs need a 'dataset' (UTF-8 text)")
-    epochs, batch = int(body.get("epochs", 1)), int(body.get("batch_size", 8))
-    if not 1 <= epochs <= 1_000 or not 1 <= batch <= 4_096:
-        raise MarketError(400, "bad_request", "epochs must be 1..1000 and batch_size 1..4096")
-    params = {
-        "learning_rate": str(float(body.get("learning_rate", 0.05))),
-        "seq_len": str(int(body.get("seq_len", 32))),
-    }
-    return Training(dataset.encode(), epochs, batch, params)
+    params = {"learning_rate": str(body.learning_rate), "seq_len": str(body.seq_len)}
+    return Training(body.dataset.encode(), body.epochs, body.batch_size, params)
 
 
-def _order(body: Any) -> JobOrder:
-    """The job a `POST /v1/jobs` body asks for; MarketError when malformed."""
-    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        raise MarketError(400, "bad_request", "'model' is required")
-    payload = body.get("input", {})
-    if not isinstance(payload, dict):
-        raise MarketError(400, "bad_request", "'input' must be an object")
-    max_price = int(body["max_price_wei"]) if "max_price_wei" in body else None
-    timeout = int(body["timeout_ms"]) if "timeout_ms" in body else None
-    if body.get("redundancy", 1) not in (1, 2):
-        raise MarketError(400, "bad_request", "redundancy is 1 or 2 (nodes per job)")
-    if (max_price is not None and max_price <= 0) or (timeout is not None and timeout <= 0):
-        raise MarketError(400, "bad_request", "max_price_wei and timeout_ms must be positive")
+def _order(body: JobRequest) -> JobOrder:
+    """The job a `POST /v1/jobs` body asks for; MarketError when it cannot be one."""
     return JobOrder(
-        model=body["model"],
-        payload=payload,
-        max_price=max_price,
-        timeout_ms=timeout,
-        training=_training(body) if body.get("kind") == "training" else None,
-        redundant=body.get("redundancy") == 2,
+        model=body.model,
+        payload=body.input,
+        max_price=body.max_price_wei,
+        timeout_ms=body.timeout_ms,
+        training=_training(body) if body.kind == "training" else None,
+        redundant=body.redundancy == 2,
     )
+
+
+class MarketRoute(APIRoute):
+    """A route whose bad input (body, query, path, header) is a 400 in the market's error
+    shape: OpenAI's clients read that shape, and OpenAI answers 400, not 422."""
+
+    code = "bad_request"
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handle(request)
+            except RequestValidationError as exc:
+                return error_response(MarketError(400, self.code, _first_problem(exc)))
+            except HTTPException as exc:  # FastAPI's own: a body it could not read at all
+                return error_response(MarketError(exc.status_code, self.code, str(exc.detail)))
+
+        return guarded
+
+
+class OpenAIRoute(MarketRoute):
+    code = "invalid_request_error"
+
+
+def _first_problem(exc: RequestValidationError) -> str:
+    problems = exc.errors()
+    if not problems:
+        return "the request is malformed"
+    where = ".".join(str(part) for part in problems[0].get("loc", ())[1:])
+    message = str(problems[0].get("msg", "invalid"))
+    return f"{where}: {message}" if where else message
+
+
+class OctetStream(Response):
+    media_type = "application/octet-stream"
 
 
 class MarketRoutes:
@@ -151,37 +197,32 @@ class MarketRoutes:
 
     # -- models and content ----------------------------------------------------------------
 
-    async def models(self) -> dict[str, Any]:
+    async def models(self) -> ModelList:
+        """The registered models, newest version of each (OpenAI's list shape)."""
         with self.market.lock:
             entries = sorted(self.market.view.models.values(), key=lambda m: m.name)
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": m.name,
-                    "object": "model",
-                    "created": m.registered_at_ms // 1000,
-                    "owned_by": _hex(m.owner),
-                    "version": m.version,
-                    "manifest_cid": m.manifest_cid,
-                    "model_type": m.model_type,
-                    "parameter_count": m.parameter_count,
-                    "vram_required_bytes": m.vram_required_bytes,
-                }
+        return ModelList(
+            object="list",
+            data=[
+                ModelCard(
+                    id=m.name,
+                    object="model",
+                    created=m.registered_at_ms // 1000,
+                    owned_by=_hex(m.owner),
+                    version=m.version,
+                    manifest_cid=m.manifest_cid,
+                    model_type=m.model_type,
+                    parameter_count=m.parameter_count,
+                    vram_required_bytes=m.vram_required_bytes,
+                )
                 for m in entries
             ],
-        }
+        )
 
-    async def register_model(self, request: Request) -> Response:
+    async def register_model(self, body: ModelRegistration) -> RegisteredModel | Response:
         """Announce a model registered on the ledger: {"transaction_hash": "0x.."}. The
         manifest must already be in this gateway's blockstore (POST /v1/content)."""
-        try:
-            body = await request.json()
-            tx_hash = parse_data(str(body["transaction_hash"]), "transaction_hash", 32)
-        except (ValueError, KeyError, TypeError):
-            return error_response(
-                MarketError(400, "bad_request", 'send {"transaction_hash": "0x..."}')
-            )
+        tx_hash = bytes.fromhex(body.transaction_hash[2:])
         try:
             receipt = self.ledger.receipt(tx_hash)
         except LedgerNotReady as exc:
@@ -210,21 +251,24 @@ class MarketRoutes:
             return error_response(MarketError(400, "bad_manifest", message))
         record = manifest_record(manifest, owner, version, int(time.time() * 1000))
         await asyncio.wrap_future(self.sink.send(MODELS, record, key=name))
-        body = {"model": name, "version": version, "manifest_cid": cid}
-        return JSONResponse(body, status_code=201)
+        return RegisteredModel(model=name, version=version, manifest_cid=cid)
 
-    async def put_content(self, request: Request) -> Response:
-        """A content block; `gateway.guard` has refused one over `max_content_bytes`."""
+    async def put_content(
+        self,
+        request: Request,
+        x_cid: Annotated[str | None, Header(description="the CID the body must hash to")] = None,
+    ) -> StoredContent | Response:
+        """Store a content block (a model chunk or manifest, a dataset); its CID.
+        `gateway.guard` has refused one over `max_content_bytes`."""
         data = await request.body()
-        claimed = request.headers.get("x-cid")
         cid = cid_of(data)
-        if claimed and claimed != cid:
-            message = f"the body hashes to {cid}, not {claimed}"
+        if x_cid and x_cid != cid:
+            message = f"the body hashes to {cid}, not {x_cid}"
             return error_response(MarketError(400, "cid_mismatch", message))
         self.market.blockstore.put(data)
-        return JSONResponse({"cid": cid, "size": len(data)}, status_code=201)
+        return StoredContent(cid=cid, size=len(data))
 
-    async def get_content(self, cid: str, request: Request) -> Response:
+    async def get_content(self, cid: Cid, request: Request) -> Response:
         """A block from this gateway's disk or, failing that, from a peer's (not when a
         peer is the one asking)."""
         try:
@@ -240,50 +284,52 @@ class MarketRoutes:
                 data = await asyncio.to_thread(peers.get, cid)
             except FetchError as exc:
                 return error_response(MarketError(404, "not_found", str(exc)))
-        return Response(data, media_type="application/octet-stream")
+        return OctetStream(data)
 
     # -- nodes and jobs --------------------------------------------------------------------
 
-    async def nodes(self) -> dict[str, Any]:
+    async def nodes(self) -> NodeList:
+        """The GPU nodes registered on the log, with their stake and reputation."""
         with self.market.lock:
             states = sorted(self.market.view.nodes.items())
             listed = [(a, s, s.view()) for a, s in states]
-        return {
-            "nodes": [
-                {
-                    "address": _hex(a),
-                    "price_wei_per_hour": str(v.price_wei_per_hour),
-                    "stake_wei": str(v.stake_wei),
-                    "leaving": v.leaving,
-                    "memory_bytes": v.vram_bytes,
-                    "memory_used_bytes": v.vram_used_bytes,
-                    "reputation_bps": v.reputation_bps,
-                    "jobs_in_flight": v.jobs_in_flight,
-                    "last_seen_ms": v.last_seen_ms,
-                    "runtimes": list(v.runtimes),
-                    "devices": [jsonable(d.to_avro()) for d in s.registration.devices],
-                    "cpu_model": s.registration.cpu_model,
-                    "accepted": s.accepted,
-                    "rejected": s.rejected,
-                }
+        return NodeList(
+            nodes=[
+                NodeInfo(
+                    address=_hex(a),
+                    price_wei_per_hour=str(v.price_wei_per_hour),
+                    stake_wei=str(v.stake_wei),
+                    leaving=v.leaving,
+                    memory_bytes=v.vram_bytes,
+                    memory_used_bytes=v.vram_used_bytes,
+                    reputation_bps=v.reputation_bps,
+                    jobs_in_flight=v.jobs_in_flight,
+                    last_seen_ms=v.last_seen_ms,
+                    runtimes=list(v.runtimes),
+                    devices=[jsonable(d.to_avro()) for d in s.registration.devices],
+                    cpu_model=s.registration.cpu_model,
+                    accepted=s.accepted,
+                    rejected=s.rejected,
+                )
                 for a, s, v in listed
             ]
-        }
+        )
 
-    def _job_json(self, job: Job) -> dict[str, Any]:
-        return job_json(job, self.market.tokens.get(job.job_id, []))
+    def _job_json(self, job: Job) -> JobInfo:
+        return JobInfo.model_validate(job_json(job, self.market.tokens.get(job.job_id, [])))
 
-    async def recent_jobs(self, limit: int = 20) -> dict[str, Any]:
-        """The most recently submitted jobs, newest first."""
+    async def recent_jobs(self, limit: int = 20) -> JobList:
+        """The most recently submitted jobs, newest first (`limit`: at most 500)."""
         with self.market.lock:
             jobs = sorted(
                 self.market.jobs.values(),
                 key=lambda j: j.submitted.submitted_at_ms if j.submitted else 0,
                 reverse=True,
             )[: max(0, min(limit, 500))]
-            return {"jobs": [self._job_json(job) for job in jobs]}
+            return JobList(jobs=[self._job_json(job) for job in jobs])
 
-    async def job(self, job_id: str) -> Response:
+    async def job(self, job_id: JobId) -> JobInfo | Response:
+        """A job by id (32-byte hex, 0x optional): its state and every record of it."""
         try:
             key = parse_data("0x" + job_id.removeprefix("0x"), "job id", 32)
         except BadParam:
@@ -293,9 +339,9 @@ class MarketRoutes:
             body = self._job_json(found) if found else None
         if body is None:
             return error_response(MarketError(404, "not_found", f"no job {job_id}"))
-        return JSONResponse(body)
+        return body
 
-    async def submit_job(self, request: Request) -> Response:
+    async def submit_job(self, body: JobRequest, key: Authorization) -> JobInfo | Response:
         """An inference job {"model", "input": {...}, "max_price_wei"?, "timeout_ms"?,
         "redundancy"? (2: run on two nodes, both paid, results compared)} or a
         training job {"kind": "training", "model", "dataset": text, "epochs", "batch_size",
@@ -303,14 +349,11 @@ class MarketRoutes:
         node's result is on the log (504 when none came before the deadline: the job is
         then refunded)."""
         try:
-            order = _order(await request.json())
-            job = await self.jobs.submit(request.headers.get("authorization", ""), order)
+            job = await self.jobs.submit(key, _order(body))
         except MarketError as exc:
             return error_response(exc)
-        except ValueError:
-            return error_response(MarketError(400, "bad_request", "the body is not valid JSON"))
         with self.market.lock:
-            return JSONResponse(self._job_json(job), status_code=201)
+            return self._job_json(job)
 
 
 def router(
@@ -318,17 +361,63 @@ def router(
 ) -> APIRouter:
     routes = MarketRoutes(settings, market, ledger, sink)
     completions = Completions(routes.jobs)
-    api = APIRouter()
+    api = APIRouter(route_class=MarketRoute)
     api.add_api_route(
-        "/v1/chat/completions", completions.chat, methods=["POST"], response_model=None
+        "/v1/chat/completions",
+        completions.chat,
+        methods=["POST"],
+        response_model=ChatCompletion,
+        route_class_override=OpenAIRoute,
+        responses={**streamed("chat.completion.chunk events, then [DONE]"), **JOB_ERRORS},
     )
-    api.add_api_route("/v1/completions", completions.text, methods=["POST"], response_model=None)
+    api.add_api_route(
+        "/v1/completions",
+        completions.text,
+        methods=["POST"],
+        response_model=TextCompletion,
+        route_class_override=OpenAIRoute,
+        responses={**streamed("text_completion events, then [DONE]"), **JOB_ERRORS},
+    )
     api.add_api_route("/v1/models", routes.models, methods=["GET"])
-    api.add_api_route("/v1/models", routes.register_model, methods=["POST"], response_model=None)
-    api.add_api_route(CONTENT_UPLOAD, routes.put_content, methods=["POST"], response_model=None)
-    api.add_api_route("/ipfs/{cid}", routes.get_content, methods=["GET"], response_model=None)
+    api.add_api_route(
+        "/v1/models",
+        routes.register_model,
+        methods=["POST"],
+        status_code=201,
+        response_model=RegisteredModel,
+        responses=market_errors(400, 409),
+    )
+    api.add_api_route(
+        CONTENT_UPLOAD,
+        routes.put_content,
+        methods=["POST"],
+        status_code=201,
+        response_model=StoredContent,
+        openapi_extra={"requestBody": CONTENT_BODY},
+        responses=market_errors(400, 413),
+    )
+    api.add_api_route(
+        "/ipfs/{cid}",
+        routes.get_content,
+        methods=["GET"],
+        response_class=Response,  # no media type of its own: the errors stay JSON
+        responses={200: {"content": {OctetStream.media_type: BINARY}}, **market_errors(400, 404)},
+    )
     api.add_api_route("/v1/nodes", routes.nodes, methods=["GET"])
-    api.add_api_route("/v1/jobs", routes.recent_jobs, methods=["GET"])
-    api.add_api_route("/v1/jobs/{job_id}", routes.job, methods=["GET"], response_model=None)
-    api.add_api_route("/v1/jobs", routes.submit_job, methods=["POST"], response_model=None)
+    api.add_api_route("/v1/jobs", routes.recent_jobs, methods=["GET"], responses=market_errors(400))
+    api.add_api_route(
+        "/v1/jobs/{job_id}",
+        routes.job,
+        methods=["GET"],
+        response_model=JobInfo,
+        responses=market_errors(400, 404),
+    )
+    api.add_api_route(
+        "/v1/jobs",
+        routes.submit_job,
+        methods=["POST"],
+        status_code=201,
+        response_model=JobInfo,
+        responses=JOB_ERRORS,
+    )
     return api

@@ -203,7 +203,11 @@ def test_a_key_over_its_concurrency_gets_429_until_its_request_is_answered(
                 yield b'"input": {}}'
 
             held = asyncio.create_task(
-                client.post("/v1/jobs", content=slow_body(), headers=bearer(KEY_A))
+                client.post(
+                    "/v1/jobs",
+                    content=slow_body(),
+                    headers={**bearer(KEY_A), "content-type": "application/json"},
+                )
             )
             await asyncio.sleep(0.2)  # the first request is in flight, its body half sent
             over = await client.post("/v1/jobs", json={"model": "m"}, headers=bearer(KEY_A))
