@@ -20,7 +20,7 @@ from processors.execution.genesis import load_genesis as genesis_file
 from processors.execution.ledger import genesis_block
 from processors.execution.transactions import ChainRules
 from schemas.events import NetworkGenesis
-from streams.kafka import Producer, Reader, client_config, from_beginning
+from streams.kafka import Producer, Reader, client_config, decodable, from_beginning
 from streams.settings import Settings
 from streams.topics import topic
 
@@ -87,10 +87,9 @@ def probe(bootstrap: str, timeout: float = 5.0, extra: dict[str, str] | None = N
 def first_record(bootstrap: str) -> NetworkGenesis | None:
     reader = Reader(bootstrap, client_id="lattice-network")
     try:
-        for message in reader.read(from_beginning(NETWORK.name, [0])):
-            event = reader.decode(message).event
-            if isinstance(event, NetworkGenesis):
-                return event
+        for record in decodable(reader.read(from_beginning(NETWORK.name, [0])), reader.codec):
+            if isinstance(record.event, NetworkGenesis):
+                return record.event
         return None
     finally:
         reader.close()

@@ -27,6 +27,7 @@ CHECKPOINTS = topic("checkpoints")
 
 class CheckpointView(Processor[MemoryStore]):
     role = "gateway"
+    dead_letters = False
     name = "lattice-gateway-checkpoints"
 
     def __init__(self, bootstrap: str, signers: frozenset[bytes]) -> None:

@@ -26,6 +26,7 @@ PROPOSED = topic("blocks.proposed")
 
 class DagView(Processor[MemoryStore]):
     role = "gateway"
+    dead_letters = False
     name = "lattice-gateway-dag-view"
 
     def __init__(self, bootstrap: str, chain_id: int, k: int, finality_depth: int) -> None:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 class PendingView(Processor[MemoryStore]):
     role = "gateway"
+    dead_letters = False
     name = "lattice-gateway-pending-view"
 
     def __init__(self, bootstrap: str, intake: TransactionIntake) -> None:

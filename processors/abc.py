@@ -8,8 +8,9 @@ followers) is a `Processor` run by the one runtime, `processors.runtime.Runtime`
 
 - **poll**: records of the processor's `Subscription`s, from the positions its
   `StateStore` holds (a fresh store starts where each subscription says);
-- **decode**: each value becomes its typed event (`schemas.events`); a record that does not
-  decode is logged and skipped, its offset advancing like any other;
+- **decode**: each value becomes its typed event (`schemas.events`) of its topic's schema;
+  a record that does not decode is logged, sent to the dead-letter topic and skipped, its
+  offset advancing like any other;
 - **handle**: `Processor.handle(record, state)` (a `streams.kafka.Record`: position, typed
   event and raw bytes) reads and writes the state and returns the
   `Output`s the record causes; `Processor.tick(now_ms, state)` does the same for timers
@@ -214,6 +215,10 @@ class Processor(abc.ABC, Generic[S]):
     #: What it is, for metrics (`lattice_events_total{process=...}`).
     role: str = "processor"
     pace: Pace = Pace()
+    #: Whether inputs it skips as undecodable are sent to `lattice.deadletters` (they are
+    #: always logged and counted). Off for the gateway's views: every gateway runs them
+    #: under one name, from the beginning at every start.
+    dead_letters: bool = True
 
     @abc.abstractmethod
     def subscriptions(self) -> Sequence[Subscription]: ...

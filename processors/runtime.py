@@ -15,6 +15,16 @@ start, the outbox entries not acknowledged before are looked for on the log from
 acknowledged offset of their partition on, and only those missing are sent. With
 `Pace.rebuild_window`, the last records of each output partition are read at start too:
 outputs whose cause the log already shows are not sent again (a store rebuilt from the log).
+
+An input that is not a record of its topic's schema (random bytes, a truncated record,
+another schema's) is skipped like a handled one, its offset committed with the state, and
+it becomes a `DeadLetter` on `lattice.deadletters`, an output like any other (outbox,
+headers, cause). Whether bytes decode depends on the bytes alone (`schemas.codec`), so
+every replica skips the same records and their states stay alike. Exceptions of the
+processor's own `handle` are not caught: on a record that decodes they are bugs, and
+skipping them would hide the bug and could part replicas that fail differently. Before
+its first dead letter of a run, the runtime reads the dead-letter topic for those it sent
+before (a store rebuilt from the log skips its inputs again), and sends none twice.
 """
 
 from __future__ import annotations
@@ -31,7 +41,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from processors.abc import Outgoing, Output, Partition, Processor, S, Subscription
 from processors.standby import Election, LostLead, OnLog
-from schemas.codec import CodecError, default_codec
+from schemas.codec import DecodeError, default_codec
+from schemas.events import DeadLetter, Position
 from streams.durable import BrokerRestarted, Gate
 from streams.kafka import (
     CatchUp,
@@ -44,7 +55,7 @@ from streams.kafka import (
 )
 from streams.metrics import EVENTS
 from streams.metrics import serve as serve_metrics
-from streams.topics import partition_of
+from streams.topics import DEADLETTERS, partition_of
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,10 @@ SEQUENCE = "lattice-seq"
 CAUSE = "lattice-cause"
 #: Acknowledgements are written with the next state commit, or on their own this often.
 ACK_COMMIT_S = 1.0
+#: A dead letter keeps this much of the skipped value (a record may be up to the broker's
+#: message size, and its dead letter must fit too) and of the reason.
+DEAD_VALUE_BYTES = 65_536
+DEAD_REASON_CHARS = 1000
 
 
 def stop_on_signals() -> threading.Event:
@@ -201,8 +216,13 @@ class Runtime(Generic[S]):
         self._handled_to: dict[Partition, int] = {}
         self.opened = False
         self.closed = False
+        #: `handle` or `tick` raised: commit nothing on the way out (a half-made state, and
+        #: an offset past a record that the restarted process must meet again).
+        self._broken = False
         self.live = False
-        self.skipped = 0
+        self.skipped = 0  # inputs skipped as undecodable
+        self._dead_letters_found: bool | None = None  # see `_find_dead_letters`
+        self._schemas: dict[str, str] = {}
 
     @property
     def producer(self) -> Producer:
@@ -228,6 +248,7 @@ class Runtime(Generic[S]):
             self._find_own_outputs()
         if self._held:
             self._release_held()
+        self._schemas = {s.topic.name: s.topic.schema for s in self.processor.subscriptions()}
         assigned = [s for s in self.processor.subscriptions() if s.group is None]
         start = self._start_positions(assigned)
         stored = self.store.positions()
@@ -615,20 +636,74 @@ class Runtime(Generic[S]):
             self._group_handled[key] = offset
         EVENTS.labels(self.processor.role, key[0], "in").inc()
         try:
-            record = record_of(message, self.codec)
-        except CodecError as exc:
-            self.skipped += 1
-            log.warning(
-                "%s: skipping an undecodable record at %s[%d]@%d: %s", self.name, *key, offset, exc
-            )
+            record = record_of(message, self.codec, self._schemas.get(key[0]))
+        except DecodeError as exc:
+            self._dead_letter(message, exc)
             return
-        outputs = self.processor.handle(record, self.store)
+        try:
+            outputs = self.processor.handle(record, self.store)
+        except BaseException:
+            self._broken = True
+            raise
         if outputs and self._led and not self.active:
             raise RuntimeError(
                 f"{self.name}: a processor led by its ticks sent outputs from `handle` "
                 "before its first tick (a standby would send them too)"
             )
         self._enqueue(outputs, (key[0], key[1], offset))
+
+    def _dead_letter(self, message: Any, error: DecodeError) -> None:
+        """Skip an input that does not decode, and say so on the dead-letter topic.
+
+        Only an active member sends (a standby skips alike and stays quiet, or both would
+        send one); a processor with `dead_letters` off only logs and counts."""
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        self.skipped += 1
+        EVENTS.labels(self.processor.role, topic, "skipped").inc()
+        log.warning(
+            "%s: skipping an undecodable record at %s[%d]@%d: %s",
+            self.name,
+            topic,
+            partition,
+            offset,
+            error,
+        )
+        if not (self.processor.dead_letters and self.active and self._find_dead_letters()):
+            return
+        raw = message.value() or b""
+        key = message.key()
+        timestamp = message.timestamp()[1]
+        letter = DeadLetter(
+            processor=self.name,
+            code=error.code,
+            reason=str(error)[:DEAD_REASON_CHARS],
+            key=key.decode(errors="replace") if key is not None else None,
+            value=raw[:DEAD_VALUE_BYTES],
+            value_size=len(raw),
+            cause=Position(topic=topic, partition=partition, offset=offset),
+        )
+        # The skipped record's time, not the clock's: the dead letter is the record's.
+        output = Output(DEADLETTERS, letter, self.name, timestamp if timestamp > 0 else None)
+        self._enqueue([output], (topic, partition, offset))
+
+    def _find_dead_letters(self) -> bool:
+        """Note the dead letters this processor sent before, once per run; False when there
+        is no dead-letter topic to send to."""
+        if self._dead_letters_found is None:
+            reader = Reader(self.bootstrap, client_id=f"{self.name}-dead", config=self._config)
+            try:
+                spans = reader.end_offsets_of([DEADLETTERS.name])
+                starts = {key: low for key, (low, end) in spans.items() if end > low}
+                until = {key: spans[key][1] for key in starts}
+                for message in reader.read(starts, until=until) if starts else ():
+                    self._note_output(message)
+                self._dead_letters_found = True
+            except KeyError:
+                log.error("%s: no topic %s: dead letters are not sent", self.name, DEADLETTERS.name)
+                self._dead_letters_found = False
+            finally:
+                reader.close()
+        return self._dead_letters_found
 
     def _tick(self, polled: bool) -> None:
         """Ticks keep their cadence (a proposer's blocks come every interval, not every
@@ -643,7 +718,11 @@ class Runtime(Generic[S]):
             self._next_tick += every
             if self._next_tick < now:  # fell behind: do not burst
                 self._next_tick = now + every
-        outputs = self.processor.tick(int(self.clock() * 1000), self.store)
+        try:
+            outputs = self.processor.tick(int(self.clock() * 1000), self.store)
+        except BaseException:
+            self._broken = True
+            raise
         if outputs and not self._outgoing and not self._handled:
             self._first_pending = now
         self._enqueue(outputs, None)
@@ -750,7 +829,7 @@ class Runtime(Generic[S]):
             return
         self.closed = True
         try:
-            if self.opened:
+            if self.opened and not self._broken:
                 self.drain()
         finally:
             if self._group is not None:

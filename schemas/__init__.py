@@ -5,6 +5,22 @@ file, named `<namespace>.<Name>.avsc` so that records referencing each other by 
 resolve. `history/` freezes every version ever shipped; see `schemas.evolution`.
 """
 
-from schemas.codec import Codec, CodecError, Decoded, SchemaInfo, default_codec, jsonable
+from schemas.codec import (
+    Codec,
+    CodecError,
+    Decoded,
+    DecodeError,
+    SchemaInfo,
+    default_codec,
+    jsonable,
+)
 
-__all__ = ["Codec", "CodecError", "Decoded", "SchemaInfo", "default_codec", "jsonable"]
+__all__ = [
+    "Codec",
+    "CodecError",
+    "DecodeError",
+    "Decoded",
+    "SchemaInfo",
+    "default_codec",
+    "jsonable",
+]

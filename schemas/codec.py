@@ -11,6 +11,15 @@ Unsigned 256-bit quantities (wei amounts, blue work, targets) use the ``bytes`` 
 the logical type ``lattice.uint256``: minimal big-endian bytes on the wire, a Python
 ``int`` in memory. Readers in other languages ignore the unknown logical type and see the
 plain bytes, as the Avro spec requires.
+
+Decoding is total: whatever the bytes (random, truncated, another schema's, a length
+claiming gigabytes), it returns an event or raises `DecodeError`, whose `code` says which
+check failed. Each check is a function of the bytes alone, so every consumer decides alike
+on the same record. A body must be exactly one record: bytes left after it mean the
+record is not what its header says (a writer never leaves any). A length never allocates
+more than the record holds: fastavro reads bodies from the record's own buffer, and no
+schema has an array of items that take no bytes, so a count can only run to the end of
+the record (`tests/schemas/test_decode.py` holds both to account).
 """
 
 from __future__ import annotations
@@ -45,6 +54,29 @@ class CodecError(ValueError):
     """A record could not be encoded or decoded; the message says which schema and why."""
 
 
+class DecodeError(CodecError):
+    """Bytes that are not a record of a known schema (or not of the one expected).
+
+    The only error decoding raises. `code` is one of `DECODE_ERRORS`, for machines (the
+    dead-letter topic's `code`); the message is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+#: `DecodeError.code`s and what they mean.
+DECODE_ERRORS = {
+    "no_value": "no value at all (a tombstone)",
+    "bad_marker": "shorter than a header, or not starting with the single-object marker",
+    "unknown_schema": "written by a schema this codec has never known",
+    "retired_schema": "written by a schema version whose record is no longer current",
+    "wrong_schema": "a record of another schema than the one expected",
+    "corrupt_body": "the body does not decode under its writer's schema",
+    "trailing_bytes": "bytes follow the record's body",
+}
+
+
 def _write_uint256(datum: Any, schema: Any) -> bytes:
     # bool is an int subclass; a True balance is always a bug.
     if isinstance(datum, bool) or not isinstance(datum, int):
@@ -55,6 +87,9 @@ def _write_uint256(datum: Any, schema: Any) -> bytes:
 
 
 def _read_uint256(data: bytes, writer_schema: Any, reader_schema: Any) -> int:
+    # Out of range, it would decode here and fail when a processor writes it on.
+    if len(data) > 32:
+        raise ValueError(f"uint256 field of {len(data)} bytes")
     return int.from_bytes(data, "big")
 
 
@@ -165,11 +200,14 @@ class Codec:
         """A typed event, single-object encoded under its class's schema."""
         return self.encode(event.SCHEMA, event.to_avro())
 
-    def decode_event(self, data: bytes, expect: type[E] | None = None) -> Event:
-        """A record as its typed event; with `expect`, a record of another schema is a
-        `CodecError` (the result is then an `expect`)."""
-        name, record = self._decode(data, expect.SCHEMA if expect is not None else None)
-        return EVENT_TYPES[name].from_avro(record)
+    def decode_event(self, data: bytes | None, expect: type[Event] | str | None = None) -> Event:
+        """A record as its typed event; with `expect` (a class or a schema's full name), a
+        record of another schema is a `DecodeError` (the result is then an `expect`)."""
+        name, record = self._decode(data, expect.SCHEMA if isinstance(expect, type) else expect)
+        try:
+            return EVENT_TYPES[name].from_avro(record)
+        except (KeyError, TypeError, ValueError) as exc:  # a decoded record always fits
+            raise DecodeError("corrupt_body", f"{name}: not a typed event: {exc!r}") from exc
 
     def decode_as(self, data: bytes, expect: type[E]) -> E:
         """A record that must be an `expect` event."""
@@ -177,40 +215,52 @@ class Codec:
         assert isinstance(event, expect)
         return event
 
-    def writer_of(self, data: bytes) -> SchemaInfo:
+    def writer_of(self, data: bytes | None) -> SchemaInfo:
+        if not isinstance(data, bytes):  # a tombstone's value is None
+            raise DecodeError("no_value", "a record without a value")
         if len(data) < HEADER_SIZE or data[:2] != MARKER:
-            raise CodecError("not an Avro single-object encoded record (bad marker)")
+            raise DecodeError("bad_marker", "not an Avro single-object encoded record (bad marker)")
         fp = int.from_bytes(data[2:HEADER_SIZE], "little")
         try:
             return self.by_fingerprint[fp]
         except KeyError:
-            raise CodecError(
-                f"record written by an unknown schema (fingerprint {fp:016x})"
+            raise DecodeError(
+                "unknown_schema", f"record written by an unknown schema (fingerprint {fp:016x})"
             ) from None
 
-    def decode(self, data: bytes, expect: str | None = None) -> Decoded:
+    def decode(self, data: bytes | None, expect: str | None = None) -> Decoded:
         writer = self.writer_of(data)
         name, record = self._decode(data, expect, writer)
         return Decoded(name, record, writer.fingerprint)
 
     def _decode(
-        self, data: bytes, expect: str | None, writer: SchemaInfo | None = None
+        self, data: bytes | None, expect: str | None, writer: SchemaInfo | None = None
     ) -> tuple[str, dict[str, Any]]:
         """(schema name, record) of an encoded record."""
         writer = writer or self.writer_of(data)
+        assert data is not None  # writer_of refuses None
         reader = self.current.get(writer.name)
         if reader is None:
-            raise CodecError(f"schema {writer.name!r} is no longer known to this codec")
-        if expect is not None and writer.name != expect:
-            raise CodecError(f"expected a {expect} record, got {writer.name}")
-        try:
-            record = fastavro.schemaless_reader(
-                io.BytesIO(data[HEADER_SIZE:]), writer.parsed, reader.parsed
+            raise DecodeError(
+                "retired_schema", f"schema {writer.name!r} is no longer known to this codec"
             )
+        if expect is not None and writer.name != expect:
+            raise DecodeError("wrong_schema", f"expected a {expect} record, got {writer.name}")
+        body = io.BytesIO(data)
+        body.seek(HEADER_SIZE)
+        try:
+            record = fastavro.schemaless_reader(body, writer.parsed, reader.parsed)
         except Exception as exc:  # truncated bodies raise EOFError, bad unions IndexError...
-            raise CodecError(f"{writer.name}: corrupt record body: {exc!r}") from exc
+            raise DecodeError(
+                "corrupt_body", f"{writer.name}: corrupt record body: {exc!r}"
+            ) from exc
         if not isinstance(record, dict):
-            raise CodecError(f"{writer.name}: decoded body is not a record")
+            raise DecodeError("corrupt_body", f"{writer.name}: decoded body is not a record")
+        left = len(data) - body.tell()
+        if left:
+            raise DecodeError(
+                "trailing_bytes", f"{writer.name}: {left} bytes after the record's body"
+            )
         return writer.name, record
 
 

@@ -260,6 +260,50 @@ class Position(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeadLetter(Event):
+    """An input record a processor skipped because it is not a record of its topic's schema
+    (topic lattice.deadletters, key: the processor). Every replica of a processor skips the
+    same records, so this says once per processor what was skipped, where and why.
+    """
+
+    SCHEMA: ClassVar[str] = "lattice.deadletters.DeadLetter"
+
+    #: Name of the processor that skipped it (its origin header and client id).
+    processor: str
+
+    #: Machine-readable reason: 'no_value', 'bad_marker', 'unknown_schema', 'retired_schema',
+    #: 'wrong_schema', 'corrupt_body' or 'trailing_bytes'.
+    code: str
+
+    #: Human-readable reason (at most 1000 characters).
+    reason: str
+
+    #: The skipped record's key as text; null when it had none.
+    key: str | None = None
+
+    #: The skipped record's value, cut to its first 65536 bytes.
+    value: bytes
+
+    #: The skipped record's full value size in bytes.
+    value_size: int
+
+    #: Position of the skipped record.
+    cause: Position
+
+    def to_avro(self) -> dict[str, Any]:
+        value = dict(self.__dict__)
+        value["cause"] = self.cause.to_avro()
+        return value
+
+    @classmethod
+    def from_avro(cls, value: Mapping[str, Any]) -> DeadLetter:
+        converted = {
+            "cause": Position.from_avro(value["cause"]),
+        }
+        return build(cls, value, converted)
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeviceUsage(Event):
     """Live use of one accelerator."""
 
@@ -1370,6 +1414,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "lattice.blocks.BlockProposed": BlockProposed,
     "lattice.blocks.OrderedTransaction": OrderedTransaction,
     "lattice.common.Position": Position,
+    "lattice.deadletters.DeadLetter": DeadLetter,
     "lattice.gpu.DeviceUsage": DeviceUsage,
     "lattice.gpu.GpuDevice": GpuDevice,
     "lattice.gpu.GpuNodeHeartbeat": GpuNodeHeartbeat,
@@ -1406,6 +1451,7 @@ __all__ = [
     "BlockProposed",
     "Candidate",
     "Checkpoint",
+    "DeadLetter",
     "DeviceUsage",
     "EpochCheckpoint",
     "GpuDevice",

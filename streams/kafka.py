@@ -14,9 +14,10 @@ true end on both tansu and Apache Kafka.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
@@ -26,14 +27,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka import Producer as _KafkaProducer
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
-from schemas.codec import Codec, CodecError, default_codec
+from schemas.codec import Codec, CodecError, DecodeError, default_codec
 from schemas.events import Position
 from schemas.record import Event
 from streams.durable import Gate
 from streams.metrics import STATS_INTERVAL_MS, record_statistics
-from streams.topics import TopicSpec
+from streams.topics import BY_NAME, TopicSpec
 
 E = TypeVar("E", bound=Event)
+log = logging.getLogger(__name__)
 
 
 class DeliveryError(RuntimeError):
@@ -97,19 +99,40 @@ READER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def record_of(message: Any, codec: Codec) -> Record[Event]:
-    """A confluent-kafka message as a decoded record (`schemas.CodecError` if it is not one)."""
+def record_of(message: Any, codec: Codec, schema: str | None = None) -> Record[Event]:
+    """A confluent-kafka message as a decoded record of `schema`, by default its catalogue
+    topic's (`schemas.DecodeError` if it is not one: a record of another schema on a topic
+    would reach code that knows only the topic's)."""
     raw = message.value()
     key = message.key()
+    topic = message.topic()
+    if schema is None and topic in BY_NAME:
+        schema = BY_NAME[topic].schema
     return Record(
-        message.topic(),
+        topic,
         message.partition(),
         message.offset(),
         message.timestamp()[1],
         key.decode(errors="replace") if key is not None else None,
-        codec.decode_event(raw),
+        codec.decode_event(raw, schema),
         raw,
     )
+
+
+def decodable(messages: Iterable[Any], codec: Codec) -> Iterator[Record[Event]]:
+    """The records among `messages` that decode, each other one logged and skipped, as the
+    processor runtime skips them: a replay must see what the live processors saw."""
+    for message in messages:
+        try:
+            yield record_of(message, codec)
+        except DecodeError as exc:
+            log.warning(
+                "skipping an undecodable record at %s[%d]@%d: %s",
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                exc,
+            )
 
 
 class Producer:
@@ -315,7 +338,7 @@ class Reader:
         return list(batch)
 
     def decode(self, message: Any) -> Record[Event]:
-        """A polled message as its record; `schemas.CodecError` when it does not decode."""
+        """A polled message as its record; `schemas.DecodeError` when it does not decode."""
         return record_of(message, self.codec)
 
     def read(

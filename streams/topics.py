@@ -119,6 +119,15 @@ TOPICS: tuple[TopicSpec, ...] = (
     _t("jobs.verdicts", "jobs.JobVerdict", "job id", 4, "Verification verdicts."),
     _t("jobs.settled", "jobs.JobSettled", "job id", 4, "Settlement transactions."),
     _t("models", "models.ModelManifest", "model id", 1, "Model manifests.", compacted=True),
+    # Keyed by the processor, so that one processor's dead letters stay in the order it
+    # skipped them; one partition: a processor looks its earlier ones up from the start.
+    _t(
+        "deadletters",
+        "deadletters.DeadLetter",
+        "processor",
+        1,
+        "Input records processors skipped as not of their topic's schema, with the reason.",
+    ),
     _t(
         "network",
         "network.NetworkGenesis",
@@ -130,6 +139,8 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPICS}
+#: Where the processor runtime reports the inputs it skipped (`processors.runtime`).
+DEADLETTERS = BY_NAME["lattice.deadletters"]
 
 
 def topic(name: str) -> TopicSpec:

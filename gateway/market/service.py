@@ -118,6 +118,7 @@ PEER_HEADER = "x-lattice-peer"
 
 class MarketService(Processor[MemoryStore]):
     role = "gateway"
+    dead_letters = False
     name = "lattice-gateway-market"
     pace = Pace(read_config=LOW_LATENCY_READ)
 

@@ -43,6 +43,9 @@ INPUTS = tuple(
 class AnalyticsSink(Processor[AnalyticsStore]):
     role = "analytics"
     pace = Pace(batch=20_000, linger_s=0.5, poll_s=0.2, read_config={"fetch.wait.max.ms": 50})
+    # Its store keeps rows and no outbox: what it skips is logged and counted only (the
+    # processors that act on those topics send their dead letters).
+    dead_letters = False
 
     def __init__(
         self,

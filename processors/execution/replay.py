@@ -20,7 +20,7 @@ from processors.execution.processor import EXECUTED, ORDERED, ExecutionProcessor
 from processors.execution.transactions import ChainRules
 from processors.state import RocksStore
 from schemas.events import BlockExecuted
-from streams.kafka import Reader, Record
+from streams.kafka import Reader, Record, decodable
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,14 @@ def replay(
     reader = Reader(bootstrap, client_id="lattice-replay")
     try:
         live = {}
-        for message in reader.read({(EXECUTED.name, 0): 0}):
-            executed = reader.codec.decode_as(message.value(), BlockExecuted)
+        # What does not decode is skipped, as the live processors skipped it.
+        for record in decodable(reader.read({(EXECUTED.name, 0): 0}), reader.codec):
+            executed = record.event
+            assert isinstance(executed, BlockExecuted)
             live[executed.number] = executed.state_root
-        ordered: list[Record[Any]] = [
-            reader.decode(message) for message in reader.read({(ORDERED.name, 0): 0})
-        ]
+        ordered: list[Record[Any]] = list(
+            decodable(reader.read({(ORDERED.name, 0): 0}), reader.codec)
+        )
     finally:
         reader.close()
     state = RocksStore(target)

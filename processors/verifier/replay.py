@@ -23,7 +23,7 @@ from processors.state import MemoryStore
 from processors.verifier.processor import SETTLED, VERDICTS, Verifier, side_topics
 from schemas.events import JobSettled, JobVerdict
 from streams.admin import ensure_topics
-from streams.kafka import Reader
+from streams.kafka import Reader, decodable
 from streams.settings import Settings
 
 
@@ -39,7 +39,7 @@ def _read(bootstrap: str, topic: str) -> list[Any]:
     reader = Reader(bootstrap, client_id="lattice-verifier-replay")
     try:
         positions = {(topic, p): 0 for p in reader.partitions(topic)}
-        return [reader.decode(m).event for m in reader.read(positions)]
+        return [r.event for r in decodable(reader.read(positions), reader.codec)]
     finally:
         reader.close()
 

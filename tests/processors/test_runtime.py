@@ -5,6 +5,7 @@ together, undecodable records skipped, and a store rebuilt from the log not re-s
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,12 @@ import pytest
 from processors.abc import Output, Pace, Processor, Subscription
 from processors.runtime import CAUSE, ORIGIN, SEQUENCE, Runtime, headers_of, parse_cause
 from processors.state import MemoryStore, RocksStore
-from schemas.events import Position
+from schemas.codec import default_codec
+from schemas.events import DeadLetter, Position, TransactionRejected
+from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
 from streams.kafka import Producer, Reader, Record
-from streams.topics import TopicSpec
+from streams.topics import DEADLETTERS, TopicSpec
 from tests.processors.harness import crash, run_to_end
 
 pytestmark = pytest.mark.broker
@@ -172,26 +175,128 @@ def test_a_store_rebuilt_from_the_log_does_not_send_again(
     rebuilt.close()
 
 
-def test_undecodable_records_are_skipped_and_their_offsets_advance(
+class Counting(Echo):
+    """Notes each record it handles; sends nothing."""
+
+    def handle(self, record: Record[Any], state: Any) -> Sequence[Output]:
+        state.put(b"seen/%d" % record.offset, b"")
+        return ()
+
+
+def send_junk(bootstrap: str, source: TopicSpec) -> dict[int, str]:
+    """Records that are not the topic's, between valid ones, on partition 0: the offset of
+    each and the dead letter code it must get."""
+    codec = default_codec()
+    valid = codec.encode_event(Position(topic="in", partition=0, offset=0))
+    other = codec.encode_event(TransactionRejected(
+        hash=b"", sender=b"", nonce=0, block_number=0, dag_block=b"", code="", reason="",
+        cause=Position(topic="in", partition=0, offset=0),
+    ))  # fmt: skip
+    records: list[tuple[bytes | None, str | None]] = [
+        (valid, None),
+        (b"not avro", "bad_marker"),
+        (valid[:-1], "corrupt_body"),
+        (valid + b"\x00", "trailing_bytes"),
+        (other, "wrong_schema"),
+        (None, "no_value"),
+        (valid, None),
+    ]
+    producer = Producer(bootstrap)
+    for value, _ in records:
+        producer.send_raw(source.name, value, key="k0", partition=0, timestamp_ms=1234)
+    producer.close()
+    return {offset: code for offset, (_, code) in enumerate(records) if code is not None}
+
+
+def dead_letters(bootstrap: str, name: str) -> list[tuple[dict[str, bytes], DeadLetter]]:
+    reader = Reader(bootstrap)
+    try:
+        found = []
+        for message in reader.read({(DEADLETTERS.name, 0): 0}):
+            letter = reader.decode(message).event
+            assert isinstance(letter, DeadLetter)
+            if letter.processor == name:
+                assert message.key() == name.encode()
+                assert message.timestamp()[1] == 1234  # the skipped record's
+                found.append((headers_of(message), letter))
+        return found
+    finally:
+        reader.close()
+
+
+def test_undecodable_records_become_dead_letters_and_their_offsets_advance(
+    broker: EmbeddedBroker, topics: tuple[TopicSpec, TopicSpec], tmp_path: Path
+) -> None:
+    ensure_topics(broker.bootstrap, [DEADLETTERS])
+    source, sink = topics
+    junk = send_junk(broker.bootstrap, source)
+    name = f"counting-{uuid.uuid4().hex[:8]}"
+    store = RocksStore(tmp_path / "first")
+    runtime = Runtime(Counting(source, sink, name), store, broker.bootstrap)
+    runtime.run(threading.Event(), until_caught_up=True)
+    assert runtime.skipped == len(junk)
+    assert [k for k, _ in store.scan(b"seen/")] == [b"seen/0", b"seen/6"]
+    assert store.positions()[(source.name, 0)] == 6
+    assert store.outbox() == []
+    store.close()
+
+    found = dead_letters(broker.bootstrap, name)
+    assert {letter.cause.offset: letter.code for _, letter in found} == junk
+    assert len(found) == len(junk)
+    for headers, letter in found:
+        assert letter.cause == Position(topic=source.name, partition=0, offset=letter.cause.offset)
+        assert headers[ORIGIN] == name.encode()
+        assert parse_cause(headers[CAUSE]) == (source.name, 0, letter.cause.offset, 0)
+        assert letter.key == "k0" and letter.reason
+    by_code = {letter.code: letter for _, letter in found}
+    assert by_code["bad_marker"].value == b"not avro" and by_code["bad_marker"].value_size == 8
+    assert by_code["no_value"].value == b"" and by_code["no_value"].value_size == 0
+
+    # A store rebuilt from the log skips the same records and finds their dead letters
+    # sent; another processor sends its own.
+    rebuilt = MemoryStore()
+    again = Runtime(Counting(source, sink, name), rebuilt, broker.bootstrap)
+    again.run(threading.Event(), until_caught_up=True)
+    assert again.skipped == len(junk)
+    assert rebuilt.positions()[(source.name, 0)] == 6
+    assert [k for k, _ in rebuilt.scan(b"seen/")] == [b"seen/0", b"seen/6"]
+    assert len(dead_letters(broker.bootstrap, name)) == len(junk)
+    other = f"{name}-other"
+    run_to_end(Counting(source, sink, other), MemoryStore(), broker.bootstrap)
+    assert len(dead_letters(broker.bootstrap, other)) == len(junk)
+
+
+def test_a_processor_without_dead_letters_only_skips(
+    broker: EmbeddedBroker, topics: tuple[TopicSpec, TopicSpec]
+) -> None:
+    ensure_topics(broker.bootstrap, [DEADLETTERS])
+    source, sink = topics
+    junk = send_junk(broker.bootstrap, source)
+
+    class View(Counting):
+        dead_letters = False
+
+    name = f"view-{uuid.uuid4().hex[:8]}"
+    runtime = Runtime(View(source, sink, name), MemoryStore(), broker.bootstrap)
+    runtime.run(threading.Event(), until_caught_up=True)
+    assert runtime.skipped == len(junk)
+    assert dead_letters(broker.bootstrap, name) == []
+
+
+def test_an_error_of_the_processor_on_a_valid_record_is_not_skipped(
     broker: EmbeddedBroker, topics: tuple[TopicSpec, TopicSpec]
 ) -> None:
     source, sink = topics
-    producer = Producer(broker.bootstrap)
-    producer.send_raw(source.name, b"not avro", key="k0", partition=0)
-    producer.send(source, Position(topic="in", partition=0, offset=0), key="k0", partition=0)
-    producer.close()
+    fill(broker.bootstrap, source, 1)
 
-    class Counting(Echo):
+    class Buggy(Echo):
         def handle(self, record: Record[Any], state: Any) -> Sequence[Output]:
-            state.put(b"seen/%d" % record.offset, b"")
-            return ()
+            raise ZeroDivisionError("a bug")
 
     store = MemoryStore()
-    runtime = Runtime(Counting(source, sink), store, broker.bootstrap)
-    runtime.run(threading.Event(), until_caught_up=True)
-    assert runtime.skipped == 1
-    assert [k for k, _ in store.scan(b"seen/")] == [b"seen/1"]
-    assert store.positions()[(source.name, 0)] == 1
+    with pytest.raises(ZeroDivisionError):
+        run_to_end(Buggy(source, sink, f"buggy-{uuid.uuid4().hex[:8]}"), store, broker.bootstrap)
+    assert store.positions() == {}
 
 
 def test_ticks_run_once_caught_up_and_their_outputs_carry_no_cause(
