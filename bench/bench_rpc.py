@@ -1,6 +1,7 @@
 """The JSON-RPC client workload against `lattice devnet`, anvil and Hardhat, side by side.
 
     .venv/bin/python bench/bench_rpc.py [--transfers 1000] [--calls 2000]
+        [--against REF --repeat N] [--no-peers]
 
 One Python client (httpx, keep-alive) runs the same script on each node: pre-signed ETH
 transfers sent with eth_sendRawTransaction until every receipt is in, first one request at
@@ -15,7 +16,10 @@ with JSON-RPC batches of 100. anvil is foundry's and Hardhat 3 is `hardhat node`
 npm (`node_modules/.bin/`, installed by `make`), on loopback. The devnet runs with 0.25 s
 blocks and finality depth 3. The execution processor alone is measured by
 `bench/bench_execution.py`.
-Figures are printed with the ratio lattice / anvil; nothing is asserted.
+`--against REF` also runs the devnet of another commit (a git worktree of it, with the
+same virtual environment), `--repeat N` times each, in turn with this tree's, and prints
+the means side by side: how a change moved the figures, on one machine in one run.
+Figures are printed with the ratios lattice / each other column; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -325,8 +329,9 @@ def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
     return run.results
 
 
-def start_lattice(tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
-    """A devnet in `tmp/lattice` with fast blocks, answering JSON-RPC; `extra` flags."""
+def start_lattice(tmp: Path, *extra: str, root: Path = ROOT) -> tuple[subprocess.Popen[bytes], str]:
+    """A devnet in `tmp/lattice` with fast blocks, answering JSON-RPC; `extra` flags;
+    `root`: the source tree it runs from (another commit's worktree, `--against`)."""
     port = free_port()
     log = tmp / "devnet.log"
     process = subprocess.Popen(
@@ -349,8 +354,8 @@ def start_lattice(tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=root,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(root)},
     )
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, process)
@@ -403,32 +408,71 @@ def wait_ready(url: str, process: subprocess.Popen[bytes]) -> None:
     raise TimeoutError(url)
 
 
+def worktree(ref: str, where: Path) -> Path:
+    """A checkout of `ref` (its devnet runs from it, with this virtual environment)."""
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--quiet", "--detach", str(where), ref],
+        check=True,
+    )
+    return where
+
+
+def mean(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.fmean(run[key] for run in runs) for key in runs[0]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--transfers", type=int, default=1000)
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument(
+        "--against",
+        metavar="REF",
+        help="also run the devnet of this commit (a git worktree), in turn with this one",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="devnet runs of each tree (their mean is shown)"
+    )
+    parser.add_argument("--no-peers", action="store_true", help="skip anvil and Hardhat")
     args = parser.parse_args()
-    figures: dict[str, dict[str, float]] = {}
+    runs: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, starter in (
-            ("lattice", lambda: start_lattice(Path(tmp))),
-            ("anvil", start_anvil),
-            ("hardhat", start_hardhat),
-        ):
-            print(f"  {name}", flush=True)
-            process, url = starter()
-            try:
-                figures[name] = workload(url, args.transfers, args.calls)
-            finally:
-                process.send_signal(signal.SIGTERM)
-                process.wait(60)
-    print(f"\n    {'':<34}{'lattice':>12}{'anvil':>12}{'hardhat':>12}   lattice/anvil  /hardhat")
+        trees = [("lattice", ROOT)]
+        if args.against:
+            trees.append((f"@{args.against}"[:12], worktree(args.against, Path(tmp) / "against")))
+        try:
+            starters: list[tuple[str, Callable[[], tuple[subprocess.Popen[bytes], str]]]] = []
+            for _ in range(args.repeat):  # in turn, so that drift on the machine hits both
+                for name, root in trees:
+                    run_dir = Path(tmp) / f"{len(starters)}"
+
+                    def start(run_dir: Path = run_dir, root: Path = root) -> Any:
+                        return start_lattice(run_dir, root=root)
+
+                    starters.append((name, start))
+            if not args.no_peers:
+                starters += [("anvil", start_anvil), ("hardhat", start_hardhat)]
+            for name, starter in starters:
+                print(f"  {name}", flush=True)
+                process, url = starter()
+                try:
+                    runs.setdefault(name, []).append(workload(url, args.transfers, args.calls))
+                finally:
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(60)
+        finally:
+            if args.against:
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", trees[1][1]],
+                    check=False,
+                )
+    figures = {name: mean(r) for name, r in runs.items()}
+    names = list(figures)
+    print("\n    " + " " * 34 + "".join(f"{n:>12}" for n in names) + "   lattice/others")
     for key, ours in figures["lattice"].items():
-        anvil, hardhat = figures["anvil"][key], figures["hardhat"][key]
-        print(
-            f"    {key:<34}{ours:>12,.2f}{anvil:>12,.2f}{hardhat:>12,.2f}"
-            f"   x{ours / anvil:<12.2f} x{ours / hardhat:.2f}"
-        )
+        row = "".join(f"{figures[n][key]:>12,.2f}" for n in names)
+        ratios = "  ".join(f"x{ours / figures[n][key]:.2f}" for n in names[1:])
+        print(f"    {key:<34}{row}   {ratios}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ end before it stops the broker, so a graceful stop loses nothing.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from collections.abc import Callable
 from typing import TextIO
@@ -19,6 +20,7 @@ from streams.archive import Archiver, TopicArchive
 from streams.broker import EmbeddedBroker
 from streams.durable import ENV as DURABLE_ENV
 from streams.durable import Watermarks
+from streams.handover import ENV as HANDOVER_ENV
 from streams.kafka import Producer, Reader
 from streams.settings import Settings
 from streams.topics import TOPICS
@@ -81,11 +83,13 @@ class Log:
             # loop, and every acknowledgement and every processor's input waits for them:
             # hand the GIL over every 1 ms rather than every 5.
             sys.setswitchinterval(0.001)
-            self.archiver = Archiver(archive, bootstrap, TOPICS, marks)
+            handover = f"lattice-archive-{os.getpid()}-{secrets.token_hex(4)}"
+            self.archiver = Archiver(archive, bootstrap, TOPICS, marks, handover=handover)
             self.archiver.start()
             # Every process started from here on (the gateway, the children) acknowledges
-            # and reads only what is on disk.
+            # and reads only what is on disk, and hands what it sends to the archiver.
             os.environ[DURABLE_ENV] = str(path)
+            os.environ[HANDOVER_ENV] = handover
         return bootstrap
 
     def _reseeded(self, topic: str, count: int) -> None:
@@ -108,6 +112,7 @@ class Log:
 
     def stop(self) -> None:
         os.environ.pop(DURABLE_ENV, None)
+        os.environ.pop(HANDOVER_ENV, None)
         self._died = self.broker is not None and not self.broker.running
         if self.archiver is not None:
             try:

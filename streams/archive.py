@@ -1,21 +1,21 @@
 """The devnet's topic archive: what makes a memory-only broker survive restarts.
 
 The embedded broker keeps topics in memory, so the devnet copies every record of every
-catalogue topic into append-only files, one per partition, and on the next start re-seeds
-a fresh broker from them before anything else runs. Records are re-produced to their
+catalogue topic into one append-only journal, and on the next start re-seeds a fresh
+broker from it before anything else runs. Records are re-produced to their
 original partition in their original order with their original key, value, headers and
 timestamp, and the broker must hand back the original offsets (it does, since the
 archive is contiguous from offset 0): so the offsets that processors store beside their
 state stay valid across restarts.
 
-File format (`<root>/<topic>/<partition>.log`), a sequence of frames:
-``u32 body length | u32 CRC-32 of body | body``, the body being
-``i64 offset | i64 timestamp ms | i32 key length (-1 = null) | key | i32 value length |
-value | u16 header count | (u16 name length | name | u32 length | value)*``, little-endian.
-A crash can leave a torn last frame, and space allocated ahead of the data (zeros); both
-are detected (by length or CRC, and a length of 0) and cut off at the next start. Only
-records the broker had acknowledged can be in the archive, and a record is archived
-once: the archiver resumes at the next offset the files do not hold.
+File format (`<root>/journal.log`): a sequence of frames, each a placed record
+(`streams.frames`: its topic and partition, then offset, timestamp, key, value and
+headers). A crash can leave a torn last frame, and space allocated ahead of the data
+(zeros); both are detected (by length or CRC, and a length of 0) and cut off at the next
+start. Only records the broker had acknowledged can be in the archive, and a record is
+archived once: the archiver resumes each partition at the next offset the journal does not
+hold. An archive of the earlier layout (a file per partition) is moved into the journal at
+the first start.
 
 Shutdown order matters: stop everything that produces, then `Archiver.drain` until every
 partition's end offset is on disk, then stop the broker. A hard kill (SIGKILL, power
@@ -26,38 +26,42 @@ by a processor.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 from streams import durable
 from streams.durable import Watermarks
+from streams.frames import (
+    ArchivedRecord,
+    frame,
+    frames_of,
+    placed_frame,
+    placed_record,
+    placement,
+)
+from streams.handover import Listener
 from streams.kafka import Producer, Reader
 from streams.topics import TopicSpec
 
 log = logging.getLogger(__name__)
 
-_FRAME = struct.Struct("<II")
-_FIXED = struct.Struct("<qq")
-_LEN = struct.Struct("<i")
-_HCOUNT = struct.Struct("<H")
-_HNAME = struct.Struct("<H")
-_HVALUE = struct.Struct("<I")
-#: The archiver's fetches. The embedded broker answers a waiting fetch only when its wait
-#: runs out, so this wait is what a processor's input waits for the archive (the gateway's
-#: records come straight from its delivery reports, `Archiver.offer`); at 10 ms the broker
-#: spent more of the 2 cores on the archiver's fetches than the latency saved was worth.
-ARCHIVE_READ = {"fetch.wait.max.ms": 50, "fetch.min.bytes": 1}
+#: The journal's file name, under the archive's directory.
+JOURNAL = "journal.log"
+#: Re-seeding waits for the broker's offsets this often (bounding the futures held).
+RESEED_CHECK_EVERY = 10_000
+#: The archiver's fetches: a backstop, seldom, since the devnet's processes hand their
+#: records over (`streams.handover`). A fetch over every partition costs the embedded
+#: broker milliseconds of CPU, and it answers a waiting fetch only when its wait runs out:
+#: fetching every 50 ms kept it at a fifth of a core on an idle devnet.
+ARCHIVE_READ = {"fetch.wait.max.ms": 250, "fetch.min.bytes": 1}
 ARCHIVE_BATCH = 5000
-#: Space allocated ahead of a partition file's data: as much again as it holds, within these.
+#: Space allocated ahead of the journal's data: as much again as it holds, within these.
 MIN_ALLOCATION = 64 * 1024
 MAX_ALLOCATION = 8 * 1024 * 1024
 
@@ -66,134 +70,105 @@ class ArchiveError(RuntimeError):
     """The archive is inconsistent with itself or with the broker."""
 
 
-@dataclass(frozen=True)
-class ArchivedRecord:
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
+class TopicArchive:
+    """Every archived partition's records, in one append-only journal.
 
-    def encode(self) -> bytes:
-        parts = [_FIXED.pack(self.offset, self.timestamp_ms)]
-        for blob in (self.key, self.value):
-            parts.append(_LEN.pack(-1 if blob is None else len(blob)))
-            parts.append(blob or b"")
-        parts.append(_HCOUNT.pack(len(self.headers)))
-        for name, value in self.headers:
-            raw = name.encode()
-            parts += [_HNAME.pack(len(raw)), raw, _HVALUE.pack(len(value)), value]
-        body = b"".join(parts)
-        return _FRAME.pack(len(body), zlib.crc32(body)) + body
-
-    @classmethod
-    def decode(cls, body: bytes) -> ArchivedRecord:
-        offset, timestamp = _FIXED.unpack_from(body, 0)
-        pos = _FIXED.size
-        blobs: list[bytes | None] = []
-        for _ in range(2):
-            (length,) = _LEN.unpack_from(body, pos)
-            pos += _LEN.size
-            if length < 0:
-                blobs.append(None)
-            else:
-                blobs.append(body[pos : pos + length])
-                pos += length
-        (count,) = _HCOUNT.unpack_from(body, pos)
-        pos += _HCOUNT.size
-        headers = []
-        for _ in range(count):
-            (nlen,) = _HNAME.unpack_from(body, pos)
-            pos += _HNAME.size
-            name = body[pos : pos + nlen].decode()
-            pos += nlen
-            (vlen,) = _HVALUE.unpack_from(body, pos)
-            pos += _HVALUE.size
-            headers.append((name, body[pos : pos + vlen]))
-            pos += vlen
-        return cls(offset, timestamp, blobs[0], blobs[1], tuple(headers))
-
-    @classmethod
-    def from_message(cls, message: Any) -> ArchivedRecord:
-        kind, timestamp = message.timestamp()
-        headers = tuple((k, v or b"") for k, v in (message.headers() or []))
-        return cls(
-            message.offset(), timestamp if kind else 0, message.key(), message.value(), headers
-        )
-
-
-class PartitionLog:
-    """The archive file of one partition.
-
-    Space is allocated ahead of the data (zeros, in growing steps), so that most appends
-    change no file metadata and `fdatasync` has only the new bytes to flush: on ext4
-    under a devnet's load an fsync that also grows the file took milliseconds, and every
-    acknowledgement waits for it. The data ends at the first frame of length 0 (a frame
-    holds at least the 26 bytes of its fixed fields); a torn frame ends it too.
+    One file rather than one per partition: a group commit that touches a dozen
+    partitions costs one `fdatasync`, not a dozen, and every acknowledgement waits for
+    the commit in progress. Space is allocated ahead of the data (zeros, in growing
+    steps), so that most appends change no file metadata and `fdatasync` has only the
+    new bytes to flush: on ext4 under a devnet's load an fsync that also grows the file
+    took milliseconds. A partition's records are in offset order in the journal, from
+    offset 0 without a gap (checked on every append and at every start).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.next_offset = 0
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / JOURNAL
+        #: Per partition, the next offset the journal does not hold.
+        self._next: dict[tuple[str, int], int] = {}
         self._fd: int | None = None
         self._end = 0
         self._allocated = 0
+        self._migrate()
         self._recover()
-
-    def _scan(self) -> Iterator[tuple[int, ArchivedRecord]]:
-        """(end position, record) for every intact frame, stopping at the first bad one."""
-        if not self.path.exists():
-            return
-        with open(self.path, "rb") as f:
-            data = f.read()
-        pos = 0
-        while pos + _FRAME.size <= len(data):
-            length, crc = _FRAME.unpack_from(data, pos)
-            body = data[pos + _FRAME.size : pos + _FRAME.size + length]
-            if length == 0 or len(body) < length or zlib.crc32(body) != crc:
-                return
-            pos += _FRAME.size + length
-            yield pos, ArchivedRecord.decode(body)
 
     def _recover(self) -> None:
         good_end = 0
-        expected = 0
-        for end, record in self._scan():
+        for end, (topic, partition, record) in self._scan():
+            expected = self._next.get((topic, partition), 0)
             if record.offset != expected:
                 raise ArchiveError(
-                    f"{self.path}: record at offset {record.offset}, expected {expected}"
+                    f"{self.path}: {topic}[{partition}] record at offset {record.offset}, "
+                    f"expected {expected}"
                 )
-            good_end, expected = end, expected + 1
+            self._next[(topic, partition)] = expected + 1
+            good_end = end
         if self.path.exists():
             with open(self.path, "r+b") as f:
                 f.seek(good_end)
                 if f.read().strip(b"\x00"):
                     log.warning("%s: cutting a torn tail after byte %d", self.path, good_end)
                 f.truncate(good_end)
-        self.next_offset = expected
         self._end = self._allocated = good_end
 
-    def records(self) -> Iterator[ArchivedRecord]:
-        for _, record in self._scan():
-            yield record
+    def _scan(self) -> Iterator[tuple[int, tuple[str, int, ArchivedRecord]]]:
+        for end, body in frames_of(self.path):
+            yield end, placed_record(body)
 
-    def append(self, records: Iterable[ArchivedRecord]) -> None:
-        """Write and sync these records (those already archived are skipped)."""
+    def _migrate(self) -> None:
+        """Bring an archive of the earlier layout (a file per partition,
+        `<topic>/<partition>.log`) into the journal, then remove those files."""
+        legacy = sorted(self.root.glob("*/*.log")) if self.root.is_dir() else []
+        if not legacy:
+            return
+        if not self.path.exists():
+            tmp = self.path.with_suffix(".migrating")
+            with open(tmp, "wb") as f:
+                for old in legacy:
+                    topic, partition = old.parent.name, int(old.stem)
+                    for _, body in frames_of(old):
+                        f.write(frame(placement(topic, partition) + body))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            log.warning("%s: %d partition files moved into the journal", self.root, len(legacy))
+        for old in legacy:  # already in the journal (a stop between the two steps)
+            old.unlink()
+
+    def next_offset(self, topic: str, partition: int) -> int:
+        return self._next.get((topic, partition), 0)
+
+    def counts(self, topics: Iterable[TopicSpec]) -> dict[tuple[str, int], int]:
+        return {
+            (t.name, p): self.next_offset(t.name, p) for t in topics for p in range(t.partitions)
+        }
+
+    def records(self) -> Iterator[tuple[str, int, ArchivedRecord]]:
+        """Every record, in journal order (each partition's in offset order)."""
+        for _, item in self._scan():
+            yield item
+
+    def append(self, records: Iterable[tuple[tuple[str, int], ArchivedRecord]]) -> None:
+        """Write and sync these records (those already archived are skipped): one
+        write and one sync for all of them."""
         frames = []
-        for record in records:
-            if record.offset < self.next_offset:
+        for (topic, partition), record in records:
+            expected = self.next_offset(topic, partition)
+            if record.offset < expected:
                 continue  # at-least-once delivery: already archived
-            if record.offset != self.next_offset:
+            if record.offset != expected:
                 raise ArchiveError(
-                    f"{self.path}: gap before offset {record.offset} (next is {self.next_offset})"
+                    f"{self.path}: {topic}[{partition}] gap before offset {record.offset} "
+                    f"(next is {expected})"
                 )
-            frames.append(record.encode())
-            self.next_offset += 1
+            frames.append(placed_frame(topic, partition, record))
+            self._next[(topic, partition)] = expected + 1
         if not frames:
             return
         data = b"".join(frames)
         if self._fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         grown = self._end + len(data) > self._allocated
         if grown:
@@ -205,6 +180,54 @@ class PartitionLog:
         # A new size is metadata: a full fsync then; otherwise only the data.
         os.fsync(self._fd) if grown else os.fdatasync(self._fd)
 
+    def reseed(
+        self,
+        producer: Producer,
+        reader: Reader,
+        topics: Iterable[TopicSpec],
+        progress: Callable[[str, int], None] | None = None,
+    ) -> int:
+        """Re-produce every archived record of these topics into an empty broker; returns
+        how many. Verifies that the broker assigned each record its archived offset."""
+        wanted = {spec.name: spec for spec in topics}
+        for name in wanted:
+            ends = reader.end_offsets(name)
+            if any(end > low for low, end in ends.values()):
+                raise ArchiveError(f"refusing to re-seed {name}: the broker already holds records")
+        per_topic: dict[str, int] = {}
+        sent: list[tuple[str, int, int, Future[Any]]] = []
+
+        def check() -> None:
+            producer.flush()
+            for topic, partition, offset, future in sent:
+                got = future.result().offset
+                if got != offset:
+                    raise ArchiveError(
+                        f"{topic}[{partition}]: broker put archived offset {offset} at {got}"
+                    )
+            sent.clear()
+
+        for topic, partition, record in self.records():
+            if topic not in wanted:
+                continue  # a topic no longer in the catalogue
+            future = producer.send_raw(
+                topic,
+                record.value,
+                key=record.key,
+                partition=partition,
+                timestamp_ms=record.timestamp_ms or None,
+                headers=record.headers,
+            )
+            sent.append((topic, partition, record.offset, future))
+            per_topic[topic] = per_topic.get(topic, 0) + 1
+            if len(sent) >= RESEED_CHECK_EVERY:
+                check()
+        check()
+        if progress is not None:
+            for topic, count in per_topic.items():
+                progress(topic, count)
+        return sum(per_topic.values())
+
     def close(self) -> None:
         """Close, giving back the space allocated ahead."""
         if self._fd is not None:
@@ -215,85 +238,18 @@ class PartitionLog:
             self._allocated = self._end
 
 
-class TopicArchive:
-    """All partition logs under one directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._logs: dict[tuple[str, int], PartitionLog] = {}
-
-    def log(self, topic: str, partition: int) -> PartitionLog:
-        key = (topic, partition)
-        if key not in self._logs:
-            self._logs[key] = PartitionLog(self.root / topic / f"{partition}.log")
-        return self._logs[key]
-
-    def counts(self, topics: Iterable[TopicSpec]) -> dict[tuple[str, int], int]:
-        return {
-            (t.name, p): self.log(t.name, p).next_offset
-            for t in topics
-            for p in range(t.partitions)
-        }
-
-    def reseed(
-        self,
-        producer: Producer,
-        reader: Reader,
-        topics: Iterable[TopicSpec],
-        progress: Callable[[str, int], None] | None = None,
-    ) -> int:
-        """Re-produce every archived record into an empty broker; returns how many.
-
-        Verifies that the broker assigned each record its archived offset.
-        """
-        total = 0
-        for spec in topics:
-            ends = reader.end_offsets(spec.name)
-            if any(end > low for low, end in ends.values()):
-                raise ArchiveError(
-                    f"refusing to re-seed {spec.name}: the broker already holds records"
-                )
-            sent = []
-            for partition in range(spec.partitions):
-                for record in self.log(spec.name, partition).records():
-                    future = producer.send_raw(
-                        spec.name,
-                        record.value,
-                        key=record.key,
-                        partition=partition,
-                        timestamp_ms=record.timestamp_ms or None,
-                        headers=record.headers,
-                    )
-                    sent.append((partition, record.offset, future))
-            producer.flush()
-            for partition, offset, future in sent:
-                got = future.result().offset
-                if got != offset:
-                    raise ArchiveError(
-                        f"{spec.name}[{partition}]: broker put archived offset {offset} at {got}"
-                    )
-            total += len(sent)
-            if progress is not None and sent:
-                progress(spec.name, len(sent))
-        return total
-
-    def close(self) -> None:
-        for partition_log in self._logs.values():
-            partition_log.close()
-
-
 class Archiver:
     """Copies every new record of the given topics from the broker into the archive, and
     publishes how far each partition is on disk (`streams.durable`): records are
     acknowledged, and read by processors, only once it is.
 
-    Two ways in, one writer: a fetch loop reads every record from the broker, and
-    `offer` takes a record straight from a producer of this process the moment the broker
-    acknowledged it (the gateway's: a wallet waits for that acknowledgement, and a fetch
-    from the embedded broker is answered only when its wait runs out). The writer
-    appends each partition's records in offset order, holding a record that comes before
-    the ones ahead of it (the fetch loop brings those), and fsyncs each partition once per
-    batch: a group commit.
+    Three ways in, one writer: `offer` takes a record straight from a producer of this
+    process the moment the broker acknowledged it (the gateway's: a wallet waits for that
+    acknowledgement); the hand-over socket takes those of the devnet's other processes
+    (`streams.handover`); a slow fetch loop reads every record from the broker, the
+    backstop for any the other two missed. The writer appends each partition's records in
+    offset order, holding a record that comes before the ones ahead of it (the fetch loop
+    brings those), and syncs the journal once per batch: a group commit.
     """
 
     def __init__(
@@ -302,7 +258,10 @@ class Archiver:
         bootstrap: str,
         topics: Iterable[TopicSpec],
         watermarks: Watermarks | None = None,
+        handover: str | None = None,
     ) -> None:
+        """`handover`: the name of the socket the devnet's processes hand their records
+        over on (`streams.handover`); without it, every record is fetched."""
         self.archive = archive
         self.bootstrap = bootstrap
         self.topics = list(topics)
@@ -317,11 +276,17 @@ class Archiver:
         #: Records that came before the ones ahead of them, per partition, by offset.
         self._ahead: dict[tuple[str, int], dict[int, ArchivedRecord]] = {}
         self._archived = {(t.name, p) for t in self.topics for p in range(t.partitions)}
+        self._listener = None if handover is None else Listener(handover, self._handed_over)
 
     def start(self) -> None:
         self._reader.assign(self.archive.counts(self.topics))
         self._writer.start()
         self._fetcher.start()
+        if self._listener is not None:
+            self._listener.start()
+
+    def _handed_over(self, records: list[tuple[tuple[str, int], ArchivedRecord]]) -> None:
+        self._enqueue([item for item in records if item[0] in self._archived])
 
     def offer(self, message: Any, headers: Sequence[tuple[str, bytes]] = ()) -> None:
         """A record the broker just acknowledged to a producer of this process (its
@@ -329,10 +294,7 @@ class Archiver:
         waiting for the fetch loop."""
         key = (message.topic(), message.partition())
         if key in self._archived:
-            record = dataclasses.replace(
-                ArchivedRecord.from_message(message), headers=tuple(headers)
-            )
-            self._enqueue([(key, record)])
+            self._enqueue([(key, ArchivedRecord.from_message(message, headers))])
 
     def _enqueue(self, records: list[tuple[tuple[str, int], ArchivedRecord]]) -> None:
         with self._wake:
@@ -370,28 +332,30 @@ class Archiver:
                     batch, self._queue = self._queue, []
                 touched = set()
                 for key, record in batch:
-                    if record.offset >= self.archive.log(*key).next_offset:
+                    if record.offset >= self.archive.next_offset(*key):
                         self._ahead.setdefault(key, {})[record.offset] = record
                         touched.add(key)
-                for key in touched:
-                    self._append(key)
+                self._append(touched)
         except BaseException as exc:
             log.exception("archive writer failed")
             self._error = exc
 
-    def _append(self, key: tuple[str, int]) -> None:
-        partition_log = self.archive.log(*key)
-        ahead = self._ahead[key]
+    def _append(self, touched: set[tuple[str, int]]) -> None:
+        """Every partition's records that now follow on from the journal, in one commit."""
         run = []
-        offset = partition_log.next_offset
-        while offset in ahead:
-            run.append(ahead.pop(offset))
-            offset += 1
-        if run:
-            partition_log.append(run)
-            if self.watermarks is not None:
-                self.watermarks.advance(*key, partition_log.next_offset)
-                durable.poke()
+        for key in touched:
+            ahead = self._ahead[key]
+            offset = self.archive.next_offset(*key)
+            while offset in ahead:
+                run.append((key, ahead.pop(offset)))
+                offset += 1
+        if not run:
+            return
+        self.archive.append(run)
+        if self.watermarks is not None:
+            for key in touched:
+                self.watermarks.advance(*key, self.archive.next_offset(*key))
+            durable.poke()
 
     @property
     def failed(self) -> BaseException | None:
@@ -409,7 +373,7 @@ class Archiver:
         while True:
             if self._error is not None:
                 raise ArchiveError(f"archiver failed: {self._error!r}")
-            behind = {k: v for k, v in targets.items() if self.archive.log(*k).next_offset < v}
+            behind = {k: v for k, v in targets.items() if self.archive.next_offset(*k) < v}
             if not behind:
                 return
             if time.monotonic() > deadline:
@@ -418,6 +382,8 @@ class Archiver:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._listener is not None:
+            self._listener.close()
         if self._fetcher.is_alive():
             self._fetcher.join()
         with self._wake:

@@ -51,6 +51,8 @@ _SLOT = struct.Struct("<q")
 #: How often a waiting gate looks at the file again.
 POLL_S = 0.0005
 MAX_POLL_S = 0.004
+#: How often the waiting thread looks when the archiver runs in this process (and pokes).
+LOCAL_POLL_S = 0.05
 
 
 class BrokerRestarted(RuntimeError):
@@ -134,6 +136,8 @@ class Gate:
         self._lock = threading.Condition()
         self._waiting: list[tuple[str, int, int, Future[Any], Any]] = []
         self._thread: threading.Thread | None = None
+        #: Whether an archiver in this process tells this gate when the marks move.
+        self._poked = False
 
     _shared: Gate | None = None
     _shared_path: str | None = None
@@ -200,14 +204,19 @@ class Gate:
             self._lock.notify()
 
     def _serve(self) -> None:
+        pause = POLL_S
         while True:
             with self._lock:
                 while not self._waiting:
+                    pause = POLL_S
                     self._lock.wait()
             if self.settle():
                 with self._lock:
-                    # Woken early by `poke` when the archiver runs in this process.
-                    self._lock.wait(POLL_S)
+                    # With the archiver in this process, `poke` settles and wakes: a look
+                    # now and then is only a safety net. Otherwise look often at first,
+                    # then less, as `wait` does.
+                    self._lock.wait(LOCAL_POLL_S if self._poked else pause)
+                pause = min(pause * 2, MAX_POLL_S)
 
     def settle(self) -> bool:
         """Resolve the waits now durable; whether some are left."""
@@ -232,6 +241,7 @@ class Gate:
         """The watermarks moved (the archiver, in this process): settle in the caller's
         thread (one hand-over fewer on every acknowledgement), and wake the waiting
         thread."""
+        self._poked = True
         self.settle()
         with self._lock:
             self._lock.notify()

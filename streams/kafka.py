@@ -31,6 +31,7 @@ from schemas.codec import Codec, CodecError, DecodeError, default_codec
 from schemas.events import Position
 from schemas.record import Event
 from streams.durable import Gate
+from streams.handover import Forwarder
 from streams.metrics import STATS_INTERVAL_MS, record_statistics
 from streams.topics import BY_NAME, TopicSpec
 
@@ -146,16 +147,20 @@ class Producer:
         client_id: str = "lattice",
         config: Mapping[str, Any] | None = None,
         gate: Gate | Literal["env"] | None = "env",
-        on_acknowledged: Callable[[Any, Sequence[tuple[str, bytes]]], None] | None = None,
+        on_acknowledged: Callable[[Any, Sequence[tuple[str, bytes]]], None]
+        | Literal["env"]
+        | None = "env",
     ) -> None:
         """`gate`: where sends resolve only once their record is durable (`streams.durable`);
         by default the devnet's, when this process runs under one. `on_acknowledged`: given
         each record the broker acknowledged (its delivery report, and the headers sent:
-        reports do not carry them), first: the devnet's
-        archiver in the same process takes the gateway's records that way."""
+        reports do not carry them), first: by default handed over to the devnet's archiver
+        when this process runs under one (`streams.handover`); the archiver in the same
+        process takes the gateway's records directly."""
         self.codec = codec or default_codec()
         self.gate = Gate.from_env() if gate == "env" else gate
-        self._on_acknowledged = on_acknowledged
+        self._forwarder = Forwarder.from_env() if on_acknowledged == "env" else None
+        self._on_acknowledged = self._forwarder if on_acknowledged == "env" else on_acknowledged
         #: Sends acknowledged by the broker and waiting to be durable.
         self._gated: set[Future[Delivered]] = set()
         self._producer = _KafkaProducer(
@@ -282,6 +287,8 @@ class Producer:
             self._poller.join()
             # Release the connections now: a broker waits for open clients when stopping.
             self._producer.close()
+            if self._forwarder is not None:
+                self._forwarder.close()
 
 
 class Reader:

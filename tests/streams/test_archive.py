@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ import pytest
 
 from schemas.events import Position
 from streams.admin import ensure_topics
-from streams.archive import ArchivedRecord, ArchiveError, Archiver, PartitionLog, TopicArchive
+from streams.archive import JOURNAL, ArchivedRecord, ArchiveError, Archiver, TopicArchive
 from streams.broker import EmbeddedBroker
 from streams.kafka import Producer, Reader, from_beginning
 from streams.topics import TopicSpec
@@ -26,22 +28,49 @@ def test_frames_round_trip_with_null_key_and_headers() -> None:
         ArchivedRecord(1, 2, b"k", None),
     ]
     for record in records:
-        assert ArchivedRecord.decode(record.encode()[8:]) == record
+        assert ArchivedRecord.decode(record.body()) == record
+
+
+def _values(archive: TopicArchive) -> list[tuple[str, int, bytes | None]]:
+    return [(t, p, r.value) for t, p, r in archive.records()]
 
 
 def test_torn_tail_is_cut_and_appending_resumes(tmp_path: Path) -> None:
-    log = PartitionLog(tmp_path / "0.log")
-    log.append([ArchivedRecord(i, i, b"k", b"v%d" % i) for i in range(3)])
-    log.close()
-    with open(log.path, "ab") as f:
-        f.write(ArchivedRecord(3, 3, b"k", b"torn").encode()[:-2])
-    again = PartitionLog(log.path)
-    assert again.next_offset == 3
-    assert [r.value for r in again.records()] == [b"v0", b"v1", b"v2"]
-    again.append([ArchivedRecord(2, 2, b"k", b"dup"), ArchivedRecord(3, 3, b"k", b"v3")])
-    assert [r.value for r in PartitionLog(log.path).records()] == [b"v0", b"v1", b"v2", b"v3"]
+    a, b = ("a", 0), ("b", 2)
+    archive = TopicArchive(tmp_path)
+    archive.append([(a, ArchivedRecord(0, 0, b"k", b"a0")), (b, ArchivedRecord(0, 0, b"k", b"b0"))])
+    archive.append([(a, ArchivedRecord(i, i, b"k", b"a%d" % i)) for i in range(1, 3)])
+    archive.close()
+    with open(tmp_path / JOURNAL, "ab") as f:
+        f.write(b"\x07" * 20)  # a torn frame
+    again = TopicArchive(tmp_path)
+    assert (again.next_offset(*a), again.next_offset(*b), again.next_offset("c", 0)) == (3, 1, 0)
+    assert _values(again) == [("a", 0, b"a0"), ("b", 2, b"b0"), ("a", 0, b"a1"), ("a", 0, b"a2")]
+    again.append([(a, ArchivedRecord(2, 2, b"k", b"dup")), (b, ArchivedRecord(1, 1, b"k", b"b1"))])
+    assert _values(TopicArchive(tmp_path))[-1] == ("b", 2, b"b1")
     with pytest.raises(ArchiveError, match="gap"):
-        again.append([ArchivedRecord(9, 9, b"k", b"v9")])
+        again.append([(a, ArchivedRecord(9, 9, b"k", b"a9"))])
+
+
+def test_an_archive_of_a_file_per_partition_moves_into_the_journal(tmp_path: Path) -> None:
+    def legacy(path: Path, values: list[bytes]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        bodies = [ArchivedRecord(i, i, None, v).body() for i, v in enumerate(values)]
+        path.write_bytes(b"".join(struct.pack("<II", len(x), zlib.crc32(x)) + x for x in bodies))
+
+    legacy(tmp_path / "lattice.x" / "0.log", [b"x0", b"x1"])
+    legacy(tmp_path / "lattice.x" / "1.log", [b"y0"])
+    archive = TopicArchive(tmp_path)
+    assert archive.counts([TopicSpec("lattice.x", "s", "k", 2)]) == {
+        ("lattice.x", 0): 2,
+        ("lattice.x", 1): 1,
+    }
+    assert not list(tmp_path.glob("*/*.log"))
+    assert _values(TopicArchive(tmp_path)) == [
+        ("lattice.x", 0, b"x0"),
+        ("lattice.x", 0, b"x1"),
+        ("lattice.x", 1, b"y0"),
+    ]
 
 
 def _produce(bootstrap: str, start: int, count: int) -> None:
