@@ -31,7 +31,6 @@ def test_partitions_are_the_positive_hash_modulo_the_count() -> None:
     assert all(0 <= partition_of(f"0x{i:040x}", 7) < 7 for i in range(100))
 
 
-
 @pytest.mark.broker
 def test_topics_take_the_cluster_s_replicas_by_default(broker: EmbeddedBroker) -> None:
     """Replication 0 (the default) is the broker count: one, on the embedded broker."""
