@@ -18,7 +18,7 @@ both the fee cap and the tip by at least `price_bump_percent` (10%, as geth).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from processors.execution.transactions import Transaction
@@ -95,11 +95,20 @@ class Mempool:
         waiting = self._by_sender.get(sender, {})
         return [waiting[n][1] for n in sorted(waiting) if n not in pending]
 
-    def select(self, max_count: int, max_bytes: int, base_fee: int = 0) -> list[Transaction]:
-        """Transactions for the next block, best effective tip first, nonce order kept."""
+    def select(
+        self,
+        max_count: int,
+        max_bytes: int,
+        base_fee: int = 0,
+        skip: Collection[bytes] = (),
+    ) -> list[Transaction]:
+        """Transactions for the next block, best effective tip first, nonce order kept;
+        none from the senders in `skip`."""
         heap: list[tuple[int, int, int, bytes]] = []
         runs: dict[bytes, list[Transaction]] = {}
         for sender in self._by_sender:
+            if sender in skip:
+                continue
             run = self.pending(sender)
             if run:
                 runs[sender] = run

@@ -76,8 +76,8 @@ class ProposerProcessor(Processor[MemoryStore]):
         # acknowledged to its sender only once durable, so one it reads earlier and puts in
         # a block was never promised to anyone; and a block lies after its parents on the
         # one partition of the block topic, so none that is on disk lacks a parent. Its
-        # own blocks must come back at once: a block built before the last one was read
-        # back is its sibling, and GHOSTDAG may order it first (nonces out of order).
+        # own blocks should come back at once: a block built before the last one was read
+        # back is its sibling (`_carrier` keeps that from reordering nonces).
         self.pace = Pace(poll_s=0.05, tick_s=interval_s, durable_inputs=False)
         self.max_block_txs = max_block_txs
         self.group_id = group_id
@@ -91,6 +91,12 @@ class ProposerProcessor(Processor[MemoryStore]):
         #: hashes: reading one back needs no decoding of its transactions (each recovers a
         #: signature), and releases their holds.
         self._proposed: dict[bytes, list[bytes]] = {}
+        #: Per sender, the latest block known to carry one of its transactions. A block
+        #: takes a sender's transactions only if that block is in its past: GHOSTDAG orders
+        #: a block after its past, but a sibling (this proposer's block not read back yet,
+        #: or another's left out of the parents) may come first, and a later nonce
+        #: executed before an earlier one is rejected for good.
+        self._carrier: dict[bytes, bytes] = {}
 
     @property
     def address(self) -> str:
@@ -129,6 +135,8 @@ class ProposerProcessor(Processor[MemoryStore]):
                 included.append(decode_transaction(raw, self.rules))
             except InvalidTransaction:
                 continue
+        for tx in included:
+            self._carrier[tx.sender] = block.hash
         self.holds.release(self.mempool.mark_included(included))
 
     # -- taking transactions -----------------------------------------------------------
@@ -167,6 +175,23 @@ class ProposerProcessor(Processor[MemoryStore]):
         chosen.sort(key=lambda t: (data[t].blue_work, t), reverse=True)
         return sorted(chosen[:MAX_PARENTS])
 
+    def _unsettled(self, parents: list[bytes]) -> set[bytes]:
+        """Senders whose latest carrying block would not be in the past of a block with
+        these parents; forgets those whose carrier is final (in every later block's past:
+        the selected tip is always a parent)."""
+        reach = self.orderer.ghostdag.reachability
+        final = self.orderer.final[-1]
+        known = self.orderer.ghostdag.data
+        unsettled = set()
+        for sender, carrier in list(self._carrier.items()):
+            if carrier in self._proposed:  # its own block, not read back yet
+                unsettled.add(sender)
+            elif carrier not in known or reach.is_dag_ancestor(carrier, final):
+                del self._carrier[sender]  # pruned, or final
+            elif not any(reach.is_dag_ancestor(carrier, p) for p in parents):
+                unsettled.add(sender)
+        return unsettled
+
     def tick(self, now_ms: int, state: MemoryStore) -> Sequence[Output]:
         """A block every interval (the runtime's timer), from the mempool's best."""
         block = self.propose(now_ms)
@@ -176,8 +201,11 @@ class ProposerProcessor(Processor[MemoryStore]):
         parents = self.parents()
         latest = max((self.orderer.timestamp_of(p) for p in parents), default=0)
         timestamp = max(now_ms, latest)
-        txs = self.mempool.select(self.max_block_txs, MAX_BLOCK_BYTES)
+        unsettled = self._unsettled(parents)
+        txs = self.mempool.select(self.max_block_txs, MAX_BLOCK_BYTES, skip=unsettled)
         block = self.proposer.make_block(parents, timestamp, self.sequence, [t.raw for t in txs])
+        for tx in txs:
+            self._carrier[tx.sender] = block.hash
         self.sequence += 1
         self.published += 1
         carried = [t.hash for t in txs]

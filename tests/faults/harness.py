@@ -2,10 +2,12 @@
 checked after each (`tests/faults/test_faults.py` runs the short version in CI,
 `bench/bench_faults.py` the long one).
 
-The load is wallets: one thread per dev account, each sending ETH transfers of a value of
-its own to a recipient of its own, one at a time, each re-sent until the devnet answers (a
-wallet whose request got no answer sends the same signed bytes again). A transfer counts
-as *acknowledged* once the devnet returned its hash.
+The load is wallets and a market user. One thread per dev account sends transfers of a
+value of its own to a recipient of its own, one at a time, each re-sent until the devnet
+answers (a wallet whose request got no answer sends the same signed bytes again): ETH
+transfers, or, for the contract wallets, ERC-20 transfers of a LatticeToken the wallet
+deployed first. A transfer counts as *acknowledged* once the devnet returned its hash. With
+`market`, a user submits inference jobs to the devnet's workers (`tests.faults.market`).
 
 After each fault the load pauses and the books are checked:
 
@@ -13,7 +15,9 @@ After each fault the load pauses and the books are checked:
   (`lost`: neither, within the deadline; `doubled`: more than one record of either on the
   log);
 - every sender's nonce is the number of its transfers executed, and every recipient's
-  balance the sum of their values, to the wei.
+  balance (ETH, or tokens) the sum of their values, to the wei;
+- every acknowledged job is settled, paid at most once, and JobMarket's deposits,
+  payouts, fees and stakes add up (`tests.faults.market`).
 
 `recovery` is how long after the fault the devnet acknowledged a transaction again.
 """
@@ -33,15 +37,22 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from eth_abi.abi import encode
 from eth_account import Account
 from eth_utils.address import to_checksum_address
 
-from processors.execution.genesis import DEV_KEYS
+from contracts.build import load
+from processors.execution.genesis import DEV_ACCOUNTS, DEV_KEYS
+from processors.market.chain import call_data
 from streams.settings import CHAIN_ID
 from tests.devnets import Devnet, rpc
+from tests.faults.market import MODEL, Jobs, MarketBooks
 
-#: Dev accounts the wallets send from (account 0 is the devnet's own: its API key set-up).
+#: Dev accounts the ETH wallets send from (account 0 is the devnet's own: its API key
+#: set-up and the market user's deposit), and those sending ERC-20 transfers.
 WALLETS = (1, 2, 3, 4)
+TOKEN_WALLETS = (5, 6)
+TRANSFER = "transfer(address,uint256)"
 #: How long the books may take to settle after a fault before a transaction counts as lost.
 SETTLE_S = 60.0
 
@@ -60,6 +71,10 @@ class Sent:
 class Wallet:
     index: int
     recipient: str
+    #: The wallet's own ERC-20 (the transfers are its tokens), or None: ETH transfers.
+    token: str | None = None
+    #: The nonce of its first transfer (a token wallet deployed its token before).
+    first: int = 0
     nonce: int = 0
     #: Transfers whose hash the devnet returned.
     acknowledged: dict[str, Sent] = field(default_factory=dict)
@@ -74,6 +89,32 @@ class Wallet:
 
     def value_of(self, nonce: int) -> int:
         return 1_000_000 + 1000 * self.index + nonce
+
+    def expected(self, nonce: int) -> int:
+        """What the recipient holds once the transfers below `nonce` executed."""
+        return sum(self.value_of(n) for n in range(self.first, nonce))
+
+    def transaction(self) -> dict[str, Any]:
+        tx: dict[str, Any] = {
+            "type": 2,
+            "chainId": CHAIN_ID,
+            "nonce": self.nonce,
+            "maxFeePerGas": 10**11,
+            "maxPriorityFeePerGas": 10**9,
+        }
+        value = self.value_of(self.nonce)
+        if self.token is None:
+            return tx | {"to": self.recipient, "value": value, "gas": 21_000}
+        data = call_data(TRANSFER, self.recipient, value)
+        return tx | {"to": self.token, "value": 0, "gas": 80_000, "data": data}
+
+    def holding(self, url: str) -> int:
+        """The recipient's balance: wei, or the token's."""
+        if self.token is None:
+            return int(rpc(url, "eth_getBalance", [self.recipient, "latest"]), 16)
+        data = call_data("balanceOf(address)", self.recipient)
+        call = {"to": self.token, "data": "0x" + data.hex()}
+        return int(rpc(url, "eth_call", [call, "latest"]), 16)
 
 
 def descendants(pid: int) -> list[int]:
@@ -103,12 +144,48 @@ def command_of(pid: int) -> str:
         return ""
 
 
-class Load:
-    """The wallets, sending until paused."""
+def deploy_token(url: str, wallet: Wallet) -> str:
+    """Deploy a LatticeToken whose whole supply is the wallet's; its address."""
+    artifact = load("LatticeToken")
+    ctor = encode(["string", "string", "uint256"], [f"Harness {wallet.index}", "HRN", 10**27])
+    tx = {
+        "type": 2,
+        "chainId": CHAIN_ID,
+        "nonce": wallet.nonce,
+        "value": 0,
+        "data": bytes.fromhex(artifact["bytecode"][2:]) + ctor,
+        "gas": 2_000_000,
+        "maxFeePerGas": 10**11,
+        "maxPriorityFeePerGas": 10**9,
+    }
+    raw = Account.sign_transaction(tx, wallet.key).raw_transaction.to_0x_hex()
+    tx_hash = rpc(url, "eth_sendRawTransaction", [raw])
+    deadline = time.monotonic() + SETTLE_S
+    while (receipt := rpc(url, "eth_getTransactionReceipt", [tx_hash])) is None:
+        assert time.monotonic() < deadline, f"no receipt for the token of wallet {wallet.index}"
+        time.sleep(0.2)
+    assert receipt["status"] == "0x1", receipt
+    wallet.nonce += 1
+    return str(to_checksum_address(receipt["contractAddress"]))
 
-    def __init__(self, url: str, wallets: tuple[int, ...] = WALLETS) -> None:
+
+class Load:
+    """The wallets and the market user, sending until paused."""
+
+    def __init__(
+        self,
+        url: str,
+        wallets: tuple[int, ...] = WALLETS,
+        token_wallets: tuple[int, ...] = TOKEN_WALLETS,
+        jobs: Jobs | None = None,
+    ) -> None:
         self.url = url
-        self.wallets = [Wallet(i, to_checksum_address(f"0x{0xFA00 + i:040x}")) for i in wallets]
+        self.wallets = [
+            Wallet(i, to_checksum_address(f"0x{0xFA00 + i:040x}"))
+            for i in (*wallets, *token_wallets)
+        ]
+        self._tokens = token_wallets
+        self.jobs = jobs
         self._go = threading.Event()
         self._quit = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -120,10 +197,19 @@ class Load:
         for wallet in self.wallets:
             address = Account.from_key(wallet.key).address
             wallet.nonce = int(rpc(self.url, "eth_getTransactionCount", [address, "pending"]), 16)
-            thread = threading.Thread(target=self._send, args=(wallet,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            if wallet.index in self._tokens:
+                wallet.token = deploy_token(self.url, wallet)
+            wallet.first = wallet.nonce
+        for wallet in self.wallets:
+            self._thread(self._send, wallet)
+        if self.jobs is not None:
+            self._thread(self._market, self.jobs)
         self._go.set()
+
+    def _thread(self, target: Callable[[Any], None], arg: Any) -> None:
+        thread = threading.Thread(target=target, args=(arg,), daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def pause(self) -> None:
         self._go.clear()
@@ -153,6 +239,13 @@ class Load:
             self.crashed.append(f"wallet {wallet.index}: {exc!r}")
             raise
 
+    def _market(self, jobs: Jobs) -> None:
+        try:
+            jobs.run(self._go, self._quit)
+        except BaseException as exc:
+            self.crashed.append(f"jobs: {exc!r}")
+            raise
+
     def _wallet(self, wallet: Wallet) -> None:
         client = httpx.Client(timeout=30)
         raw: str | None = None
@@ -161,16 +254,7 @@ class Load:
             if self._quit.is_set():
                 return
             if raw is None:
-                tx = {
-                    "type": 2,
-                    "chainId": CHAIN_ID,
-                    "nonce": wallet.nonce,
-                    "to": wallet.recipient,
-                    "value": wallet.value_of(wallet.nonce),
-                    "gas": 21_000,
-                    "maxFeePerGas": 10**11,
-                    "maxPriorityFeePerGas": 10**9,
-                }
+                tx = wallet.transaction()
                 raw = Account.sign_transaction(tx, wallet.key).raw_transaction.to_0x_hex()
             body = {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": [raw]}
             asked = time.time()
@@ -202,7 +286,9 @@ class Load:
 @dataclass(frozen=True)
 class Outcome:
     fault: str
+    #: Transactions and jobs acknowledged so far.
     acknowledged: int
+    jobs: int
     lost: int
     doubled: int
     recovery_s: float | None
@@ -236,18 +322,19 @@ def books(net: Devnet, load: Load) -> str:
     for wallet in load.wallets:
         address = Account.from_key(wallet.key).address
         nonce = int(rpc(net.url, "eth_getTransactionCount", [address, "latest"]), 16)
-        balance = int(rpc(net.url, "eth_getBalance", [wallet.recipient, "latest"]), 16)
-        expected = sum(wallet.value_of(n) for n in range(nonce))
+        balance = wallet.holding(net.url)
+        expected = wallet.expected(nonce)
         # A transfer sent without an answer yet (the load paused while re-sending it) may
         # have landed: it is neither lost nor doubled.
         if nonce != wallet.nonce and not (wallet.unanswered and nonce == wallet.nonce + 1):
             problems.append(f"wallet {wallet.index}: nonce {nonce}, sent {wallet.nonce}")
         if balance != expected:
-            problems.append(f"recipient {wallet.index}: {balance} wei, expected {expected}")
+            unit = "wei" if wallet.token is None else "tokens"
+            problems.append(f"recipient {wallet.index}: {balance} {unit}, expected {expected}")
     return "; ".join(problems)
 
 
-def settle(net: Devnet, load: Load, fault: str, at: float) -> Outcome:
+def settle(net: Devnet, load: Load, fault: str, at: float, market: MarketBooks | None) -> Outcome:
     """Pause the load, wait for the books, and count."""
     load.pause()
     acknowledged = load.acknowledged()
@@ -266,7 +353,16 @@ def settle(net: Devnet, load: Load, fault: str, at: float) -> Outcome:
     doubled = [h for h in hashes if on_log[h] + rejected[h] > 1]
     after = load.acknowledged_after(at)
     recovery = min(s.at for s in after) - at if after else None
-    outcome = Outcome(fault, len(hashes), len(lost), len(doubled), recovery, books(net, load))
+    problems = [books(net, load)] if books(net, load) else []
+    jobs = list(load.jobs.acknowledged) if load.jobs is not None else []
+    if market is not None:
+        job_books = market.check(jobs, deadline)
+        lost += job_books.lost
+        doubled += job_books.doubled
+        problems += job_books.problems
+    outcome = Outcome(
+        fault, len(hashes), len(jobs), len(lost), len(doubled), recovery, "; ".join(problems)
+    )
     load.resume()
     return outcome
 
@@ -333,32 +429,60 @@ def run_faults(
     faults: list[Fault],
     load_s: float,
     say: Callable[[str], None] = print,
+    market: bool = False,
 ) -> Iterator[Outcome]:
-    """Load, then each fault in turn under load, settling the books after each."""
-    load = Load(net.url)
+    """Load, then each fault in turn under load, settling the books after each. With
+    `market`, a user's jobs too: the devnet needs a worker and the model
+    `tests.faults.market.MODEL`, and its API key in `<data dir>/api-key`."""
+    jobs = books = None
+    if market:
+        api_key = (net.data_dir / "api-key").read_text().strip()
+        jobs = Jobs(net.url, api_key)
+        books = MarketBooks(net.url, bytes.fromhex(DEV_ACCOUNTS[0][2:]))
+    load = Load(net.url, jobs=jobs)
     load.start()
     try:
         time.sleep(load_s)
-        yield settle(net, load, "none (load only)", time.time())
+        yield settle(net, load, "none (load only)", time.time(), books)
         for fault in faults:
             time.sleep(load_s / 2)
             say(f"fault: {fault.__name__}")
             at = fault(net)
             time.sleep(load_s / 2)
-            yield settle(net, load, fault.__name__, at)
+            yield settle(net, load, fault.__name__, at, books)
     finally:
         load.stop()
         assert not load.crashed, load.crashed
-        if load.errors:
-            say(f"answers that were not a hash (re-sent): {dict(load.errors)}")
+        errors = load.errors + (jobs.errors if jobs is not None else Counter())
+        if errors:
+            say(f"answers that were not a hash or a job (re-sent): {dict(errors)}")
 
 
 def table(outcomes: list[Outcome]) -> str:
-    head = f"{'fault':<28} {'acknowledged':>12} {'lost':>5} {'doubled':>7} {'recovery s':>10}"
-    head += "  books"
+    head = f"{'fault':<28} {'transactions':>12} {'jobs':>5} {'lost':>5} {'doubled':>7}"
+    head += f" {'recovery s':>10}  books"
     lines = [head, "-" * len(head)]
     for o in outcomes:
         recovery = f"{o.recovery_s:.1f}" if o.recovery_s is not None else "-"
-        line = f"{o.fault:<28} {o.acknowledged:>12} {o.lost:>5} {o.doubled:>7} {recovery:>10}  "
-        lines.append(line + (o.books or "add up"))
+        line = f"{o.fault:<28} {o.acknowledged:>12} {o.jobs:>5} {o.lost:>5} {o.doubled:>7}"
+        lines.append(line + f" {recovery:>10}  " + (o.books or "add up"))
     return "\n".join(lines)
+
+
+#: The devnet's settings for a market under faults: one node per job (no random
+#: redundancy, so a job is paid once), and leases short enough that a job whose worker
+#: died is given again within the books' deadline.
+MARKET_ENV = {"LATTICE_REDUNDANCY_BPS": "0", "LATTICE_LEASE_MS": "4000"}
+
+
+def set_up_market(net: Devnet, model: Path) -> None:
+    """Import the model the jobs ask for and wait for a worker to serve it."""
+    net.wait_set_up()
+    imported = net.cli(
+        "model", "import", str(model), "--name", MODEL, "--dev-account", "1", timeout=300
+    )
+    assert imported.returncode == 0, imported.stderr
+    deadline = time.monotonic() + 120
+    while not httpx.get(f"{net.url}/v1/nodes", timeout=30).json()["nodes"]:
+        assert time.monotonic() < deadline, "no worker registered"
+        time.sleep(0.5)
