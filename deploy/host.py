@@ -217,6 +217,10 @@ class Host:
             problem = await self._watch(stop, watched)
         self.stopping.set()
         print("stopping...", file=self.out, flush=True)
+        if problem and self.producer is not None:
+            # The log broke: requests waiting for their records are answered "unavailable"
+            # now (their clients send again) rather than cut at the graceful timeout.
+            self.producer.abandon()
         for server in servers:
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -247,12 +247,15 @@ class Producer:
     def _failed(self, future: Future[Delivered], reason: str) -> None:
         with self._lock:
             self._failures.append(reason)
-        future.set_exception(DeliveryError(reason))
+        if not future.done():  # an abandoned send failed already
+            future.set_exception(DeliveryError(reason))
 
     def _settled(self, future: Future[Delivered], durable: Future[Delivered]) -> None:
         """A gated send is durable, or never will be (the broker restarted first)."""
         with self._lock:
             self._gated.discard(future)
+        if future.done():  # abandoned
+            return
         error = durable.exception()
         if error is not None:
             self._failed(future, str(error))
@@ -277,6 +280,17 @@ class Producer:
         if failures:
             raise DeliveryError("; ".join(failures))
 
+    def abandon(self) -> None:
+        """Fail every send not yet acknowledged, or not yet durable, at once (for a log that
+        is gone: whoever waits on one is told now, not when the client's timeouts run out;
+        none of them was acknowledged to anyone)."""
+        self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+        self._producer.poll(0)  # the purged records' reports fail their futures
+        with self._lock:
+            gated, self._gated = self._gated, set()
+        for future in gated:
+            self._failed(future, "the log went away before the record was durable")
+
     def close(self, timeout: float = 30.0) -> None:
         if self._closed.is_set():
             return
@@ -285,6 +299,10 @@ class Producer:
         finally:
             self._closed.set()
             self._poller.join()
+            # What the flush left is dropped: otherwise closing waits for the client's own
+            # timeouts (30 s) on a broker that may be gone.
+            self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+            self._producer.poll(0)
             # Release the connections now: a broker waits for open clients when stopping.
             self._producer.close()
             if self._forwarder is not None:

@@ -12,9 +12,10 @@ Errors are `{"error": {"code", "message", "type"}}` (the OpenAI shape) with the 
 that fits: 400 bad input, 401 no or unknown API key, 402 a deposit that does not cover the
 job, 404 unknown model or job, 409 not yet registered, 413 too large, 429 over the API
 key's rate or concurrency (`Retry-After`; `limited` says which routes, `gateway.guard`
-answers), 503 the ledger unreadable, 504 no node answered in time. A body, query or header
-that does not fit its model (`gateway.market.models`) is a 400 in that shape too
-(`MarketRoute`), as OpenAI answers, not FastAPI's 422.
+answers), 503 the ledger unreadable or the log not taking records (a broker restarting),
+504 no node answered in time. A body, query or header that does not fit its model
+(`gateway.market.models`) is a 400 in that shape too (`MarketRoute`), as OpenAI answers,
+not FastAPI's 422.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ from processors.market.content import ContentError, cid_of, digest_of
 from processors.market.lifecycle import Job
 from schemas.codec import jsonable
 from schemas.events import JobTokens
+from streams.kafka import DeliveryError
 from streams.settings import Settings
 
 #: Where content blocks are uploaded: its body limit is `max_content_bytes`.
@@ -161,6 +163,11 @@ class MarketRoute(APIRoute):
                 return error_response(MarketError(400, self.code, _first_problem(exc)))
             except HTTPException as exc:  # FastAPI's own: a body it could not read at all
                 return error_response(MarketError(exc.status_code, self.code, str(exc.detail)))
+            except (DeliveryError, TimeoutError, LedgerNotReady) as exc:
+                # The log or the ledger is down for now (a broker restarting): the request
+                # may be sent again, and nothing of it was acknowledged.
+                message = f"the log or the ledger is unavailable: {exc}"
+                return error_response(MarketError(503, "unavailable", message))
 
         return guarded
 

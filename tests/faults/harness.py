@@ -144,6 +144,21 @@ def command_of(pid: int) -> str:
         return ""
 
 
+class Refused(Exception):
+    """An HTTP status other than 200 on JSON-RPC."""
+
+
+def server_errors(errors: Counter[str]) -> dict[str, int]:
+    """The answers that were a server failure, which no fault excuses: a 5xx other than
+    503 (try again) and 504 (no node answered a job in time)."""
+    return {
+        k: n
+        for k, n in errors.items()
+        if any(k.startswith(f"{p}5") for p in ("HTTP ", "job: "))
+        and not any(k.startswith(f"{p}50{c}") for p in ("HTTP ", "job: ") for c in "34")
+    }
+
+
 def deploy_token(url: str, wallet: Wallet) -> str:
     """Deploy a LatticeToken whose whole supply is the wallet's; its address."""
     artifact = load("LatticeToken")
@@ -259,10 +274,13 @@ class Load:
             body = {"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": [raw]}
             asked = time.time()
             try:
-                answer = client.post(self.url, json=body).json()
-            except (httpx.HTTPError, ValueError) as exc:
+                response = client.post(self.url, json=body)
+                if response.status_code != 200:
+                    raise Refused(f"HTTP {response.status_code}")
+                answer = response.json()
+            except (httpx.HTTPError, ValueError, Refused) as exc:
                 wallet.unanswered = True
-                self.errors[type(exc).__name__] += 1
+                self.errors[str(exc) if isinstance(exc, Refused) else type(exc).__name__] += 1
                 time.sleep(0.2)
                 continue
             if "result" in answer:
@@ -355,6 +373,9 @@ def settle(net: Devnet, load: Load, fault: str, at: float, market: MarketBooks |
     recovery = min(s.at for s in after) - at if after else None
     problems = [books(net, load)] if books(net, load) else []
     jobs = list(load.jobs.acknowledged) if load.jobs is not None else []
+    failed = server_errors(load.errors + (load.jobs.errors if load.jobs else Counter()))
+    if failed:
+        problems.append(f"server errors so far: {failed}")
     if market is not None:
         job_books = market.check(jobs, deadline)
         lost += job_books.lost

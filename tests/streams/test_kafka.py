@@ -208,3 +208,22 @@ def test_delivery_errors_are_surfaced(
         dead.flush(5)
     dead.close()
     producer.close()
+
+
+def test_abandoning_fails_waiting_sends_at_once_and_closing_does_not_wait(
+    make_topic: Callable[..., TopicSpec],
+) -> None:
+    # A broker that went away under a producer with the client's default timeouts (30 s).
+    spec = make_topic(schema="lattice.common.Position", partitions=1)
+    with EmbeddedBroker() as gone:
+        producer = Producer(gone.bootstrap, config={"log_level": 0})
+        producer.send(spec, position(0)).result(timeout=10)
+    waiting = producer.send(spec, position(1))
+    started = time.monotonic()
+    producer.abandon()
+    with pytest.raises(DeliveryError, match="Purged"):
+        waiting.result(timeout=5)
+    left = producer.send(spec, position(2))
+    with pytest.raises(DeliveryError, match="unacknowledged"):
+        producer.close(0.0)
+    assert left.done() and time.monotonic() - started < 5
