@@ -221,6 +221,8 @@ class Host:
             # The log broke: requests waiting for their records are answered "unavailable"
             # now (their clients send again) rather than cut at the graceful timeout.
             self.producer.abandon()
+        if self.market is not None:
+            self.market.stop_waiting()  # a job being waited for is on the log already
         for server in servers:
             server.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)

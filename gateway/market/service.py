@@ -143,6 +143,8 @@ class MarketService(Processor[MemoryStore]):
         peers = [p.strip() for p in settings.peers.split(",") if p.strip()]
         self.peers = BlockSource(self.blockstore, peers, {PEER_HEADER: "1"}, timeout_s=5.0)
         self._follower = Follower(self, bootstrap)
+        #: Set when the gateway stops: requests waiting for a job are answered at once.
+        self.stopping = threading.Event()
 
     def subscriptions(self) -> Sequence[Subscription]:
         return [Subscription(spec) for spec in FOLLOWED]
@@ -153,6 +155,16 @@ class MarketService(Processor[MemoryStore]):
 
     def close(self) -> None:
         self._follower.close()
+
+    def stop_waiting(self) -> None:
+        """Wake every request waiting for a job (the gateway is stopping): each answers
+        503 with its job's id, which the log keeps, rather than being cut by the server."""
+        self.stopping.set()
+        with self.lock:
+            waiting, self.waiters = self.waiters, {}
+        for wake in waiting.values():
+            for loop, future in wake:
+                loop.call_soon_threadsafe(_resolve, future)
 
     # -- folding ---------------------------------------------------------------------------
 
@@ -238,6 +250,13 @@ class MarketService(Processor[MemoryStore]):
                 job = self.submitted(job_id)
                 if job is not None and done(job):
                     return job
+                if self.stopping.is_set():
+                    raise MarketError(
+                        503,
+                        "unavailable",
+                        f"this gateway is stopping; job 0x{job_id.hex()} is on the log: "
+                        f"follow it at /v1/jobs/0x{job_id.hex()}",
+                    )
                 future: asyncio.Future[None] = loop.create_future()
                 self.waiters.setdefault(job_id, []).append((loop, future))
             remaining = deadline - loop.time()
