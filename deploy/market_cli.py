@@ -303,7 +303,8 @@ def cmd_model_import(settings: Settings, args: argparse.Namespace, out: TextIO) 
         print(f"  {text}", file=out, flush=True)
 
     try:
-        manifest = import_model(args.path, args.name, store, progress)
+        budget = settings.worker_memory_bytes
+        manifest = import_model(args.path, args.name, store, progress, memory_budget=budget)
     except ModelImportError as exc:
         raise MarketUsageError(str(exc)) from None
     doc = manifest.document

@@ -14,6 +14,17 @@ hardware snapshot. The result is committed with the assignment's offset and sent
 outbox, once; a crash before the commit runs the job again (the verifier pays a job once),
 and a node that dies holding a job loses it to another node when its lease expires.
 
+A job that would exhaust the node's memory fails alone, not the node: the model runtime
+refuses it with `OverBudgetError` (estimated from declared sizes before it runs, or ONNX
+Runtime's capped arena refusing an allocation; `worker_memory_bytes`), and any other
+`MemoryError` is treated alike. The node then answers the assignment with a signed
+failure (`FAILED_SCHEME`, the output `{"error": {"code", "message"}}`) rather than
+staying silent: silence would cost every node in turn a lease on a job none of them can
+run, and the user would wait out the deadline to learn nothing. The failure closes the
+job for this node like any answer; the verifier refunds it (INCONCLUSIVE: no pay, no
+slash) and the gateway shows the error. Other exceptions still leave the assignment
+unanswered, for another node to take when the lease expires.
+
 Unlike a fold, a job is work done in the world: its result (timings included) is what the
 node measured, written down and signed. Streamed tokens are progress only, sent at once
 beside the runtime and not kept: the signed result that follows is what counts.
@@ -37,6 +48,7 @@ from eth_hash.auto import keccak
 from gpu_worker.probe import Hardware, probe, usage
 from gpu_worker.staking import market_uint
 from processors.abc import Output, Pace, Processor, Subscription
+from processors.compute.budget import default_budget
 from processors.compute.models import TEXT_GENERATION
 from processors.compute.runtime import BlockSource, LoadedModel, ModelCache
 from processors.compute.training import Trainer, TrainingSpec, output_document
@@ -48,9 +60,11 @@ from processors.market.jobs import TRAINING, node_record_hash, result_hash, sign
 from processors.runtime import Runtime
 from processors.state import RocksStore
 from processors.verifier.core import (
+    FAILED_SCHEME,
     GENERATION_SCHEME,
     TENSOR_SCHEME,
     TRAINING_SCHEME,
+    failure_output,
     generation_fingerprint,
     tensor_fingerprint,
 )
@@ -163,11 +177,13 @@ class Worker(Processor[RocksStore]):
         )
         self.work = settings.data_dir / "workers" / self.address.hex()
         peers = [rpc_url.rstrip("/")] if rpc_url else []
+        budget = settings.worker_memory_bytes or self.hardware.memory_bytes * 3 // 4
         self.models = ModelCache(
             BlockSource(Blockstore(self.work / "blockstore"), peers),
             self.work,
             threads=settings.worker_threads,
             use_gpu=bool(self.hardware.devices),
+            memory_budget=default_budget(budget),
         )
         self.in_flight = 0
         self.attempt = 0  # of the job being run
@@ -263,6 +279,9 @@ class Worker(Processor[RocksStore]):
         self.in_flight += 1
         try:
             result = self.result_for(assignment, now)
+        except MemoryError as exc:  # OverBudgetError, or an allocation that failed anyway
+            log.warning("job 0x%s failed: %s", assignment.job_id.hex(), exc)
+            result = self.failure_for(assignment, now, exc)
         except Exception:
             log.exception("job 0x%s failed", assignment.job_id.hex())
             return ()  # not answered: the lease expires and the matcher reassigns it
@@ -311,6 +330,36 @@ class Worker(Processor[RocksStore]):
                 driver_version=self.hardware.driver_version,
                 execution_provider=provider,
                 threads=threads,
+            ),
+            completed_at_ms=int(time.time() * 1000),
+            signature=b"",
+            output=output,
+        )
+        return dataclasses.replace(record, signature=self.sign_result(record))
+
+    def failure_for(self, assignment: JobAssigned, received_ms: int, exc: Exception) -> JobResult:
+        """The signed answer that this node could not run the job, and why."""
+        job = assignment.job
+        assert job is not None
+        output = failure_output(getattr(exc, "code", "out_of_memory"), str(exc))
+        record = JobResult(
+            job_id=job.job_id,
+            node=self.address,
+            attempt=assignment.attempt,
+            output_cid=cid_of(output),
+            output_digest=hashlib.sha256(output).digest(),
+            output_size=len(output),
+            fingerprint_scheme=FAILED_SCHEME,
+            fingerprint=b"",
+            timings=Timings(
+                queue_ms=max(0, received_ms - job.submitted_at_ms), load_ms=0, compute_ms=0
+            ),
+            hardware=HardwareSnapshot(
+                device_name=self.hardware.device_name,
+                vram_bytes=self.hardware.memory_bytes,
+                driver_version=self.hardware.driver_version,
+                execution_provider="none",
+                threads=self.settings.worker_threads,
             ),
             completed_at_ms=int(time.time() * 1000),
             signature=b"",

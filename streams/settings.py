@@ -77,6 +77,14 @@ class Settings:
     worker_price: int = 3_600_000_000_000_000  # wei per hour of compute: 1e12 wei per ms
     worker_stake: int = 2 * 10**18
     worker_threads: int = 1
+    #: Memory a worker's models and jobs may take on the device that runs them, and the
+    #: most a model may declare at `lattice model import` (bytes; 0: three quarters of the
+    #: machine's, or of its GPUs' memory). A job estimated over it, or that allocates past
+    #: it, fails alone: the node answers it with a signed failure (docs/market.md).
+    worker_memory_bytes: int = 0
+    #: The same for the verifier's re-execution: a fixed figure, not the machine's, so that
+    #: every replica skips the same re-executions and writes the same verdicts.
+    verifier_memory_bytes: int = 8 << 30
     #: Share of results the verifier re-executes, and of jobs run twice (basis points).
     verify_bps: int = 10_000
     redundancy_bps: int = 1_000

@@ -4,7 +4,9 @@ A completion is a job (`gateway.market.service.JobService`) whose answer is the 
 signed result, returned once it is on the log (verification and payment follow
 asynchronously). With `stream: true` the job asks its node for its tokens as it generates
 them (`lattice.jobs.tokens`); they are sent as server-sent events as they arrive, and the
-stream ends with the signed result's finish reason.
+stream ends with the signed result's finish reason. A node's signed failure (it could not
+run the job, e.g. over its memory budget: `processors.verifier.core.failure_of`) is a 400
+with the node's error code and message; the job is refunded.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from gateway.market.models import (
 )
 from gateway.market.service import JobOrder, JobService, MarketError
 from processors.market.lifecycle import Job
-from schemas.events import JobSubmitted
+from processors.verifier.core import failure_of
+from schemas.events import JobResult, JobSubmitted
 
 DEFAULT_MAX_TOKENS = 16
 
@@ -74,9 +77,20 @@ def _usage(document: dict[str, Any]) -> dict[str, int]:
     }
 
 
+def _generation(result: JobResult) -> dict[str, Any]:
+    """A result's generation document; MarketError for a node's signed failure."""
+    failure = failure_of(result)
+    if failure is not None:
+        raise MarketError(
+            400, failure["code"], f"the node could not run the job: {failure['message']}"
+        )
+    document: dict[str, Any] = json.loads(result.output or b"{}")
+    return document
+
+
 def _completion(job: Job, model: str, chat: bool) -> dict[str, Any]:
     assert job.submitted is not None
-    document: dict[str, Any] = json.loads(job.results[0].output or b"{}")
+    document = _generation(job.results[0])
     finish = document["finish_reason"]
     if chat:
         message = {"role": "assistant", "content": document["text"]}
@@ -125,9 +139,9 @@ class Completions:
                 record = await self.jobs.start(authorization, order)
                 return self._streamed(record, body.model, chat)
             job = await self.jobs.submit(authorization, order)
+            return _completion(job, body.model, chat)
         except MarketError as exc:
             return error_response(exc)
-        return _completion(job, body.model, chat)
 
     def _streamed(self, record: JobSubmitted, model: str, chat: bool) -> StreamingResponse:
         ident = ("chatcmpl-" if chat else "cmpl-") + record.job_id.hex()
@@ -168,7 +182,7 @@ async def _live(
                 yield piece.text, None
         answer = next((r for r in results if node is None or r.node == node), None)
         if answer is not None:
-            document = json.loads(answer.output or b"{}")
+            document = _generation(answer)
             if document["text"].startswith(text) and len(document["text"]) > len(text):
                 yield document["text"][len(text) :], None
             yield "", document["finish_reason"]

@@ -248,15 +248,22 @@ class MarketRoutes:
         name, cid, version, _ = decode_model_registered(logs[0].data)
         owner = logs[0].topics[2][-20:]
         try:
-            manifest = load_manifest(self.market.blockstore.get(cid), cid)
+            data = self.market.blockstore.get(cid)
         except (KeyError, ContentError):
             return error_response(
                 MarketError(409, "manifest_missing", f"upload manifest {cid} first")
             )
-        if manifest.document.get("name") != name:
-            message = "the manifest names another model"
+        # The gateway reads the manifest, never the model's files (`lattice model import`
+        # checked those); a manifest anyone could have uploaded is bad input, not a 500.
+        try:
+            manifest = load_manifest(data, cid)
+            if manifest.document.get("name") != name:
+                message = "the manifest names another model"
+                return error_response(MarketError(400, "bad_manifest", message))
+            record = manifest_record(manifest, owner, version, int(time.time() * 1000))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            message = f"manifest {cid} is not a model manifest ({type(exc).__name__}: {exc})"
             return error_response(MarketError(400, "bad_manifest", message))
-        record = manifest_record(manifest, owner, version, int(time.time() * 1000))
         await asyncio.wrap_future(self.sink.send(MODELS, record, key=name))
         return RegisteredModel(model=name, version=version, manifest_cid=cid)
 

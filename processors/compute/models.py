@@ -9,6 +9,13 @@ weights and config (what training jobs start from), each as a deterministic tar 
 split into 1 MiB raw blocks. A plain `.onnx` file is imported as a tensor model: its inputs
 and outputs are read from the graph.
 
+Files to import are untrusted (a model is anyone's upload): before anything large is read
+or allocated, a truncated or corrupt graph, tensor or weights file, dimensions declaring
+more than the memory budget (from initializer dims, fixed tensor shapes, safetensors
+headers and the config's sizes), a directory without its config or tokenizer, and any file,
+link or external-data location outside the model's directory are each a `ModelImportError`
+with a one-line reason.
+
 The manifest (canonical JSON, itself a block) is the model's truth: its CID is what the
 ledger's `ModelRegistry` records and what every worker verifies against.
 """
@@ -18,13 +25,15 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from processors.compute.budget import default_budget, dtype_bytes, tensor_bytes
 from processors.market.content import Blockstore, Chunk
 from schemas.events import ModelChunk, ModelManifest, TensorSpec
 
@@ -99,16 +108,128 @@ def _tensor_specs(values: Any) -> list[dict[str, Any]]:
     return specs
 
 
-def _onnx_facts(model_bytes: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+def _one_line(text: object) -> str:
+    """An error's text on one line (the CLI prints it so; onnx's checker writes several)."""
+    return " ".join(str(text).split())
+
+
+def _graph_tensors(graph: Any) -> Iterator[Any]:
+    """Every tensor a graph holds: initializers and constant attributes, subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            subgraphs = [attribute.g] if attribute.HasField("g") else []
+            for subgraph in (*subgraphs, *attribute.graphs):
+                yield from _graph_tensors(subgraph)
+
+
+def _parse_onnx(model_bytes: bytes, where: str) -> Any:
     import onnx
-    from onnx import numpy_helper
 
     try:
-        graph = onnx.load_from_string(model_bytes).graph
+        return onnx.load_from_string(model_bytes)
     except Exception as exc:  # onnx raises DecodeError and friends
-        raise ModelImportError(f"not a readable ONNX model: {exc}") from None
-    parameters = sum(int(numpy_helper.to_array(t).size) for t in graph.initializer)
+        raise ModelImportError(
+            _one_line(f"{where}: not a readable ONNX model (truncated or corrupt?): {exc}")
+        ) from None
+
+
+def _declared_bytes(model: Any) -> int:
+    """Bytes the graph's tensors declare (initializers, and inputs and outputs of fixed
+    shape), from their dims: nothing is allocated, and external data need not be read."""
+    from onnx import TensorProto
+
+    total = 0
+    for tensor in _graph_tensors(model.graph):
+        dtype = TensorProto.DataType.Name(tensor.data_type).lower()
+        total += math.prod(max(int(d), 0) for d in tensor.dims) * dtype_bytes(dtype)
+    for spec in (*_tensor_specs(model.graph.input), *_tensor_specs(model.graph.output)):
+        total += tensor_bytes(spec["dtype"], spec["shape"], {}) or 0
+    return total
+
+
+def _check_declared(model: Any, where: str, budget: int) -> None:
+    from onnx import TensorProto
+
+    declared = _declared_bytes(model)
+    if declared > budget:
+        raise ModelImportError(
+            f"{where}: the graph declares {declared:,} bytes of tensors, over the "
+            f"{budget:,} bytes of memory a model may take here"
+        )
+    for tensor in _graph_tensors(model.graph):
+        if tensor.data_location == TensorProto.EXTERNAL or not tensor.HasField("raw_data"):
+            continue
+        dtype = TensorProto.DataType.Name(tensor.data_type).lower()
+        if dtype in ("string", "uint4", "int4", "float4e2m1"):
+            continue  # not one fixed width per element
+        wanted = math.prod(int(d) for d in tensor.dims) * dtype_bytes(dtype)
+        if len(tensor.raw_data) != wanted:
+            raise ModelImportError(
+                f"{where}: tensor {tensor.name!r} declares {list(tensor.dims)} ({wanted:,} "
+                f"bytes) but holds {len(tensor.raw_data):,} (truncated or corrupt?)"
+            )
+
+
+def _onnx_facts(
+    model_bytes: bytes, where: str, budget: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    import onnx
+
+    model = _parse_onnx(model_bytes, where)
+    _check_declared(model, where, budget)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # ValidationError, and C++ errors for what it cannot read
+        raise ModelImportError(_one_line(f"{where}: not a valid ONNX model: {exc}")) from None
+    graph = model.graph
+    parameters = sum(math.prod(int(d) for d in t.dims) for t in graph.initializer)
     return _tensor_specs(graph.input), _tensor_specs(graph.output), parameters
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path`, links followed, is within `root` (itself resolved)."""
+    return path.resolve().is_relative_to(root)
+
+
+def _onnx_file(path: Path, budget: int) -> bytes:
+    """A `.onnx` file's graph as one blob: tensors kept in external-data files beside it
+    are read in, once each location is known to be a file within the model's directory
+    (a location is written by whoever made the model: `../../etc/shadow` or a link out
+    must not be read into a blob that is then published)."""
+    import onnx
+    from onnx import TensorProto
+
+    data = path.read_bytes()
+    model = _parse_onnx(data, str(path))
+    root = path.parent.resolve()
+    external = [t for t in _graph_tensors(model.graph) if t.data_location == TensorProto.EXTERNAL]
+    if not external:
+        return data
+    for tensor in external:
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        target = path.parent / location
+        if not location or Path(location).is_absolute() or not _inside(target, root):
+            raise ModelImportError(
+                f"{path}: tensor {tensor.name!r} keeps its data at {location!r}, outside "
+                f"the model's directory {root}"
+            )
+        if not target.is_file():
+            raise ModelImportError(
+                f"{path}: tensor {tensor.name!r} keeps its data in {location!r}, which is "
+                "not a file"
+            )
+    _check_declared(model, str(path), budget)  # before any external byte is read
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:  # short files, bad offsets
+        raise ModelImportError(
+            _one_line(f"{path}: its external tensor data cannot be read: {exc}")
+        ) from None
+    return bytes(model.SerializeToString())
 
 
 @dataclass(frozen=True)
@@ -250,20 +371,129 @@ def export_causal_lm(
     return graph, model.config, None
 
 
+#: Bytes per element of the safetensors dtypes (the header names them so).
+_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2}
+#: Copies of the weights an import holds at its peak: the torch model (fp32), the exported
+#: graph as read back, and its serialised bytes.
+_IMPORT_COPIES = 3
+
+
+def _config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((path / "config.json").read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ModelImportError(_one_line(f"{path}/config.json: not readable JSON: {exc}")) from None
+    if not isinstance(config, dict):
+        raise ModelImportError(f"{path}/config.json: not a JSON object")
+    return config
+
+
+def _check_hf_paths(path: Path) -> None:
+    """Every file the import reads or stores must be in the directory (a link out of it
+    would publish whatever it points at). A Hugging Face cache snapshot links its files to
+    `../../blobs/`; that layout is allowed."""
+    root = path.resolve()
+    roots = [root]
+    if root.parent.name == "snapshots":
+        roots.append((root.parent.parent / "blobs").resolve())
+    for entry in sorted(path.iterdir()):
+        if not any(_inside(entry, r) for r in roots):
+            raise ModelImportError(
+                f"{entry}: links to {entry.resolve()}, outside the model directory {root}"
+            )
+    for index in sorted(path.glob("*.index.json")):
+        try:
+            shards = set(json.loads(index.read_bytes()).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ModelImportError(_one_line(f"{index}: not a readable index: {exc}")) from None
+        for shard in sorted(str(s) for s in shards):
+            if Path(shard).is_absolute() or not _inside(path / shard, root):
+                raise ModelImportError(
+                    f"{index}: names the weights file {shard!r}, outside the model directory"
+                )
+
+
+def _safetensors_bytes(file: Path) -> int:
+    """The bytes a `.safetensors` file's header declares (its data is not read)."""
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if size < 8 or length > min(size - 8, 100 << 20):
+            raise ModelImportError(f"{file}: not a readable safetensors file (truncated?)")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError as exc:
+            raise ModelImportError(_one_line(f"{file}: not a readable header: {exc}")) from None
+    total = 0
+    for name, tensor in header.items():
+        if name == "__metadata__":
+            continue
+        declared = math.prod(int(d) for d in tensor["shape"])
+        declared *= _SAFETENSORS_BYTES.get(tensor["dtype"], 1)
+        end = int(tensor["data_offsets"][1])
+        if end > size - 8 - length:
+            raise ModelImportError(
+                f"{file}: tensor {name!r} ends at byte {end:,} of {size - 8 - length:,} "
+                "(truncated?)"
+            )
+        total += declared
+    return total
+
+
+def _config_parameters(config: dict[str, Any]) -> int:
+    """A decoder's parameter count as its config's dimensions imply (12·layers·width² for
+    the blocks, plus the embeddings): transformers allocates that many however small the
+    weights files are, so it is bounded before anything is loaded."""
+
+    def first(*keys: str) -> int:
+        for key in keys:
+            value = config.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return max(value, 0)
+        return 0
+
+    width = first("hidden_size", "n_embd", "d_model")
+    layers = first("num_hidden_layers", "n_layer", "num_layers")
+    inner = first("intermediate_size", "n_inner") or 4 * width
+    return layers * (4 * width * width + 2 * width * inner) + first("vocab_size") * width
+
+
+def _check_hf_declared(path: Path, budget: int) -> None:
+    weights = sum(_safetensors_bytes(f) for f in sorted(path.glob("*.safetensors")))
+    weights = max(weights, 4 * _config_parameters(_config(path)))
+    if _IMPORT_COPIES * weights > budget:
+        raise ModelImportError(
+            f"{path}: its config and weights declare {weights:,} bytes of parameters; "
+            f"importing needs about {_IMPORT_COPIES * weights:,}, over the {budget:,} bytes "
+            "of memory a model may take here"
+        )
+
+
 def import_model(
     path: Path,
     name: str,
     store: Blockstore,
     progress: Callable[[str], None] = lambda _: None,
+    memory_budget: int = 0,
 ) -> Manifest:
-    """Import `path` into `store`; the returned manifest is stored as a block too."""
+    """Import `path` into `store`; the returned manifest is stored as a block too.
+
+    Hostile files get a `ModelImportError` naming the problem before anything large is
+    read or allocated: a truncated or corrupt graph or weights file, dimensions declaring
+    more than `memory_budget` bytes (0: three quarters of this machine's memory;
+    `processors.compute.budget.default_budget`), a directory without its tokenizer, and a
+    file, link or external-data location outside the model's directory."""
     path = Path(path)
+    budget = default_budget(memory_budget)
     if path.is_dir():
-        missing = [f for f in ("config.json", "tokenizer.json") if not (path / f).exists()]
+        needs = {"config.json": "its config", "tokenizer.json": "its tokenizer"}
+        missing = [f"{what} ({f})" for f, what in needs.items() if not (path / f).is_file()]
         if missing:
             raise ModelImportError(
-                f"{path}: a Hugging Face model directory needs {', '.join(missing)}"
+                f"{path}: a Hugging Face model directory needs {' and '.join(missing)}"
             )
+        _check_hf_paths(path)
+        _check_hf_declared(path, budget)
         progress(f"loading {path} with transformers (offline)")
         onnx_bytes, config, cache = export_causal_lm(path, progress)
         tokenizer = {f: (path / f).read_bytes() for f in _TOKENIZER_FILES if (path / f).exists()}
@@ -272,7 +502,7 @@ def import_model(
             for p in sorted(path.iterdir())
             if p.is_file() and p.name not in _TOKENIZER_FILES
         }
-        inputs, outputs, parameters = _onnx_facts(onnx_bytes)
+        inputs, outputs, parameters = _onnx_facts(onnx_bytes, str(path), budget)
         document: dict[str, Any] = {
             "task": TEXT_GENERATION,
             "model_type": str(config.model_type),
@@ -287,8 +517,8 @@ def import_model(
         document["tokenizer"] = store_part(store, deterministic_tar(tokenizer))
         document["source"] = store_part(store, deterministic_tar(source))
     elif path.suffix == ".onnx" and path.is_file():
-        onnx_bytes = path.read_bytes()
-        inputs, outputs, parameters = _onnx_facts(onnx_bytes)
+        onnx_bytes = _onnx_file(path, budget)
+        inputs, outputs, parameters = _onnx_facts(onnx_bytes, str(path), budget)
         document = {"task": TENSOR, "model_type": "onnx"}
     else:
         raise ModelImportError(f"{path}: expected a Hugging Face model directory or a .onnx file")
@@ -300,11 +530,16 @@ def import_model(
         inputs=inputs,
         outputs=outputs,
         parameter_count=parameters,
-        # fp32 weights, held once by the runtime, plus activations and runtime overhead.
-        vram_required_bytes=2 * len(onnx_bytes) + RUNTIME_OVERHEAD_BYTES,
+        vram_required_bytes=weights_bytes(len(onnx_bytes)),
     )
     cid = store.put(canonical_json(document))
     return Manifest(document, cid)
+
+
+def weights_bytes(onnx_size: int) -> int:
+    """What a loaded graph of `onnx_size` bytes holds before it runs: its fp32 weights held
+    once by the runtime beside the graph they came in, plus the runtime's overhead."""
+    return 2 * onnx_size + RUNTIME_OVERHEAD_BYTES
 
 
 def load_manifest(data: bytes, cid: str) -> Manifest:

@@ -8,6 +8,16 @@ loaded from bytes that match the manifest the ledger registered.
 Text generation is greedy (argmax) decoding over the full sequence at each step: the graph
 the importer exports has no KV cache, which keeps the graph portable and is cheap for the
 small models the tests use; the cost grows quadratically with the output length.
+
+Memory: a model or job must not take the process down with it. Each `ModelCache` has a
+budget (bytes); a model whose weights are over it is not loaded, and every job is estimated
+from declared sizes first (`processors.compute.budget`: the weights, the prompt's logits and
+the key/value cache at `max_tokens`, or the `.npz` input's headers and the outputs their
+shapes bind) and refused with `OverBudgetError` before it runs. What no declaration bounds
+(a graph that computes a shape from its input) meets a cap where it allocates: ONNX
+Runtime's CPU arena is the process's one shared arena, capped (`cpu_arena`), and a CUDA
+session gets `gpu_mem_limit`; an allocation past either fails that run, also as
+`OverBudgetError`, and the session stays usable.
 """
 
 from __future__ import annotations
@@ -26,6 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from processors.compute.budget import (
+    OverBudgetError,
+    default_budget,
+    generation_bytes,
+    tensor_job_bytes,
+)
 from processors.compute.models import (
     PAST_KEYS,
     PAST_VALUES,
@@ -114,6 +130,45 @@ def providers(use_gpu: bool) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+class _Arena:
+    """The process's one capped CPU arena: ONNX Runtime registers an environment allocator
+    once per process, so the first cap asked for is the one in force for every session."""
+
+    lock = threading.Lock()
+    cap: int | None = None
+
+
+def cpu_arena(budget: int) -> int:
+    """Register the capped CPU arena (once); the cap in force."""
+    with _Arena.lock:
+        if _Arena.cap is None:
+            import onnxruntime as ort
+
+            info = ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
+            # Extending by what is asked, not by doubling, keeps the cap a cap on use.
+            config = ort.OrtArenaCfg({"max_mem": budget, "arena_extend_strategy": 1})
+            ort.create_and_register_allocator(info, config)
+            _Arena.cap = budget
+        return _Arena.cap
+
+
+#: What ONNX Runtime's allocation failures say (BFCArena at its cap; CUDA out of memory).
+_ALLOCATION_FAILED = ("Available memory of", "Failed to allocate", "out of memory", "bad_alloc")
+
+
+def _run(session: Any, names: list[str], feed: dict[str, Any], budget: int) -> Any:
+    try:
+        return session.run(names, feed)
+    except Exception as exc:  # onnxruntime's Fail / RuntimeException
+        text = str(exc)
+        if not any(s in text for s in _ALLOCATION_FAILED):
+            raise
+        detail = text.split("Status Message:")[-1].strip().splitlines()[0][-200:]
+        raise OverBudgetError("the run", 0, budget, detail) from None
+
+
 @dataclass(frozen=True)
 class Generation:
     prompt_ids: tuple[int, ...]
@@ -143,7 +198,36 @@ class LoadedModel:
     tokenizer: Any = None
     eos_token_id: int | None = None
     kv_cache: KvCache | None = None  # None: a graph without one (generation re-reads all)
+    #: The memory a job may need (bytes; 0: not checked before it runs).
+    budget: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- memory ---------------------------------------------------------------------------
+
+    @property
+    def weights_bytes(self) -> int:
+        return int(self.manifest.document.get("vram_required_bytes", 0))
+
+    def within(self, what: str, needed: int) -> None:
+        if self.budget and needed > self.budget:
+            raise OverBudgetError(what, needed, self.budget)
+
+    def generation_needs(self, prompt_tokens: int, max_tokens: int) -> int:
+        """Bytes a generation of `max_tokens` after `prompt_tokens` would need."""
+        limit = int(self.manifest.document.get("max_positions") or 1024)
+        outputs = self.manifest.document.get("outputs", [])
+        last = next((str(o["shape"][-1]) for o in outputs if o["name"] == "logits"), "")
+        vocabulary = int(last) if last.isdigit() else 0
+        cache = self.manifest.document.get("kv_cache")
+        positions = min(prompt_tokens + max_tokens, limit)
+        return generation_bytes(self.weights_bytes, vocabulary, positions, prompt_tokens, cache)
+
+    def tensor_needs(self, inputs: bytes) -> int:
+        """Bytes evaluating the `.npz` `inputs` would need (ValueError: not an `.npz`)."""
+        document = self.manifest.document
+        return tensor_job_bytes(
+            self.weights_bytes, document.get("inputs", []), document.get("outputs", []), inputs
+        )
 
     # -- text generation ------------------------------------------------------------------
 
@@ -169,12 +253,13 @@ class LoadedModel:
         feed: dict[str, Any] = {"input_ids": np.asarray([list(ids)], dtype=np.int64)}
         if self.kv_cache is None:
             with self.lock:
-                (out,) = self.session.run(["logits"], feed)
+                (out,) = _run(self.session, ["logits"], feed, self.budget)
             return np.asarray(out[0], dtype=np.float32), None
         keys, values = past if past is not None else (self.kv_cache.empty(),) * 2
         feed.update({PAST_KEYS: keys, PAST_VALUES: values})
+        names = ["logits", "present_keys", "present_values"]
         with self.lock:
-            out, keys, values = self.session.run(["logits", "present_keys", "present_values"], feed)
+            out, keys, values = _run(self.session, names, feed, self.budget)
         return np.asarray(out[0], dtype=np.float32), (keys, values)
 
     def generate(
@@ -186,6 +271,7 @@ class LoadedModel:
         limit = int(self.manifest.document.get("max_positions") or 1024)
         prompt = self.prompt_ids(request)[-(limit - 1) :]
         max_tokens = max(1, min(int(request.get("max_tokens", 16)), limit - len(prompt)))
+        self.within("the generation", self.generation_needs(len(prompt), max_tokens))
         ids, chosen, logits = list(prompt), [], []
         sent = ""
         finish = "length"
@@ -215,11 +301,12 @@ class LoadedModel:
 
     def run_tensors(self, inputs: bytes) -> bytes:
         """Evaluate an `.npz` of named inputs; the outputs come back as an `.npz`."""
+        self.within("the tensor job", self.tensor_needs(inputs))
         with np.load(io.BytesIO(inputs), allow_pickle=False) as arrays:
             feed = {name: arrays[name] for name in arrays.files}
         with self.lock:
             names = [o.name for o in self.session.get_outputs()]
-            values = self.session.run(names, feed)
+            values = _run(self.session, names, feed, self.budget)
         buffer = io.BytesIO()
         np.savez(buffer, **dict(zip(names, values, strict=True)))
         return buffer.getvalue()
@@ -228,11 +315,21 @@ class LoadedModel:
 class ModelCache:
     """Loaded models by manifest CID (one session per model and process)."""
 
-    def __init__(self, source: BlockSource, work_dir: Path, threads: int, use_gpu: bool) -> None:
+    def __init__(
+        self,
+        source: BlockSource,
+        work_dir: Path,
+        threads: int,
+        use_gpu: bool,
+        memory_budget: int = 0,
+    ) -> None:
+        """`memory_budget`: bytes a model and its job may take on the device that runs it
+        (0: three quarters of this machine's memory)."""
         self.source = source
         self.work_dir = Path(work_dir)
         self.threads = threads
         self.use_gpu = use_gpu
+        self.budget = default_budget(memory_budget)
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -267,14 +364,31 @@ class ModelCache:
         import onnxruntime as ort
 
         manifest = self.source.manifest(manifest_cid)
+        weights = int(manifest.document.get("vram_required_bytes", 0))
+        if weights > self.budget:
+            name = manifest.document.get("name", manifest_cid)
+            raise OverBudgetError(f"model {name}", weights, self.budget)
         graph = self.source.part(manifest, "onnx")
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        chosen = providers(self.use_gpu)
-        session = ort.InferenceSession(graph, sess_options=options, providers=chosen)
+        chosen: list[Any] = list(providers(self.use_gpu))
+        if chosen[0] == "CUDAExecutionProvider":
+            cuda = {"gpu_mem_limit": str(self.budget), "arena_extend_strategy": "kSameAsRequested"}
+            chosen[0] = (chosen[0], cuda)
+            cpu_arena(default_budget(0))  # the CPU side holds inputs and fallback kernels
+        else:
+            cpu_arena(self.budget)
+        options.add_session_config_entry("session.use_env_allocators", "1")
+        try:
+            session = ort.InferenceSession(graph, sess_options=options, providers=chosen)
+        except Exception as exc:  # onnxruntime's Fail / RuntimeException
+            if not any(s in str(exc) for s in _ALLOCATION_FAILED):
+                raise
+            raise OverBudgetError("loading the model", weights, self.budget) from None
         model = LoadedModel(manifest, session, session.get_providers()[0], self.threads)
+        model.budget = self.budget
         if manifest.task == TEXT_GENERATION:
             model.tokenizer = self.tokenizer(manifest_cid)
             model.eos_token_id = manifest.document.get("eos_token_id")

@@ -43,6 +43,9 @@ INCONCLUSIVE: Outcome = "INCONCLUSIVE"
 GENERATION_SCHEME = "greedy-logits-f32-v1"
 TENSOR_SCHEME = "tensor-sample-f32-v1"
 TRAINING_SCHEME = "training-loss-f32-v1"
+#: A node's signed answer that it could not run the job (its output says why): refunded,
+#: neither paid nor slashed, and not offered to another node.
+FAILED_SCHEME = "failed-v1"
 SAMPLES = 64
 
 
@@ -88,6 +91,26 @@ def _flatten(npz: bytes) -> np.ndarray:
     return np.asarray(np.concatenate(parts) if parts else np.zeros(0), dtype=np.float64)
 
 
+# -- failures -----------------------------------------------------------------------------
+
+
+def failure_output(code: str, message: str) -> bytes:
+    """The output of a failed job: `{"error": {"code", "message"}}`, as the market's routes
+    answer errors."""
+    return json.dumps({"error": {"code": code, "message": message}}, sort_keys=True).encode()
+
+
+def failure_of(result: JobResult) -> dict[str, str] | None:
+    """The error a node reported instead of an output; None for a result with one."""
+    if result.fingerprint_scheme != FAILED_SCHEME:
+        return None
+    try:
+        error = json.loads(result.output or b"")["error"]
+        return {"code": str(error["code"]), "message": str(error["message"])}
+    except (ValueError, KeyError, TypeError):
+        return {"code": "failed", "message": "the node could not run the job"}
+
+
 # -- checks -------------------------------------------------------------------------------
 
 
@@ -116,6 +139,14 @@ def check_output(result: JobResult) -> Check:
     if cid_of(output) != result.output_cid or len(output) != result.output_size:
         return Check("output", False, "output bytes do not match the CID or size")
     return Check("output", True, f"{len(output)} bytes, CID verified")
+
+
+def check_failure(result: JobResult) -> Check | None:
+    """A failed job's check (None for a result with an output): failed, not forged."""
+    failure = failure_of(result)
+    if failure is None:
+        return None
+    return Check("execution", False, f"{failure['code']}: {failure['message']}")
 
 
 def check_deadline(result: JobResult, job: JobSubmitted) -> Check:
@@ -275,9 +306,10 @@ def performance_bps(job: JobSubmitted, result: JobResult) -> int:
 
 
 def outcome(checks: Sequence[Check]) -> Outcome:
-    """REJECTED (cheating: not paid, slashed) when any check but the deadline fails;
-    INCONCLUSIVE (late: refunded, not slashed) when only the deadline does."""
+    """REJECTED (cheating: not paid, slashed) when any check but the deadline or the
+    execution fails; INCONCLUSIVE (late, or a job the node reported it could not run:
+    refunded, not slashed) when only those do."""
     failed = {c.name for c in checks if not c.passed}
-    if failed - {"deadline"}:
+    if failed - {"deadline", "execution"}:
         return REJECTED
     return INCONCLUSIVE if failed else ACCEPTED

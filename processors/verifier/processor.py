@@ -6,6 +6,12 @@ For each result it gathers what the result must be checked against — the signe
 arrived yet, then runs the checks of `processors.verifier.core`. Results of redundant jobs,
 and a seeded share (`verify_bps`) of the others, are re-executed on the verifier's own
 runtime (the workers' code, `processors.compute`) to compare numbers within tolerance.
+A node's signed failure (`core.FAILED_SCHEME`: it could not run the job, e.g. over its
+memory budget) is not re-executed: its verdict is INCONCLUSIVE and the job is refunded. A
+re-execution the verifier's own budget (`verifier_memory_bytes`, a fixed figure, so every
+replica decides alike) would not hold is skipped, with a check that says so, and the
+result is judged as an unsampled one: the verifier never crash-loops on a model too big
+for it.
 
 Then money: an accepted result is paid by `JobMarket.settle` (reward formula in
 `processors.market.economics`), at most the job's maximum price over all its paid results;
@@ -44,6 +50,7 @@ import numpy as np
 from eth_hash.auto import keccak
 
 from processors.abc import Output, Pace, Processor, Subscription
+from processors.compute.budget import OverBudgetError
 from processors.compute.models import PAST_KEYS, TEXT_GENERATION
 from processors.compute.runtime import BlockSource, FetchError, ModelCache
 from processors.compute.training import Trainer, TrainingSpec, weights_array
@@ -135,6 +142,7 @@ class Verifier(Processor[MemoryStore]):
             work,
             threads=1,
             use_gpu=False,
+            memory_budget=settings.verifier_memory_bytes,
         )
 
     def subscriptions(self) -> Sequence[Subscription]:
@@ -244,12 +252,19 @@ class Verifier(Processor[MemoryStore]):
         ]
         if not all(c.passed for c in checks[:3]):
             return checks  # nothing more to learn from a result that is not the node's own
+        failure = core.check_failure(result)
+        if failure is not None:
+            return [*checks, failure]
         sampled = int.from_bytes(keccak(record.job_id + result.node + b"spot")[:4]) % 10_000
         if assignment.redundant or sampled < self.settings.verify_bps:
-            if record.kind == TRAINING:
-                check, task_flops = self.retrain(record, result, manifest)
-            else:
-                check, task_flops = self.reexecute(record, result)
+            try:
+                if record.kind == TRAINING:
+                    check, task_flops = self.retrain(record, result, manifest)
+                else:
+                    check, task_flops = self.reexecute(record, result)
+            except OverBudgetError as exc:
+                check = core.Check("re-execution", True, f"skipped: {exc}")
+                task_flops = self.claimed_flops(record, result, manifest)
             checks.append(check)
         else:
             task_flops = self.claimed_flops(record, result, manifest)
@@ -307,7 +322,7 @@ class Verifier(Processor[MemoryStore]):
         model, _ = self.models.load(job.params["manifest_cid"])
         output = result.output or b""
         if model.manifest.task != TEXT_GENERATION:
-            recomputed = model.run_tensors(job.input or b"")
+            recomputed = model.run_tensors(job.input or b"")  # checks its budget first
             check = core.check_tensors(output, recomputed, result.fingerprint, job.job_id)
             return check, 0
         prompt = model.prompt_ids(json.loads(job.input or b"{}"))
@@ -318,6 +333,8 @@ class Verifier(Processor[MemoryStore]):
         vocabulary = int(model.session.get_outputs()[0].shape[-1] or 0) or None
         if vocabulary is not None and any(not 0 <= t < vocabulary for t in tokens):
             return core.Check("re-execution", False, "tokens out of the vocabulary"), 0
+        # One teacher-forced pass over the whole sequence: its logits at every position.
+        model.within("re-execution", model.generation_needs(len(prompt) + len(tokens), 0))
         logits = model.logits(prompt + tokens) if tokens else model.logits(prompt)
         check = core.check_generation(
             output, result.fingerprint, np.asarray(logits), len(prompt), model.eos_token_id
