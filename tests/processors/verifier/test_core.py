@@ -1,5 +1,6 @@
 """Verification against the real runtime: honest results under different thread counts are
-accepted (no false accusations), forged ones are caught."""
+accepted (no false accusations), forged ones are caught, and a re-execution over the
+verifier's own memory budget is skipped (the verifier fed its events directly, no broker)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,17 @@ import numpy as np
 import pytest
 
 from gpu_worker.processor import execute
+from processors.abc import Output
+from processors.compute.models import manifest_record
 from processors.compute.runtime import BlockSource, LoadedModel, ModelCache
+from processors.execution.genesis import devnet_key
 from processors.market.content import cid_of
+from processors.state import MemoryStore
 from processors.verifier import core
-from schemas.events import JobResult, JobSubmitted
+from processors.verifier.processor import Verifier
+from schemas.events import JobResult, JobSettled, JobSubmitted, JobVerdict, VerdictCheck
+from streams.kafka import Record
+from streams.settings import Settings
 from tests import market_events
 from tests.market_events import signed_result, submitted
 
@@ -143,3 +152,93 @@ def test_generation_work_counts_what_a_cache_saves() -> None:
     assert core.generation_flops(10**9, 500, 500, cached=True) * 100 < core.generation_flops(
         10**9, 500, 500, cached=False
     )
+
+
+# -- the verifier's own memory budget ---------------------------------------------------------
+
+NODE_KEY = b"\x61" * 32
+USER_KEY = b"\x62" * 32
+
+
+def judged(tiny_store: tuple[Any, Any], tmp: Path, events: list[Any], budget: int) -> list[Output]:
+    """A fresh verifier with `budget` (and the model in its own blockstore) fed `events`:
+    what it sends, with no broker (its `handle` and `tick`, as the runtime calls them)."""
+    store, _ = tiny_store
+    settings = Settings(data_dir=tmp, verify_bps=10_000, verifier_memory_bytes=budget)
+    shutil.copytree(store.root, tmp / "verifier" / "blockstore")
+    verifier = Verifier(settings, devnet_key("settler"))
+    state = MemoryStore()
+    outputs = list(verifier.tick(0, state))
+    for offset, event in enumerate(events):
+        record = Record("t", 0, offset, 0, None, event, b"")
+        outputs += verifier.handle(record, state)
+    return outputs
+
+
+@pytest.fixture
+def honest_generation(tiny_store: tuple[Any, Any], tmp_path: Path) -> list[Any]:
+    """A node, the model, a signed job and the node's honest signed result for it."""
+    store, manifest = tiny_store
+    # The worker first, with the default budget: ONNX Runtime's CPU arena is capped once
+    # per process, by the first model loaded, and the verifiers' small budgets must not be.
+    worker, _ = ModelCache(BlockSource(store), tmp_path / "worker", 1, use_gpu=False).load(
+        manifest.cid
+    )
+    job_record = market_events.signed_job(USER_KEY, manifest.cid, 0, now_ms=1_000_000)
+    output, scheme, fingerprint = execute(worker, job_record)
+    made = market_events.result(
+        job_record.job_id, NODE_KEY, output=output, compute_ms=5, completed_at_ms=1_001_000
+    )
+    answer = signed_result(
+        dataclasses.replace(
+            made,
+            output_cid=cid_of(output),
+            output_digest=hashlib.sha256(output).digest(),
+            fingerprint_scheme=scheme,
+            fingerprint=fingerprint,
+        ),
+        NODE_KEY,
+    )
+    return [
+        market_events.registration(NODE_KEY, price=10**15),
+        manifest_record(manifest, b"\x01" * 20, 1, 0),  # as the market registers it
+        job_record,
+        market_events.assigned(job_record.job_id, 0, [answer.node]),
+        answer,
+    ]
+
+
+def test_a_re_execution_over_the_verifier_budget_is_skipped_alike_by_every_replica(
+    tiny_store: tuple[Any, Any], tmp_path: Path, honest_generation: list[Any]
+) -> None:
+    _, manifest = tiny_store
+    weights = int(manifest.document["vram_required_bytes"])
+
+    def verdict(name: str, budget: int) -> JobVerdict:
+        outputs = judged(tiny_store, tmp_path / name, honest_generation, budget)
+        verdicts = [o.event for o in outputs if isinstance(o.event, JobVerdict)]
+        paid = [o.event for o in outputs if isinstance(o.event, JobSettled)]
+        assert len(verdicts) == 1 and len(paid) == 1  # judged and settled, nothing raised
+        assert paid[0].paid_wei > 0 and paid[0].slashed_wei == 0
+        return verdicts[0]
+
+    def check(of: JobVerdict, name: str) -> VerdictCheck:
+        return next(c for c in of.checks if c.name == name)
+
+    # Within the budget the result is re-executed (sampled: verify_bps is every result).
+    roomy = verdict("roomy", 1 << 30)
+    assert roomy.outcome == core.ACCEPTED
+    assert "within tolerance" in check(roomy, "re-execution").detail
+    # Over it, refused where the model would load (its weights alone), or where the
+    # teacher-forced pass would run (the weights fit; their logits and cache do not).
+    for what, budget in (("model tiny-gpt2", weights - (1 << 20)), ("re-execution", weights + 1)):
+        first, again = verdict(f"{budget}-a", budget), verdict(f"{budget}-b", budget)
+        assert first == again  # replicas with the same fixed budget write the same verdict
+        skipped = check(first, "re-execution")
+        assert skipped.passed, skipped
+        assert skipped.detail.startswith(f"skipped: {what} needs about ")
+        assert f"over the budget of {budget / (1 << 20):,.0f} MiB" in skipped.detail
+        # Judged as an unsampled result: the other checks, timing from its own claim.
+        assert first.outcome == core.ACCEPTED
+        assert [c.name for c in first.checks] == [c.name for c in roomy.checks]
+        assert check(first, "timing") == check(roomy, "timing")
