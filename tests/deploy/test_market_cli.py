@@ -26,7 +26,7 @@ def test_model_import_refuses_what_is_not_a_model(
     assert code == 2 and "Hugging Face model directory or a .onnx file" in capsys.readouterr().err
     (tmp_path / "hf").mkdir()
     code, _ = run("model", "import", str(tmp_path / "hf"), *common)
-    assert code == 2 and "needs config.json, tokenizer.json" in capsys.readouterr().err
+    assert code == 2 and "needs its config (config.json)" in capsys.readouterr().err
     code, _ = run("deposit", "0", "--dev-account", "1", "--data-dir", str(tmp_path))
     assert code == 2 and "positive" in capsys.readouterr().err
 
