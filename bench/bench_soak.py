@@ -72,6 +72,8 @@ from eth_utils.address import to_checksum_address
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_rpc import signed
+
 from contracts.build import load
 from processors.execution.genesis import DEV_KEYS
 from tests.devnets import Devnet, rpc
@@ -91,6 +93,8 @@ SETTLE_TIMEOUT_S = 120.0
 MAX_JOBS_IN_FLIGHT = 4
 LAG_SAMPLE_S = 5.0
 MODEL_NAME = "tiny-gpt2"
+#: Gas of an ERC-20 transfer or funding call (an ETH transfer takes bench_rpc's 21,000).
+CALL_GAS = 80_000
 PROMPT = "the quick brown fox"
 #: Latency kinds, in the order the table shows them.
 KINDS = ("ack", "eth", "erc20", "call", "job", "settled")
@@ -137,21 +141,6 @@ class Recorder:
             taken = self.latencies, self.errors, self.lag
             self._fresh()
             return taken
-
-
-def signed(chain_id: int, key: str, nonce: int, to: str, value: int = 0, data: bytes = b"") -> str:
-    tx = {
-        "type": 2,
-        "chainId": chain_id,
-        "nonce": nonce,
-        "to": to,
-        "value": value,
-        "data": data,
-        "gas": 21_000 if not data else 80_000,
-        "maxFeePerGas": 10**11,
-        "maxPriorityFeePerGas": 10**9,
-    }
-    return "0x" + bytes(Account.sign_transaction(tx, key).raw_transaction).hex()
 
 
 class Rpc:
@@ -219,7 +208,8 @@ def deploy_token(url: str, chain_id: int) -> str:
         data = TRANSFER + encode(["address", "uint256"], [holder, 10**24])
         hashes.append(
             client.call(
-                "eth_sendRawTransaction", signed(chain_id, key, nonce + i, address, 0, data)
+                "eth_sendRawTransaction",
+                signed(chain_id, key, nonce + i, address, 0, data, CALL_GAS),
             )
         )
     wait_receipts(client, hashes)
@@ -302,7 +292,7 @@ class Load:
                 raw = signed(self.chain_id, key, nonce, to, value=1)
             else:
                 data = TRANSFER + encode(["address", "uint256"], [to, 1])
-                raw = signed(self.chain_id, key, nonce, self.token, data=data)
+                raw = signed(self.chain_id, key, nonce, self.token, data=data, gas=CALL_GAS)
             try:
                 tx_hash = client.call("eth_sendRawTransaction", raw)
             except (httpx.HTTPError, ValueError, RuntimeError) as exc:

@@ -310,6 +310,40 @@ class Worker(Processor[RocksStore]):
             started = time.perf_counter()
             output, scheme, fingerprint = self.execute(model, job)
         compute_ms = int((time.perf_counter() - started) * 1000)
+        timings = Timings(
+            queue_ms=max(0, received_ms - job.submitted_at_ms),
+            load_ms=load_ms,
+            compute_ms=compute_ms,
+        )
+        return self.signed_result(
+            assignment, output, scheme, fingerprint, timings, provider, threads
+        )
+
+    def failure_for(self, assignment: JobAssigned, received_ms: int, exc: Exception) -> JobResult:
+        """The signed answer that this node could not run the job, and why."""
+        job = assignment.job
+        assert job is not None
+        output = failure_output(getattr(exc, "code", "out_of_memory"), str(exc))
+        timings = Timings(
+            queue_ms=max(0, received_ms - job.submitted_at_ms), load_ms=0, compute_ms=0
+        )
+        return self.signed_result(
+            assignment, output, FAILED_SCHEME, b"", timings, "none", self.settings.worker_threads
+        )
+
+    def signed_result(
+        self,
+        assignment: JobAssigned,
+        output: bytes,
+        scheme: str,
+        fingerprint: bytes,
+        timings: Timings,
+        provider: str,
+        threads: int,
+    ) -> JobResult:
+        """This node's signed result of an assigned job: its output, or its failure."""
+        job = assignment.job
+        assert job is not None
         record = JobResult(
             job_id=job.job_id,
             node=self.address,
@@ -319,47 +353,13 @@ class Worker(Processor[RocksStore]):
             output_size=len(output),
             fingerprint_scheme=scheme,
             fingerprint=fingerprint,
-            timings=Timings(
-                queue_ms=max(0, received_ms - job.submitted_at_ms),
-                load_ms=load_ms,
-                compute_ms=compute_ms,
-            ),
+            timings=timings,
             hardware=HardwareSnapshot(
                 device_name=self.hardware.device_name,
                 vram_bytes=self.hardware.memory_bytes,
                 driver_version=self.hardware.driver_version,
                 execution_provider=provider,
                 threads=threads,
-            ),
-            completed_at_ms=int(time.time() * 1000),
-            signature=b"",
-            output=output,
-        )
-        return dataclasses.replace(record, signature=self.sign_result(record))
-
-    def failure_for(self, assignment: JobAssigned, received_ms: int, exc: Exception) -> JobResult:
-        """The signed answer that this node could not run the job, and why."""
-        job = assignment.job
-        assert job is not None
-        output = failure_output(getattr(exc, "code", "out_of_memory"), str(exc))
-        record = JobResult(
-            job_id=job.job_id,
-            node=self.address,
-            attempt=assignment.attempt,
-            output_cid=cid_of(output),
-            output_digest=hashlib.sha256(output).digest(),
-            output_size=len(output),
-            fingerprint_scheme=FAILED_SCHEME,
-            fingerprint=b"",
-            timings=Timings(
-                queue_ms=max(0, received_ms - job.submitted_at_ms), load_ms=0, compute_ms=0
-            ),
-            hardware=HardwareSnapshot(
-                device_name=self.hardware.device_name,
-                vram_bytes=self.hardware.memory_bytes,
-                driver_version=self.hardware.driver_version,
-                execution_provider="none",
-                threads=self.settings.worker_threads,
             ),
             completed_at_ms=int(time.time() * 1000),
             signature=b"",
