@@ -371,7 +371,7 @@ def settle(net: Devnet, load: Load, fault: str, at: float, market: MarketBooks |
     doubled = [h for h in hashes if on_log[h] + rejected[h] > 1]
     after = load.acknowledged_after(at)
     recovery = min(s.at for s in after) - at if after else None
-    problems = [books(net, load)] if books(net, load) else []
+    problems = [problem] if (problem := books(net, load)) else []
     jobs = list(load.jobs.acknowledged) if load.jobs is not None else []
     failed = server_errors(load.errors + (load.jobs.errors if load.jobs else Counter()))
     if failed:
