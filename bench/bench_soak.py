@@ -398,28 +398,57 @@ def own_rss_kib(pid: int) -> int:
     return 0
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of `pid` and its own descendants (a child's helpers are its memory)."""
-    return round(sum(own_rss_kib(p) for p in (pid, *descendants(pid))) / 1024, 1)
+def own_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) `pid` has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # exited between the listing and the read
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def memory(net: Devnet, status: dict[str, Any]) -> dict[str, float]:
-    """MiB by process name: the devnet itself (it serves the gateway), the broker, each
-    child `lattice_status` lists, anything else under the devnet, and this client."""
+def processes(net: Devnet, status: dict[str, Any]) -> dict[str, list[int]]:
+    """Pids by process name: the devnet itself (it serves the gateway), the broker, each
+    child `lattice_status` lists (with its own descendants), anything else under the
+    devnet, and this client."""
     assert net.process is not None
     parent = net.process.pid
     children = {p["name"]: p["pid"] for p in status.get("processes", []) if p["pid"]}
     for pid in descendants(parent):
         if "tansu" in command_of(pid):
             children["broker"] = pid
-    found = {"devnet (gateway)": round(own_rss_kib(parent) / 1024, 1)}
-    found.update({name: rss_mib(pid) for name, pid in children.items()})
-    counted = {p for pid in children.values() for p in (pid, *descendants(pid))}
+    found = {"devnet (gateway)": [parent]}
+    found.update({name: [pid, *descendants(pid)] for name, pid in children.items()})
+    counted = {p for pids in found.values() for p in pids}
     stray = [p for p in descendants(parent) if p not in counted]
     if stray:  # a child starting or exiting between the status and the listing
-        found["other"] = round(sum(own_rss_kib(p) for p in stray) / 1024, 1)
-    found["client"] = round(own_rss_kib(os.getpid()) / 1024, 1)
+        found["other"] = stray
+    found["client"] = [os.getpid()]
     return found
+
+
+class CpuMeter:
+    """Each process's CPU use over the last minute, as % of one core: a process whose
+    work per operation grows with the log or the chain shows here first."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, float]] = {}
+
+    def sample(self, found: dict[str, list[int]]) -> dict[str, float]:
+        now = time.monotonic()
+        shares = {}
+        for name, pids in found.items():
+            used = sum(own_cpu_s(p) for p in pids)
+            before = self._last.get(name)
+            self._last[name] = (now, used)
+            if before is not None and now > before[0] and used >= before[1]:
+                shares[name] = round(100 * (used - before[1]) / (now - before[0]), 1)
+        return shares
+
+
+def memory(found: dict[str, list[int]]) -> dict[str, float]:
+    """Resident MiB by process name (a child's helpers are its memory)."""
+    return {name: round(sum(map(own_rss_kib, pids)) / 1024, 1) for name, pids in found.items()}
 
 
 def consumer_lag(metrics: dict[str, str], http: httpx.Client) -> dict[str, float]:
@@ -450,6 +479,7 @@ def minute_record(
     net: Devnet,
     load: Load,
     taken: tuple[dict[str, list[float]], Counter[str], dict[str, list[float]]],
+    cpu: CpuMeter,
 ) -> dict[str, Any]:
     latencies, errors, lags = taken
     status = rpc(net.url, "lattice_status")
@@ -468,7 +498,9 @@ def minute_record(
     }
     record["errors"] = dict(errors)
     record["backlog"] = load.backlog()
-    record["rss_mib"] = memory(net, status)
+    found = processes(net, status)
+    record["rss_mib"] = memory(found)
+    record["cpu_pct"] = cpu.sample(found)
     record["lag"] = {
         client: {"mean": round(statistics.fmean(v), 1), "max": max(v)}
         for client, v in sorted(lags.items())
@@ -520,6 +552,8 @@ def series(records: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
         for name, mib in r["rss_mib"].items():
             add(f"RSS {name} MiB", m, mib)
         add("RSS total MiB", m, sum(r["rss_mib"].values()))
+        for name, share in r.get("cpu_pct", {}).items():
+            add(f"CPU {name} %", m, share)
         for client, lag in r["lag"].items():
             add(f"lag {client}", m, lag["mean"])
         for what, count in r["backlog"].items():
@@ -549,6 +583,8 @@ def noise_floor(name: str) -> float:
         return 2.0
     if name.endswith(" ms"):
         return 5.0
+    if name.endswith(" %"):
+        return 5.0  # % of a core
     return 0.0
 
 
@@ -658,10 +694,12 @@ def soak(args: argparse.Namespace, data_dir: Path, model: Path, out: TextIO) -> 
         lag_thread = threading.Thread(target=sample_lag, args=(load, metrics), daemon=True)
         lag_thread.start()
         records = []
+        cpu = CpuMeter()
+        cpu.sample(processes(net, rpc(net.url, "lattice_status")))
         try:
             for minute in range(1, args.minutes + 1):
                 time.sleep(max(0.0, load.started + 60 * minute - time.monotonic()))
-                record = minute_record(minute, net, load, recorder.roll())
+                record = minute_record(minute, net, load, recorder.roll(), cpu)
                 records.append(record)
                 out.write(json.dumps(record) + "\n")
                 out.flush()
