@@ -77,7 +77,7 @@ from bench_rpc import signed
 from contracts.build import load
 from processors.execution.genesis import DEV_KEYS
 from tests.devnets import Devnet, rpc
-from tests.faults.harness import command_of, descendants
+from tests.faults.harness import command_of, cpu_seconds, descendants
 
 #: Senders: dev accounts 2-9 (0 is the devnet's own, for its API key; 1 imports the
 #: model and deploys the token, before the load).
@@ -399,12 +399,10 @@ def own_rss_kib(pid: int) -> int:
 
 
 def own_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) `pid` has used so far."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return cpu_seconds(pid)
     except OSError:
         return 0.0  # exited between the listing and the read
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def processes(net: Devnet, status: dict[str, Any]) -> dict[str, list[int]]:

@@ -26,6 +26,7 @@ from streams.kafka import Producer
 from streams.settings import Settings
 from streams.topics import TOPICS, hex_key, topic
 from tests import market_events
+from tests.faults.harness import cpu_seconds
 from tests.processors.harness import CrashPoint, arm, read_all, run_while
 
 pytestmark = pytest.mark.broker
@@ -85,12 +86,6 @@ def test_a_restarted_matcher_assigns_each_job_once(
     assert {a.attempt for a in after_restart} == {0}
     node = market_events.registration(NODE_KEY).node
     assert all(a.nodes == (node,) for a in after_restart)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def matcher_member(bootstrap: str, group: str, log: Path) -> subprocess.Popen[bytes]:
