@@ -55,12 +55,19 @@ log = logging.getLogger(__name__)
 JOURNAL = "journal.log"
 #: Re-seeding waits for the broker's offsets this often (bounding the futures held).
 RESEED_CHECK_EVERY = 10_000
-#: The archiver's fetches: a backstop, seldom, since the devnet's processes hand their
-#: records over (`streams.handover`). A fetch over every partition costs the embedded
-#: broker milliseconds of CPU, and it answers a waiting fetch only when its wait runs out:
+#: The archiver's fetches. A fetch over every partition costs the embedded broker
+#: milliseconds of CPU, and it answers a waiting fetch only when its wait runs out:
 #: fetching every 50 ms kept it at a fifth of a core on an idle devnet.
 ARCHIVE_READ = {"fetch.wait.max.ms": 250, "fetch.min.bytes": 1}
 ARCHIVE_BATCH = 5000
+#: With hand-overs, the fetch loop is a backstop that looks this often for records nobody
+#: handed over, starting each partition where the journal ends. A fetch that returns
+#: records costs the embedded broker a walk over every batch of the partition (tansu
+#: 0.6's memory storage lists them all), so a reader following every record doubled the
+#: walks on partitions only one processor reads; a fetch at a partition's end walks none.
+BACKSTOP_EVERY_S = 0.25
+#: The longest one backstop pass reads before it looks again from the journal's end.
+BACKSTOP_PASS_S = 0.5
 #: Space allocated ahead of the journal's data: as much again as it holds, within these.
 MIN_ALLOCATION = 64 * 1024
 MAX_ALLOCATION = 8 * 1024 * 1024
@@ -246,10 +253,12 @@ class Archiver:
     Three ways in, one writer: `offer` takes a record straight from a producer of this
     process the moment the broker acknowledged it (the gateway's: a wallet waits for that
     acknowledgement); the hand-over socket takes those of the devnet's other processes
-    (`streams.handover`); a slow fetch loop reads every record from the broker, the
-    backstop for any the other two missed. The writer appends each partition's records in
-    offset order, holding a record that comes before the ones ahead of it (the fetch loop
-    brings those), and syncs the journal once per batch: a group commit.
+    (`streams.handover`); a fetch loop is the backstop for any the other two missed,
+    looking at every partition from where the journal ends every `BACKSTOP_EVERY_S` (or,
+    without a hand-over socket, following every record). The writer appends each
+    partition's records in offset order, holding a record that comes before the ones ahead
+    of it (the fetch loop brings those), and syncs the journal once per batch: a group
+    commit.
     """
 
     def __init__(
@@ -279,7 +288,6 @@ class Archiver:
         self._listener = None if handover is None else Listener(handover, self._handed_over)
 
     def start(self) -> None:
-        self._reader.assign(self.archive.counts(self.topics))
         self._writer.start()
         self._fetcher.start()
         if self._listener is not None:
@@ -303,23 +311,48 @@ class Archiver:
 
     def _fetch(self) -> None:
         try:
-            while not self._stop.is_set():
-                # The first record waits; the rest is what is already fetched (a batch
-                # consume would wait its whole timeout for a full batch).
-                first = self._reader.poll_raw(0.1)
-                if first is None:
-                    continue
-                batch = [first, *self._reader.poll_batch(ARCHIVE_BATCH, 0)]
-                self._enqueue(
-                    [
-                        ((m.topic(), m.partition()), ArchivedRecord.from_message(m))
-                        for m in batch
-                        if m.error() is None
-                    ]
-                )
+            if self._listener is None:
+                self._follow()
+            else:
+                while not self._stop.wait(BACKSTOP_EVERY_S):
+                    self._backstop()
         except BaseException as exc:  # surfaced by drain/stop; the devnet must not run unarchived
             log.exception("archiver failed")
             self._error = exc
+
+    def _follow(self) -> None:
+        """Every record, as the broker has it: nothing is handed over."""
+        self._reader.assign(self.archive.counts(self.topics))
+        while not self._stop.is_set():
+            # The first record waits; the rest is what is already fetched (a batch
+            # consume would wait its whole timeout for a full batch).
+            first = self._reader.poll_raw(0.1)
+            if first is not None:
+                self._take([first, *self._reader.poll_batch(ARCHIVE_BATCH, 0)])
+
+    def _backstop(self) -> None:
+        """One look at every partition from where the journal ends: what a hand-over
+        missed (a producer outside the devnet, or one that died between the broker's
+        acknowledgement and its hand-over) is fetched; a partition with nothing missing
+        answers at its end."""
+        positions = {key: self.archive.next_offset(*key) for key in sorted(self._archived)}
+        self._reader.assign(positions)
+        open_ = set(positions)
+        deadline = time.monotonic() + BACKSTOP_PASS_S
+        while open_ and time.monotonic() < deadline and not self._stop.is_set():
+            batch = self._reader.poll_batch(ARCHIVE_BATCH, 0.05)
+            open_ -= {(m.topic(), m.partition()) for m in batch if m.error() is not None}
+            self._take(batch)
+        self._reader.unassign()
+
+    def _take(self, messages: list[Any]) -> None:
+        records = [
+            ((m.topic(), m.partition()), ArchivedRecord.from_message(m))
+            for m in messages
+            if m.error() is None
+        ]
+        if records:
+            self._enqueue(records)
 
     def _write(self) -> None:
         try:

@@ -345,6 +345,9 @@ class Reader:
             [TopicPartition(t, p, off) for (t, p), off in sorted(positions.items())]
         )
 
+    def unassign(self) -> None:
+        self._consumer.unassign()
+
     def poll_raw(self, timeout: float) -> Any:
         """The next message or EOF event (confluent-kafka Message), or None on timeout."""
         message = self._consumer.poll(timeout)

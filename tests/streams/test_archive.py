@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -100,8 +101,12 @@ def _contents(bootstrap: str) -> dict[tuple[str, int], list[tuple[Any, ...]]]:
         reader.close()
 
 
-def _session(root: Path, produce: tuple[int, int]) -> dict[tuple[str, int], list[tuple[Any, ...]]]:
-    """One devnet life: fresh broker, re-seed, archive, produce, drain, stop."""
+def _session(
+    root: Path, produce: tuple[int, int], handover: str | None = None
+) -> dict[tuple[str, int], list[tuple[Any, ...]]]:
+    """One devnet life: fresh broker, re-seed, archive, produce, drain, stop. With
+    `handover`, the archiver listens for hand-overs that never come (this producer hands
+    nothing over): its backstop must find every record."""
     with EmbeddedBroker() as broker:
         ensure_topics(broker.bootstrap, TOPICS)
         archive = TopicArchive(root)
@@ -109,7 +114,7 @@ def _session(root: Path, produce: tuple[int, int]) -> dict[tuple[str, int], list
         archive.reseed(seeder, reader, TOPICS)
         seeder.close()
         reader.close()
-        archiver = Archiver(archive, broker.bootstrap, TOPICS)
+        archiver = Archiver(archive, broker.bootstrap, TOPICS, handover=handover)
         archiver.start()
         _produce(broker.bootstrap, *produce)
         archiver.drain()
@@ -118,10 +123,15 @@ def _session(root: Path, produce: tuple[int, int]) -> dict[tuple[str, int], list
 
 
 @pytest.mark.broker
-def test_restarts_keep_every_record_exactly_once_at_its_offset(tmp_path: Path) -> None:
-    first = _session(tmp_path, (0, 40))
+@pytest.mark.parametrize("handover", [None, "backstop"], ids=["following", "backstop"])
+def test_restarts_keep_every_record_exactly_once_at_its_offset(
+    tmp_path: Path, handover: str | None
+) -> None:
+    if handover is not None:
+        handover = f"lattice-test-archive-{os.getpid()}-{handover}"
+    first = _session(tmp_path, (0, 40), handover)
     assert sum(len(v) for v in first.values()) == 40
-    second = _session(tmp_path, (40, 30))
+    second = _session(tmp_path, (40, 30), handover)
     assert sum(len(v) for v in second.values()) == 70
     for key, records in first.items():
         assert second[key][: len(records)] == records  # same offset, key, value, timestamp
@@ -129,7 +139,7 @@ def test_restarts_keep_every_record_exactly_once_at_its_offset(tmp_path: Path) -
         assert [r[0] for r in records] == list(range(len(records)))
     values = sorted(r[2] for records in second.values() for r in records)
     assert len(values) == len(set(values)) == 70
-    third = _session(tmp_path, (70, 0))
+    third = _session(tmp_path, (70, 0), handover)
     assert third == second
 
 
