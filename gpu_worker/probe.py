@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 from dataclasses import dataclass, field
@@ -85,15 +86,29 @@ def _nvml_devices() -> tuple[tuple[GpuDevice, ...], str | None, str | None]:
         pynvml.nvmlShutdown()
 
 
+def _torch_runtime(devices: tuple[GpuDevice, ...]) -> str | None:
+    """torch's runtime here. Imported only where there is a GPU to ask it about: the
+    import alone costs seconds of CPU, and a worker starts with the devnet's other
+    processes on the same cores (training jobs import it when they run)."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    if not devices:
+        return "torch-cpu"
+    import torch
+
+    return "torch-" + ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def probe() -> Hardware:
     import onnxruntime as ort
-    import torch
 
     devices, driver, cuda = _nvml_devices()
     runtimes = ["onnxruntime-" + ("cuda" if devices else "cpu")]
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         runtimes = ["onnxruntime-cpu"]
-    runtimes.append("torch-" + ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch_runtime = _torch_runtime(devices)
+    if torch_runtime is not None:
+        runtimes.append(torch_runtime)
     return Hardware(
         devices=devices,
         driver_version=driver,

@@ -42,7 +42,15 @@ INPUTS = tuple(
 
 class AnalyticsSink(Processor[AnalyticsStore]):
     role = "analytics"
-    pace = Pace(batch=20_000, linger_s=0.5, poll_s=0.2, read_config={"fetch.wait.max.ms": 50})
+    # Ticks refresh the analysts' snapshot after a quiet spell (commits refresh it too,
+    # but the last one before the quiet may have come before a snapshot was due).
+    pace = Pace(
+        batch=20_000,
+        linger_s=0.5,
+        poll_s=0.2,
+        tick_s=0.5,
+        read_config={"fetch.wait.max.ms": 50},
+    )
     # Its store keeps rows and no outbox: what it skips is logged and counted only (the
     # processors that act on those topics send their dead letters).
     dead_letters = False
@@ -66,4 +74,8 @@ class AnalyticsSink(Processor[AnalyticsStore]):
         if convert is not None:
             for table, row in convert(record.event):
                 state.add(table, (*row, record.partition, record.offset))
+        return ()
+
+    def tick(self, now_ms: int, state: AnalyticsStore) -> Sequence[Output]:
+        state.refresh_snapshot()
         return ()

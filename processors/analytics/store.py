@@ -100,8 +100,7 @@ class AnalyticsStore(StateStore):
             raise ValueError("the analytics store keeps rows, not outputs")
         if positions or self.pending_count:
             self._write(positions)
-        if self.snapshot_due():
-            self.snapshot()
+        self.refresh_snapshot()
 
     def _write(self, positions: Mapping[Partition, int]) -> None:
         db = self.db
@@ -166,6 +165,12 @@ class AnalyticsStore(StateStore):
         self._snapshot_cost_s = self._last_snapshot - started
         self._written_at_snapshot = self.written
         return target
+
+    def refresh_snapshot(self) -> None:
+        """A new snapshot if one is due and the last misses rows: after every commit, and
+        on the sink's ticks, so the last rows before a quiet spell reach readers too."""
+        if self.snapshot_due():
+            self.snapshot()
 
     def snapshot_due(self) -> bool:
         if self.snapshot_every_s is None:

@@ -12,11 +12,10 @@ from typing import Any
 
 from eth_abi.abi import decode, encode
 from eth_abi.exceptions import DecodingError
-from eth_account import Account
 from eth_hash.auto import keccak
-from eth_utils.address import to_checksum_address
 
 from processors.execution.genesis import JOB_MARKET, MODEL_REGISTRY
+from processors.execution.transactions import sign_dynamic_fee
 
 
 def selector(signature: str) -> bytes:
@@ -56,18 +55,17 @@ def signed_call(
     gas: int = 300_000,
     fees: Fees = Fees(),
 ) -> bytes:
-    tx = {
-        "type": 2,
-        "chainId": chain_id,
-        "nonce": nonce,
-        "to": to_checksum_address(to),
-        "value": value,
-        "gas": gas,
-        "maxFeePerGas": fees.max_fee_per_gas,
-        "maxPriorityFeePerGas": fees.max_priority_fee_per_gas,
-        "data": data,
-    }
-    return bytes(Account.sign_transaction(tx, private_key).raw_transaction)
+    return sign_dynamic_fee(
+        private_key,
+        chain_id=chain_id,
+        nonce=nonce,
+        max_priority_fee_per_gas=fees.max_priority_fee_per_gas,
+        max_fee_per_gas=fees.max_fee_per_gas,
+        gas=gas,
+        to=to,
+        value=value,
+        data=data,
+    )
 
 
 SETTLE = "settle(bytes32,address,address,address,uint256,uint256,uint256,uint256)"

@@ -4,7 +4,8 @@ import contextlib
 
 import pytest
 import rlp
-from eth_utils import keccak
+from eth_account import Account
+from eth_utils import keccak, to_checksum_address
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ from processors.execution.transactions import (
     decode_transaction,
     intrinsic_gas,
     parse_hex,
+    sign_dynamic_fee,
 )
 from streams.settings import CHAIN_ID
 from tests.txs import ACCOUNT, signed
@@ -114,3 +116,31 @@ def test_intrinsic_gas() -> None:
 def test_arbitrary_bytes_never_crash(data: bytes) -> None:
     with contextlib.suppress(InvalidTransaction):
         decode_transaction(data, RULES)
+
+
+@given(
+    nonce=st.integers(0, 2**32),
+    value=st.integers(0, 10**24),
+    data=st.binary(max_size=64),
+    to=st.one_of(st.none(), st.binary(min_size=20, max_size=20)),
+)
+def test_the_processors_signer_matches_eth_account_byte_for_byte(
+    nonce: int, value: int, data: bytes, to: bytes | None
+) -> None:
+    fields = {"nonce": nonce, "value": value, "data": data, "gas": 300_000}
+    fees = {"maxFeePerGas": 50 * 10**9, "maxPriorityFeePerGas": 10**9}
+    theirs = Account.sign_transaction(
+        {"type": 2, "chainId": CHAIN_ID, **fields, **fees}
+        | ({} if to is None else {"to": to_checksum_address(to)}),
+        ACCOUNT.key,
+    ).raw_transaction
+    ours = sign_dynamic_fee(
+        bytes(ACCOUNT.key),
+        chain_id=CHAIN_ID,
+        max_fee_per_gas=fees["maxFeePerGas"],
+        max_priority_fee_per_gas=fees["maxPriorityFeePerGas"],
+        to=to,
+        **fields,
+    )
+    assert ours == bytes(theirs)
+    assert decode_transaction(ours, RULES).sender == bytes.fromhex(ACCOUNT.address[2:])
