@@ -43,7 +43,7 @@ def test_nothing_acknowledged_is_lost_or_doubled_under_faults(
     try:
         net.start()
         set_up_market(net, tiny_gpt2)
-        outcomes = list(run_faults(net, faults, load_s=6.0, market=True))
+        outcomes = list(run_faults(net, faults, load_s=4.0, market=True))
     finally:
         if net.process is not None:
             net.stop()
