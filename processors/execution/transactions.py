@@ -397,6 +397,7 @@ def sign_dynamic_fee(
     signing_hash = keccak(b"\x02" + rlp.encode(fields))
     signature = PrivateKey(private_key).sign_recoverable(signing_hash, hasher=None)
     r, s, y_parity = signature[:32], signature[32:64], signature[64]
-    return b"\x02" + rlp.encode(
+    body: bytes = rlp.encode(
         [*fields, y_parity, int.from_bytes(r, "big"), int.from_bytes(s, "big")]
     )
+    return b"\x02" + body
