@@ -6,7 +6,7 @@ import pytest
 import rlp
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.execution.transactions import (
@@ -118,6 +118,7 @@ def test_arbitrary_bytes_never_crash(data: bytes) -> None:
         decode_transaction(data, RULES)
 
 
+@settings(deadline=None)  # eth-account's first signature loads its code; the machine is shared
 @given(
     nonce=st.integers(0, 2**32),
     value=st.integers(0, 10**24),
