@@ -38,6 +38,17 @@ class LedgerNotReady(RuntimeError):
     """The execution processor has not written the genesis yet."""
 
 
+#: What the content-addressed cache may hold, counting each entry's overhead.
+HASHED_CACHE_BYTES = 16 * 2**20
+#: A cached entry's bytes beyond its value: the 32-byte key object, two dict entries
+#: (the cache's and its LRU order's) and the value's object header.
+ENTRY_OVERHEAD = 200
+
+
+def _entry_size(value: bytes) -> int:
+    return len(value) + ENTRY_OVERHEAD
+
+
 class ChainView:
     def __init__(self, store_dir: Path, chain_id: int) -> None:
         self.store_path = store_dir / "rocksdb"
@@ -53,8 +64,10 @@ class ChainView:
         #: Executed blocks are final: a decoded block is good forever (the last 64 kept).
         self._blocks: LRUCache[int, BlockAPI] = LRUCache(64)
         #: 32-byte keys are content hashes (trie nodes, code, headers): a value found once
-        #: is good forever.
-        self._hashed: LRUCache[bytes, bytes] = LRUCache(200_000)
+        #: is good forever. Bounded by bytes: every block makes new nodes along the paths
+        #: it changed and strands the old ones, so a count bound fills with dead nodes of
+        #: any size (200,000 of them grew the gateway ~3 MiB a minute through a 30-minute soak).
+        self._hashed: LRUCache[bytes, bytes] = LRUCache(HASHED_CACHE_BYTES, getsizeof=_entry_size)
 
     def _open(self) -> Rdict:
         if self._db is None:

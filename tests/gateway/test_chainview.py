@@ -15,6 +15,7 @@ from eth_account import Account
 from eth_typing import Address
 from eth_utils.address import to_checksum_address
 
+from gateway import chainview
 from gateway.chainview import CallFailed, ChainView, least_gas
 from gateway.intake import TransactionIntake
 from gateway.jsonrpc import JsonRpc, Methods, RpcError, call_of
@@ -336,3 +337,21 @@ def test_ready_only_once_the_ledger_answers_state_reads(tmp_path: Path) -> None:
     finally:
         execution.state.close()
         view.close()
+
+
+def test_the_node_cache_holds_its_byte_budget_and_rereads_what_it_dropped(
+    execution: Execution, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    budget = 8 * 1024
+    monkeypatch.setattr(chainview, "HASHED_CACHE_BYTES", budget)
+    view = ChainView(tmp_path / "store", CHAIN_ID)
+    recipients = [bytes([0x40 + n]) * 20 for n in range(24)]
+    for n, recipient in enumerate(recipients, start=1):
+        execution.block(n, to=to_checksum_address(recipient), value=n)
+        view.refresh()
+        state = view.state(view.head())
+        # Every earlier recipient too: the paths to them change block by block.
+        assert [state.get_balance(Address(r)) for r in recipients[:n]] == list(range(1, n + 1))
+    held = sum(chainview._entry_size(value) for value in view._hashed.values())
+    assert 0 < held <= budget
+    view.close()
