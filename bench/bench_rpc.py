@@ -332,6 +332,7 @@ def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
 def start_lattice(tmp: Path, *extra: str, root: Path = ROOT) -> tuple[subprocess.Popen[bytes], str]:
     """A devnet in `tmp/lattice` with fast blocks, answering JSON-RPC; `extra` flags;
     `root`: the source tree it runs from (another commit's worktree, `--against`)."""
+    tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = tmp / "devnet.log"
     process = subprocess.Popen(

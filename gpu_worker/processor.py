@@ -17,7 +17,8 @@ and a node that dies holding a job loses it to another node when its lease expir
 A job that would exhaust the node's memory fails alone, not the node: the model runtime
 refuses it with `OverBudgetError` (estimated from declared sizes before it runs, or ONNX
 Runtime's capped arena refusing an allocation; `worker_memory_bytes`), and any other
-`MemoryError` is treated alike. The node then answers the assignment with a signed
+`MemoryError` is treated alike, as are sampling parameters out of range (a REST job's
+input is the user's). The node then answers the assignment with a signed
 failure (`FAILED_SCHEME`, the output `{"error": {"code", "message"}}`) rather than
 staying silent: silence would cost every node in turn a lease on a job none of them can
 run, and the user would wait out the deadline to learn nothing. The failure closes the
@@ -49,6 +50,7 @@ from gpu_worker.probe import Hardware, probe, usage
 from gpu_worker.staking import market_uint
 from processors.abc import Output, Pace, Processor, Subscription
 from processors.compute.budget import default_budget
+from processors.compute.generation import SamplingError
 from processors.compute.models import TEXT_GENERATION
 from processors.compute.runtime import BlockSource, LoadedModel, ModelCache
 from processors.compute.training import Trainer, TrainingSpec, output_document
@@ -104,7 +106,7 @@ def execute(
     """Run one inference job: (output bytes, fingerprint scheme, fingerprint)."""
     data = job.input or b""
     if model.manifest.task == TEXT_GENERATION:
-        generation = model.generate(json.loads(data), on_text)
+        generation = model.generate(json.loads(data), on_text, job.job_id)
         return (
             generation.output(),
             GENERATION_SCHEME,
@@ -279,7 +281,8 @@ class Worker(Processor[RocksStore]):
         self.in_flight += 1
         try:
             result = self.result_for(assignment, now)
-        except MemoryError as exc:  # OverBudgetError, or an allocation that failed anyway
+        except (MemoryError, SamplingError) as exc:  # the job's fault: OverBudgetError, an
+            # allocation that failed anyway, sampling parameters out of range
             log.warning("job 0x%s failed: %s", assignment.job_id.hex(), exc)
             result = self.failure_for(assignment, now, exc)
         except Exception:

@@ -1,8 +1,10 @@
 """The typed shapes of the market's routes and the OpenAI-compatible ones, as the served
 OpenAPI document shows them.
 
-Requests ignore fields they do not know: OpenAI clients send many (temperature, top_p,
-user, ...) that a node's greedy decoding has no use for. Responses forbid undeclared ones
+The OpenAI requests declare every parameter a node honours; one that would change the
+output and is not honoured (penalties, tools, a response format, ...) is refused with a
+400 naming it (`gateway.market.openai.refused`), never ignored; a few that change nothing
+(`user`, `metadata`, ...) pass. Responses forbid undeclared fields
 (`gateway.models.Answer`). The market's records that a job or a node carries are shown as
 the Avro record as JSON (bytes as 0x-hex), whose schema is the `.avsc` named beside them.
 """
@@ -14,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.models import BINARY, Address, Answer, Decimal, Hash, path
+from processors.compute.generation import MAX_CHOICES, MAX_STOPS, MAX_TEMPERATURE, MAX_TOP_LOGPROBS
 
 #: A record of the log as JSON: its fields are those of the named Avro schema.
 AvroRecord = dict[str, Any]
@@ -26,6 +29,7 @@ class MarketErrorDetail(Answer):
     code: str = Field(examples=["model_not_found"])
     message: str
     type: str = Field(description="the same as `code` (OpenAI clients read `type`)")
+    param: str | None = Field(None, description="the request parameter at fault")
 
 
 class MarketErrorBody(Answer):
@@ -56,6 +60,9 @@ JOB_ERRORS = market_errors(400, 401, 402, 404, 413, 503, 504)
 
 
 JobId = Annotated[str, path("a job id: 32 bytes of hex, 0x optional", r"^(0x)?[0-9a-fA-F]{64}$")]
+ModelId = Annotated[
+    str, path("a registered model's name", r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$")
+]
 Cid = Annotated[str, path("a raw sha2-256 CIDv1, base32", r"^b[a-z2-7]{58}$")]
 
 
@@ -168,6 +175,10 @@ class JobRequest(BaseModel):
 # -- OpenAI-compatible completions ------------------------------------------------------------
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = Field(False, description="a last chunk with the usage, no choices")
+
+
 class OpenAIRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -175,21 +186,41 @@ class OpenAIRequest(BaseModel):
     max_tokens: Positive | None = None
     max_completion_tokens: Positive | None = None
     stream: bool = Field(False, description="answer server-sent events as tokens come")
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(
+        None, ge=0, le=MAX_TEMPERATURE, description="default 1; 0 is greedy"
+    )
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES, description="choices (not streamed)")
+    seed: int | None = Field(None, description="the same seed and request, the same text")
+    stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOPS} sequences")
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: str = Field(examples=["user"])
-    content: str | None = None
+    content: str | list[TextPart | dict[str, Any]] | None = Field(
+        None, description="text, or a list of parts of which text parts are read"
+    )
 
 
 class ChatCompletionRequest(OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = Field(None, description="each token's log-probability")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
 class CompletionRequest(OpenAIRequest):
     prompt: str = ""
+    logprobs: int | None = Field(
+        None, ge=0, le=5, description="log-probabilities of this many likeliest tokens"
+    )
 
 
 class Usage(Answer):
@@ -207,10 +238,26 @@ class AssistantMessage(Answer):
     content: str
 
 
+class TopLogprob(Answer):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(Answer):
+    content: list[TokenLogprob]
+    refusal: None = None
+
+
 class ChatChoice(Answer):
     index: int
     message: AssistantMessage
     finish_reason: str
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(Answer):
@@ -223,11 +270,18 @@ class ChatCompletion(Answer):
     lattice: JobRef
 
 
+class CompletionLogprobs(Answer):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class TextChoice(Answer):
     index: int
     text: str
     finish_reason: str
-    logprobs: None
+    logprobs: CompletionLogprobs | None
 
 
 class TextCompletion(Answer):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
 
@@ -27,8 +28,10 @@ from gateway.market.models import (
     CompletionRequest,
     OpenAIRequest,
     TextCompletion,
+    TextPart,
 )
 from gateway.market.service import JobOrder, JobService, MarketError
+from processors.compute.generation import choices_of
 from processors.market.lifecycle import Job
 from processors.verifier.core import failure_of
 from schemas.events import JobResult, JobSubmitted
@@ -37,8 +40,7 @@ DEFAULT_MAX_TOKENS = 16
 
 
 def error_response(exc: MarketError) -> JSONResponse:
-    body = {"error": {"code": exc.code, "message": exc.message, "type": exc.code}}
-    return JSONResponse(body, status_code=exc.status)
+    return JSONResponse({"error": exc.detail()}, status_code=exc.status)
 
 
 #: `Authorization: Bearer lk_...`; the job service says what is wrong with a missing one.
@@ -54,22 +56,88 @@ def authorization(
 Authorization = Annotated[str, Depends(authorization)]
 
 
+#: Parameters that change nothing a node produces: accepted and left aside.
+INERT = frozenset({"user", "metadata", "store", "service_tier", "parallel_tool_calls"})
+#: Parameters at these values change nothing either (OpenAI's defaults).
+NEUTRAL: dict[str, Any] = {
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logit_bias": {},
+    "echo": False,
+    "best_of": 1,
+    "response_format": {"type": "text"},
+    "tools": [],
+    "functions": [],
+    "tool_choice": "none",
+    "suffix": "",
+}
+
+
+def refused(body: OpenAIRequest) -> MarketError | None:
+    """The 400 for the first parameter that would change the output and is not honoured
+    (None: every parameter is one a node honours, or changes nothing)."""
+    extras = body.model_extra or {}
+    for name, value in extras.items():
+        if name in INERT or (name in NEUTRAL and value in (NEUTRAL[name], None)):
+            continue
+        return _unsupported(
+            name, f"{name}: not supported by this node (it would change the output)"
+        )
+    if body.stream and (body.n or 1) > 1:
+        return _unsupported("n", "n: more than one choice is not streamed; ask without stream")
+    if body.stream and getattr(body, "logprobs", None):
+        return _unsupported("logprobs", "logprobs: not streamed; ask without stream")
+    if isinstance(body, ChatCompletionRequest):
+        if body.top_logprobs and not body.logprobs:
+            return _unsupported("top_logprobs", "top_logprobs: needs logprobs: true")
+        for i, message in enumerate(body.messages):
+            for j, part in enumerate(message.content if isinstance(message.content, list) else []):
+                if not isinstance(part, TextPart):
+                    kind = part.get("type", "?")
+                    return _unsupported(
+                        "messages",
+                        f"messages[{i}].content[{j}]: {kind} parts are not read by text models",
+                    )
+    return None
+
+
+def _unsupported(param: str, message: str) -> MarketError:
+    return MarketError(400, "unsupported_parameter", message, param=param)
+
+
+def _text_of(content: str | list[Any] | None) -> str:
+    """A message's text: its text parts joined by newlines (as vLLM joins them)."""
+    if isinstance(content, list):
+        return "\n".join(part.text for part in content if isinstance(part, TextPart))
+    # An assistant's message that only called tools has no content: nothing to read.
+    return content or ""
+
+
 def _payload(body: OpenAIRequest) -> dict[str, Any]:
-    """The generation request a completion body asks for."""
+    """The job input a completion body asks for: the prompt and every sampling field."""
     payload: dict[str, Any]
     if isinstance(body, ChatCompletionRequest):
-        # An assistant's message that only called tools has no content: nothing to read.
-        messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
+        messages = [{"role": m.role, "content": _text_of(m.content)} for m in body.messages]
         payload = {"messages": messages}
+        logprobs, top = bool(body.logprobs), body.top_logprobs or 0
     else:
         assert isinstance(body, CompletionRequest)
         payload = {"prompt": body.prompt}
+        logprobs, top = body.logprobs is not None, body.logprobs or 0
     payload["max_tokens"] = body.max_tokens or body.max_completion_tokens or DEFAULT_MAX_TOKENS
+    # OpenAI samples at temperature 1 unless told otherwise; the job records it.
+    payload["temperature"] = 1.0 if body.temperature is None else body.temperature
+    for name in ("top_p", "n", "seed", "stop"):
+        if getattr(body, name) is not None:
+            payload[name] = getattr(body, name)
+    if logprobs:
+        payload.update(logprobs=True, top_logprobs=top)
     return payload
 
 
 def _usage(document: dict[str, Any]) -> dict[str, int]:
-    prompt, completion = document["prompt_tokens"], len(document["token_ids"])
+    prompt = document["prompt_tokens"]
+    completion = sum(len(choice["token_ids"]) for choice in choices_of(document))
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -88,21 +156,55 @@ def _generation(result: JobResult) -> dict[str, Any]:
     return document
 
 
+def _token_bytes(text: str) -> list[int]:
+    return list(text.encode())
+
+
+def _chat_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    def top(entry: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "token": entry["token"],
+            "logprob": entry["logprob"],
+            "bytes": _token_bytes(entry["token"]),
+        }
+
+    content = [{**top(e), "top_logprobs": [top(t) for t in e["top"]]} for e in entries]
+    return {"content": content, "refusal": None}
+
+
+def _completion_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    offsets, at = [], 0
+    for entry in entries:
+        offsets.append(at)
+        at += len(entry["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top"]} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def _choice(index: int, choice: dict[str, Any], chat: bool) -> dict[str, Any]:
+    entries = choice.get("logprobs")
+    finish = choice["finish_reason"]
+    if chat:
+        message = {"role": "assistant", "content": choice["text"]}
+        logprobs = None if entries is None else _chat_logprobs(entries)
+        return {"index": index, "message": message, "finish_reason": finish, "logprobs": logprobs}
+    logprobs = None if entries is None else _completion_logprobs(entries)
+    return {"index": index, "text": choice["text"], "finish_reason": finish, "logprobs": logprobs}
+
+
 def _completion(job: Job, model: str, chat: bool) -> dict[str, Any]:
     assert job.submitted is not None
     document = _generation(job.results[0])
-    finish = document["finish_reason"]
-    if chat:
-        message = {"role": "assistant", "content": document["text"]}
-        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
-    else:
-        choice = {"index": 0, "text": document["text"], "finish_reason": finish, "logprobs": None}
     return {
         "id": ("chatcmpl-" if chat else "cmpl-") + job.job_id.hex(),
         "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [choice],
+        "choices": [_choice(i, c, chat) for i, c in enumerate(choices_of(document))],
         "usage": _usage(document),
         "lattice": {"job_id": "0x" + job.job_id.hex()},
     }
@@ -134,22 +236,27 @@ class Completions:
         self, body: OpenAIRequest, authorization: str, chat: bool
     ) -> dict[str, Any] | Response:
         try:
+            refusal = refused(body)
+            if refusal is not None:
+                raise refusal
             order = JobOrder(body.model, _payload(body), stream=body.stream)
             if order.stream:
                 record = await self.jobs.start(authorization, order)
-                return self._streamed(record, body.model, chat)
+                usage = body.stream_options is not None and body.stream_options.include_usage
+                return self._streamed(record, body.model, chat, usage)
             job = await self.jobs.submit(authorization, order)
             return _completion(job, body.model, chat)
         except MarketError as exc:
             return error_response(exc)
 
-    def _streamed(self, record: JobSubmitted, model: str, chat: bool) -> StreamingResponse:
+    def _streamed(
+        self, record: JobSubmitted, model: str, chat: bool, usage: bool
+    ) -> StreamingResponse:
         ident = ("chatcmpl-" if chat else "cmpl-") + record.job_id.hex()
         timeout = self.jobs.settings.job_deadline_ms / 1000 + 5
         pieces = _live(self.jobs, record, timeout)
-        return StreamingResponse(
-            _events(ident, int(time.time()), model, pieces, chat), media_type="text/event-stream"
-        )
+        events = _events(Chunks(ident, int(time.time()), model, chat), pieces, usage)
+        return StreamingResponse(events, media_type="text/event-stream")
 
 
 def _moved(seen: int, tokens: list[Any], job: Job) -> bool:
@@ -157,12 +264,14 @@ def _moved(seen: int, tokens: list[Any], job: Job) -> bool:
     return len(tokens) > seen or bool(job.results) or job.state == "expired"
 
 
-async def _live(
-    jobs: JobService, record: JobSubmitted, timeout: float
-) -> AsyncIterator[tuple[str, str | None]]:
-    """(text, finish reason) pieces of a streamed job as the node produces them: tokens
-    from the first node that streams, then whatever its signed result adds, then the
-    finish reason. Raises MarketError when no result comes in time."""
+#: A streamed piece: text, the finish reason (last piece), the usage (last piece).
+Piece = tuple[str, str | None, dict[str, int] | None]
+
+
+async def _live(jobs: JobService, record: JobSubmitted, timeout: float) -> AsyncIterator[Piece]:
+    """The pieces of a streamed job as the node produces them: tokens from the first node
+    that streams, then whatever its signed result adds, then the finish reason and usage.
+    Raises MarketError when no result comes in time."""
     market = jobs.market
     job_id = record.job_id
     tokens = market.tokens.setdefault(job_id, [])
@@ -179,44 +288,60 @@ async def _live(
             node = node or piece.node
             if piece.node == node and piece.text:
                 text += piece.text
-                yield piece.text, None
+                yield piece.text, None, None
         answer = next((r for r in results if node is None or r.node == node), None)
         if answer is not None:
             document = _generation(answer)
             if document["text"].startswith(text) and len(document["text"]) > len(text):
-                yield document["text"][len(text) :], None
-            yield "", document["finish_reason"]
+                yield document["text"][len(text) :], None, None
+            yield "", document["finish_reason"], _usage(document)
             return
         if job.state == "expired":
             break
     raise MarketError(504, "job_expired", f"no node answered job 0x{job_id.hex()} in time")
 
 
+@dataclass(frozen=True)
+class Chunks:
+    """What every chunk of one stream carries."""
+
+    ident: str
+    created: int
+    model: str
+    chat: bool
+
+    def event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        chunk: dict[str, Any] = {
+            "id": self.ident,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if usage is not None:
+            chunk["usage"] = usage
+        return f"data: {json.dumps(chunk)}\n\n"
+
+
 async def _events(
-    ident: str,
-    created: int,
-    model: str,
-    pieces: AsyncIterator[tuple[str, str | None]],
-    chat: bool,
+    chunks: Chunks, pieces: AsyncIterator[Piece], with_usage: bool
 ) -> AsyncIterator[str]:
-    kind = "chat.completion.chunk" if chat else "text_completion"
-    if chat:
+    """The server-sent events of a stream; with `with_usage` (`stream_options`), a last
+    chunk with no choices and the usage, as OpenAI sends it."""
+    if chunks.chat:
         first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-        yield _sse(ident, kind, created, model, first)
+        yield chunks.event([first])
     try:
-        async for piece, finish in pieces:
-            if chat:
+        async for piece, finish, usage in pieces:
+            if chunks.chat:
                 delta = {"content": piece} if piece or finish is None else {}
                 choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
             else:
-                choice = {"index": 0, "text": piece, "finish_reason": finish}
-            yield _sse(ident, kind, created, model, choice)
+                choice = {"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}
+            yield chunks.event([choice])
+            if usage is not None and with_usage:
+                yield chunks.event([], usage)
     except MarketError as exc:
-        error = {"error": {"code": exc.code, "message": exc.message, "type": exc.code}}
-        yield f"data: {json.dumps(error)}\n\n"
+        yield f"data: {json.dumps({'error': exc.detail()})}\n\n"
     yield "data: [DONE]\n\n"
-
-
-def _sse(ident: str, kind: str, created: int, model: str, choice: dict[str, Any]) -> str:
-    chunk = {"id": ident, "object": kind, "created": created, "model": model, "choices": [choice]}
-    return f"data: {json.dumps(chunk)}\n\n"

@@ -46,6 +46,7 @@ from gateway.market.models import (
     JobList,
     JobRequest,
     ModelCard,
+    ModelId,
     ModelList,
     ModelRegistration,
     NodeInfo,
@@ -75,7 +76,7 @@ from processors.market.chain import MODEL_REGISTERED, decode_model_registered
 from processors.market.content import ContentError, cid_of, digest_of
 from processors.market.lifecycle import Job
 from schemas.codec import jsonable
-from schemas.events import JobTokens
+from schemas.events import JobTokens, ModelManifest
 from streams.kafka import DeliveryError
 from streams.settings import Settings
 
@@ -89,7 +90,11 @@ _LIMITED = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/nodes"
 
 def limited(method: str, path: str) -> bool:
     """Whether a request counts against its client's rate and concurrency limits."""
-    return path in _LIMITED or path == CONTENT_UPLOAD or path.startswith("/v1/jobs/")
+    return (
+        path in _LIMITED
+        or path == CONTENT_UPLOAD
+        or path.startswith(("/v1/jobs/", "/v1/models/"))
+    )
 
 
 def _hex(value: bytes) -> str:
@@ -208,23 +213,17 @@ class MarketRoutes:
         """The registered models, newest version of each (OpenAI's list shape)."""
         with self.market.lock:
             entries = sorted(self.market.view.models.values(), key=lambda m: m.name)
-        return ModelList(
-            object="list",
-            data=[
-                ModelCard(
-                    id=m.name,
-                    object="model",
-                    created=m.registered_at_ms // 1000,
-                    owned_by=_hex(m.owner),
-                    version=m.version,
-                    manifest_cid=m.manifest_cid,
-                    model_type=m.model_type,
-                    parameter_count=m.parameter_count,
-                    vram_required_bytes=m.vram_required_bytes,
-                )
-                for m in entries
-            ],
-        )
+        return ModelList(object="list", data=[_card(m) for m in entries])
+
+    async def model(self, model_id: ModelId) -> ModelCard | Response:
+        """One registered model by name, its newest version (OpenAI's model shape)."""
+        with self.market.lock:
+            found = self.market.view.models.get(model_id)
+        if found is None:
+            return error_response(
+                MarketError(404, "model_not_found", f"no model {model_id!r} is registered")
+            )
+        return _card(found)
 
     async def register_model(self, body: ModelRegistration) -> RegisteredModel | Response:
         """Announce a model registered on the ledger: {"transaction_hash": "0x.."}. The
@@ -394,6 +393,13 @@ def router(
     )
     api.add_api_route("/v1/models", routes.models, methods=["GET"])
     api.add_api_route(
+        "/v1/models/{model_id}",
+        routes.model,
+        methods=["GET"],
+        response_model=ModelCard,
+        responses=market_errors(404),
+    )
+    api.add_api_route(
         "/v1/models",
         routes.register_model,
         methods=["POST"],
@@ -435,3 +441,17 @@ def router(
         responses=JOB_ERRORS,
     )
     return api
+
+
+def _card(model: ModelManifest) -> ModelCard:
+    return ModelCard(
+        id=model.name,
+        object="model",
+        created=model.registered_at_ms // 1000,
+        owned_by=_hex(model.owner),
+        version=model.version,
+        manifest_cid=model.manifest_cid,
+        model_type=model.model_type,
+        parameter_count=model.parameter_count,
+        vram_required_bytes=model.vram_required_bytes,
+    )

@@ -36,7 +36,8 @@ from gateway.follow import Follower
 from gateway.ledger import Call, LedgerQueries, QueryError
 from gateway.limits import bearer
 from processors.abc import Output, Pace, Processor, RecordSink, Subscription
-from processors.compute.models import store_part
+from processors.compute.generation import Sampling, SamplingError
+from processors.compute.models import TEXT_GENERATION, store_part
 from processors.compute.runtime import BlockSource
 from processors.execution.genesis import JOB_MARKET, address_of
 from processors.market.chain import call_data
@@ -80,9 +81,18 @@ MAX_EARLY_SETTLEMENTS = 10_000
 
 
 class MarketError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    """A route's error answer; `param` names the request parameter at fault, if one is."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.param = status, code, message, param
+
+    def detail(self) -> dict[str, Any]:
+        """OpenAI's error object (its clients read `type`, `code`, `message` and `param`)."""
+        detail: dict[str, Any] = {"code": self.code, "message": self.message, "type": self.code}
+        if self.param is not None:
+            detail["param"] = self.param
+        return detail
 
 
 def new_api_key(private_key: bytes) -> str:
@@ -363,6 +373,12 @@ class JobService:
             raise MarketError(
                 404, "model_not_found", f"no model named {order.model!r} is registered"
             )
+        if manifest.model_type == TEXT_GENERATION and order.training is None:
+            try:  # what every worker would refuse, refused here with the parameter named
+                Sampling.of(order.payload, b"")
+            except SamplingError as exc:
+                param = str(exc).split(":", 1)[0]
+                raise MarketError(400, exc.code, str(exc), param=param) from None
         price = order.max_price or self.settings.job_max_price
         self._admit(account, price)
         data = json.dumps(order.payload, sort_keys=True).encode()

@@ -5,9 +5,10 @@ a worker runs. Every block comes from a local blockstore or, when missing there,
 peer's `/v1/blocks/{cid}` (the gateway's), and is hashed before use: a model is only ever
 loaded from bytes that match the manifest the ledger registered.
 
-Text generation is greedy (argmax) decoding over the full sequence at each step: the graph
-the importer exports has no KV cache, which keeps the graph portable and is cheap for the
-small models the tests use; the cost grows quadratically with the output length.
+Text generation chooses each token as the request's sampling asks (greedy, or seeded
+sampling the verifier can re-derive: `processors.compute.generation`), with the graph's
+key/value cache where the importer exported one and otherwise over the whole sequence at
+each step (portable, cheap for small models, quadratic in the output length).
 
 Memory: a model or job must not take the process down with it. Each `ModelCache` has a
 budget (bytes); a model whose weights are over it is not loaded, and every job is estimated
@@ -41,6 +42,16 @@ from processors.compute.budget import (
     default_budget,
     generation_bytes,
     tensor_job_bytes,
+)
+from processors.compute.generation import (
+    Choice,
+    Generation,
+    Sampling,
+    choose,
+    cut_at_stop,
+    held_back,
+    log_softmax,
+    top_logprobs,
 )
 from processors.compute.models import (
     PAST_KEYS,
@@ -169,26 +180,6 @@ def _run(session: Any, names: list[str], feed: dict[str, Any], budget: int) -> A
         raise OverBudgetError("the run", 0, budget, detail) from None
 
 
-@dataclass(frozen=True)
-class Generation:
-    prompt_ids: tuple[int, ...]
-    token_ids: tuple[int, ...]
-    chosen_logits: tuple[float, ...]  # the logit of each generated token when chosen
-    text: str
-    finish_reason: str  # "stop" (end of sequence) or "length"
-
-    def output(self) -> bytes:
-        return json.dumps(
-            {
-                "prompt_tokens": len(self.prompt_ids),
-                "token_ids": list(self.token_ids),
-                "text": self.text,
-                "finish_reason": self.finish_reason,
-            },
-            sort_keys=True,
-        ).encode()
-
-
 @dataclass
 class LoadedModel:
     manifest: Manifest
@@ -243,6 +234,15 @@ class LoadedModel:
             ]
         return list(ids) or [self.eos_token_id or 0]
 
+    def prompt(self, request: dict[str, Any]) -> list[int]:
+        """The prompt a generation runs: the request's, its oldest tokens cut to leave room
+        for at least one generated token."""
+        limit = int(self.manifest.document.get("max_positions") or 1024)
+        return self.prompt_ids(request)[-(limit - 1) :]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits for every position of one sequence: [len(ids), vocabulary]."""
         return self.step(ids, None)[0]
@@ -263,39 +263,90 @@ class LoadedModel:
         return np.asarray(out[0], dtype=np.float32), (keys, values)
 
     def generate(
-        self, request: dict[str, Any], on_text: Callable[[int, int, str], None] | None = None
+        self,
+        request: dict[str, Any],
+        on_text: Callable[[int, int, str], None] | None = None,
+        job_id: bytes = b"",
     ) -> Generation:
-        """Greedy decoding; `on_text(index, token, text)` hears each token as it comes, with
-        the text it adds ("" while the text so far ends inside a multi-byte character: that
-        text comes with a later token)."""
+        """Decode `request["n"]` choices as its sampling asks (`processors.compute.generation`;
+        SamplingError for bad parameters); `on_text(index, token, text)` hears the first
+        choice's tokens as they come, with the text each adds ("" while that text may still
+        be cut: inside a multi-byte character or a possible stop sequence)."""
+        sampling = Sampling.of(request, job_id)
         limit = int(self.manifest.document.get("max_positions") or 1024)
-        prompt = self.prompt_ids(request)[-(limit - 1) :]
+        prompt = self.prompt(request)
         max_tokens = max(1, min(int(request.get("max_tokens", 16)), limit - len(prompt)))
         self.within("the generation", self.generation_needs(len(prompt), max_tokens))
+        # The prompt runs once; every choice continues from its logits (and cache).
+        rows, past = self.step(prompt, None)
+        choices = tuple(
+            self._continue(prompt, rows, past, max_tokens, sampling, index, on_text)
+            for index in range(sampling.n)
+        )
+        return Generation(tuple(prompt), choices)
+
+    def _continue(
+        self,
+        prompt: list[int],
+        rows: np.ndarray,
+        past: Any,
+        max_tokens: int,
+        sampling: Sampling,
+        index: int,
+        on_text: Callable[[int, int, str], None] | None,
+    ) -> Choice:
         ids, chosen, logits = list(prompt), [], []
-        sent = ""
-        finish = "length"
-        rows, past = self.step(ids, None)
-        for _ in range(max_tokens):
+        logprobs: list[dict[str, Any]] = []
+        streaming = on_text is not None and index == 0
+        hold = held_back(sampling.stop)
+        sent, text, finish = "", "", "length"
+        for step in range(max_tokens):
             row = rows[-1]
-            token = int(np.argmax(row))
+            token = choose(row, sampling, index, step)
             if token == self.eos_token_id:
                 finish = "stop"
                 break
             ids.append(token)
             chosen.append(token)
             logits.append(float(row[token]))
-            if on_text is not None:
-                so_far = self.tokenizer.decode(chosen, skip_special_tokens=True)
-                added = ""
-                if not so_far.endswith("\ufffd"):
-                    added, sent = so_far[len(sent) :], so_far
-                on_text(len(chosen) - 1, token, added)
+            if sampling.logprobs:
+                logprobs.append(self._logprob(row, token, sampling.top_logprobs))
+            if streaming or sampling.stop:
+                text, stopped = cut_at_stop(self.decode(chosen), sampling.stop)
+                if streaming:
+                    assert on_text is not None
+                    ready = text if stopped else text[: len(text) - hold]
+                    added = ""
+                    if len(ready) > len(sent) and not ready.endswith("\ufffd"):
+                        added, sent = ready[len(sent) :], ready
+                    on_text(len(chosen) - 1, token, added)
+                if stopped:
+                    finish = "stop"
+                    break
             if len(chosen) < max_tokens:
                 # With a cache only the new token is run; without, the whole sequence again.
                 rows, past = self.step([token], past) if past is not None else self.step(ids, None)
-        text = self.tokenizer.decode(chosen, skip_special_tokens=True)
-        return Generation(tuple(prompt), tuple(chosen), tuple(logits), text, finish)
+        if not sampling.stop:
+            text = self.decode(chosen)
+        return Choice(
+            tuple(chosen),
+            tuple(logits),
+            text,
+            finish,
+            tuple(logprobs) if sampling.logprobs else None,
+        )
+
+    def _logprob(self, row: np.ndarray, token: int, top: int) -> dict[str, Any]:
+        """A token's log-probability entry, with the step's `top` most likely tokens."""
+        return {
+            "id": token,
+            "token": self.decode([token]),
+            "logprob": float(log_softmax(row)[token]),
+            "top": [
+                {"id": t, "token": self.decode([t]), "logprob": lp}
+                for t, lp in top_logprobs(row, top)
+            ],
+        }
 
     # -- tensors --------------------------------------------------------------------------
 

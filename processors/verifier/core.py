@@ -7,10 +7,14 @@ jobs the verifier re-executes, and for every redundant pair — its numbers.
 
 Tolerance (why honest nodes are never accused): GPUs, CPUs and thread counts sum floats in
 different orders, so logits differ in their last bits between honest runs. Nothing is
-compared bit for bit. A generated token is accepted when its logit, recomputed by the
-verifier in one teacher-forced pass, is within `atol + rtol·|max|` of the row's maximum (a
-near-tie may go either way) and the logit the node reported for it is within the same
-tolerance of the recomputed one; tensors are compared element-wise with the same rule.
+compared bit for bit. A generated token is accepted when an honest run whose logits are
+within `atol + rtol·|max|` of the verifier's (recomputed in one teacher-forced pass) could
+have chosen it: for greedy decoding, within that bound of the row's maximum (a near-tie
+may go either way); for seeded sampling, re-deriving the seeded draw
+(`processors.compute.generation.misfit`). The logit the node reported for it must be
+within the same tolerance of the recomputed one, as must its logprobs when asked for, and
+the text must be what the tokens decode to, cut at the first stop sequence; tensors are
+compared element-wise with the same rule.
 Forged output (tokens the model would not produce, made-up numbers) fails by margins far
 above the tolerance, which the tests check both ways.
 """
@@ -20,12 +24,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from processors.compute.generation import Sampling, choices_of, cut_at_stop, log_softmax, misfit
 from processors.market.content import cid_of
 from processors.market.jobs import InvalidSignature, recover, result_hash
 from schemas.events import (
@@ -47,6 +52,8 @@ TRAINING_SCHEME = "training-loss-f32-v1"
 #: neither paid nor slashed, and not offered to another node.
 FAILED_SCHEME = "failed-v1"
 SAMPLES = 64
+#: A job input without sampling fields: greedy, one choice.
+GREEDY = Sampling()
 
 
 @dataclass(frozen=True)
@@ -190,42 +197,135 @@ def generation_flops(parameter_count: int, prompt_tokens: int, generated: int, c
 def check_generation(
     output: bytes,
     fingerprint: bytes,
-    logits: np.ndarray,
+    logits: Sequence[np.ndarray],
     prompt_tokens: int,
     eos_token_id: int | None,
+    sampling: Sampling = GREEDY,
+    decode: Callable[[Sequence[int]], str] | None = None,
     tol: Tolerance = Tolerance(),
 ) -> Check:
-    """`logits`: the verifier's teacher-forced logits over prompt + claimed tokens."""
+    """`logits`: the verifier's teacher-forced logits over prompt + claimed tokens, one
+    array per choice; `decode`: the model's tokenizer (to check the texts), if at hand."""
     try:
         claimed = json.loads(output)
-        tokens = [int(t) for t in claimed["token_ids"]]
-    except (ValueError, KeyError, TypeError):
+        choices = choices_of(claimed)
+        tokens = [[int(t) for t in choice["token_ids"]] for choice in choices]
+    except (ValueError, KeyError, TypeError, AttributeError):
         return Check("re-execution", False, "output is not a generation document")
     reported = np.frombuffer(fingerprint, dtype="<f4")
-    if len(reported) != len(tokens) or claimed.get("prompt_tokens") != prompt_tokens:
+    if len(choices) != sampling.n or len(logits) != len(choices):
+        return Check("re-execution", False, f"{len(choices)} choices, the job asked {sampling.n}")
+    if len(reported) != sum(map(len, tokens)) or claimed.get("prompt_tokens") != prompt_tokens:
         return Check("re-execution", False, "fingerprint does not cover the generated tokens")
-    for i, token in enumerate(tokens):
-        row = logits[prompt_tokens - 1 + i]
+    at = 0
+    for index, (choice, ids, rows) in enumerate(zip(choices, tokens, logits, strict=True)):
+        where = f"choice {index}, " if sampling.n > 1 else ""
+        why = _check_choice(
+            choice, ids, rows, reported[at : at + len(ids)], prompt_tokens, sampling, index, tol
+        )
+        if why is None:
+            why = _check_ending(
+                choice,
+                ids,
+                rows[prompt_tokens - 1 + len(ids)],
+                eos_token_id,
+                sampling,
+                index,
+                decode,
+                tol,
+            )
+        if why is not None:
+            return Check("re-execution", False, where + why)
+        at += len(ids)
+    return Check("re-execution", True, f"{at} tokens within tolerance")
+
+
+def _check_choice(
+    choice: dict[str, Any],
+    ids: list[int],
+    rows: np.ndarray,
+    reported: np.ndarray,
+    prompt_tokens: int,
+    sampling: Sampling,
+    index: int,
+    tol: Tolerance,
+) -> str | None:
+    """Why one choice's tokens (and their logprobs) are not what an honest run makes."""
+    logprobs = choice.get("logprobs")
+    if sampling.logprobs != (logprobs is not None) or (
+        logprobs is not None and (not isinstance(logprobs, list) or len(logprobs) != len(ids))
+    ):
+        return "logprobs do not cover the tokens as asked"
+    for i, token in enumerate(ids):
+        row = rows[prompt_tokens - 1 + i]
         if not 0 <= token < row.size:
-            return Check("re-execution", False, f"token {i} out of the vocabulary")
-        best = row.max()
-        if row[token] < best - tol.bound(best):
-            return Check(
-                "re-execution",
-                False,
-                f"token {i} ({token}) is {best - row[token]:.4f} below the argmax",
-            )
+            return f"token {i} out of the vocabulary"
+        bound = float(tol.bound(float(np.abs(row).max())))
+        why = misfit(row, token, sampling, index, i, bound)
+        if why is not None:
+            return f"token {i} {why}"
         if abs(reported[i] - row[token]) > tol.bound(row[token]):
-            return Check(
-                "re-execution",
-                False,
-                f"token {i}: reported logit {reported[i]:.4f} vs {row[token]:.4f}",
-            )
-    if claimed.get("finish_reason") == "stop" and eos_token_id is not None:
-        row = logits[prompt_tokens - 1 + len(tokens)]
-        if row[eos_token_id] < row.max() - tol.bound(row.max()):
-            return Check("re-execution", False, "stopped where the model would not")
-    return Check("re-execution", True, f"{len(tokens)} tokens within tolerance")
+            return f"token {i}: reported logit {reported[i]:.4f} vs {row[token]:.4f}"
+        if logprobs is not None:
+            why = _check_logprobs(logprobs[i], row, token, sampling.top_logprobs, bound, tol)
+            if why is not None:
+                return f"token {i}: {why}"
+    return None
+
+
+def _check_logprobs(
+    entry: Any, row: np.ndarray, token: int, top: int, bound: float, tol: Tolerance
+) -> str | None:
+    recomputed = log_softmax(row)
+    # Each logit is off by at most `bound`, the normaliser too.
+    allowed = 2 * bound + float(tol.bound(float(np.abs(recomputed[token]))))
+    try:
+        if int(entry["id"]) != token or abs(float(entry["logprob"]) - recomputed[token]) > allowed:
+            return "reported logprob does not match"
+        listed = [(int(e["id"]), float(e["logprob"])) for e in entry["top"]]
+    except (KeyError, TypeError, ValueError):
+        return "logprobs entry unreadable"
+    if len(listed) != min(top, row.size):
+        return f"{len(listed)} top logprobs, {top} asked"
+    floor = np.sort(recomputed)[::-1][len(listed) - 1] if listed else 0.0
+    for t, lp in listed:
+        if not 0 <= t < row.size or abs(lp - recomputed[t]) > allowed:
+            return f"top logprob of token {t} does not match"
+        if recomputed[t] < floor - 2 * allowed:
+            return f"token {t} is not among the {len(listed)} most likely"
+    return None
+
+
+def _check_ending(
+    choice: dict[str, Any],
+    ids: list[int],
+    row: np.ndarray,
+    eos_token_id: int | None,
+    sampling: Sampling,
+    index: int,
+    decode: Callable[[Sequence[int]], str] | None,
+    tol: Tolerance,
+) -> str | None:
+    """Why a choice's text or finish reason is not what its tokens make."""
+    stopped_by_sequence = False
+    if decode is not None:
+        text, stopped_by_sequence = cut_at_stop(decode(ids), sampling.stop)
+        if choice.get("text") != text:
+            return "the text is not what the tokens decode to"
+        if stopped_by_sequence and cut_at_stop(decode(ids[:-1]), sampling.stop)[1]:
+            return "it went on past a stop sequence"
+        for entry in choice.get("logprobs") or ():
+            if entry.get("token") != decode([int(entry["id"])]):
+                return "a logprob's token text is not the token's"
+    if (
+        choice.get("finish_reason") == "stop"
+        and not stopped_by_sequence
+        and eos_token_id is not None
+    ):
+        bound = float(tol.bound(float(np.abs(row).max())))
+        if misfit(row, eos_token_id, sampling, index, len(ids), bound) is not None:
+            return "stopped where the model would not"
+    return None
 
 
 def check_tensors(
@@ -289,10 +389,12 @@ def outputs_agree(a: JobResult, b: JobResult, tol: Tolerance = Tolerance()) -> b
     if fa.shape != fb.shape or (np.abs(fa - fb) > tol.bound(fb)).any():
         return False
     if a.fingerprint_scheme == GENERATION_SCHEME:
-        return bool(
-            json.loads(a.output or b"")["token_ids"] == json.loads(b.output or b"")["token_ids"]
-        )
+        return bool(_token_ids(a) == _token_ids(b))
     return True
+
+
+def _token_ids(result: JobResult) -> list[list[int]]:
+    return [c["token_ids"] for c in choices_of(json.loads(result.output or b""))]
 
 
 def performance_bps(job: JobSubmitted, result: JobResult) -> int:

@@ -51,6 +51,7 @@ from eth_hash.auto import keccak
 
 from processors.abc import Output, Pace, Processor, Subscription
 from processors.compute.budget import OverBudgetError
+from processors.compute.generation import Sampling, SamplingError, choices_of
 from processors.compute.models import PAST_KEYS, TEXT_GENERATION
 from processors.compute.runtime import BlockSource, FetchError, ModelCache
 from processors.compute.training import Trainer, TrainingSpec, weights_array
@@ -280,10 +281,13 @@ class Verifier(Processor[MemoryStore]):
                 spec = TrainingSpec.of(job)
                 tokens = int(claimed["epochs"][0]["samples"]) * spec.seq_len
                 return core.training_flops(params, tokens, spec.epochs)
-            prompt, generated = int(claimed["prompt_tokens"]), len(claimed["token_ids"])
+            prompt = int(claimed["prompt_tokens"])
             cached = any(i.name == PAST_KEYS for i in manifest.inputs)
-            return core.generation_flops(params, prompt, generated, cached)
-        except (ValueError, KeyError, TypeError, IndexError):
+            return sum(
+                core.generation_flops(params, prompt, len(choice["token_ids"]), cached)
+                for choice in choices_of(claimed)
+            )
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             return 0
 
     def retrain(
@@ -325,23 +329,36 @@ class Verifier(Processor[MemoryStore]):
             recomputed = model.run_tensors(job.input or b"")  # checks its budget first
             check = core.check_tensors(output, recomputed, result.fingerprint, job.job_id)
             return check, 0
-        prompt = model.prompt_ids(json.loads(job.input or b"{}"))
+        request = json.loads(job.input or b"{}")
+        prompt = model.prompt(request)
         try:
-            tokens = [int(t) for t in json.loads(output)["token_ids"]]
-        except (ValueError, KeyError, TypeError):
+            sampling = Sampling.of(request, job.job_id)
+        except SamplingError as exc:
+            return core.Check("re-execution", False, f"the job's input cannot run: {exc}"), 0
+        try:
+            tokens = [[int(t) for t in c["token_ids"]] for c in choices_of(json.loads(output))]
+        except (ValueError, KeyError, TypeError, AttributeError):
             return core.Check("re-execution", False, "output is not a generation document"), 0
         vocabulary = int(model.session.get_outputs()[0].shape[-1] or 0) or None
-        if vocabulary is not None and any(not 0 <= t < vocabulary for t in tokens):
+        if vocabulary is not None and any(not 0 <= t < vocabulary for ids in tokens for t in ids):
             return core.Check("re-execution", False, "tokens out of the vocabulary"), 0
-        # One teacher-forced pass over the whole sequence: its logits at every position.
-        model.within("re-execution", model.generation_needs(len(prompt) + len(tokens), 0))
-        logits = model.logits(prompt + tokens) if tokens else model.logits(prompt)
+        # One teacher-forced pass over each choice's whole sequence: its logits everywhere.
+        longest = max((len(ids) for ids in tokens), default=0)
+        model.within("re-execution", model.generation_needs(len(prompt) + longest, 0))
+        logits = [np.asarray(model.logits(prompt + ids)) for ids in tokens]
         check = core.check_generation(
-            output, result.fingerprint, np.asarray(logits), len(prompt), model.eos_token_id
+            output,
+            result.fingerprint,
+            logits,
+            len(prompt),
+            model.eos_token_id,
+            sampling,
+            model.decode,
         )
         params = model.manifest.document["parameter_count"]
         cached = model.kv_cache is not None
-        return check, core.generation_flops(params, len(prompt), len(tokens), cached)
+        flops = sum(core.generation_flops(params, len(prompt), len(ids), cached) for ids in tokens)
+        return check, flops
 
     def judge(self, job_id: bytes, result: JobResult, position: Position) -> list[Output]:
         """Verdict, then money. A verdict on the log whose money is not (a crash between

@@ -40,10 +40,11 @@ def load(store: Blockstore, manifest: models.Manifest, tmp: Path) -> LoadedModel
 
 def check_against_torch(model: LoadedModel, directory: Path) -> None:
     generation = model.generate(PROMPT)
-    count = len(generation.token_ids)
+    (choice,) = generation.choices
+    count = len(choice.token_ids)
     assert count > 0
     tokens, chosen = greedy_in_torch(directory, list(generation.prompt_ids), count)
-    assert list(generation.token_ids) == tokens
+    assert list(choice.token_ids) == tokens
     np.testing.assert_allclose(generation.chosen_logits, chosen, rtol=1e-4, atol=1e-4)
 
 

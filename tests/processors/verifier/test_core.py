@@ -17,6 +17,7 @@ import pytest
 
 from gpu_worker.processor import execute
 from processors.abc import Output
+from processors.compute.generation import Sampling, choices_of
 from processors.compute.models import manifest_record
 from processors.compute.runtime import BlockSource, LoadedModel, ModelCache
 from processors.execution.genesis import devnet_key
@@ -49,12 +50,24 @@ def job(payload: dict[str, Any]) -> JobSubmitted:
 
 
 def verify(
-    model: LoadedModel, payload: dict[str, Any], output: bytes, fingerprint: bytes
+    model: LoadedModel,
+    payload: dict[str, Any],
+    output: bytes,
+    fingerprint: bytes,
+    job_id: bytes | None = None,
 ) -> core.Check:
-    tokens = json.loads(output)["token_ids"]
-    prompt = model.prompt_ids(payload)
+    """The verifier's check, as `Verifier.reexecute` makes it."""
+    job_id = job(payload).job_id if job_id is None else job_id
+    choices = choices_of(json.loads(output))
+    prompt = model.prompt(payload)
     return core.check_generation(
-        output, fingerprint, model.logits(prompt + tokens), len(prompt), model.eos_token_id
+        output,
+        fingerprint,
+        [model.logits(prompt + c["token_ids"]) for c in choices],
+        len(prompt),
+        model.eos_token_id,
+        Sampling.of(payload, job_id),
+        model.decode,
     )
 
 
@@ -87,6 +100,88 @@ def test_forged_generations_are_caught(tiny_store: tuple[Any, Any], tmp_path: Pa
     assert not verify(model, payload, output, fake.astype("<f4").tobytes()).passed
     # A truncated answer claiming fewer logits than tokens.
     assert not verify(model, payload, output, fingerprint[:-4]).passed
+
+
+SAMPLED = {
+    "prompt": "the quick brown fox",
+    "max_tokens": 10,
+    "temperature": 0.9,
+    "top_p": 0.95,
+    "n": 2,
+    "logprobs": True,
+    "top_logprobs": 3,
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_honest_sampled_results_pass_whatever_the_thread_count(
+    tiny_store: tuple[Any, Any], tmp_path: Path, threads: int
+) -> None:
+    worker, verifier = (
+        load(tiny_store, tmp_path / "w", threads),
+        load(tiny_store, tmp_path / "v", 1),
+    )
+    for payload in [SAMPLED, dict(SAMPLED, temperature=1.6, top_p=1.0, stop=["e"], n=1)]:
+        output, _, fingerprint = execute(worker, job(payload))
+        check = verify(verifier, payload, output, fingerprint)
+        assert check.passed, check.detail
+
+
+def test_a_seed_gives_the_same_text_twice(tiny_store: tuple[Any, Any], tmp_path: Path) -> None:
+    model = load(tiny_store, tmp_path, 1)
+    seeded = dict(SAMPLED, seed=1234, n=1, logprobs=False, top_logprobs=0, max_tokens=12)
+    first = execute(model, dataclasses.replace(job(seeded), job_id=b"\x01" * 32))[0]
+    second = execute(model, dataclasses.replace(job(seeded), job_id=b"\x02" * 32))[0]
+    assert first == second
+    # Without a seed each job draws its own (the job id keys the noise).
+    unseeded = {k: v for k, v in seeded.items() if k != "seed"}
+    texts = {
+        json.loads(execute(model, dataclasses.replace(job(unseeded), job_id=bytes([i]) * 32))[0])[
+            "text"
+        ]
+        for i in range(4)
+    }
+    assert len(texts) > 1
+
+
+def test_forged_sampled_tokens_texts_and_logprobs_are_caught(
+    tiny_store: tuple[Any, Any], tmp_path: Path
+) -> None:
+    model = load(tiny_store, tmp_path, 1)
+    payload = dict(SAMPLED, n=1, max_tokens=12)
+    output, _, fingerprint = execute(model, job(payload))
+    document = json.loads(output)
+    assert verify(model, payload, output, fingerprint).passed
+    prompt = model.prompt(payload)
+    logits = model.logits(prompt + document["token_ids"])
+    # The likeliest token where the seed drew another: plausible, and still not the draw.
+    swaps = [
+        i
+        for i, t in enumerate(document["token_ids"])
+        if int(np.argmax(logits[len(prompt) - 1 + i])) != t
+    ]
+    assert swaps, "the draw took the argmax everywhere: pick another seed"
+    i = swaps[0]
+    forged_ids = list(document["token_ids"])
+    forged_ids[i] = int(np.argmax(logits[len(prompt) - 1 + i]))
+    forged = dict(document, token_ids=forged_ids[: i + 1], text=model.decode(forged_ids[: i + 1]))
+    forged["logprobs"] = document["logprobs"][: i + 1]
+    forged_print = np.frombuffer(fingerprint, dtype="<f4")[: i + 1].copy()
+    forged_print[i] = logits[len(prompt) - 1 + i].max()
+    check = verify(model, payload, json.dumps(forged).encode(), forged_print.tobytes())
+    assert not check.passed and "seeded draw" in check.detail, check.detail
+    # The honest tokens with another text, or another logprob.
+    wrong_text = dict(document, text=document["text"] + "!")
+    check = verify(model, payload, json.dumps(wrong_text).encode(), fingerprint)
+    assert not check.passed and "decode" in check.detail
+    entries = [dict(e) for e in document["logprobs"]]
+    entries[0]["logprob"] += 0.5
+    wrong_logprob = dict(document, logprobs=entries)
+    check = verify(model, payload, json.dumps(wrong_logprob).encode(), fingerprint)
+    assert not check.passed and "logprob" in check.detail
+    # A greedy answer to a sampled job (the cheaper work) is caught too.
+    greedy, _, greedy_print = execute(model, job({**payload, "temperature": 0}))
+    assert not verify(model, payload, greedy, greedy_print).passed
 
 
 def test_tensor_results_compare_within_tolerance() -> None:
