@@ -252,6 +252,7 @@ def test_streaming_completions_and_errors(market: Market) -> None:
         "model": "tiny-gpt2",
         "messages": [{"role": "user", "content": "the quick"}],
         "max_tokens": 6,
+        "temperature": 0,  # greedy: the streamed job and the whole one agree
     }
     whole = market.openai.chat.completions.create(**request)  # type: ignore[call-overload]
     chunks = list(market.openai.chat.completions.create(**request, stream=True))  # type: ignore[call-overload]
@@ -276,6 +277,139 @@ def test_streaming_completions_and_errors(market: Market) -> None:
         stranger.chat.completions.create(
             model="tiny-gpt2", messages=[{"role": "user", "content": "x"}]
         )
+
+
+#: Lattice's documented additions to OpenAI's shapes (the job of an answer, a model's card).
+EXTENSIONS = {
+    "lattice",
+    "version",
+    "manifest_cid",
+    "model_type",
+    "parameter_count",
+    "vram_required_bytes",
+}
+
+
+def strictly(kind: type[Any], raw: Any) -> Any:
+    """The openai client's own type for a raw answer, validated strictly (exact types),
+    with no field it does not know but Lattice's documented additions."""
+    parsed = kind.model_validate(raw.parse().model_dump(exclude_unset=True), strict=True)
+
+    def extras(model: Any, where: str) -> list[str]:
+        found = [f"{where}.{k}" for k in (model.model_extra or {}) if k not in EXTENSIONS]
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            for i, item in enumerate(value if isinstance(value, list) else [value]):
+                if hasattr(item, "model_fields"):
+                    found += extras(item, f"{where}.{name}[{i}]")
+        return found
+
+    assert not extras(parsed, kind.__name__)
+    return parsed
+
+
+def test_openai_sampling_parameters_are_honoured_and_verified(market: Market) -> None:
+    from openai.types import Completion, Model
+    from openai.types.chat import ChatCompletion
+
+    chat = market.openai.chat.completions.with_raw_response
+    hello = [{"role": "user", "content": "hello lattice"}]
+    # A seed gives the same text twice; sampled jobs are verified like greedy ones.
+    seeded = [
+        strictly(
+            ChatCompletion, chat.create(model="tiny-gpt2", messages=hello, max_tokens=8, seed=7)
+        )
+        for _ in range(2)
+    ]
+    assert seeded[0].choices[0].message.content == seeded[1].choices[0].message.content
+    # n choices with logprobs, each its own draw, every token's logprob and the top two.
+    several = strictly(
+        ChatCompletion,
+        chat.create(
+            model="tiny-gpt2",
+            messages=hello,
+            max_tokens=6,
+            n=2,
+            temperature=1.3,
+            top_p=0.9,
+            logprobs=True,
+            top_logprobs=2,
+        ),
+    )
+    assert [c.index for c in several.choices] == [0, 1]
+    counted = 0
+    for choice in several.choices:
+        assert choice.logprobs is not None and choice.logprobs.content is not None
+        counted += len(choice.logprobs.content)
+        assert all(len(t.top_logprobs) == 2 for t in choice.logprobs.content)
+        assert all(t.logprob <= 0 for t in choice.logprobs.content)
+    assert several.usage is not None and several.usage.completion_tokens == counted
+    for reply in [*seeded, several]:
+        job = market.settled("0x" + reply.id.removeprefix("chatcmpl-"))
+        assert all(v["outcome"] == "ACCEPTED" for v in job["verdicts"]), job["verdicts"]
+    # A stop sequence cuts a greedy text where it first appears.
+    text = market.openai.completions.with_raw_response
+    greedy = strictly(
+        Completion, text.create(model="tiny-gpt2", prompt="the quick", max_tokens=10, temperature=0)
+    )
+    whole = greedy.choices[0].text
+    if len(whole) >= 4:
+        stop = whole[2:4]
+        cut = strictly(
+            Completion,
+            text.create(
+                model="tiny-gpt2",
+                prompt="the quick",
+                max_tokens=10,
+                temperature=0,
+                stop=[stop],
+                logprobs=1,
+            ),
+        )
+        assert cut.choices[0].text == whole[: whole.find(stop)]
+        assert cut.choices[0].finish_reason == "stop"
+        assert cut.choices[0].logprobs is not None and cut.choices[0].logprobs.tokens
+    # Text parts are read; the usage ends a stream that asks for it.
+    parts = [{"type": "text", "text": "hello"}, {"type": "text", "text": "lattice"}]
+    chunks = list(
+        market.openai.chat.completions.create(
+            model="tiny-gpt2",
+            messages=[{"role": "user", "content": parts}],  # type: ignore[list-item]
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
+    # What would change the output and is not honoured is refused, the parameter named.
+    for refused, param in [
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"n": 2, "stream": True}, "n"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            market.openai.chat.completions.create(
+                model="tiny-gpt2",
+                messages=hello,
+                max_tokens=2,
+                **refused,  # type: ignore[call-overload]
+            )
+        assert caught.value.param == param, caught.value.body
+    image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        market.openai.chat.completions.create(
+            model="tiny-gpt2",
+            messages=[{"role": "user", "content": image}],  # type: ignore[list-item]
+        )
+    assert "image_url" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:
+        market.openai.chat.completions.create(model="tiny-gpt2", messages=hello, temperature=2.5)
+    # One model by id, as the client fetches it.
+    model = strictly(Model, market.openai.models.with_raw_response.retrieve("tiny-gpt2"))
+    assert model.id == "tiny-gpt2" and model.object == "model"
+    with pytest.raises(openai.NotFoundError):
+        market.openai.models.retrieve("no-such-model")
 
 
 class FaultyWorker(Worker):
