@@ -96,6 +96,12 @@ def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # ty
     add(imp)  # type: ignore[operator]
     imp.add_argument("path", type=Path)
     imp.add_argument("--name", required=True, help="the model's name on the network")
+    imp.add_argument(
+        "--task",
+        choices=["text-generation", "embedding"],
+        help="what the model does (default: read from the directory: sentence-transformers' "
+        "modules.json makes an embedding model, any other a text-generation one)",
+    )
     _client(imp, "the owner")
 
     keys = sub.add_parser("keys", help="API keys for the OpenAI-compatible endpoints")
@@ -304,7 +310,9 @@ def cmd_model_import(settings: Settings, args: argparse.Namespace, out: TextIO) 
 
     try:
         budget = settings.worker_memory_bytes
-        manifest = import_model(args.path, args.name, store, progress, memory_budget=budget)
+        manifest = import_model(
+            args.path, args.name, store, progress, memory_budget=budget, task=args.task
+        )
     except ModelImportError as exc:
         raise MarketUsageError(str(exc)) from None
     doc = manifest.document
@@ -327,7 +335,8 @@ def cmd_model_import(settings: Settings, args: argparse.Namespace, out: TextIO) 
         f"{rpc}/v1/models", json.dumps({"transaction_hash": tx_hash}).encode(), "application/json"
     )
     print(
-        f"model {answer['model']} version {answer['version']}: manifest {manifest.cid}, "
+        f"model {answer['model']} version {answer['version']} ({doc['task']}): "
+        f"manifest {manifest.cid}, "
         f"{doc['parameter_count']} parameters, needs {doc['vram_required_bytes'] >> 20} MiB",
         file=out,
     )

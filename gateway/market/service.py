@@ -37,7 +37,7 @@ from gateway.ledger import Call, LedgerQueries, QueryError
 from gateway.limits import bearer
 from processors.abc import Output, Pace, Processor, RecordSink, Subscription
 from processors.compute.generation import Sampling, SamplingError
-from processors.compute.models import TEXT_GENERATION, store_part
+from processors.compute.models import TEXT_GENERATION, load_manifest, store_part
 from processors.compute.runtime import BlockSource
 from processors.execution.genesis import JOB_MARKET, address_of
 from processors.market.chain import call_data
@@ -303,7 +303,8 @@ class Training:
 @dataclass(frozen=True)
 class JobOrder:
     """What a user asks for: a model, its input, and how the job may run. `stream` asks
-    the node for its tokens as they come; `redundant`, for two nodes."""
+    the node for its tokens as they come; `redundant`, for two nodes; `task`, a model of
+    that task (an endpoint's: the OpenAI ones take one kind each)."""
 
     model: str
     payload: dict[str, Any]
@@ -312,6 +313,7 @@ class JobOrder:
     training: Training | None = None
     redundant: bool = False
     stream: bool = False
+    task: str | None = None
 
 
 class JobService:
@@ -326,6 +328,8 @@ class JobService:
         self.ledger = ledger
         self.sink = sink
         self._nonce = itertools.count(int(time.time() * 1000) * 1000)
+        #: Registered models' manifests by CID (a manifest never changes).
+        self._manifests: LRUCache[str, dict[str, Any]] = LRUCache(256)
 
     def _read(self, signature: str, who: bytes) -> bytes:
         call = Call(to=JOB_MARKET, data=call_data(signature, "0x" + who.hex()))
@@ -373,7 +377,15 @@ class JobService:
             raise MarketError(
                 404, "model_not_found", f"no model named {order.model!r} is registered"
             )
-        if manifest.model_type == TEXT_GENERATION and order.training is None:
+        task = self.task_of(manifest.manifest_cid)
+        if order.task is not None and task is not None and task != order.task:
+            raise MarketError(
+                400,
+                "wrong_model_task",
+                f"{order.model!r} is a {task} model; this endpoint needs a {order.task} model",
+                param="model",
+            )
+        if order.training is None and task == TEXT_GENERATION:
             try:  # what every worker would refuse, refused here with the parameter named
                 Sampling.of(order.payload, b"")
             except SamplingError as exc:
@@ -396,6 +408,24 @@ class JobService:
             self.market.unhold(record.job_id)
             raise
         return record
+
+    def task_of(self, manifest_cid: str) -> str | None:
+        """A registered model's task (None: its manifest is not in this blockstore)."""
+        document = self.manifest_document(manifest_cid)
+        return None if document is None else str(document.get("task"))
+
+    def manifest_document(self, manifest_cid: str) -> dict[str, Any] | None:
+        """A registered model's manifest (None: not in this blockstore)."""
+        document = self._manifests.get(manifest_cid)
+        if document is None:
+            try:
+                document = load_manifest(
+                    self.market.blockstore.get(manifest_cid), manifest_cid
+                ).document
+            except (KeyError, ValueError):
+                return None
+            self._manifests[manifest_cid] = document
+        return document
 
     def _request(
         self, order: JobOrder, account: bytes, manifest_cid: str, data: bytes, price: int

@@ -48,6 +48,14 @@ DTYPE_BYTES = {
 FLOAT_BYTES = 4
 
 
+class JobInputError(ValueError):
+    """A job whose input no node could run (sampling out of range, no texts to embed);
+    the message starts with the parameter's name. A node answers it with a signed
+    failure, as it answers an `OverBudgetError`."""
+
+    code = "invalid_request"
+
+
 class OverBudgetError(MemoryError):
     """A model or job that would need more memory than its budget; nothing was allocated
     for it (or ONNX Runtime's capped arena refused the allocation)."""
@@ -178,3 +186,12 @@ def generation_bytes(
         per_position = kv_cache["layers"] * kv_cache["heads"] * kv_cache["head_dim"]
         cache = 4 * per_position * positions * FLOAT_BYTES
     return weights + 2 * logits + cache
+
+
+def embedding_bytes(weights: int, texts: int, tokens: int, width: int, heads: int) -> int:
+    """An embedding job's estimate: the weights, and per layer's pass over the padded batch
+    its hidden states (~12 of them across attention and the feed-forward block) and its
+    attention scores (softmax in and out), all live at once at worst."""
+    hidden = 12 * texts * tokens * width * FLOAT_BYTES
+    scores = 2 * texts * heads * tokens * tokens * FLOAT_BYTES
+    return weights + hidden + scores

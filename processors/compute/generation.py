@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from processors.compute.budget import JobInputError
+
 #: OpenAI's bounds on the sampling parameters.
 MAX_TEMPERATURE = 2.0
 MAX_CHOICES = 8
@@ -45,10 +47,8 @@ MAX_TOP_LOGPROBS = 20
 _MASK64 = 2**64 - 1
 
 
-class SamplingError(ValueError):
+class SamplingError(JobInputError):
     """A request's sampling parameters are out of range; the message names the parameter."""
-
-    code = "invalid_request"
 
 
 @dataclass(frozen=True)

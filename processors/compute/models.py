@@ -1,10 +1,13 @@
 """Model import: a Hugging Face directory or an ONNX file becomes content-addressed blocks.
 
 `import_model` loads a local Hugging Face directory with transformers' `from_pretrained`
-(offline: nothing is fetched), exports it to ONNX with the dynamo exporter (`input_ids`
+(offline: nothing is fetched), exports it to ONNX with the dynamo exporter, and
+stores it. The task is read from the directory: a sentence-transformers directory
+(`modules.json`) is an embedding model (the encoder with its pooling and normalising in
+one graph: `export_sentence_embedder`); any other is a causal LM (`input_ids`
 [batch, sequence] and the key/value cache so far in; `logits` [batch, sequence, vocabulary]
-and the cache with the new positions out; see `export_causal_lm`), and
-stores in the blockstore: the ONNX graph (weights inline), the tokenizer files and the source
+and the cache with the new positions out; see `export_causal_lm`). It stores in the
+blockstore: the ONNX graph (weights inline), the tokenizer files and the source
 weights and config (what training jobs start from), each as a deterministic tar or raw file
 split into 1 MiB raw blocks. A plain `.onnx` file is imported as a tensor model: its inputs
 and outputs are read from the graph.
@@ -38,6 +41,8 @@ from processors.market.content import Blockstore, Chunk
 from schemas.events import ModelChunk, ModelManifest, TensorSpec
 
 TEXT_GENERATION = "text-generation"
+#: Sentence embeddings (a sentence-transformers directory: an encoder, pooling, normalising).
+EMBEDDING = "embedding"
 #: The cache inputs of a text model's graph (see `KvCache`); a graph without them has none.
 PAST_KEYS, PAST_VALUES = "past_keys", "past_values"
 TENSOR = "tensor"
@@ -371,6 +376,94 @@ def export_causal_lm(
     return graph, model.config, None
 
 
+@dataclass(frozen=True)
+class SentenceModules:
+    """What a sentence-transformers directory adds to its encoder (`modules.json`): how
+    token vectors pool into one, whether it is normalised, the longest input it reads."""
+
+    pooling: str  # "mean" or "cls"
+    normalize: bool
+    max_tokens: int
+
+
+def sentence_modules(path: Path) -> SentenceModules | None:
+    """The sentence-transformers modules of a directory (None: it has no `modules.json`)."""
+    listed = path / "modules.json"
+    if not listed.is_file():
+        return None
+    try:
+        modules = json.loads(listed.read_bytes())
+        kinds = {str(m["type"]).rsplit(".", 1)[-1]: str(m.get("path", "")) for m in modules}
+        pooling_dir = path / kinds["Pooling"]
+        if not _inside(pooling_dir, path.resolve()):
+            raise ModelImportError(f"{listed}: the pooling module is outside the directory")
+        pooling = json.loads((pooling_dir / "config.json").read_bytes())
+        settings = path / "sentence_bert_config.json"
+        max_tokens = (
+            json.loads(settings.read_bytes()).get("max_seq_length") if settings.is_file() else None
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelImportError(
+            _one_line(f"{path}: not a readable sentence-transformers directory: {exc!r}")
+        ) from None
+    if pooling.get("pooling_mode_mean_tokens"):
+        mode = "mean"
+    elif pooling.get("pooling_mode_cls_token"):
+        mode = "cls"
+    else:
+        raise ModelImportError(
+            f"{pooling_dir}/config.json: only mean and CLS pooling are supported"
+        )
+    unknown = set(kinds) - {"Transformer", "Pooling", "Normalize"}
+    if unknown:
+        raise ModelImportError(f"{listed}: modules {sorted(unknown)} are not supported")
+    limit = int(_config(path).get("max_position_embeddings") or 512)
+    return SentenceModules(mode, "Normalize" in kinds, min(int(max_tokens or limit), limit))
+
+
+def export_sentence_embedder(
+    directory: Path, modules: SentenceModules, progress: Callable[[str], None]
+) -> tuple[bytes, Any]:
+    """A sentence-transformers encoder with its pooling and normalising in one ONNX graph:
+    `input_ids` and `attention_mask` [batch, sequence] in, `embeddings` [batch, dimensions]
+    out (the worker runs the graph and nothing else)."""
+    import torch
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelImportError(f"{directory}: not a loadable encoder: {exc}") from None
+    model.eval()
+
+    class Embedder(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            hidden = self.inner(input_ids=input_ids, attention_mask=attention_mask)[0]
+            if modules.pooling == "mean":
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            else:
+                pooled = hidden[:, 0]
+            if modules.normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+            return pooled
+
+    progress("exporting the encoder with its pooling to ONNX (torch.onnx.export, dynamo)")
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    example = (torch.ones((2, 8), dtype=torch.int64), torch.ones((2, 8), dtype=torch.int64))
+    graph = _export(
+        Embedder(model),
+        example,
+        (["input_ids", "attention_mask"], ["embeddings"]),
+        {"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
+    )
+    return graph, model.config
+
+
 #: Bytes per element of the safetensors dtypes (the header names them so).
 _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2}
 #: Copies of the weights an import holds at its peak: the torch model (fp32), the exported
@@ -475,6 +568,7 @@ def import_model(
     store: Blockstore,
     progress: Callable[[str], None] = lambda _: None,
     memory_budget: int = 0,
+    task: str | None = None,
 ) -> Manifest:
     """Import `path` into `store`; the returned manifest is stored as a block too.
 
@@ -482,7 +576,9 @@ def import_model(
     read or allocated: a truncated or corrupt graph or weights file, dimensions declaring
     more than `memory_budget` bytes (0: three quarters of this machine's memory;
     `processors.compute.budget.default_budget`), a directory without its tokenizer, and a
-    file, link or external-data location outside the model's directory."""
+    file, link or external-data location outside the model's directory. `task` overrides
+    what the directory says (an encoder without `modules.json` then pools by mean and
+    normalises, as most sentence encoders do)."""
     path = Path(path)
     budget = default_budget(memory_budget)
     if path.is_dir():
@@ -495,7 +591,37 @@ def import_model(
         _check_hf_paths(path)
         _check_hf_declared(path, budget)
         progress(f"loading {path} with transformers (offline)")
-        onnx_bytes, config, cache = export_causal_lm(path, progress)
+        if task not in (None, TEXT_GENERATION, EMBEDDING):
+            raise ModelImportError(
+                f"--task {task}: a directory is {TEXT_GENERATION} or {EMBEDDING}"
+            )
+        modules = sentence_modules(path) if task != TEXT_GENERATION else None
+        if task == EMBEDDING and modules is None:
+            limit = int(_config(path).get("max_position_embeddings") or 512)
+            modules = SentenceModules("mean", True, limit)
+        document: dict[str, Any]
+        if modules is not None:
+            onnx_bytes, config = export_sentence_embedder(path, modules, progress)
+            document = {
+                "task": EMBEDDING,
+                "model_type": str(config.model_type),
+                "max_positions": modules.max_tokens,
+                "dimensions": int(config.hidden_size),
+                "pooling": modules.pooling,
+                "normalized": modules.normalize,
+            }
+        else:
+            onnx_bytes, config, cache = export_causal_lm(path, progress)
+            document = {
+                "task": TEXT_GENERATION,
+                "model_type": str(config.model_type),
+                "max_positions": int(
+                    getattr(config, "n_positions", 0) or config.max_position_embeddings
+                ),
+                "eos_token_id": config.eos_token_id,
+            }
+            if cache is not None:
+                document["kv_cache"] = dataclasses.asdict(cache)
         tokenizer = {f: (path / f).read_bytes() for f in _TOKENIZER_FILES if (path / f).exists()}
         source = {
             p.name: p.read_bytes()
@@ -503,16 +629,6 @@ def import_model(
             if p.is_file() and p.name not in _TOKENIZER_FILES
         }
         inputs, outputs, parameters = _onnx_facts(onnx_bytes, str(path), budget)
-        document: dict[str, Any] = {
-            "task": TEXT_GENERATION,
-            "model_type": str(config.model_type),
-            "max_positions": int(
-                getattr(config, "n_positions", 0) or config.max_position_embeddings
-            ),
-            "eos_token_id": config.eos_token_id,
-        }
-        if cache is not None:
-            document["kv_cache"] = dataclasses.asdict(cache)
         progress("storing tokenizer and source weights")
         document["tokenizer"] = store_part(store, deterministic_tar(tokenizer))
         document["source"] = store_part(store, deterministic_tar(source))

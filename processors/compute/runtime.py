@@ -38,8 +38,10 @@ from typing import Any
 import numpy as np
 
 from processors.compute.budget import (
+    JobInputError,
     OverBudgetError,
     default_budget,
+    embedding_bytes,
     generation_bytes,
     tensor_job_bytes,
 )
@@ -54,6 +56,7 @@ from processors.compute.generation import (
     top_logprobs,
 )
 from processors.compute.models import (
+    EMBEDDING,
     PAST_KEYS,
     PAST_VALUES,
     TEXT_GENERATION,
@@ -68,6 +71,14 @@ from processors.market.content import Blockstore, ContentError, verify
 
 class FetchError(RuntimeError):
     """A block no source could provide."""
+
+
+class EmbeddingInputError(JobInputError):
+    """An embedding job's input is not texts; the message names the parameter."""
+
+
+#: The most texts one embedding job embeds (OpenAI's is 2,048; a batch here is one pass).
+MAX_EMBEDDING_INPUTS = 256
 
 
 class BlockSource:
@@ -348,6 +359,45 @@ class LoadedModel:
             ],
         }
 
+    # -- embeddings -----------------------------------------------------------------------
+
+    def embed(self, request: dict[str, Any]) -> tuple[bytes, np.ndarray]:
+        """Sentence embeddings of `request["input"]` (a text or a list of texts, each cut
+        at the model's `max_positions` tokens as sentence-transformers cuts them): the
+        output document {"embeddings", "prompt_tokens"} and the vectors."""
+        texts = request.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise EmbeddingInputError("input: a text or a non-empty list of texts")
+        if len(texts) > MAX_EMBEDDING_INPUTS:
+            raise EmbeddingInputError(f"input: at most {MAX_EMBEDDING_INPUTS} texts a job")
+        document = self.manifest.document
+        limit = int(document.get("max_positions") or 512)
+        encoded = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=limit, return_tensors="np"
+        )
+        ids = np.asarray(encoded["input_ids"], dtype=np.int64)
+        mask = np.asarray(encoded["attention_mask"], dtype=np.int64)
+        width = int(document.get("dimensions") or 0)
+        heads = max(1, width // 32)  # the attention scores' share; heads of 32 to 64 wide
+        self.within(
+            "the embedding job",
+            embedding_bytes(self.weights_bytes, ids.shape[0], ids.shape[1], width, heads),
+        )
+        with self.lock:
+            (vectors,) = _run(
+                self.session,
+                ["embeddings"],
+                {"input_ids": ids, "attention_mask": mask},
+                self.budget,
+            )
+        vectors = np.asarray(vectors, dtype=np.float32)
+        output = json.dumps(
+            {"embeddings": vectors.tolist(), "prompt_tokens": int(mask.sum())}, sort_keys=True
+        ).encode()
+        return output, vectors
+
     # -- tensors --------------------------------------------------------------------------
 
     def run_tensors(self, inputs: bytes) -> bytes:
@@ -440,7 +490,7 @@ class ModelCache:
             raise OverBudgetError("loading the model", weights, self.budget) from None
         model = LoadedModel(manifest, session, session.get_providers()[0], self.threads)
         model.budget = self.budget
-        if manifest.task == TEXT_GENERATION:
+        if manifest.task in (TEXT_GENERATION, EMBEDDING):
             model.tokenizer = self.tokenizer(manifest_cid)
             model.eos_token_id = manifest.document.get("eos_token_id")
             cache = manifest.document.get("kv_cache")

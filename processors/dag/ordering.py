@@ -111,9 +111,7 @@ class DagOrderer:
                 continue
             for child in sorted(self.waiting_on.pop(block, ())):
                 waiting = self.pending.get(child)
-                if waiting is not None and all(
-                    p in self.ghostdag for p in waiting.record.parents
-                ):
+                if waiting is not None and all(p in self.ghostdag for p in waiting.record.parents):
                     del self.pending[child]
                     ready.append(waiting)
 

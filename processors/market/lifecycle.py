@@ -110,9 +110,7 @@ class Job:
     def excluded(self) -> frozenset[bytes]:
         """Nodes given an attempt that never answered."""
         answered = self.answered
-        return frozenset(
-            n for a in self.assignments for n in a.nodes if n not in answered
-        )
+        return frozenset(n for a in self.assignments for n in a.nodes if n not in answered)
 
     # -- verdicts and money -----------------------------------------------------------------
 

@@ -47,6 +47,7 @@ REJECTED: Outcome = "REJECTED"
 INCONCLUSIVE: Outcome = "INCONCLUSIVE"
 GENERATION_SCHEME = "greedy-logits-f32-v1"
 TENSOR_SCHEME = "tensor-sample-f32-v1"
+EMBEDDING_SCHEME = "embedding-f32-v1"
 TRAINING_SCHEME = "training-loss-f32-v1"
 #: A node's signed answer that it could not run the job (its output says why): refunded,
 #: neither paid nor slashed, and not offered to another node.
@@ -81,6 +82,11 @@ class Check:
 
 def generation_fingerprint(chosen_logits: Sequence[float]) -> bytes:
     return np.asarray(chosen_logits, dtype="<f4").tobytes()
+
+
+def embedding_fingerprint(vectors: np.ndarray) -> bytes:
+    """Every vector's every value (a few hundred floats a text: all of them)."""
+    return np.asarray(vectors, dtype="<f4").tobytes()
 
 
 def tensor_fingerprint(outputs: bytes, job_id: bytes) -> bytes:
@@ -349,6 +355,36 @@ def check_tensors(
     if reported.shape != sample.shape or (np.abs(reported - sample) > tol.bound(sample)).any():
         return Check("re-execution", False, "fingerprint does not match the outputs")
     return Check("re-execution", True, f"{expected.size} values within tolerance")
+
+
+def check_embeddings(
+    output: bytes, recomputed: np.ndarray, fingerprint: bytes, tol: Tolerance = Tolerance()
+) -> Check:
+    """The claimed vectors (in the output and the fingerprint) against the verifier's,
+    element-wise within the tolerance (normalised vectors' values are about 0.05, so
+    `atol` dominates: honest float noise is ~1e-6, a made-up vector is off by ~0.05)."""
+    try:
+        claimed = np.asarray(json.loads(output)["embeddings"], dtype=np.float64)
+    except (ValueError, KeyError, TypeError):
+        return Check("re-execution", False, "output is not an embeddings document")
+    expected = np.asarray(recomputed, dtype=np.float64)
+    if claimed.shape != expected.shape:
+        return Check("re-execution", False, f"shape {claimed.shape} vs {expected.shape}")
+    excess = np.abs(claimed - expected) - tol.bound(expected)
+    if excess.size and excess.max() > 0:
+        return Check("re-execution", False, f"{int((excess > 0).sum())} values out of tolerance")
+    reported = np.frombuffer(fingerprint, dtype="<f4").astype(np.float64)
+    if (
+        reported.shape != (claimed.size,)
+        or (np.abs(reported - claimed.ravel()) > tol.bound(claimed.ravel())).any()
+    ):
+        return Check("re-execution", False, "fingerprint does not match the vectors")
+    return Check("re-execution", True, f"{expected.size} values within tolerance")
+
+
+def encoder_flops(parameter_count: int, tokens: int) -> int:
+    """One forward pass, 2 FLOP per parameter per token."""
+    return 2 * parameter_count * max(tokens, 1)
 
 
 def training_flops(parameter_count: int, tokens: int, epochs: int) -> int:

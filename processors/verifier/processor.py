@@ -50,9 +50,9 @@ import numpy as np
 from eth_hash.auto import keccak
 
 from processors.abc import Output, Pace, Processor, Subscription
-from processors.compute.budget import OverBudgetError
+from processors.compute.budget import JobInputError, OverBudgetError
 from processors.compute.generation import Sampling, SamplingError, choices_of
-from processors.compute.models import PAST_KEYS, TEXT_GENERATION
+from processors.compute.models import EMBEDDING, PAST_KEYS, TEXT_GENERATION
 from processors.compute.runtime import BlockSource, FetchError, ModelCache
 from processors.compute.training import Trainer, TrainingSpec, weights_array
 from processors.execution.genesis import JOB_MARKET, address_of
@@ -282,6 +282,8 @@ class Verifier(Processor[MemoryStore]):
                 tokens = int(claimed["epochs"][0]["samples"]) * spec.seq_len
                 return core.training_flops(params, tokens, spec.epochs)
             prompt = int(claimed["prompt_tokens"])
+            if "embeddings" in claimed:
+                return core.encoder_flops(params, prompt)
             cached = any(i.name == PAST_KEYS for i in manifest.inputs)
             return sum(
                 core.generation_flops(params, prompt, len(choice["token_ids"]), cached)
@@ -325,6 +327,14 @@ class Verifier(Processor[MemoryStore]):
     def reexecute(self, job: JobSubmitted, result: JobResult) -> tuple[core.Check, int]:
         model, _ = self.models.load(job.params["manifest_cid"])
         output = result.output or b""
+        if model.manifest.task == EMBEDDING:
+            try:
+                claimed, vectors = model.embed(json.loads(job.input or b"{}"))
+            except (JobInputError, ValueError) as exc:
+                return core.Check("re-execution", False, f"the job's input cannot run: {exc}"), 0
+            check = core.check_embeddings(output, vectors, result.fingerprint)
+            read = int(json.loads(claimed)["prompt_tokens"])
+            return check, core.encoder_flops(model.manifest.document["parameter_count"], read)
         if model.manifest.task != TEXT_GENERATION:
             recomputed = model.run_tensors(job.input or b"")  # checks its budget first
             check = core.check_tensors(output, recomputed, result.fingerprint, job.job_id)

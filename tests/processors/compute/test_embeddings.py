@@ -1,0 +1,104 @@
+"""Sentence embeddings: a sentence-transformers directory imported as one ONNX graph
+(encoder, pooling, normalising) gives sentence-transformers' own vectors; honest vectors
+pass the verifier whatever the thread count, made-up ones do not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from processors.compute.models import EMBEDDING, ModelImportError, import_model
+from processors.compute.runtime import BlockSource, EmbeddingInputError, LoadedModel, ModelCache
+from processors.market.content import Blockstore
+from processors.verifier import core
+from tests.tiny_models import build_tiny_sentence_encoder
+
+TEXTS = ["the quick brown fox", "hello lattice", "providers are paid on the ledger"]
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Blockstore, Any]:
+    directory = build_tiny_sentence_encoder(tmp_path_factory.mktemp("tiny-encoder"))
+    store = Blockstore(tmp_path_factory.mktemp("blockstore"))
+    return directory, store, import_model(directory, "tiny-encoder", store)
+
+
+def load(encoder: tuple[Path, Blockstore, Any], tmp: Path, threads: int) -> LoadedModel:
+    _, store, manifest = encoder
+    model, _ = ModelCache(BlockSource(store), tmp, threads, use_gpu=False).load(manifest.cid)
+    return model
+
+
+def test_a_sentence_transformers_directory_imports_as_an_embedding_model(
+    encoder: tuple[Path, Blockstore, Any],
+) -> None:
+    _, _, manifest = encoder
+    document = manifest.document
+    assert document["task"] == EMBEDDING and document["model_type"] == "bert"
+    assert (document["dimensions"], document["pooling"], document["normalized"]) == (
+        32,
+        "mean",
+        True,
+    )
+    assert document["max_positions"] == 64  # sentence_bert_config's max_seq_length
+    assert [i["name"] for i in document["inputs"]] == ["input_ids", "attention_mask"]
+    assert [o["name"] for o in document["outputs"]] == ["embeddings"]
+
+
+def test_vectors_are_sentence_transformers_own(
+    encoder: tuple[Path, Blockstore, Any], tmp_path: Path
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    directory, _, _ = encoder
+    output, vectors = load(encoder, tmp_path, 1).embed({"input": TEXTS})
+    reference = SentenceTransformer(str(directory), device="cpu").encode(TEXTS)
+    np.testing.assert_allclose(vectors, reference, atol=1e-5)
+    document = json.loads(output)
+    np.testing.assert_allclose(document["embeddings"], vectors, atol=1e-7)
+    assert document["prompt_tokens"] > len(TEXTS)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_honest_vectors_pass_and_made_up_ones_fail(
+    encoder: tuple[Path, Blockstore, Any], tmp_path: Path, threads: int
+) -> None:
+    worker, verifier = load(encoder, tmp_path / "w", threads), load(encoder, tmp_path / "v", 1)
+    output, vectors = worker.embed({"input": TEXTS})
+    _, again = verifier.embed({"input": TEXTS})
+    fingerprint = core.embedding_fingerprint(vectors)
+    assert core.check_embeddings(output, again, fingerprint).passed
+    # Another text's vector in place of one (cheaper to make than running the model).
+    forged = json.loads(output)
+    forged["embeddings"][1] = forged["embeddings"][0]
+    check = core.check_embeddings(json.dumps(forged).encode(), again, fingerprint)
+    assert not check.passed and "out of tolerance" in check.detail
+    # Honest vectors behind a fingerprint of other ones.
+    other = core.embedding_fingerprint(vectors + 0.01)
+    assert not core.check_embeddings(output, again, other).passed
+
+
+@pytest.mark.parametrize("bad", [{}, {"input": []}, {"input": [1, 2]}, {"input": ["x"] * 257}])
+def test_inputs_that_are_not_texts_are_refused(
+    encoder: tuple[Path, Blockstore, Any], tmp_path: Path, bad: dict[str, Any]
+) -> None:
+    with pytest.raises(EmbeddingInputError, match=r"^input:"):
+        load(encoder, tmp_path, 1).embed(bad)
+
+
+def test_a_pooling_it_cannot_run_is_refused_at_import(
+    encoder: tuple[Path, Blockstore, Any], tmp_path: Path
+) -> None:
+    directory = build_tiny_sentence_encoder(tmp_path / "max-pooled")
+    pooling = directory / "1_Pooling" / "config.json"
+    config = json.loads(pooling.read_text())
+    pooling.write_text(
+        json.dumps({**config, "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": True})
+    )
+    with pytest.raises(ModelImportError, match="only mean and CLS pooling"):
+        import_model(directory, "max-pooled", Blockstore(tmp_path / "store"))
