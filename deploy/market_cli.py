@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from deploy.endpoints import Endpoints
+from processors.compute.models import DIRECTORY_TASKS
 from streams.settings import Settings
 
 
@@ -98,9 +99,9 @@ def add_commands(sub: argparse._SubParsersAction, common: object) -> None:  # ty
     imp.add_argument("--name", required=True, help="the model's name on the network")
     imp.add_argument(
         "--task",
-        choices=["text-generation", "embedding"],
+        choices=DIRECTORY_TASKS,
         help="what the model does (default: read from the directory: sentence-transformers' "
-        "modules.json makes an embedding model, any other a text-generation one)",
+        "modules.json, a classification head, CLIP's towers, else text generation)",
     )
     _client(imp, "the owner")
 

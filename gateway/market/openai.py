@@ -160,8 +160,8 @@ def _usage(document: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def _generation(result: JobResult) -> dict[str, Any]:
-    """A result's generation document; MarketError for a node's signed failure."""
+def _document_of(result: JobResult) -> dict[str, Any]:
+    """A result's output document; MarketError for a node's signed failure."""
     failure = failure_of(result)
     if failure is not None:
         raise MarketError(
@@ -213,7 +213,7 @@ def _choice(index: int, choice: dict[str, Any], chat: bool) -> dict[str, Any]:
 
 def _completion(job: Job, model: str, chat: bool) -> dict[str, Any]:
     assert job.submitted is not None
-    document = _generation(job.results[0])
+    document = _document_of(job.results[0])
     return {
         "id": ("chatcmpl-" if chat else "cmpl-") + job.job_id.hex(),
         "object": "chat.completion" if chat else "text_completion",
@@ -289,7 +289,7 @@ class Embeddings:
             texts = [body.input] if isinstance(body.input, str) else list(body.input)
             order = JobOrder(body.model, {"input": texts}, task=EMBEDDING)
             job = await self.jobs.submit(key, order)
-            document = _generation(job.results[0])
+            document = _document_of(job.results[0])
         except MarketError as exc:
             return error_response(exc)
         data = [
@@ -359,7 +359,7 @@ async def _live(jobs: JobService, record: JobSubmitted, timeout: float) -> Async
                 yield piece.text, None, None
         answer = next((r for r in results if node is None or r.node == node), None)
         if answer is not None:
-            document = _generation(answer)
+            document = _document_of(answer)
             if document["text"].startswith(text) and len(document["text"]) > len(text):
                 yield document["text"][len(text) :], None, None
             yield "", document["finish_reason"], _usage(document)

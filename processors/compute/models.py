@@ -4,7 +4,9 @@
 (offline: nothing is fetched), exports it to ONNX with the dynamo exporter, and
 stores it. The task is read from the directory: a sentence-transformers directory
 (`modules.json`) is an embedding model (the encoder with its pooling and normalising in
-one graph: `export_sentence_embedder`); any other is a causal LM (`input_ids`
+one graph: `export_sentence_embedder`), one whose `architectures` name a
+`...ForSequenceClassification` a text classifier (`export_text_classifier`); any other is
+a causal LM (`input_ids`
 [batch, sequence] and the key/value cache so far in; `logits` [batch, sequence, vocabulary]
 and the cache with the new positions out; see `export_causal_lm`). It stores in the
 blockstore: the ONNX graph (weights inline), the tokenizer files and the source
@@ -43,11 +45,21 @@ from schemas.events import ModelChunk, ModelManifest, TensorSpec
 TEXT_GENERATION = "text-generation"
 #: Sentence embeddings (a sentence-transformers directory: an encoder, pooling, normalising).
 EMBEDDING = "embedding"
+#: Labels and scores of texts (an encoder with a sequence-classification head).
+CLASSIFICATION = "text-classification"
+#: Labels and scores of images (a vision encoder with an image-classification head).
+IMAGE_CLASSIFICATION = "image-classification"
+#: Images scored against texts given with each job (CLIP-style: zero-shot labels).
+IMAGE_TEXT = "zero-shot-image-classification"
+#: What a Hugging Face directory may be imported as (`import_model`'s `task`).
+DIRECTORY_TASKS = (TEXT_GENERATION, EMBEDDING, CLASSIFICATION, IMAGE_CLASSIFICATION, IMAGE_TEXT)
 #: The cache inputs of a text model's graph (see `KvCache`); a graph without them has none.
 PAST_KEYS, PAST_VALUES = "past_keys", "past_values"
 TENSOR = "tensor"
 RUNTIME_OVERHEAD_BYTES = 64 << 20
+#: The files that turn a job's input into tensors (stored as the manifest's "tokenizer").
 _TOKENIZER_FILES = (
+    "preprocessor_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -453,15 +465,185 @@ def export_sentence_embedder(
             return pooled
 
     progress("exporting the encoder with its pooling to ONNX (torch.onnx.export, dynamo)")
+    return _export_encoder(Embedder(model), "embeddings"), model.config
+
+
+def export_text_classifier(directory: Path, progress: Callable[[str], None]) -> tuple[bytes, Any]:
+    """An encoder with its sequence-classification head: `input_ids` and `attention_mask`
+    [batch, sequence] in, `logits` [batch, labels] out (scores are the worker's softmax,
+    or sigmoid for multi-label models, of these)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelImportError(f"{directory}: not a loadable text classifier: {exc}") from None
+    model.eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    progress("exporting the classifier to ONNX (torch.onnx.export, dynamo)")
+    return _export_encoder(Logits(model), "logits"), model.config
+
+
+def _export_encoder(module: Any, output: str) -> bytes:
+    """An encoder graph over a padded batch of texts (`input_ids`, `attention_mask`)."""
+    import torch
+
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     example = (torch.ones((2, 8), dtype=torch.int64), torch.ones((2, 8), dtype=torch.int64))
-    graph = _export(
-        Embedder(model),
+    return _export(
+        module,
         example,
-        (["input_ids", "attention_mask"], ["embeddings"]),
+        (["input_ids", "attention_mask"], [output]),
         {"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
     )
+
+
+def export_image_classifier(directory: Path, progress: Callable[[str], None]) -> tuple[bytes, Any]:
+    """A vision encoder with its image-classification head: `pixel_values` [batch, 3,
+    height, width] (as the directory's image processor makes them) in, `logits` [batch,
+    labels] out."""
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    try:
+        model = AutoModelForImageClassification.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelImportError(f"{directory}: not a loadable image classifier: {exc}") from None
+    model.eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixel_values: Any) -> Any:
+            return self.inner(pixel_values=pixel_values).logits
+
+    progress("exporting the image classifier to ONNX (torch.onnx.export, dynamo)")
+    size = int(model.config.image_size)
+    batch = torch.export.Dim("batch")
+    graph = _export(
+        Logits(model),
+        (torch.zeros((2, int(model.config.num_channels), size, size)),),
+        (["pixel_values"], ["logits"]),
+        {"pixel_values": {0: batch}},
+    )
     return graph, model.config
+
+
+def export_image_text(directory: Path, progress: Callable[[str], None]) -> tuple[bytes, Any]:
+    """A CLIP-style model's image-text scores: `pixel_values` [images, 3, height, width],
+    `input_ids` and `attention_mask` [texts, sequence] in, `logits` [images, texts] out
+    (the scaled cosine similarities; the worker's softmax over the texts scores them)."""
+    import torch
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelImportError(f"{directory}: not a loadable image-text model: {exc}") from None
+    model.eval()
+
+    class Scores(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, pixel_values: Any, input_ids: Any, attention_mask: Any) -> Any:
+            out = self.inner(
+                pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask
+            )
+            return out.logits_per_image
+
+    progress("exporting the image-text model to ONNX (torch.onnx.export, dynamo)")
+    vision = model.config.vision_config
+    size = int(vision.image_size)
+    images, texts = torch.export.Dim("images"), torch.export.Dim("texts")
+    sequence = torch.export.Dim("sequence")
+    graph = _export(
+        Scores(model),
+        (
+            torch.zeros((2, int(vision.num_channels), size, size)),
+            torch.ones((3, 8), dtype=torch.int64),
+            torch.ones((3, 8), dtype=torch.int64),
+        ),
+        (["pixel_values", "input_ids", "attention_mask"], ["logits"]),
+        {
+            "pixel_values": {0: images},
+            "input_ids": {0: texts, 1: sequence},
+            "attention_mask": {0: texts, 1: sequence},
+        },
+    )
+    return graph, model.config
+
+
+def _task_of_directory(path: Path, modules: SentenceModules | None) -> str:
+    """What a directory's files say it is: sentence-transformers modules, a classification
+    head, CLIP's pair of towers, or else a causal LM."""
+    heads = _architectures(path)
+    if modules is not None:
+        return EMBEDDING
+    if any(a.endswith("ForSequenceClassification") for a in heads):
+        return CLASSIFICATION
+    if any(a.endswith("ForImageClassification") for a in heads):
+        return IMAGE_CLASSIFICATION
+    if any(a in ("CLIPModel", "SiglipModel") for a in heads):
+        return IMAGE_TEXT
+    return TEXT_GENERATION
+
+
+def pillow_image_processor(directory: Path) -> Any:
+    """The Pillow form of a directory's image processor class (transformers' default form
+    needs torchvision); ModelImportError when it has none."""
+    import transformers
+
+    try:
+        config = json.loads((directory / "preprocessor_config.json").read_bytes())
+        named = str(config.get("image_processor_type", "")).removesuffix("Fast")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelImportError(
+            _one_line(f"{directory}: no readable image processor: {exc}")
+        ) from None
+    kind = getattr(transformers, named.removesuffix("Pil") + "Pil", None)
+    if kind is None:
+        raise ModelImportError(f"{directory}: no Pillow image processor for {named!r}")
+    return kind
+
+
+def _reads_text(path: Path) -> bool:
+    """Whether a vision directory's model reads text too (CLIP-style: a text config)."""
+    return (path / "config.json").is_file() and "text_config" in _config(path)
+
+
+def _architectures(path: Path) -> list[str]:
+    return [str(a) for a in _config(path).get("architectures") or []]
+
+
+def _patches(vision: Any) -> int:
+    """The tokens a vision transformer reads an image as: its patches and the class token."""
+    return (int(vision.image_size) // int(vision.patch_size or 1)) ** 2 + 1
+
+
+def _labelled(task: str, config: Any, positions: int) -> dict[str, Any]:
+    """A classifier's manifest fields: its labels in index order and how they score."""
+    labels = config.id2label or {}
+    return {
+        "task": task,
+        "model_type": str(config.model_type),
+        "max_positions": positions,
+        "hidden_size": int(config.hidden_size),
+        "labels": [str(labels.get(i, i)) for i in range(int(config.num_labels))],
+        "problem_type": config.problem_type or "single_label_classification",
+    }
 
 
 #: Bytes per element of the safetensors dtypes (the header names them so).
@@ -582,7 +764,14 @@ def import_model(
     path = Path(path)
     budget = default_budget(memory_budget)
     if path.is_dir():
-        needs = {"config.json": "its config", "tokenizer.json": "its tokenizer"}
+        vision = task in (IMAGE_CLASSIFICATION, IMAGE_TEXT) or (
+            task is None and (path / "preprocessor_config.json").is_file()
+        )
+        needs = {"config.json": "its config"}
+        if vision:
+            needs["preprocessor_config.json"] = "its image processor"
+        if not vision or _reads_text(path):
+            needs["tokenizer.json"] = "its tokenizer"
         missing = [f"{what} ({f})" for f, what in needs.items() if not (path / f).is_file()]
         if missing:
             raise ModelImportError(
@@ -591,16 +780,38 @@ def import_model(
         _check_hf_paths(path)
         _check_hf_declared(path, budget)
         progress(f"loading {path} with transformers (offline)")
-        if task not in (None, TEXT_GENERATION, EMBEDDING):
-            raise ModelImportError(
-                f"--task {task}: a directory is {TEXT_GENERATION} or {EMBEDDING}"
-            )
-        modules = sentence_modules(path) if task != TEXT_GENERATION else None
+        if task is not None and task not in DIRECTORY_TASKS:
+            raise ModelImportError(f"--task {task}: a directory is one of {DIRECTORY_TASKS}")
+        modules = sentence_modules(path) if task in (None, EMBEDDING) else None
         if task == EMBEDDING and modules is None:
             limit = int(_config(path).get("max_position_embeddings") or 512)
             modules = SentenceModules("mean", True, limit)
+        if task is None:
+            task = _task_of_directory(path, modules)
         document: dict[str, Any]
-        if modules is not None:
+        if task == CLASSIFICATION:
+            onnx_bytes, config = export_text_classifier(path, progress)
+            positions = int(config.max_position_embeddings or 512)
+            document = _labelled(CLASSIFICATION, config, positions)
+        elif task == IMAGE_CLASSIFICATION:
+            pillow_image_processor(path)
+            onnx_bytes, config = export_image_classifier(path, progress)
+            document = _labelled(IMAGE_CLASSIFICATION, config, 0)
+            document.update(image_size=int(config.image_size), patches=_patches(config))
+        elif task == IMAGE_TEXT:
+            pillow_image_processor(path)
+            onnx_bytes, config = export_image_text(path, progress)
+            vision, text = config.vision_config, config.text_config
+            document = {
+                "task": IMAGE_TEXT,
+                "model_type": str(config.model_type),
+                "max_positions": int(text.max_position_embeddings),
+                "hidden_size": max(int(vision.hidden_size), int(text.hidden_size)),
+                "image_size": int(vision.image_size),
+                "patches": _patches(vision),
+            }
+        elif task == EMBEDDING:
+            assert modules is not None
             onnx_bytes, config = export_sentence_embedder(path, modules, progress)
             document = {
                 "task": EMBEDDING,

@@ -56,13 +56,17 @@ from processors.compute.generation import (
     top_logprobs,
 )
 from processors.compute.models import (
+    CLASSIFICATION,
     EMBEDDING,
+    IMAGE_CLASSIFICATION,
+    IMAGE_TEXT,
     PAST_KEYS,
     PAST_VALUES,
     TEXT_GENERATION,
     KvCache,
     Manifest,
     load_manifest,
+    pillow_image_processor,
     store_part,
     untar,
 )
@@ -73,12 +77,50 @@ class FetchError(RuntimeError):
     """A block no source could provide."""
 
 
-class EmbeddingInputError(JobInputError):
-    """An embedding job's input is not texts; the message names the parameter."""
+class EncoderInputError(JobInputError):
+    """An embedding or classification job's input is not texts; the message names the
+    parameter."""
 
 
-#: The most texts one embedding job embeds (OpenAI's is 2,048; a batch here is one pass).
-MAX_EMBEDDING_INPUTS = 256
+#: The most texts one embedding or classification job reads (OpenAI embeds up to 2,048;
+#: a batch here is one pass).
+MAX_ENCODER_INPUTS = 256
+
+
+#: The most pixels a job's image may have once decoded (a small file can declare a huge
+#: image: Pillow refuses beyond this before allocating it).
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def decode_image(data: str, index: int) -> Any:
+    """A job's image (base64 PNG, JPEG, ... bytes) as RGB pixels; EncoderInputError naming
+    the image for anything that is not one, or is larger than `MAX_IMAGE_PIXELS`."""
+    import base64
+    import binascii
+    import warnings
+
+    from PIL import Image
+
+    try:
+        raw = base64.b64decode(data, validate=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+            picture = Image.open(io.BytesIO(raw))
+            picture.load()
+    except (binascii.Error, ValueError, OSError, Image.DecompressionBombError, Warning) as exc:
+        raise EncoderInputError(f"images[{index}]: not a readable image ({exc})") from None
+    return picture.convert("RGB")
+
+
+def label_scores(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    """A classifier's scores from its logits: softmax over the labels, or each label's
+    sigmoid when a text may have several (as transformers' pipeline scores them)."""
+    values = np.asarray(logits, dtype=np.float64)
+    if multi_label:
+        return np.asarray(1 / (1 + np.exp(-values)))
+    shifted = np.exp(values - values.max())
+    return np.asarray(shifted / shifted.sum())
 
 
 class BlockSource:
@@ -198,6 +240,7 @@ class LoadedModel:
     provider: str
     threads: int
     tokenizer: Any = None
+    image_processor: Any = None  # a vision model's: images to pixel values
     eos_token_id: int | None = None
     kv_cache: KvCache | None = None  # None: a graph without one (generation re-reads all)
     #: The memory a job may need (bytes; 0: not checked before it runs).
@@ -362,41 +405,114 @@ class LoadedModel:
     # -- embeddings -----------------------------------------------------------------------
 
     def embed(self, request: dict[str, Any]) -> tuple[bytes, np.ndarray]:
-        """Sentence embeddings of `request["input"]` (a text or a list of texts, each cut
-        at the model's `max_positions` tokens as sentence-transformers cuts them): the
-        output document {"embeddings", "prompt_tokens"} and the vectors."""
-        texts = request.get("input")
+        """Sentence embeddings of `request["input"]`: the output document
+        {"embeddings", "prompt_tokens"} and the vectors."""
+        vectors, tokens = self._encode(request, "embeddings")
+        output = {"embeddings": vectors.tolist(), "prompt_tokens": tokens}
+        return json.dumps(output, sort_keys=True).encode(), vectors
+
+    def classify(self, request: dict[str, Any]) -> tuple[bytes, np.ndarray]:
+        """Labels and scores of each input: each text of `request["input"]`; for an image
+        model each image of `request["images"]`; for an image-text model each image scored
+        against `request["texts"]` (the texts are its labels, zero-shot). The output
+        document {"labels": per input, every label with its score, likeliest first;
+        "logits"; "prompt_tokens": the tokens, and image patches, read} and the logits."""
+        task = self.manifest.document["task"]
+        names = list(self.manifest.document.get("labels") or [])
+        if task == IMAGE_CLASSIFICATION:
+            pixels = self._pixels(request)
+            logits = self._pass("logits", {"pixel_values": pixels}, len(pixels), self._patches)
+            tokens = self._patches * len(pixels)
+        elif task == IMAGE_TEXT:
+            pixels = self._pixels(request)
+            names, (ids, mask) = self._texts(request, "texts")
+            feed = {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}
+            logits = self._pass(
+                "logits", feed, len(pixels) + len(ids), max(self._patches, ids.shape[1])
+            )
+            tokens = self._patches * len(pixels) + int(mask.sum())
+        else:
+            _, (ids, mask) = self._texts(request, "input")
+            feed = {"input_ids": ids, "attention_mask": mask}
+            logits, tokens = self._pass("logits", feed, *ids.shape), int(mask.sum())
+        multi = self.manifest.document.get("problem_type") == "multi_label_classification"
+        labels = [
+            sorted(
+                (
+                    {"label": names[i] if i < len(names) else str(i), "score": float(score)}
+                    for i, score in enumerate(label_scores(row, multi))
+                ),
+                key=lambda entry: -float(entry["score"]),
+            )
+            for row in logits
+        ]
+        output = {"labels": labels, "logits": logits.tolist(), "prompt_tokens": tokens}
+        return json.dumps(output, sort_keys=True).encode(), logits
+
+    def _encode(self, request: dict[str, Any], output: str) -> tuple[np.ndarray, int]:
+        """One pass of a text encoder over `request["input"]`: its `output` and the tokens
+        read."""
+        _, (ids, mask) = self._texts(request, "input")
+        values = self._pass(output, {"input_ids": ids, "attention_mask": mask}, *ids.shape)
+        return values, int(mask.sum())
+
+    @property
+    def _patches(self) -> int:
+        return int(self.manifest.document.get("patches") or 1)
+
+    def _texts(
+        self, request: dict[str, Any], key: str
+    ) -> tuple[list[str], tuple[np.ndarray, np.ndarray]]:
+        """`request[key]` (a text or a list of texts) tokenised: each cut at the model's
+        `max_positions` tokens, padded to the longest."""
+        texts = request.get(key)
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise EmbeddingInputError("input: a text or a non-empty list of texts")
-        if len(texts) > MAX_EMBEDDING_INPUTS:
-            raise EmbeddingInputError(f"input: at most {MAX_EMBEDDING_INPUTS} texts a job")
-        document = self.manifest.document
-        limit = int(document.get("max_positions") or 512)
+            raise EncoderInputError(f"{key}: a text or a non-empty list of texts")
+        if len(texts) > MAX_ENCODER_INPUTS:
+            raise EncoderInputError(f"{key}: at most {MAX_ENCODER_INPUTS} texts a job")
+        limit = int(self.manifest.document.get("max_positions") or 512)
         encoded = self.tokenizer(
             texts, padding=True, truncation=True, max_length=limit, return_tensors="np"
         )
         ids = np.asarray(encoded["input_ids"], dtype=np.int64)
-        mask = np.asarray(encoded["attention_mask"], dtype=np.int64)
-        width = int(document.get("dimensions") or 0)
+        return texts, (ids, np.asarray(encoded["attention_mask"], dtype=np.int64))
+
+    def _pixels(self, request: dict[str, Any]) -> np.ndarray:
+        """`request["images"]` (base64 PNG or JPEG bytes, or one as `image`) as the model's
+        image processor makes them into pixels."""
+        images = request.get("images", [request["image"]] if "image" in request else None)
+        if (
+            not isinstance(images, list)
+            or not images
+            or not all(isinstance(i, str) for i in images)
+        ):
+            raise EncoderInputError("images: a non-empty list of base64 images (or one as image)")
+        if len(images) > MAX_ENCODER_INPUTS:
+            raise EncoderInputError(f"images: at most {MAX_ENCODER_INPUTS} a job")
+        pictures = [decode_image(i, index) for index, i in enumerate(images)]
+        made = self.image_processor(pictures, return_tensors="np")["pixel_values"]
+        return np.asarray(made, dtype=np.float32)
+
+    def _pass(
+        self, output: str, feed: dict[str, np.ndarray], batch: int, positions: int
+    ) -> np.ndarray:
+        """One run of the graph for `output`, its memory estimated first (`batch` inputs of
+        up to `positions` tokens or patches each)."""
+        width = int(
+            self.manifest.document.get("hidden_size")
+            or self.manifest.document.get("dimensions")
+            or 0
+        )
         heads = max(1, width // 32)  # the attention scores' share; heads of 32 to 64 wide
+        inputs = sum(value.nbytes for value in feed.values())
         self.within(
-            "the embedding job",
-            embedding_bytes(self.weights_bytes, ids.shape[0], ids.shape[1], width, heads),
+            "the job", embedding_bytes(self.weights_bytes, batch, positions, width, heads) + inputs
         )
         with self.lock:
-            (vectors,) = _run(
-                self.session,
-                ["embeddings"],
-                {"input_ids": ids, "attention_mask": mask},
-                self.budget,
-            )
-        vectors = np.asarray(vectors, dtype=np.float32)
-        output = json.dumps(
-            {"embeddings": vectors.tolist(), "prompt_tokens": int(mask.sum())}, sort_keys=True
-        ).encode()
-        return output, vectors
+            (values,) = _run(self.session, [output], feed, self.budget)
+        return np.asarray(values, dtype=np.float32)
 
     # -- tensors --------------------------------------------------------------------------
 
@@ -461,6 +577,13 @@ class ModelCache:
 
         return PreTrainedTokenizerFast.from_pretrained(self.unpacked(manifest_cid, "tokenizer")[1])
 
+    def image_processor(self, manifest_cid: str) -> Any:
+        """The model's own image processor (resizing and normalising as it was trained), in
+        its Pillow form (transformers' default form needs torchvision): every node runs the
+        same pinned code, so pixels agree."""
+        directory = self.unpacked(manifest_cid, "tokenizer")[1]
+        return pillow_image_processor(directory).from_pretrained(directory)
+
     def _load(self, manifest_cid: str) -> LoadedModel:
         import onnxruntime as ort
 
@@ -490,7 +613,11 @@ class ModelCache:
             raise OverBudgetError("loading the model", weights, self.budget) from None
         model = LoadedModel(manifest, session, session.get_providers()[0], self.threads)
         model.budget = self.budget
-        if manifest.task in (TEXT_GENERATION, EMBEDDING):
+        if manifest.task in (TEXT_GENERATION, EMBEDDING, CLASSIFICATION):
+            model.tokenizer = self.tokenizer(manifest_cid)
+        if manifest.task in (IMAGE_CLASSIFICATION, IMAGE_TEXT):
+            model.image_processor = self.image_processor(manifest_cid)
+        if manifest.task == IMAGE_TEXT:
             model.tokenizer = self.tokenizer(manifest_cid)
             model.eos_token_id = manifest.document.get("eos_token_id")
             cache = manifest.document.get("kv_cache")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ INCONCLUSIVE: Outcome = "INCONCLUSIVE"
 GENERATION_SCHEME = "greedy-logits-f32-v1"
 TENSOR_SCHEME = "tensor-sample-f32-v1"
 EMBEDDING_SCHEME = "embedding-f32-v1"
+CLASSIFICATION_SCHEME = "classification-f32-v1"
 TRAINING_SCHEME = "training-loss-f32-v1"
 #: A node's signed answer that it could not run the job (its output says why): refunded,
 #: neither paid nor slashed, and not offered to another node.
@@ -85,7 +87,7 @@ def generation_fingerprint(chosen_logits: Sequence[float]) -> bytes:
 
 
 def embedding_fingerprint(vectors: np.ndarray) -> bytes:
-    """Every vector's every value (a few hundred floats a text: all of them)."""
+    """Every value (a few hundred floats a text: all of them); classifiers' logits too."""
     return np.asarray(vectors, dtype="<f4").tobytes()
 
 
@@ -360,13 +362,60 @@ def check_tensors(
 def check_embeddings(
     output: bytes, recomputed: np.ndarray, fingerprint: bytes, tol: Tolerance = Tolerance()
 ) -> Check:
-    """The claimed vectors (in the output and the fingerprint) against the verifier's,
-    element-wise within the tolerance (normalised vectors' values are about 0.05, so
-    `atol` dominates: honest float noise is ~1e-6, a made-up vector is off by ~0.05)."""
+    """The claimed vectors against the verifier's, element-wise within the tolerance
+    (normalised vectors' values are about 0.05, so `atol` dominates: honest float noise is
+    ~1e-6, another text's vector is off by ~0.05)."""
     try:
         claimed = np.asarray(json.loads(output)["embeddings"], dtype=np.float64)
     except (ValueError, KeyError, TypeError):
         return Check("re-execution", False, "output is not an embeddings document")
+    return _check_values(claimed, recomputed, fingerprint, tol)
+
+
+def check_classification(
+    output: bytes,
+    recomputed: np.ndarray,
+    fingerprint: bytes,
+    scores: Callable[[np.ndarray], np.ndarray],
+    labels: Sequence[str],
+    tol: Tolerance = Tolerance(),
+) -> Check:
+    """The claimed logits against the verifier's, and every text's labels and scores as
+    `scores` makes them from the claimed logits (likeliest first)."""
+    try:
+        document = json.loads(output)
+        claimed = np.asarray(document["logits"], dtype=np.float64)
+        listed = [[(str(e["label"]), float(e["score"])) for e in row] for row in document["labels"]]
+    except (ValueError, KeyError, TypeError):
+        return Check("re-execution", False, "output is not a classification document")
+    check = _check_values(claimed, recomputed, fingerprint, tol)
+    if not check.passed:
+        return check
+    if len(listed) != len(claimed):
+        return Check("re-execution", False, "labels do not cover every text")
+    names = [*labels, *map(str, range(len(labels), claimed.shape[-1]))]
+    for i, (row, given) in enumerate(zip(claimed, listed, strict=True)):
+        expected = scores(row)
+        if len(given) != expected.size:
+            return Check(
+                "re-execution", False, f"text {i}: {len(given)} labels, not {expected.size}"
+            )
+        for label, score in given:
+            index = names.index(label) if label in names else -1
+            if index < 0 or abs(score - expected[index]) > tol.bound(expected[index]):
+                return Check(
+                    "re-execution", False, f"text {i}: score of {label!r} is not its logits'"
+                )
+        if any(a[1] < b[1] for a, b in itertools.pairwise(given)):
+            return Check("re-execution", False, f"text {i}: labels are not likeliest first")
+    return check
+
+
+def _check_values(
+    claimed: np.ndarray, recomputed: np.ndarray, fingerprint: bytes, tol: Tolerance
+) -> Check:
+    """Claimed values (in the output and its fingerprint) against the recomputed ones,
+    element-wise within the tolerance."""
     expected = np.asarray(recomputed, dtype=np.float64)
     if claimed.shape != expected.shape:
         return Check("re-execution", False, f"shape {claimed.shape} vs {expected.shape}")
@@ -374,11 +423,9 @@ def check_embeddings(
     if excess.size and excess.max() > 0:
         return Check("re-execution", False, f"{int((excess > 0).sum())} values out of tolerance")
     reported = np.frombuffer(fingerprint, dtype="<f4").astype(np.float64)
-    if (
-        reported.shape != (claimed.size,)
-        or (np.abs(reported - claimed.ravel()) > tol.bound(claimed.ravel())).any()
-    ):
-        return Check("re-execution", False, "fingerprint does not match the vectors")
+    flat = claimed.ravel()
+    if reported.shape != flat.shape or (np.abs(reported - flat) > tol.bound(flat)).any():
+        return Check("re-execution", False, "fingerprint does not match the values")
     return Check("re-execution", True, f"{expected.size} values within tolerance")
 
 

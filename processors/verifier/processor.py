@@ -43,6 +43,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,15 @@ from eth_hash.auto import keccak
 from processors.abc import Output, Pace, Processor, Subscription
 from processors.compute.budget import JobInputError, OverBudgetError
 from processors.compute.generation import Sampling, SamplingError, choices_of
-from processors.compute.models import EMBEDDING, PAST_KEYS, TEXT_GENERATION
-from processors.compute.runtime import BlockSource, FetchError, ModelCache
+from processors.compute.models import (
+    CLASSIFICATION,
+    EMBEDDING,
+    IMAGE_CLASSIFICATION,
+    IMAGE_TEXT,
+    PAST_KEYS,
+    TEXT_GENERATION,
+)
+from processors.compute.runtime import BlockSource, FetchError, ModelCache, label_scores
 from processors.compute.training import Trainer, TrainingSpec, weights_array
 from processors.execution.genesis import JOB_MARKET, address_of
 from processors.execution.transactions import ChainRules, decode_transaction, submitted_event
@@ -282,7 +290,7 @@ class Verifier(Processor[MemoryStore]):
                 tokens = int(claimed["epochs"][0]["samples"]) * spec.seq_len
                 return core.training_flops(params, tokens, spec.epochs)
             prompt = int(claimed["prompt_tokens"])
-            if "embeddings" in claimed:
+            if "embeddings" in claimed or "logits" in claimed:
                 return core.encoder_flops(params, prompt)
             cached = any(i.name == PAST_KEYS for i in manifest.inputs)
             return sum(
@@ -327,14 +335,27 @@ class Verifier(Processor[MemoryStore]):
     def reexecute(self, job: JobSubmitted, result: JobResult) -> tuple[core.Check, int]:
         model, _ = self.models.load(job.params["manifest_cid"])
         output = result.output or b""
-        if model.manifest.task == EMBEDDING:
+        document = model.manifest.document
+        if model.manifest.task in (EMBEDDING, CLASSIFICATION, IMAGE_CLASSIFICATION, IMAGE_TEXT):
+            request = json.loads(job.input or b"{}")
             try:
-                claimed, vectors = model.embed(json.loads(job.input or b"{}"))
+                if model.manifest.task == EMBEDDING:
+                    claimed, vectors = model.embed(request)
+                    check = core.check_embeddings(output, vectors, result.fingerprint)
+                else:
+                    claimed, vectors = model.classify(request)
+                    multi = document.get("problem_type") == "multi_label_classification"
+                    check = core.check_classification(
+                        output,
+                        vectors,
+                        result.fingerprint,
+                        partial(label_scores, multi_label=multi),
+                        _labels(document, request),
+                    )
             except (JobInputError, ValueError) as exc:
                 return core.Check("re-execution", False, f"the job's input cannot run: {exc}"), 0
-            check = core.check_embeddings(output, vectors, result.fingerprint)
             read = int(json.loads(claimed)["prompt_tokens"])
-            return check, core.encoder_flops(model.manifest.document["parameter_count"], read)
+            return check, core.encoder_flops(document["parameter_count"], read)
         if model.manifest.task != TEXT_GENERATION:
             recomputed = model.run_tensors(job.input or b"")  # checks its budget first
             check = core.check_tensors(output, recomputed, result.fingerprint, job.job_id)
@@ -510,3 +531,9 @@ class Verifier(Processor[MemoryStore]):
         self.jobs[job_id] = job.apply(settled)
         outputs.append(Output(self.outputs_to["settled"], settled, key=hex_key(job_id)))
         return outputs
+
+
+def _labels(document: dict[str, Any], request: dict[str, Any]) -> list[str]:
+    """A classifier's label names: the model's own, or an image-text job's texts."""
+    texts = request.get("texts")
+    return list(document.get("labels") or ([texts] if isinstance(texts, str) else texts or []))

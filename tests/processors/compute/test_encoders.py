@@ -1,21 +1,29 @@
-"""Sentence embeddings: a sentence-transformers directory imported as one ONNX graph
-(encoder, pooling, normalising) gives sentence-transformers' own vectors; honest vectors
-pass the verifier whatever the thread count, made-up ones do not."""
+"""Encoder models. Sentence embeddings: a sentence-transformers directory imported as one
+ONNX graph (encoder, pooling, normalising) gives sentence-transformers' own vectors. Text
+classification: labels and scores as transformers makes them. Honest answers pass the
+verifier whatever the thread count, made-up ones do not."""
 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from processors.compute.models import EMBEDDING, ModelImportError, import_model
-from processors.compute.runtime import BlockSource, EmbeddingInputError, LoadedModel, ModelCache
+from processors.compute.models import CLASSIFICATION, EMBEDDING, ModelImportError, import_model
+from processors.compute.runtime import (
+    BlockSource,
+    EncoderInputError,
+    LoadedModel,
+    ModelCache,
+    label_scores,
+)
 from processors.market.content import Blockstore
 from processors.verifier import core
-from tests.tiny_models import build_tiny_sentence_encoder
+from tests.tiny_models import build_tiny_sentence_encoder, build_tiny_text_classifier
 
 TEXTS = ["the quick brown fox", "hello lattice", "providers are paid on the ledger"]
 
@@ -87,7 +95,7 @@ def test_honest_vectors_pass_and_made_up_ones_fail(
 def test_inputs_that_are_not_texts_are_refused(
     encoder: tuple[Path, Blockstore, Any], tmp_path: Path, bad: dict[str, Any]
 ) -> None:
-    with pytest.raises(EmbeddingInputError, match=r"^input:"):
+    with pytest.raises(EncoderInputError, match=r"^input:"):
         load(encoder, tmp_path, 1).embed(bad)
 
 
@@ -102,3 +110,63 @@ def test_a_pooling_it_cannot_run_is_refused_at_import(
     )
     with pytest.raises(ModelImportError, match="only mean and CLS pooling"):
         import_model(directory, "max-pooled", Blockstore(tmp_path / "store"))
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Blockstore, Any]:
+    directory = build_tiny_text_classifier(tmp_path_factory.mktemp("tiny-classifier"))
+    store = Blockstore(tmp_path_factory.mktemp("blockstore"))
+    return directory, store, import_model(directory, "tiny-classifier", store)
+
+
+def test_a_classifier_imports_with_its_labels_and_scores_as_transformers_does(
+    classifier: tuple[Path, Blockstore, Any], tmp_path: Path
+) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    directory, _, manifest = classifier
+    document = manifest.document
+    assert document["task"] == CLASSIFICATION
+    assert document["labels"] == ["negative", "neutral", "positive"]
+    output, logits = load(classifier, tmp_path, 1).classify({"input": TEXTS})
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    reference = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+    with torch.no_grad():
+        expected = reference(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
+    np.testing.assert_allclose(logits, expected.numpy(), atol=1e-5)
+    labels = json.loads(output)["labels"]
+    assert [len(row) for row in labels] == [3, 3, 3]
+    for row, values in zip(labels, expected.softmax(-1).numpy(), strict=True):
+        assert row[0]["label"] == ["negative", "neutral", "positive"][int(values.argmax())]
+        assert abs(sum(e["score"] for e in row) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_honest_classifications_pass_and_changed_labels_fail(
+    classifier: tuple[Path, Blockstore, Any], tmp_path: Path, threads: int
+) -> None:
+    worker, verifier = (
+        load(classifier, tmp_path / "w", threads),
+        load(classifier, tmp_path / "v", 1),
+    )
+    output, logits = worker.classify({"input": TEXTS})
+    _, again = verifier.classify({"input": TEXTS})
+    labels = verifier.manifest.document["labels"]
+    scores = partial(label_scores, multi_label=False)
+
+    def check(document: bytes, values: np.ndarray = logits) -> core.Check:
+        return core.check_classification(
+            document, again, core.embedding_fingerprint(values), scores, labels
+        )
+
+    assert check(output).passed
+    # The top label swapped for another, its logits left as they were.
+    forged = json.loads(output)
+    first = forged["labels"][0]
+    first[0]["label"], first[1]["label"] = first[1]["label"], first[0]["label"]
+    assert not check(json.dumps(forged).encode()).passed
+    # Logits made up to favour a label.
+    tilted = json.loads(output)
+    tilted["logits"][0][0] += 1.0
+    assert not check(json.dumps(tilted).encode(), np.asarray(tilted["logits"])).passed
