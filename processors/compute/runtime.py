@@ -613,12 +613,11 @@ class ModelCache:
             raise OverBudgetError("loading the model", weights, self.budget) from None
         model = LoadedModel(manifest, session, session.get_providers()[0], self.threads)
         model.budget = self.budget
-        if manifest.task in (TEXT_GENERATION, EMBEDDING, CLASSIFICATION):
+        if manifest.task in (TEXT_GENERATION, EMBEDDING, CLASSIFICATION, IMAGE_TEXT):
             model.tokenizer = self.tokenizer(manifest_cid)
         if manifest.task in (IMAGE_CLASSIFICATION, IMAGE_TEXT):
             model.image_processor = self.image_processor(manifest_cid)
-        if manifest.task == IMAGE_TEXT:
-            model.tokenizer = self.tokenizer(manifest_cid)
+        if manifest.task == TEXT_GENERATION:
             model.eos_token_id = manifest.document.get("eos_token_id")
             cache = manifest.document.get("kv_cache")
             model.kv_cache = KvCache(**cache) if cache else None
