@@ -286,6 +286,7 @@ EXTENSIONS = {
     "version",
     "manifest_cid",
     "model_type",
+    "task",
     "parameter_count",
     "vram_required_bytes",
 }
