@@ -74,6 +74,8 @@ DECODE_ERRORS = {
     "wrong_schema": "a record of another schema than the one expected",
     "corrupt_body": "the body does not decode under its writer's schema",
     "trailing_bytes": "bytes follow the record's body",
+    "non_canonical": "decodes, but not as its schema's writer writes it (a boolean byte "
+    "other than 0 or 1, a long with redundant bytes, an array in several blocks...)",
 }
 
 
@@ -261,7 +263,23 @@ class Codec:
             raise DecodeError(
                 "trailing_bytes", f"{writer.name}: {left} bytes after the record's body"
             )
+        if writer is reader and not self._canonical(data, writer, record):
+            # One record, one encoding: bytes that differ and mean the same would give two
+            # keys, hashes or archive frames to what every node must see as one record.
+            raise DecodeError(
+                "non_canonical", f"{writer.name}: not the record's canonical encoding"
+            )
         return writer.name, record
+
+    @staticmethod
+    def _canonical(data: bytes, writer: SchemaInfo, record: dict[str, Any]) -> bool:
+        out = io.BytesIO()
+        out.write(data[:HEADER_SIZE])
+        try:
+            fastavro.schemaless_writer(out, writer.parsed, record)
+        except (CodecError, ValueError, TypeError, OverflowError):
+            return False
+        return out.getvalue() == data
 
 
 @cache

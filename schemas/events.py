@@ -272,7 +272,7 @@ class DeadLetter(Event):
     processor: str
 
     #: Machine-readable reason: 'no_value', 'bad_marker', 'unknown_schema', 'retired_schema',
-    #: 'wrong_schema', 'corrupt_body' or 'trailing_bytes'.
+    #: 'wrong_schema', 'corrupt_body', 'trailing_bytes' or 'non_canonical'.
     code: str
 
     #: Human-readable reason (at most 1000 characters).

@@ -377,13 +377,10 @@ class MarketRoutes:
             return self._job_json(job)
 
 
-def router(
-    settings: Settings, market: MarketService, ledger: LedgerQueries, sink: RecordSink
-) -> APIRouter:
-    routes = MarketRoutes(settings, market, ledger, sink)
-    completions = Completions(routes.jobs)
-    embeddings = Embeddings(routes.jobs)
-    api = APIRouter(route_class=MarketRoute)
+def _add_openai_routes(api: APIRouter, jobs: JobService) -> None:
+    """The OpenAI-compatible routes, answered in OpenAI's error shape."""
+    completions = Completions(jobs)
+    embeddings = Embeddings(jobs)
     api.add_api_route(
         "/v1/chat/completions",
         completions.chat,
@@ -408,6 +405,14 @@ def router(
         route_class_override=OpenAIRoute,
         responses=JOB_ERRORS,
     )
+
+
+def router(
+    settings: Settings, market: MarketService, ledger: LedgerQueries, sink: RecordSink
+) -> APIRouter:
+    routes = MarketRoutes(settings, market, ledger, sink)
+    api = APIRouter(route_class=MarketRoute)
+    _add_openai_routes(api, routes.jobs)
     api.add_api_route("/v1/models", routes.models, methods=["GET"])
     api.add_api_route(
         "/v1/models/{model_id}",

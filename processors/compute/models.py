@@ -744,6 +744,83 @@ def _check_hf_declared(path: Path, budget: int) -> None:
         )
 
 
+def _check_directory(path: Path, task: str | None, budget: int) -> None:
+    """Refuse a directory missing what its task needs, holding a path outside it, or
+    declaring more weights than `budget`, before transformers reads anything."""
+    vision = task in (IMAGE_CLASSIFICATION, IMAGE_TEXT) or (
+        task is None and (path / "preprocessor_config.json").is_file()
+    )
+    needs = {"config.json": "its config"}
+    if vision:
+        needs["preprocessor_config.json"] = "its image processor"
+    if not vision or _reads_text(path):
+        needs["tokenizer.json"] = "its tokenizer"
+    missing = [f"{what} ({f})" for f, what in needs.items() if not (path / f).is_file()]
+    if missing:
+        raise ModelImportError(
+            f"{path}: a Hugging Face model directory needs {' and '.join(missing)}"
+        )
+    _check_hf_paths(path)
+    _check_hf_declared(path, budget)
+    if task is not None and task not in DIRECTORY_TASKS:
+        raise ModelImportError(f"--task {task}: a directory is one of {DIRECTORY_TASKS}")
+
+
+def _export_directory(
+    path: Path, task: str | None, progress: Callable[[str], None]
+) -> tuple[bytes, dict[str, Any]]:
+    """The directory's ONNX graph and the manifest fields its task adds."""
+    modules = sentence_modules(path) if task in (None, EMBEDDING) else None
+    if task == EMBEDDING and modules is None:
+        limit = int(_config(path).get("max_position_embeddings") or 512)
+        modules = SentenceModules("mean", True, limit)
+    if task is None:
+        task = _task_of_directory(path, modules)
+    if task == CLASSIFICATION:
+        onnx_bytes, config = export_text_classifier(path, progress)
+        positions = int(config.max_position_embeddings or 512)
+        return onnx_bytes, _labelled(CLASSIFICATION, config, positions)
+    if task == IMAGE_CLASSIFICATION:
+        pillow_image_processor(path)
+        onnx_bytes, config = export_image_classifier(path, progress)
+        labelled = _labelled(IMAGE_CLASSIFICATION, config, 0)
+        labelled.update(image_size=int(config.image_size), patches=_patches(config))
+        return onnx_bytes, labelled
+    if task == IMAGE_TEXT:
+        pillow_image_processor(path)
+        onnx_bytes, config = export_image_text(path, progress)
+        vision, text = config.vision_config, config.text_config
+        return onnx_bytes, {
+            "task": IMAGE_TEXT,
+            "model_type": str(config.model_type),
+            "max_positions": int(text.max_position_embeddings),
+            "hidden_size": max(int(vision.hidden_size), int(text.hidden_size)),
+            "image_size": int(vision.image_size),
+            "patches": _patches(vision),
+        }
+    if task == EMBEDDING:
+        assert modules is not None
+        onnx_bytes, config = export_sentence_embedder(path, modules, progress)
+        return onnx_bytes, {
+            "task": EMBEDDING,
+            "model_type": str(config.model_type),
+            "max_positions": modules.max_tokens,
+            "dimensions": int(config.hidden_size),
+            "pooling": modules.pooling,
+            "normalized": modules.normalize,
+        }
+    onnx_bytes, config, cache = export_causal_lm(path, progress)
+    document: dict[str, Any] = {
+        "task": TEXT_GENERATION,
+        "model_type": str(config.model_type),
+        "max_positions": int(getattr(config, "n_positions", 0) or config.max_position_embeddings),
+        "eos_token_id": config.eos_token_id,
+    }
+    if cache is not None:
+        document["kv_cache"] = dataclasses.asdict(cache)
+    return onnx_bytes, document
+
+
 def import_model(
     path: Path,
     name: str,
@@ -764,75 +841,9 @@ def import_model(
     path = Path(path)
     budget = default_budget(memory_budget)
     if path.is_dir():
-        vision = task in (IMAGE_CLASSIFICATION, IMAGE_TEXT) or (
-            task is None and (path / "preprocessor_config.json").is_file()
-        )
-        needs = {"config.json": "its config"}
-        if vision:
-            needs["preprocessor_config.json"] = "its image processor"
-        if not vision or _reads_text(path):
-            needs["tokenizer.json"] = "its tokenizer"
-        missing = [f"{what} ({f})" for f, what in needs.items() if not (path / f).is_file()]
-        if missing:
-            raise ModelImportError(
-                f"{path}: a Hugging Face model directory needs {' and '.join(missing)}"
-            )
-        _check_hf_paths(path)
-        _check_hf_declared(path, budget)
+        _check_directory(path, task, budget)
         progress(f"loading {path} with transformers (offline)")
-        if task is not None and task not in DIRECTORY_TASKS:
-            raise ModelImportError(f"--task {task}: a directory is one of {DIRECTORY_TASKS}")
-        modules = sentence_modules(path) if task in (None, EMBEDDING) else None
-        if task == EMBEDDING and modules is None:
-            limit = int(_config(path).get("max_position_embeddings") or 512)
-            modules = SentenceModules("mean", True, limit)
-        if task is None:
-            task = _task_of_directory(path, modules)
-        document: dict[str, Any]
-        if task == CLASSIFICATION:
-            onnx_bytes, config = export_text_classifier(path, progress)
-            positions = int(config.max_position_embeddings or 512)
-            document = _labelled(CLASSIFICATION, config, positions)
-        elif task == IMAGE_CLASSIFICATION:
-            pillow_image_processor(path)
-            onnx_bytes, config = export_image_classifier(path, progress)
-            document = _labelled(IMAGE_CLASSIFICATION, config, 0)
-            document.update(image_size=int(config.image_size), patches=_patches(config))
-        elif task == IMAGE_TEXT:
-            pillow_image_processor(path)
-            onnx_bytes, config = export_image_text(path, progress)
-            vision, text = config.vision_config, config.text_config
-            document = {
-                "task": IMAGE_TEXT,
-                "model_type": str(config.model_type),
-                "max_positions": int(text.max_position_embeddings),
-                "hidden_size": max(int(vision.hidden_size), int(text.hidden_size)),
-                "image_size": int(vision.image_size),
-                "patches": _patches(vision),
-            }
-        elif task == EMBEDDING:
-            assert modules is not None
-            onnx_bytes, config = export_sentence_embedder(path, modules, progress)
-            document = {
-                "task": EMBEDDING,
-                "model_type": str(config.model_type),
-                "max_positions": modules.max_tokens,
-                "dimensions": int(config.hidden_size),
-                "pooling": modules.pooling,
-                "normalized": modules.normalize,
-            }
-        else:
-            onnx_bytes, config, cache = export_causal_lm(path, progress)
-            document = {
-                "task": TEXT_GENERATION,
-                "model_type": str(config.model_type),
-                "max_positions": int(
-                    getattr(config, "n_positions", 0) or config.max_position_embeddings
-                ),
-                "eos_token_id": config.eos_token_id,
-            }
-            if cache is not None:
-                document["kv_cache"] = dataclasses.asdict(cache)
+        onnx_bytes, document = _export_directory(path, task, progress)
         tokenizer = {f: (path / f).read_bytes() for f in _TOKENIZER_FILES if (path / f).exists()}
         source = {
             p.name: p.read_bytes()

@@ -186,6 +186,7 @@ def test_each_check_has_its_code() -> None:
     # AccountState: the address (bytes), then the balance (a uint256: here 33 bytes).
     account = smallest("lattice.state.AccountState")
     too_big = account[:11] + zigzag(33) + b"\x01" * 33 + account[12:]
+    check = CODEC.encode("lattice.jobs.VerdictCheck", {"name": "", "passed": False, "detail": ""})
     cases = {
         "no_value": None,
         "bad_marker": b"\x00\x01" + position[2:],
@@ -193,6 +194,9 @@ def test_each_check_has_its_code() -> None:
         "corrupt_body": position[:-1],
         "trailing_bytes": position + b"\x00",
         "uint256 of 33 bytes": too_big,
+        "long in redundant bytes": position[:12] + b"\x80\x00" + position[13:],
+        "boolean byte 0x80": check[:-2] + b"\x80" + check[-1:],
+        "uint256 with a leading zero": account[:11] + zigzag(2) + b"\x00\x01" + account[12:],
     }
     codes = {case: outcome(data)[1][0] for case, data in cases.items()}
     assert codes == {
@@ -202,6 +206,10 @@ def test_each_check_has_its_code() -> None:
         "corrupt_body": "corrupt_body",
         "trailing_bytes": "trailing_bytes",
         "uint256 of 33 bytes": "corrupt_body",
+        "long in redundant bytes": "non_canonical",
+        "boolean byte 0x80": "non_canonical",
+        "uint256 with a leading zero": "non_canonical",
     }
+    assert outcome(check[:-2] + b"\x01" + check[-1:])[0] == "event"
     assert outcome(position, "lattice.tx.TransactionSubmitted")[1][0] == "wrong_schema"
     assert outcome(account[:11] + zigzag(32) + b"\xff" * 32 + account[12:])[0] == "event"
