@@ -105,10 +105,10 @@ def bench_direct(model: Any, tokens: int, jobs: int) -> list[float]:
     generated = json.loads(output)["token_ids"]
     for _ in range(jobs):
         started = time.perf_counter()
-        prompt = model.prompt_ids(payload)
-        logits = model.logits(prompt + generated)
+        prompt = model.prompt(payload)
+        logits = model.continuation(prompt, generated)
         assert core.check_generation(
-            output, fingerprint, logits, len(prompt), model.eos_token_id
+            output, fingerprint, [logits], len(prompt), model.eos_token_id
         ).passed
         verify.append((time.perf_counter() - started) * 1000)
     report("verifier re-execution per result", verify, 1000 / statistics.mean(verify))

@@ -54,9 +54,9 @@ from processors.compute.budget import JobInputError, default_budget
 from processors.compute.models import (
     CLASSIFICATION,
     EMBEDDING,
+    GENERATIVE,
     IMAGE_CLASSIFICATION,
     IMAGE_TEXT,
-    TEXT_GENERATION,
 )
 from processors.compute.runtime import BlockSource, LoadedModel, ModelCache
 from processors.compute.training import Trainer, TrainingSpec, output_document
@@ -114,7 +114,7 @@ def execute(
 ) -> tuple[bytes, str, bytes]:
     """Run one inference job: (output bytes, fingerprint scheme, fingerprint)."""
     data = job.input or b""
-    if model.manifest.task == TEXT_GENERATION:
+    if model.manifest.task in GENERATIVE:
         generation = model.generate(json.loads(data), on_text, job.job_id)
         return (
             generation.output(),

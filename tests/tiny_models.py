@@ -197,3 +197,60 @@ def build_tiny_clip(directory: Path, *, seed: int = 0) -> Path:
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     ).save_pretrained(directory)
     return directory
+
+
+def build_tiny_t5(directory: Path, *, width: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A small random (seeded) T5 encoder-decoder with a byte-level BPE tokenizer that ends
+    each input with `</s>` as T5's own does (pad 0 starts the decoder, `</s>` 1 ends it), and
+    no chat template (as most T5-style models have none)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS * 20, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    fast.save_pretrained(directory)
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(fast),
+        d_model=width,
+        d_kv=width // 2,
+        d_ff=2 * width,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        num_heads=2,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    T5ForConditionalGeneration(config).eval().save_pretrained(directory)
+    return directory
+
+
+def png(width: int, height: int, seed: int) -> str:
+    """A random (seeded) RGB picture as a job carries it: base64 PNG bytes."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()

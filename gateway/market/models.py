@@ -79,7 +79,9 @@ class ModelCard(Answer):
     manifest_cid: str
     model_type: str
     task: str | None = Field(
-        description="text-generation, embedding or tensor (null: manifest not held here)"
+        description="what the model does: text-generation, text2text-generation, embedding, "
+        "text-classification, image-classification, zero-shot-image-classification or tensor "
+        "(null: manifest not held here)"
     )
     parameter_count: int
     vram_required_bytes: int

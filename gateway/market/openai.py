@@ -38,7 +38,7 @@ from gateway.market.models import (
 )
 from gateway.market.service import JobOrder, JobService, MarketError
 from processors.compute.generation import choices_of
-from processors.compute.models import EMBEDDING, TEXT_GENERATION
+from processors.compute.models import EMBEDDING, GENERATIVE
 from processors.market.lifecycle import Job
 from processors.verifier.core import failure_of
 from schemas.events import JobResult, JobSubmitted
@@ -254,7 +254,7 @@ class Completions:
             refusal = refused(body)
             if refusal is not None:
                 raise refusal
-            order = JobOrder(body.model, _payload(body), stream=body.stream, task=TEXT_GENERATION)
+            order = JobOrder(body.model, _payload(body), stream=body.stream, tasks=GENERATIVE)
             if order.stream:
                 record = await self.jobs.start(authorization, order)
                 usage = body.stream_options is not None and body.stream_options.include_usage
@@ -287,7 +287,7 @@ class Embeddings:
             if refusal is not None:
                 raise refusal
             texts = [body.input] if isinstance(body.input, str) else list(body.input)
-            order = JobOrder(body.model, {"input": texts}, task=EMBEDDING)
+            order = JobOrder(body.model, {"input": texts}, tasks=(EMBEDDING,))
             job = await self.jobs.submit(key, order)
             document = _document_of(job.results[0])
         except MarketError as exc:

@@ -37,7 +37,7 @@ from gateway.ledger import Call, LedgerQueries, QueryError
 from gateway.limits import bearer
 from processors.abc import Output, Pace, Processor, RecordSink, Subscription
 from processors.compute.generation import Sampling, SamplingError
-from processors.compute.models import TEXT_GENERATION, load_manifest, store_part
+from processors.compute.models import GENERATIVE, load_manifest, store_part
 from processors.compute.runtime import BlockSource
 from processors.execution.genesis import JOB_MARKET, address_of
 from processors.market.chain import call_data
@@ -303,8 +303,8 @@ class Training:
 @dataclass(frozen=True)
 class JobOrder:
     """What a user asks for: a model, its input, and how the job may run. `stream` asks
-    the node for its tokens as they come; `redundant`, for two nodes; `task`, a model of
-    that task (an endpoint's: the OpenAI ones take one kind each)."""
+    the node for its tokens as they come; `redundant`, for two nodes; `tasks`, a model of
+    one of these tasks (an endpoint's: each OpenAI one serves one kind of work)."""
 
     model: str
     payload: dict[str, Any]
@@ -313,7 +313,7 @@ class JobOrder:
     training: Training | None = None
     redundant: bool = False
     stream: bool = False
-    task: str | None = None
+    tasks: tuple[str, ...] = ()
 
 
 class JobService:
@@ -378,14 +378,15 @@ class JobService:
                 404, "model_not_found", f"no model named {order.model!r} is registered"
             )
         task = self.task_of(manifest.manifest_cid)
-        if order.task is not None and task is not None and task != order.task:
+        if order.tasks and task is not None and task not in order.tasks:
             raise MarketError(
                 400,
                 "wrong_model_task",
-                f"{order.model!r} is a {task} model; this endpoint needs a {order.task} model",
+                f"{order.model!r} is a {task} model; this endpoint needs a "
+                f"{' or '.join(order.tasks)} model",
                 param="model",
             )
-        if order.training is None and task == TEXT_GENERATION:
+        if order.training is None and task in GENERATIVE:
             try:  # what every worker would refuse, refused here with the parameter named
                 Sampling.of(order.payload, b"")
             except SamplingError as exc:

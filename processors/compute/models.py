@@ -43,6 +43,11 @@ from processors.market.content import Blockstore, Chunk
 from schemas.events import ModelChunk, ModelManifest, TensorSpec
 
 TEXT_GENERATION = "text-generation"
+#: Text from text by an encoder and a decoder (T5-style): the prompt is encoded once and
+#: the decoder generates, as a causal LM does, from the model's start token.
+SEQ2SEQ = "text2text-generation"
+#: The tasks whose jobs are generations (sampled, streamed, verified token by token).
+GENERATIVE = (TEXT_GENERATION, SEQ2SEQ)
 #: Sentence embeddings (a sentence-transformers directory: an encoder, pooling, normalising).
 EMBEDDING = "embedding"
 #: Labels and scores of texts (an encoder with a sequence-classification head).
@@ -52,7 +57,14 @@ IMAGE_CLASSIFICATION = "image-classification"
 #: Images scored against texts given with each job (CLIP-style: zero-shot labels).
 IMAGE_TEXT = "zero-shot-image-classification"
 #: What a Hugging Face directory may be imported as (`import_model`'s `task`).
-DIRECTORY_TASKS = (TEXT_GENERATION, EMBEDDING, CLASSIFICATION, IMAGE_CLASSIFICATION, IMAGE_TEXT)
+DIRECTORY_TASKS = (
+    TEXT_GENERATION,
+    SEQ2SEQ,
+    EMBEDDING,
+    CLASSIFICATION,
+    IMAGE_CLASSIFICATION,
+    IMAGE_TEXT,
+)
 #: The cache inputs of a text model's graph (see `KvCache`); a graph without them has none.
 PAST_KEYS, PAST_VALUES = "past_keys", "past_values"
 TENSOR = "tensor"
@@ -493,6 +505,47 @@ def export_text_classifier(directory: Path, progress: Callable[[str], None]) -> 
     return _export_encoder(Logits(model), "logits"), model.config
 
 
+def export_seq2seq(directory: Path, progress: Callable[[str], None]) -> tuple[bytes, Any]:
+    """An encoder-decoder LM (T5-style): `input_ids` [1, sequence] (the prompt) and
+    `decoder_input_ids` [1, decoded] (the start token, then what was generated) in, `logits`
+    [1, decoded, vocabulary] out. No cache: each step runs the encoder and the decoder again,
+    which one teacher-forced pass also gives the verifier."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    try:
+        # Eager attention: the exporter cannot decompose T5's fused attention's reshapes.
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            directory, local_files_only=True, attn_implementation="eager"
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelImportError(
+            f"{directory}: not a loadable sequence-to-sequence model: {exc}"
+        ) from None
+    model.eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: Any, decoder_input_ids: Any) -> Any:
+            return self.inner(
+                input_ids=input_ids, decoder_input_ids=decoder_input_ids, use_cache=False
+            ).logits
+
+    progress("exporting the encoder-decoder to ONNX (torch.onnx.export, dynamo)")
+    sequence, decoded = torch.export.Dim("sequence"), torch.export.Dim("decoded")
+    example = (torch.ones((1, 8), dtype=torch.int64), torch.ones((1, 4), dtype=torch.int64))
+    graph = _export(
+        Logits(model),
+        example,
+        (["input_ids", "decoder_input_ids"], ["logits"]),
+        {"input_ids": {1: sequence}, "decoder_input_ids": {1: decoded}},
+    )
+    return graph, model.config
+
+
 def _export_encoder(module: Any, output: str) -> bytes:
     """An encoder graph over a padded batch of texts (`input_ids`, `attention_mask`)."""
     import torch
@@ -588,7 +641,7 @@ def export_image_text(directory: Path, progress: Callable[[str], None]) -> tuple
 
 def _task_of_directory(path: Path, modules: SentenceModules | None) -> str:
     """What a directory's files say it is: sentence-transformers modules, a classification
-    head, CLIP's pair of towers, or else a causal LM."""
+    head, CLIP's pair of towers, an encoder-decoder, or else a causal LM."""
     heads = _architectures(path)
     if modules is not None:
         return EMBEDDING
@@ -598,6 +651,8 @@ def _task_of_directory(path: Path, modules: SentenceModules | None) -> str:
         return IMAGE_CLASSIFICATION
     if any(a in ("CLIPModel", "SiglipModel") for a in heads):
         return IMAGE_TEXT
+    if _config(path).get("is_encoder_decoder") is True:
+        return SEQ2SEQ
     return TEXT_GENERATION
 
 
@@ -728,8 +783,8 @@ def _config_parameters(config: dict[str, Any]) -> int:
         return 0
 
     width = first("hidden_size", "n_embd", "d_model")
-    layers = first("num_hidden_layers", "n_layer", "num_layers")
-    inner = first("intermediate_size", "n_inner") or 4 * width
+    layers = first("num_hidden_layers", "n_layer", "num_layers") + first("num_decoder_layers")
+    inner = first("intermediate_size", "n_inner", "d_ff") or 4 * width
     return layers * (4 * width * width + 2 * width * inner) + first("vocab_size") * width
 
 
@@ -797,6 +852,16 @@ def _export_directory(
             "hidden_size": max(int(vision.hidden_size), int(text.hidden_size)),
             "image_size": int(vision.image_size),
             "patches": _patches(vision),
+        }
+    if task == SEQ2SEQ:
+        onnx_bytes, config = export_seq2seq(path, progress)
+        return onnx_bytes, {
+            "task": SEQ2SEQ,
+            "model_type": str(config.model_type),
+            # Relative positions (T5) set no hard limit; 512 is what such models train at.
+            "max_positions": int(getattr(config, "n_positions", 0) or 512),
+            "eos_token_id": config.eos_token_id,
+            "decoder_start_token_id": int(config.decoder_start_token_id or 0),
         }
     if task == EMBEDDING:
         assert modules is not None

@@ -58,11 +58,12 @@ from processors.compute.generation import (
 from processors.compute.models import (
     CLASSIFICATION,
     EMBEDDING,
+    GENERATIVE,
     IMAGE_CLASSIFICATION,
     IMAGE_TEXT,
     PAST_KEYS,
     PAST_VALUES,
-    TEXT_GENERATION,
+    SEQ2SEQ,
     KvCache,
     Manifest,
     load_manifest,
@@ -243,6 +244,8 @@ class LoadedModel:
     image_processor: Any = None  # a vision model's: images to pixel values
     eos_token_id: int | None = None
     kv_cache: KvCache | None = None  # None: a graph without one (generation re-reads all)
+    #: An encoder-decoder's first decoder token (None: a decoder-only model).
+    decoder_start: int | None = None
     #: The memory a job may need (bytes; 0: not checked before it runs).
     budget: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -277,15 +280,19 @@ class LoadedModel:
     # -- text generation ------------------------------------------------------------------
 
     def prompt_ids(self, request: dict[str, Any]) -> list[int]:
-        if "messages" in request:
+        if "messages" in request and getattr(self.tokenizer, "chat_template", None):
             rendered = self.tokenizer.apply_chat_template(
                 request["messages"], tokenize=False, add_generation_prompt=True
             )
-            ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        elif "messages" in request:
+            # No template (most T5-style models): one "role: content" line a message.
+            rendered = "\n".join(f"{m['role']}: {m['content']}" for m in request["messages"])
         else:
-            ids = self.tokenizer(str(request.get("prompt", "")), add_special_tokens=False)[
-                "input_ids"
-            ]
+            rendered = str(request.get("prompt", ""))
+        # An encoder reads the special tokens it was trained with (T5's closing </s>); a
+        # decoder-only model continues the text as it is.
+        special = self.decoder_start is not None
+        ids = self.tokenizer(rendered, add_special_tokens=special)["input_ids"]
         return list(ids) or [self.eos_token_id or 0]
 
     def prompt(self, request: dict[str, Any]) -> list[int]:
@@ -300,6 +307,32 @@ class LoadedModel:
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Logits for every position of one sequence: [len(ids), vocabulary]."""
         return self.step(ids, None)[0]
+
+    def continuation(self, prompt: Sequence[int], generated: Sequence[int]) -> np.ndarray:
+        """The logits that chose each of `generated` after `prompt`, and the next:
+        [len(generated) + 1, vocabulary], in one teacher-forced pass (the verifier's)."""
+        if self.decoder_start is not None:
+            return self._decoded(prompt, generated)
+        return self.logits([*prompt, *generated])[len(prompt) - 1 :]
+
+    def _decoded(self, prompt: Sequence[int], generated: Sequence[int]) -> np.ndarray:
+        """An encoder-decoder's logits for its start token and `generated`."""
+        feed = {
+            "input_ids": np.asarray([list(prompt)], dtype=np.int64),
+            "decoder_input_ids": np.asarray([[self.decoder_start, *generated]], dtype=np.int64),
+        }
+        with self.lock:
+            (out,) = _run(self.session, ["logits"], feed, self.budget)
+        return np.asarray(out[0], dtype=np.float32)
+
+    def _advance(self, prompt: list[int], chosen: list[int], past: Any) -> tuple[np.ndarray, Any]:
+        """Logits after `prompt` and `chosen` (the last row predicts the next token): with a
+        cache only the newest token runs; without one, the whole sequence again."""
+        if self.decoder_start is not None:
+            return self._decoded(prompt, chosen), None
+        if past is not None:
+            return self.step(chosen[-1:], past)
+        return self.step(prompt + chosen, None)
 
     def step(self, ids: Sequence[int], past: Any) -> tuple[np.ndarray, Any]:
         """Logits for `ids` following `past` (a cache this returned before, or None for
@@ -332,7 +365,7 @@ class LoadedModel:
         max_tokens = max(1, min(int(request.get("max_tokens", 16)), limit - len(prompt)))
         self.within("the generation", self.generation_needs(len(prompt), max_tokens))
         # The prompt runs once; every choice continues from its logits (and cache).
-        rows, past = self.step(prompt, None)
+        rows, past = self._advance(prompt, [], None)
         choices = tuple(
             self._continue(prompt, rows, past, max_tokens, sampling, index, on_text)
             for index in range(sampling.n)
@@ -349,7 +382,8 @@ class LoadedModel:
         index: int,
         on_text: Callable[[int, int, str], None] | None,
     ) -> Choice:
-        ids, chosen, logits = list(prompt), [], []
+        chosen: list[int] = []
+        logits: list[float] = []
         logprobs: list[dict[str, Any]] = []
         streaming = on_text is not None and index == 0
         hold = held_back(sampling.stop)
@@ -360,7 +394,6 @@ class LoadedModel:
             if token == self.eos_token_id:
                 finish = "stop"
                 break
-            ids.append(token)
             chosen.append(token)
             logits.append(float(row[token]))
             if sampling.logprobs:
@@ -378,8 +411,7 @@ class LoadedModel:
                     finish = "stop"
                     break
             if len(chosen) < max_tokens:
-                # With a cache only the new token is run; without, the whole sequence again.
-                rows, past = self.step([token], past) if past is not None else self.step(ids, None)
+                rows, past = self._advance(prompt, chosen, past)
         if not sampling.stop:
             text = self.decode(chosen)
         return Choice(
@@ -613,12 +645,14 @@ class ModelCache:
             raise OverBudgetError("loading the model", weights, self.budget) from None
         model = LoadedModel(manifest, session, session.get_providers()[0], self.threads)
         model.budget = self.budget
-        if manifest.task in (TEXT_GENERATION, EMBEDDING, CLASSIFICATION, IMAGE_TEXT):
+        if manifest.task in (*GENERATIVE, EMBEDDING, CLASSIFICATION, IMAGE_TEXT):
             model.tokenizer = self.tokenizer(manifest_cid)
         if manifest.task in (IMAGE_CLASSIFICATION, IMAGE_TEXT):
             model.image_processor = self.image_processor(manifest_cid)
-        if manifest.task == TEXT_GENERATION:
+        if manifest.task in GENERATIVE:
             model.eos_token_id = manifest.document.get("eos_token_id")
             cache = manifest.document.get("kv_cache")
             model.kv_cache = KvCache(**cache) if cache else None
+        if manifest.task == SEQ2SEQ:
+            model.decoder_start = int(manifest.document.get("decoder_start_token_id") or 0)
         return model

@@ -212,8 +212,10 @@ def check_generation(
     decode: Callable[[Sequence[int]], str] | None = None,
     tol: Tolerance = Tolerance(),
 ) -> Check:
-    """`logits`: the verifier's teacher-forced logits over prompt + claimed tokens, one
-    array per choice; `decode`: the model's tokenizer (to check the texts), if at hand."""
+    """`logits`: the verifier's teacher-forced logits for each choice, one array per choice
+    whose row i chose claimed token i (and whose last row follows the last token: the
+    model's `continuation`); `decode`: the model's tokenizer (to check the texts), if at
+    hand."""
     try:
         claimed = json.loads(output)
         choices = choices_of(claimed)
@@ -228,14 +230,12 @@ def check_generation(
     at = 0
     for index, (choice, ids, rows) in enumerate(zip(choices, tokens, logits, strict=True)):
         where = f"choice {index}, " if sampling.n > 1 else ""
-        why = _check_choice(
-            choice, ids, rows, reported[at : at + len(ids)], prompt_tokens, sampling, index, tol
-        )
+        why = _check_choice(choice, ids, rows, reported[at : at + len(ids)], sampling, index, tol)
         if why is None:
             why = _check_ending(
                 choice,
                 ids,
-                rows[prompt_tokens - 1 + len(ids)],
+                rows[len(ids)],
                 eos_token_id,
                 sampling,
                 index,
@@ -253,7 +253,6 @@ def _check_choice(
     ids: list[int],
     rows: np.ndarray,
     reported: np.ndarray,
-    prompt_tokens: int,
     sampling: Sampling,
     index: int,
     tol: Tolerance,
@@ -265,7 +264,7 @@ def _check_choice(
     ):
         return "logprobs do not cover the tokens as asked"
     for i, token in enumerate(ids):
-        row = rows[prompt_tokens - 1 + i]
+        row = rows[i]
         if not 0 <= token < row.size:
             return f"token {i} out of the vocabulary"
         bound = float(tol.bound(float(np.abs(row).max())))

@@ -56,10 +56,10 @@ from processors.compute.generation import Sampling, SamplingError, choices_of
 from processors.compute.models import (
     CLASSIFICATION,
     EMBEDDING,
+    GENERATIVE,
     IMAGE_CLASSIFICATION,
     IMAGE_TEXT,
     PAST_KEYS,
-    TEXT_GENERATION,
 )
 from processors.compute.runtime import BlockSource, FetchError, ModelCache, label_scores
 from processors.compute.training import Trainer, TrainingSpec, weights_array
@@ -356,7 +356,7 @@ class Verifier(Processor[MemoryStore]):
                 return core.Check("re-execution", False, f"the job's input cannot run: {exc}"), 0
             read = int(json.loads(claimed)["prompt_tokens"])
             return check, core.encoder_flops(document["parameter_count"], read)
-        if model.manifest.task != TEXT_GENERATION:
+        if model.manifest.task not in GENERATIVE:
             recomputed = model.run_tensors(job.input or b"")  # checks its budget first
             check = core.check_tensors(output, recomputed, result.fingerprint, job.job_id)
             return check, 0
@@ -376,7 +376,7 @@ class Verifier(Processor[MemoryStore]):
         # One teacher-forced pass over each choice's whole sequence: its logits everywhere.
         longest = max((len(ids) for ids in tokens), default=0)
         model.within("re-execution", model.generation_needs(len(prompt) + longest, 0))
-        logits = [np.asarray(model.logits(prompt + ids)) for ids in tokens]
+        logits = [model.continuation(prompt, ids) for ids in tokens]
         check = core.check_generation(
             output,
             result.fingerprint,

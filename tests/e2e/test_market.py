@@ -475,6 +475,87 @@ def test_embeddings_from_a_real_sentence_transformers_model(market: Market) -> N
         assert caught.value.param == param, caught.value.body
 
 
+def test_every_model_type_imports_runs_verifies_and_pays(
+    market: Market, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from openai.types import Completion
+    from openai.types.chat import ChatCompletion
+
+    from tests.tiny_models import (
+        build_tiny_clip,
+        build_tiny_t5,
+        build_tiny_text_classifier,
+        build_tiny_vit,
+        png,
+    )
+
+    builders = {
+        "tiny-t5": (build_tiny_t5, "text2text-generation"),
+        "tiny-classifier": (build_tiny_text_classifier, "text-classification"),
+        "tiny-vit": (build_tiny_vit, "image-classification"),
+        "tiny-clip": (build_tiny_clip, "zero-shot-image-classification"),
+    }
+    for name, (build, _) in builders.items():
+        directory = build(tmp_path_factory.mktemp(name))
+        imported = market.net.cli(
+            "model", "import", str(directory), "--name", name, "--dev-account", "1", timeout=300
+        )
+        assert imported.returncode == 0, imported.stderr
+    tasks = wait_for(
+        "the models' cards",
+        lambda: (
+            {m.id: m.model_extra["task"] for m in market.openai.models.list()}
+            if builders.keys() <= {m.id for m in market.openai.models.list()}
+            else None
+        ),
+    )
+    assert {name: tasks[name] for name in builders} == {n: t for n, (_, t) in builders.items()}
+    jobs = []
+    # The encoder-decoder through both OpenAI endpoints, sampled and seeded.
+    chat = strictly(
+        ChatCompletion,
+        market.openai.chat.completions.with_raw_response.create(
+            model="tiny-t5",
+            messages=[{"role": "user", "content": "hello lattice"}],
+            max_tokens=6,
+            temperature=0.8,
+            seed=7,
+        ),
+    )
+    assert chat.choices[0].message.content is not None and chat.usage.completion_tokens >= 1
+    text = strictly(
+        Completion,
+        market.openai.completions.with_raw_response.create(
+            model="tiny-t5", prompt="the quick brown fox", max_tokens=5
+        ),
+    )
+    assert text.choices[0].finish_reason in ("stop", "length")
+    jobs += [chat.model_extra["lattice"]["job_id"], text.model_extra["lattice"]["job_id"]]
+    # The classifiers through REST jobs: each input's labels, likeliest first.
+    picture = png(40, 32, 5)
+    for model, payload, labels in [
+        ("tiny-classifier", {"input": ["great", "awful"]}, {"negative", "neutral", "positive"}),
+        ("tiny-vit", {"images": [picture]}, {"cat", "dog", "bird"}),
+        ("tiny-clip", {"images": [picture], "texts": ["a cat", "a dog"]}, {"a cat", "a dog"}),
+    ]:
+        response = market.submit(model=model, input=payload)
+        assert response.status_code == 201, response.text
+        body = response.json()
+        scored = body["output"]["labels"]
+        assert len(scored) == len(payload.get("input", payload.get("images", [])))
+        assert {entry["label"] for entry in scored[0]} == labels
+        assert sum(entry["score"] for entry in scored[0]) == pytest.approx(1.0, abs=1e-5)
+        jobs.append(body["id"])
+    for job_id in jobs:
+        job = market.settled(job_id)
+        assert all(v["outcome"] == "ACCEPTED" for v in job["verdicts"]), job["verdicts"]
+        assert all(s["paid_wei"] > 0 for s in job["settlements"])
+    # A generation endpoint refuses a classifier by name.
+    with pytest.raises(openai.BadRequestError) as caught:
+        market.openai.completions.create(model="tiny-vit", prompt="x")
+    assert caught.value.param == "model"
+
+
 class FaultyWorker(Worker):
     """A real worker whose owner cheats in the ways the verifier must catch."""
 

@@ -25,17 +25,7 @@ from processors.compute.runtime import (
 )
 from processors.market.content import Blockstore
 from processors.verifier import core
-from tests.tiny_models import build_tiny_clip, build_tiny_vit
-
-
-def png(width: int, height: int, seed: int) -> str:
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return base64.b64encode(out.getvalue()).decode()
-
+from tests.tiny_models import build_tiny_clip, build_tiny_vit, png
 
 IMAGES = [png(48, 40, 1), png(32, 32, 2), png(64, 20, 3)]
 

@@ -63,7 +63,7 @@ def verify(
     return core.check_generation(
         output,
         fingerprint,
-        [model.logits(prompt + c["token_ids"]) for c in choices],
+        [model.continuation(prompt, c["token_ids"]) for c in choices],
         len(prompt),
         model.eos_token_id,
         Sampling.of(payload, job_id),
@@ -153,21 +153,17 @@ def test_forged_sampled_tokens_texts_and_logprobs_are_caught(
     document = json.loads(output)
     assert verify(model, payload, output, fingerprint).passed
     prompt = model.prompt(payload)
-    logits = model.logits(prompt + document["token_ids"])
+    logits = model.continuation(prompt, document["token_ids"])
     # The likeliest token where the seed drew another: plausible, and still not the draw.
-    swaps = [
-        i
-        for i, t in enumerate(document["token_ids"])
-        if int(np.argmax(logits[len(prompt) - 1 + i])) != t
-    ]
+    swaps = [i for i, t in enumerate(document["token_ids"]) if int(np.argmax(logits[i])) != t]
     assert swaps, "the draw took the argmax everywhere: pick another seed"
     i = swaps[0]
     forged_ids = list(document["token_ids"])
-    forged_ids[i] = int(np.argmax(logits[len(prompt) - 1 + i]))
+    forged_ids[i] = int(np.argmax(logits[i]))
     forged = dict(document, token_ids=forged_ids[: i + 1], text=model.decode(forged_ids[: i + 1]))
     forged["logprobs"] = document["logprobs"][: i + 1]
     forged_print = np.frombuffer(fingerprint, dtype="<f4")[: i + 1].copy()
-    forged_print[i] = logits[len(prompt) - 1 + i].max()
+    forged_print[i] = logits[i].max()
     check = verify(model, payload, json.dumps(forged).encode(), forged_print.tobytes())
     assert not check.passed and "seeded draw" in check.detail, check.detail
     # The honest tokens with another text, or another logprob.
