@@ -71,6 +71,7 @@ from processors.compute.models import (
     store_part,
     untar,
 )
+from processors.market.client import http_post
 from processors.market.content import Blockstore, ContentError, verify
 
 
@@ -175,11 +176,7 @@ class BlockSource:
         blocks = [c["cid"] for c in part["chunks"]] + [part["cid"]]
         for peer in self.peers:
             for cid in blocks:
-                request = urllib.request.Request(
-                    f"{peer}/v1/content", self.store.get(cid), {"X-CID": cid}
-                )
-                with urllib.request.urlopen(request, timeout=60) as response:
-                    response.read()
+                http_post(f"{peer}/v1/content", self.store.get(cid), headers={"X-CID": cid})
         return str(part["cid"])
 
     def manifest(self, cid: str) -> Manifest:

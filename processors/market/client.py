@@ -74,13 +74,42 @@ def send_call(
     raise RpcFailure(f"transaction {tx_hash} not executed within {wait_s:.0f}s")
 
 
-def http_post(url: str, data: bytes, content_type: str = "application/octet-stream") -> Any:
-    request = urllib.request.Request(url, data, {"Content-Type": content_type})
+#: How long a client waits out a gateway's 429 in all before giving up (seconds).
+RATE_LIMITED_WAIT_S = 120.0
+
+
+def http_post(
+    url: str,
+    data: bytes,
+    content_type: str = "application/octet-stream",
+    headers: dict[str, str] | None = None,
+) -> Any:
+    """POST `data` and read the JSON answer. A 429 is waited out as its `Retry-After` asks
+    (a model upload is hundreds of blocks: more than a public gateway's burst), for up to
+    `RATE_LIMITED_WAIT_S` in all."""
+    deadline = time.monotonic() + RATE_LIMITED_WAIT_S
+    while True:
+        request = urllib.request.Request(
+            url, data, {"Content-Type": content_type, **(headers or {})}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            wait = _retry_after(exc) if exc.code == 429 else None
+            if wait is None or time.monotonic() + wait > deadline:
+                raise RpcFailure(f"POST {url}: {exc.code} {detail}") from None
+            time.sleep(wait)
+        except OSError as exc:
+            raise RpcFailure(f"POST {url}: {exc}") from None
+
+
+def _retry_after(exc: urllib.error.HTTPError) -> float | None:
+    """The seconds a 429's `Retry-After` asks for (1 when it names none; None when it
+    names a date or nonsense: then the refusal stands)."""
+    value = exc.headers.get("Retry-After", "1")
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        raise RpcFailure(f"POST {url}: {exc.code} {detail}") from None
-    except OSError as exc:
-        raise RpcFailure(f"POST {url}: {exc}") from None
+        return min(max(float(value), 0.05), 30.0)
+    except ValueError:
+        return None
