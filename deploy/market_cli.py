@@ -317,11 +317,15 @@ def cmd_model_import(settings: Settings, args: argparse.Namespace, out: TextIO) 
     except ModelImportError as exc:
         raise MarketUsageError(str(exc)) from None
     doc = manifest.document
-    parts = [p for p in ("onnx", "tokenizer", "source") if p in doc]
+    parts = [p for p in ("onnx", "weights", "tokenizer", "source") if p in doc]
     cids = [c["cid"] for p in parts for c in doc[p]["chunks"]] + [doc[p]["cid"] for p in parts]
-    progress(f"uploading {len(cids) + 1} blocks to {rpc}")
-    for cid in [*cids, manifest.cid]:
+    blocks = [*cids, manifest.cid]
+    progress(f"uploading {len(blocks)} blocks to {rpc}")
+    step = max(len(blocks) // 10, 256)
+    for done, cid in enumerate(blocks, 1):
         http_post(f"{rpc}/v1/content", store.get(cid))
+        if done % step == 0:
+            progress(f"uploaded {done} of {len(blocks)} blocks")
     assert store.get(manifest.cid) == canonical_json(doc)
     progress(f"registering {args.name} -> {manifest.cid} in ModelRegistry")
     chain_id = int(_chain_id(rpc))

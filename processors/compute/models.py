@@ -5,14 +5,16 @@
 stores it. The task is read from the directory: a sentence-transformers directory
 (`modules.json`) is an embedding model (the encoder with its pooling and normalising in
 one graph: `export_sentence_embedder`), one whose `architectures` name a
-`...ForSequenceClassification` a text classifier (`export_text_classifier`); any other is
-a causal LM (`input_ids`
-[batch, sequence] and the key/value cache so far in; `logits` [batch, sequence, vocabulary]
-and the cache with the new positions out; see `export_causal_lm`). It stores in the
-blockstore: the ONNX graph (weights inline), the tokenizer files and the source
+`...ForSequenceClassification` a text classifier (`export_text_classifier`), an image
+classifier or CLIP-style pair likewise, an `is_encoder_decoder` config a T5-style
+text2text model (`export_seq2seq`); any other is a causal LM (`input_ids` [batch,
+sequence] and the key/value cache so far in; `logits` [batch, sequence, vocabulary] and
+the cache with the new positions out; see `export_causal_lm`). It stores in the
+blockstore: the ONNX graph (`Graph`: weights inline, or for a graph over
+`EXTERNAL_DATA_BYTES` in a weights file of their own), the tokenizer files and the source
 weights and config (what training jobs start from), each as a deterministic tar or raw file
-split into 1 MiB raw blocks. A plain `.onnx` file is imported as a tensor model: its inputs
-and outputs are read from the graph.
+split into 1 MiB raw blocks, read from disk a block at a time. A plain `.onnx` file is
+imported as a tensor model: its inputs and outputs are read from the graph.
 
 Files to import are untrusted (a model is anyone's upload): before anything large is read
 or allocated, a truncated or corrupt graph, tensor or weights file, dimensions declaring
@@ -36,7 +38,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from processors.compute.budget import default_budget, dtype_bytes, tensor_bytes
 from processors.market.content import Blockstore, Chunk
@@ -68,6 +70,10 @@ DIRECTORY_TASKS = (
 #: The cache inputs of a text model's graph (see `KvCache`); a graph without them has none.
 PAST_KEYS, PAST_VALUES = "past_keys", "past_values"
 TENSOR = "tensor"
+#: A graph whose tensors declare more than this keeps them in `WEIGHTS_FILE` beside it
+#: (protobuf cannot serialise one message over 2 GiB; half of that leaves room).
+EXTERNAL_DATA_BYTES = 1 << 30
+GRAPH_FILE, WEIGHTS_FILE = "model.onnx", "weights.bin"
 RUNTIME_OVERHEAD_BYTES = 64 << 20
 #: The files that turn a job's input into tensors (stored as the manifest's "tokenizer").
 _TOKENIZER_FILES = (
@@ -98,16 +104,16 @@ class Manifest:
         return tuple(Chunk(**c) for c in self.document[part]["chunks"])
 
 
-def deterministic_tar(files: dict[str, bytes]) -> bytes:
-    """A tar of `files` that depends only on their names and contents."""
-    out = io.BytesIO()
+def deterministic_tar(files: dict[str, Path], out: BinaryIO) -> None:
+    """Write a tar of `files` (name in the tar: the file) that depends only on their names
+    and contents, read a block at a time (a model's source weights may be gigabytes)."""
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(files):
             info = tarfile.TarInfo(name)
-            info.size = len(files[name])
+            info.size = files[name].stat().st_size
             info.mode = 0o644
-            tar.addfile(info, io.BytesIO(files[name]))
-    return out.getvalue()
+            with files[name].open("rb") as data:
+                tar.addfile(info, data)
 
 
 def untar(data: bytes, into: Path) -> None:
@@ -121,7 +127,28 @@ def canonical_json(document: dict[str, Any]) -> bytes:
 
 def store_part(store: Blockstore, data: bytes) -> dict[str, Any]:
     """Store a file as chunks plus an index block (its chunk list), whose CID names it."""
-    part: dict[str, Any] = {"size": len(data), "chunks": [c.__dict__ for c in store.put_file(data)]}
+    return _indexed(store, store.put_file(data), len(data))
+
+
+def store_path(
+    store: Blockstore, path: Path, progress: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
+    """`store_part` of a file read from disk a chunk at a time, saying how far it is."""
+    size = path.stat().st_size
+    step = max(size // 20, 64 << 20)
+    said = [0]
+
+    def stored(done: int) -> None:
+        if done - said[0] >= step or done == size:
+            said[0] = done
+            progress(f"stored {done >> 20:,} of {size >> 20:,} MiB of {path.name}")
+
+    with path.open("rb") as stream:
+        return _indexed(store, store.put_stream(stream, stored), size)
+
+
+def _indexed(store: Blockstore, chunks: tuple[Chunk, ...], size: int) -> dict[str, Any]:
+    part: dict[str, Any] = {"size": size, "chunks": [c.__dict__ for c in chunks]}
     return {**part, "cid": store.put(canonical_json(part))}
 
 
@@ -204,19 +231,23 @@ def _check_declared(model: Any, where: str, budget: int) -> None:
 
 
 def _onnx_facts(
-    model_bytes: bytes, where: str, budget: int
+    graph: Graph, where: str, budget: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     import onnx
 
-    model = _parse_onnx(model_bytes, where)
+    model = _parse_onnx(graph.structure, where)
     _check_declared(model, where, budget)
     try:
-        onnx.checker.check_model(model)
+        # A graph with external data is checked from its file: the checker reads the
+        # tensors' locations beside it.
+        onnx.checker.check_model(
+            model if graph.directory is None else str(graph.directory / GRAPH_FILE)
+        )
     except Exception as exc:  # ValidationError, and C++ errors for what it cannot read
         raise ModelImportError(_one_line(f"{where}: not a valid ONNX model: {exc}")) from None
-    graph = model.graph
-    parameters = sum(math.prod(int(d) for d in t.dims) for t in graph.initializer)
-    return _tensor_specs(graph.input), _tensor_specs(graph.output), parameters
+    body = model.graph
+    parameters = sum(math.prod(int(d) for d in t.dims) for t in body.initializer)
+    return _tensor_specs(body.input), _tensor_specs(body.output), parameters
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -224,20 +255,19 @@ def _inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root)
 
 
-def _onnx_file(path: Path, budget: int) -> bytes:
-    """A `.onnx` file's graph as one blob: tensors kept in external-data files beside it
-    are read in, once each location is known to be a file within the model's directory
-    (a location is written by whoever made the model: `../../etc/shadow` or a link out
-    must not be read into a blob that is then published)."""
+def _onnx_file(path: Path, budget: int) -> Any:
+    """A `.onnx` file's graph (an `onnx.ModelProto`): tensors kept in external-data files
+    beside it are read in, once each location is known to be a file within the model's
+    directory (a location is written by whoever made the model: `../../etc/shadow` or a
+    link out must not be read into what is then published)."""
     import onnx
     from onnx import TensorProto
 
-    data = path.read_bytes()
-    model = _parse_onnx(data, str(path))
+    model = _parse_onnx(path.read_bytes(), str(path))
     root = path.parent.resolve()
     external = [t for t in _graph_tensors(model.graph) if t.data_location == TensorProto.EXTERNAL]
     if not external:
-        return data
+        return model
     for tensor in external:
         location = {e.key: e.value for e in tensor.external_data}.get("location", "")
         target = path.parent / location
@@ -258,7 +288,65 @@ def _onnx_file(path: Path, budget: int) -> bytes:
         raise ModelImportError(
             _one_line(f"{path}: its external tensor data cannot be read: {exc}")
         ) from None
-    return bytes(model.SerializeToString())
+    return model
+
+
+@dataclass(frozen=True)
+class Graph:
+    """An ONNX graph as a manifest stores it: `structure`, the `ModelProto` bytes, and for
+    a large graph `directory`, holding it as `GRAPH_FILE` with every sizeable tensor in
+    `WEIGHTS_FILE` (protobuf serialises no message over 2 GiB). Without a directory the
+    structure holds every tensor."""
+
+    structure: bytes
+    directory: Path | None = None
+
+    @property
+    def weights(self) -> Path | None:
+        return None if self.directory is None else self.directory / WEIGHTS_FILE
+
+    @property
+    def size(self) -> int:
+        """Bytes of the graph and its weights."""
+        weights = self.weights
+        return len(self.structure) + (weights.stat().st_size if weights is not None else 0)
+
+
+def graph_of(model: Any, work: Path) -> Graph:
+    """`model` (an `onnx.ModelProto` holding its tensors) laid out as a manifest stores
+    it: one blob, or, when its tensors declare more than `EXTERNAL_DATA_BYTES`, a graph
+    whose tensors are in one weights file under `work` (the same bytes wherever it is
+    made: the tensors in graph order, each at the next offset)."""
+    import onnx
+
+    if _declared_bytes(model) <= EXTERNAL_DATA_BYTES:
+        return Graph(bytes(model.SerializeToString()))
+    directory = work / "graph"
+    directory.mkdir(parents=True)
+    onnx.save_model(
+        model,
+        str(directory / GRAPH_FILE),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=WEIGHTS_FILE,
+        size_threshold=1024,
+        convert_attribute=False,
+    )
+    return Graph((directory / GRAPH_FILE).read_bytes(), directory)
+
+
+def external_locations(structure: bytes) -> set[str]:
+    """Where a graph's tensors say their data is (empty: all inline). A worker loads only
+    a graph whose answer is empty or `{WEIGHTS_FILE}`: a location is written by whoever
+    registered the model, and the runtime would read any file it names."""
+    from onnx import TensorProto
+
+    model = _parse_onnx(structure, "the graph")
+    return {
+        {e.key: e.value for e in t.external_data}.get("location", "")
+        for t in _graph_tensors(model.graph)
+        if t.data_location == TensorProto.EXTERNAL
+    }
 
 
 @dataclass(frozen=True)
@@ -298,7 +386,8 @@ def _kv_cache_of(model: Any) -> KvCache:
 
 def _export(
     module: Any, example: tuple[Any, ...], names: tuple[list[str], list[str]], dims: dict[str, Any]
-) -> bytes:
+) -> Any:
+    """`module` exported, as an `onnx.ModelProto` holding every tensor (see `Graph`)."""
     import onnx
     import torch
 
@@ -314,13 +403,13 @@ def _export(
             dynamic_shapes=dims,
             verbose=False,
         )
-        # Fold any external-data file back in: a model is one graph blob, then chunked.
-        return bytes(onnx.load(str(path), load_external_data=True).SerializeToString())
+        # Whatever the exporter wrote beside the graph is read in; `graph_of` lays it out.
+        return onnx.load(str(path), load_external_data=True)
 
 
 def export_causal_lm(
     directory: Path, progress: Callable[[str], None]
-) -> tuple[bytes, Any, KvCache | None]:
+) -> tuple[Any, Any, KvCache | None]:
     """Load a Hugging Face causal LM from `directory` (offline) and export it to ONNX bytes.
 
     The graph carries the key/value cache where the model's cache allows it: one graph
@@ -447,7 +536,7 @@ def sentence_modules(path: Path) -> SentenceModules | None:
 
 def export_sentence_embedder(
     directory: Path, modules: SentenceModules, progress: Callable[[str], None]
-) -> tuple[bytes, Any]:
+) -> tuple[Any, Any]:
     """A sentence-transformers encoder with its pooling and normalising in one ONNX graph:
     `input_ids` and `attention_mask` [batch, sequence] in, `embeddings` [batch, dimensions]
     out (the worker runs the graph and nothing else)."""
@@ -480,7 +569,7 @@ def export_sentence_embedder(
     return _export_encoder(Embedder(model), "embeddings"), model.config
 
 
-def export_text_classifier(directory: Path, progress: Callable[[str], None]) -> tuple[bytes, Any]:
+def export_text_classifier(directory: Path, progress: Callable[[str], None]) -> tuple[Any, Any]:
     """An encoder with its sequence-classification head: `input_ids` and `attention_mask`
     [batch, sequence] in, `logits` [batch, labels] out (scores are the worker's softmax,
     or sigmoid for multi-label models, of these)."""
@@ -505,7 +594,7 @@ def export_text_classifier(directory: Path, progress: Callable[[str], None]) -> 
     return _export_encoder(Logits(model), "logits"), model.config
 
 
-def export_seq2seq(directory: Path, progress: Callable[[str], None]) -> tuple[bytes, Any]:
+def export_seq2seq(directory: Path, progress: Callable[[str], None]) -> tuple[Any, Any]:
     """An encoder-decoder LM (T5-style): `input_ids` [1, sequence] (the prompt) and
     `decoder_input_ids` [1, decoded] (the start token, then what was generated) in, `logits`
     [1, decoded, vocabulary] out. No cache: each step runs the encoder and the decoder again,
@@ -546,7 +635,7 @@ def export_seq2seq(directory: Path, progress: Callable[[str], None]) -> tuple[by
     return graph, model.config
 
 
-def _export_encoder(module: Any, output: str) -> bytes:
+def _export_encoder(module: Any, output: str) -> Any:
     """An encoder graph over a padded batch of texts (`input_ids`, `attention_mask`)."""
     import torch
 
@@ -560,7 +649,7 @@ def _export_encoder(module: Any, output: str) -> bytes:
     )
 
 
-def export_image_classifier(directory: Path, progress: Callable[[str], None]) -> tuple[bytes, Any]:
+def export_image_classifier(directory: Path, progress: Callable[[str], None]) -> tuple[Any, Any]:
     """A vision encoder with its image-classification head: `pixel_values` [batch, 3,
     height, width] (as the directory's image processor makes them) in, `logits` [batch,
     labels] out."""
@@ -593,7 +682,7 @@ def export_image_classifier(directory: Path, progress: Callable[[str], None]) ->
     return graph, model.config
 
 
-def export_image_text(directory: Path, progress: Callable[[str], None]) -> tuple[bytes, Any]:
+def export_image_text(directory: Path, progress: Callable[[str], None]) -> tuple[Any, Any]:
     """A CLIP-style model's image-text scores: `pixel_values` [images, 3, height, width],
     `input_ids` and `attention_mask` [texts, sequence] in, `logits` [images, texts] out
     (the scaled cosine similarities; the worker's softmax over the texts scores them)."""
@@ -823,8 +912,9 @@ def _check_directory(path: Path, task: str | None, budget: int) -> None:
 
 def _export_directory(
     path: Path, task: str | None, progress: Callable[[str], None]
-) -> tuple[bytes, dict[str, Any]]:
-    """The directory's ONNX graph and the manifest fields its task adds."""
+) -> tuple[Any, dict[str, Any]]:
+    """The directory's ONNX graph (an `onnx.ModelProto`) and the manifest fields its task
+    adds."""
     modules = sentence_modules(path) if task in (None, EMBEDDING) else None
     if task == EMBEDDING and modules is None:
         limit = int(_config(path).get("max_position_embeddings") or 512)
@@ -832,20 +922,20 @@ def _export_directory(
     if task is None:
         task = _task_of_directory(path, modules)
     if task == CLASSIFICATION:
-        onnx_bytes, config = export_text_classifier(path, progress)
+        graph, config = export_text_classifier(path, progress)
         positions = int(config.max_position_embeddings or 512)
-        return onnx_bytes, _labelled(CLASSIFICATION, config, positions)
+        return graph, _labelled(CLASSIFICATION, config, positions)
     if task == IMAGE_CLASSIFICATION:
         pillow_image_processor(path)
-        onnx_bytes, config = export_image_classifier(path, progress)
+        graph, config = export_image_classifier(path, progress)
         labelled = _labelled(IMAGE_CLASSIFICATION, config, 0)
         labelled.update(image_size=int(config.image_size), patches=_patches(config))
-        return onnx_bytes, labelled
+        return graph, labelled
     if task == IMAGE_TEXT:
         pillow_image_processor(path)
-        onnx_bytes, config = export_image_text(path, progress)
+        graph, config = export_image_text(path, progress)
         vision, text = config.vision_config, config.text_config
-        return onnx_bytes, {
+        return graph, {
             "task": IMAGE_TEXT,
             "model_type": str(config.model_type),
             "max_positions": int(text.max_position_embeddings),
@@ -854,8 +944,8 @@ def _export_directory(
             "patches": _patches(vision),
         }
     if task == SEQ2SEQ:
-        onnx_bytes, config = export_seq2seq(path, progress)
-        return onnx_bytes, {
+        graph, config = export_seq2seq(path, progress)
+        return graph, {
             "task": SEQ2SEQ,
             "model_type": str(config.model_type),
             # Relative positions (T5) set no hard limit; 512 is what such models train at.
@@ -865,8 +955,8 @@ def _export_directory(
         }
     if task == EMBEDDING:
         assert modules is not None
-        onnx_bytes, config = export_sentence_embedder(path, modules, progress)
-        return onnx_bytes, {
+        graph, config = export_sentence_embedder(path, modules, progress)
+        return graph, {
             "task": EMBEDDING,
             "model_type": str(config.model_type),
             "max_positions": modules.max_tokens,
@@ -874,7 +964,7 @@ def _export_directory(
             "pooling": modules.pooling,
             "normalized": modules.normalize,
         }
-    onnx_bytes, config, cache = export_causal_lm(path, progress)
+    graph, config, cache = export_causal_lm(path, progress)
     document: dict[str, Any] = {
         "task": TEXT_GENERATION,
         "model_type": str(config.model_type),
@@ -883,7 +973,7 @@ def _export_directory(
     }
     if cache is not None:
         document["kv_cache"] = dataclasses.asdict(cache)
-    return onnx_bytes, document
+    return graph, document
 
 
 def import_model(
@@ -905,36 +995,43 @@ def import_model(
     normalises, as most sentence encoders do)."""
     path = Path(path)
     budget = default_budget(memory_budget)
-    if path.is_dir():
-        _check_directory(path, task, budget)
-        progress(f"loading {path} with transformers (offline)")
-        onnx_bytes, document = _export_directory(path, task, progress)
-        tokenizer = {f: (path / f).read_bytes() for f in _TOKENIZER_FILES if (path / f).exists()}
-        source = {
-            p.name: p.read_bytes()
-            for p in sorted(path.iterdir())
-            if p.is_file() and p.name not in _TOKENIZER_FILES
-        }
-        inputs, outputs, parameters = _onnx_facts(onnx_bytes, str(path), budget)
-        progress("storing tokenizer and source weights")
-        document["tokenizer"] = store_part(store, deterministic_tar(tokenizer))
-        document["source"] = store_part(store, deterministic_tar(source))
-    elif path.suffix == ".onnx" and path.is_file():
-        onnx_bytes = _onnx_file(path, budget)
-        inputs, outputs, parameters = _onnx_facts(onnx_bytes, str(path), budget)
-        document = {"task": TENSOR, "model_type": "onnx"}
-    else:
-        raise ModelImportError(f"{path}: expected a Hugging Face model directory or a .onnx file")
-    progress(f"chunking {len(onnx_bytes)} bytes of ONNX into content-addressed blocks")
-    document.update(
-        name=name,
-        format="onnx",
-        onnx=store_part(store, onnx_bytes),
-        inputs=inputs,
-        outputs=outputs,
-        parameter_count=parameters,
-        vram_required_bytes=weights_bytes(len(onnx_bytes)),
-    )
+    with tempfile.TemporaryDirectory(prefix="lattice-import-") as tmp:
+        work = Path(tmp)
+        if path.is_dir():
+            _check_directory(path, task, budget)
+            progress(f"loading {path} with transformers (offline)")
+            model, document = _export_directory(path, task, progress)
+            graph = graph_of(model, work)
+            del model  # a large graph's tensors are in its weights file now
+            inputs, outputs, parameters = _onnx_facts(graph, str(path), budget)
+            progress("storing tokenizer and source weights")
+            files = {p.name: p for p in sorted(path.iterdir()) if p.is_file()}
+            tokenizer = {n: f for n, f in files.items() if n in _TOKENIZER_FILES}
+            source = {n: f for n, f in files.items() if n not in _TOKENIZER_FILES}
+            for part, members in (("tokenizer", tokenizer), ("source", source)):
+                with (work / f"{part}.tar").open("wb") as out:
+                    deterministic_tar(members, out)
+                document[part] = store_path(store, work / f"{part}.tar", progress)
+        elif path.suffix == ".onnx" and path.is_file():
+            graph = graph_of(_onnx_file(path, budget), work)
+            inputs, outputs, parameters = _onnx_facts(graph, str(path), budget)
+            document = {"task": TENSOR, "model_type": "onnx"}
+        else:
+            raise ModelImportError(
+                f"{path}: expected a Hugging Face model directory or a .onnx file"
+            )
+        progress(f"chunking {graph.size:,} bytes of ONNX into content-addressed blocks")
+        document.update(
+            name=name,
+            format="onnx",
+            onnx=store_part(store, graph.structure),
+            inputs=inputs,
+            outputs=outputs,
+            parameter_count=parameters,
+            vram_required_bytes=weights_bytes(graph.size),
+        )
+        if graph.weights is not None:
+            document["weights"] = store_path(store, graph.weights, progress)
     cid = store.put(canonical_json(document))
     return Manifest(document, cid)
 
@@ -964,7 +1061,8 @@ def manifest_record(
         format=d["format"],
         manifest_cid=manifest.cid,
         chunks=tuple(ModelChunk(**c) for c in d["onnx"]["chunks"]),
-        total_bytes=d["onnx"]["size"],
+        # A large graph's weights are a file of their own (`Graph`): the model is both.
+        total_bytes=d["onnx"]["size"] + d.get("weights", {}).get("size", 0),
         parameter_count=d["parameter_count"],
         vram_required_bytes=d["vram_required_bytes"],
         inputs=tuple(_tensor_spec(t) for t in d["inputs"]),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -59,13 +60,17 @@ from processors.compute.models import (
     CLASSIFICATION,
     EMBEDDING,
     GENERATIVE,
+    GRAPH_FILE,
     IMAGE_CLASSIFICATION,
     IMAGE_TEXT,
     PAST_KEYS,
     PAST_VALUES,
     SEQ2SEQ,
+    WEIGHTS_FILE,
     KvCache,
     Manifest,
+    ModelImportError,
+    external_locations,
     load_manifest,
     pillow_image_processor,
     store_part,
@@ -74,9 +79,11 @@ from processors.compute.models import (
 from processors.market.client import http_post
 from processors.market.content import Blockstore, ContentError, verify
 
+log = logging.getLogger(__name__)
+
 
 class FetchError(RuntimeError):
-    """A block no source could provide."""
+    """A block no source could provide, or a model no worker may load as it is."""
 
 
 class EncoderInputError(JobInputError):
@@ -169,6 +176,20 @@ class BlockSource:
         if len(data) != index["size"]:
             raise FetchError(f"file {index_cid}: {len(data)} bytes, index says {index['size']}")
         return data
+
+    def write_file(self, index_cid: str, target: Path) -> None:
+        """`file`, written to `target` a block at a time (a model's weights may be larger
+        than memory allows twice), logging how far it is."""
+        index = json.loads(self.get(index_cid))
+        size, done, said = int(index["size"]), 0, 0
+        with target.open("wb") as out:
+            for c in index["chunks"]:
+                done += out.write(self.get(c["cid"]))
+                if done - said >= max(size // 10, 256 << 20):
+                    said = done
+                    log.info("fetched %d of %d MiB of %s", done >> 20, size >> 20, index_cid)
+        if done != size:
+            raise FetchError(f"file {index_cid}: {done} bytes, index says {size}")
 
     def publish(self, data: bytes) -> str:
         """Store a file as chunks plus index locally and on every peer; the index CID."""
@@ -613,6 +634,33 @@ class ModelCache:
         directory = self.unpacked(manifest_cid, "tokenizer")[1]
         return pillow_image_processor(directory).from_pretrained(directory)
 
+    def _graph(self, manifest: Manifest, manifest_cid: str) -> bytes | str:
+        """What ONNX Runtime loads: the graph's bytes, or for one with its tensors in a
+        weights file the path of the graph written beside that file. A graph reading
+        tensors from anywhere else is refused (whoever registered it wrote the locations)."""
+        structure = self.source.part(manifest, "onnx")
+        allowed = {WEIGHTS_FILE} if "weights" in manifest.document else set()
+        try:
+            locations = external_locations(structure)
+        except ModelImportError as exc:
+            raise FetchError(f"model {manifest_cid}: {exc}") from None
+        if not locations <= allowed:
+            elsewhere = sorted(locations - allowed)
+            raise FetchError(
+                f"model {manifest_cid}: its graph reads tensors from {elsewhere}, not from "
+                "its own weights"
+            )
+        if "weights" not in manifest.document:
+            return structure
+        directory = self.work_dir / "graph" / manifest_cid
+        if not directory.exists():
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=directory.parent))
+            (tmp / GRAPH_FILE).write_bytes(structure)
+            self.source.write_file(manifest.document["weights"]["cid"], tmp / WEIGHTS_FILE)
+            os.replace(tmp, directory)
+        return str(directory / GRAPH_FILE)
+
     def _load(self, manifest_cid: str) -> LoadedModel:
         import onnxruntime as ort
 
@@ -621,7 +669,7 @@ class ModelCache:
         if weights > self.budget:
             name = manifest.document.get("name", manifest_cid)
             raise OverBudgetError(f"model {name}", weights, self.budget)
-        graph = self.source.part(manifest, "onnx")
+        graph = self._graph(manifest, manifest_cid)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 RAW = 0x55
 SHA2_256 = 0x12
@@ -106,11 +109,28 @@ class Blockstore:
 
     def put_file(self, data: bytes) -> tuple[Chunk, ...]:
         """Store `data` as chunks; the chunk list reassembles it."""
-        chunks = []
-        for c, part in chunk(data):
+        return self.put_stream(io.BytesIO(data))
+
+    def put_stream(
+        self, stream: BinaryIO, progress: Callable[[int], None] | None = None
+    ) -> tuple[Chunk, ...]:
+        """Store what `stream` reads as chunks (`chunk`'s, one at a time in memory: a
+        model's weights may be larger than memory allows twice); `progress` hears the
+        bytes stored so far after each chunk."""
+        chunks: list[Chunk] = []
+        offset = 0
+        while True:
+            part = stream.read(CHUNK_SIZE)
+            if not part and chunks:
+                return tuple(chunks)
+            c = Chunk(cid_of(part), offset, len(part))
             self.put_verified(c.cid, part)
             chunks.append(c)
-        return tuple(chunks)
+            offset += len(part)
+            if progress is not None:
+                progress(offset)
+            if not part:  # an empty file is one empty chunk, as `chunk` makes it
+                return tuple(chunks)
 
     def get_file(self, chunks: tuple[Chunk, ...] | list[Chunk]) -> bytes:
         return b"".join(self.get(c.cid) for c in chunks)
