@@ -103,7 +103,11 @@ def main() -> None:
         started = time.perf_counter()
         cache = ModelCache(BlockSource(store), root / "worker", 2, use_gpu=False)
         model, _ = cache.load(manifest.cid)
-        print(f"load       {time.perf_counter() - started:7.1f} s  peak RSS {peak_mib():,} MiB")
+        print(
+            f"load       {time.perf_counter() - started:7.1f} s  peak RSS {peak_mib():,} MiB; "
+            f"memory estimated {model.weights_bytes >> 20:,} MiB, measured "
+            f"{model.measured_bytes >> 20:,} MiB"
+        )
 
         x = np.random.default_rng(1).standard_normal((1, WIDTH)).astype(np.float32)
         buffer = io.BytesIO()

@@ -92,6 +92,7 @@ from schemas.events import (
     Timings,
 )
 from streams.kafka import LOW_LATENCY_READ, Producer, Record
+from streams.metrics import MODEL_MEMORY
 from streams.settings import Settings
 from streams.topics import hex_key, topic
 
@@ -324,6 +325,10 @@ class Worker(Processor[RocksStore]):
             threads = self.settings.worker_threads
         else:
             model, load_ms = self.models.load(manifest_cid)
+            if load_ms:
+                name = str(model.manifest.document.get("name", manifest_cid))
+                MODEL_MEMORY.labels(name, "estimated").set(model.weights_bytes)
+                MODEL_MEMORY.labels(name, "measured").set(model.measured_bytes)
             provider, threads = model.provider, model.threads
             started = time.perf_counter()
             output, scheme, fingerprint = self.execute(model, job)

@@ -42,6 +42,12 @@ BLOCK_EXECUTION_SECONDS = Histogram(
 EVM_TRANSACTIONS = Counter(
     "lattice_evm_transactions_total", "Transactions executed, by outcome.", ["outcome"]
 )
+MODEL_MEMORY = Gauge(
+    "lattice_worker_model_bytes",
+    "A loaded model's memory: the manifest's estimate, and what loading it took here "
+    "(resident memory, or device memory on a GPU).",
+    ["model", "kind"],
+)
 MEMPOOL_SIZE = Gauge("lattice_mempool_transactions", "Transactions in a proposer's mempool.")
 JOB_QUEUE = Gauge("lattice_job_queue_depth", "Jobs waiting for a node or for an answer.", ["state"])
 VERIFICATIONS = Counter("lattice_verifications_total", "Verdicts, by outcome.", ["outcome"])

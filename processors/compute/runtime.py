@@ -204,6 +204,28 @@ class BlockSource:
         return load_manifest(self.get(cid), cid)
 
 
+def memory_in_use(use_gpu: bool) -> int:
+    """Bytes in use where a model loads: this process's resident memory on the CPU (Linux's
+    /proc; 0 elsewhere), the first GPU's used memory under NVML with one."""
+    if use_gpu:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+                return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+            finally:
+                pynvml.nvmlShutdown()
+        except Exception:  # no NVML: fall back to what the host can tell
+            pass
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
 def providers(use_gpu: bool) -> list[str]:
     import onnxruntime as ort
 
@@ -270,8 +292,15 @@ class LoadedModel:
 
     # -- memory ---------------------------------------------------------------------------
 
+    #: What opening the session took, measured (resident memory on the CPU, device memory
+    #: on a GPU; 0: not measured).
+    measured_bytes: int = 0
+
     @property
     def weights_bytes(self) -> int:
+        """What the manifest says the loaded graph holds (`models.weights_bytes`): what
+        every job's budget starts from. Not the measured figure: verifier replicas must
+        skip or run a re-execution alike, whatever their own processes measure."""
         return int(self.manifest.document.get("vram_required_bytes", 0))
 
     def within(self, what: str, needed: int) -> None:
@@ -682,6 +711,7 @@ class ModelCache:
         else:
             cpu_arena(self.budget)
         options.add_session_config_entry("session.use_env_allocators", "1")
+        before = memory_in_use(self.use_gpu)
         try:
             session = ort.InferenceSession(graph, sess_options=options, providers=chosen)
         except Exception as exc:  # onnxruntime's Fail / RuntimeException
@@ -690,6 +720,16 @@ class ModelCache:
             raise OverBudgetError("loading the model", weights, self.budget) from None
         model = LoadedModel(manifest, session, session.get_providers()[0], self.threads)
         model.budget = self.budget
+        model.measured_bytes = max(0, memory_in_use(self.use_gpu) - before)
+        name = manifest.document.get("name", manifest_cid)
+        log.info(
+            "model %s loaded: %d MiB estimated, %d MiB measured",
+            name,
+            model.weights_bytes >> 20,
+            model.measured_bytes >> 20,
+        )
+        if model.measured_bytes > model.weights_bytes:
+            log.warning("model %s takes more memory than its manifest says", name)
         if manifest.task in (*GENERATIVE, EMBEDDING, CLASSIFICATION, IMAGE_TEXT):
             model.tokenizer = self.tokenizer(manifest_cid)
         if manifest.task in (IMAGE_CLASSIFICATION, IMAGE_TEXT):

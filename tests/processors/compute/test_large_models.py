@@ -28,14 +28,14 @@ from processors.market.content import Blockstore
 PAYLOAD = {"prompt": "the quick brown fox", "max_tokens": 8}
 
 
-def tensor_model(directory: Path) -> Path:
+def tensor_model(directory: Path, width: int = 64) -> Path:
     """A two-matmul graph whose weights are external data in a file of their own."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     weights = [
-        numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), name)
+        numpy_helper.from_array(rng.standard_normal((width, width)).astype(np.float32), name)
         for name in ("a", "b")
     ]
     graph = helper.make_graph(
@@ -44,8 +44,8 @@ def tensor_model(directory: Path) -> Path:
             helper.make_node("MatMul", ["h", "b"], ["y"]),
         ],
         "two",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", width])],
         weights,
     )
     model = helper.make_model(graph, ir_version=10, opset_imports=[helper.make_opsetid("", 17)])
@@ -140,3 +140,12 @@ def test_a_graph_reading_tensors_from_elsewhere_is_refused_by_the_worker(
     with pytest.raises(FetchError, match=r"reads tensors from \['../secret.bin'\]"):
         cache.load(cid)
     assert json.loads(store.get(cid))["name"] == "hostile"
+
+
+def test_loading_measures_what_a_model_takes_and_the_estimate_covers_it(tmp_path: Path) -> None:
+    store = Blockstore(tmp_path / "store")
+    manifest = import_model(tensor_model(tmp_path / "given", width=2048), "wide", store)
+    cache = ModelCache(BlockSource(store), tmp_path / "worker", 1, use_gpu=False)
+    model, _ = cache.load(manifest.cid)
+    weights = 2 * 2048 * 2048 * 4  # 32 MiB
+    assert weights * 0.9 <= model.measured_bytes <= model.weights_bytes
