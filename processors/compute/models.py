@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from processors.compute.budget import default_budget, dtype_bytes, tensor_bytes
+from processors.market import unixfs
 from processors.market.content import Blockstore, Chunk
 from schemas.events import ModelChunk, ModelManifest, TensorSpec
 
@@ -126,8 +127,9 @@ def canonical_json(document: dict[str, Any]) -> bytes:
 
 
 def store_part(store: Blockstore, data: bytes) -> dict[str, Any]:
-    """Store a file as chunks plus an index block (its chunk list), whose CID names it."""
-    return _indexed(store, store.put_file(data), len(data))
+    """Store a file as chunks plus an index block (its chunk list), whose CID names it;
+    `ipfs` is the CID Kubo's `ipfs add` gives the same bytes."""
+    return _indexed(store, store.put_file(data), len(data), unixfs.cid_of_file(data))
 
 
 def store_path(
@@ -144,11 +146,14 @@ def store_path(
             progress(f"stored {done >> 20:,} of {size >> 20:,} MiB of {path.name}")
 
     with path.open("rb") as stream:
-        return _indexed(store, store.put_stream(stream, stored), size)
+        chunks = store.put_stream(stream, stored)
+    with path.open("rb") as stream:  # a second read: Kubo's chunks are not the store's
+        ipfs = unixfs.add(iter(lambda: stream.read(unixfs.CHUNK), b"")).cid
+    return _indexed(store, chunks, size, ipfs)
 
 
-def _indexed(store: Blockstore, chunks: tuple[Chunk, ...], size: int) -> dict[str, Any]:
-    part: dict[str, Any] = {"size": size, "chunks": [c.__dict__ for c in chunks]}
+def _indexed(store: Blockstore, chunks: tuple[Chunk, ...], size: int, ipfs: str) -> dict[str, Any]:
+    part: dict[str, Any] = {"size": size, "chunks": [c.__dict__ for c in chunks], "ipfs": ipfs}
     return {**part, "cid": store.put(canonical_json(part))}
 
 
