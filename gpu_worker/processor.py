@@ -51,6 +51,7 @@ from gpu_worker.probe import Hardware, probe, usage
 from gpu_worker.staking import market_uint
 from processors.abc import Output, Pace, Processor, Subscription
 from processors.compute.budget import JobInputError, default_budget
+from processors.compute.generation import StreamedToken
 from processors.compute.models import (
     CLASSIFICATION,
     EMBEDDING,
@@ -111,7 +112,7 @@ VERSION = "0.1.0"
 def execute(
     model: LoadedModel,
     job: JobSubmitted,
-    on_text: Callable[[int, int, str], None] | None = None,
+    on_text: Callable[[StreamedToken], None] | None = None,
 ) -> tuple[bytes, str, bytes]:
     """Run one inference job: (output bytes, fingerprint scheme, fingerprint)."""
     data = job.input or b""
@@ -144,21 +145,27 @@ class TokenBatch:
     job_id: bytes
     node: bytes
     attempt: int
+    choice: int = 0
     first: int = 0
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
     sent_at: float | None = None
 
-    def add(self, index: int, token: int, text: str, now: float) -> list[JobTokens]:
-        """The events due after this token (none while it waits for company)."""
+    def add(self, streamed: StreamedToken, now: float) -> list[JobTokens]:
+        """The events due after this token (none while it waits for company); an event
+        holds one choice's tokens, so the next choice's first token sends the last one's."""
+        due = self.rest() if streamed.choice != self.choice else []
         if not self.token_ids:
-            self.first = index
-        self.token_ids.append(token)
-        self.text += text
-        if self.sent_at is not None and now - self.sent_at < STREAM_EVERY_S:
+            self.choice, self.first = streamed.choice, streamed.position
+        self.token_ids.append(streamed.token)
+        self.text += streamed.text
+        if streamed.logprob is not None:
+            self.logprobs.append(streamed.logprob)
+        if not due and self.sent_at is not None and now - self.sent_at < STREAM_EVERY_S:
             return []
         self.sent_at = now
-        return self.rest()
+        return due + self.rest()
 
     def rest(self) -> list[JobTokens]:
         """The event holding whatever is gathered (none when nothing is)."""
@@ -171,8 +178,10 @@ class TokenBatch:
             index=self.first,
             token_ids=tuple(self.token_ids),
             text=self.text,
+            choice=self.choice,
+            logprobs=json.dumps(self.logprobs) if self.logprobs else "",
         )
-        self.token_ids, self.text = [], ""
+        self.token_ids, self.text, self.logprobs = [], "", []
         return [event]
 
 
@@ -396,9 +405,9 @@ class Worker(Processor[RocksStore]):
 
         batch = TokenBatch(job.job_id, self.address, self.attempt)
 
-        def stream(index: int, token: int, text: str) -> None:
+        def stream(streamed: StreamedToken) -> None:
             # Not awaited: progress only; the signed result that follows is what counts.
-            for event in batch.add(index, token, text, time.monotonic()):
+            for event in batch.add(streamed, time.monotonic()):
                 self.producer.send(TOKENS, event, key=hex_key(job.job_id))
 
         try:

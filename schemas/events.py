@@ -867,6 +867,13 @@ class JobTokens(Event):
     #: The text they add to the output so far.
     text: str
 
+    #: Which of the job's choices (n) the tokens continue.
+    choice: int = 0
+
+    #: The tokens' log-probability entries as a JSON list, one per token, when the job asked for
+    #: them; empty otherwise.
+    logprobs: str = ""
+
     def to_avro(self) -> dict[str, Any]:
         return dict(self.__dict__)
 

@@ -98,10 +98,6 @@ def refused(body: OpenAIRequest) -> MarketError | None:
     extra = refused_extra(body)
     if extra is not None:
         return extra
-    if body.stream and (body.n or 1) > 1:
-        return _unsupported("n", "n: more than one choice is not streamed; ask without stream")
-    if body.stream and getattr(body, "logprobs", None):
-        return _unsupported("logprobs", "logprobs: not streamed; ask without stream")
     if isinstance(body, ChatCompletionRequest):
         if body.top_logprobs and not body.logprobs:
             return _unsupported("top_logprobs", "top_logprobs: needs logprobs: true")
@@ -187,8 +183,9 @@ def _chat_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"content": content, "refusal": None}
 
 
-def _completion_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    offsets, at = [], 0
+def _completion_logprobs(entries: list[dict[str, Any]], at: int = 0) -> dict[str, Any]:
+    """Completions' logprobs shape; `at`: where the first token's text starts."""
+    offsets = []
     for entry in entries:
         offsets.append(at)
         at += len(entry["token"])
@@ -258,19 +255,19 @@ class Completions:
             if order.stream:
                 record = await self.jobs.start(authorization, order)
                 usage = body.stream_options is not None and body.stream_options.include_usage
-                return self._streamed(record, body.model, chat, usage)
+                logprobs = bool(order.payload.get("logprobs"))
+                stream = Stream(body.model, chat, usage, body.n or 1, logprobs)
+                return self._streamed(record, stream)
             job = await self.jobs.submit(authorization, order)
             return _completion(job, body.model, chat)
         except MarketError as exc:
             return error_response(exc)
 
-    def _streamed(
-        self, record: JobSubmitted, model: str, chat: bool, usage: bool
-    ) -> StreamingResponse:
-        ident = ("chatcmpl-" if chat else "cmpl-") + record.job_id.hex()
+    def _streamed(self, record: JobSubmitted, stream: Stream) -> StreamingResponse:
+        ident = ("chatcmpl-" if stream.chat else "cmpl-") + record.job_id.hex()
         timeout = self.jobs.settings.job_deadline_ms / 1000 + 5
         pieces = _live(self.jobs, record, timeout)
-        events = _events(Chunks(ident, int(time.time()), model, chat), pieces, usage)
+        events = _events(Chunks(ident, int(time.time()), stream), pieces)
         return StreamingResponse(events, media_type="text/event-stream")
 
 
@@ -332,19 +329,50 @@ def _moved(seen: int, tokens: list[Any], job: Job) -> bool:
     return len(tokens) > seen or bool(job.results) or job.state == "expired"
 
 
-#: A streamed piece: text, the finish reason (last piece), the usage (last piece).
-Piece = tuple[str, str | None, dict[str, int] | None]
+@dataclass(frozen=True)
+class Piece:
+    """A streamed piece of one choice: text, the logprob entries of its tokens, and on its
+    last piece the finish reason (with the usage on the stream's very last)."""
+
+    choice: int
+    text: str = ""
+    logprobs: tuple[dict[str, Any], ...] = ()
+    finish: str | None = None
+    usage: dict[str, int] | None = None
+
+
+def _entries(raw: str) -> tuple[dict[str, Any], ...]:
+    """A token event's logprob entries; what is not well formed is dropped (a stream is
+    progress from a node; its signed result, which follows, is what counts)."""
+    try:
+        entries = json.loads(raw) if raw else []
+    except ValueError:
+        entries = []
+    if not isinstance(entries, list):
+        return ()
+    return tuple(e for e in entries if isinstance(e, dict) and _well_formed(e))
+
+
+def _well_formed(entry: dict[str, Any]) -> bool:
+    top = entry.get("top")
+    return (
+        isinstance(entry.get("token"), str)
+        and isinstance(entry.get("logprob"), int | float)
+        and isinstance(top, list)
+        and all(isinstance(t, dict) and _well_formed({**t, "top": []}) for t in top)
+    )
 
 
 async def _live(jobs: JobService, record: JobSubmitted, timeout: float) -> AsyncIterator[Piece]:
-    """The pieces of a streamed job as the node produces them: tokens from the first node
-    that streams, then whatever its signed result adds, then the finish reason and usage.
-    Raises MarketError when no result comes in time."""
+    """The pieces of a streamed job as the node produces them: every choice's tokens from
+    the first node that streams, then whatever its signed result adds, then each choice's
+    finish reason and the usage. Raises MarketError when no result comes in time."""
     market = jobs.market
     job_id = record.job_id
     tokens = market.tokens.setdefault(job_id, [])
     node: bytes | None = None
-    seen, text = 0, ""
+    seen = 0
+    streamed: dict[int, tuple[str, int]] = {}  # choice: text and logprob entries sent
     while True:
         job = await market.wait(job_id, partial(_moved, seen, tokens), timeout)
         if job is None:
@@ -352,21 +380,49 @@ async def _live(jobs: JobService, record: JobSubmitted, timeout: float) -> Async
         with market.lock:
             fresh, seen = tokens[seen:], len(tokens)
             results = list(job.results)
-        for piece in fresh:
-            node = node or piece.node
-            if piece.node == node and piece.text:
-                text += piece.text
-                yield piece.text, None, None
+        for event in fresh:
+            node = node or event.node
+            entries = _entries(event.logprobs)
+            if event.node == node and (event.text or entries):
+                text, count = streamed.get(event.choice, ("", 0))
+                streamed[event.choice] = (text + event.text, count + len(entries))
+                yield Piece(event.choice, event.text, entries)
         answer = next((r for r in results if node is None or r.node == node), None)
         if answer is not None:
-            document = _document_of(answer)
-            if document["text"].startswith(text) and len(document["text"]) > len(text):
-                yield document["text"][len(text) :], None, None
-            yield "", document["finish_reason"], _usage(document)
+            for piece in _rest(_document_of(answer), streamed):
+                yield piece
             return
         if job.state == "expired":
             break
     raise MarketError(504, "job_expired", f"no node answered job 0x{job_id.hex()} in time")
+
+
+def _rest(document: dict[str, Any], streamed: dict[int, tuple[str, int]]) -> list[Piece]:
+    """What the signed result adds to what was streamed: each choice's text and logprobs
+    not yet sent, then each choice's finish reason, the usage on the last."""
+    choices = choices_of(document)
+    pieces = []
+    for index, choice in enumerate(choices):
+        text, count = streamed.get(index, ("", 0))
+        rest = choice["text"][len(text) :] if choice["text"].startswith(text) else ""
+        entries = tuple((choice.get("logprobs") or [])[count:])
+        if rest or entries:
+            pieces.append(Piece(index, rest, entries))
+    for index, choice in enumerate(choices):
+        usage = _usage(document) if index == len(choices) - 1 else None
+        pieces.append(Piece(index, finish=choice["finish_reason"], usage=usage))
+    return pieces
+
+
+@dataclass(frozen=True)
+class Stream:
+    """What a streamed request asked for."""
+
+    model: str
+    chat: bool
+    usage: bool  # stream_options.include_usage
+    n: int
+    logprobs: bool
 
 
 @dataclass(frozen=True)
@@ -375,41 +431,57 @@ class Chunks:
 
     ident: str
     created: int
-    model: str
-    chat: bool
+    stream: Stream
 
     def event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
-        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        kind = "chat.completion.chunk" if self.stream.chat else "text_completion"
         chunk: dict[str, Any] = {
             "id": self.ident,
             "object": kind,
             "created": self.created,
-            "model": self.model,
+            "model": self.stream.model,
             "choices": choices,
         }
         if usage is not None:
             chunk["usage"] = usage
         return f"data: {json.dumps(chunk)}\n\n"
 
+    def choice(self, piece: Piece, at: int) -> dict[str, Any]:
+        """A piece as a chunk's choice; `at`: the length of that choice's text before it."""
+        entries = list(piece.logprobs)
+        asked = self.stream.logprobs and bool(entries)
+        if self.stream.chat:
+            delta = {"content": piece.text} if piece.text or piece.finish is None else {}
+            logprobs = _chat_logprobs(entries) if asked else None
+            return {
+                "index": piece.choice,
+                "delta": delta,
+                "logprobs": logprobs,
+                "finish_reason": piece.finish,
+            }
+        logprobs = _completion_logprobs(entries, at) if asked else None
+        return {
+            "index": piece.choice,
+            "text": piece.text,
+            "logprobs": logprobs,
+            "finish_reason": piece.finish,
+        }
 
-async def _events(
-    chunks: Chunks, pieces: AsyncIterator[Piece], with_usage: bool
-) -> AsyncIterator[str]:
-    """The server-sent events of a stream; with `with_usage` (`stream_options`), a last
+
+async def _events(chunks: Chunks, pieces: AsyncIterator[Piece]) -> AsyncIterator[str]:
+    """The server-sent events of a stream; with `stream_options.include_usage`, a last
     chunk with no choices and the usage, as OpenAI sends it."""
-    if chunks.chat:
-        first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-        yield chunks.event([first])
+    if chunks.stream.chat:
+        for index in range(chunks.stream.n):
+            role = {"role": "assistant", "content": ""}
+            yield chunks.event([{"index": index, "delta": role, "finish_reason": None}])
+    written: dict[int, int] = {}
     try:
-        async for piece, finish, usage in pieces:
-            if chunks.chat:
-                delta = {"content": piece} if piece or finish is None else {}
-                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": piece, "finish_reason": finish, "logprobs": None}
-            yield chunks.event([choice])
-            if usage is not None and with_usage:
-                yield chunks.event([], usage)
+        async for piece in pieces:
+            yield chunks.event([chunks.choice(piece, written.get(piece.choice, 0))])
+            written[piece.choice] = written.get(piece.choice, 0) + len(piece.text)
+            if piece.usage is not None and chunks.stream.usage:
+                yield chunks.event([], piece.usage)
     except MarketError as exc:
         yield f"data: {json.dumps({'error': exc.detail()})}\n\n"
     yield "data: [DONE]\n\n"

@@ -235,6 +235,19 @@ def held_back(stops: Sequence[str]) -> int:
 
 
 @dataclass(frozen=True)
+class StreamedToken:
+    """A token as it is generated, for a stream: its choice, its position there, the text
+    it adds ("" while that text may still be cut: inside a multi-byte character or a
+    possible stop sequence; a later token brings it), and its logprob entry when asked."""
+
+    choice: int
+    position: int
+    token: int
+    text: str
+    logprob: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Choice:
     """One generated continuation. `chosen_logits`: the logit of each token when chosen
     (the fingerprint the verifier compares); `logprobs`: per token when asked for."""

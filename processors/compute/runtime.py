@@ -50,6 +50,7 @@ from processors.compute.generation import (
     Choice,
     Generation,
     Sampling,
+    StreamedToken,
     choose,
     cut_at_stop,
     held_back,
@@ -399,13 +400,12 @@ class LoadedModel:
     def generate(
         self,
         request: dict[str, Any],
-        on_text: Callable[[int, int, str], None] | None = None,
+        on_text: Callable[[StreamedToken], None] | None = None,
         job_id: bytes = b"",
     ) -> Generation:
         """Decode `request["n"]` choices as its sampling asks (`processors.compute.generation`;
-        SamplingError for bad parameters); `on_text(index, token, text)` hears the first
-        choice's tokens as they come, with the text each adds ("" while that text may still
-        be cut: inside a multi-byte character or a possible stop sequence)."""
+        SamplingError for bad parameters); `on_text` hears every choice's tokens as they
+        come, one choice after the other."""
         sampling = Sampling.of(request, job_id)
         limit = int(self.manifest.document.get("max_positions") or 1024)
         prompt = self.prompt(request)
@@ -427,12 +427,11 @@ class LoadedModel:
         max_tokens: int,
         sampling: Sampling,
         index: int,
-        on_text: Callable[[int, int, str], None] | None,
+        on_text: Callable[[StreamedToken], None] | None,
     ) -> Choice:
         chosen: list[int] = []
         logits: list[float] = []
         logprobs: list[dict[str, Any]] = []
-        streaming = on_text is not None and index == 0
         hold = held_back(sampling.stop)
         sent, text, finish = "", "", "length"
         for step in range(max_tokens):
@@ -445,15 +444,15 @@ class LoadedModel:
             logits.append(float(row[token]))
             if sampling.logprobs:
                 logprobs.append(self._logprob(row, token, sampling.top_logprobs))
-            if streaming or sampling.stop:
+            if on_text is not None or sampling.stop:
                 text, stopped = cut_at_stop(self.decode(chosen), sampling.stop)
-                if streaming:
-                    assert on_text is not None
+                if on_text is not None:
                     ready = text if stopped else text[: len(text) - hold]
                     added = ""
                     if len(ready) > len(sent) and not ready.endswith("\ufffd"):
                         added, sent = ready[len(sent) :], ready
-                    on_text(len(chosen) - 1, token, added)
+                    entry = logprobs[-1] if sampling.logprobs else None
+                    on_text(StreamedToken(index, len(chosen) - 1, token, added, entry))
                 if stopped:
                     finish = "stop"
                     break
