@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import statistics
 import subprocess
@@ -144,22 +145,66 @@ def bench_market(url: str, data: Path, tokens: int, jobs: int) -> list[float]:
     """Completions through the market: one at a time, then from 8 threads."""
     key = (data / "api-key").read_text().strip()
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    calls: dict[str, tuple[float, float]] = {}  # job id: sent and answered, epoch ms
 
     def one() -> float:
-        started = time.perf_counter()
-        client.completions.create(model="bench-model", prompt=PROMPT, max_tokens=tokens)
+        sent, started = time.time() * 1000, time.perf_counter()
+        answer = client.completions.create(model="bench-model", prompt=PROMPT, max_tokens=tokens)
+        calls[answer.model_extra["lattice"]["job_id"]] = (sent, time.time() * 1000)
         return (time.perf_counter() - started) * 1000
 
     for _ in range(5):
         one()  # workers load the model on their first job
+    calls.clear()
     market = [one() for _ in range(jobs)]
     report("market, one at a time", market, 1000 / statistics.mean(market))
+    hops(data, dict(calls))
     started = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         concurrent = list(pool.map(lambda _: one(), range(jobs)))
     elapsed = time.perf_counter() - started
     report("market, 8 concurrent clients", concurrent, jobs / elapsed)
     return market
+
+
+def hops(data: Path, calls: dict[str, tuple[float, float]]) -> None:
+    """Where one-at-a-time jobs spend their time, from the records' own timestamps (each
+    producer's create time, ms): the gateway's request to its JobSubmitted, the matcher's
+    JobAssigned, the worker's JobResult, and the answer's arrival back at the client."""
+    from streams.kafka import Reader, from_beginning
+    from streams.topics import topic
+
+    kafka = json.loads((data / "devnet.json").read_text())["kafka"]
+    reader = Reader(kafka, client_id="bench-hops")
+    stamps: dict[str, dict[str, float]] = {}
+    try:
+        for name in ("submitted", "assigned", "results"):
+            full = topic(f"jobs.{name}").name
+            positions = from_beginning(full, reader.partitions(full))
+            for message in reader.read(positions):
+                if message.error() is not None or message.value() is None:
+                    continue
+                record = reader.decode(message)
+                job_id = "0x" + bytes(getattr(record.event, "job_id", b"")).hex()
+                stamps.setdefault(job_id, {}).setdefault(name, float(record.timestamp_ms))
+    finally:
+        reader.close()
+    legs: dict[str, list[float]] = {
+        "client -> JobSubmitted": [],
+        "JobSubmitted -> JobAssigned": [],
+        "JobAssigned -> JobResult": [],
+        "JobResult -> client": [],
+    }
+    for job_id, (sent, answered) in calls.items():
+        seen = stamps.get(job_id, {})
+        if len(seen) < 3:
+            continue
+        points = [sent, seen["submitted"], seen["assigned"], seen["results"], answered]
+        for leg, (a, b) in zip(legs, itertools.pairwise(points), strict=True):
+            legs[leg].append(b - a)
+    for leg, values in legs.items():
+        if values:
+            report(f"  {leg}", values)
 
 
 def main() -> None:
