@@ -345,6 +345,8 @@ def cmd_model_import(settings: Settings, args: argparse.Namespace, out: TextIO) 
         f"{doc['parameter_count']} parameters, needs {doc['vram_required_bytes'] >> 20} MiB",
         file=out,
     )
+    for part in parts:  # what `ipfs add` prints for the same files
+        print(f"  {part}: {doc[part]['size']:,} bytes, IPFS {doc[part]['ipfs']}", file=out)
     return 0
 
 

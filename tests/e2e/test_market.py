@@ -128,6 +128,7 @@ def market(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2: Path) -> Iterato
         )
         assert imported.returncode == 0, imported.stderr
         assert "model tiny-gpt2 version 1" in imported.stdout
+        assert "  onnx: " in imported.stdout and ", IPFS Qm" in imported.stdout
         m = Market(net, (data / "api-key").read_text().strip())
         wait_for("two workers", lambda: len(m.http.get("/v1/nodes").json()["nodes"]) >= 2)
         assert key
