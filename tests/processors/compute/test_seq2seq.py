@@ -5,8 +5,6 @@ thread count, forged tokens are caught), and chat works without a chat template.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,13 +13,10 @@ import numpy as np
 import pytest
 
 from gpu_worker.processor import execute
-from processors.compute.generation import Sampling, choices_of
 from processors.compute.models import SEQ2SEQ, import_model
 from processors.compute.runtime import BlockSource, LoadedModel, ModelCache
 from processors.market.content import Blockstore
-from processors.verifier import core
-from schemas.events import JobSubmitted
-from tests.market_events import submitted
+from tests.processors.verifier.test_core import job, verify
 from tests.tiny_models import build_tiny_t5
 
 SAMPLED = {
@@ -46,27 +41,6 @@ def load(t5: tuple[Path, Blockstore, Any], tmp: Path, threads: int) -> LoadedMod
     _, store, manifest = t5
     model, _ = ModelCache(BlockSource(store), tmp, threads, use_gpu=False).load(manifest.cid)
     return model
-
-
-def job(payload: dict[str, Any]) -> JobSubmitted:
-    job_id = hashlib.sha256(json.dumps(payload).encode()).digest()
-    return dataclasses.replace(submitted(job_id), input=json.dumps(payload).encode())
-
-
-def verify(
-    model: LoadedModel, payload: dict[str, Any], output: bytes, fingerprint: bytes
-) -> core.Check:
-    """The verifier's check, as `Verifier.reexecute` makes it."""
-    prompt = model.prompt(payload)
-    return core.check_generation(
-        output,
-        fingerprint,
-        [model.continuation(prompt, c["token_ids"]) for c in choices_of(json.loads(output))],
-        len(prompt),
-        model.eos_token_id,
-        Sampling.of(payload, job(payload).job_id),
-        model.decode,
-    )
 
 
 def test_an_encoder_decoder_imports_as_text2text_generation_with_transformers_logits(
