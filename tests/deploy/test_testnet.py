@@ -194,7 +194,10 @@ def paid_job(net: Net, url: str, key: str) -> dict[str, Any]:
     """A chat completion through `url`'s OpenAI endpoint, once settled: the job."""
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
     reply = client.chat.completions.create(
-        model="tiny-gpt2", messages=[{"role": "user", "content": "hello network"}], max_tokens=6
+        model="tiny-gpt2",
+        messages=[{"role": "user", "content": "hello network"}],
+        max_tokens=6,
+        temperature=0,  # greedy: a sampled draw may end at its first token (empty content)
     )
     assert reply.choices[0].message.content
     job_id = "0x" + reply.id.removeprefix("chatcmpl-")
