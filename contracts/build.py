@@ -16,6 +16,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +46,24 @@ def compile_sources(source_dir: Path = SOURCES) -> dict[str, dict[str, Any]]:
             },
         },
     }
-    result = subprocess.run(
-        [str(SOLCJS), "--standard-json"],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    # Node cuts what it writes to a pipe at 64 KiB when solcjs exits; a file gets it all.
+    with tempfile.TemporaryFile("w+") as written:
+        result = subprocess.run(
+            [str(SOLCJS), "--standard-json"],
+            input=json.dumps(request),
+            stdout=written,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        written.seek(0)
+        stdout = written.read()
     # solcjs may print notices (e.g. about SMT solvers) before the JSON document.
-    start = result.stdout.find("{")
+    start = stdout.find("{")
     try:
-        output = json.loads(result.stdout[start:] if start >= 0 else result.stdout)
+        output = json.loads(stdout[start:] if start >= 0 else stdout)
     except ValueError:
-        raise BuildError(f"solc-js failed: {result.stderr or result.stdout}") from None
+        raise BuildError(f"solc-js failed: {result.stderr or stdout}") from None
     errors = [e for e in output.get("errors", []) if e.get("severity") == "error"]
     if errors:
         raise BuildError("\n".join(e.get("formattedMessage", e["message"]) for e in errors))
@@ -68,6 +74,8 @@ def compile_sources(source_dir: Path = SOURCES) -> dict[str, dict[str, Any]]:
     for source, contracts in output["contracts"].items():
         digest = hashlib.sha256(sources[source]["content"].encode()).hexdigest()
         for name, compiled in contracts.items():
+            if not compiled["evm"]["bytecode"]["object"]:
+                continue  # an interface: its ABI is in the contracts that use it
             artifacts[name] = {
                 "contractName": name,
                 "sourceName": f"contracts/src/{source}",

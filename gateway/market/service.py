@@ -42,7 +42,7 @@ from processors.compute.runtime import BlockSource
 from processors.execution.genesis import JOB_MARKET, address_of
 from processors.market.chain import call_data
 from processors.market.content import Blockstore, cid_of
-from processors.market.jobs import INFERENCE, TRAINING, JobRequest
+from processors.market.jobs import INFERENCE, TRAINING, JobRequest, is_oracle_job
 from processors.market.lifecycle import Job
 from processors.market.view import MarketView
 from processors.state import MemoryStore
@@ -210,6 +210,8 @@ class MarketService(Processor[MemoryStore]):
         # before the job's submission, or its receipt before its record.
         if isinstance(event, JobSubmitted):
             job_id = event.job_id
+            if is_oracle_job(event):
+                return  # paid from the oracle's escrow, not from a deposit
             if job_id not in self.jobs and job_id not in self._released:
                 expires = event.deadline_ms + HOLD_GRACE_MS
                 self.holds[job_id] = Hold(event.requester, event.max_price_wei, expires)

@@ -8,9 +8,10 @@ A genesis file (JSON: `{"timestamp": ..., "gas_limit": ..., "alloc": {"0xaddr": 
 The chain id is fixed (27182, `streams.settings.CHAIN_ID`) and signed into transactions.
 
 The market's system contracts live at fixed addresses from the genesis on: `JobMarket` at
-`0x4c00…0001` and `ModelRegistry` at `0x4c00…0002` (runtime code from the committed
-artifacts; JobMarket's settler, treasury and minimum stake written into its slots 0..2, its
-unbonding period into slot 10).
+`0x4c00…0001`, `ModelRegistry` at `0x4c00…0002` and `InferenceOracle` (contracts that ask
+for inference) at `0x4c00…0003` (runtime code from the committed artifacts; JobMarket's
+settler, treasury and minimum stake written into its slots 0..2, its unbonding period into
+slot 10; the oracle's settler and treasury into its slots 0 and 1).
 The devnet also funds a settler account (the verifier's, which sends settlements) and
 sixteen worker accounts, with keys derived from public seeds (`devnet_key`): they are as
 public as the development mnemonic and must never hold real value.
@@ -93,6 +94,7 @@ class Genesis:
 
 JOB_MARKET = bytes.fromhex("4c00000000000000000000000000000000000001")
 MODEL_REGISTRY = bytes.fromhex("4c00000000000000000000000000000000000002")
+INFERENCE_ORACLE = bytes.fromhex("4c00000000000000000000000000000000000003")
 MIN_STAKE = ETHER
 #: How long a node that asked to leave waits for its stake (`JobMarket.withdrawStake`):
 #: far beyond a job's deadline and verification, so what it did can still be slashed.
@@ -123,9 +125,11 @@ def system_contracts(
         2: min_stake,
         10: unbonding_seconds,
     }
+    oracle_slots = {0: int.from_bytes(settler), 1: int.from_bytes(treasury)}
     return {
         JOB_MARKET: Account(code=runtime("JobMarket"), storage=market_slots),
         MODEL_REGISTRY: Account(code=runtime("ModelRegistry")),
+        INFERENCE_ORACLE: Account(code=runtime("InferenceOracle"), storage=oracle_slots),
     }
 
 

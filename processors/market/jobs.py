@@ -6,6 +6,12 @@ Keccak-256 of a domain tag, the chain id and the RLP of the request's fields in 
 the job id *is* that hash, so a job cannot be re-signed into another one. Results, node
 registrations and heartbeats are signed the same way by the node's key, whose address is
 the node's id. Signatures are 65-byte recoverable secp256k1 (r, s, recovery id), as on DAG blocks.
+
+A job that a contract asked for through `InferenceOracle` is signed by no key: its authority
+is the request on the ledger. Its id names the request (`oracle_job_id`), its `nonce` is the
+request id, its `signature` is empty, and the oracle refuses any answer whose model or input
+differ from what was requested (`processors.market.oracle`), so the signer such a job counts
+as is the oracle itself.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import rlp
 from coincurve import PrivateKey, PublicKey
 from eth_hash.auto import keccak
 
+from processors.execution.genesis import INFERENCE_ORACLE
 from schemas.codec import default_codec
 from schemas.events import GpuNodeHeartbeat, GpuNodeRegistration, JobKind, JobResult, JobSubmitted
 from schemas.record import Event
@@ -135,9 +142,30 @@ def request_of(record: JobSubmitted) -> JobRequest:
     )
 
 
+#: The params entry naming the InferenceOracle request a job answers.
+ORACLE_REQUEST = "oracle_request"
+
+
+def oracle_job_id(chain_id: int, request_id: int) -> bytes:
+    return signing_hash("lattice-oracle-job-v1", chain_id, [INFERENCE_ORACLE, _int(request_id)])
+
+
+def is_oracle_job(record: JobSubmitted) -> bool:
+    """Whether a contract asked for this job through the InferenceOracle (no signature)."""
+    return not record.signature and ORACLE_REQUEST in record.params
+
+
 def job_signer(record: JobSubmitted, chain_id: int) -> bytes:
-    """The address that signed a job request (the requester or its delegate);
-    InvalidSignature when the id does not match the fields or the signature is unreadable."""
+    """The address that signed a job request (the requester or its delegate; the oracle for
+    a job it asked for); InvalidSignature when the id does not match the fields or the
+    signature is unreadable."""
+    if is_oracle_job(record):
+        request = record.params[ORACLE_REQUEST]
+        if not request.isdigit() or int(request) != record.nonce:
+            raise InvalidSignature(f"oracle request {request!r} is not the job's nonce")
+        if record.job_id != oracle_job_id(chain_id, record.nonce):
+            raise InvalidSignature("job id is not the oracle request's")
+        return INFERENCE_ORACLE
     job_id = request_of(record).job_id(chain_id)
     if job_id != record.job_id:
         raise InvalidSignature("job id does not match the signed fields")

@@ -12,6 +12,13 @@ assigns a job twice. Live, its `tick` assigns each pending job
 - a job still without a result at its deadline is expired: an assignment with no nodes,
   which the verifier turns into a refund.
 
+It also brings contracts' requests to the market: an `InferenceRequested` log of the
+`InferenceOracle` in an executed block's receipt becomes a `JobSubmitted`
+(`processors.market.oracle.job_of`) once the model's manifest is known (or, if it never
+comes, at the request's deadline, to be expired and refunded). The job's id derives from
+the request id, so a restarted or standby matcher that writes it again writes the same job,
+and the matcher assigns it as it does a user's.
+
 Leases and deadlines are liveness decisions on the wall clock (the tick's `now_ms`); each
 is written down as an event with its seed and candidates, and everything downstream
 (verdicts, settlements, reputation) derives from those events alone. An assignment is
@@ -25,12 +32,19 @@ from collections.abc import Sequence
 from typing import Any
 
 from processors.abc import Output, Pace, Processor, Subscription
-from processors.market.jobs import InvalidSignature, job_signer, recover, result_hash
+from processors.market.jobs import (
+    InvalidSignature,
+    is_oracle_job,
+    job_signer,
+    recover,
+    result_hash,
+)
 from processors.market.lifecycle import Job
 from processors.market.matching import JobNeeds, decide
+from processors.market.oracle import OracleRequest, job_of, requests_in
 from processors.market.view import MarketView
 from processors.state import MemoryStore
-from schemas.events import JobAssigned, JobResult, JobSubmitted
+from schemas.events import JobAssigned, JobResult, JobSubmitted, Position, Receipt
 from streams.kafka import LOW_LATENCY_READ, Record
 from streams.metrics import JOB_QUEUE
 from streams.settings import Settings
@@ -67,6 +81,9 @@ class Matcher(Processor[MemoryStore]):
         self.open: dict[bytes, None] = {}
         self.decisions = 0
         self._came_in = False
+        #: Oracle requests from the receipts whose job is not on the log yet, with the
+        #: position of their receipt (the job's cause).
+        self.requested: dict[bytes, tuple[OracleRequest, Position]] = {}
 
     def subscriptions(self) -> Sequence[Subscription]:
         return [Subscription(spec) for spec in INPUTS]
@@ -88,7 +105,16 @@ class Matcher(Processor[MemoryStore]):
                 self._fold(answered.apply(event))
         else:
             self.market.apply(event)
+            if isinstance(event, Receipt):
+                self._requested(event, record.position)
         return ()
+
+    def _requested(self, receipt: Receipt, position: Position) -> None:
+        for request in requests_in(receipt):
+            job_id = job_of(request, self.settings.chain_id, 0).job_id
+            if job_id not in self.jobs:
+                self.requested[job_id] = (request, position)
+                self._came_in = True
 
     def _submitted(self, event: JobSubmitted, record: Record[Any]) -> None:
         job = self.jobs.get(event.job_id) or Job(event.job_id)
@@ -99,6 +125,13 @@ class Matcher(Processor[MemoryStore]):
         except InvalidSignature as exc:
             log.warning("dropping job 0x%s: %s", event.job_id.hex(), exc)
             return
+        requested = self.requested.get(event.job_id)
+        if requested is not None:
+            derived = job_of(requested[0], self.settings.chain_id, event.required_vram_bytes)
+            if derived != event:
+                log.warning("dropping job 0x%s: not what its request asks", event.job_id.hex())
+                return
+            del self.requested[event.job_id]
         self._fold(job.apply(event, record.position))
         self._came_in = True
 
@@ -140,7 +173,8 @@ class Matcher(Processor[MemoryStore]):
             now,
             attempt,
             job.excluded,
-            self.settings.redundancy_bps,
+            # The oracle's escrow pays one answer: its jobs are never doubled at random.
+            0 if is_oracle_job(record) else self.settings.redundancy_bps,
             force_redundant=record.params.get("redundancy") == "2",
         )
         nodes = () if expire or not known else decision.nodes
@@ -156,13 +190,30 @@ class Matcher(Processor[MemoryStore]):
             job=record if nodes else None,
         )
 
+    def bridge(self, now_ms: int) -> list[Output]:
+        """Oracle requests made jobs: each once its model's manifest is here (the job needs
+        its memory), or at its deadline without it (the job then expires, and is refunded)."""
+        outputs = []
+        for job_id, (request, position) in list(self.requested.items()):
+            manifest = self.market.versions.get(request.manifest_cid)
+            if manifest is None and now_ms < request.deadline_ms:
+                continue
+            vram = manifest.vram_required_bytes if manifest is not None else 0
+            record = job_of(request, self.settings.chain_id, vram)
+            self._fold(Job(job_id).apply(record, position))
+            del self.requested[job_id]
+            log.info("oracle request %d -> job 0x%s", request.request_id, job_id.hex()[:12])
+            outputs.append(Output(SUBMITTED, record, key=hex_key(job_id)))
+        return outputs
+
     def tick(self, now_ms: int, state: MemoryStore) -> Sequence[Output]:
-        """The assignments due now; each is folded into its job as it is decided."""
+        """Oracle requests made jobs, then the assignments due now; each is folded into its
+        job as it is decided."""
         self._came_in = False
+        due = self.bridge(now_ms)
         jobs = [self.jobs[j] for j in self.open]
         JOB_QUEUE.labels("waiting").set(sum(1 for j in jobs if not j.nodes))
         JOB_QUEUE.labels("running").set(sum(1 for j in jobs if j.nodes))
-        due = []
         for job in jobs:
             assignment = self._due(job, now_ms)
             if assignment is None:

@@ -33,6 +33,12 @@ counted from the settler's own transactions on the log). It decides nothing unti
 caught up (its first tick); live, it folds its outputs as it makes them and skips them when
 they come back.
 
+A job a contract asked for through the `InferenceOracle` (`processors.market.oracle`) is paid
+from the oracle's escrow, once: an accepted result by `fulfil` (the node, the fee, the rest
+back, and the verified answer to the contract's callback), an expired, failed or rejected
+job by `refund`; a rejected node is slashed on `JobMarket` as for any job. Its settlements
+are recognised on the log like `JobMarket`'s.
+
 Verdicts and amounts depend only on each job's own events (all keyed by job id, so in one
 partition's order), which is what makes a replay reproduce them exactly.
 """
@@ -63,13 +69,28 @@ from processors.compute.models import (
 )
 from processors.compute.runtime import BlockSource, FetchError, ModelCache, label_scores
 from processors.compute.training import Trainer, TrainingSpec, weights_array
-from processors.execution.genesis import JOB_MARKET, address_of
+from processors.execution.genesis import INFERENCE_ORACLE, JOB_MARKET, address_of
 from processors.execution.transactions import ChainRules, decode_transaction, submitted_event
 from processors.market.chain import Settlement, settle_call, settlement_of, signed_call
 from processors.market.content import Blockstore, ContentError
 from processors.market.economics import Reward, refund, reward
-from processors.market.jobs import TRAINING, InvalidSignature, job_signer
+from processors.market.jobs import (
+    ORACLE_REQUEST,
+    TRAINING,
+    InvalidSignature,
+    is_oracle_job,
+    job_signer,
+)
 from processors.market.lifecycle import Job
+from processors.market.oracle import (
+    CALLBACK_GAS,
+    callback_output,
+    fulfil_call,
+    oracle_settlement_of,
+    refund_call,
+    request_digest,
+    settlement_gas,
+)
 from processors.state import MemoryStore
 from processors.verifier import core
 from schemas.events import (
@@ -199,7 +220,11 @@ class Verifier(Processor[MemoryStore]):
             return
         self.nonce = max(self.nonce, tx_record.nonce + 1)
         tx = decode_transaction(tx_record.raw, self.rules)
-        call = settlement_of(tx.data) if tx.to == JOB_MARKET else None
+        call = None
+        if tx.to == JOB_MARKET:
+            call = settlement_of(tx.data)
+        elif tx.to == INFERENCE_ORACLE:
+            call = oracle_settlement_of(tx.data)
         if call is not None:
             self.sent.setdefault(call.settlement_id, (tx.hash, call))
 
@@ -222,7 +247,7 @@ class Verifier(Processor[MemoryStore]):
                 continue
             expiry = job.expiry
             # Refunded once, whether the node's (unpaid) verdict came before or after.
-            if expiry is not None and ZERO not in job.settled_for and not job.charged:
+            if expiry is not None and ZERO not in job.settled_for and not _paid_out(job):
                 outputs += self.settle(
                     job_id, ZERO, refund(job.submitted.max_price_wei), 0, expiry.cause
                 )
@@ -437,10 +462,11 @@ class Verifier(Processor[MemoryStore]):
         if node in job.settled_for:
             return []
         cause = verdict.cause
+        escrowed = is_oracle_job(record)
         if verdict.outcome == core.ACCEPTED:
             price = self.registrations[node].price_wei_per_hour
             budget = record.max_price_wei - job.charged
-            if budget <= 0:
+            if budget <= 0 or (escrowed and _paid_out(job)):
                 return []  # the job's budget went to an earlier result
             owed = reward(
                 price,
@@ -449,22 +475,36 @@ class Verifier(Processor[MemoryStore]):
                 verdict.performance_bps,
                 verdict.reputation_bps,
             )
-            return self.settle(job_id, node, owed, 0, cause)
+            return self.settle(job_id, node, owed, 0, cause, answer=result)
         if verdict.outcome == core.REJECTED:
             # A result the node did not sign proves nothing against it: anyone can write one.
             # The figure is fixed: the stake a registration declares is the node's own word.
             signed = all(c.passed for c in verdict.checks if c.name == "signature")
+            if escrowed and not signed:
+                return []  # not the node's answer: its lease runs out, another node answers
             slash = self.settings.slash_wei if signed else 0
-            return self.settle(job_id, node, Reward(0, 0, 0), slash, cause)
-        if not job.charged and ZERO not in job.settled_for:
+            outputs = self.settle(job_id, node, Reward(0, 0, 0), slash, cause)
+            if escrowed and not _paid_out(self.jobs[job_id]):
+                # The escrow is the contract's money, not a deposit: it goes back now.
+                outputs += self.settle(job_id, ZERO, refund(record.max_price_wei), 0, cause)
+            return outputs
+        if not _paid_out(job) and ZERO not in job.settled_for:
             return self.settle(job_id, ZERO, refund(record.max_price_wei), 0, cause)
         return []
 
     # -- money ----------------------------------------------------------------------------
 
     def settle(
-        self, job_id: bytes, provider: bytes, owed: Reward, slash: int, cause: Position
+        self,
+        job_id: bytes,
+        provider: bytes,
+        owed: Reward,
+        slash: int,
+        cause: Position,
+        answer: JobResult | None = None,
     ) -> list[Output]:
+        """Settle (job, provider); `answer`: the accepted result that pays (for an oracle's
+        job, its output goes to the contract)."""
         job = self.jobs[job_id]
         record = job.submitted
         assert record is not None
@@ -473,14 +513,16 @@ class Verifier(Processor[MemoryStore]):
         except InvalidSignature:
             return []  # never assigned: the matcher dropped it too
         refund_wei = record.max_price_wei - job.charged - owed.charged_wei
+        escrowed = is_oracle_job(record)
         call = Settlement(
             settlement_id(job_id, provider),
             signer,
-            record.requester,
+            # The oracle's escrow is what pays; on JobMarket such a job only slashes.
+            signer if escrowed else record.requester,
             provider,
             owed.paid_wei,
             owed.fee_wei,
-            max(refund_wei, 0),
+            0 if escrowed and provider != ZERO and answer is None else max(refund_wei, 0),
             slash,
         )
         outputs: list[Output] = []
@@ -498,14 +540,8 @@ class Verifier(Processor[MemoryStore]):
                 tx_hash.hex(),
             )
         else:
-            raw = signed_call(
-                self.key,
-                self.settings.chain_id,
-                self.nonce,
-                JOB_MARKET,
-                settle_call(*dataclasses.astuple(call)),
-                gas=200_000,
-            )
+            to, data, gas = self.settlement_tx(job, call, answer)
+            raw = signed_call(self.key, self.settings.chain_id, self.nonce, to, data, gas=gas)
             tx = decode_transaction(raw, self.rules)
             outputs.append(
                 Output(
@@ -531,6 +567,36 @@ class Verifier(Processor[MemoryStore]):
         self.jobs[job_id] = job.apply(settled)
         outputs.append(Output(self.outputs_to["settled"], settled, key=hex_key(job_id)))
         return outputs
+
+    def settlement_tx(
+        self, job: Job, call: Settlement, answer: JobResult | None
+    ) -> tuple[bytes, bytes, int]:
+        """(to, data, gas) of a settlement: `JobMarket.settle`, or for an oracle's job its
+        escrow's `fulfil` (with the accepted answer) or `refund`; a node's other settlements
+        of an oracle's job (a slash) are `JobMarket`'s."""
+        record = job.submitted
+        assert record is not None
+        escrow = is_oracle_job(record) and (answer is not None or call.provider == ZERO)
+        if not escrow:
+            return JOB_MARKET, settle_call(*dataclasses.astuple(call)), 200_000
+        request_id = int(record.params[ORACLE_REQUEST])
+        callback_gas = int(record.params.get(CALLBACK_GAS, "0"))
+        if answer is None:
+            data = refund_call(request_id, call)
+        else:
+            digest = request_digest(record.params["manifest_cid"], record.input or b"")
+            data = fulfil_call(request_id, call, digest, callback_output(answer.output or b""))
+        return INFERENCE_ORACLE, data, settlement_gas(callback_gas, data)
+
+
+def _paid_out(job: Job) -> bool:
+    """Whether the job's money is spent: charged to a deposit, or (an oracle's job) its
+    escrow fulfilled or refunded, which every such settlement moves some of."""
+    if job.charged:
+        return True
+    if job.submitted is None or not is_oracle_job(job.submitted):
+        return False
+    return any(s.paid_wei + s.fee_wei + s.refund_wei > 0 for s in job.settlements)
 
 
 def _labels(document: dict[str, Any], request: dict[str, Any]) -> list[str]:
