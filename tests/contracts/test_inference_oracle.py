@@ -16,7 +16,6 @@ from eth_typing import Address
 from contracts.build import load
 from processors.execution.genesis import (
     DEV_KEYS,
-    ETHER,
     INFERENCE_ORACLE,
     MODEL_REGISTRY,
     address_of,
