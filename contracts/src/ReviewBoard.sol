@@ -34,10 +34,10 @@ contract ReviewBoard is IInferenceConsumer {
     }
 
     IInferenceOracle public constant ORACLE = IInferenceOracle(0x4c00000000000000000000000000000000000003);
-    uint64 public constant TIMEOUT_SECONDS = 120;
     uint32 public constant CALLBACK_GAS = 300_000;
 
     string public model;
+    uint64 public timeoutSeconds;
     mapping(uint256 => Review) public reviews; // by the oracle's request id
     mapping(address => uint256) public refunds;
     uint256 public reviewCount;
@@ -51,8 +51,9 @@ contract ReviewBoard is IInferenceConsumer {
     error NotOracle(address caller);
     error UnknownRequest(uint256 requestId);
 
-    constructor(string memory model_) {
+    constructor(string memory model_, uint64 timeoutSeconds_) {
         model = model_;
+        timeoutSeconds = timeoutSeconds_;
     }
 
     /// @notice Post a review; the value sent pays its classification.
@@ -60,7 +61,7 @@ contract ReviewBoard is IInferenceConsumer {
         requestId = ORACLE.request{value: msg.value}(
             model,
             bytes.concat('{"input":', _jsonString(bytes(text)), "}"),
-            TIMEOUT_SECONDS,
+            timeoutSeconds,
             CALLBACK_GAS
         );
         reviews[requestId] = Review(msg.sender, Status.Pending, 0, text, "");

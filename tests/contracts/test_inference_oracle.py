@@ -81,7 +81,7 @@ def setup(c: OracleChain) -> tuple[bytes, oracle.OracleRequest]:
     """A model registered, a ReviewBoard deployed and one review posted: its request."""
     register = chain.register_model_call("sentiment", MANIFEST, "bert")
     assert ok(c.send(OWNER, MODEL_REGISTRY, register))
-    board = c.deploy(USER, "ReviewBoard", "sentiment", types=["string"])
+    board = c.deploy(USER, "ReviewBoard", "sentiment", 120, types=["string", "uint64"])
     posted = c.block(USER, board, board_call("post(string)", 'great "value"\n'), value=PRICE)
     receipt = posted.receipts[0]
     assert receipt.status == 1

@@ -611,6 +611,91 @@ def test_every_model_type_imports_runs_verifies_and_pays(
     assert caught.value.param == "model"
 
 
+def test_a_contract_asks_a_model_and_is_called_back_or_refunded(
+    market: Market, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """The example ReviewBoard posts reviews; each asks the InferenceOracle to classify it.
+    One board's model is served: the verified label arrives by callback, the node is paid
+    from the escrow and the rest comes back. The other's model is registered on the ledger
+    but nobody has it: at its deadline the job expires and the escrow is refunded, with a
+    callback saying so. Then `lattice replay` rebuilds the ledger to the same state roots."""
+    from eth_abi.abi import decode, encode
+    from eth_account import Account
+    from eth_utils import to_checksum_address
+
+    from contracts.build import load
+    from processors.execution.genesis import DEV_KEYS, INFERENCE_ORACLE, MODEL_REGISTRY
+    from processors.market import chain
+    from processors.market.jobs import oracle_job_id
+    from streams.settings import CHAIN_ID
+    from tests.tiny_models import build_tiny_text_classifier
+
+    if "tiny-classifier" not in {m.id for m in market.openai.models.list()}:
+        directory = build_tiny_text_classifier(tmp_path_factory.mktemp("classifier"))
+        done = market.net.cli(
+            "model", "import", str(directory), "--name", "tiny-classifier", "--dev-account", "2",
+            timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    account = Account.from_key(DEV_KEYS[8])
+    price = 10**15
+
+    def transact(to: bytes | None, data: bytes, value: int = 0) -> dict[str, Any]:
+        nonce = int(market.rpc("eth_getTransactionCount", account.address, "pending"), 16)
+        tx = {
+            "chainId": CHAIN_ID, "type": 2, "nonce": nonce, "gas": 3_000_000, "value": value,
+            "maxFeePerGas": 10**10, "maxPriorityFeePerGas": 10**9, "data": data,
+            **({"to": to_checksum_address(to)} if to is not None else {}),
+        }  # fmt: skip
+        raw = account.sign_transaction(tx).raw_transaction
+        tx_hash = market.rpc("eth_sendRawTransaction", "0x" + bytes(raw).hex())
+        receipt = wait_for("a receipt", lambda: market.rpc("eth_getTransactionReceipt", tx_hash))
+        assert receipt["status"] == "0x1", receipt
+        return receipt  # type: ignore[no-any-return]
+
+    def board(model: str, timeout_s: int) -> bytes:
+        code = bytes.fromhex(load("ReviewBoard")["bytecode"][2:])
+        receipt = transact(None, code + encode(["string", "uint64"], [model, timeout_s]))
+        return bytes.fromhex(receipt["contractAddress"][2:])
+
+    def post(to: bytes, text: str) -> int:
+        receipt = transact(to, chain.call_data("post(string)", text), value=price)
+        (log,) = [e for e in receipt["logs"] if e["address"] == "0x" + INFERENCE_ORACLE.hex()]
+        return int(log["topics"][1], 16)
+
+    def review(to: bytes, request_id: int) -> tuple[int, str, int]:
+        data = "0x" + chain.call_data("labelOf(uint256)", request_id).hex()
+        answer = market.rpc("eth_call", {"to": "0x" + to.hex(), "data": data}, "latest")
+        status, label, score = decode(["uint8", "string", "uint16"], bytes.fromhex(answer[2:]))
+        return int(status), str(label), int(score)
+
+    transact(MODEL_REGISTRY, chain.register_model_call("ghost-model", "bafkreighost", "bert"))
+    served, ghost = board("tiny-classifier", 120), board("ghost-model", 5)
+    answered, unanswered = post(served, 'a "great" day'), post(ghost, "nobody runs this")
+
+    # Answered: the label the node computed, verified, by callback; the node paid from escrow.
+    _, label, score = wait_for(
+        "the callback", lambda: review(served, answered)[0] == 2 and review(served, answered)
+    )
+    job = market.settled("0x" + oracle_job_id(CHAIN_ID, answered).hex())
+    assert [v["outcome"] for v in job["verdicts"]] == ["ACCEPTED"], job["verdicts"]
+    best = job["output"]["labels"][0][0]
+    assert (label, score) == (best["label"], round(best["score"] * 10_000))
+    (paid,) = job["settlements"]
+    assert paid["paid_wei"] > 0 and paid["paid_wei"] + paid["fee_wei"] + paid["refund_wei"] == price
+    assert market.balance(served) == paid["refund_wei"]  # the rest came back to the board
+
+    # Unanswered: expired at its deadline, the whole escrow back, the board told.
+    wait_for("the refund callback", lambda: review(ghost, unanswered)[0] == 3, timeout=90)
+    job = market.settled("0x" + oracle_job_id(CHAIN_ID, unanswered).hex())
+    assert [s["refund_wei"] for s in job["settlements"]] == [price]
+    assert market.balance(ghost) == price
+
+    # The ledger, callbacks included, is what the log rebuilds.
+    replayed = market.net.cli("replay", str(tmp_path / "ledger"), "-q", timeout=300)
+    assert replayed.returncode == 0, replayed.stdout[-2000:] + replayed.stderr[-2000:]
+
+
 class FaultyWorker(Worker):
     """A real worker whose owner cheats in the ways the verifier must catch."""
 
