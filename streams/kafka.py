@@ -285,7 +285,12 @@ class Producer:
         is gone: whoever waits on one is told now, not when the client's timeouts run out;
         none of them was acknowledged to anyone)."""
         self._producer.purge(in_queue=True, in_flight=True, blocking=False)
-        self._producer.poll(0)  # the purged records' reports fail their futures
+        # The purged records' reports fail their futures; they are queued as the purge
+        # reaches each (a loaded machine may take a moment), so serve them here, briefly.
+        until = time.monotonic() + 1.0
+        self._producer.poll(0)
+        while len(self._producer) and time.monotonic() < until:
+            self._producer.poll(0.01)
         with self._lock:
             gated, self._gated = self._gated, set()
         for future in gated:

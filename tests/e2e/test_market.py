@@ -524,47 +524,58 @@ def test_embeddings_from_a_real_sentence_transformers_model(market: Market) -> N
         assert caught.value.param == param, caught.value.body
 
 
+def imported(market: Market, tmp_path_factory: pytest.TempPathFactory, *names: str) -> None:
+    """Import those of these tiny models (built here from configs) the devnet lacks; two at
+    a time: each import is mostly one process's export, and there are two cores."""
+    from tests.tiny_models import (
+        build_tiny_clip,
+        build_tiny_t5,
+        build_tiny_text_classifier,
+        build_tiny_vit,
+    )
+
+    builders = {
+        "tiny-t5": build_tiny_t5,
+        "tiny-classifier": build_tiny_text_classifier,
+        "tiny-vit": build_tiny_vit,
+        "tiny-clip": build_tiny_clip,
+    }
+    present = {m.id for m in market.openai.models.list()}
+    missing = [name for name in names if name not in present]
+
+    def one(name: str) -> subprocess.CompletedProcess[str]:
+        directory = builders[name](tmp_path_factory.mktemp(name))
+        owner = str(1 + list(builders).index(name))  # one account each: no shared nonces
+        return market.net.cli(
+            "model", "import", str(directory), "--name", name, "--dev-account", owner, timeout=300
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        for done in pool.map(one, missing):
+            assert done.returncode == 0, done.stderr
+    wait_for(
+        "the models' cards",
+        lambda: set(names) <= {m.id for m in market.openai.models.list()},
+    )
+
+
 def test_every_model_type_imports_runs_verifies_and_pays(
     market: Market, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     from openai.types import Completion
     from openai.types.chat import ChatCompletion
 
-    from tests.tiny_models import (
-        build_tiny_clip,
-        build_tiny_t5,
-        build_tiny_text_classifier,
-        build_tiny_vit,
-        png,
-    )
+    from tests.tiny_models import png
 
     builders = {
-        "tiny-t5": (build_tiny_t5, "text2text-generation"),
-        "tiny-classifier": (build_tiny_text_classifier, "text-classification"),
-        "tiny-vit": (build_tiny_vit, "image-classification"),
-        "tiny-clip": (build_tiny_clip, "zero-shot-image-classification"),
+        "tiny-t5": "text2text-generation",
+        "tiny-classifier": "text-classification",
+        "tiny-vit": "image-classification",
+        "tiny-clip": "zero-shot-image-classification",
     }
-
-    def imported(name: str) -> subprocess.CompletedProcess[str]:
-        directory = builders[name][0](tmp_path_factory.mktemp(name))
-        owner = str(1 + list(builders).index(name))  # one account each: no shared nonces
-        return market.net.cli(
-            "model", "import", str(directory), "--name", name, "--dev-account", owner, timeout=300
-        )
-
-    # Two at a time: each import is mostly one process's export, and there are two cores.
-    with ThreadPoolExecutor(2) as pool:
-        for done in pool.map(imported, builders):
-            assert done.returncode == 0, done.stderr
-    tasks = wait_for(
-        "the models' cards",
-        lambda: (
-            {m.id: m.model_extra["task"] for m in market.openai.models.list()}
-            if builders.keys() <= {m.id for m in market.openai.models.list()}
-            else None
-        ),
-    )
-    assert {name: tasks[name] for name in builders} == {n: t for n, (_, t) in builders.items()}
+    imported(market, tmp_path_factory, *builders)
+    tasks = {m.id: m.model_extra["task"] for m in market.openai.models.list()}
+    assert {name: tasks[name] for name in builders} == builders
     jobs = []
     # The encoder-decoder through both OpenAI endpoints, sampled and seeded.
     chat = strictly(
@@ -628,15 +639,8 @@ def test_a_contract_asks_a_model_and_is_called_back_or_refunded(
     from processors.market import chain
     from processors.market.jobs import oracle_job_id
     from streams.settings import CHAIN_ID
-    from tests.tiny_models import build_tiny_text_classifier
 
-    if "tiny-classifier" not in {m.id for m in market.openai.models.list()}:
-        directory = build_tiny_text_classifier(tmp_path_factory.mktemp("classifier"))
-        done = market.net.cli(
-            "model", "import", str(directory), "--name", "tiny-classifier", "--dev-account", "2",
-            timeout=300,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
+    imported(market, tmp_path_factory, "tiny-classifier")
     account = Account.from_key(DEV_KEYS[8])
     price = 10**15
 
@@ -696,6 +700,21 @@ def test_a_contract_asks_a_model_and_is_called_back_or_refunded(
     assert replayed.returncode == 0, replayed.stdout[-2000:] + replayed.stderr[-2000:]
 
 
+def forged(document: dict[str, Any]) -> dict[str, Any]:
+    """An answer a cheat would give instead of running the model, by the answer's shape."""
+    if "labels" in document:  # classifiers: the likeliest label swapped with the least likely
+        for scored in document["labels"]:
+            scored[0]["label"], scored[-1]["label"] = scored[-1]["label"], scored[0]["label"]
+    elif "embeddings" in document:
+        document["embeddings"] = [[v + 0.01 for v in vector] for vector in document["embeddings"]]
+    else:  # generation: other tokens, other text
+        choices = document.get("choices", [document])
+        for choice in choices:
+            choice["token_ids"] = [(t + 97) % 300 for t in choice["token_ids"]]
+            choice["text"] = "forged"
+    return document
+
+
 class FaultyWorker(Worker):
     """A real worker whose owner cheats in the ways the verifier must catch."""
 
@@ -713,10 +732,7 @@ class FaultyWorker(Worker):
     def execute(self, model: LoadedModel, job: JobSubmitted) -> tuple[bytes, str, bytes]:
         output, scheme, fingerprint = super().execute(model, job)
         if self.mode == "forge":
-            document = json.loads(output)
-            document["token_ids"] = [(t + 97) % 300 for t in document["token_ids"]]
-            document["text"] = "forged"
-            output = json.dumps(document).encode()
+            output = json.dumps(forged(json.loads(output))).encode()
         return output, scheme, fingerprint
 
     def sign_result(self, record: JobResult) -> bytes:
@@ -737,13 +753,16 @@ class FaultyWorker(Worker):
 @pytest.fixture(scope="module")
 def cheat(market: Market, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultyWorker]:
     endpoints = json.loads((market.net.data_dir / "devnet.json").read_text())
-    settings = Settings(data_dir=tmp_path_factory.mktemp("cheat"), worker_price=CHEAP)
+    # Staked enough to be slashed once per model type and stay in the market.
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("cheat"), worker_price=CHEAP, worker_stake=8 * ETHER
+    )
     worker = FaultyWorker(settings, endpoints["kafka"], devnet_key("worker", 10), market.net.url)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
     wait_for("the cheap worker", lambda: worker.address.hex() in market.http.get("/v1/nodes").text)
-    wait_for("its stake", lambda: market.slot(STAKES_SLOT, worker.address) == 2 * ETHER)
+    wait_for("its stake", lambda: market.slot(STAKES_SLOT, worker.address) == 8 * ETHER)
     wait_for("the market to see its stake", lambda: market.staked(worker.address))
     yield worker
     stop.set()
@@ -760,7 +779,40 @@ def test_forged_output_is_caught_not_paid_and_slashed(market: Market, cheat: Fau
     assert [c["name"] for c in verdict["checks"] if not c["passed"]] == ["re-execution"]
     (settlement,) = job["settlements"]
     assert settlement["paid_wei"] == 0 and settlement["slashed_wei"] == ETHER
-    assert market.slot(STAKES_SLOT, cheat.address) == ETHER
+    assert market.slot(STAKES_SLOT, cheat.address) == 7 * ETHER
+
+
+def test_forged_answers_of_every_model_type_are_caught_and_slashed(
+    market: Market, cheat: FaultyWorker, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tests.tiny_models import png
+
+    imported(market, tmp_path_factory, "tiny-t5", "tiny-classifier", "tiny-vit", "tiny-clip")
+    picture = png(40, 32, 5)
+    inputs: dict[str, dict[str, Any]] = {
+        "tiny-t5": {"prompt": "the quick brown fox", "max_tokens": 5},
+        "tiny-classifier": {"input": ["great", "awful"]},
+        "tiny-vit": {"images": [picture]},
+        "tiny-clip": {"images": [picture], "texts": ["a cat", "a dog"]},
+    }
+    if "minilm" in {m.id for m in market.openai.models.list()}:  # the real model, imported above
+        inputs["minilm"] = {"input": ["a man plays a guitar"]}
+    cheat.mode = "forge"
+    stake = market.slot(STAKES_SLOT, cheat.address)
+    jobs = {}
+    for model, payload in inputs.items():
+        response = market.submit(model=model, input=payload, max_price_wei=10_000)
+        assert response.status_code == 201, response.text
+        jobs[model] = response.json()["id"]
+    for model, job_id in jobs.items():
+        job = market.settled(job_id)
+        (verdict,) = job["verdicts"]
+        assert verdict["outcome"] == "REJECTED", (model, verdict)
+        assert verdict["node"] == "0x" + cheat.address.hex()
+        failed = [c["name"] for c in verdict["checks"] if not c["passed"]]
+        assert failed == ["re-execution"], (model, verdict["checks"])
+        assert [(s["paid_wei"], s["slashed_wei"]) for s in job["settlements"]] == [(0, ETHER)]
+    assert market.slot(STAKES_SLOT, cheat.address) == stake - len(jobs) * ETHER
 
 
 def test_bad_signature_is_caught_and_not_paid(market: Market, cheat: FaultyWorker) -> None:

@@ -26,26 +26,35 @@ pytestmark = pytest.mark.e2e
 
 class Node:
     def __init__(self, data_dir: Path, kafka: str, *extra: str) -> None:
-        self.data_dir = data_dir
+        self.data_dir, self.kafka, self.extra = data_dir, kafka, extra
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pick_ports()
+
+    def pick_ports(self) -> None:
         self.rpc_port, self.ws_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.rpc_port}"
-        self.log = data_dir.parent / f"node-{self.rpc_port}.log"
-        self.command = [
+        self.log = self.data_dir.parent / f"node-{self.rpc_port}.log"
+
+    @property
+    def command(self) -> list[str]:
+        return [
             *LATTICE,
             "node",
             "--kafka",
-            kafka,
+            self.kafka,
             "--data-dir",
-            str(data_dir),
+            str(self.data_dir),
             "--rpc-port",
             str(self.rpc_port),
             "--ws-port",
             str(self.ws_port),
-            *extra,
+            *self.extra,
         ]
-        self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, tries: int = 3) -> None:
+        """Start and wait until ready. A port free when picked can be taken by another
+        process before the node binds it (the devnet's children pick theirs too): the node
+        then stops at once, saying so, and starts again on other ports."""
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 self.command,
@@ -56,6 +65,9 @@ class Node:
             )
         deadline = time.monotonic() + 60
         while "ready;" not in self.output():
+            if self.process.poll() is not None and tries > 1 and "in use" in self.output():
+                self.pick_ports()
+                return self.start(tries - 1)
             assert self.process.poll() is None, self.output()
             assert time.monotonic() < deadline, self.output()
             time.sleep(0.1)
