@@ -16,6 +16,7 @@
     lattice worker | matcher run | verifier run | model import | keys create | deposit
       (see deploy/market_cli.py)
     lattice analytics run | analytics replay DIR | sql QUERY  (see deploy/analytics_cli.py)
+    lattice ipfs run [--listen ADDR] [--peer MULTIADDR]      (see deploy/ipfs_peer.py)
 
 Client commands find a running devnet through its data directory (`devnet.json`), or
 talk to the cluster given by `--kafka`.
@@ -262,7 +263,7 @@ def _add_log_tools(sub: Subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from deploy import analytics_cli, market_cli
+    from deploy import analytics_cli, ipfs_peer, market_cli
 
     parser = argparse.ArgumentParser(prog="lattice", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -275,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_log_tools(sub)
     market_cli.add_commands(sub, _common)
     analytics_cli.add_commands(sub, _common)
+    ipfs_peer.add_commands(sub, _common)
     return parser
 
 
@@ -690,9 +692,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             return cmd_topics(settings, out)
         if args.command == "tail":
             return cmd_tail(settings, args.topic, args.n, args.follow, out)
-        from deploy import analytics_cli, market_cli
+        from deploy import analytics_cli, ipfs_peer, market_cli
 
-        for commands in (market_cli, analytics_cli):
+        for commands in (market_cli, analytics_cli, ipfs_peer):
             result: int | None = commands.run(settings, args, bootstrap_of, out)
             if result is not None:
                 return result

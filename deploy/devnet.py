@@ -48,8 +48,10 @@ def devnet_children(s: Settings, bootstrap: str) -> list[ChildSpec]:
         "--finality-depth",
         str(s.finality_depth),
     )
+    # The node's IPFS peer first: the gateway mirrors its blocks into its repo.
+    children = [ChildSpec("ipfs", ("ipfs", "run", "--data-dir", str(s.data_dir)))]
     # The network-once roles run as standby sets, so nodes may join them (`deploy.node`).
-    children = [ChildSpec("dag", ("dag", "run", *common, "--active-group", DAG_GROUP))]
+    children.append(ChildSpec("dag", ("dag", "run", *common, "--active-group", DAG_GROUP)))
     genesis = ("--genesis", str(s.genesis_file)) if s.genesis_file else ()
     for index in range(s.replicas):
         group = "lattice-execution" if index == 0 else f"lattice-execution-{index}"

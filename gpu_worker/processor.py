@@ -65,6 +65,7 @@ from processors.execution.genesis import JOB_MARKET, address_of
 from processors.market.chain import register_node_call, stakes_call, unbonding_until_call
 from processors.market.client import send_call, wait_for_ledger
 from processors.market.content import Blockstore, cid_of
+from processors.market.ipfs import ipfs_home
 from processors.market.jobs import TRAINING, node_record_hash, result_hash, sign
 from processors.runtime import Runtime
 from processors.state import RocksStore
@@ -206,7 +207,7 @@ class Worker(Processor[RocksStore]):
         peers = [rpc_url.rstrip("/")] if rpc_url else []
         budget = settings.worker_memory_bytes or self.hardware.memory_bytes * 3 // 4
         self.models = ModelCache(
-            BlockSource(Blockstore(self.work / "blockstore"), peers),
+            BlockSource(Blockstore(self.work / "blockstore"), peers, ipfs_home=ipfs_home(settings)),
             self.work,
             threads=settings.worker_threads,
             use_gpu=bool(self.hardware.devices),

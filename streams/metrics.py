@@ -54,6 +54,12 @@ VERIFICATIONS = Counter("lattice_verifications_total", "Verdicts, by outcome.", 
 REPLICA_DIVERGENCES = Gauge(
     "lattice_replica_divergences", "Heights at which execution replicas signed different roots."
 )
+IPFS_REQUESTS = Counter(
+    "lattice_ipfs_requests_total",
+    "Requests to a node's IPFS peer, by what was asked (fetch, pin, connect) and outcome.",
+    ["request", "outcome"],
+)
+IPFS_PEERS = Gauge("lattice_ipfs_peers", "Peers the node's IPFS peer is connected to.")
 STATS_INTERVAL_MS = 5_000
 
 

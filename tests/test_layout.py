@@ -42,6 +42,7 @@ CORES = (
     "processors/market/jobs.py",
     "processors/market/lifecycle.py",
     "processors/market/matching.py",
+    "processors/market/oracle.py",
     "processors/market/view.py",
     "processors/proposer/mempool.py",
     "processors/verifier/core.py",

@@ -35,6 +35,7 @@ from eth_abi.abi import decode
 from gateway.follow import Follower
 from gateway.ledger import Call, LedgerQueries, QueryError
 from gateway.limits import bearer
+from gateway.market.pins import Pinner
 from processors.abc import Output, Pace, Processor, RecordSink, Subscription
 from processors.compute.generation import Sampling, SamplingError
 from processors.compute.models import GENERATIVE, load_manifest, store_part
@@ -42,11 +43,12 @@ from processors.compute.runtime import BlockSource
 from processors.execution.genesis import JOB_MARKET, address_of
 from processors.market.chain import call_data
 from processors.market.content import Blockstore, cid_of
+from processors.market.ipfs import ipfs_home, mirror_into
 from processors.market.jobs import INFERENCE, TRAINING, JobRequest, is_oracle_job
 from processors.market.lifecycle import Job
 from processors.market.view import MarketView
 from processors.state import MemoryStore
-from schemas.events import JobSettled, JobSubmitted, JobTokens, Receipt
+from schemas.events import JobSettled, JobSubmitted, JobTokens, ModelManifest, Receipt
 from schemas.record import Event
 from streams.kafka import LOW_LATENCY_READ, Record
 from streams.metrics import JOB_QUEUE
@@ -147,11 +149,18 @@ class MarketService(Processor[MemoryStore]):
         self._released: LRUCache[bytes, None] = LRUCache(MAX_EARLY_SETTLEMENTS)
         self.lock = threading.Lock()
         self.waiters: dict[bytes, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
-        self.blockstore = Blockstore(Path(settings.data_dir) / "blockstore")
-        #: The other nodes' gateways, asked for a block this one lacks. A fetch is marked
-        #: as a peer's, so that a node without the block answers from its disk alone.
+        #: Every block stored is also written into the node's IPFS peer's repo, which
+        #: serves it to the other nodes' peers.
+        home = ipfs_home(settings)
+        self.blockstore = Blockstore(Path(settings.data_dir) / "blockstore", mirror_into(home))
+        #: The node's IPFS peer, then the other nodes' gateways, asked for a block this one
+        #: lacks. A fetch is marked as a peer's, so that a node without the block answers
+        #: from its disk alone.
         peers = [p.strip() for p in settings.peers.split(",") if p.strip()]
-        self.peers = BlockSource(self.blockstore, peers, {PEER_HEADER: "1"}, timeout_s=5.0)
+        self.peers = BlockSource(
+            self.blockstore, peers, {PEER_HEADER: "1"}, timeout_s=5.0, ipfs_home=home
+        )
+        self.pinner = Pinner(home, self.blockstore, self.peers)
         self._follower = Follower(self, bootstrap)
         #: Set when the gateway stops: requests waiting for a job are answered at once.
         self.stopping = threading.Event()
@@ -179,6 +188,8 @@ class MarketService(Processor[MemoryStore]):
     # -- folding ---------------------------------------------------------------------------
 
     def apply(self, event: Event) -> None:
+        if isinstance(event, ModelManifest):
+            self.pinner.offer(event.manifest_cid)
         with self.lock:
             self.view.apply(event)
             self._fold_holds(event)

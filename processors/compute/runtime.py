@@ -79,6 +79,7 @@ from processors.compute.models import (
 )
 from processors.market.client import http_post
 from processors.market.content import Blockstore, ContentError, verify
+from processors.market.ipfs import IpfsError, local_peer
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,8 @@ def label_scores(logits: np.ndarray, multi_label: bool) -> np.ndarray:
 
 
 class BlockSource:
-    """The local blockstore, backed by HTTP peers for what it does not hold."""
+    """The local blockstore, backed by the node's IPFS peer (bitswap from the other nodes'
+    peers) and then by HTTP peers (gateways) for what it does not hold."""
 
     def __init__(
         self,
@@ -142,12 +144,15 @@ class BlockSource:
         peers: Sequence[str] = (),
         headers: Mapping[str, str] | None = None,
         timeout_s: float = 30.0,
+        ipfs_home: Path | None = None,
     ) -> None:
-        """`headers` go with every fetch (a gateway marks its own as a peer's)."""
+        """`headers` go with every fetch (a gateway marks its own as a peer's); `ipfs_home`
+        is where the node's IPFS peer says where it is (`<data-dir>/ipfs`)."""
         self.store = store
         self.peers = tuple(p.rstrip("/") for p in peers)
         self.headers = dict(headers or {})
         self.timeout_s = timeout_s
+        self.ipfs_home = ipfs_home
 
     def get(self, cid: str) -> bytes:
         try:
@@ -155,13 +160,22 @@ class BlockSource:
         except KeyError:
             pass
         errors = []
-        for peer in self.peers:
-            request = urllib.request.Request(f"{peer}/ipfs/{cid}", headers=self.headers)
+        peer = local_peer(self.ipfs_home) if self.ipfs_home is not None else None
+        if peer is not None:
+            try:
+                data = peer.get(cid)
+            except (IpfsError, ContentError) as exc:
+                errors.append(f"IPFS: {exc}")
+            else:
+                self.store.put_verified(cid, data)
+                return data
+        for peer_url in self.peers:
+            request = urllib.request.Request(f"{peer_url}/ipfs/{cid}", headers=self.headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     data = verify(cid, response.read())
             except (OSError, ContentError) as exc:
-                errors.append(f"{peer}: {exc}")
+                errors.append(f"{peer_url}: {exc}")
                 continue
             self.store.put_verified(cid, data)
             return data

@@ -73,9 +73,11 @@ def chunk(data: bytes, size: int = CHUNK_SIZE) -> tuple[tuple[Chunk, bytes], ...
 class Blockstore:
     """A directory of blocks named by CID; writes are atomic, reads are verified."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, mirror: Callable[[str, bytes], None] | None = None) -> None:
+        """`mirror` also gets every block stored (the node's IPFS peer's repo)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.mirror = mirror
 
     def path(self, cid: str) -> Path:
         digest_of(cid)  # refuse anything that is not a CID before touching the disk
@@ -92,6 +94,8 @@ class Blockstore:
     def put_verified(self, cid: str, data: bytes) -> None:
         verify(cid, data)
         target = self.path(cid)
+        if self.mirror is not None:
+            self.mirror(cid, data)
         if target.exists():
             return
         target.parent.mkdir(exist_ok=True)

@@ -47,6 +47,15 @@ def base58(data: bytes) -> str:
     return "1" * (len(data) - len(data.lstrip(b"\0"))) + out
 
 
+def unbase58(text: str) -> bytes:
+    """`base58`'s inverse (ValueError for a character outside the alphabet)."""
+    number = 0
+    for char in text:
+        number = number * 58 + _BASE58.index(char)
+    body = number.to_bytes((number.bit_length() + 7) // 8, "big") if number else b""
+    return b"\0" * (len(text) - len(text.lstrip("1"))) + body
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:

@@ -74,6 +74,7 @@ from processors.execution.transactions import ChainRules, decode_transaction, su
 from processors.market.chain import Settlement, settle_call, settlement_of, signed_call
 from processors.market.content import Blockstore, ContentError
 from processors.market.economics import Reward, refund, reward
+from processors.market.ipfs import ipfs_home
 from processors.market.jobs import (
     ORACLE_REQUEST,
     TRAINING,
@@ -168,7 +169,9 @@ class Verifier(Processor[MemoryStore]):
         self.live = False
         work = Path(settings.data_dir) / "verifier"
         self.models = ModelCache(
-            BlockSource(Blockstore(work / "blockstore"), peers or []),
+            BlockSource(
+                Blockstore(work / "blockstore"), peers or [], ipfs_home=ipfs_home(settings)
+            ),
             work,
             threads=1,
             use_gpu=False,

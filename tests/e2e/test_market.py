@@ -137,6 +137,25 @@ def market(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2: Path) -> Iterato
         net.stop()
 
 
+def test_registered_models_are_pinned_on_the_nodes_ipfs_peer(market: Market) -> None:
+    """The devnet runs an IPFS peer (Kubo); the gateway mirrors its blocks into it and pins
+    each registered model: the manifest, the files' indexes and chunks, and each file by the
+    CID `ipfs add` gives it, which the peer serves as that very file."""
+    from processors.market import unixfs
+    from processors.market.ipfs import files_of, local_peer
+
+    peer = local_peer(market.net.data_dir / "ipfs", 30)
+    assert peer is not None and peer.id()["peer_id"].startswith("Qm")
+    card = market.http.get("/v1/models/tiny-gpt2").json()
+    manifest_cid = card["manifest_cid"]
+    document = json.loads(market.http.get(f"/ipfs/{manifest_cid}").content)
+    files = files_of(document)
+    wanted = {manifest_cid, *(part["ipfs"] for part in files.values())}
+    wait_for("the model's pins", lambda: wanted <= peer.pins())
+    for part in files.values():
+        assert unixfs.cid_of_file(peer.get(part["ipfs"])) == part["ipfs"]
+
+
 def test_chat_completion_through_the_market_pays_the_provider(market: Market) -> None:
     assert "tiny-gpt2" in [m.id for m in market.openai.models.list()]
     balances = {n: market.balance(n) for n in HONEST}
@@ -1128,9 +1147,8 @@ def test_dashboard_in_headless_chromium(market: Market) -> None:
 
 def test_prometheus_metrics_on_the_gateway_and_every_processor(market: Market) -> None:
     endpoints = json.loads((market.net.data_dir / "devnet.json").read_text())["metrics"]
-    assert {"gateway", "dag", "execution", "matcher", "verifier", "analytics", "worker-0"} <= set(
-        endpoints
-    )
+    roles = {"gateway", "dag", "execution", "matcher", "verifier", "analytics", "worker-0", "ipfs"}
+    assert roles <= set(endpoints)
 
     def scrape(name: str) -> str:
         return httpx.get(endpoints[name], timeout=10).text
@@ -1145,3 +1163,4 @@ def test_prometheus_metrics_on_the_gateway_and_every_processor(market: Market) -
     assert "lattice_block_ordering_seconds_count" in scrape("dag")
     assert 'lattice_verifications_total{outcome="ACCEPTED"}' in scrape("verifier")
     assert 'process="analytics",topic="lattice.receipts"' in scrape("analytics")
+    assert 'lattice_ipfs_requests_total{outcome="ok",request="pin"}' in scrape("ipfs")
