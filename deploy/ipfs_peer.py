@@ -38,8 +38,10 @@ import os
 import signal
 import tempfile
 import threading
+import time
 import urllib.parse
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
@@ -66,6 +68,12 @@ def add_commands(sub: argparse._SubParsersAction, common: Any) -> None:  # type:
     run.add_argument("--swarm-port", type=int, default=0, help="libp2p TCP port (default any)")
     run.add_argument("--api-port", type=int, help="loopback control API port (default any free)")
     run.add_argument("--peer", action="append", default=[], metavar="MULTIADDR", help="dial")
+    run.add_argument(
+        "--gateways",
+        default="",
+        metavar="URL,...",
+        help="other nodes' gateways: their peers (GET /v1/ipfs) are dialled, and again if lost",
+    )
 
 
 def run(settings: Settings, args: argparse.Namespace, _bootstrap: Any, out: TextIO) -> int | None:
@@ -79,6 +87,7 @@ def run(settings: Settings, args: argparse.Namespace, _bootstrap: Any, out: Text
         args.api_port or free_port(),
         args.peer,
         out,
+        [g.strip().rstrip("/") for g in args.gateways.split(",") if g.strip()],
     )
     return 0
 
@@ -155,6 +164,30 @@ class Peer:
     def peer_count(self) -> int:
         return len(self.node.peers.list_ids())
 
+    def follow(self, gateways: list[str], every_s: float = 5.0) -> None:
+        """Keep connected to the peers of these nodes (found through their gateways'
+        `/v1/ipfs`): each is dialled when it is not a peer, so one that restarts on a new
+        port or comes up late is found again."""
+        while True:
+            connected = {str(p) for p in self.node.peers.list_ids()}
+            for gateway in gateways:
+                try:
+                    with urllib.request.urlopen(f"{gateway}/v1/ipfs", timeout=5) as response:
+                        info = json.loads(response.read())
+                except (OSError, ValueError) as exc:
+                    log.debug("no IPFS peer from %s yet: %s", gateway, exc)
+                    continue
+                if info["peer_id"] in connected or info["peer_id"] == self.node.peer_id:
+                    continue
+                for multiaddr in info["addrs"]:
+                    try:
+                        self.connect(multiaddr)
+                        log.info("connected to %s's IPFS peer at %s", gateway, multiaddr)
+                        break
+                    except (LookupError, TimeoutError) as exc:
+                        log.debug("cannot dial %s: %s", multiaddr, exc)
+            time.sleep(every_s)
+
     def pins(self) -> list[str]:
         return sorted(str(c) for c in self.node.files.list_pins())
 
@@ -218,7 +251,13 @@ def _handler(peer: Peer) -> type[BaseHTTPRequestHandler]:
 
 
 def serve(
-    home: Path, listen: str, swarm_port: int, api_port: int, peers: list[str], out: TextIO
+    home: Path,
+    listen: str,
+    swarm_port: int,
+    api_port: int,
+    peers: list[str],
+    out: TextIO,
+    gateways: Sequence[str] = (),
 ) -> None:
     """Run the peer until SIGTERM or SIGINT."""
     repo = home / "repo"
@@ -230,6 +269,8 @@ def serve(
             peer.connect(multiaddr)
         except (LookupError, TimeoutError) as exc:
             print(f"ipfs: cannot reach {multiaddr} yet: {exc}", file=out, flush=True)
+    if gateways:
+        threading.Thread(target=peer.follow, args=(list(gateways),), daemon=True).start()
     server = ThreadingHTTPServer(("127.0.0.1", api_port), _handler(peer))
     server.daemon_threads = True
     identity = peer.identity()

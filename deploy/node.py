@@ -151,6 +151,10 @@ def node_children(
         children.append(ChildSpec("verifier", verifier))
     if "analytics" in roles:
         children.append(ChildSpec("analytics", ("analytics", "run", *data)))
+    # Every node runs an IPFS peer, found by the others through their gateways (`--peers`).
+    ipfs = ["ipfs", "run", "--data-dir", str(s.data_dir), "--listen", s.host]
+    ipfs += ["--gateways", s.peers] if s.peers else []
+    children.append(ChildSpec("ipfs", tuple(ipfs)))
     return children
 
 

@@ -10,7 +10,8 @@ cut (`ip link set <link> down`) and restored.
 Roles: every node proposes; the first two run the DAG ordering, the publishing and the
 market (matcher and verifier) as hot standbys of each other; the first also runs analytics.
 Every node counts the checkpoints of all N (a majority finalises), and fetches content
-blocks it lacks from the others' gateways (`--peers`).
+blocks it lacks through its IPFS peer (which finds the others' peers through their gateways,
+`--peers`) and then from the others' gateways. The worker's host runs an IPFS peer too.
 
 The testnet supervises its hosts' processes like the devnet its children, prints every
 endpoint, writes them to `<data-dir>/testnet.json`, and on Ctrl-C or SIGTERM stops the
@@ -218,6 +219,10 @@ class Testnet:
             entries.append(entry)
             self.say(host.name, f"{entry['rpc']}  {entry['ws']}  ({entry['roles']})")
         rpc = str(entries[0]["rpc"])
+        # The worker's host runs an IPFS peer of its own: models come to it over bitswap
+        # from the nodes' peers.
+        peer = ["ipfs", "run", "--data-dir", str(d / "worker"), "--listen", p.worker.ip]
+        self._on(p.worker, "worker-ipfs", [*peer, "--gateways", rpc], "node")
         worker = ["worker", "--kafka", bootstrap, "--rpc", rpc, "--devnet-index", "0"]
         self._on(p.worker, "worker", [*worker, "--data-dir", str(d / "worker")], "worker")
         self.say("worker", f"host {p.worker.netns} ({p.worker.ip}), paid through {rpc}")

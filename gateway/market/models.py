@@ -102,6 +102,11 @@ class RegisteredModel(Answer):
     manifest_cid: str
 
 
+class IpfsPeerInfo(Answer):
+    peer_id: str = Field(description="the node's IPFS peer id (Qm…)")
+    addrs: list[str] = Field(description="multiaddrs other peers dial, with /p2p/<peer id>")
+
+
 class StoredContent(Answer):
     cid: str
     size: int

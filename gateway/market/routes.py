@@ -42,6 +42,7 @@ from gateway.market.models import (
     ChatCompletion,
     Cid,
     EmbeddingList,
+    IpfsPeerInfo,
     JobId,
     JobInfo,
     JobList,
@@ -222,6 +223,13 @@ class MarketRoutes:
         return ModelList(
             object="list", data=[_card(m, self.jobs.task_of(m.manifest_cid)) for m in entries]
         )
+
+    async def ipfs_peer(self) -> IpfsPeerInfo | Response:
+        """The node's IPFS peer: how other peers reach it (404 when the node runs none)."""
+        info = self.market.ipfs_peer()
+        if info is None:
+            return error_response(MarketError(404, "no_ipfs_peer", "this node runs no IPFS peer"))
+        return IpfsPeerInfo(peer_id=info["peer_id"], addrs=info["addrs"])
 
     async def model(self, model_id: ModelId) -> ModelCard | Response:
         """One registered model by name, its newest version (OpenAI's model shape)."""
@@ -446,6 +454,7 @@ def router(
         responses={200: {"content": {OctetStream.media_type: BINARY}}, **market_errors(400, 404)},
     )
     api.add_api_route("/v1/nodes", routes.nodes, methods=["GET"])
+    api.add_api_route("/v1/ipfs", routes.ipfs_peer, methods=["GET"], responses=market_errors(404))
     api.add_api_route("/v1/jobs", routes.recent_jobs, methods=["GET"], responses=market_errors(400))
     api.add_api_route(
         "/v1/jobs/{job_id}",

@@ -168,6 +168,14 @@ class MarketService(Processor[MemoryStore]):
     def subscriptions(self) -> Sequence[Subscription]:
         return [Subscription(spec) for spec in FOLLOWED]
 
+    def ipfs_peer(self) -> dict[str, Any] | None:
+        """The node's IPFS peer's id and multiaddrs (None: it runs none)."""
+        try:
+            info = json.loads((self.pinner.home / "peer.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return {"peer_id": str(info["peer_id"]), "addrs": [str(a) for a in info["addrs"]]}
+
     def handle(self, record: Record[Any], state: MemoryStore) -> Sequence[Output]:
         self.apply(record.event)
         return ()

@@ -33,6 +33,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,9 @@ def label_scores(logits: np.ndarray, multi_label: bool) -> np.ndarray:
     return np.asarray(shifted / shifted.sum())
 
 
+IPFS_BACKOFF_S = 30.0
+
+
 class BlockSource:
     """The local blockstore, backed by the node's IPFS peer (bitswap from the other nodes'
     peers) and then by HTTP peers (gateways) for what it does not hold."""
@@ -153,33 +157,52 @@ class BlockSource:
         self.headers = dict(headers or {})
         self.timeout_s = timeout_s
         self.ipfs_home = ipfs_home
+        #: After a block the IPFS peer could not find, the HTTP peers are asked first for a
+        #: while (the peer may not have found its own peers yet), not after its timeout.
+        self._ipfs_after = 0.0
 
     def get(self, cid: str) -> bytes:
         try:
             return self.store.get(cid)
         except KeyError:
             pass
-        errors = []
-        peer = local_peer(self.ipfs_home) if self.ipfs_home is not None else None
-        if peer is not None:
+        errors: list[str] = []
+        sources: list[Callable[[str], bytes | None]] = [
+            partial(self._from_peer, url) for url in self.peers
+        ]
+        if self.ipfs_home is not None:
+            # The IPFS peer first, unless it just failed to find a block: then last.
+            first = time.monotonic() >= self._ipfs_after
+            sources.insert(0 if first else len(sources), self._from_ipfs)
+        for source in sources:
             try:
-                data = peer.get(cid)
-            except (IpfsError, ContentError) as exc:
-                errors.append(f"IPFS: {exc}")
-            else:
+                data = source(cid)
+            except (FetchError, IpfsError) as exc:
+                errors.append(str(exc))
+                continue
+            if data is not None:
                 self.store.put_verified(cid, data)
                 return data
-        for peer_url in self.peers:
-            request = urllib.request.Request(f"{peer_url}/ipfs/{cid}", headers=self.headers)
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    data = verify(cid, response.read())
-            except (OSError, ContentError) as exc:
-                errors.append(f"{peer_url}: {exc}")
-                continue
-            self.store.put_verified(cid, data)
-            return data
         raise FetchError(f"block {cid} not found ({'; '.join(errors) or 'no peers'})")
+
+    def _from_ipfs(self, cid: str) -> bytes | None:
+        assert self.ipfs_home is not None
+        peer = local_peer(self.ipfs_home)
+        if peer is None:
+            return None
+        try:
+            return peer.get(cid)
+        except (IpfsError, ContentError) as exc:
+            self._ipfs_after = time.monotonic() + IPFS_BACKOFF_S
+            raise IpfsError(f"IPFS: {exc}") from None
+
+    def _from_peer(self, url: str, cid: str) -> bytes:
+        request = urllib.request.Request(f"{url}/ipfs/{cid}", headers=self.headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return verify(cid, response.read())
+        except (OSError, ContentError) as exc:
+            raise FetchError(f"{url}: {exc}") from None
 
     def part(self, manifest: Manifest, name: str) -> bytes:
         return b"".join(self.get(c.cid) for c in manifest.chunks(name))

@@ -29,7 +29,7 @@ def test_every_node_runs_its_own_replica_and_roles_add_children(tmp_path: Path) 
     s = Settings(data_dir=tmp_path, kafka="k:9092")
     key = tmp_path / "node.key"
     bare = node_children(s, "n1", (), "k:9092", key)
-    assert [c.name for c in bare] == ["execution"]
+    assert [c.name for c in bare] == ["execution", "ipfs"]
     execution = bare[0].args
     assert "--no-publish" in execution and str(key) in execution
     assert str(tmp_path / "lattice-execution") in execution
@@ -42,6 +42,7 @@ def test_every_node_runs_its_own_replica_and_roles_add_children(tmp_path: Path) 
         "matcher",
         "verifier",
         "analytics",
+        "ipfs",
     ]
     assert "--no-publish" not in full[0].args
     assert "lattice-publisher-active" in full[0].args and "lattice-execution" in full[0].args
@@ -51,6 +52,11 @@ def test_every_node_runs_its_own_replica_and_roles_add_children(tmp_path: Path) 
     verifier = full[4].args
     assert "lattice-verifier-active" in verifier
     assert verifier[verifier.index("--rpc") + 1] == f"http://127.0.0.1:{s.rpc_port}"
+    ipfs = full[6].args
+    assert ipfs[ipfs.index("--listen") + 1] == s.host and "--gateways" not in ipfs
+    peered = Settings(data_dir=tmp_path, kafka="k:9092", peers="http://10.0.0.2:8545")
+    ipfs = node_children(peered, "n1", (), "k:9092", key)[1].args
+    assert ipfs[ipfs.index("--gateways") + 1] == "http://10.0.0.2:8545"
 
 
 ROLES_ALL = ("proposer", "dag", "market", "publisher", "analytics")

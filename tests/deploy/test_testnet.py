@@ -29,6 +29,7 @@ from gateway.market.service import new_api_key
 from processors.execution.genesis import DEV_KEYS, ETHER, JOB_MARKET, address_of, devnet_key
 from processors.market.chain import authorise_call, deposit_call
 from processors.market.client import send_call
+from processors.market.ipfs import KuboRepo, files_of, multihash_of
 from streams.broker import free_port
 from streams.settings import CHAIN_ID
 from tests.txs import signed
@@ -276,6 +277,15 @@ def test_four_nodes_serve_one_ledger_through_faults(
     receipt = job["settlements"][0]["transaction_hash"]
     receipts_everywhere(testnet, [receipt])
     assert {balance(u, worker) for u in testnet.urls} == {before + paid}
+    # The model reached the worker's host over IPFS: its own peer (which found node 0's
+    # through its gateway) holds the manifest and every block of the graph, fetched over
+    # bitswap.
+    card = httpx.get(f"{testnet.urls[0]}/v1/models/tiny-gpt2", timeout=10).json()
+    document = json.loads(httpx.get(f"{testnet.urls[0]}/ipfs/{card['manifest_cid']}").content)
+    repo = KuboRepo(testnet.data_dir / "worker" / "ipfs" / "repo")
+    graph = files_of(document)["onnx"]
+    blocks = [card["manifest_cid"], graph["cid"], *(c["cid"] for c in graph["chunks"])]
+    assert all(repo.has(multihash_of(cid)) for cid in blocks)
 
     # The active verifier dies; its standby settles the next job, and nothing twice.
     verifier = active(testnet, "verifier", "active; deciding from here")
