@@ -454,7 +454,13 @@ def router(
         responses={200: {"content": {OctetStream.media_type: BINARY}}, **market_errors(400, 404)},
     )
     api.add_api_route("/v1/nodes", routes.nodes, methods=["GET"])
-    api.add_api_route("/v1/ipfs", routes.ipfs_peer, methods=["GET"], responses=market_errors(404))
+    api.add_api_route(
+        "/v1/ipfs",
+        routes.ipfs_peer,
+        methods=["GET"],
+        response_model=IpfsPeerInfo,
+        responses=market_errors(404),
+    )
     api.add_api_route("/v1/jobs", routes.recent_jobs, methods=["GET"], responses=market_errors(400))
     api.add_api_route(
         "/v1/jobs/{job_id}",

@@ -70,6 +70,18 @@ def chunk(data: bytes, size: int = CHUNK_SIZE) -> tuple[tuple[Chunk, bytes], ...
     )
 
 
+def write_once(target: Path, data: bytes) -> None:
+    """Write a content-named file unless it is there: whole or not at all (a rename), so a
+    reader never sees half a block."""
+    if target.exists():
+        return
+    target.parent.mkdir(exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".put-")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, target)
+
+
 class Blockstore:
     """A directory of blocks named by CID; writes are atomic, reads are verified."""
 
@@ -96,13 +108,7 @@ class Blockstore:
         target = self.path(cid)
         if self.mirror is not None:
             self.mirror(cid, data)
-        if target.exists():
-            return
-        target.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".put-")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, target)
+        write_once(target, data)
 
     def get(self, cid: str) -> bytes:
         try:

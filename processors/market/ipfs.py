@@ -25,8 +25,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
-import tempfile
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -34,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from processors.market import unixfs
-from processors.market.content import ContentError, digest_of, verify
+from processors.market.content import ContentError, digest_of, verify, write_once
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,14 +77,7 @@ class KuboRepo:
         return self.path(multihash).exists()
 
     def put(self, multihash: bytes, data: bytes) -> None:
-        target = self.path(multihash)
-        if target.exists():
-            return
-        target.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".put-")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, target)
+        write_once(self.path(multihash), data)
 
     def put_cid(self, cid: str, data: bytes) -> None:
         """A blockstore block (raw CIDv1), checked against its CID."""
