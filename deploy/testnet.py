@@ -219,10 +219,11 @@ class Testnet:
             entries.append(entry)
             self.say(host.name, f"{entry['rpc']}  {entry['ws']}  ({entry['roles']})")
         rpc = str(entries[0]["rpc"])
-        # The worker's host runs an IPFS peer of its own: models come to it over bitswap
-        # from the nodes' peers.
+        # The worker's host runs an IPFS peer of its own, connected to every node's: models
+        # come to it over bitswap from whichever holds them.
         peer = ["ipfs", "run", "--data-dir", str(d / "worker"), "--listen", p.worker.ip]
-        self._on(p.worker, "worker-ipfs", [*peer, "--gateways", rpc], "node")
+        gateways = ",".join(str(e["rpc"]) for e in entries)  # bitswap asks only its peers
+        self._on(p.worker, "worker-ipfs", [*peer, "--gateways", gateways], "node")
         worker = ["worker", "--kafka", bootstrap, "--rpc", rpc, "--devnet-index", "0"]
         self._on(p.worker, "worker", [*worker, "--data-dir", str(d / "worker")], "worker")
         self.say("worker", f"host {p.worker.netns} ({p.worker.ip}), paid through {rpc}")

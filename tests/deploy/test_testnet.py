@@ -278,13 +278,13 @@ def test_four_nodes_serve_one_ledger_through_faults(
     receipts_everywhere(testnet, [receipt])
     assert {balance(u, worker) for u in testnet.urls} == {before + paid}
     # The model reached the worker's host over IPFS: its own peer (which found node 0's
-    # through its gateway) holds the manifest and every block of the graph, fetched over
-    # bitswap.
+    # through its gateway) holds the manifest and every chunk of the graph, fetched over
+    # bitswap (a worker reads a file's chunks from the manifest, not from its index block).
     card = httpx.get(f"{testnet.urls[0]}/v1/models/tiny-gpt2", timeout=10).json()
     document = json.loads(httpx.get(f"{testnet.urls[0]}/ipfs/{card['manifest_cid']}").content)
     repo = KuboRepo(testnet.data_dir / "worker" / "ipfs" / "repo")
     graph = files_of(document)["onnx"]
-    blocks = [card["manifest_cid"], graph["cid"], *(c["cid"] for c in graph["chunks"])]
+    blocks = [card["manifest_cid"], *(c["cid"] for c in graph["chunks"])]
     assert all(repo.has(multihash_of(cid)) for cid in blocks)
 
     # The active verifier dies; its standby settles the next job, and nothing twice.
