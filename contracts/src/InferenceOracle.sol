@@ -39,7 +39,10 @@ contract InferenceOracle {
 
     IModelRegistry public constant REGISTRY = IModelRegistry(0x4c00000000000000000000000000000000000002);
     uint256 public constant MAX_INPUT_BYTES = 16384;
-    uint64 public constant MIN_TIMEOUT = 5;
+    uint64 public constant MIN_TIMEOUT = 10;
+    /// After the deadline, the settler still has this long before anyone may reclaim: an
+    /// answer made in time reaches the ledger a few blocks later.
+    uint64 public constant RECLAIM_GRACE = 600;
     uint64 public constant MAX_TIMEOUT = 86400;
     uint32 public constant MAX_CALLBACK_GAS = 2_000_000;
 
@@ -162,10 +165,12 @@ contract InferenceOracle {
         _refund(requestId, settlementId);
     }
 
-    /// @notice Anyone returns the escrow of a request still unanswered after its deadline.
+    /// @notice Anyone returns the escrow of a request still unanswered `RECLAIM_GRACE` after
+    /// its deadline (the market down, or no settlement for it).
     function reclaim(uint256 requestId) external {
         Request storage r = requests[requestId];
-        if (block.timestamp <= r.deadline) revert DeadlineNotPassed(requestId, r.deadline);
+        uint64 after_ = r.deadline + RECLAIM_GRACE;
+        if (block.timestamp <= after_) revert DeadlineNotPassed(requestId, after_);
         _refund(requestId, bytes32(0));
     }
 
@@ -194,9 +199,14 @@ contract InferenceOracle {
     }
 
     /// A push that cannot fail the settlement: what the receiver refuses becomes its credit.
+    /// (In assembly: no return data is copied, so a receiver cannot make the copy cost the
+    /// settlement its gas.)
     function _send(address to, uint256 amount) private {
         if (amount == 0) return;
-        (bool ok, ) = payable(to).call{value: amount, gas: 50_000}("");
+        bool ok;
+        assembly {
+            ok := call(50000, to, amount, 0, 0, 0, 0)
+        }
         if (!ok) {
             credits[to] += amount;
             emit Credited(to, amount);
@@ -205,14 +215,15 @@ contract InferenceOracle {
 
     /// The callback runs last (the request is closed and paid out before it) with the gas the
     /// requester asked for; whether it reverts is recorded, and changes nothing here.
-    function _callBack(Request storage r, uint256 requestId, bool ok, bytes memory output) private returns (bool) {
+    function _callBack(Request storage r, uint256 requestId, bool ok, bytes memory output) private returns (bool called) {
         uint256 gasWanted = r.callbackGas;
         // A caller cannot starve the callback: 63/64 of what is left must cover it (EIP-150).
         if ((gasleft() * 63) / 64 < gasWanted + 10_000) revert NotEnoughGasForCallback(gasleft(), gasWanted);
-        if (r.requester.code.length == 0) return false;
-        (bool called, ) = r.requester.call{gas: gasWanted}(
-            abi.encodeCall(IInferenceConsumer.onInference, (requestId, ok, output))
-        );
-        return called;
+        address to = r.requester;
+        if (to.code.length == 0) return false;
+        bytes memory data = abi.encodeCall(IInferenceConsumer.onInference, (requestId, ok, output));
+        assembly {
+            called := call(gasWanted, to, 0, add(data, 32), mload(data), 0, 0)
+        }
     }
 }

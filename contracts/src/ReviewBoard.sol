@@ -22,7 +22,8 @@ contract ReviewBoard is IInferenceConsumer {
         None,
         Pending,
         Classified,
-        Refunded
+        Refunded,
+        Unreadable
     }
 
     struct Review {
@@ -82,11 +83,23 @@ contract ReviewBoard is IInferenceConsumer {
             emit ReviewRefunded(requestId);
             return;
         }
-        (string memory label, uint256 scoreBps) = abi.decode(output, (string, uint256));
-        review.status = Status.Classified;
-        review.label = label;
-        review.scoreBps = uint16(scoreBps);
-        emit ReviewClassified(requestId, label, uint16(scoreBps));
+        // Never revert here: the credit above must stay with this review's author.
+        try this.decodeLabel(output) returns (string memory label, uint16 scoreBps) {
+            review.status = Status.Classified;
+            review.label = label;
+            review.scoreBps = scoreBps;
+            emit ReviewClassified(requestId, label, scoreBps);
+        } catch {
+            review.status = Status.Unreadable;
+        }
+    }
+
+    /// @notice `abi.decode` of a classifier's answer (external, so that a malformed one is
+    /// caught by the caller rather than reverting the callback).
+    function decodeLabel(bytes calldata output) external pure returns (string memory label, uint16 scoreBps) {
+        uint256 score;
+        (label, score) = abi.decode(output, (string, uint256));
+        scoreBps = uint16(score > 10_000 ? 10_000 : score);
     }
 
     function labelOf(uint256 requestId) external view returns (Status status, string memory label, uint16 scoreBps) {

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from processors.compute.runtime import BlockSource, FetchError
-from processors.market.content import Blockstore, ContentError
+from processors.compute.runtime import BlockSource
+from processors.market.content import Blockstore
 from processors.market.ipfs import IpfsError, files_of, local_peer, pin_model, repo_of
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ class Pinner:
                 continue
             try:
                 if not self.pin(cid):
-                    raise IpfsError("no IPFS peer runs for this node yet")
-            except (IpfsError, FetchError, ContentError, OSError, ValueError) as exc:
+                    raise IpfsError("no IPFS peer answers for this node yet")
+            except Exception as exc:  # a pinner that dies pins nothing more: try again later
                 log.debug("pinning model %s later: %s", cid, exc)
                 threading.Timer(RETRY_S, self.todo.put, args=(cid,)).start()
 
@@ -58,6 +58,7 @@ class Pinner:
         client, repo = local_peer(self.home, PIN_TIMEOUT_S), repo_of(self.home)
         if client is None or repo is None:
             return False
+        client.id()  # a stale peer.json (a peer killed) fails here, before any hashing
         started = time.monotonic()
         document: dict[str, Any] = json.loads(self.source.get(manifest_cid))
         for cid in self._blocks(manifest_cid, document):

@@ -153,14 +153,14 @@ class MarketService(Processor[MemoryStore]):
         #: serves it to the other nodes' peers.
         home = ipfs_home(settings)
         self.blockstore = Blockstore(Path(settings.data_dir) / "blockstore", mirror_into(home))
-        #: The node's IPFS peer, then the other nodes' gateways, asked for a block this one
-        #: lacks. A fetch is marked as a peer's, so that a node without the block answers
-        #: from its disk alone.
+        #: The other nodes' gateways, asked for a block this one lacks. A fetch is marked
+        #: as a peer's, so that a node without the block answers from its disk alone.
         peers = [p.strip() for p in settings.peers.split(",") if p.strip()]
-        self.peers = BlockSource(
-            self.blockstore, peers, {PEER_HEADER: "1"}, timeout_s=5.0, ipfs_home=home
-        )
-        self.pinner = Pinner(home, self.blockstore, self.peers)
+        self.peers = BlockSource(self.blockstore, peers, {PEER_HEADER: "1"}, timeout_s=5.0)
+        # Not for the public `/ipfs/{cid}`: a fetch of a CID nobody has leaves a wait inside
+        # Kubo that cannot be cancelled, so strangers' requests do not reach the peer.
+        pinning = BlockSource(self.blockstore, peers, {PEER_HEADER: "1"}, 5.0, ipfs_home=home)
+        self.pinner = Pinner(home, self.blockstore, pinning)
         self._follower = Follower(self, bootstrap)
         #: Set when the gateway stops: requests waiting for a job are answered at once.
         self.stopping = threading.Event()

@@ -23,6 +23,7 @@ them and a peer that lacks them fetches them from the others.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
 import urllib.parse
@@ -136,7 +137,7 @@ class IpfsClient:
         try:
             with urllib.request.urlopen(request, timeout=wait + 5) as response:
                 return bytes(response.read())
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:  # a peer gone mid-answer too
             raise IpfsError(f"IPFS peer {self.api}{path}: {exc}") from None
 
     def id(self) -> dict[str, Any]:
@@ -145,9 +146,13 @@ class IpfsClient:
 
     def get(self, cid: str, timeout_s: float | None = None) -> bytes:
         """A block (raw CID) or a whole UnixFS file (CIDv0), from the peer's repo or fetched
-        by it from its peers; checked against the CID where the CID names the bytes."""
+        by it from its peers; checked against the CID (a file by rebuilding its CID)."""
         data = self._call("GET", f"/ipfs/{cid}", timeout_s)
-        return verify(cid, data) if cid.startswith("b") else data
+        if cid.startswith("b"):
+            return verify(cid, data)
+        if unixfs.cid_of_file(data) != cid:  # a file: its tree rebuilt from its bytes
+            raise ContentError(f"content does not match {cid}")
+        return data
 
     def pin(self, cid: str, timeout_s: float | None = None) -> None:
         self._call("POST", f"/pin/{cid}", timeout_s, recursive="true")

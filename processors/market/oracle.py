@@ -25,11 +25,12 @@ the verifier, and travels in its settlement transaction.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from eth_abi.abi import decode, encode
-from eth_abi.exceptions import DecodingError
+from eth_abi.exceptions import DecodingError, EncodingError
 from eth_hash.auto import keccak
 
 from processors.execution.genesis import INFERENCE_ORACLE
@@ -129,6 +130,11 @@ def request_digest(manifest_cid: str, data: bytes) -> bytes:
     return keccak(encode(["bytes32", "bytes32"], [keccak(manifest_cid.encode()), keccak(data)]))
 
 
+#: Answers over this many bytes, ABI-encoded, reach the contract as their digest: the
+#: settlement transaction must stay far below the ledger's transaction size limit.
+MAX_CALLBACK_BYTES = 32 * 1024
+
+
 def callback_output(output: bytes) -> bytes:
     """A verified answer as the requester's callback receives it, by the answer's shape:
 
@@ -136,30 +142,46 @@ def callback_output(output: bytes) -> bytes:
       the first input's likeliest label and its probability in basis points;
     - embeddings: `(int256[] values)`, the first input's vector in millionths;
     - generation: `(string text)`, the first choice's text;
-    - anything else (a tensor job's `.npz`): `(bytes output)` as the node wrote it.
+    - anything else (a tensor job's `.npz`, or an answer of one of those shapes that does not
+      read as one): `(bytes output)` as the node wrote it;
+    - an encoding over `MAX_CALLBACK_BYTES`: `(bytes32 digest)`, the Keccak-256 of the
+      answer as the node wrote it (its bytes are on the log, `GET /v1/jobs/{id}`).
+
+    Never raises: whatever a node wrote, its settlement can be sent.
     """
     try:
-        document: Any = json.loads(output)
-    except ValueError:
-        document = None
-    if isinstance(document, dict):
-        labels = document.get("labels")
-        if isinstance(labels, list) and labels and labels[0]:
-            best = labels[0][0]
-            return encode(
-                ["string", "uint256"], [str(best["label"]), _scaled(best["score"], SCORE_SCALE)]
-            )
-        vectors = document.get("embeddings")
-        if isinstance(vectors, list) and vectors:
-            return encode(["int256[]"], [[_scaled(v, VALUE_SCALE) for v in vectors[0]]])
-        choices = document.get("choices", [document])
-        if isinstance(choices, list) and choices and isinstance(choices[0].get("text"), str):
-            return encode(["string"], [choices[0]["text"]])
-    return encode(["bytes"], [output])
+        encoded = _shaped(json.loads(output))
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, EncodingError):
+        encoded = None
+    if encoded is None:
+        encoded = encode(["bytes"], [output])
+    if len(encoded) > MAX_CALLBACK_BYTES:
+        return encode(["bytes32"], [keccak(output)])
+    return encoded
+
+
+def _shaped(document: Any) -> bytes | None:
+    if not isinstance(document, dict):
+        return None
+    labels = document.get("labels")
+    if isinstance(labels, list) and labels and labels[0]:
+        best = labels[0][0]
+        score = min(max(_scaled(best["score"], SCORE_SCALE), 0), SCORE_SCALE)
+        return encode(["string", "uint256"], [str(best["label"]), score])
+    vectors = document.get("embeddings")
+    if isinstance(vectors, list) and vectors:
+        return encode(["int256[]"], [[_scaled(v, VALUE_SCALE) for v in vectors[0]]])
+    choices = document.get("choices", [document])
+    if isinstance(choices, list) and choices and isinstance(choices[0].get("text"), str):
+        return encode(["string"], [choices[0]["text"]])
+    return None
 
 
 def _scaled(value: Any, scale: int) -> int:
-    return round(float(value) * scale)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return round(number * scale)
 
 
 def request_call(model: str, data: bytes, timeout_seconds: int, callback_gas: int) -> bytes:

@@ -421,15 +421,18 @@ class Verifier(Processor[MemoryStore]):
 
     def judge(self, job_id: bytes, result: JobResult, position: Position) -> list[Output]:
         """Verdict, then money. A verdict on the log whose money is not (a crash between
-        the two) is paid now from that verdict, not judged again."""
+        the two) is paid now from that verdict, not judged again. A node's signed answer is
+        judged once (a copy of it gets nothing); a result it did not sign is anyone's
+        writing, judged on its own, and takes no place of the node's real answer."""
         outputs: list[Output] = []
-        verdict = self.jobs[job_id].verdict_of(result.node)
+        mine = [v for v in self.jobs[job_id].verdicts if v.node == result.node]
+        verdict = next((v for v in mine if v.cause == position), None)
         if verdict is None:
+            if any(_signed(v) for v in mine):
+                return outputs  # a duplicate of the node's answer: judged (and settled) once
             verdict = self.verdict(self.jobs[job_id], result, position)
             self.jobs[job_id] = self.jobs[job_id].apply(verdict)
             outputs.append(Output(self.outputs_to["verdicts"], verdict, key=hex_key(job_id)))
-        elif verdict.cause != position:
-            return outputs  # a duplicate result: judged (and settled) once
         return outputs + self.pay(job_id, result, verdict)
 
     def verdict(self, job: Job, result: JobResult, position: Position) -> JobVerdict:
@@ -462,10 +465,12 @@ class Verifier(Processor[MemoryStore]):
         record = job.submitted
         assert record is not None
         node = result.node
+        escrowed = is_oracle_job(record)
+        if escrowed and verdict.outcome == core.REJECTED:
+            return self.reject_escrowed(job_id, node, verdict)
         if node in job.settled_for:
             return []
         cause = verdict.cause
-        escrowed = is_oracle_job(record)
         if verdict.outcome == core.ACCEPTED:
             price = self.registrations[node].price_wei_per_hour
             budget = record.max_price_wei - job.charged
@@ -482,18 +487,34 @@ class Verifier(Processor[MemoryStore]):
         if verdict.outcome == core.REJECTED:
             # A result the node did not sign proves nothing against it: anyone can write one.
             # The figure is fixed: the stake a registration declares is the node's own word.
-            signed = all(c.passed for c in verdict.checks if c.name == "signature")
-            if escrowed and not signed:
-                return []  # not the node's answer: its lease runs out, another node answers
-            slash = self.settings.slash_wei if signed else 0
-            outputs = self.settle(job_id, node, Reward(0, 0, 0), slash, cause)
-            if escrowed and not _paid_out(self.jobs[job_id]):
-                # The escrow is the contract's money, not a deposit: it goes back now.
-                outputs += self.settle(job_id, ZERO, refund(record.max_price_wei), 0, cause)
-            return outputs
+            if not _signed(verdict):
+                # Anyone can write a result under a node's name: it moves no money and
+                # settles nothing (the node's own answer, or the job's expiry, will).
+                return []
+            return self.settle(job_id, node, Reward(0, 0, 0), self.settings.slash_wei, cause)
         if not _paid_out(job) and ZERO not in job.settled_for:
             return self.settle(job_id, ZERO, refund(record.max_price_wei), 0, cause)
         return []
+
+    def reject_escrowed(self, job_id: bytes, node: bytes, verdict: JobVerdict) -> list[Output]:
+        """An oracle job's rejected answer. The node is slashed as for any job when it
+        signed the answer; the escrow goes back to the contract at once only when the node
+        was the one assigned (anyone's signed junk must not cancel a request: the job then
+        runs on, or expires and is refunded). Each step once, the second also after a crash
+        between the two."""
+        passed = {c.name: c.passed for c in verdict.checks}
+        if not _signed(verdict):
+            return []  # not the node's answer: its lease runs out, another node answers
+        outputs: list[Output] = []
+        if node not in self.jobs[job_id].settled_for:
+            slash = self.settings.slash_wei
+            outputs += self.settle(job_id, node, Reward(0, 0, 0), slash, verdict.cause)
+        job = self.jobs[job_id]
+        assert job.submitted is not None
+        if passed.get("assignment", False) and not _paid_out(job) and ZERO not in job.settled_for:
+            price = job.submitted.max_price_wei
+            outputs += self.settle(job_id, ZERO, refund(price), 0, verdict.cause)
+        return outputs
 
     # -- money ----------------------------------------------------------------------------
 
@@ -590,6 +611,11 @@ class Verifier(Processor[MemoryStore]):
             digest = request_digest(record.params["manifest_cid"], record.input or b"")
             data = fulfil_call(request_id, call, digest, callback_output(answer.output or b""))
         return INFERENCE_ORACLE, data, settlement_gas(callback_gas, data)
+
+
+def _signed(verdict: JobVerdict) -> bool:
+    """Whether the judged result carried its node's signature."""
+    return all(c.passed for c in verdict.checks if c.name == "signature")
 
 
 def _paid_out(job: Job) -> bool:

@@ -134,6 +134,16 @@ def test_fulfil_pays_the_node_refunds_the_rest_and_calls_the_contract_back() -> 
     assert not ok(c.send(SETTLER, INFERENCE_ORACLE, oracle.refund_call(request.request_id, refund)))
 
 
+def test_a_malformed_answer_is_delivered_and_the_board_does_not_revert() -> None:
+    c = OracleChain()
+    board, request = setup(c)
+    receipt = fulfil(c, request, 10**14, 10**13, b"\x01")  # not ABI at all
+    assert ok(receipt) and c.balance_of(board) == PRICE - 10**14 - 10**13
+    fulfilled = [log for log in receipt.logs if log.topics[0] == int.from_bytes(oracle.FULFILLED)]
+    assert decode(["uint256"] * 3 + ["bool"], fulfilled[0].data)[3] is True  # it did not revert
+    assert board_events(receipt, "ReviewClassified(uint256,string,uint16)") == []
+
+
 def test_answers_to_another_job_or_from_anyone_but_the_settler_are_refused() -> None:
     c = OracleChain()
     _, request = setup(c)
@@ -165,11 +175,13 @@ def test_refund_returns_the_escrow_and_tells_the_contract() -> None:
     assert c.balance(USER) > before + PRICE - 10**15  # less the gas
 
 
-def test_anyone_reclaims_an_unanswered_request_after_its_deadline_and_not_before() -> None:
+def test_anyone_reclaims_an_unanswered_request_after_its_deadline_and_grace() -> None:
     c = OracleChain()
     board, request = setup(c)
     assert not ok(c.send(STRANGER, INFERENCE_ORACLE, oracle.reclaim_call(request.request_id)))
-    c.wait(121)
+    c.wait(121)  # past the deadline, but within the settler's grace: not yet
+    assert not ok(c.send(STRANGER, INFERENCE_ORACLE, oracle.reclaim_call(request.request_id)))
+    c.wait(600)
     assert ok(c.send(STRANGER, INFERENCE_ORACLE, oracle.reclaim_call(request.request_id)))
     assert c.balance_of(board) == PRICE
     assert not ok(c.send(STRANGER, INFERENCE_ORACLE, oracle.reclaim_call(request.request_id)))
@@ -184,7 +196,7 @@ def test_requests_are_checked_before_anything_is_escrowed() -> None:
         (PRICE, ("nobody-registered-this", *good[1:])),
         (PRICE, (good[0], b"", *good[2:])),  # empty input
         (PRICE, (good[0], b"x" * 16385, *good[2:])),  # over 16 KiB
-        (PRICE, (*good[:2], 1, good[3])),  # timeout under 5 s
+        (PRICE, (*good[:2], 9, good[3])),  # timeout under 10 s
         (PRICE, (*good[:3], 3_000_000)),  # callback gas over 2M
     ]:
         assert not ok(c.send(STRANGER, INFERENCE_ORACLE, oracle.request_call(*args), value=value))
@@ -205,3 +217,14 @@ def test_callback_outputs_by_shape() -> None:
     assert decode(["int256[]"], embedded) == ((500_000, -250_000),)
     raw = b"PK\x03\x04 not json"
     assert decode(["bytes"], oracle.callback_output(raw)) == (raw,)
+    # What does not read as its shape goes as it is; what is too long, as its digest.
+    for odd in (
+        b'{"labels": [[{"label": "x", "score": NaN}]]}',
+        b'{"embeddings": [[1e300]]}',
+        b'{"choices": [7]}',
+    ):
+        assert decode(["bytes"], oracle.callback_output(odd)) == (odd,)
+    long = b'{"choices": [{"text": "' + b"y" * 40_000 + b'"}]}'
+    assert decode(["bytes32"], oracle.callback_output(long)) == (keccak(long),)
+    low = b'{"labels": [[{"label": "x", "score": -0.001}]]}'
+    assert decode(["string", "uint256"], oracle.callback_output(low)) == ("x", 0)

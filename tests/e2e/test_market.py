@@ -693,7 +693,7 @@ def test_a_contract_asks_a_model_and_is_called_back_or_refunded(
         return int(status), str(label), int(score)
 
     transact(MODEL_REGISTRY, chain.register_model_call("ghost-model", "bafkreighost", "bert"))
-    served, ghost = board("tiny-classifier", 120), board("ghost-model", 5)
+    served, ghost = board("tiny-classifier", 120), board("ghost-model", 10)
     answered, unanswered = post(served, 'a "great" day'), post(ghost, "nobody runs this")
 
     # Answered: the label the node computed, verified, by callback; the node paid from escrow.
