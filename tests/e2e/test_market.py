@@ -110,8 +110,10 @@ def market(tmp_path_factory: pytest.TempPathFactory, tiny_gpt2: Path) -> Iterato
     net = Devnet(
         data,
         *("--block-interval", "0.3", "--finality-depth", "3", "--workers", "2"),
-        # No random redundancy: the tests ask for it where they want it.
-        env={"LATTICE_LEASE_MS": "4000", "LATTICE_REDUNDANCY_BPS": "0"},
+        # No random redundancy: the tests ask for it where they want it. A lease of 10 s:
+        # a worker's first job of a model loads it (3.5 s seen on two loaded cores), and a
+        # lease that runs out then runs the job twice, paying a second node later.
+        env={"LATTICE_LEASE_MS": "10000", "LATTICE_REDUNDANCY_BPS": "0"},
     )
     net.start()
     try:
