@@ -43,7 +43,7 @@ from processors.compute.runtime import BlockSource
 from processors.execution.genesis import JOB_MARKET, address_of
 from processors.market.chain import call_data
 from processors.market.content import Blockstore, cid_of
-from processors.market.ipfs import ipfs_home, mirror_into
+from processors.market.ipfs import ipfs_home, mirror_into, peer_info
 from processors.market.jobs import INFERENCE, TRAINING, JobRequest, is_oracle_job
 from processors.market.lifecycle import Job
 from processors.market.view import MarketView
@@ -170,9 +170,8 @@ class MarketService(Processor[MemoryStore]):
 
     def ipfs_peer(self) -> dict[str, Any] | None:
         """The node's IPFS peer's id and multiaddrs (None: it runs none)."""
-        try:
-            info = json.loads((self.pinner.home / "peer.json").read_text())
-        except (OSError, ValueError):
+        info = peer_info(self.pinner.home)
+        if info is None:
             return None
         return {"peer_id": str(info["peer_id"]), "addrs": [str(a) for a in info["addrs"]]}
 

@@ -130,9 +130,7 @@ class IpfsClient:
 
     def _call(self, method: str, path: str, timeout_s: float | None = None, **query: Any) -> bytes:
         wait = self.timeout_s if timeout_s is None else timeout_s
-        url = f"{self.api}{path}"
-        if query or method == "GET":
-            url += "?" + urllib.parse.urlencode({"timeout": wait, **query})
+        url = f"{self.api}{path}?" + urllib.parse.urlencode({"timeout": wait, **query})
         request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
         try:
             with urllib.request.urlopen(request, timeout=wait + 5) as response:
@@ -155,7 +153,7 @@ class IpfsClient:
         return data
 
     def pin(self, cid: str, timeout_s: float | None = None) -> None:
-        self._call("POST", f"/pin/{cid}", timeout_s, recursive="true")
+        self._call("POST", f"/pin/{cid}", timeout_s)
 
     def pins(self) -> set[str]:
         return set(json.loads(self._call("GET", "/pins")))
@@ -164,13 +162,19 @@ class IpfsClient:
         self._call("POST", "/connect", addr=multiaddr)
 
 
-def local_peer(home: Path, timeout_s: float = 5.0) -> IpfsClient | None:
-    """The node's running peer (its `peer.json` in `home`, `<data-dir>/ipfs`), or None."""
+def peer_info(home: Path) -> dict[str, Any] | None:
+    """What the node's running peer wrote of itself (`peer.json` in `home`,
+    `<data-dir>/ipfs`: API, peer id, multiaddrs), or None when no peer runs."""
     try:
-        info = json.loads((Path(home) / "peer.json").read_text())
+        return dict(json.loads((Path(home) / "peer.json").read_text()))
     except (OSError, ValueError):
         return None
-    return IpfsClient(str(info["api"]), timeout_s)
+
+
+def local_peer(home: Path, timeout_s: float = 5.0) -> IpfsClient | None:
+    """The node's running peer, or None."""
+    info = peer_info(home)
+    return None if info is None else IpfsClient(str(info["api"]), timeout_s)
 
 
 def files_of(document: dict[str, Any]) -> dict[str, dict[str, Any]]:

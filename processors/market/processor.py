@@ -36,6 +36,7 @@ from processors.market.jobs import (
     InvalidSignature,
     is_oracle_job,
     job_signer,
+    oracle_job_id,
     recover,
     result_hash,
 )
@@ -111,7 +112,7 @@ class Matcher(Processor[MemoryStore]):
 
     def _requested(self, receipt: Receipt, position: Position) -> None:
         for request in requests_in(receipt):
-            job_id = job_of(request, self.settings.chain_id, 0).job_id
+            job_id = oracle_job_id(self.settings.chain_id, request.request_id)
             if job_id not in self.jobs:
                 self.requested[job_id] = (request, position)
                 self._came_in = True

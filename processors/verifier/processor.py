@@ -428,7 +428,7 @@ class Verifier(Processor[MemoryStore]):
         mine = [v for v in self.jobs[job_id].verdicts if v.node == result.node]
         verdict = next((v for v in mine if v.cause == position), None)
         if verdict is None:
-            if any(_signed(v) for v in mine):
+            if any(_check(v, "signature") for v in mine):
                 return outputs  # a duplicate of the node's answer: judged (and settled) once
             verdict = self.verdict(self.jobs[job_id], result, position)
             self.jobs[job_id] = self.jobs[job_id].apply(verdict)
@@ -465,16 +465,15 @@ class Verifier(Processor[MemoryStore]):
         record = job.submitted
         assert record is not None
         node = result.node
-        escrowed = is_oracle_job(record)
-        if escrowed and verdict.outcome == core.REJECTED:
-            return self.reject_escrowed(job_id, node, verdict)
+        if verdict.outcome == core.REJECTED:
+            return self.reject(job_id, node, verdict)
         if node in job.settled_for:
             return []
         cause = verdict.cause
         if verdict.outcome == core.ACCEPTED:
             price = self.registrations[node].price_wei_per_hour
             budget = record.max_price_wei - job.charged
-            if budget <= 0 or (escrowed and _paid_out(job)):
+            if budget <= 0 or (is_oracle_job(record) and _paid_out(job)):
                 return []  # the job's budget went to an earlier result
             owed = reward(
                 price,
@@ -484,34 +483,27 @@ class Verifier(Processor[MemoryStore]):
                 verdict.reputation_bps,
             )
             return self.settle(job_id, node, owed, 0, cause, answer=result)
-        if verdict.outcome == core.REJECTED:
-            # A result the node did not sign proves nothing against it: anyone can write one.
-            # The figure is fixed: the stake a registration declares is the node's own word.
-            if not _signed(verdict):
-                # Anyone can write a result under a node's name: it moves no money and
-                # settles nothing (the node's own answer, or the job's expiry, will).
-                return []
-            return self.settle(job_id, node, Reward(0, 0, 0), self.settings.slash_wei, cause)
         if not _paid_out(job) and ZERO not in job.settled_for:
             return self.settle(job_id, ZERO, refund(record.max_price_wei), 0, cause)
         return []
 
-    def reject_escrowed(self, job_id: bytes, node: bytes, verdict: JobVerdict) -> list[Output]:
-        """An oracle job's rejected answer. The node is slashed as for any job when it
-        signed the answer; the escrow goes back to the contract at once only when the node
-        was the one assigned (anyone's signed junk must not cancel a request: the job then
-        runs on, or expires and is refunded). Each step once, the second also after a crash
-        between the two."""
-        passed = {c.name: c.passed for c in verdict.checks}
-        if not _signed(verdict):
-            return []  # not the node's answer: its lease runs out, another node answers
+    def reject(self, job_id: bytes, node: bytes, verdict: JobVerdict) -> list[Output]:
+        """A rejected result. One its node did not sign is anyone's writing: it moves no
+        money and settles nothing (the node's own answer, or the job's expiry, will). A
+        signed one slashes the node a fixed figure (the stake a registration declares is the
+        node's own word); for an oracle's job the escrow also goes back to the contract at
+        once, when the node was the one assigned (anyone's signed junk must not cancel a
+        request). Each step once, the second also after a crash between the two."""
+        if not _check(verdict, "signature"):
+            return []
         outputs: list[Output] = []
         if node not in self.jobs[job_id].settled_for:
             slash = self.settings.slash_wei
             outputs += self.settle(job_id, node, Reward(0, 0, 0), slash, verdict.cause)
         job = self.jobs[job_id]
         assert job.submitted is not None
-        if passed.get("assignment", False) and not _paid_out(job) and ZERO not in job.settled_for:
+        escrowed = is_oracle_job(job.submitted) and _check(verdict, "assignment")
+        if escrowed and not _paid_out(job) and ZERO not in job.settled_for:
             price = job.submitted.max_price_wei
             outputs += self.settle(job_id, ZERO, refund(price), 0, verdict.cause)
         return outputs
@@ -537,16 +529,17 @@ class Verifier(Processor[MemoryStore]):
         except InvalidSignature:
             return []  # never assigned: the matcher dropped it too
         refund_wei = record.max_price_wei - job.charged - owed.charged_wei
-        escrowed = is_oracle_job(record)
+        oracle = is_oracle_job(record)
+        # An oracle's job is paid or refunded on its escrow; on JobMarket it only slashes.
+        on_escrow = oracle and (answer is not None or provider == ZERO)
         call = Settlement(
             settlement_id(job_id, provider),
             signer,
-            # The oracle's escrow is what pays; on JobMarket such a job only slashes.
-            signer if escrowed else record.requester,
+            signer if oracle else record.requester,
             provider,
             owed.paid_wei,
             owed.fee_wei,
-            0 if escrowed and provider != ZERO and answer is None else max(refund_wei, 0),
+            max(refund_wei, 0) if on_escrow or not oracle else 0,
             slash,
         )
         outputs: list[Output] = []
@@ -564,7 +557,7 @@ class Verifier(Processor[MemoryStore]):
                 tx_hash.hex(),
             )
         else:
-            to, data, gas = self.settlement_tx(job, call, answer)
+            to, data, gas = self.settlement_tx(job, call, answer, on_escrow)
             raw = signed_call(self.key, self.settings.chain_id, self.nonce, to, data, gas=gas)
             tx = decode_transaction(raw, self.rules)
             outputs.append(
@@ -593,15 +586,13 @@ class Verifier(Processor[MemoryStore]):
         return outputs
 
     def settlement_tx(
-        self, job: Job, call: Settlement, answer: JobResult | None
+        self, job: Job, call: Settlement, answer: JobResult | None, on_escrow: bool
     ) -> tuple[bytes, bytes, int]:
-        """(to, data, gas) of a settlement: `JobMarket.settle`, or for an oracle's job its
-        escrow's `fulfil` (with the accepted answer) or `refund`; a node's other settlements
-        of an oracle's job (a slash) are `JobMarket`'s."""
+        """(to, data, gas) of a settlement: `JobMarket.settle`, or on an oracle's escrow its
+        `fulfil` (with the accepted answer) or `refund`."""
         record = job.submitted
         assert record is not None
-        escrow = is_oracle_job(record) and (answer is not None or call.provider == ZERO)
-        if not escrow:
+        if not on_escrow:
             return JOB_MARKET, settle_call(*dataclasses.astuple(call)), 200_000
         request_id = int(record.params[ORACLE_REQUEST])
         callback_gas = int(record.params.get(CALLBACK_GAS, "0"))
@@ -613,9 +604,10 @@ class Verifier(Processor[MemoryStore]):
         return INFERENCE_ORACLE, data, settlement_gas(callback_gas, data)
 
 
-def _signed(verdict: JobVerdict) -> bool:
-    """Whether the judged result carried its node's signature."""
-    return all(c.passed for c in verdict.checks if c.name == "signature")
+def _check(verdict: JobVerdict, name: str) -> bool:
+    """Whether the verdict's checks of that name passed (the signature: whether the judged
+    result carried its node's signature)."""
+    return all(c.passed for c in verdict.checks if c.name == name)
 
 
 def _paid_out(job: Job) -> bool:
