@@ -218,7 +218,7 @@ class Worker(Processor[RocksStore]):
         self.sequence = int(time.time() * 1000)  # strictly increasing across restarts
 
     def subscriptions(self) -> Sequence[Subscription]:
-        return (Subscription(ASSIGNED, start="end"),)
+        return (Subscription(ASSIGNED, start="end", fed=True),)
 
     # -- announcing the node --------------------------------------------------------------
 

@@ -91,6 +91,8 @@ class Subscription:
     partitions are the share a consumer group gives this member (shared work, like the
     proposers' transactions), positions come from the group and the runtime commits them
     there after each store commit (as far as `Processor.resume_from` allows).
+    `fed`: on a request's path, so once live its records also come from the devnet's
+    durable feed the moment they are on disk (`streams.feed`), not only by fetching.
     """
 
     topic: TopicSpec
@@ -98,6 +100,7 @@ class Subscription:
     partitions: tuple[int, ...] | None = None
     key: str | None = None
     group: str | None = None
+    fed: bool = False
 
 
 @dataclass(frozen=True)

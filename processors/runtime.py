@@ -44,6 +44,7 @@ from processors.standby import Election, LostLead, OnLog
 from schemas.codec import DecodeError, default_codec
 from schemas.events import DeadLetter, Position
 from streams.durable import BrokerRestarted, Gate
+from streams.feed import FED_READ, FedMessage, FeedClient, devnet_feed
 from streams.kafka import (
     CatchUp,
     Delivered,
@@ -64,6 +65,9 @@ SEQUENCE = "lattice-seq"
 CAUSE = "lattice-cause"
 #: Acknowledgements are written with the next state commit, or on their own this often.
 ACK_COMMIT_S = 1.0
+#: With the durable feed, how long a poll waits on it before looking at the fetched
+#: records (those the feed does not bring wait at most this much longer than before).
+FEED_WAIT_S = 0.02
 #: A dead letter keeps this much of the skipped value (a record may be up to the broker's
 #: message size, and its dead letter must fit too) and of the reason.
 DEAD_VALUE_BYTES = 65_536
@@ -176,10 +180,15 @@ class Runtime(Generic[S]):
         self._config = kafka_config
         self._own_producer = producer is None
         self._producer = producer
+        fed = any(s.fed for s in processor.subscriptions()) and devnet_feed() is not None
         self.reader = Reader(
             bootstrap,
             client_id=self.name,
-            config={**(kafka_config or {}), **(self.pace.read_config or {})},
+            config={
+                **(kafka_config or {}),
+                **(self.pace.read_config or {}),
+                **(FED_READ if fed else {}),
+            },
         )
         self.codec = default_codec()
         self._group: Consumer | None = None
@@ -221,8 +230,15 @@ class Runtime(Generic[S]):
         self._broken = False
         self.live = False
         self.skipped = 0  # inputs skipped as undecodable
+        self.fed = 0  # inputs handled as the durable feed brought them
         self._dead_letters_found: bool | None = None  # see `_find_dead_letters`
         self._schemas: dict[str, str] = {}
+        #: The durable feed of the `fed` subscriptions, once live (`streams.feed`), and
+        #: the next offset to handle on each of their partitions: their records come both
+        #: by the feed and by fetching, and each is handled once, in offset order.
+        self._feed: FeedClient | None = None
+        self._fed_topics: set[str] = set()
+        self._next: dict[Partition, int] = {}
 
     @property
     def producer(self) -> Producer:
@@ -263,6 +279,8 @@ class Runtime(Generic[S]):
         if fresh:
             self.store.commit(fresh, (), {})
         self._start = start
+        self._fed_topics = {s.topic.name for s in assigned if s.fed}
+        self._next = {key: offset for key, offset in start.items() if key[0] in self._fed_topics}
         self._catch_up = CatchUp(self.reader, start, spans=self._spans)
         self.reader.assign({**start, **self._followed})
         if self._active_group is not None:
@@ -328,6 +346,8 @@ class Runtime(Generic[S]):
     def _go_live(self) -> None:
         self.live = True
         log.info("%s caught up", self.name)
+        if self._fed_topics:
+            self._feed = FeedClient.from_env(self._fed_topics)
 
     # -- the outbox after a restart --------------------------------------------------------
 
@@ -596,12 +616,23 @@ class Runtime(Generic[S]):
         if self.pace.tick_s is not None and self.live and (self.active or not self._led):
             timeout = min(timeout, self._next_tick - now)  # wake for the next tick
         timeout = max(0.0, timeout)
+        if self._feed is not None:
+            return self._poll_fed(timeout)
         first = self.reader.poll_raw(timeout)
         if first is None:
             return []
         if self.pace.batch == 1:
             return [first]
         return [first, *self.reader.poll_batch(self.pace.batch - 1, 0)]
+
+    def _poll_fed(self, timeout: float) -> list[Any]:
+        """What was fetched, then what the feed brought (waiting on the feed when nothing
+        was fetched): fetched first, so that a partition's older records, fetched, come
+        before the newer ones the feed brought and neither is set aside."""
+        assert self._feed is not None
+        fetched = self.reader.poll_batch(self.pace.batch, 0)
+        wait = 0.0 if fetched else min(timeout, FEED_WAIT_S)
+        return fetched + self._feed.take(wait, self.pace.batch)
 
     def _poll_group(self) -> list[Any]:
         assert self._group is not None
@@ -615,6 +646,8 @@ class Runtime(Generic[S]):
         return out
 
     def _take(self, message: Any) -> None:
+        if self._next and not self._in_order(message):
+            return
         if self._gate is not None and message.error() is None:
             self._gate.wait(message.topic(), message.partition(), message.offset())
         if self._followed and (message.topic(), message.partition()) in self._followed:
@@ -651,6 +684,23 @@ class Runtime(Generic[S]):
                 "before its first tick (a standby would send them too)"
             )
         self._enqueue(outputs, (key[0], key[1], offset))
+
+    def _in_order(self, message: Any) -> bool:
+        """Whether a fed partition's record is the next to handle (each comes twice, by
+        the feed and by fetching); other records always are. A fetched record may skip
+        offsets (compaction, transaction markers); the feed's ahead of the fetch waits
+        to be fetched."""
+        key = (message.topic(), message.partition())
+        expected = self._next.get(key)
+        if expected is None or message.error() is not None:
+            return True
+        offset = message.offset()
+        fed = isinstance(message, FedMessage)
+        if offset < expected or (fed and offset != expected):
+            return False
+        self._next[key] = offset + 1
+        self.fed += fed
+        return True
 
     def _dead_letter(self, message: Any, error: DecodeError) -> None:
         """Skip an input that does not decode, and say so on the dead-letter topic.
@@ -838,6 +888,9 @@ class Runtime(Generic[S]):
             if self._election is not None:
                 self._election.close()
                 self._election = None
+            if self._feed is not None:
+                self._feed.close()
+                self._feed = None
             self.reader.close()
             if self._own_producer and self._producer is not None:
                 self._producer.close()

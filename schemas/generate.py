@@ -175,13 +175,9 @@ def _fields(schemas: _Schemas, full_name: str) -> list[_Field]:
                 name=item["name"],
                 annotation=annotation,
                 doc=item.get("doc", ""),
-                default=_default(item["default"], where)
-                if "default" in item
-                else None,
+                default=_default(item["default"], where) if "default" in item else None,
                 to_avro=_to_avro(schemas, item["type"], namespace, f"self.{item['name']}"),
-                from_avro=None
-                if convert is None
-                else convert.format(f'value["{item["name"]}"]'),
+                from_avro=None if convert is None else convert.format(f'value["{item["name"]}"]'),
             )
         )
     return out

@@ -37,6 +37,7 @@ from typing import Any
 
 from streams import durable
 from streams.durable import Watermarks
+from streams.feed import FeedServer, feed_name
 from streams.frames import (
     ArchivedRecord,
     frame,
@@ -156,10 +157,12 @@ class TopicArchive:
         for _, item in self._scan():
             yield item
 
-    def append(self, records: Iterable[tuple[tuple[str, int], ArchivedRecord]]) -> None:
+    def append(
+        self, records: Iterable[tuple[tuple[str, int], ArchivedRecord]]
+    ) -> list[tuple[str, bytes]]:
         """Write and sync these records (those already archived are skipped): one
-        write and one sync for all of them."""
-        frames = []
+        write and one sync for all of them. The frames written, with their topics."""
+        frames: list[tuple[str, bytes]] = []
         for (topic, partition), record in records:
             expected = self.next_offset(topic, partition)
             if record.offset < expected:
@@ -169,11 +172,11 @@ class TopicArchive:
                     f"{self.path}: {topic}[{partition}] gap before offset {record.offset} "
                     f"(next is {expected})"
                 )
-            frames.append(placed_frame(topic, partition, record))
+            frames.append((topic, placed_frame(topic, partition, record)))
             self._next[(topic, partition)] = expected + 1
         if not frames:
-            return
-        data = b"".join(frames)
+            return frames
+        data = b"".join(body for _, body in frames)
         if self._fd is None:
             self.root.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -186,6 +189,7 @@ class TopicArchive:
         self._end += len(data)
         # A new size is metadata: a full fsync then; otherwise only the data.
         os.fsync(self._fd) if grown else os.fdatasync(self._fd)
+        return frames
 
     def reseed(
         self,
@@ -286,12 +290,16 @@ class Archiver:
         self._ahead: dict[tuple[str, int], dict[int, ArchivedRecord]] = {}
         self._archived = {(t.name, p) for t in self.topics for p in range(t.partitions)}
         self._listener = None if handover is None else Listener(handover, self._handed_over)
+        #: Durable records sent on to the processes that asked (`streams.feed`).
+        self._feed = None if handover is None else FeedServer(feed_name(handover))
 
     def start(self) -> None:
         self._writer.start()
         self._fetcher.start()
         if self._listener is not None:
             self._listener.start()
+        if self._feed is not None:
+            self._feed.start()
 
     def _handed_over(self, records: list[tuple[tuple[str, int], ArchivedRecord]]) -> None:
         self._enqueue([item for item in records if item[0] in self._archived])
@@ -384,11 +392,13 @@ class Archiver:
                 offset += 1
         if not run:
             return
-        self.archive.append(run)
+        written = self.archive.append(run)
         if self.watermarks is not None:
             for key in touched:
                 self.watermarks.advance(*key, self.archive.next_offset(*key))
             durable.poke()
+        if self._feed is not None:
+            self._feed.publish(written)
 
     @property
     def failed(self) -> BaseException | None:
@@ -417,6 +427,8 @@ class Archiver:
         self._stop.set()
         if self._listener is not None:
             self._listener.close()
+        if self._feed is not None:
+            self._feed.close()
         if self._fetcher.is_alive():
             self._fetcher.join()
         with self._wake:

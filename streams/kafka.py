@@ -81,7 +81,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
     "partitioner": "murmur2_random",  # the Java client's and aiokafka's key placement
-    "linger.ms": 2,
+    "linger.ms": 0,
     "message.timeout.ms": 30_000,
 }
 #: For the market's request/response hops. The embedded broker answers a waiting fetch

@@ -71,6 +71,8 @@ FOLLOWED = (
     topic("jobs.tokens"),
     topic("receipts"),  # nodes' stakes, from JobMarket's events
 )
+#: What requests wait for: fed the moment it is durable (`streams.feed`).
+WAITED_ON = {SUBMITTED.name, topic("jobs.results").name, topic("jobs.tokens").name}
 INLINE_LIMIT = 64 * 1024
 KEY_PREFIX = "lk_"
 #: How long after its deadline an unsettled job stops holding its deposit.
@@ -166,7 +168,7 @@ class MarketService(Processor[MemoryStore]):
         self.stopping = threading.Event()
 
     def subscriptions(self) -> Sequence[Subscription]:
-        return [Subscription(spec) for spec in FOLLOWED]
+        return [Subscription(spec, fed=spec.name in WAITED_ON) for spec in FOLLOWED]
 
     def ipfs_peer(self) -> dict[str, Any] | None:
         """The node's IPFS peer's id and multiaddrs (None: it runs none)."""

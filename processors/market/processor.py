@@ -87,7 +87,8 @@ class Matcher(Processor[MemoryStore]):
         self.requested: dict[bytes, tuple[OracleRequest, Position]] = {}
 
     def subscriptions(self) -> Sequence[Subscription]:
-        return [Subscription(spec) for spec in INPUTS]
+        # Jobs come in on a request's path: fed the moment they are durable.
+        return [Subscription(spec, fed=spec == SUBMITTED) for spec in INPUTS]
 
     # -- folding the log --------------------------------------------------------------------
 

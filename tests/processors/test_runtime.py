@@ -5,6 +5,7 @@ together, undecodable records skipped, and a store rebuilt from the log not re-s
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -336,3 +337,115 @@ def test_ticks_run_once_caught_up_and_their_outputs_carry_no_cause(
     found = outputs(broker.bootstrap, sink)
     assert seen_before_tick == [10], "the tick ran before the inputs were caught up with"
     assert len(found) == 1 and CAUSE not in found[0][0] and found[0][1].topic == "tick"
+
+
+class FedEcho(Echo):
+    """Echo, its input on a request's path: fed by the devnet's durable feed."""
+
+    def subscriptions(self) -> Sequence[Subscription]:
+        return (Subscription(self.source, fed=True),)
+
+
+def _run_live(runtime: Runtime[Any]) -> tuple[threading.Event, threading.Thread]:
+    stop = threading.Event()
+    thread = threading.Thread(target=runtime.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while runtime._feed is None or not runtime._feed.connected.is_set():
+        assert time.monotonic() < deadline, "the runtime did not subscribe to the feed"
+        time.sleep(0.01)
+    return stop, thread
+
+
+def _until_outputs(bootstrap: str, sink: TopicSpec, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while len(outputs(bootstrap, sink)) < count:
+        assert time.monotonic() < deadline, "the inputs were not all handled"
+        time.sleep(0.05)
+
+
+def test_fed_inputs_are_handled_once_each_in_offset_order_by_feed_or_fetch(
+    broker: EmbeddedBroker,
+    topics: tuple[TopicSpec, TopicSpec],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under the devnet's archiver every record comes twice (fed once durable, and
+    fetched); each is handled once, and the feed brings them first."""
+    from streams.archive import Archiver, TopicArchive
+    from streams.handover import ENV
+
+    source, sink = topics
+    name = f"lattice-test-fed-{uuid.uuid4().hex[:8]}"
+    archiver = Archiver(
+        TopicArchive(tmp_path / "archive"), broker.bootstrap, [source], handover=name
+    )
+    archiver.start()
+    monkeypatch.setenv(ENV, name)
+    fill(broker.bootstrap, source, 10)  # before the start: fetched while catching up
+    store = RocksStore(tmp_path / "state")
+    runtime = Runtime(FedEcho(source, sink), store, broker.bootstrap, gate=None)
+    stop, thread = _run_live(runtime)
+    try:
+        producer = Producer(broker.bootstrap)  # hands over to the archiver, as in a devnet
+        for n in range(30):
+            producer.send(source, Position(topic="in", partition=0, offset=n), key=f"k{n % 5}")
+            time.sleep(0.005)
+        producer.close()
+        _until_outputs(broker.bootstrap, sink, 80)
+    finally:
+        stop.set()
+        thread.join(30)
+        archiver.stop()
+    check_exactly_once(broker.bootstrap, source, sink, 40)
+    assert runtime.fed > 0, "nothing came by the feed"
+    handled = [(e.partition, e.offset) for _, e in outputs(broker.bootstrap, sink) if e.offset >= 0]
+    for partition in range(3):
+        offsets = [o for p, o in handled if p == partition]
+        assert offsets == sorted(offsets) == list(range(len(offsets)))
+    store.close()
+
+
+def test_a_fed_record_ahead_of_the_fetch_waits_for_it_and_duplicates_are_skipped(
+    broker: EmbeddedBroker,
+    make_topic: Callable[..., TopicSpec],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from streams.feed import FeedServer, feed_name
+    from streams.frames import ArchivedRecord, placed_frame
+    from streams.handover import ENV
+
+    source, sink = make_topic(POSITION, partitions=1), make_topic(POSITION, partitions=1)
+    name = f"lattice-test-ahead-{uuid.uuid4().hex[:8]}"
+    server = FeedServer(feed_name(name))  # an archiver's feed, driven by hand
+    server.start()
+    monkeypatch.setenv(ENV, name)
+    fill(broker.bootstrap, source, 5)
+    store = RocksStore(tmp_path)
+    runtime = Runtime(FedEcho(source, sink), store, broker.bootstrap, gate=None)
+    stop, thread = _run_live(runtime)
+    codec = default_codec()
+
+    def feed(offset: int) -> None:
+        value = codec.encode_event(Position(topic="in", partition=0, offset=offset))
+        record = ArchivedRecord(offset, 1, b"k0", value, ())
+        server.publish([(source.name, placed_frame(source.name, 0, record))])
+
+    try:
+        _until_outputs(broker.bootstrap, sink, 10)
+        feed(7)  # ahead: offsets 5 and 6 are not handled yet
+        feed(2)  # handled already
+        fill(broker.bootstrap, source, 5)  # offsets 5..9, fetched
+        _until_outputs(broker.bootstrap, sink, 20)
+        assert runtime.fed == 0
+        feed(10)  # the next one: handled as it comes, before any fetch
+        _until_outputs(broker.bootstrap, sink, 22)
+        assert runtime.fed == 1
+    finally:
+        stop.set()
+        thread.join(30)
+        server.close()
+        store.close()
+    handled = [e.offset for _, e in outputs(broker.bootstrap, sink) if e.offset >= 0]
+    assert handled == list(range(11))
