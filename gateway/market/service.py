@@ -71,8 +71,12 @@ FOLLOWED = (
     topic("jobs.tokens"),
     topic("receipts"),  # nodes' stakes, from JobMarket's events
 )
-#: What requests wait for: fed the moment it is durable (`streams.feed`).
-WAITED_ON = {SUBMITTED.name, topic("jobs.results").name, topic("jobs.tokens").name}
+#: What requests wait for, and what their answers show of a job: fed the moment it is
+#: durable (`streams.feed`), so in the order it became durable (a job's assignment before
+#: its result), the other topics as fetched.
+WAITED_ON = {
+    topic(name).name for name in ("jobs.submitted", "jobs.assigned", "jobs.results", "jobs.tokens")
+}
 INLINE_LIMIT = 64 * 1024
 KEY_PREFIX = "lk_"
 #: How long after its deadline an unsettled job stops holding its deposit.
