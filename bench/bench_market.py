@@ -13,8 +13,12 @@ same greedy generation (same prompt, same token count):
 - verifier: the re-execution a verifier does per result (one teacher-forced pass and the
   tolerance checks) against the worker's generation, in this process.
 
-Prints p50/p99 latency and jobs/s for each, and the market's overhead (market p50 - direct
-p50). Wall-clock figures from this machine; compare runs on the same machine only.
+Prints p50/p99 latency and jobs/s for each, the market's overhead (market p50 - direct
+p50) and the throughput of 8 clients over one at a time, each beside its target (issue 14:
+overhead under 10 ms, 8 clients at least 5x), and for each market phase the CPU the
+devnet's processes spent per job (from /proc: the broker, the devnet process with its
+gateway and archiver, each processor and worker, and this client). Wall-clock figures from
+this machine; compare runs on the same machine only.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import argparse
 import hashlib
 import itertools
 import json
+import os
+import re
 import statistics
 import subprocess
 import sys
@@ -48,6 +54,10 @@ from processors.verifier import core  # noqa: E402
 from schemas.events import JobSubmitted  # noqa: E402
 
 PROMPT = "the quick brown fox"
+#: Issue 14's targets: the market's overhead over direct ONNX Runtime (p50, ms), and the
+#: throughput of 8 concurrent clients over one at a time.
+TARGET_OVERHEAD_MS = 10.0
+TARGET_SCALING = 5.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -60,6 +70,58 @@ def report(label: str, latencies_ms: list[float], jobs_per_s: float | None = Non
     print(
         f"  {label:<34} p50 {percentile(latencies_ms, 0.5):8.2f} ms  "
         f"p99 {percentile(latencies_ms, 0.99):8.2f} ms{rate}",
+        flush=True,
+    )
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def cpu_by_process(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of `root`'s process tree and of this process,
+    by role: the `lattice` subcommand a child runs, `broker` for the embedded broker,
+    `devnet` for the root (its gateway and archiver), `client` for this process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds: dict[str, float] = {}
+    pending = [(root, "devnet"), (os.getpid(), "client")]
+    while pending:
+        pid, role = pending.pop()
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[role] = seconds.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+        if role == "client":
+            continue
+        for child in _children(pid):
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    command = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            named = re.search(r"deploy\.cli (\S+)", command)
+            index = re.search(r"--devnet-index (\d+)", command)
+            name = named.group(1) if named else "broker" if "tansu" in command else "other"
+            pending.append((child, f"{name}-{index.group(1)}" if index else name))
+    return seconds
+
+
+def report_cpu(before: dict[str, float], after: dict[str, float], jobs: int, wall: float) -> None:
+    spent = {role: after[role] - before.get(role, 0.0) for role in after}
+    total = sum(spent.values())
+    print(
+        f"    CPU: {total / wall * 100:.0f}% of a core, {total / jobs * 1000:.1f} ms per job: "
+        + ", ".join(
+            f"{role} {seconds / jobs * 1000:.1f}"
+            for role, seconds in sorted(spent.items(), key=lambda kv: -kv[1])
+            if seconds / jobs >= 0.0001
+        ),
         flush=True,
     )
 
@@ -141,8 +203,11 @@ def import_into(data: Path, model_dir: Path) -> None:
         raise RuntimeError(imported.stderr)
 
 
-def bench_market(url: str, data: Path, tokens: int, jobs: int) -> list[float]:
-    """Completions through the market: one at a time, then from 8 threads."""
+def bench_market(
+    url: str, data: Path, tokens: int, jobs: int, devnet: int
+) -> tuple[list[float], float, float]:
+    """Completions through the market: one at a time, then from 8 threads; the latencies
+    one at a time, and the jobs per second of each."""
     key = (data / "api-key").read_text().strip()
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
     calls: dict[str, tuple[float, float]] = {}  # job id: sent and answered, epoch ms
@@ -156,15 +221,19 @@ def bench_market(url: str, data: Path, tokens: int, jobs: int) -> list[float]:
     for _ in range(5):
         one()  # workers load the model on their first job
     calls.clear()
+    cpu, started = cpu_by_process(devnet), time.perf_counter()
     market = [one() for _ in range(jobs)]
-    report("market, one at a time", market, 1000 / statistics.mean(market))
+    elapsed = time.perf_counter() - started
+    report("market, one at a time", market, jobs / elapsed)
+    report_cpu(cpu, cpu_by_process(devnet), jobs, elapsed)
     hops(data, dict(calls))
-    started = time.perf_counter()
+    cpu, started = cpu_by_process(devnet), time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         concurrent = list(pool.map(lambda _: one(), range(jobs)))
-    elapsed = time.perf_counter() - started
-    report("market, 8 concurrent clients", concurrent, jobs / elapsed)
-    return market
+    elapsed_8 = time.perf_counter() - started
+    report("market, 8 concurrent clients", concurrent, jobs / elapsed_8)
+    report_cpu(cpu, cpu_by_process(devnet), jobs, elapsed_8)
+    return market, jobs / elapsed, jobs / elapsed_8
 
 
 def hops(data: Path, calls: dict[str, tuple[float, float]]) -> None:
@@ -232,9 +301,16 @@ def main() -> None:
         process, url, data = start_devnet(Path(tmp), args.workers)
         try:
             import_into(data, model_dir)
-            market = bench_market(url, data, args.tokens, args.jobs)
+            market, one, eight = bench_market(url, data, args.tokens, args.jobs, process.pid)
             overhead = percentile(market, 0.5) - percentile(direct, 0.5)
-            print(f"  market overhead over direct (p50): {overhead:.2f} ms", flush=True)
+            met = {True: "met", False: "NOT met"}
+            print(
+                f"  market overhead over direct (p50): {overhead:.2f} ms"
+                f"   target < {TARGET_OVERHEAD_MS:.0f} ms: {met[overhead < TARGET_OVERHEAD_MS]}\n"
+                f"  8 clients over one at a time:      x{eight / one:.2f}"
+                f"      target >= x{TARGET_SCALING:.0f}: {met[eight / one >= TARGET_SCALING]}",
+                flush=True,
+            )
         finally:
             process.terminate()
             process.wait(60)

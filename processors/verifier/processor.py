@@ -180,7 +180,9 @@ class Verifier(Processor[MemoryStore]):
 
     def subscriptions(self) -> Sequence[Subscription]:
         own = {VERDICTS.name: self.outputs_to["verdicts"], SETTLED.name: self.outputs_to["settled"]}
-        inputs = [Subscription(own.get(spec.name, spec)) for spec in INPUTS]
+        # A job's path, fed the moment it is durable: settled sooner, fetched seldom.
+        path = {SUBMITTED.name, ASSIGNED.name, RESULTS.name}
+        inputs = [Subscription(own.get(spec.name, spec), fed=spec.name in path) for spec in INPUTS]
         # Keyed by sender: one partition holds every transaction of the settler's.
         inputs.append(Subscription(self.outputs_to["tx"], key=hex_key(self.address)))
         return inputs
