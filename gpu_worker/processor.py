@@ -8,7 +8,9 @@ The job loop is this processor under the one runtime: it reads `lattice.jobs.ass
 its end at the node's first start, from its store's offset after that, so the node's store
 in `<data-dir>/workers/<address>/state` says which assignments it has answered); an
 assignment naming this node (and not yet past its lease) is run — models are fetched by
-CID, verified and loaded once — and answered on `lattice.jobs.results` with a signed result
+CID, verified and loaded once; the single-choice generations of one poll that share a
+model and a prompt length run as one batch (`Worker.handle_all`) — and answered on
+`lattice.jobs.results` with a signed result
 carrying the output inline, its CID and digest, a tolerance-aware fingerprint, timings and a
 hardware snapshot. The result is committed with the assignment's offset and sent from the
 outbox, once; a crash before the commit runs the job again (the verifier pays a job once),
@@ -107,6 +109,8 @@ RESULTS = topic("jobs.results")
 PROOFS = topic("jobs.proofs")
 TOKENS = topic("jobs.tokens")
 HEARTBEAT_EVERY_S = 2.0
+#: The most assignments a worker takes from one poll (and so runs as one batch).
+BATCH = 8
 VERSION = "0.1.0"
 
 
@@ -188,7 +192,8 @@ class TokenBatch:
 
 class Worker(Processor[RocksStore]):
     role = "worker"
-    pace = Pace(batch=1, read_config=LOW_LATENCY_READ)
+    # Up to BATCH assignments a poll, run together where they can share a batch.
+    pace = Pace(batch=BATCH, read_config=LOW_LATENCY_READ, together=True)
 
     def __init__(
         self, settings: Settings, bootstrap: str, private_key: bytes, rpc_url: str | None
@@ -294,15 +299,113 @@ class Worker(Processor[RocksStore]):
 
     # -- the job loop ---------------------------------------------------------------------
 
-    def handle(self, record: Record[Any], state: RocksStore) -> Sequence[Output]:
+    def mine(self, record: Record[Any], now: int) -> JobAssigned | None:
+        """The assignment in `record`, if it is this node's to run now."""
         assignment = record.event
         if not isinstance(assignment, JobAssigned):
-            return ()
+            return None
         if self.address not in assignment.nodes or assignment.job is None:
-            return ()
-        now = int(time.time() * 1000)
+            return None
         if now > assignment.lease_expires_ms:
             log.info("skipping job 0x%s: its lease expired", assignment.job_id.hex())
+            return None
+        return assignment
+
+    def handle_all(
+        self, records: Sequence[Record[Any]], state: RocksStore
+    ) -> list[Sequence[Output]]:
+        """The assignments one poll brought: single-choice generations of one model with
+        equally long prompts run as one batch (`LoadedModel.generate_together`), the rest
+        one after the other. A batch that fails runs its jobs one by one, so each gets the
+        answer (or the failure) it would have alone."""
+        now = int(time.time() * 1000)
+        answers: list[Sequence[Output]] = [()] * len(records)
+        groups: dict[tuple[str, int], list[int]] = {}
+        for index, record in enumerate(records):
+            assignment = self.mine(record, now)
+            key = None if assignment is None else self._batch_key(assignment)
+            if key is None:
+                answers[index] = self.handle(record, state)
+            else:
+                groups.setdefault(key, []).append(index)
+        for (manifest_cid, _), members in groups.items():
+            if len(members) == 1:
+                answers[members[0]] = self.handle(records[members[0]], state)
+                continue
+            batch = [records[i] for i in members]
+            try:
+                answered = self._run_together(manifest_cid, batch, now)
+            except Exception as exc:
+                log.info("a batch of %d jobs ran one by one: %s", len(batch), exc)
+                answered = [self.handle(record, state) for record in batch]
+            for index, outputs in zip(members, answered, strict=True):
+                answers[index] = outputs
+        return answers
+
+    def _batch_key(self, assignment: JobAssigned) -> tuple[str, int] | None:
+        """Which batch a job may join (its model and prompt length), None when it runs alone:
+        training, streamed, several choices, a model without a cache or not loaded yet (its
+        first job reports the load), an input that does not parse (it fails alone, with
+        its own answer)."""
+        job = assignment.job
+        assert job is not None
+        manifest_cid = job.params.get("manifest_cid", "")
+        model = self.models.loaded(manifest_cid)
+        if job.kind == TRAINING or job.params.get("stream") == "1" or model is None:
+            return None
+        try:
+            request = json.loads(job.input or b"")
+            if not isinstance(request, dict) or not model.batchable(request):
+                return None
+            return manifest_cid, len(model.prompt(request))
+        except Exception:
+            return None
+
+    def _run_together(
+        self, manifest_cid: str, records: Sequence[Record[Any]], received_ms: int
+    ) -> list[Sequence[Output]]:
+        model, _ = self.load(manifest_cid)
+        assignments = [r.event for r in records]
+        jobs = [a.job for a in assignments]
+        self.in_flight += len(jobs)
+        try:
+            started = time.perf_counter()
+            generations = model.generate_together(
+                [json.loads(j.input or b"") for j in jobs], [j.job_id for j in jobs]
+            )
+            compute_ms = int((time.perf_counter() - started) * 1000)
+        finally:
+            self.in_flight -= len(jobs)
+        answers: list[Sequence[Output]] = []
+        for record, assignment, job, generation in zip(
+            records, assignments, jobs, generations, strict=True
+        ):
+            timings = Timings(
+                queue_ms=max(0, received_ms - job.submitted_at_ms), load_ms=0, compute_ms=compute_ms
+            )
+            fingerprint = generation_fingerprint(generation.chosen_logits)
+            result = self.signed_result(
+                assignment,
+                generation.output(),
+                GENERATION_SCHEME,
+                fingerprint,
+                timings,
+                model.provider,
+                model.threads,
+            )
+            answers.append(self.outputs_of(dataclasses.replace(result, cause=record.position)))
+        return answers
+
+    def outputs_of(self, result: JobResult) -> list[Output]:
+        outputs = [Output(RESULTS, result, key=hex_key(result.job_id))]
+        if result.fingerprint_scheme == TRAINING_SCHEME:
+            outputs.append(Output(PROOFS, self.proof(result), key=hex_key(result.job_id)))
+        return outputs
+
+    def handle(self, record: Record[Any], state: RocksStore) -> Sequence[Output]:
+        now = int(time.time() * 1000)
+        assignment = self.mine(record, now)
+        if assignment is None:
             return ()
         self.in_flight += 1
         try:
@@ -316,11 +419,7 @@ class Worker(Processor[RocksStore]):
             return ()  # not answered: the lease expires and the matcher reassigns it
         finally:
             self.in_flight -= 1
-        result = dataclasses.replace(result, cause=record.position)
-        outputs = [Output(RESULTS, result, key=hex_key(result.job_id))]
-        if result.fingerprint_scheme == TRAINING_SCHEME:
-            outputs.append(Output(PROOFS, self.proof(result), key=hex_key(result.job_id)))
-        return outputs
+        return self.outputs_of(dataclasses.replace(result, cause=record.position))
 
     def result_for(self, assignment: JobAssigned, received_ms: int) -> JobResult:
         job = assignment.job
@@ -334,11 +433,7 @@ class Worker(Processor[RocksStore]):
             load_ms = 0
             threads = self.settings.worker_threads
         else:
-            model, load_ms = self.models.load(manifest_cid)
-            if load_ms:
-                name = str(model.manifest.document.get("name", manifest_cid))
-                MODEL_MEMORY.labels(name, "estimated").set(model.weights_bytes)
-                MODEL_MEMORY.labels(name, "measured").set(model.measured_bytes)
+            model, load_ms = self.load(manifest_cid)
             provider, threads = model.provider, model.threads
             started = time.perf_counter()
             output, scheme, fingerprint = self.execute(model, job)
@@ -351,6 +446,16 @@ class Worker(Processor[RocksStore]):
         return self.signed_result(
             assignment, output, scheme, fingerprint, timings, provider, threads
         )
+
+    def load(self, manifest_cid: str) -> tuple[LoadedModel, int]:
+        """A model from the cache, and how long loading it took now (0: it was loaded);
+        its memory, estimated and measured, goes to the metrics when it loads."""
+        model, load_ms = self.models.load(manifest_cid)
+        if load_ms:
+            name = str(model.manifest.document.get("name", manifest_cid))
+            MODEL_MEMORY.labels(name, "estimated").set(model.weights_bytes)
+            MODEL_MEMORY.labels(name, "measured").set(model.measured_bytes)
+        return model, load_ms
 
     def failure_for(self, assignment: JobAssigned, received_ms: int, exc: Exception) -> JobResult:
         """The signed answer that this node could not run the job, and why."""

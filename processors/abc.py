@@ -115,6 +115,8 @@ class Pace:
     `durable_inputs`: under a devnet's archive, handle a record only once it is on disk
     (`streams.durable`); a processor may do without only where acting on a record that a
     hard stop then loses is harmless (the proposer's reasons are in its module).
+    `together`: each poll's inputs go to `Processor.handle_all` at once (a worker runs the
+    jobs it polled as one batch), each output still caused by its own input.
     """
 
     batch: int = 500
@@ -125,6 +127,7 @@ class Pace:
     read_config: Mapping[str, Any] | None = None
     rebuild_window: int = 0
     durable_inputs: bool = True
+    together: bool = False
 
 
 class State(abc.ABC):
@@ -231,6 +234,11 @@ class Processor(abc.ABC, Generic[S]):
 
     @abc.abstractmethod
     def handle(self, record: Record[Any], state: S) -> Sequence[Output]: ...
+
+    def handle_all(self, records: Sequence[Record[Any]], state: S) -> list[Sequence[Output]]:
+        """Several inputs at once (`Pace.together`): the outputs of each, in their order.
+        The same outputs `handle` gives each in turn; by default that is what it does."""
+        return [self.handle(record, state) for record in records]
 
     def tick(self, now_ms: int, state: S) -> Sequence[Output]:
         """Timers: runs every `pace.tick_s` once the processor has caught up."""

@@ -51,6 +51,7 @@ from streams.kafka import (
     DeliveryError,
     Producer,
     Reader,
+    Record,
     client_config,
     record_of,
 )
@@ -180,16 +181,7 @@ class Runtime(Generic[S]):
         self._config = kafka_config
         self._own_producer = producer is None
         self._producer = producer
-        fed = any(s.fed for s in processor.subscriptions()) and devnet_feed() is not None
-        self.reader = Reader(
-            bootstrap,
-            client_id=self.name,
-            config={
-                **(kafka_config or {}),
-                **(self.pace.read_config or {}),
-                **(FED_READ if fed else {}),
-            },
-        )
+        self.reader = Reader(bootstrap, client_id=self.name, config=self._read_config())
         self.codec = default_codec()
         self._group: Consumer | None = None
         self._group_backlog: list[Any] = []
@@ -233,12 +225,17 @@ class Runtime(Generic[S]):
         self.fed = 0  # inputs handled as the durable feed brought them
         self._dead_letters_found: bool | None = None  # see `_find_dead_letters`
         self._schemas: dict[str, str] = {}
-        #: The durable feed of the `fed` subscriptions, once live (`streams.feed`), and
-        #: the next offset to handle on each of their partitions: their records come both
-        #: by the feed and by fetching, and each is handled once, in offset order.
+        #: The feed once live (`streams.feed`); each fed partition's next offset (`_in_order`).
         self._feed: FeedClient | None = None
         self._fed_topics: set[str] = set()
         self._next: dict[Partition, int] = {}
+
+    def _read_config(self) -> dict[str, Any]:
+        """The reader's librdkafka settings: the node's, the pace's, and under a devnet's
+        durable feed a seldom fetch for a processor it feeds (the fetch is its backstop)."""
+        fed = any(s.fed for s in self.processor.subscriptions()) and devnet_feed() is not None
+        fetch = FED_READ if fed else {}
+        return {**(self._config or {}), **(self.pace.read_config or {}), **fetch}
 
     @property
     def producer(self) -> Producer:
@@ -595,8 +592,11 @@ class Runtime(Generic[S]):
             if self.live:
                 messages += self._group_backlog
                 self._group_backlog = []
-        for message in messages:
-            self._take(message)
+        if self.pace.together:
+            self._take_together(messages)
+        else:
+            for message in messages:
+                self._take(message)
         if self._election is not None:
             self._lead() if self._led else self._elect()
         self._tick(bool(messages))
@@ -646,17 +646,30 @@ class Runtime(Generic[S]):
         return out
 
     def _take(self, message: Any) -> None:
+        admitted = self._admit(message)
+        if admitted is not None:
+            self._handle([admitted])
+
+    def _take_together(self, messages: Sequence[Any]) -> None:
+        admitted = [a for a in map(self._admit, messages) if a is not None]
+        if admitted:
+            self._handle(admitted)
+
+    def _admit(self, message: Any) -> tuple[Record[Any], tuple[str, int, int]] | None:
+        """A polled message as the record to handle and its position, once it may be
+        handled (None: an end of partition, a record handled already, a standby's output
+        followed, a dead letter)."""
         if self._next and not self._in_order(message):
-            return
+            return None
         if self._gate is not None and message.error() is None:
             self._gate.wait(message.topic(), message.partition(), message.offset())
         if self._followed and (message.topic(), message.partition()) in self._followed:
             self._follow(message)
-            return
+            return None
         if self._catch_up is not None and not self.live and self._catch_up.saw(message):
             self._go_live()
         if message.error() is not None:  # end of a partition
-            return
+            return None
         key = (message.topic(), message.partition())
         offset = message.offset()
         if not self._outgoing and not self._handled:
@@ -672,18 +685,29 @@ class Runtime(Generic[S]):
             record = record_of(message, self.codec, self._schemas.get(key[0]))
         except DecodeError as exc:
             self._dead_letter(message, exc)
-            return
+            return None
+        return record, (key[0], key[1], offset)
+
+    def _handle(self, admitted: Sequence[tuple[Record[Any], tuple[str, int, int]]]) -> None:
+        records = [record for record, _ in admitted]
         try:
-            outputs = self.processor.handle(record, self.store)
+            if len(records) == 1:
+                handled = [self.processor.handle(records[0], self.store)]
+            else:
+                handled = self.processor.handle_all(records, self.store)
         except BaseException:
             self._broken = True
             raise
-        if outputs and self._led and not self.active:
-            raise RuntimeError(
-                f"{self.name}: a processor led by its ticks sent outputs from `handle` "
-                "before its first tick (a standby would send them too)"
-            )
-        self._enqueue(outputs, (key[0], key[1], offset))
+        if len(handled) != len(records):
+            self._broken = True
+            raise RuntimeError(f"{self.name}: handle_all answered {len(handled)} of {len(records)}")
+        for outputs, (_, source) in zip(handled, admitted, strict=True):
+            if outputs and self._led and not self.active:
+                raise RuntimeError(
+                    f"{self.name}: a processor led by its ticks sent outputs from `handle` "
+                    "before its first tick (a standby would send them too)"
+                )
+            self._enqueue(outputs, source)
 
     def _in_order(self, message: Any) -> bool:
         """Whether a fed partition's record is the next to handle (each comes twice, by

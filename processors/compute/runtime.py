@@ -313,6 +313,61 @@ def _run(session: Any, names: list[str], feed: dict[str, Any], budget: int) -> A
 
 
 @dataclass
+class Choosing:
+    """One choice being decoded, a token a step: what each step's logits choose (seeded
+    by its job: `processors.compute.generation.choose`), until the end-of-sequence token,
+    a stop sequence or its token budget ends it. `generate` drives one at a time,
+    `generate_together` a batch of them."""
+
+    model: LoadedModel
+    sampling: Sampling
+    index: int
+    max_tokens: int
+    on_text: Callable[[StreamedToken], None] | None
+    chosen: list[int] = field(default_factory=list)
+    logits: list[float] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    text: str = ""
+    sent: str = ""
+    finish: str = "length"
+
+    def take(self, row: np.ndarray) -> bool:
+        """Choose after the step's logits `row`; whether the choice goes on."""
+        sampling, model = self.sampling, self.model
+        token = choose(row, sampling, self.index, len(self.chosen))
+        if token == model.eos_token_id:
+            self.finish = "stop"
+            return False
+        self.chosen.append(token)
+        self.logits.append(float(row[token]))
+        if sampling.logprobs:
+            self.logprobs.append(model._logprob(row, token, sampling.top_logprobs))
+        if self.on_text is not None or sampling.stop:
+            self.text, stopped = cut_at_stop(model.decode(self.chosen), sampling.stop)
+            if self.on_text is not None:
+                self._stream(token, stopped)
+            if stopped:
+                self.finish = "stop"
+                return False
+        return len(self.chosen) < self.max_tokens
+
+    def _stream(self, token: int, stopped: bool) -> None:
+        assert self.on_text is not None
+        hold = held_back(self.sampling.stop)
+        ready = self.text if stopped else self.text[: len(self.text) - hold]
+        added = ""
+        if len(ready) > len(self.sent) and not ready.endswith("\ufffd"):
+            added, self.sent = ready[len(self.sent) :], ready
+        entry = self.logprobs[-1] if self.sampling.logprobs else None
+        self.on_text(StreamedToken(self.index, len(self.chosen) - 1, token, added, entry))
+
+    def choice(self) -> Choice:
+        text = self.text if self.sampling.stop else self.model.decode(self.chosen)
+        logprobs = tuple(self.logprobs) if self.sampling.logprobs else None
+        return Choice(tuple(self.chosen), tuple(self.logits), text, self.finish, logprobs)
+
+
+@dataclass
 class LoadedModel:
     manifest: Manifest
     session: Any
@@ -422,17 +477,22 @@ class LoadedModel:
     def step(self, ids: Sequence[int], past: Any) -> tuple[np.ndarray, Any]:
         """Logits for `ids` following `past` (a cache this returned before, or None for
         the start of the sequence), and the cache including `ids` (None without one)."""
-        feed: dict[str, Any] = {"input_ids": np.asarray([list(ids)], dtype=np.int64)}
+        rows, past = self.step_rows([ids], past)
+        return rows[0], past
+
+    def step_rows(self, rows: Sequence[Sequence[int]], past: Any) -> tuple[np.ndarray, Any]:
+        """`step` for a batch of equally long rows: [rows, len, vocabulary] logits."""
+        feed: dict[str, Any] = {"input_ids": np.asarray([list(r) for r in rows], dtype=np.int64)}
         if self.kv_cache is None:
             with self.lock:
                 (out,) = _run(self.session, ["logits"], feed, self.budget)
-            return np.asarray(out[0], dtype=np.float32), None
-        keys, values = past if past is not None else (self.kv_cache.empty(),) * 2
+            return np.asarray(out, dtype=np.float32), None
+        keys, values = past if past is not None else (self.kv_cache.empty(len(rows)),) * 2
         feed.update({PAST_KEYS: keys, PAST_VALUES: values})
         names = ["logits", "present_keys", "present_values"]
         with self.lock:
             out, keys, values = _run(self.session, names, feed, self.budget)
-        return np.asarray(out[0], dtype=np.float32), (keys, values)
+        return np.asarray(out, dtype=np.float32), (keys, values)
 
     def generate(
         self,
@@ -466,44 +526,55 @@ class LoadedModel:
         index: int,
         on_text: Callable[[StreamedToken], None] | None,
     ) -> Choice:
-        chosen: list[int] = []
-        logits: list[float] = []
-        logprobs: list[dict[str, Any]] = []
-        hold = held_back(sampling.stop)
-        sent, text, finish = "", "", "length"
-        for step in range(max_tokens):
-            row = rows[-1]
-            token = choose(row, sampling, index, step)
-            if token == self.eos_token_id:
-                finish = "stop"
-                break
-            chosen.append(token)
-            logits.append(float(row[token]))
-            if sampling.logprobs:
-                logprobs.append(self._logprob(row, token, sampling.top_logprobs))
-            if on_text is not None or sampling.stop:
-                text, stopped = cut_at_stop(self.decode(chosen), sampling.stop)
-                if on_text is not None:
-                    ready = text if stopped else text[: len(text) - hold]
-                    added = ""
-                    if len(ready) > len(sent) and not ready.endswith("\ufffd"):
-                        added, sent = ready[len(sent) :], ready
-                    entry = logprobs[-1] if sampling.logprobs else None
-                    on_text(StreamedToken(index, len(chosen) - 1, token, added, entry))
-                if stopped:
-                    finish = "stop"
-                    break
-            if len(chosen) < max_tokens:
-                rows, past = self._advance(prompt, chosen, past)
-        if not sampling.stop:
-            text = self.decode(chosen)
-        return Choice(
-            tuple(chosen),
-            tuple(logits),
-            text,
-            finish,
-            tuple(logprobs) if sampling.logprobs else None,
+        choosing = Choosing(self, sampling, index, max_tokens, on_text)
+        while choosing.take(rows[-1]):
+            rows, past = self._advance(prompt, choosing.chosen, past)
+        return choosing.choice()
+
+    def batchable(self, request: dict[str, Any]) -> bool:
+        """Whether a generation may share a batch (`generate_together`): one choice, from a
+        decoder-only graph with a key/value cache."""
+        return (
+            self.kv_cache is not None
+            and self.decoder_start is None
+            and self.manifest.task in GENERATIVE
+            and int(request.get("n", 1) or 1) == 1
         )
+
+    def generate_together(
+        self, requests: Sequence[dict[str, Any]], job_ids: Sequence[bytes]
+    ) -> list[Generation]:
+        """Several single-choice generations (`batchable`) whose prompts are equally long,
+        as one batch: one pass of the graph per step for all of them (its batch dimension;
+        the cache's positions are shared, which is why the prompts must be of one length).
+        Each comes out as `generate` makes it alone, within the graph's numerical noise:
+        every row is sampled with its own job's seed. A row that is done rides along
+        until the longest is (its outputs unread)."""
+        samplings = [Sampling.of(r, j) for r, j in zip(requests, job_ids, strict=True)]
+        prompts = [self.prompt(r) for r in requests]
+        if len({len(p) for p in prompts}) != 1 or not all(map(self.batchable, requests)):
+            raise ValueError("a batch needs single-choice generations of one prompt length")
+        limit = int(self.manifest.document.get("max_positions") or 1024)
+        longest = limit - len(prompts[0])
+        budgets = [max(1, min(int(r.get("max_tokens", 16)), longest)) for r in requests]
+        needs = sum(self.generation_needs(len(p), m) for p, m in zip(prompts, budgets, strict=True))
+        self.within("the generations", needs)
+        choosing = [
+            Choosing(self, sampling, 0, budget, None)
+            for sampling, budget in zip(samplings, budgets, strict=True)
+        ]
+        rows, past = self.step_rows(prompts, None)
+        going = [c.take(row[-1]) for c, row in zip(choosing, rows, strict=True)]
+        while any(going):
+            last = [[(c.chosen or p)[-1]] for c, p in zip(choosing, prompts, strict=True)]
+            rows, past = self.step_rows(last, past)
+            going = [
+                on and c.take(row[-1]) for on, c, row in zip(going, choosing, rows, strict=True)
+            ]
+        return [
+            Generation(tuple(prompt), (c.choice(),))
+            for prompt, c in zip(prompts, choosing, strict=True)
+        ]
 
     def _logprob(self, row: np.ndarray, token: int, top: int) -> dict[str, Any]:
         """A token's log-probability entry, with the step's `top` most likely tokens."""
@@ -664,6 +735,11 @@ class ModelCache:
         self.budget = default_budget(memory_budget)
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
+
+    def loaded(self, manifest_cid: str) -> LoadedModel | None:
+        """The model if it is loaded already (None: a `load` would fetch and open it)."""
+        with self._lock:
+            return self._models.get(manifest_cid)
 
     def load(self, manifest_cid: str) -> tuple[LoadedModel, int]:
         """The model and how many milliseconds loading it took (0 when cached)."""

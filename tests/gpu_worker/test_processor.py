@@ -62,8 +62,9 @@ def results(bootstrap: str) -> list[JobResult]:
     return [codec.decode_as(raw, JobResult) for raw in read_all(bootstrap, RESULTS.name)]
 
 
+# Before the first commit: a poll may bring every assignment at once (they run together).
 @pytest.mark.parametrize(
-    ("point", "after"), [("before-commit", 1), ("mid-send", 2), ("before-acks", 0)]
+    ("point", "after"), [("before-commit", 0), ("mid-send", 2), ("before-acks", 0)]
 )
 def test_each_assignment_is_answered_once_across_a_crash(
     own_broker: EmbeddedBroker, tmp_path: Path, point: CrashPoint, after: int

@@ -449,3 +449,24 @@ def test_a_fed_record_ahead_of_the_fetch_waits_for_it_and_duplicates_are_skipped
         store.close()
     handled = [e.offset for _, e in outputs(broker.bootstrap, sink) if e.offset >= 0]
     assert handled == list(range(11))
+
+
+def test_a_processor_that_handles_together_gets_each_poll_at_once_each_output_with_its_cause(
+    broker: EmbeddedBroker, topics: tuple[TopicSpec, TopicSpec], tmp_path: Path
+) -> None:
+    source, sink = topics
+    sizes: list[int] = []
+
+    class Together(Echo):
+        def handle_all(self, records: Sequence[Record[Any]], state: Any) -> list[Sequence[Output]]:
+            sizes.append(len(records))
+            return [self.handle(record, state) for record in reversed(records)][::-1]
+
+    together = Together(source, sink)
+    together.pace = Pace(rebuild_window=1000, together=True, batch=50)
+    fill(broker.bootstrap, source, 60)
+    store = RocksStore(tmp_path)
+    run_to_end(together, store, broker.bootstrap)
+    check_exactly_once(broker.bootstrap, source, sink, 60)
+    assert max(sizes) > 1 and sum(sizes) <= 60
+    store.close()

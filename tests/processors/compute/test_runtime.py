@@ -85,3 +85,54 @@ def test_a_model_whose_cache_cannot_be_exported_gets_the_plain_graph(
     model = load(store, manifest, tmp_path / "work")
     assert model.kv_cache is None
     check_against_torch(model, tiny_gpt2)
+
+
+def test_generations_run_together_come_out_as_each_alone_and_pass_the_verifier(
+    tiny_store: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """A worker's batch: equally long prompts, each job's own sampling, budget, stop
+    sequences and logprobs; every row as `generate` makes it alone, and verified."""
+    from processors.compute.generation import Sampling
+    from processors.verifier.core import check_generation, generation_fingerprint
+
+    store, manifest = tiny_store
+    model = load(store, manifest, tmp_path)
+    texts = ["the quick brown fox", "a lazy dog sleeps", "the cat sat down", "one two three"]
+    by_length: dict[int, list[str]] = {}
+    for text in texts:
+        by_length.setdefault(len(model.prompt({"prompt": text})), []).append(text)
+    same = max(by_length.values(), key=len)
+    other = same[1] if len(same) > 1 else same[0]
+    requests: list[dict[str, Any]] = [
+        {"prompt": same[0], "max_tokens": 12},
+        {"prompt": other, "max_tokens": 5, "temperature": 0.9, "seed": 7},
+        {"prompt": same[0], "max_tokens": 9, "temperature": 1.3, "top_p": 0.9, "logprobs": True},
+        {"prompt": same[0], "max_tokens": 16, "temperature": 0.8, "stop": ["e"]},
+    ]
+    job_ids = [bytes([i]) * 32 for i in range(len(requests))]
+    together = model.generate_together(requests, job_ids)
+    for request, job_id, batched in zip(requests, job_ids, together, strict=True):
+        alone = model.generate(request, None, job_id)
+        ((b,), (a,)) = (batched.choices, alone.choices)
+        assert (b.token_ids, b.text, b.finish_reason) == (a.token_ids, a.text, a.finish_reason)
+        assert (b.logprobs is None) == (a.logprobs is None)
+        np.testing.assert_allclose(b.chosen_logits, a.chosen_logits, rtol=1e-5, atol=1e-5)
+        prompt = model.prompt(request)
+        logits = model.continuation(prompt, list(b.token_ids))
+        check = check_generation(
+            batched.output(),
+            generation_fingerprint(batched.chosen_logits),
+            [logits],
+            len(prompt),
+            model.eos_token_id,
+            Sampling.of(request, job_id),
+            model.decode,
+        )
+        assert check.passed, check.detail
+    assert any(len(g.choices[0].token_ids) < 12 for g in together)  # rows ended apart
+    with pytest.raises(ValueError, match="one prompt length"):
+        model.generate_together(
+            [{"prompt": "a"}, {"prompt": "a much longer prompt than that"}], job_ids[:2]
+        )
+    with pytest.raises(ValueError, match="single-choice"):
+        model.generate_together([{"prompt": "a", "n": 2}, {"prompt": "a"}], job_ids[:2])

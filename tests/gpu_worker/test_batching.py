@@ -1,0 +1,109 @@
+"""A worker runs the generations one poll brings as one batch, on the real tiny GPT-2:
+each job answered once, as it would be alone, and verified. (The runtime's handing a
+poll over at once is tested with the runtime: tests/processors/test_runtime.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpu_worker.processor import ASSIGNED, RESULTS, TOKENS, Worker
+from processors.compute.generation import Sampling
+from processors.compute.models import import_model
+from processors.market.content import Blockstore
+from processors.state import RocksStore
+from processors.verifier.core import GENERATION_SCHEME, check_generation, check_signature
+from schemas.events import JobResult
+from streams.admin import ensure_topics
+from streams.broker import EmbeddedBroker
+from streams.kafka import Record
+from streams.settings import Settings
+from streams.topics import hex_key
+from tests import market_events
+
+pytestmark = pytest.mark.broker
+KEY = b"\x52" * 32
+
+
+@pytest.fixture
+def own_broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker() as broker:
+        ensure_topics(broker.bootstrap, [ASSIGNED, RESULTS, TOKENS])
+        yield broker
+
+
+def test_one_polls_generations_run_as_a_batch_each_answered_as_alone(
+    own_broker: EmbeddedBroker, tiny_gpt2: Path, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    worker = Worker(settings, own_broker.bootstrap, KEY, None)
+    cid = import_model(tiny_gpt2, "g", Blockstore(worker.work / "blockstore")).cid
+    model, _ = worker.models.load(cid)
+    batches: list[int] = []
+    run_together = model.generate_together
+
+    def counted(requests: Sequence[dict[str, Any]], job_ids: Sequence[bytes]) -> Any:
+        batches.append(len(requests))
+        return run_together(requests, job_ids)
+
+    model.generate_together = counted  # type: ignore[method-assign]
+    requests: list[dict[str, Any]] = [
+        {"prompt": "the quick brown fox", "max_tokens": 8},
+        {"prompt": "the quick brown fox", "max_tokens": 4, "temperature": 0.9},
+        {"prompt": "the quick brown fox", "max_tokens": 6, "temperature": 1.2, "top_p": 0.9},
+        {"prompt": "the quick brown fox", "max_tokens": 5, "n": 2},  # alone: two choices
+        {"prompt": "a", "max_tokens": 3},  # alone: another prompt length
+    ]
+    lease = int(time.time() * 1000) + 60_000
+    jobs, records = {}, []
+    for n, request in enumerate(requests):
+        job_id = n.to_bytes(32, "big")
+        job = dataclasses.replace(
+            market_events.submitted(job_id, deadline_ms=lease),
+            params={"manifest_cid": cid},
+            input=json.dumps(request).encode(),
+        )
+        jobs[job_id] = job
+        assigned = dataclasses.replace(
+            market_events.assigned(job_id, 0, [worker.address]), job=job, lease_expires_ms=lease
+        )
+        records.append(Record(ASSIGNED.name, 0, n, 0, hex_key(job_id), assigned, b""))
+    state = RocksStore(tmp_path / "state")
+    try:
+        answers = worker.handle_all(records, state)
+    finally:
+        state.close()
+        worker.producer.close()
+    events = [output.event for outputs in answers for output in outputs]
+    results = [event for event in events if isinstance(event, JobResult)]
+    assert len(results) == len(events)
+    assert batches == [3]
+    answered = {r.job_id: r for r in results}
+    assert len(answered) == len(requests) == len(results)
+    assert [r.cause.offset for r in results if r.cause] == list(range(len(requests)))
+    for job_id, result in answered.items():
+        request = json.loads(jobs[job_id].input or b"")
+        alone = model.generate(request, None, job_id)
+        assert result.output == alone.output()
+        assert result.fingerprint_scheme == GENERATION_SCHEME
+        assert check_signature(result, settings.chain_id).passed
+        prompt = model.prompt(request)
+        claimed = json.loads(result.output or b"")
+        choices = claimed.get("choices") or [claimed]
+        logits = [model.continuation(prompt, c["token_ids"]) for c in choices]
+        check = check_generation(
+            result.output or b"",
+            result.fingerprint,
+            logits,
+            len(prompt),
+            model.eos_token_id,
+            Sampling.of(request, job_id),
+            model.decode,
+        )
+        assert check.passed, check.detail
