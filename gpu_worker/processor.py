@@ -323,7 +323,9 @@ class Worker(Processor[RocksStore]):
         groups: dict[tuple[str, int], list[int]] = {}
         for index, record in enumerate(records):
             assignment = self.mine(record, now)
-            key = None if assignment is None else self._batch_key(assignment)
+            if assignment is None:
+                continue  # not this node's, or its lease ran out
+            key = self._batch_key(assignment)
             if key is None:
                 answers[index] = self.handle(record, state)
             else:
