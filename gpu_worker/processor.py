@@ -9,7 +9,8 @@ its end at the node's first start, from its store's offset after that, so the no
 in `<data-dir>/workers/<address>/state` says which assignments it has answered); an
 assignment naming this node (and not yet past its lease) is run — models are fetched by
 CID, verified and loaded once; the single-choice generations of one poll that share a
-model and a prompt length run as one batch (`Worker.handle_all`) — and answered on
+model and a prompt length, and the jobs of one text encoder, run as one batch
+(`Worker.handle_all`) — and answered on
 `lattice.jobs.results` with a signed result
 carrying the output inline, its CID and digest, a tolerance-aware fingerprint, timings and a
 hardware snapshot. The result is committed with the assignment's offset and sent from the
@@ -129,13 +130,17 @@ def execute(
             generation_fingerprint(generation.chosen_logits),
         )
     if model.manifest.task == EMBEDDING:
-        output, vectors = model.embed(json.loads(data))
-        return output, EMBEDDING_SCHEME, embedding_fingerprint(vectors)
+        return encoded(model, *model.embed(json.loads(data)))
     if model.manifest.task in (CLASSIFICATION, IMAGE_CLASSIFICATION, IMAGE_TEXT):
-        output, logits = model.classify(json.loads(data))
-        return output, CLASSIFICATION_SCHEME, embedding_fingerprint(logits)
+        return encoded(model, *model.classify(json.loads(data)))
     output = model.run_tensors(data)
     return output, TENSOR_SCHEME, tensor_fingerprint(output, job.job_id)
+
+
+def encoded(model: LoadedModel, output: bytes, values: np.ndarray) -> tuple[bytes, str, bytes]:
+    """An encoder's answer (its vectors or logits), its fingerprint scheme and fingerprint."""
+    scheme = EMBEDDING_SCHEME if model.manifest.task == EMBEDDING else CLASSIFICATION_SCHEME
+    return output, scheme, embedding_fingerprint(values)
 
 
 #: The longest a streamed token waits for others to share its event (the first goes at once).
@@ -315,9 +320,10 @@ class Worker(Processor[RocksStore]):
         self, records: Sequence[Record[Any]], state: RocksStore
     ) -> list[Sequence[Output]]:
         """The assignments one poll brought: single-choice generations of one model with
-        equally long prompts run as one batch (`LoadedModel.generate_together`), the rest
-        one after the other. A batch that fails runs its jobs one by one, so each gets the
-        answer (or the failure) it would have alone."""
+        equally long prompts run as one batch (`LoadedModel.generate_together`), as do the
+        jobs of one text encoder (`encode_together`); the rest one after the other. A batch
+        that fails runs its jobs one by one, so each gets the answer (or the failure) it
+        would have alone."""
         now = int(time.time() * 1000)
         answers: list[Sequence[Output]] = [()] * len(records)
         groups: dict[tuple[str, int], list[int]] = {}
@@ -345,10 +351,10 @@ class Worker(Processor[RocksStore]):
         return answers
 
     def _batch_key(self, assignment: JobAssigned) -> tuple[str, int] | None:
-        """Which batch a job may join (its model and prompt length), None when it runs alone:
-        training, streamed, several choices, a model without a cache or not loaded yet (its
-        first job reports the load), an input that does not parse (it fails alone, with
-        its own answer)."""
+        """Which batch a job may join (its model, and for a generation its prompt length;
+        -1 for a text encoder's), None when it runs alone: training, streamed, several
+        choices, a model without a cache or not loaded yet (its first job reports the
+        load), an input that does not parse (it fails alone, with its own answer)."""
         job = assignment.job
         assert job is not None
         manifest_cid = job.params.get("manifest_cid", "")
@@ -357,7 +363,11 @@ class Worker(Processor[RocksStore]):
             return None
         try:
             request = json.loads(job.input or b"")
-            if not isinstance(request, dict) or not model.batchable(request):
+            if not isinstance(request, dict):
+                return None
+            if model.encodes_together():
+                return manifest_cid, -1
+            if not model.batchable(request):
                 return None
             return manifest_cid, len(model.prompt(request))
         except Exception:
@@ -369,31 +379,30 @@ class Worker(Processor[RocksStore]):
         model, _ = self.load(manifest_cid)
         assignments = [r.event for r in records]
         jobs = [a.job for a in assignments]
+        requests = [json.loads(j.input or b"") for j in jobs]
         self.in_flight += len(jobs)
         try:
             started = time.perf_counter()
-            generations = model.generate_together(
-                [json.loads(j.input or b"") for j in jobs], [j.job_id for j in jobs]
-            )
+            if model.encodes_together():
+                done = [encoded(model, *answer) for answer in model.encode_together(requests)]
+            else:
+                generations = model.generate_together(requests, [j.job_id for j in jobs])
+                done = [
+                    (g.output(), GENERATION_SCHEME, generation_fingerprint(g.chosen_logits))
+                    for g in generations
+                ]
             compute_ms = int((time.perf_counter() - started) * 1000)
         finally:
             self.in_flight -= len(jobs)
         answers: list[Sequence[Output]] = []
-        for record, assignment, job, generation in zip(
-            records, assignments, jobs, generations, strict=True
+        for record, assignment, job, (output, scheme, fingerprint) in zip(
+            records, assignments, jobs, done, strict=True
         ):
             timings = Timings(
                 queue_ms=max(0, received_ms - job.submitted_at_ms), load_ms=0, compute_ms=compute_ms
             )
-            fingerprint = generation_fingerprint(generation.chosen_logits)
             result = self.signed_result(
-                assignment,
-                generation.output(),
-                GENERATION_SCHEME,
-                fingerprint,
-                timings,
-                model.provider,
-                model.threads,
+                assignment, output, scheme, fingerprint, timings, model.provider, model.threads
             )
             answers.append(self.outputs_of(dataclasses.replace(result, cause=record.position)))
         return answers

@@ -312,6 +312,11 @@ def _run(session: Any, names: list[str], feed: dict[str, Any], budget: int) -> A
         raise OverBudgetError("the run", 0, budget, detail) from None
 
 
+def _embeddings_document(vectors: np.ndarray, tokens: int) -> bytes:
+    output = {"embeddings": vectors.tolist(), "prompt_tokens": tokens}
+    return json.dumps(output, sort_keys=True).encode()
+
+
 @dataclass
 class Choosing:
     """One choice being decoded, a token a step: what each step's logits choose (seeded
@@ -594,8 +599,34 @@ class LoadedModel:
         """Sentence embeddings of `request["input"]`: the output document
         {"embeddings", "prompt_tokens"} and the vectors."""
         vectors, tokens = self._encode(request, "embeddings")
-        output = {"embeddings": vectors.tolist(), "prompt_tokens": tokens}
-        return json.dumps(output, sort_keys=True).encode(), vectors
+        return _embeddings_document(vectors, tokens), vectors
+
+    def encodes_together(self) -> bool:
+        """Whether its jobs' texts may share one padded pass (`encode_together`): a text
+        encoder's (embeddings, text classification)."""
+        return self.manifest.task in (EMBEDDING, CLASSIFICATION)
+
+    def encode_together(self, requests: Sequence[dict[str, Any]]) -> list[tuple[bytes, np.ndarray]]:
+        """What `embed` or `classify` gives each of these text-encoder jobs, from one pass
+        over all their texts padded to the longest (the attention mask hides the wider
+        padding: each job's values come out within the graph's numerical noise)."""
+        if not self.encodes_together():
+            raise ValueError(f"a {self.manifest.task} model's jobs do not share a pass")
+        lists = [self._text_list(request, "input") for request in requests]
+        ids, mask = self._tokenised([text for texts in lists for text in texts])
+        output = "embeddings" if self.manifest.task == EMBEDDING else "logits"
+        values = self._pass(output, {"input_ids": ids, "attention_mask": mask}, *ids.shape)
+        names = list(self.manifest.document.get("labels") or [])
+        answers, at = [], 0
+        for texts in lists:
+            rows = slice(at, at + len(texts))
+            at += len(texts)
+            part, tokens = values[rows], int(mask[rows].sum())
+            if self.manifest.task == EMBEDDING:
+                answers.append((_embeddings_document(part, tokens), part))
+            else:
+                answers.append((self._labels_document(part, tokens, names), part))
+        return answers
 
     def classify(self, request: dict[str, Any]) -> tuple[bytes, np.ndarray]:
         """Labels and scores of each input: each text of `request["input"]`; for an image
@@ -621,19 +652,21 @@ class LoadedModel:
             _, (ids, mask) = self._texts(request, "input")
             feed = {"input_ids": ids, "attention_mask": mask}
             logits, tokens = self._pass("logits", feed, *ids.shape), int(mask.sum())
+        return self._labels_document(logits, tokens, names), logits
+
+    def _labels_document(self, logits: np.ndarray, tokens: int, names: list[str]) -> bytes:
+        """A classification's output document: each input's labels, likeliest first."""
         multi = self.manifest.document.get("problem_type") == "multi_label_classification"
-        labels = [
-            sorted(
-                (
-                    {"label": names[i] if i < len(names) else str(i), "score": float(score)}
-                    for i, score in enumerate(label_scores(row, multi))
-                ),
-                key=lambda entry: -float(entry["score"]),
-            )
-            for row in logits
-        ]
+
+        def ranked(row: np.ndarray) -> list[dict[str, Any]]:
+            scores = [float(score) for score in label_scores(row, multi)]
+            order = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: ties by index
+            label = [names[i] if i < len(names) else str(i) for i in range(len(scores))]
+            return [{"label": label[i], "score": scores[i]} for i in order]
+
+        labels = [ranked(row) for row in logits]
         output = {"labels": labels, "logits": logits.tolist(), "prompt_tokens": tokens}
-        return json.dumps(output, sort_keys=True).encode(), logits
+        return json.dumps(output, sort_keys=True).encode()
 
     def _encode(self, request: dict[str, Any], output: str) -> tuple[np.ndarray, int]:
         """One pass of a text encoder over `request["input"]`: its `output` and the tokens
@@ -651,19 +684,26 @@ class LoadedModel:
     ) -> tuple[list[str], tuple[np.ndarray, np.ndarray]]:
         """`request[key]` (a text or a list of texts) tokenised: each cut at the model's
         `max_positions` tokens, padded to the longest."""
-        texts = request.get(key)
+        texts = self._text_list(request, key)
+        return texts, self._tokenised(texts)
+
+    def _text_list(self, request: dict[str, Any], key: str) -> list[str]:
+        texts = request.get(key) if isinstance(request, dict) else None
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise EncoderInputError(f"{key}: a text or a non-empty list of texts")
         if len(texts) > MAX_ENCODER_INPUTS:
             raise EncoderInputError(f"{key}: at most {MAX_ENCODER_INPUTS} texts a job")
+        return texts
+
+    def _tokenised(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         limit = int(self.manifest.document.get("max_positions") or 512)
         encoded = self.tokenizer(
             texts, padding=True, truncation=True, max_length=limit, return_tensors="np"
         )
         ids = np.asarray(encoded["input_ids"], dtype=np.int64)
-        return texts, (ids, np.asarray(encoded["attention_mask"], dtype=np.int64))
+        return ids, np.asarray(encoded["attention_mask"], dtype=np.int64)
 
     def _pixels(self, request: dict[str, Any]) -> np.ndarray:
         """`request["images"]` (base64 PNG or JPEG bytes, or one as `image`) as the model's

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from gpu_worker.processor import ASSIGNED, RESULTS, TOKENS, Worker
@@ -107,3 +108,63 @@ def test_one_polls_generations_run_as_a_batch_each_answered_as_alone(
             model.decode,
         )
         assert check.passed, check.detail
+
+
+def test_one_polls_encoder_jobs_share_a_pass_and_a_bad_input_fails_alone(
+    own_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    from processors.verifier.core import EMBEDDING_SCHEME, FAILED_SCHEME, failure_of
+    from tests.tiny_models import build_tiny_sentence_encoder
+
+    settings = Settings(data_dir=tmp_path)
+    worker = Worker(settings, own_broker.bootstrap, KEY, None)
+    directory = build_tiny_sentence_encoder(tmp_path / "encoder")
+    cid = import_model(directory, "e", Blockstore(worker.work / "blockstore")).cid
+    model, _ = worker.models.load(cid)
+    passes: list[int] = []
+    encode_together = model.encode_together
+
+    def counted(requests: Sequence[dict[str, Any]]) -> Any:
+        passes.append(len(requests))
+        return encode_together(requests)
+
+    model.encode_together = counted  # type: ignore[method-assign]
+    good: list[dict[str, Any]] = [{"input": "hi"}, {"input": ["a", "longer text"]}]
+    lease = int(time.time() * 1000) + 60_000
+
+    def records(requests: list[dict[str, Any]]) -> list[Record[Any]]:
+        out = []
+        for n, request in enumerate(requests):
+            job_id = n.to_bytes(32, "big")
+            job = dataclasses.replace(
+                market_events.submitted(job_id, deadline_ms=lease),
+                params={"manifest_cid": cid},
+                input=json.dumps(request).encode(),
+            )
+            assigned = dataclasses.replace(
+                market_events.assigned(job_id, 0, [worker.address]), job=job, lease_expires_ms=lease
+            )
+            out.append(Record(ASSIGNED.name, 0, n, 0, hex_key(job_id), assigned, b""))
+        return out
+
+    state = RocksStore(tmp_path / "state")
+    try:
+        shared = worker.handle_all(records(good), state)
+        mixed = worker.handle_all(records([*good, {"input": 7}]), state)
+    finally:
+        state.close()
+        worker.producer.close()
+    assert passes == [2, 3]  # the second batch failed on the bad input, then ran one by one
+    for answers in (shared, mixed):
+        events = [o.event for outputs in answers for o in outputs]
+        results = [r for r in events if isinstance(r, JobResult)]
+        assert len(results) == len(events)
+        for request, result in zip(good, results, strict=False):
+            assert result.fingerprint_scheme == EMBEDDING_SCHEME
+            _, alone = model.embed(request)
+            claimed = np.asarray(json.loads(result.output or b"")["embeddings"])
+            np.testing.assert_allclose(claimed, alone, atol=1e-5)
+    bad = mixed[2][0].event
+    assert isinstance(bad, JobResult) and bad.fingerprint_scheme == FAILED_SCHEME
+    failure = failure_of(bad)
+    assert failure is not None and "input" in failure["message"]

@@ -170,3 +170,32 @@ def test_honest_classifications_pass_and_changed_labels_fail(
     tilted = json.loads(output)
     tilted["logits"][0][0] += 1.0
     assert not check(json.dumps(tilted).encode(), np.asarray(tilted["logits"])).passed
+
+
+@pytest.mark.parametrize("kind", ["encoder", "classifier"])
+def test_jobs_encoded_together_come_out_as_each_alone_and_pass_the_verifier(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A worker's batch of text-encoder jobs: one pass over every job's texts, padded to
+    the longest of them all; each job's answer as alone, within the tolerance."""
+    model = load(request.getfixturevalue(kind), tmp_path, 1)
+    jobs: list[dict[str, Any]] = [
+        {"input": "hi"},
+        {"input": TEXTS},
+        {"input": ["a much longer text than any other in this batch, padded the least"]},
+    ]
+    together = model.encode_together(jobs)
+    labels = model.manifest.document.get("labels") or []
+    for job, (output, values) in zip(jobs, together, strict=True):
+        alone, again = model.embed(job) if kind == "encoder" else model.classify(job)
+        fingerprint = core.embedding_fingerprint(values)
+        if kind == "encoder":
+            check = core.check_embeddings(output, again, fingerprint)
+        else:
+            scores = partial(label_scores, multi_label=False)
+            check = core.check_classification(output, again, fingerprint, scores, labels)
+        assert check.passed, check.detail
+        assert json.loads(output)["prompt_tokens"] == json.loads(alone)["prompt_tokens"]
+        np.testing.assert_allclose(values, again, atol=1e-5)
+    with pytest.raises(EncoderInputError):
+        model.encode_together([{"input": "fine"}, {"input": 7}])
