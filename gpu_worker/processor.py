@@ -143,6 +143,22 @@ def encoded(model: LoadedModel, output: bytes, values: np.ndarray) -> tuple[byte
     return output, scheme, embedding_fingerprint(values)
 
 
+def work_of(output: bytes) -> int:
+    """The tokens a batched job's answer says it read and made: its share of the batch."""
+    document = json.loads(output)
+    made = sum(len(c.get("token_ids", ())) for c in document.get("choices") or [document])
+    return int(document.get("prompt_tokens", 0)) + made
+
+
+def batch_shares(compute_ms: int, work: Sequence[int]) -> list[int]:
+    """A batch's compute time split among its jobs by their work: each job is paid for
+    what it took (the verifier pays compute time), not for the whole batch."""
+    total = sum(work)
+    if total <= 0:
+        return [compute_ms // max(1, len(work))] * len(work)
+    return [compute_ms * w // total for w in work]
+
+
 #: The longest a streamed token waits for others to share its event (the first goes at once).
 STREAM_EVERY_S = 0.02
 
@@ -336,13 +352,17 @@ class Worker(Processor[RocksStore]):
                 answers[index] = self.handle(record, state)
             else:
                 groups.setdefault(key, []).append(index)
-        for (manifest_cid, _), members in groups.items():
+        for (manifest_cid, _), group in groups.items():
+            # Jobs run alone came first: the leases are looked at again as the batch starts.
+            started = int(time.time() * 1000)
+            members = [i for i in group if self.mine(records[i], started) is not None]
             if len(members) == 1:
                 answers[members[0]] = self.handle(records[members[0]], state)
+            if len(members) <= 1:
                 continue
             batch = [records[i] for i in members]
             try:
-                answered = self._run_together(manifest_cid, batch, now)
+                answered = self._run_together(manifest_cid, batch, started)
             except Exception as exc:
                 log.info("a batch of %d jobs ran one by one: %s", len(batch), exc)
                 answered = [self.handle(record, state) for record in batch]
@@ -394,12 +414,13 @@ class Worker(Processor[RocksStore]):
             compute_ms = int((time.perf_counter() - started) * 1000)
         finally:
             self.in_flight -= len(jobs)
+        shares = batch_shares(compute_ms, [work_of(output) for output, _, _ in done])
         answers: list[Sequence[Output]] = []
-        for record, assignment, job, (output, scheme, fingerprint) in zip(
-            records, assignments, jobs, done, strict=True
+        for record, assignment, job, (output, scheme, fingerprint), share in zip(
+            records, assignments, jobs, done, shares, strict=True
         ):
             timings = Timings(
-                queue_ms=max(0, received_ms - job.submitted_at_ms), load_ms=0, compute_ms=compute_ms
+                queue_ms=max(0, received_ms - job.submitted_at_ms), load_ms=0, compute_ms=share
             )
             result = self.signed_result(
                 assignment, output, scheme, fingerprint, timings, model.provider, model.threads

@@ -632,7 +632,7 @@ class Runtime(Generic[S]):
         assert self._feed is not None
         fetched = self.reader.poll_batch(self.pace.batch, 0)
         wait = 0.0 if fetched else min(timeout, FEED_WAIT_S)
-        return fetched + self._feed.take(wait, self.pace.batch)
+        return fetched + self._feed.take(wait, self.pace.batch - len(fetched))
 
     def _poll_group(self) -> list[Any]:
         assert self._group is not None
@@ -651,7 +651,13 @@ class Runtime(Generic[S]):
             self._handle([admitted])
 
     def _take_together(self, messages: Sequence[Any]) -> None:
-        admitted = [a for a in map(self._admit, messages) if a is not None]
+        try:
+            admitted = [a for a in map(self._admit, messages) if a is not None]
+        except BaseException:
+            # Positions of admitted records moved before any of them was handled: commit
+            # none of them on the way out.
+            self._broken = True
+            raise
         if admitted:
             self._handle(admitted)
 
@@ -703,6 +709,7 @@ class Runtime(Generic[S]):
             raise RuntimeError(f"{self.name}: handle_all answered {len(handled)} of {len(records)}")
         for outputs, (_, source) in zip(handled, admitted, strict=True):
             if outputs and self._led and not self.active:
+                self._broken = True
                 raise RuntimeError(
                     f"{self.name}: a processor led by its ticks sent outputs from `handle` "
                     "before its first tick (a standby would send them too)"
@@ -716,10 +723,12 @@ class Runtime(Generic[S]):
         to be fetched."""
         key = (message.topic(), message.partition())
         expected = self._next.get(key)
-        if expected is None or message.error() is not None:
+        fed = isinstance(message, FedMessage)
+        if expected is None:
+            return not fed  # the feed sends every partition of a topic, not only those read
+        if message.error() is not None:
             return True
         offset = message.offset()
-        fed = isinstance(message, FedMessage)
         if offset < expected or (fed and offset != expected):
             return False
         self._next[key] = offset + 1

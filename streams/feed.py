@@ -40,7 +40,9 @@ from streams.handover import RETRY_S, address
 
 log = logging.getLogger(__name__)
 
-#: Room the archiver leaves in each subscriber's socket before dropping it.
+#: Room the archiver asks for in each subscriber's socket before dropping it (the kernel
+#: caps it at `net.core.wmem_max`, about 200 KiB by default: a subscriber that far behind
+#: is dropped, and fetches).
 SEND_BUFFER = 4 << 20
 #: Records a subscriber holds for its processor at most; beyond, it lets them go (they
 #: are fetched: a processor that far behind gains nothing from the feed).
@@ -111,10 +113,12 @@ class FeedServer:
             for key, _ in self._selector.select(timeout=0.2):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
-                if sock is self._server:
-                    self._accept()
-                else:
-                    self._read(sock)
+                try:
+                    self._accept() if sock is self._server else self._read(sock)
+                except OSError as exc:  # one connection's trouble; the feed serves on
+                    log.warning("archive feed: %s", exc)
+                    if sock is not self._server:
+                        self._drop(sock)
 
     def _accept(self) -> None:
         try:
@@ -150,7 +154,10 @@ class FeedServer:
         try:
             if zlib.crc32(body) != crc:
                 raise ValueError("bad checksum")
-            topics = frozenset(str(t) for t in json.loads(body))
+            wanted = json.loads(body)
+            if not isinstance(wanted, list) or not all(isinstance(t, str) for t in wanted):
+                raise ValueError("a subscription is a list of topic names")
+            topics = frozenset(wanted)
         except ValueError as exc:
             log.warning("archive feed: dropping a subscriber: %s", exc)
             self._drop(conn)
@@ -277,6 +284,7 @@ class FeedClient:
             buffer += data
             messages, used = _messages(buffer)
             del buffer[:used]
+            messages = [m for m in messages if m.topic() in self.topics]  # only what it asked
             if messages and len(self._ready) < MAX_READY:
                 with self._wake:
                     self._ready += messages

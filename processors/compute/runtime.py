@@ -562,8 +562,9 @@ class LoadedModel:
         limit = int(self.manifest.document.get("max_positions") or 1024)
         longest = limit - len(prompts[0])
         budgets = [max(1, min(int(r.get("max_tokens", 16)), longest)) for r in requests]
-        needs = sum(self.generation_needs(len(p), m) for p, m in zip(prompts, budgets, strict=True))
-        self.within("the generations", needs)
+        # The weights once; every row's logits and cache, each running to the longest budget.
+        row = self.generation_needs(len(prompts[0]), max(budgets)) - self.weights_bytes
+        self.within("the generations", self.weights_bytes + row * len(requests))
         choosing = [
             Choosing(self, sampling, 0, budget, None)
             for sampling, budget in zip(samplings, budgets, strict=True)

@@ -168,3 +168,15 @@ def test_one_polls_encoder_jobs_share_a_pass_and_a_bad_input_fails_alone(
     assert isinstance(bad, JobResult) and bad.fingerprint_scheme == FAILED_SCHEME
     failure = failure_of(bad)
     assert failure is not None and "input" in failure["message"]
+
+
+def test_a_batch_is_billed_once_split_by_each_jobs_work() -> None:
+    from gpu_worker.processor import batch_shares, work_of
+
+    assert batch_shares(10, [1, 1, 2]) == [2, 2, 5]
+    assert batch_shares(7, [0, 0]) == [3, 3]
+    assert sum(batch_shares(1_000, [13, 7, 91])) <= 1_000
+    generated = json.dumps({"prompt_tokens": 4, "token_ids": [1, 2, 3]}).encode()
+    choices = json.dumps({"prompt_tokens": 4, "choices": [{"token_ids": [1]}] * 2}).encode()
+    encoded = json.dumps({"prompt_tokens": 9, "embeddings": [[0.5]]}).encode()
+    assert [work_of(d) for d in (generated, choices, encoded)] == [7, 6, 9]

@@ -442,13 +442,20 @@ def test_a_fed_record_ahead_of_the_fetch_waits_for_it_and_duplicates_are_skipped
         feed(10)  # the next one: handled as it comes, before any fetch
         _until_outputs(broker.bootstrap, sink, 22)
         assert runtime.fed == 1
+        # A partition it does not read (the feed sends a topic's every partition): ignored.
+        value = codec.encode_event(Position(topic="in", partition=1, offset=0))
+        stray = ArchivedRecord(0, 1, b"k1", value, ())
+        server.publish([(source.name, placed_frame(source.name, 1, stray))])
+        feed(11)
+        _until_outputs(broker.bootstrap, sink, 24)
+        assert runtime.fed == 2
     finally:
         stop.set()
         thread.join(30)
         server.close()
         store.close()
     handled = [e.offset for _, e in outputs(broker.bootstrap, sink) if e.offset >= 0]
-    assert handled == list(range(11))
+    assert handled == list(range(12))
 
 
 def test_a_processor_that_handles_together_gets_each_poll_at_once_each_output_with_its_cause(
