@@ -370,6 +370,17 @@ class Worker(Processor[RocksStore]):
                 answers[index] = outputs
         return answers
 
+    def together(self, first: Record[Any], record: Record[Any]) -> bool:
+        """Whether an assignment joins the batch `first` began (the runtime commits, and so
+        sends the answers, after each batch: a job alone is answered as soon as it ran)."""
+        keys = [self._key_of(r) for r in (first, record)]
+        return keys[0] is not None and keys[0] == keys[1]
+
+    def _key_of(self, record: Record[Any]) -> tuple[str, int] | None:
+        assignment = record.event
+        mine = isinstance(assignment, JobAssigned) and self.address in assignment.nodes
+        return self._batch_key(assignment) if mine and assignment.job is not None else None
+
     def _batch_key(self, assignment: JobAssigned) -> tuple[str, int] | None:
         """Which batch a job may join (its model, and for a generation its prompt length;
         -1 for a text encoder's), None when it runs alone: training, streamed, several

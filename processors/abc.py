@@ -115,8 +115,8 @@ class Pace:
     `durable_inputs`: under a devnet's archive, handle a record only once it is on disk
     (`streams.durable`); a processor may do without only where acting on a record that a
     hard stop then loses is harmless (the proposer's reasons are in its module).
-    `together`: each poll's inputs go to `Processor.handle_all` at once (a worker runs the
-    jobs it polled as one batch), each output still caused by its own input.
+    `together`: each poll's inputs go to `Processor.handle_all` in runs that go together
+    (`Processor.together`; a worker's batch), each output still caused by its own input.
     """
 
     batch: int = 500
@@ -236,9 +236,14 @@ class Processor(abc.ABC, Generic[S]):
     def handle(self, record: Record[Any], state: S) -> Sequence[Output]: ...
 
     def handle_all(self, records: Sequence[Record[Any]], state: S) -> list[Sequence[Output]]:
-        """Several inputs at once (`Pace.together`): the outputs of each, in their order.
-        The same outputs `handle` gives each in turn; by default that is what it does."""
+        """Several inputs that go together (`Pace.together`): the outputs of each, in
+        their order. The outputs `handle` gives each in turn; by default what it does."""
         return [self.handle(record, state) for record in records]
+
+    def together(self, first: Record[Any], record: Record[Any]) -> bool:
+        """Whether `record` joins the run that `first` began (`Pace.together`): a run is
+        handled at once by `handle_all`, then committed."""
+        return True
 
     def tick(self, now_ms: int, state: S) -> Sequence[Output]:
         """Timers: runs every `pace.tick_s` once the processor has caught up."""

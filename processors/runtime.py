@@ -651,15 +651,21 @@ class Runtime(Generic[S]):
             self._handle([admitted])
 
     def _take_together(self, messages: Sequence[Any]) -> None:
-        try:
-            admitted = [a for a in map(self._admit, messages) if a is not None]
-        except BaseException:
-            # Positions of admitted records moved before any of them was handled: commit
-            # none of them on the way out.
-            self._broken = True
-            raise
-        if admitted:
-            self._handle(admitted)
+        """A poll's records in runs that go together (`Processor.together`): each run
+        handled at once and committed before the next begins, so that a record alone is
+        answered as soon as it was handled, not when the whole poll is."""
+        run: list[tuple[Record[Any], tuple[str, int, int]]] = []
+        for message in messages:
+            admitted = self._admit(message)
+            if admitted is None:
+                continue
+            if run and not self.processor.together(run[0][0], admitted[0]):
+                self._handle(run)
+                self.commit()
+                run = []
+            run.append(admitted)
+        if run:
+            self._handle(run)
 
     def _admit(self, message: Any) -> tuple[Record[Any], tuple[str, int, int]] | None:
         """A polled message as the record to handle and its position, once it may be
@@ -678,24 +684,31 @@ class Runtime(Generic[S]):
             return None
         key = (message.topic(), message.partition())
         offset = message.offset()
+        EVENTS.labels(self.processor.role, key[0], "in").inc()
+        try:
+            record = record_of(message, self.codec, self._schemas.get(key[0]))
+        except DecodeError as exc:
+            self._mark(key[0], key[1], offset)
+            self._dead_letter(message, exc)
+            return None
+        return record, (key[0], key[1], offset)
+
+    def _mark(self, topic: str, partition: int, offset: int) -> None:
+        """An input handled (or skipped): its position goes into the next commit."""
+        key = (topic, partition)
         if not self._outgoing and not self._handled:
             self._first_pending = time.monotonic()
         self._handled += 1
         self._positions[key] = offset
         if self._led:
             self._handled_to[key] = offset
-        if self._group is not None and key[0] in self._group_topics:
+        if self._group is not None and topic in self._group_topics:
             self._group_handled[key] = offset
-        EVENTS.labels(self.processor.role, key[0], "in").inc()
-        try:
-            record = record_of(message, self.codec, self._schemas.get(key[0]))
-        except DecodeError as exc:
-            self._dead_letter(message, exc)
-            return None
-        return record, (key[0], key[1], offset)
 
     def _handle(self, admitted: Sequence[tuple[Record[Any], tuple[str, int, int]]]) -> None:
         records = [record for record, _ in admitted]
+        for _, source in admitted:
+            self._mark(*source)
         try:
             if len(records) == 1:
                 handled = [self.processor.handle(records[0], self.store)]
