@@ -382,6 +382,9 @@ def test_fed_inputs_are_handled_once_each_in_offset_order_by_feed_or_fetch(
     )
     archiver.start()
     monkeypatch.setenv(ENV, name)
+    # A seldom fetch, so that the feed is first for some records even when a loaded
+    # machine syncs the archive slowly (at the devnet's 100 ms it can lose every race).
+    monkeypatch.setattr("processors.runtime.FED_READ", {"fetch.wait.max.ms": 1500})
     fill(broker.bootstrap, source, 10)  # before the start: fetched while catching up
     store = RocksStore(tmp_path / "state")
     runtime = Runtime(FedEcho(source, sink), store, broker.bootstrap, gate=None)
