@@ -29,12 +29,11 @@ import logging
 import os
 import selectors
 import socket
-import struct
 import threading
 import zlib
 from collections.abc import Iterable, Sequence
 
-from streams.frames import FRAME, ArchivedRecord, frame, placed_record
+from streams.frames import FRAME, ArchivedRecord, frame, placed_records
 from streams.handover import ENV as HANDOVER_ENV
 from streams.handover import RETRY_S, address
 
@@ -303,17 +302,8 @@ class FeedClient:
 
 def _messages(buffer: bytearray) -> tuple[list[FedMessage], int]:
     """The whole frames at the start of `buffer`, as messages, and the bytes they took."""
-    out = []
-    pos = 0
-    while len(buffer) - pos >= FRAME.size:
-        length, _ = FRAME.unpack_from(buffer, pos)
-        end = pos + FRAME.size + length
-        if end > len(buffer):
-            break
-        try:
-            topic, partition, record = placed_record(bytes(buffer[pos + FRAME.size : end]))
-        except (ValueError, struct.error) as exc:
-            raise OSError(f"archive feed: a frame that does not decode: {exc}") from exc
-        out.append(FedMessage(topic, partition, record))
-        pos = end
-    return out, pos
+    try:
+        placed, used = placed_records(buffer)
+    except ValueError as exc:
+        raise OSError(f"archive feed: {exc}") from exc
+    return [FedMessage(*each) for each in placed], used

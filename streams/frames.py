@@ -124,3 +124,22 @@ def placed_record(body: bytes) -> tuple[str, int, ArchivedRecord]:
     (partition,) = _PARTITION.unpack_from(body, pos)
     topic = body[_HNAME.size : pos].decode()
     return topic, partition, ArchivedRecord.decode(body[pos + _PARTITION.size :])
+
+
+def placed_records(buffer: bytearray) -> tuple[list[tuple[str, int, ArchivedRecord]], int]:
+    """The whole placed frames at the start of a stream's `buffer` and the bytes they
+    took (a socket's reads split frames anywhere). Raises ValueError on one that does not
+    decode: the sender is not a Lattice process, or not this version of one."""
+    out = []
+    pos = 0
+    while len(buffer) - pos >= FRAME.size:
+        length, _ = FRAME.unpack_from(buffer, pos)
+        end = pos + FRAME.size + length
+        if end > len(buffer):
+            break
+        try:
+            out.append(placed_record(bytes(buffer[pos + FRAME.size : end])))
+        except (ValueError, struct.error) as exc:
+            raise ValueError(f"a frame that does not decode: {exc}") from exc
+        pos = end
+    return out, pos

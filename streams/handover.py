@@ -23,13 +23,12 @@ import logging
 import os
 import selectors
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from streams.frames import FRAME, ArchivedRecord, placed_frame, placed_record
+from streams.frames import ArchivedRecord, placed_frame, placed_records
 
 log = logging.getLogger(__name__)
 
@@ -145,21 +144,13 @@ class Listener:
             return
         buffer = self._buffers[conn]
         buffer += data
-        records: list[Placed] = []
-        pos = 0
-        while len(buffer) - pos >= FRAME.size:
-            length, _ = FRAME.unpack_from(buffer, pos)
-            end = pos + FRAME.size + length
-            if end > len(buffer):
-                break
-            try:
-                topic, partition, record = placed_record(bytes(buffer[pos + FRAME.size : end]))
-            except (ValueError, struct.error) as exc:  # not a Lattice process: ignore it
-                log.warning("archive hand-over: dropping a connection sending %r", exc)
-                self._drop(conn)
-                return
-            records.append(((topic, partition), record))
-            pos = end
+        try:
+            placed, pos = placed_records(buffer)
+        except ValueError as exc:  # not a Lattice process: ignore it
+            log.warning("archive hand-over: dropping a connection sending %s", exc)
+            self._drop(conn)
+            return
+        records: list[Placed] = [((topic, part), record) for topic, part, record in placed]
         del buffer[:pos]
         if records:
             self.deliver(records)
