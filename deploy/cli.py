@@ -221,7 +221,11 @@ def _add_dag(sub: Subparsers) -> None:
     dag_run.add_argument(
         "--group-id", default="lattice-dag", help="replica name (default lattice-dag)"
     )
-    dag_run.add_argument("--output-topic", help="where to write (default lattice.blocks.ordered)")
+    dag_run.add_argument(
+        "--output-topic",
+        help="where to write (default lattice.blocks.ordered; the virtual chain's changes "
+        "go to lattice.blocks.virtual, or to TOPIC.virtual beside another)",
+    )
     dag_run.add_argument(
         "--active-group",
         metavar="GROUP",
@@ -502,7 +506,13 @@ def cmd_proposer(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_dag_run(settings: Settings, args: argparse.Namespace) -> int:
     from processors.dag.blocks import genesis_hash
-    from processors.dag.processor import ORDERED, PROPOSED, DagConfig, DagProcessor
+    from processors.dag.processor import (
+        ORDERED,
+        PROPOSED,
+        DagConfig,
+        DagProcessor,
+        virtual_topic,
+    )
     from processors.runtime import configure_logging, stop_on_signals
     from processors.state import RocksStore
     from streams.admin import ensure_topics
@@ -514,7 +524,8 @@ def cmd_dag_run(settings: Settings, args: argparse.Namespace) -> int:
     output = ORDERED
     if args.output_topic and args.output_topic != ORDERED.name:
         output = TopicSpec(args.output_topic, ORDERED.schema, ORDERED.key, 1, doc=ORDERED.doc)
-        ensure_topics(bootstrap, [output], replication=settings.replication_factor)
+        outputs = [output, virtual_topic(output)]
+        ensure_topics(bootstrap, outputs, replication=settings.replication_factor)
     config = DagConfig(
         genesis_hash(settings.chain_id),
         k=settings.ghostdag_k,

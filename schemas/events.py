@@ -237,6 +237,53 @@ class OrderedTransaction(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class VirtualChainChanged(Event):
+    """A change of the virtual selected chain, the chain the optimistic head executes (topic
+    lattice.blocks.virtual, one partition): the blocks above fork_index are dropped, the added
+    chain blocks follow it in chain order, and every chain block up to final_index is final. A
+    reader that applies these in log order holds the virtual chain; the final part is the
+    chain of lattice.blocks.ordered.
+    """
+
+    SCHEMA: ClassVar[str] = "lattice.blocks.VirtualChainChanged"
+
+    #: The change's number, the first being 1: a reader skips one it has applied (during a takeover
+    #: two writers send the same changes).
+    sequence: int
+
+    #: Chain index of the last block the new virtual chain shares with the one before; the blocks
+    #: above it are dropped (none when it is the old tip).
+    fork_index: int
+
+    #: The chain blocks from fork_index + 1 to the virtual selected tip, in chain order, each
+    #: exactly as lattice.blocks.ordered carries it once it is final.
+    added: tuple[BlockOrdered, ...]
+
+    #: Chain index of the last final chain block (never above the tip, never going back).
+    final_index: int
+
+    #: Hash of that chain block (32 bytes).
+    final_hash: bytes
+
+    #: Position of the proposed block whose arrival made the change.
+    cause: Position
+
+    def to_avro(self) -> dict[str, Any]:
+        value = dict(self.__dict__)
+        value["added"] = [x.to_avro() for x in self.added]
+        value["cause"] = self.cause.to_avro()
+        return value
+
+    @classmethod
+    def from_avro(cls, value: Mapping[str, Any]) -> VirtualChainChanged:
+        converted = {
+            "added": tuple(BlockOrdered.from_avro(x) for x in value["added"]),
+            "cause": Position.from_avro(value["cause"]),
+        }
+        return build(cls, value, converted)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Position(Event):
     """Where a record lives in the log: every processor output carries the position of its cause."""
 
@@ -1420,6 +1467,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     "lattice.blocks.BlockOrdered": BlockOrdered,
     "lattice.blocks.BlockProposed": BlockProposed,
     "lattice.blocks.OrderedTransaction": OrderedTransaction,
+    "lattice.blocks.VirtualChainChanged": VirtualChainChanged,
     "lattice.common.Position": Position,
     "lattice.deadletters.DeadLetter": DeadLetter,
     "lattice.gpu.DeviceUsage": DeviceUsage,
@@ -1487,4 +1535,5 @@ __all__ = [
     "TransactionRejected",
     "TransactionSubmitted",
     "VerdictCheck",
+    "VirtualChainChanged",
 ]

@@ -72,6 +72,13 @@ TOPICS: tuple[TopicSpec, ...] = (
         "GHOSTDAG consensus order of final chain blocks.",
     ),
     _t(
+        "blocks.virtual",
+        "blocks.VirtualChainChanged",
+        "-",
+        1,
+        "Changes of the virtual selected chain, which the optimistic head executes.",
+    ),
+    _t(
         "blocks.executed",
         "blocks.BlockExecuted",
         "-",

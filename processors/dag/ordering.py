@@ -31,7 +31,13 @@ from eth_hash.auto import keccak
 
 from processors.dag.blocks import verify_block
 from processors.dag.ghostdag import Ghostdag, InvalidBlock, MissingParents, work_from_target
-from schemas.events import BlockOrdered, BlockProposed, OrderedTransaction, Position
+from schemas.events import (
+    BlockOrdered,
+    BlockProposed,
+    OrderedTransaction,
+    Position,
+    VirtualChainChanged,
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,11 @@ class DagOrderer:
     rejected: list[Rejection] = field(default_factory=list)
     #: Final chain blocks already pruned from `final` (so indexes keep counting).
     pruned_final: int = 0
+    #: The virtual chain as `virtual_change` last told it: the final index then, and the
+    #: chain blocks above it; and how many changes it told.
+    told_final: int = 0
+    told_chain: list[bytes] = field(default_factory=list)
+    changes: int = 0
 
     def __post_init__(self) -> None:
         self.ghostdag = Ghostdag(self.genesis, self.k)
@@ -154,27 +165,65 @@ class DagOrderer:
         eligible = [t for t in self.tips if reach.is_chain_ancestor(last, t)]
         return max(eligible, key=lambda t: (data[t].blue_work, t)) if eligible else last
 
-    def _advance(self) -> list[BlockOrdered]:
+    def _above_final(self) -> list[bytes]:
+        """The selected tip's chain above the last final chain block, oldest first."""
         data = self.ghostdag.data
-        tip = self.selected_tip()
-        horizon = data[tip].blue_score - self.finality_depth
-        newly: list[bytes] = []
-        current: bytes | None = tip
+        chain: list[bytes] = []
+        current: bytes | None = self.selected_tip()
         last = self.final[-1]
         while current is not None and current != last:
-            if data[current].blue_score <= horizon:
-                newly.append(current)
+            chain.append(current)
             current = data[current].selected_parent
-        newly.reverse()
+        chain.reverse()
+        return chain
+
+    def _advance(self) -> list[BlockOrdered]:
+        data = self.ghostdag.data
+        chain = self._above_final()
+        if not chain:
+            return []
+        horizon = data[chain[-1]].blue_score - self.finality_depth
+        # Blue score grows along a chain: the final blocks are a prefix of it.
+        newly = [block for block in chain if data[block].blue_score <= horizon]
         out = []
         for chain_block in newly:
             self.final.append(chain_block)
-            out.append(self._ordered(chain_block))
+            out.append(self._ordered(chain_block, self.chain_index))
         if newly:
             self._prune()
         return out
 
-    def _ordered(self, chain_block: bytes) -> BlockOrdered:
+    def virtual_change(self, cause: Position) -> VirtualChainChanged | None:
+        """How the virtual selected chain (the final chain, then the selected tip's chain
+        above it) changed since this was last asked; None if it did not. The dropped
+        blocks are never final ones: a tip whose chain leaves the final chain is never
+        selected."""
+        final = self.chain_index
+        newly_final = self.final[len(self.final) - (final - self.told_final) :]
+        chain = newly_final + self._above_final()  # above the final index last told
+        kept = 0
+        for old, new in zip(self.told_chain, chain, strict=False):
+            if old != new:
+                break
+            kept += 1
+        if kept == len(self.told_chain) == len(chain) and final == self.told_final:
+            return None
+        fork = self.told_final + kept
+        added = tuple(
+            self._ordered(block, index) for index, block in enumerate(chain[kept:], fork + 1)
+        )
+        self.changes += 1
+        self.told_final, self.told_chain = final, chain[final - self.told_final :]
+        return VirtualChainChanged(
+            sequence=self.changes,
+            fork_index=fork,
+            added=added,
+            final_index=final,
+            final_hash=self.final[-1],
+            cause=cause,
+        )
+
+    def _ordered(self, chain_block: bytes, chain_index: int) -> BlockOrdered:
         data = self.ghostdag.data[chain_block]
         entry = self.blocks[chain_block]
         transactions = [
@@ -183,7 +232,7 @@ class DagOrderer:
             for index, raw in enumerate(self.blocks[block].record.transactions)
         ]
         return BlockOrdered(
-            chain_index=self.chain_index,
+            chain_index=chain_index,
             hash=chain_block,
             selected_parent=data.selected_parent,
             blue_score=data.blue_score,

@@ -1,9 +1,11 @@
-"""The DAG processor: `lattice.blocks.proposed` in, `lattice.blocks.ordered` out.
+"""The DAG processor: `lattice.blocks.proposed` in, `lattice.blocks.ordered` and
+`lattice.blocks.virtual` out.
 
 A thin shell around `DagOrderer`, run by `processors.runtime.Runtime`: each proposed block
-goes to the orderer, the chain blocks that became final are its outputs, and the block
-itself is kept in the store (`block/<sequence>`, with its partition, offset and log time)
-in the same commit as the input offset.
+goes to the orderer; the chain blocks that became final go to the ordered topic and the
+change of the virtual selected chain it made, if any, to the virtual topic (what the
+optimistic head executes); the block itself is kept in the store (`block/<sequence>`, with
+its partition, offset and log time) in the same commit as the input offset.
 
 Restart: the stored blocks are replayed through a fresh orderer (the same inputs in the same
 order give the same state), then reading resumes after the stored offset; the runtime's
@@ -39,8 +41,17 @@ log = logging.getLogger(__name__)
 
 PROPOSED = topic("blocks.proposed")
 ORDERED = topic("blocks.ordered")
+VIRTUAL = topic("blocks.virtual")
 _BLOCK = b"block/"
 _META = struct.Struct(">iqq")  # partition, offset, logged-at ms
+
+
+def virtual_topic(output: TopicSpec) -> TopicSpec:
+    """Where the virtual chain's changes go beside an ordered topic: `blocks.virtual`
+    beside `blocks.ordered`, `<name>.virtual` beside another (a replica writing apart)."""
+    if output.name == ORDERED.name:
+        return VIRTUAL
+    return TopicSpec(f"{output.name}.virtual", VIRTUAL.schema, VIRTUAL.key, 1, doc=VIRTUAL.doc)
 
 
 @dataclass(frozen=True)
@@ -56,11 +67,16 @@ class DagProcessor(Processor[RocksStore]):
     pace = Pace(rebuild_window=1000)
 
     def __init__(
-        self, config: DagConfig, *, name: str = "lattice-dag", output: TopicSpec = ORDERED
+        self,
+        config: DagConfig,
+        *,
+        name: str = "lattice-dag",
+        output: TopicSpec = ORDERED,
     ) -> None:
         self.name = name
         self.config = config
         self.output = output
+        self.virtual = virtual_topic(output)
         self.orderer = DagOrderer(
             config.genesis,
             k=config.k,
@@ -73,7 +89,7 @@ class DagProcessor(Processor[RocksStore]):
         return (Subscription(PROPOSED),)
 
     def outputs(self) -> Sequence[TopicSpec]:
-        return (self.output,)
+        return (self.output, self.virtual)
 
     def restore(self, state: RocksStore) -> None:
         """Rebuild the orderer from the stored blocks."""
@@ -84,6 +100,7 @@ class DagProcessor(Processor[RocksStore]):
             block = codec.decode_as(value[_META.size :], BlockProposed)
             position = Position(topic=PROPOSED.name, partition=partition, offset=offset)
             self.orderer.accept(block, position, logged)
+            self.orderer.virtual_change(position)  # told before: counted, not sent again
             self._sequence = int(key[len(_BLOCK) :]) + 1
             replayed += 1
         self.orderer.rejected.clear()
@@ -96,6 +113,7 @@ class DagProcessor(Processor[RocksStore]):
             log.warning("ignoring a %s on %s", block.SCHEMA, record.topic)
             return ()
         final = self.orderer.accept(block, record.position, record.timestamp_ms)
+        change = self.orderer.virtual_change(record.position)
         if block.hash in self.orderer.blocks or block.hash in self.orderer.pending:
             meta = _META.pack(record.partition, record.offset, record.timestamp_ms)
             state.put(_BLOCK + b"%016d" % self._sequence, meta + record.raw)
@@ -106,4 +124,7 @@ class DagProcessor(Processor[RocksStore]):
         now = time.time()
         for ordered in final:
             BLOCK_ORDERING_SECONDS.observe(max(0.0, now - ordered.timestamp_ms / 1000))
-        return [Output(self.output, o, timestamp_ms=o.timestamp_ms) for o in final]
+        outputs = [Output(self.output, o, timestamp_ms=o.timestamp_ms) for o in final]
+        if change is not None:
+            outputs.append(Output(self.virtual, change, timestamp_ms=block.timestamp_ms))
+        return outputs

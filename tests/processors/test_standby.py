@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from processors.dag.processor import ORDERED, PROPOSED, DagProcessor
+from processors.dag.processor import ORDERED, PROPOSED, VIRTUAL, DagProcessor, virtual_topic
 from processors.standby import OnLog
 from processors.state import RocksStore
 from streams.admin import ensure_topics
@@ -45,7 +45,7 @@ def test_the_highest_input_seen_on_a_partition_covers_the_lower_ones() -> None:
 @pytest.fixture
 def own_broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as broker:
-        ensure_topics(broker.bootstrap, [PROPOSED, ORDERED])
+        ensure_topics(broker.bootstrap, [PROPOSED, ORDERED, VIRTUAL])
         yield broker
 
 
@@ -109,6 +109,8 @@ def test_a_standby_takes_over_from_a_killed_active_with_no_gap_or_duplicate(
             time.sleep(0.3)
         time.sleep(1)  # nothing more, and nothing twice
         assert ordered_raws(bootstrap, ORDERED.name) == expected
+        virtual = ordered_raws(bootstrap, virtual_topic(reference).name)
+        assert ordered_raws(bootstrap, VIRTUAL.name) == virtual  # the virtual chain's too
         assert "active; sending the" in logs[standby].read_text()
     finally:
         for m in members:

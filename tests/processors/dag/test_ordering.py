@@ -105,3 +105,36 @@ def test_pruning_bounds_memory_and_keeps_counting() -> None:
     assert [r.chain_index for r in out] == list(range(1, len(out) + 1))
     _, out_full = feed(blocks, k=3, finality_depth=3, prune_depth=10**9)
     assert out == out_full
+
+
+def test_virtual_chain_changes_rebuild_the_chain_and_agree_with_the_final_order() -> None:
+    """Applying every change in turn (drop above the fork, append the added) gives the
+    selected tip's chain after every block; its final part is exactly the ordered output,
+    and nothing final is ever dropped."""
+    orderer = DagOrderer(GENESIS, k=3, finality_depth=10)
+    chain: list[BlockOrdered] = []  # index i - 1 holds chain index i
+    final: list[BlockOrdered] = []
+    reorgs = sequence = told_final_index = 0
+    for n, block in enumerate(simulate(4, 80, seed=2, lag=2)):
+        position = Position(topic="lattice.blocks.proposed", partition=0, offset=n)
+        final.extend(orderer.accept(block, position, LOGGED))
+        told_tip = len(chain)
+        change = orderer.virtual_change(position)
+        if change is None:
+            continue
+        sequence += 1
+        assert change.sequence == sequence
+        assert change.fork_index >= told_final_index
+        if change.fork_index < told_tip:
+            reorgs += 1
+        del chain[change.fork_index :]
+        chain.extend(change.added)
+        assert [b.chain_index for b in chain] == list(range(1, len(chain) + 1))
+        assert chain[-1].hash == orderer.selected_tip()
+        assert change.final_index == orderer.chain_index
+        assert chain[: len(final)] == final  # byte for byte what blocks.ordered carries
+        assert change.final_hash == (final[-1].hash if final else GENESIS)
+        assert orderer.virtual_change(position) is None  # told once
+        told_final_index = change.final_index
+    assert reorgs > 0, "the simulation made no reorganisation to test"
+    assert len(final) > 30
