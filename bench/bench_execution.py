@@ -1,4 +1,4 @@
-"""The execution processor's own speed on a pre-filled `lattice.blocks.ordered` topic.
+"""The execution processor's own speed on a pre-filled `lattice.blocks.virtual` topic.
 
     .venv/bin/python bench/bench_execution.py [--blocks 20] [--per-block 250]
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from processors.execution.db import overlay_chain_db
 from processors.execution.genesis import dev_genesis
 from processors.execution.ledger import Ledger
-from processors.execution.processor import ORDERED, ExecutionProcessor
+from processors.execution.processor import VIRTUAL, ExecutionProcessor, final_changes
 from processors.execution.transactions import ChainRules
 from processors.runtime import Runtime
 from processors.state import RocksStore
@@ -105,8 +105,8 @@ def main() -> None:
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         ensure_topics(broker.bootstrap, TOPICS)
         producer = Producer(broker.bootstrap)
-        for block in load:
-            producer.send(ORDERED, block)
+        for change in final_changes(load):  # each block final as it comes
+            producer.send(VIRTUAL, change)
         producer.close()
         rocks = RocksStore(Path(tmp))
         processor = ExecutionProcessor(dev_genesis(30_000_000), rules)

@@ -43,7 +43,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from schemas.record import Event
+from schemas.record import Encoded, Event
 from streams.kafka import Delivered, Record
 from streams.topics import TopicSpec
 
@@ -75,7 +75,7 @@ class Output:
     """An event a processor sends: to `topic` under `key` (the topic's key, as text)."""
 
     topic: TopicSpec
-    event: Event
+    event: Event | Encoded
     key: str | None = None
     timestamp_ms: int | None = None
 

@@ -831,15 +831,16 @@ class Runtime(Generic[S]):
             partition = self._partition_for(spec.name, output.key)
             if cause is not None and self._already_sent(cause, (spec.name, partition)):
                 continue
-            if spec.schema != output.event.SCHEMA:
-                raise TypeError(f"{self.name}: a {output.event.SCHEMA} sent to {spec.name}")
+            event = output.event
+            if spec.schema != event.SCHEMA:
+                raise TypeError(f"{self.name}: a {event.SCHEMA} sent to {spec.name}")
             self._outgoing.append(
                 Outgoing(
                     sequence=self._sequence,
                     topic=spec.name,
                     partition=partition,
                     key=output.key,
-                    value=self.codec.encode_event(output.event),
+                    value=self.codec.encode_event(event),
                     timestamp_ms=output.timestamp_ms,
                     cause=cause,
                 )

@@ -38,7 +38,7 @@ import fastavro.write
 from fastavro.schema import fingerprint, load_schema, to_parsing_canonical_form
 
 from schemas.events import EVENT_TYPES
-from schemas.record import Event
+from schemas.record import Encoded, Event
 
 E = TypeVar("E", bound=Event)
 
@@ -198,8 +198,11 @@ class Codec:
             raise CodecError(f"{name}: record does not match the schema: {exc}") from exc
         return buf.getvalue()
 
-    def encode_event(self, event: Event) -> bytes:
-        """A typed event, single-object encoded under its class's schema."""
+    def encode_event(self, event: Event | Encoded) -> bytes:
+        """A typed event, single-object encoded under its class's schema (an `Encoded`
+        one is already)."""
+        if isinstance(event, Encoded):
+            return event.value
         return self.encode(event.SCHEMA, event.to_avro())
 
     def decode_event(self, data: bytes | None, expect: type[Event] | str | None = None) -> Event:

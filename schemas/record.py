@@ -32,6 +32,19 @@ class Event:
         raise NotImplementedError
 
 
+class Encoded:
+    """An event as the codec encoded it (`SCHEMA`: its schema's full name), which the codec
+    passes on as it is: a processor that keeps outputs in its store until they are due
+    (execution keeps a block's until the block is final) need not decode them only to have
+    them encoded again."""
+
+    __slots__ = ("SCHEMA", "value")
+
+    def __init__(self, schema: str, value: bytes) -> None:
+        self.SCHEMA = schema
+        self.value = value
+
+
 def build(cls: type[E], value: Mapping[str, Any], converted: Mapping[str, Any]) -> E:
     """An instance of `cls` from a decoded record, with `converted` replacing the fields that
     need converting (nested records, arrays as tuples).

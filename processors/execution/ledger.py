@@ -14,8 +14,14 @@ balance, fee below the base fee). Skipped transactions become `lattice.tx.reject
 A block is full once the next transaction's gas limit exceeds the gas it has left (a chain
 block's mergeset can carry far more than one EVM block holds). That transaction and every
 one after it are carried over, in order, ahead of the next chain block's transactions: the
-carried list is part of the ledger's state, written in the same batch as the block, so a
-replay or a restart carries exactly the same ones.
+carried list is part of the ledger's state, kept with the block that left it (keyed by its
+hash), so a replay, a restart or a reorganisation carries exactly the same ones.
+
+The head may go back (`rewind`): the optimistic head executes the virtual selected chain
+as it grows, and a chain that changes under it drops the blocks above the fork. Everything
+a block decides from earlier ones is read through the canonical chain (py-evm's
+transaction lookups for "already executed", the head's carried list), so the blocks
+executed after a rewind are exactly those of a ledger that never saw the dropped ones.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import rlp
 from eth.abc import AtomicDatabaseAPI, BlockAPI, BlockHeaderAPI, ComputationAPI, ReceiptAPI
 from eth.chains.base import MiningChain
 from eth.db.atomic import AtomicDB
+from eth.db.schema import SchemaV1
+from eth.rlp.sedes import chain_gaps
 from eth_hash.auto import keccak
 from eth_typing import Address
 from eth_utils import ValidationError  # type: ignore[attr-defined]
@@ -44,8 +52,8 @@ from processors.execution.trie import ordered_trie
 from processors.execution.vm import VM_CONFIGURATION
 from schemas.events import BlockOrdered
 
-_EXECUTED = b"lattice/tx/"  # tx hash -> block number, for "already executed"
-_CARRIED = b"lattice/carried"  # RLP [[raw, dag block], ...]: what the last block had no room for
+#: + block hash: RLP [[raw, dag block], ...], what that block had no room for.
+_CARRIED = b"lattice/carried/"
 
 
 @dataclass(frozen=True)
@@ -208,10 +216,8 @@ class Ledger:
         # only to return them (~10% of execution time).
         chain.chaindb.persist_block(sealed)
         chain.header = chain.create_header_from_parent(sealed.header)
-        for item in block.included:
-            self.db[_EXECUTED + item.tx.hash] = sealed.header.block_number.to_bytes(8, "big")
-        if block.carry or self.db.exists(_CARRIED):
-            self.db[_CARRIED] = rlp.encode([[raw, dag] for raw, dag in block.carry])
+        if block.carry:
+            self.db[_CARRIED + sealed.hash] = rlp.encode([[raw, dag] for raw, dag in block.carry])
         h = sealed.header
         facts = block_receipts(
             h.block_number,
@@ -238,7 +244,7 @@ class Ledger:
         except InvalidTransaction as exc:
             block.rejected.append(Rejection(tx_hash, b"", 0, dag_block, exc.code, exc.message))
             return
-        if tx_hash in block.seen or self.db.exists(_EXECUTED + tx_hash):
+        if tx_hash in block.seen or self.db.exists(_lookup(tx_hash)):
             block.rejected.append(_refused(tx, dag_block, "already_executed", "executed earlier"))
             return
         header = block.header
@@ -270,10 +276,32 @@ class Ledger:
         block.included.append(Included(tx, len(block.included), receipt))
 
     def carried(self) -> list[tuple[bytes, bytes]]:
-        """(raw transaction, DAG block) the last block had no room for, oldest first."""
-        if not self.db.exists(_CARRIED):
+        """(raw transaction, DAG block) the head block had no room for, oldest first."""
+        key = _CARRIED + self.head.hash
+        if not self.db.exists(key):
             return []
-        return [(bytes(raw), bytes(dag)) for raw, dag in rlp.decode(self.db[_CARRIED])]
+        return [(bytes(raw), bytes(dag)) for raw, dag in rlp.decode(self.db[key])]
+
+    def rewind(self, number: int) -> None:
+        """Make block `number` of the canonical chain the head again: the blocks above it
+        stop being canonical (their numbers and transaction lookups go) and the next
+        `execute` builds on it. Their headers, bodies and receipts stay, found by hash."""
+        head = self.head.block_number
+        if not 0 <= number <= head:
+            raise ValueError(f"cannot rewind to block {number}: the head is {head}")
+        chaindb = self.chain.chaindb
+        for dropped in range(number + 1, head + 1):
+            header = chaindb.get_canonical_block_header_by_number(dropped)  # type: ignore[arg-type]
+            for tx_hash in chaindb.get_block_transaction_hashes(header):
+                self.db.delete(_lookup(tx_hash))
+            self.db.delete(SchemaV1.make_block_number_to_hash_lookup_key(dropped))  # type: ignore[arg-type]
+        target = chaindb.get_canonical_block_header_by_number(number)  # type: ignore[arg-type]
+        self.db[SchemaV1.make_canonical_head_hash_lookup_key()] = target.hash
+        # py-evm's record of which numbers it holds: none missing, the next one is new.
+        gaps = rlp.encode(((), number + 1), sedes=chain_gaps)
+        self.db[SchemaV1.make_header_chain_gaps_lookup_key()] = gaps
+        self.db[SchemaV1.make_chain_gaps_lookup_key()] = gaps
+        self.chain.header = self.chain.create_header_from_parent(target)
 
     def account(self, address: bytes) -> Account:
         """An account at the head."""
@@ -286,6 +314,12 @@ class Ledger:
             code_hash=state.get_code_hash(account),
             storage_root=_storage_root(state, address),
         )
+
+
+def _lookup(tx_hash: bytes) -> bytes:
+    """py-evm's key for a canonical transaction's place: present once, and only while,
+    a canonical block holds it."""
+    return SchemaV1.make_transaction_hash_to_block_lookup_key(tx_hash)  # type: ignore[arg-type]
 
 
 def _source(tx: Transaction) -> ReceiptSource:

@@ -1,25 +1,34 @@
-"""The execution processor: `lattice.blocks.ordered` in; executed blocks, receipts, account
-states and rejected transactions out.
+"""The execution processor: `lattice.blocks.virtual` in; the optimistic head in its store;
+executed blocks, receipts, account states and rejected transactions of final blocks out.
 
-A thin shell around `Ledger`, run by `processors.runtime.Runtime`: for each ordered chain
-block it executes the EVM block and moves py-evm's writes (prefixed `evm/`) into the store,
-which the runtime commits with the input offset and the block's events in one synced batch.
-A crash at any point resumes from the last committed block: no transaction is applied twice
-or lost, and the state root at every height is what an uninterrupted run computes.
+A thin shell around `Ledger`, run by `processors.runtime.Runtime`. Each change of the
+virtual selected chain (`VirtualChainChanged`) drops the executed blocks above its fork
+(`Ledger.rewind`) and executes the chain blocks it adds, so the store's canonical chain is
+the optimistic head, about one block interval behind the DAG; py-evm's writes (prefixed
+`evm/`) go into the store, which the runtime commits with the input offset in one synced
+batch. A block's events are made when it is executed and kept beside it until the block is
+final (`exec/outputs/<hash>`); then they are sent, with the replica's checkpoint, so the
+output topics carry the final chain only, as `lattice.blocks.ordered` orders it, and a
+block dropped by a reorganisation never reached them. A crash at any point resumes from the
+last committed change: no transaction is applied twice or lost, and the state root at every
+height is what an uninterrupted run computes.
 
-Outputs are receipts, rejections and accounts first and the executed block last; the outbox
-sends each once. A publishing store lost and rebuilt from the ordered topic does not publish
-again what the output topics hold (`Pace.rebuild_window` covers the last records of each
-output partition). A replica that does not publish sends only its checkpoints.
+Changes are numbered: one applied already (two writers send the same ones during a DAG
+processor's takeover) is skipped. Outputs are receipts, rejections and accounts first and
+the executed block last; the outbox sends each once. A publishing store lost and rebuilt
+from the virtual topic does not publish again what the output topics hold
+(`Pace.rebuild_window` covers the last records of each output partition). A replica that
+does not publish sends only its checkpoints.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import rlp
 from coincurve import PrivateKey
 
 from processors.abc import Output, Pace, Processor, Subscription
@@ -30,7 +39,16 @@ from processors.execution.genesis import Genesis
 from processors.execution.ledger import BlockResult, Ledger
 from processors.execution.transactions import ChainRules
 from processors.state import RocksStore
-from schemas.events import AccountState, BlockExecuted, BlockOrdered, Position, TransactionRejected
+from schemas.codec import default_codec
+from schemas.events import (
+    AccountState,
+    BlockExecuted,
+    BlockOrdered,
+    Position,
+    TransactionRejected,
+    VirtualChainChanged,
+)
+from schemas.record import Encoded
 from streams.kafka import Record
 from streams.metrics import BLOCK_EXECUTION_SECONDS, EVM_TRANSACTIONS
 from streams.topics import TopicSpec, hex_key, topic
@@ -38,12 +56,18 @@ from streams.topics import TopicSpec, hex_key, topic
 log = logging.getLogger(__name__)
 
 ORDERED = topic("blocks.ordered")
+VIRTUAL = topic("blocks.virtual")
 EXECUTED = topic("blocks.executed")
 RECEIPTS = topic("receipts")
 ACCOUNTS = topic("state.accounts")
 REJECTED = topic("tx.rejected")
 CHECKPOINTS = topic("checkpoints")
 EVM_PREFIX = b"evm/"
+#: The last final block (number, 8 bytes, then hash); the last change applied (8 bytes);
+#: + an executed block's hash: its events, sent once it is final.
+FINAL = b"exec/final"
+_APPLIED = b"exec/applied"
+_OUTPUTS = b"exec/outputs/"
 #: How far back a rebuilt store looks for its outputs: well over a block's records.
 REBUILD_WINDOW = 20_000
 BLOCKS_PER_COMMIT = 16
@@ -86,7 +110,7 @@ class ExecutionProcessor(Processor[RocksStore]):
         return self._ledger
 
     def subscriptions(self) -> Sequence[Subscription]:
-        return (Subscription(ORDERED),)
+        return (Subscription(VIRTUAL),)
 
     def outputs(self) -> Sequence[TopicSpec]:
         return (RECEIPTS, REJECTED, ACCOUNTS, EXECUTED) if self.publish else ()
@@ -96,6 +120,11 @@ class ExecutionProcessor(Processor[RocksStore]):
         db, self._overlay = overlay_chain_db(lambda key: state.get(EVM_PREFIX + key))
         self._ledger = Ledger(db, self.genesis, self.rules)
         self._move_writes(state)
+        if state.get(FINAL) is None:
+            # A fresh store: the genesis. A store from before optimistic execution held
+            # final blocks only: its head.
+            head = self._ledger.head
+            state.put(FINAL, head.block_number.to_bytes(8, "big") + head.hash)
 
     def _move_writes(self, state: RocksStore) -> None:
         assert self._overlay is not None
@@ -106,23 +135,50 @@ class ExecutionProcessor(Processor[RocksStore]):
                 state.put(EVM_PREFIX + key, value)
 
     def handle(self, record: Record[Any], state: RocksStore) -> Sequence[Output]:
-        ordered = record.event
-        if not isinstance(ordered, BlockOrdered):
-            log.warning("ignoring a %s on %s", ordered.SCHEMA, record.topic)
+        change = record.event
+        if not isinstance(change, VirtualChainChanged):
+            log.warning("ignoring a %s on %s", change.SCHEMA, record.topic)
             return ()
+        return self.apply(change, record.position, state)
+
+    def apply(
+        self, change: VirtualChainChanged, cause: Position, state: RocksStore
+    ) -> list[Output]:
+        """Follow one change of the virtual chain: drop, execute, and send what became final."""
+        applied = _number(state.get(_APPLIED))
+        if change.sequence <= applied:
+            log.warning("skipping virtual chain change %d: %d applied", change.sequence, applied)
+            return []
+        final = self.final_number(state)
+        # Blocks at or below the final one are final here already: an old store that
+        # executed only final blocks reads the changes from the beginning and keeps them.
+        keep = max(change.fork_index, final)
+        added = [block for block in change.added if block.chain_index > keep]
         head = self.ledger.head.block_number
-        if ordered.chain_index <= head:
-            # Each chain block is one EVM block: one already executed arrives again only
-            # when two writers sent it (a standby's takeover racing a cut-off active).
-            log.warning(
-                "skipping chain block %d at %s[%d]@%d: block %d is already executed",
-                ordered.chain_index,
-                record.topic,
-                record.partition,
-                record.offset,
-                head,
-            )
-            return ()
+        _check(change, keep, head, added)
+        if head > keep:
+            self._drop(state, keep)
+        for ordered in added:
+            self._execute(ordered, cause, state)
+        state.put(_APPLIED, change.sequence.to_bytes(8, "big"))
+        outputs: list[Output] = []
+        for number in range(final + 1, change.final_index + 1):
+            outputs += self._finalise(number, cause, state)
+        return outputs
+
+    def final_number(self, state: RocksStore) -> int:
+        """The last final block executed here."""
+        return _number(state.get(FINAL))
+
+    def _drop(self, state: RocksStore, keep: int) -> None:
+        chaindb = self.ledger.chain.chaindb
+        for number in range(keep + 1, self.ledger.head.block_number + 1):
+            state.delete(_OUTPUTS + chaindb.get_canonical_block_hash(number))  # type: ignore[arg-type]
+        log.info("reorganisation: blocks above %d dropped", keep)
+        self.ledger.rewind(keep)
+        self._move_writes(state)
+
+    def _execute(self, ordered: BlockOrdered, cause: Position, state: RocksStore) -> None:
         started = time.perf_counter()
         assert self._overlay is not None
         try:
@@ -131,22 +187,30 @@ class ExecutionProcessor(Processor[RocksStore]):
             self._overlay.discard_changes()
             raise
         self._move_writes(state)
-        cause = record.position
-        outputs = self.events(result, cause) if self.publish else []
-        number = result.header.block_number
+        if self.publish:
+            state.put(_OUTPUTS + result.header.hash, _pack(self.events(result, cause)))
+        BLOCK_EXECUTION_SECONDS.observe(time.perf_counter() - started)
+        if result.carried:
+            number = result.header.block_number
+            log.info("block %d full: %d transactions wait for the next", number, result.carried)
+        EVM_TRANSACTIONS.labels("included").inc(len(result.included))
+        EVM_TRANSACTIONS.labels("rejected").inc(len(result.rejected))
+
+    def _finalise(self, number: int, cause: Position, state: RocksStore) -> list[Output]:
+        """A block that became final: its events, its checkpoint, a snapshot when due."""
+        header = self.ledger.chain.get_canonical_block_header_by_number(number)  # type: ignore[arg-type]
+        outputs = []
+        if self.publish:
+            outputs = _unpack(state.get(_OUTPUTS + header.hash))
+            state.delete(_OUTPUTS + header.hash)
         if self.checkpoint_key is not None and number % self.checkpoint_every == 0:
-            header = result.header
             checkpoint = sign_checkpoint(
                 self.checkpoint_key, number, header.hash, header.state_root, self.name, cause
             )
             outputs.append(Output(CHECKPOINTS, checkpoint, key=str(number)))
+        state.put(FINAL, number.to_bytes(8, "big") + header.hash)
         if self.snapshot_every and number % self.snapshot_every == 0:
             self._snapshot(state, number)
-        BLOCK_EXECUTION_SECONDS.observe(time.perf_counter() - started)
-        if result.carried:
-            log.info("block %d full: %d transactions wait for the next", number, result.carried)
-        EVM_TRANSACTIONS.labels("included").inc(len(result.included))
-        EVM_TRANSACTIONS.labels("rejected").inc(len(result.rejected))
         return outputs
 
     def _snapshot(self, state: RocksStore, number: int) -> None:
@@ -209,3 +273,68 @@ class ExecutionProcessor(Processor[RocksStore]):
         )
         outputs.append(Output(EXECUTED, executed, timestamp_ms=header.timestamp * 1000))
         return outputs
+
+
+def final_changes(blocks: Iterable[BlockOrdered]) -> Iterator[VirtualChainChanged]:
+    """A final chain (`lattice.blocks.ordered`) as changes of a virtual chain that only
+    grew, each block final as it came: what a replay of the final chain applies."""
+    for sequence, block in enumerate(blocks, 1):
+        yield VirtualChainChanged(
+            sequence=sequence,
+            fork_index=block.chain_index - 1,
+            added=(block,),
+            final_index=block.chain_index,
+            final_hash=block.hash,
+            cause=block.cause,
+        )
+
+
+def _check(change: VirtualChainChanged, keep: int, head: int, added: list[BlockOrdered]) -> None:
+    """A change that does not follow from the chain executed here cannot be applied: the
+    log contradicts itself (or is not a DAG processor's)."""
+    indexes = [block.chain_index for block in added]
+    if keep > head or indexes != list(range(keep + 1, keep + 1 + len(indexes))):
+        raise ValueError(
+            f"virtual chain change {change.sequence} does not follow: the head here is "
+            f"{head}, it keeps {keep} and adds chain blocks {indexes}"
+        )
+    if change.final_index > keep + len(indexes):
+        raise ValueError(
+            f"virtual chain change {change.sequence} makes {change.final_index} final, "
+            f"above its tip {keep + len(indexes)}"
+        )
+
+
+def _number(value: bytes | None) -> int:
+    return int.from_bytes(value[:8], "big") if value else 0
+
+
+def _pack(outputs: list[Output]) -> bytes:
+    codec = default_codec()
+    packed = rlp.encode(
+        [
+            [
+                o.topic.name.encode(),
+                (o.key or "").encode(),
+                b"" if o.timestamp_ms is None else o.timestamp_ms.to_bytes(8, "big"),
+                codec.encode_event(o.event),
+            ]
+            for o in outputs
+        ]
+    )
+    return bytes(packed)
+
+
+def _unpack(packed: bytes | None) -> list[Output]:
+    if packed is None:
+        return []
+    codec = default_codec()
+    return [
+        Output(
+            topic(name.decode()),
+            Encoded(codec.writer_of(value).name, value),
+            key=key.decode() or None,
+            timestamp_ms=int.from_bytes(stamp, "big") if stamp else None,
+        )
+        for name, key, stamp, value in rlp.decode(packed)
+    ]

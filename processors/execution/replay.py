@@ -1,11 +1,13 @@
 """`lattice replay`: rebuild the ledger from the log alone and check it against the live one.
 
-Reads `lattice.blocks.ordered` from the beginning, executes every block with a fresh,
-non-publishing `ExecutionProcessor` (the live processor's own `handle`) on a fresh store in
-the target directory, committed per block as the runtime would, prints each block's state
-root, and compares it with the one the live execution processor published on
-`lattice.blocks.executed`. Any difference is reported and fails the command:
-replaying the topics must rebuild the state bit for bit.
+Reads the final chain, `lattice.blocks.ordered`, from the beginning and executes every block
+with a fresh, non-publishing `ExecutionProcessor` (the live processor's own `apply`, each
+block a change of a chain that only grows and is final at once) on a fresh store in the
+target directory, committed per block as the runtime would; prints each block's state root
+and compares it with the one the live execution processor published on
+`lattice.blocks.executed`. Any difference is reported and fails the command: replaying the
+topics must rebuild the state bit for bit. The live processor followed the virtual chain,
+reorganisations and all: a replay of the final chain alone must come to the same state.
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from processors.execution.genesis import Genesis
-from processors.execution.processor import EXECUTED, ORDERED, ExecutionProcessor
+from processors.execution.processor import (
+    EXECUTED,
+    ORDERED,
+    ExecutionProcessor,
+    final_changes,
+)
 from processors.execution.transactions import ChainRules
 from processors.state import RocksStore
-from schemas.events import BlockExecuted
+from schemas.events import BlockExecuted, BlockOrdered
 from streams.kafka import Reader, Record, decodable
 
 
@@ -60,8 +67,9 @@ def replay(
         state.commit({})
         mismatches = []
         head = processor.ledger.head.state_root
-        for record in ordered:
-            processor.handle(record, state)
+        blocks = [record.event for record in ordered if isinstance(record.event, BlockOrdered)]
+        for record, change in zip(ordered, final_changes(blocks), strict=True):
+            processor.apply(change, record.position, state)
             state.commit({(ORDERED.name, 0): record.offset})
             header = processor.ledger.head
             published = live.get(header.block_number)

@@ -221,3 +221,42 @@ def test_genesis_files(tmp_path: Any) -> None:
         load_genesis(path, 30_000_000)
     with pytest.raises(GenesisError, match="cannot read"):
         load_genesis(tmp_path / "none.json", 1)
+
+
+def test_a_rewound_ledger_builds_what_one_that_never_saw_the_dropped_blocks_builds() -> None:
+    """A reorganisation: two blocks of one branch (one full, carrying a transaction over)
+    are dropped and another branch executed on the fork point. Everything matches a ledger
+    that only ever saw the second branch: blocks, state roots, which transactions count as
+    executed, the carried list, and the canonical lookups, also after a restart."""
+    from eth.exceptions import TransactionNotFound
+
+    common = [ordered(1, [transfer(0)]), ordered(2, [transfer(1)])]
+    dropped = [ordered(3, [transfer(2), transfer(3), transfer(4)]), ordered(4, [])]
+    kept = [ordered(3, [transfer(2)], 1_700_000_003_500), ordered(4, [transfer(3)])]
+    store = Store()
+    ledger, overlay = store.ledger(gas_limit=50_000)  # room for two transfers a block
+    for block in common:
+        ledger.execute(block)
+    side = [ledger.execute(block) for block in dropped]
+    assert side[0].carried == 1 and [i.tx.nonce for i in side[1].included] == [4]
+    ledger.rewind(2)
+    assert ledger.head.block_number == 2 and ledger.carried() == []
+    with pytest.raises(TransactionNotFound):
+        ledger.chain.chaindb.get_transaction_index(side[1].included[0].tx.hash)
+    mine = [ledger.execute(block).header for block in kept]
+    store.commit(overlay)
+
+    reference, _ = Store().ledger(gas_limit=50_000)
+    theirs = [reference.execute(block).header for block in [*common, *kept]][2:]
+    assert [h.hash for h in mine] == [h.hash for h in theirs]
+    assert mine[0].hash != side[0].header.hash
+    resumed, _ = store.ledger(gas_limit=50_000)  # a new process over the committed store
+    assert resumed.head == theirs[-1] and resumed.carried() == []
+    chaindb = resumed.chain.chaindb
+    for header in theirs:
+        assert chaindb.get_canonical_block_hash(header.block_number) == header.hash
+    assert chaindb.get_transaction_index(keccak(transfer(3))) == (4, 0)
+    assert resumed.chain.get_block_by_hash(side[1].header.hash).number == 4  # kept by hash
+    assert [r.code for r in resumed.execute(ordered(5, [transfer(4)])).rejected] == []
+    with pytest.raises(ValueError, match="cannot rewind"):
+        resumed.rewind(6)

@@ -22,12 +22,13 @@ from processors.execution.processor import (
     ORDERED,
     RECEIPTS,
     REJECTED,
+    VIRTUAL,
     ExecutionProcessor,
 )
 from processors.execution.replay import replay
 from processors.execution.transactions import ChainRules
 from processors.state import RocksStore
-from schemas.events import BlockOrdered
+from schemas.events import BlockOrdered, VirtualChainChanged
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
 from streams.kafka import Producer, Reader, from_beginning
@@ -56,6 +57,48 @@ def load() -> list[BlockOrdered]:
             raws.append(raws[0])  # a duplicate, to be rejected
         blocks.append(ordered(n, raws))
     return blocks
+
+
+def virtual(blocks: list[BlockOrdered], depth: int = 3) -> list[VirtualChainChanged]:
+    """The changes a DAG processor would send for this final chain with a finality depth
+    of `depth`: each block joins the tip; every fourth is first beaten to it by a side
+    block (carrying some of its transactions, stamped later) that a reorganisation drops."""
+    out: list[VirtualChainChanged] = []
+
+    def change(fork: int, added: tuple[BlockOrdered, ...], final: int) -> None:
+        final_hash = blocks[final - 1].hash if final else bytes(32)
+        out.append(
+            VirtualChainChanged(
+                sequence=len(out) + 1,
+                fork_index=fork,
+                added=added,
+                final_index=final,
+                final_hash=final_hash,
+                cause=added[0].cause if added else blocks[-1].cause,
+            )
+        )
+
+    for block in blocks:
+        n = block.chain_index
+        if n % 4 == 0:
+            stamp = 1_700_000_000_000 + n * 1000 + 500
+            side = ordered(n, [t.raw for t in block.transactions[:5]], stamp)
+            change(n - 1, (dataclasses.replace(side, hash=b"\xee" * 32),), max(0, n - 1 - depth))
+        change(n - 1, (block,), max(0, n - depth))
+    change(len(blocks), (), len(blocks))
+    return out
+
+
+def publish(bootstrap: str, blocks: list[BlockOrdered], *, twice: int = 0) -> None:
+    """What a DAG processor sends: the final chain on the ordered topic, its virtual chain's
+    changes (`twice`: the first so many sent twice, as two writers would)."""
+    producer = Producer(bootstrap)
+    for block in blocks:
+        producer.send(ORDERED, block)
+    changes = virtual(blocks)
+    for change in [*changes[:twice], *changes]:
+        producer.send(VIRTUAL, change)
+    producer.close()
 
 
 @pytest.fixture
@@ -113,10 +156,7 @@ def test_kill_9_and_restart_gives_the_uninterrupted_state(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
     blocks = load()
-    producer = Producer(broker.bootstrap)
-    for block in blocks:
-        producer.send(ORDERED, block)
-    producer.close()
+    publish(broker.bootstrap, blocks)
 
     process = start(broker.bootstrap, tmp_path)
     wait_for(broker.bootstrap, 5, process)
@@ -167,10 +207,7 @@ def test_a_crash_anywhere_in_process_publishes_every_event_once(
     broker: EmbeddedBroker, tmp_path: Path, point: CrashPoint, after: int
 ) -> None:
     blocks = load()[:12]
-    producer = Producer(broker.bootstrap)
-    for block in blocks:
-        producer.send(ORDERED, block)
-    producer.close()
+    publish(broker.bootstrap, blocks)
 
     def processor() -> ExecutionProcessor:
         made = ExecutionProcessor(dev_genesis(30_000_000), ChainRules(CHAIN_ID))
@@ -194,14 +231,11 @@ def test_a_crash_anywhere_in_process_publishes_every_event_once(
     ]
 
 
-def test_a_chain_block_sent_twice_is_executed_once(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    """Two writers of the ordered chain (a standby taking over from a member that was cut
-    off, not dead) can put a chain block on the log twice: it is one EVM block."""
+def test_changes_sent_twice_are_applied_once(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """Two writers of the virtual chain (a standby taking over from a member that was cut
+    off, not dead) can put its changes on the log twice: each is applied once."""
     blocks = load()[:6]
-    producer = Producer(broker.bootstrap)
-    for block in [*blocks[:4], blocks[2], blocks[3], *blocks[4:]]:
-        producer.send(ORDERED, block)
-    producer.close()
+    publish(broker.bootstrap, blocks, twice=4)
     store = RocksStore(tmp_path / "store")
     processor = ExecutionProcessor(dev_genesis(30_000_000), ChainRules(CHAIN_ID))
     run_to_end(processor, store, broker.bootstrap)
