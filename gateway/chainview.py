@@ -30,7 +30,7 @@ from eth_utils import ValidationError  # type: ignore[attr-defined]
 from rocksdict import AccessType, Options, Rdict
 
 from processors.execution.db import overlay_chain_db
-from processors.execution.processor import EVM_PREFIX
+from processors.execution.processor import EVM_PREFIX, FINAL
 from processors.execution.vm import VM_CONFIGURATION
 
 
@@ -61,8 +61,9 @@ class ChainView:
         self._vm_at: tuple[bytes, Any] | None = None
         self._state_at: tuple[bytes, Any] | None = None
         self._primary_mark: tuple[tuple[str, int], ...] = ()
-        #: Executed blocks are final: a decoded block is good forever (the last 64 kept).
-        self._blocks: LRUCache[int, BlockAPI] = LRUCache(64)
+        #: A decoded block by hash is good forever (the last 64 kept); a number may name
+        #: another block after a reorganisation of the optimistic head.
+        self._blocks: LRUCache[bytes, BlockAPI] = LRUCache(64)
         #: 32-byte keys are content hashes (trie nodes, code, headers): a value found once
         #: is good forever. Bounded by bytes: every block makes new nodes along the paths
         #: it changed and strands the old ones, so a count bound fills with dead nodes of
@@ -142,14 +143,25 @@ class ChainView:
         return self.chain.get_canonical_block_header_by_number(number)  # type: ignore[arg-type]
 
     def block(self, number: int) -> BlockAPI:
-        cached = self._blocks.get(number)
-        if cached is None:
-            cached = self.chain.get_canonical_block_by_number(number)  # type: ignore[arg-type]
-            self._blocks[number] = cached
-        return cached
+        return self.block_by_hash(self.canonical_hash(number))
+
+    def canonical_hash(self, number: int) -> bytes:
+        """The hash of the canonical block `number` (`HeaderNotFound` above the head)."""
+        return bytes(self.chain.chaindb.get_canonical_block_hash(number))  # type: ignore[arg-type]
 
     def block_by_hash(self, block_hash: bytes) -> BlockAPI:
-        return self.chain.get_block_by_hash(block_hash)  # type: ignore[arg-type]
+        """A block by hash: canonical, or one a reorganisation dropped (kept, as geth
+        keeps side blocks)."""
+        cached = self._blocks.get(block_hash)
+        if cached is None:
+            cached = self.chain.get_block_by_hash(block_hash)  # type: ignore[arg-type]
+            self._blocks[block_hash] = cached
+        return cached
+
+    def final_number(self) -> int:
+        """The last block execution holds final (`safe`): the optimistic head is above."""
+        value = self._open().get(FINAL)
+        return int.from_bytes(bytes(value)[:8], "big") if value is not None else 0
 
     def vm(self, header: BlockHeaderAPI) -> Any:
         """py-evm's VM at a block; the head's is cached until the head moves."""

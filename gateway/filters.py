@@ -2,9 +2,13 @@
 
 A filter and a WebSocket subscription are the same thing polled two ways: a kind (new
 blocks, logs, pending transactions), criteria for logs, and a cursor, the next block
-number (or accepted-transaction count) to report from. `changes` advances a cursor and
-returns what is new as typed values; JSON-RPC and WebSocket format them. Filters nobody
-polled for `FILTER_TIMEOUT_S` are dropped, as geth does.
+number (or accepted-transaction count) to report from, with the hash of the block before
+it. `changes` advances a cursor and returns what is new as typed values; JSON-RPC and
+WebSocket format them. When a reorganisation of the optimistic head replaced blocks a
+watch reported, the cursor goes back to the fork: a log watch reports the dropped blocks'
+logs as removed (geth's `removed: true`), then the new chain's; a block watch reports
+the new chain's blocks. Filters nobody polled for `FILTER_TIMEOUT_S` are dropped, as
+geth does.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from eth.abc import BlockAPI
+from eth.exceptions import HeaderNotFound
+
+from gateway.chainview import ChainView
 from gateway.formats import BadParam, parse_data, parse_qty
 from gateway.intake import TransactionIntake
 from gateway.ledger import TAGS, BlockRef, FoundLog, LedgerQueries, LogCriteria
@@ -71,6 +79,8 @@ class Watch:
     criteria: LogCriteria | None
     cursor: int
     touched: float = field(default_factory=time.monotonic)
+    #: The hash of block `cursor - 1` when the cursor moved there (None: not known yet).
+    last: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,8 @@ class Changes:
     blocks: tuple[int, ...] = ()
     logs: tuple[FoundLog, ...] = ()
     pending: tuple[bytes, ...] = ()
+    #: Logs reported before, of blocks a reorganisation dropped.
+    removed: tuple[FoundLog, ...] = ()
 
 
 class Watcher:
@@ -96,8 +108,10 @@ class Watcher:
         if kind == "pending":
             return Watch(kind, None, self.intake.accepted_count)
         if kind == "logs" and criteria is not None and not from_now:
-            return Watch(kind, criteria, self.ledger.header(criteria.from_block).block_number)
-        return Watch(kind, criteria, self.ledger.head().block_number + 1)
+            cursor = int(self.ledger.header(criteria.from_block).block_number)
+        else:
+            cursor = self.ledger.head().block_number + 1
+        return Watch(kind, criteria, cursor, last=_canonical(self.ledger.view, cursor - 1))
 
     def changes(self, watch: Watch, limited: bool = True) -> Changes:
         """What is new since the watch's cursor (which moves past it); the log query
@@ -106,16 +120,48 @@ class Watcher:
         if watch.kind == "pending":
             hashes, watch.cursor = self.intake.accepted_since(watch.cursor)
             return Changes(pending=tuple(hashes))
+        dropped = self._dropped(watch)
         head = self.ledger.head().block_number
         first, watch.cursor = watch.cursor, max(watch.cursor, head + 1)
+        watch.last = _canonical(self.ledger.view, watch.cursor - 1)
         if watch.kind == "blocks":
             return Changes(blocks=tuple(range(first, head + 1)))
         assert watch.criteria is not None
+        removed = tuple(
+            (receipt, i)
+            for block in dropped
+            for receipt in self.ledger.receipts(block)
+            for i, entry in enumerate(receipt.logs)
+            if watch.criteria.matches(entry)
+        )
         last = min(head, self.ledger.header(watch.criteria.to_block).block_number)
         if first > last:
-            return Changes()
+            return Changes(removed=removed)
         found = self.ledger.logs(watch.criteria, first, last, limited=limited)
-        return Changes(logs=tuple(found))
+        return Changes(logs=tuple(found), removed=removed)
+
+    def _dropped(self, watch: Watch) -> list[BlockAPI]:
+        """The blocks a watch reported that are no longer canonical, oldest first; the
+        cursor goes back to the first of them."""
+        dropped: list[BlockAPI] = []
+        reported, number = watch.last, watch.cursor - 1
+        view = self.ledger.view
+        while reported is not None and number > 0 and _canonical(view, number) != reported:
+            block = self.ledger.block_by_hash(reported)
+            dropped.append(block)
+            reported, number = block.header.parent_hash, number - 1
+        if dropped:
+            watch.cursor = number + 1
+        return dropped[::-1]
+
+
+def _canonical(view: ChainView, number: int) -> bytes | None:
+    if number < 0:
+        return None
+    try:
+        return view.canonical_hash(number)
+    except HeaderNotFound:  # above the head: the head went back
+        return None
 
 
 class Filters:

@@ -7,6 +7,7 @@ alike. Parsing of request parameters is the other way round: `parse_qty`, `parse
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from eth.abc import BlockAPI
@@ -92,8 +93,9 @@ def transaction_json(block: BlockAPI, index: int) -> dict[str, Any]:
     return out
 
 
-def log_json(receipt: BlockReceipt, index: int) -> dict[str, Any]:
-    """Log `index` of a receipt, with where it is."""
+def log_json(receipt: BlockReceipt, index: int, removed: bool = False) -> dict[str, Any]:
+    """Log `index` of a receipt, with where it is (`removed`: its block was dropped by a
+    reorganisation)."""
     entry = receipt.logs[index]
     return {
         "address": address(entry.address),
@@ -104,8 +106,16 @@ def log_json(receipt: BlockReceipt, index: int) -> dict[str, Any]:
         "transactionHash": data(receipt.transaction_hash),
         "transactionIndex": qty(receipt.transaction_index),
         "logIndex": qty(entry.log_index),
-        "removed": False,
+        "removed": removed,
     }
+
+
+def changed_logs(
+    removed: Sequence[tuple[BlockReceipt, int]], logs: Sequence[tuple[BlockReceipt, int]]
+) -> list[dict[str, Any]]:
+    """A log watch's news: the logs of dropped blocks as removed, then the new ones."""
+    out = [log_json(receipt, i, removed=True) for receipt, i in removed]
+    return out + [log_json(receipt, i) for receipt, i in logs]
 
 
 def receipt_json(receipt: BlockReceipt) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from gateway.formats import (
     BadParam,
     block_json,
     camel,
+    changed_logs,
     data,
     log_json,
     parse_data,
@@ -328,7 +329,7 @@ class Methods:
             return [data(h) for h in changes.pending]
         if found.kind == "blocks":
             return [data(self.ledger.header(n).hash) for n in changes.blocks]
-        return [log_json(receipt, i) for receipt, i in changes.logs]
+        return changed_logs(changes.removed, changes.logs)
 
     def eth_getFilterLogs(self, params: list[Any]) -> list[dict[str, Any]]:
         found = self.filters.get(param(params, 0, "filter id"))

@@ -2,13 +2,15 @@
 fees and logs, as Python values. JSON-RPC (`gateway.jsonrpc`), the REST mirrors, WebSocket
 subscriptions and the market all ask through this layer; none of them formats for another.
 
-Block references: `latest`, `pending` and `safe` are the executed head (blocks are built by
-proposers, so there is no local pending block; only final DAG chain blocks are ever
-executed, so the head is safe); `finalized` is the highest height a majority of execution
-replicas signed alike (`gateway.checkpointview`); `earliest` is 0; a number or a block hash
-names one block.
+Block references: `latest` and `pending` are the optimistic head, the virtual selected
+chain as execution has run it (a reorganisation can replace its newest blocks); `safe` is
+the last block of the final DAG chain; `finalized` is the highest height a majority of
+execution replicas signed alike (`gateway.checkpointview`), never above `safe`;
+`earliest` is 0; a number names the canonical block at that height, a hash any block
+executed (one a reorganisation dropped included, as geth keeps side blocks).
 
-Executed blocks never change, so what is computed from one is remembered (bounded): its
+An executed block never changes (a reorganisation makes another block at its height, with
+another hash), so what is computed from one is remembered by its hash (bounded): its
 receipts, its RLP size, and the outcome of a call on it (dapps poll the same
 `balanceOf`/`allowance`/`getReserves` every block).
 """
@@ -139,12 +141,12 @@ class LedgerQueries:
         head = self.view.head()
         if isinstance(ref, bytes):
             return self.block_by_hash(ref).header
-        if ref == "finalized":
-            final = (
-                self.checkpoints.finalized() if self.checkpoints is not None else head.block_number
-            )
-            return self.view.header(min(final, head.block_number))
-        if ref in ("latest", "pending", "safe"):
+        if ref in ("safe", "finalized"):
+            final = min(self.view.final_number(), head.block_number)
+            if ref == "finalized" and self.checkpoints is not None:
+                final = min(final, self.checkpoints.finalized())
+            return self.view.header(final)
+        if ref in ("latest", "pending"):
             return head
         number = 0 if ref == "earliest" else int(ref)
         if number > head.block_number:

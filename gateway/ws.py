@@ -28,7 +28,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from gateway.chainview import LedgerNotReady
 from gateway.filters import Changes, Watch, criteria_of
-from gateway.formats import BadParam, block_json, data, log_json
+from gateway.formats import BadParam, block_json, changed_logs, data
 from gateway.jsonrpc import JsonRpc, RpcError, error
 from gateway.limits import Slots, client_of
 
@@ -147,8 +147,8 @@ def _subscribe(
 def _results(rpc: JsonRpc, changes: Changes) -> list[Any]:
     if changes.pending:
         return [data(h) for h in changes.pending]
-    if changes.logs:
-        return [log_json(receipt, i) for receipt, i in changes.logs]
+    if changes.logs or changes.removed:
+        return changed_logs(changes.removed, changes.logs)
     ledger = rpc.methods.ledger
     out = []
     for number in changes.blocks:
