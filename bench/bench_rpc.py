@@ -14,7 +14,7 @@ same block from memory) and a different holder each time (run every time); eth_e
 of an ERC-20 transfer to a new address; and eth_getBalance throughput. Receipts are polled
 with JSON-RPC batches of 100. anvil is foundry's and Hardhat 3 is `hardhat node`, both from
 npm (`node_modules/.bin/`, installed by `make`), on loopback. The devnet runs with 0.25 s
-blocks and finality depth 3. The execution processor alone is measured by
+blocks and finality depth 3 unless `--blocks` says. The execution processor alone is measured by
 `bench/bench_execution.py`.
 `--against REF` also runs the devnet of another commit (a git worktree of it, with the
 same virtual environment), `--repeat N` times each, in turn with this tree's, and prints
@@ -329,9 +329,12 @@ def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
     return run.results
 
 
-def start_lattice(tmp: Path, *extra: str, root: Path = ROOT) -> tuple[subprocess.Popen[bytes], str]:
-    """A devnet in `tmp/lattice` with fast blocks, answering JSON-RPC; `extra` flags;
-    `root`: the source tree it runs from (another commit's worktree, `--against`)."""
+def start_lattice(
+    tmp: Path, *extra: str, root: Path = ROOT, blocks: tuple[float, int] = (0.25, 3)
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A devnet in `tmp/lattice` answering JSON-RPC; `extra` flags; `root`: the source tree
+    it runs from (another commit's worktree, `--against`); `blocks`: its block interval
+    and finality depth."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = tmp / "devnet.log"
@@ -348,9 +351,9 @@ def start_lattice(tmp: Path, *extra: str, root: Path = ROOT) -> tuple[subprocess
             "--ws-port",
             str(free_port()),
             "--block-interval",
-            "0.25",
+            str(blocks[0]),
             "--finality-depth",
-            "3",
+            str(blocks[1]),
             *extra,
         ],
         stdout=log.open("wb"),
@@ -435,7 +438,16 @@ def main() -> None:
         "--repeat", type=int, default=1, help="devnet runs of each tree (their mean is shown)"
     )
     parser.add_argument("--no-peers", action="store_true", help="skip anvil and Hardhat")
+    parser.add_argument(
+        "--blocks",
+        nargs=2,
+        metavar=("INTERVAL", "DEPTH"),
+        default=("0.25", "3"),
+        help="the devnet's block interval (s) and finality depth (default 0.25 3; "
+        "`make devnet` runs 1 10)",
+    )
     args = parser.parse_args()
+    blocks = (float(args.blocks[0]), int(args.blocks[1]))
     runs: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         trees = [("lattice", ROOT)]
@@ -448,7 +460,7 @@ def main() -> None:
                     run_dir = Path(tmp) / f"{len(starters)}"
 
                     def start(run_dir: Path = run_dir, root: Path = root) -> Any:
-                        return start_lattice(run_dir, root=root)
+                        return start_lattice(run_dir, root=root, blocks=blocks)
 
                     starters.append((name, start))
             if not args.no_peers:

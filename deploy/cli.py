@@ -156,7 +156,9 @@ def _add_ledger(sub: Subparsers) -> None:
     execution_sub = execution.add_subparsers(
         dest="execution_command", required=True, metavar="ACTION"
     )
-    execution_run = execution_sub.add_parser("run", help="run it (blocks.virtual -> the optimistic head; final blocks -> executed)")
+    execution_run = execution_sub.add_parser(
+        "run", help="run it (blocks.virtual -> the optimistic head; final blocks -> executed)"
+    )
     _common(execution_run)
     execution_run.add_argument("--group-id", default="lattice-execution")
     execution_run.add_argument("--state-dir", type=Path, help="default DATA_DIR/GROUP")

@@ -140,6 +140,7 @@ class Devnet:
                 s.data_dir / "lattice-execution",
                 signers,
                 on_acknowledged=archiver.offer if archiver is not None else None,
+                dev_accounts=True,  # as anvil and Hardhat: a devnet signs for its accounts
             )
             # uvloop: the gateway's event loop is on every request's path.
             uvloop.run(host.serve(app, self._ready, self.log.checks()))

@@ -32,6 +32,7 @@ from gateway.chainview import ChainView
 from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
 from gateway.market import MarketService
+from processors.execution.genesis import DEV_KEYS
 from streams.kafka import Producer
 from streams.settings import Settings
 
@@ -139,9 +140,11 @@ class Host:
         execution_dir: Path,
         signers: frozenset[bytes],
         on_acknowledged: Callable[[Any, Sequence[tuple[str, bytes]]], None] | None = None,
+        dev_accounts: bool = False,
     ) -> FastAPI:
         """The gateway over this host's execution store and the log (`on_acknowledged`:
-        the devnet's archiver, given the gateway's records as the broker takes them)."""
+        the devnet's archiver, given the gateway's records as the broker takes them;
+        `dev_accounts`: JSON-RPC signs with the development mnemonic's keys)."""
         s = self.settings
         # No linger: a wallet waits for each answer, so batching only adds latency.
         self.producer = Producer(
@@ -164,6 +167,7 @@ class Host:
             self.market,
             processes=self.supervisor.status,
             bootstrap=self.bootstrap,
+            dev_keys=DEV_KEYS if dev_accounts or s.dev_accounts else (),
         )
         return self.app
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.chainview import ChainView, LedgerNotReady
 from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
+from gateway.devaccounts import DevAccounts
 from gateway.guard import Guard, GuardRules
 from gateway.intake import TransactionIntake, Unavailable
 from gateway.jsonrpc import JsonRpc, Methods, ProcessStatus
+from gateway.jsonrpc_accounts import AccountMethods
+from gateway.jsonrpc_pool import PoolMethods
 from gateway.ledger import LedgerQueries
 from gateway.limits import Limiter, RequestLimits, Slots
 from gateway.market import MarketService
@@ -213,11 +216,13 @@ def create_app(
     market: MarketService | None = None,
     processes: ProcessStatus | None = None,
     bootstrap: str | None = None,
+    dev_keys: Sequence[str] = (),
 ) -> FastAPI:
     """The gateway: transaction intake always; with a ledger view, JSON-RPC (HTTP and
     WebSocket), the REST mirrors and, with a market service, the market's routes. With
     `bootstrap`, it follows the network's pending transactions on the log (close it with
-    `close_followers`)."""
+    `close_followers`). `dev_keys`: the keys JSON-RPC signs with for its clients
+    (`gateway.devaccounts`; a devnet's)."""
     rules = ChainRules(settings.chain_id, settings.max_tx_bytes, settings.block_gas_limit)
     app = GatewayApp(
         guard_of(settings), title="Lattice gateway", version=client_version().split("/")[1]
@@ -241,6 +246,10 @@ def create_app(
         app.state.followers.append(PendingView(bootstrap, intake))
     rpc = None
     if ledger is not None and view is not None:
+        groups: list[object] = [PoolMethods(ledger, intake)]
+        if dev_keys:
+            accounts = DevAccounts.of(dev_keys)
+            groups.append(AccountMethods(accounts, ledger, intake, settings.chain_id))
         methods = Methods(
             ledger,
             intake,
@@ -248,6 +257,7 @@ def create_app(
             client_version=client_version(),
             dag=dag,
             processes=processes,
+            groups=groups,
         )
         rpc = JsonRpc(methods)
         # ~10 us when execution committed nothing new (ChainView.refresh).

@@ -30,7 +30,9 @@ from eth_utils import ValidationError  # type: ignore[attr-defined]
 from rocksdict import AccessType, Options, Rdict
 
 from processors.execution.db import overlay_chain_db
+from processors.execution.ledger import Ledger
 from processors.execution.processor import EVM_PREFIX, FINAL
+from processors.execution.transactions import ChainRules
 from processors.execution.vm import VM_CONFIGURATION
 
 
@@ -157,6 +159,12 @@ class ChainView:
             cached = self.chain.get_block_by_hash(block_hash)  # type: ignore[arg-type]
             self._blocks[block_hash] = cached
         return cached
+
+    def scratch_ledger(self, rules: ChainRules) -> Ledger:
+        """A ledger over what execution committed whose writes go nowhere (an overlay of
+        its own): for building a block nobody keeps, such as the pending one."""
+        db, _ = overlay_chain_db(self._read)
+        return Ledger(db, None, rules)
 
     def final_number(self) -> int:
         """The last block execution holds final (`safe`): the optimistic head is above."""

@@ -31,12 +31,14 @@ Kind = Literal["blocks", "logs", "pending"]
 
 
 def block_ref(value: Any, what: str = "block") -> BlockRef:
-    """A block reference from a JSON-RPC parameter: a tag, a 0x-number, or an object with
-    `blockHash` or `blockNumber`; absent is `latest`."""
+    """A block reference from a JSON-RPC parameter: a tag, a 0x-number, a block hash, or
+    an object with `blockHash` or `blockNumber` (EIP-1898); absent is `latest`."""
     if value is None:
         return "latest"
     if isinstance(value, str) and value in TAGS:
         return value
+    if isinstance(value, str) and len(value) == 66:  # a hash, as geth reads one
+        return parse_data(value, what, 32)
     if isinstance(value, dict):
         if "blockHash" in value:
             return parse_data(value["blockHash"], "blockHash", 32)

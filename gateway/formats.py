@@ -55,13 +55,21 @@ def parse_data(value: Any, what: str, size: int | None = None) -> bytes:
 
 def transaction_json(block: BlockAPI, index: int) -> dict[str, Any]:
     """A transaction of an executed block, with where it is."""
-    tx: Any = block.transactions[index]
-    header = block.header
+    return _transaction_json(block.transactions[index], block.header, index)
+
+
+def pending_transaction_json(tx: Any) -> dict[str, Any]:
+    """A transaction no block holds yet (py-evm's decoding of it): `blockHash`,
+    `blockNumber` and `transactionIndex` null, its gas price its fee cap (geth's)."""
+    return _transaction_json(tx, None, None)
+
+
+def _transaction_json(tx: Any, header: Any, index: int | None) -> dict[str, Any]:
     kind = getattr(tx, "type_id", None) or 0
     out: dict[str, Any] = {
-        "blockHash": data(header.hash),
-        "blockNumber": qty(header.block_number),
-        "transactionIndex": qty(index),
+        "blockHash": data(header.hash) if header is not None else None,
+        "blockNumber": qty(header.block_number) if header is not None else None,
+        "transactionIndex": qty(index) if index is not None else None,
         "hash": data(tx.hash),
         "from": address(bytes(tx.sender)),
         "to": address(tx.to),
@@ -76,10 +84,12 @@ def transaction_json(block: BlockAPI, index: int) -> dict[str, Any]:
         "s": qty(tx.s),
     }
     if kind == 2:
-        base = header.base_fee_per_gas or 0
         out["maxFeePerGas"] = qty(tx.max_fee_per_gas)
         out["maxPriorityFeePerGas"] = qty(tx.max_priority_fee_per_gas)
-        price = effective_gas_price(tx.max_fee_per_gas, tx.max_priority_fee_per_gas, base)
+        price = tx.max_fee_per_gas
+        if header is not None:
+            base = header.base_fee_per_gas or 0
+            price = effective_gas_price(tx.max_fee_per_gas, tx.max_priority_fee_per_gas, base)
         out["gasPrice"] = qty(price)
         out["yParity"] = qty(tx.y_parity)
     else:

@@ -35,6 +35,8 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from gateway.chainview import LedgerNotReady
 from gateway.ledger import LedgerQueries
@@ -57,6 +59,18 @@ DELIVERY_TIMEOUT_S = 15.0
 MAX_PENDING_SENDERS = 10_000
 #: Accepted hashes kept for pending-transaction filters (slow pollers lose the oldest).
 MAX_ACCEPTED = 20_000
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Pending transactions by sender, in nonce order: `pending` can run next, `queued`
+    wait for a missing nonce."""
+
+    pending: dict[bytes, list[Transaction]]
+    queued: dict[bytes, list[Transaction]]
+
+    def runnable(self) -> list[Transaction]:
+        return [tx for txs in self.pending.values() for tx in txs]
 
 
 class Unavailable(RuntimeError):
@@ -196,6 +210,37 @@ class TransactionIntake:
         while nonce in waiting:
             nonce += 1
         return nonce
+
+    def waiting(self) -> dict[bytes, dict[int, Transaction]]:
+        """The pending transactions as they are now, per sender and nonce (a copy)."""
+        with self._lock:
+            return {sender: dict(txs) for sender, txs in self.pending.items() if txs}
+
+    def pool(self, nonce_of: Callable[[bytes], int]) -> Pool:
+        """The pending transactions split as geth's pool splits them: those the next
+        blocks can take (a sender's unbroken run of nonces from its state nonce, given by
+        `nonce_of`) and those queued behind a gap. Executed ones are left out."""
+        ready: dict[bytes, list[Transaction]] = {}
+        queued: dict[bytes, list[Transaction]] = {}
+        for sender, txs in self.waiting().items():
+            nonce = nonce_of(sender)
+            for n in sorted(txs):
+                if n < nonce:
+                    continue
+                (ready if n == nonce else queued).setdefault(sender, []).append(txs[n])
+                if n == nonce:
+                    nonce += 1
+        return Pool(ready, queued)
+
+    def find(self, tx_hash: bytes) -> Transaction | None:
+        """A pending transaction by hash (one executed since may still be here: callers
+        look in the ledger first)."""
+        with self._lock:
+            for txs in self.pending.values():
+                for tx in txs.values():
+                    if tx.hash == tx_hash:
+                        return tx
+        return None
 
     @property
     def accepted_count(self) -> int:

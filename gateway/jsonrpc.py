@@ -9,15 +9,17 @@ value", ...) and for blocks and filters not found, -32005 for queries over a lim
 reverted call with the revert data.
 
 Each method is a small function from its JSON parameters to the typed layer and back to
-JSON (`gateway.formats`); the method table is built from the `eth_*`, `net_*`, `web3_*`,
-`dag_*` and `lattice_*` methods of `Methods`.
+JSON (`gateway.formats`); the method table is built from the methods named with a
+namespace's prefix (`eth_`, `net_`, `web3_`, `dag_`, `lattice_`, `personal_`, `txpool_`,
+`debug_`) of `Methods` and of the method groups given to it (`gateway.jsonrpc_accounts`:
+dev account signing; `gateway.jsonrpc_pool`: pending transactions).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from eth_hash.auto import keccak
@@ -34,15 +36,18 @@ from gateway.formats import (
     log_json,
     parse_data,
     parse_qty,
+    pending_transaction_json,
     qty,
     receipt_json,
     transaction_json,
 )
 from gateway.intake import TransactionIntake, Unavailable
 from gateway.ledger import SUGGESTED_TIP, Call, LedgerQueries, QueryError
-from processors.execution.transactions import InvalidTransaction
+from processors.execution.transactions import InvalidTransaction, Transaction
 
 MAX_BATCH = 1000
+#: The namespaces of JSON-RPC method names.
+PREFIXES = ("eth_", "net_", "web3_", "dag_", "lattice_", "personal_", "txpool_", "debug_")
 #: JSON-RPC codes of the typed layer's errors.
 CODES = {
     "not_found": -32000,
@@ -120,6 +125,17 @@ def _percentiles(value: Any) -> list[float]:
 ProcessStatus = Callable[[], list[dict[str, object]]]
 
 
+async def submit(intake: TransactionIntake, raw: bytes) -> str:
+    """Send a signed transaction through the intake; its hash, or geth's refusal."""
+    try:
+        tx, _ = await intake.submit(raw, "rpc")
+    except InvalidTransaction as exc:
+        raise RpcError(-32000, exc.message) from None
+    except Unavailable as exc:
+        raise RpcError(-32000, str(exc)) from None
+    return data(tx.hash)
+
+
 class Methods:
     """The JSON-RPC methods, each a thin adapter over the typed layers."""
 
@@ -132,8 +148,11 @@ class Methods:
         client_version: str,
         dag: DagView | None = None,
         processes: ProcessStatus | None = None,
+        groups: Sequence[object] = (),
     ) -> None:
+        """`groups`: more objects whose namespaced methods join the table (theirs win)."""
         self.ledger = ledger
+        self.groups = tuple(groups)
         self.processes = processes
         self.intake = intake
         self.chain_id = chain_id
@@ -143,8 +162,12 @@ class Methods:
         self.filters = Filters(self.watcher)
 
     def table(self) -> dict[str, Callable[[list[Any]], Any]]:
-        prefixes = ("eth_", "net_", "web3_", "dag_", "lattice_")
-        return {name: getattr(self, name) for name in dir(self) if name.startswith(prefixes)}
+        table: dict[str, Callable[[list[Any]], Any]] = {}
+        for holder in (self, *self.groups):
+            table.update(
+                (name, getattr(holder, name)) for name in dir(holder) if name.startswith(PREFIXES)
+            )
+        return table
 
     # -- chain and client ------------------------------------------------------------------
 
@@ -167,7 +190,7 @@ class Methods:
         return False
 
     def eth_accounts(self, params: list[Any]) -> list[str]:
-        return []  # the node holds no keys: sign in the wallet
+        return []  # no keys here (a devnet's `gateway.jsonrpc_accounts` lists its own)
 
     def eth_blockNumber(self, params: list[Any]) -> str:
         return qty(self.ledger.head().block_number)
@@ -185,6 +208,9 @@ class Methods:
         return out
 
     # -- fees ------------------------------------------------------------------------------
+
+    def eth_blobBaseFee(self, params: list[Any]) -> str:
+        return qty(self.ledger.blob_base_fee())
 
     def eth_gasPrice(self, params: list[Any]) -> str:
         return qty(self.ledger.gas_price())
@@ -241,17 +267,43 @@ class Methods:
 
     async def eth_sendRawTransaction(self, params: list[Any]) -> str:
         raw = parse_data(param(params, 0, "raw transaction"), "raw transaction")
-        try:
-            tx, _ = await self.intake.submit(raw, "rpc")
-        except InvalidTransaction as exc:
-            raise RpcError(-32000, exc.message) from None
-        except Unavailable as exc:
-            raise RpcError(-32000, str(exc)) from None
-        return data(tx.hash)
+        return await submit(self.intake, raw)
 
     def eth_getTransactionByHash(self, params: list[Any]) -> dict[str, Any] | None:
-        found = self.ledger.locate(parse_data(param(params, 0, "hash"), "hash", 32))
-        return None if found is None else transaction_json(*found)
+        tx_hash = parse_data(param(params, 0, "hash"), "hash", 32)
+        found = self.ledger.locate(tx_hash)
+        if found is not None:
+            return transaction_json(*found)
+        pending = self._pending(tx_hash)
+        return None if pending is None else pending_transaction_json(self.ledger.decoded(pending))
+
+    def _pending(self, tx_hash: bytes) -> Transaction | None:
+        """A transaction the network accepted that no executed block holds yet."""
+        tx = self.intake.find(tx_hash)
+        if tx is None or tx.nonce < self.ledger.nonce(tx.sender):
+            return None
+        return tx
+
+    def eth_getRawTransactionByHash(self, params: list[Any]) -> str | None:
+        tx_hash = parse_data(param(params, 0, "hash"), "hash", 32)
+        found = self.ledger.locate(tx_hash)
+        if found is not None:
+            block, index = found
+            return data(block.transactions[index].encode())
+        pending = self._pending(tx_hash)
+        return None if pending is None else data(pending.raw)
+
+    def _raw_by_index(self, block_param: Any, index_param: Any) -> str | None:
+        block = self.ledger.block(block_param)
+        index = parse_qty(index_param, "index")
+        return data(block.transactions[index].encode()) if index < len(block.transactions) else None
+
+    def eth_getRawTransactionByBlockNumberAndIndex(self, params: list[Any]) -> str | None:
+        return self._raw_by_index(block_ref(param(params, 0, "block")), param(params, 1, "index"))
+
+    def eth_getRawTransactionByBlockHashAndIndex(self, params: list[Any]) -> str | None:
+        block_hash = parse_data(param(params, 0, "hash"), "hash", 32)
+        return self._raw_by_index(block_hash, param(params, 1, "index"))
 
     def eth_getTransactionReceipt(self, params: list[Any]) -> dict[str, Any] | None:
         receipt = self.ledger.receipt(parse_data(param(params, 0, "hash"), "hash", 32))
@@ -275,8 +327,20 @@ class Methods:
     def _block(self, ref: Any, full: Any) -> dict[str, Any]:
         if not isinstance(full, bool):
             raise BadParam("the second parameter must be a boolean")
+        if ref == "pending":
+            return self._pending_block(full)
         block = self.ledger.block(ref)
         return block_json(block, full, self.ledger.block_size(block))
+
+    def _pending_block(self, full: bool) -> dict[str, Any]:
+        """The block the runnable pending transactions would make on the head, as geth
+        shows its pending block: no hash, nonce or miner yet."""
+        block = self.ledger.pending_block(self.intake.pool(self.ledger.nonce).runnable())
+        out = block_json(block, False, self.ledger.block_size(block))
+        out.update(hash=None, nonce=None, miner=None)
+        if full:
+            out["transactions"] = [pending_transaction_json(tx) for tx in block.transactions]
+        return out
 
     def eth_getBlockByNumber(self, params: list[Any]) -> dict[str, Any] | None:
         try:
@@ -298,7 +362,10 @@ class Methods:
         return [receipt_json(r) for r in self.ledger.receipts(block)]
 
     def eth_getBlockTransactionCountByNumber(self, params: list[Any]) -> str:
-        return qty(len(self.ledger.block(block_ref(param(params, 0, "block"))).transactions))
+        ref = block_ref(param(params, 0, "block"))
+        if ref == "pending":
+            return qty(len(self.intake.pool(self.ledger.nonce).runnable()))
+        return qty(len(self.ledger.block(ref).transactions))
 
     def eth_getBlockTransactionCountByHash(self, params: list[Any]) -> str:
         block_hash = parse_data(param(params, 0, "hash"), "hash", 32)

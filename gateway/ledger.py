@@ -17,7 +17,8 @@ receipts, its RLP size, and the outcome of a call on it (dapps poll the same
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,7 +34,8 @@ from eth_utils.exceptions import ValidationError
 from gateway.chainview import CallFailed, ChainView, LedgerNotReady
 from gateway.checkpointview import CheckpointView
 from processors.execution.receipts import BlockReceipt, ReceiptSource, block_receipts
-from schemas.events import Log
+from processors.execution.transactions import ChainRules, Transaction
+from schemas.events import BlockOrdered, Log, OrderedTransaction, Position
 
 Tag = Literal["latest", "pending", "safe", "finalized", "earliest"]
 TAGS: tuple[Tag, ...] = ("latest", "pending", "safe", "finalized", "earliest")
@@ -130,6 +132,7 @@ class LedgerQueries:
         self._receipts: LRUCache[bytes, tuple[BlockReceipt, ...]] = LRUCache(256)
         self._sizes: LRUCache[bytes, int] = LRUCache(256)
         self._calls: LRUCache[tuple[bytes, str, Call], _Outcome] = LRUCache(CALL_CACHE_SIZE)
+        self._pending: tuple[tuple[bytes, ...], BlockAPI] | None = None
 
     # -- blocks ----------------------------------------------------------------------------
 
@@ -200,6 +203,43 @@ class LedgerQueries:
             return None
         block, index = found
         return self.receipts(block)[index]
+
+    def decoded(self, tx: Transaction) -> Any:
+        """py-evm's object for a transaction no block holds (its sender known already)."""
+        evm_tx = self.view.vm(self.head()).get_transaction_builder().decode(tx.raw)
+        evm_tx.__dict__["sender"] = tx.sender
+        return evm_tx
+
+    def pending_block(self, txs: Sequence[Transaction]) -> BlockAPI:
+        """The block the pending transactions would make on the head now (executed on a
+        scratch copy, kept nowhere; those the state refuses are left out), remembered
+        until the head or the transactions change."""
+        head = self.head()
+        key = (head.hash, *(tx.hash for tx in txs))
+        if self._pending is not None and self._pending[0] == key:
+            return self._pending[1]
+        rules = ChainRules(self.view.chain_id, block_gas_limit=self.block_gas_limit)
+        ledger = self.view.scratch_ledger(rules)
+        stamp = max(head.timestamp, int(time.time())) * 1000
+        ordered = BlockOrdered(
+            chain_index=head.block_number + 1,
+            hash=bytes(32),
+            blue_score=0,
+            blue_work=0,
+            timestamp_ms=stamp,
+            proposer=head.coinbase,
+            mergeset_blues=(),
+            mergeset_reds=(),
+            transactions=tuple(
+                OrderedTransaction(hash=tx.hash, raw=tx.raw, dag_block=bytes(32), index_in_block=i)
+                for i, tx in enumerate(txs)
+            ),
+            cause=Position(topic="pending", partition=0, offset=0),
+        )
+        built = ledger.execute(ordered)
+        block = ledger.chain.get_block_by_hash(built.header.hash)
+        self._pending = (key, block)
+        return block
 
     # -- state -----------------------------------------------------------------------------
 
@@ -298,6 +338,11 @@ class LedgerQueries:
     def next_base_fee(self) -> int:
         child = self.view.chain.create_header_from_parent(self.view.head())
         return int(child.base_fee_per_gas or 0)
+
+    def blob_base_fee(self) -> int:
+        """The next block's blob base fee (EIP-4844's, from the head's excess blob gas)."""
+        with self.view.costless_state(self.head()) as state:
+            return int(state.blob_base_fee)
 
     def gas_price(self) -> int:
         return self.next_base_fee() + SUGGESTED_TIP

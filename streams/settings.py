@@ -55,6 +55,10 @@ class Settings:
     #: Seconds to wait for an embedded broker to answer before giving up.
     broker_start_timeout: float = 30.0
     log_level: str = "info"
+    #: Whether a node's JSON-RPC signs for the development mnemonic's ten accounts
+    #: (`eth_accounts`, `eth_sendTransaction`, ...; public keys: development only). A
+    #: devnet always does.
+    dev_accounts: bool = False
     #: Block proposers the devnet runs, and how often each proposes (seconds).
     proposers: int = 2
     block_interval: float = 1.0
@@ -174,6 +178,18 @@ class Settings:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _boolean(value: Any) -> bool:
+    """A boolean from TOML, or from an environment variable's text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise TypeError(f"expected true or false, got {value!r}")
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name not in _FIELDS:
         raise SettingsError(f"unknown setting {name!r}")
@@ -181,6 +197,8 @@ def _coerce(name: str, value: Any) -> Any:
     try:
         if kind in ("Path", "Path | None"):
             return Path(value) if value else None if kind == "Path | None" else Path(value)
+        if kind == "bool":
+            return _boolean(value)
         if kind == "int":
             if isinstance(value, bool):
                 raise TypeError("boolean")

@@ -162,9 +162,12 @@ def _touched(computation: ComputationAPI, out: set[bytes]) -> None:
 
 
 class Ledger:
-    """The chain of EVM blocks over a database; `execute` applies one ordered chain block."""
+    """The chain of EVM blocks over a database; `execute` applies one ordered chain block.
+    Without a genesis the database must hold a chain already (a reader's scratch copy)."""
 
-    def __init__(self, db: AtomicDatabaseAPI, genesis: Genesis, rules: ChainRules) -> None:
+    def __init__(
+        self, db: AtomicDatabaseAPI, genesis: Genesis | None, rules: ChainRules
+    ) -> None:
         self.rules = rules
         self.db = db
         chain_class = MiningChain.configure(
@@ -173,6 +176,8 @@ class Ledger:
         try:
             self.chain: MiningChain = chain_class(db)
         except Exception:  # no canonical head yet: a fresh store
+            if genesis is None:
+                raise
             params = {
                 "difficulty": 0,
                 "gas_limit": genesis.gas_limit,

@@ -492,3 +492,44 @@ def test_ethers_sends_and_reads_back(devnet: Devnet, w3: Web3) -> None:
         "delta": str(25 * 10**16),
         "inBlock": True,
     }
+
+
+def test_the_devnet_signs_for_its_dev_accounts(devnet: Devnet, w3: Web3) -> None:
+    import subprocess
+
+    from eth_account.messages import encode_defunct
+
+    assert w3.eth.accounts == list(DEV_ACCOUNTS)
+    sender, dest = DEV_ACCOUNTS[6], "0x" + "66" * 20
+    sent = w3.eth.send_transaction({"from": sender, "to": dest, "value": 12_345})
+    receipt = w3.eth.wait_for_transaction_receipt(sent, timeout=60, poll_latency=0.1)
+    assert receipt.status == 1 and receipt["from"] == sender
+    signature = w3.eth.sign(sender, text="lattice")
+    assert Account.recover_message(encode_defunct(text="lattice"), signature=signature) == sender
+    command = [str(CAST), "send", "--unlocked", "--from", sender, dest, "--value", "1"]
+    done = subprocess.run(
+        [*command, "--json", "--rpc-url", devnet.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "0x1"
+    assert w3.eth.get_balance(dest) == 12_346
+
+
+def test_a_transaction_behind_a_gap_is_pending_and_in_the_pool(w3: Web3) -> None:
+    key3 = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"
+    sender = Account.from_key(key3).address
+    nonce = w3.eth.get_transaction_count(sender, "pending")
+    later = send(w3, key3, to="0x" + "67" * 20, value=1, nonce=nonce + 1)
+    seen = w3.eth.get_transaction(later)
+    assert seen["blockNumber"] is None and seen["nonce"] == nonce + 1
+    pool = w3.provider.make_request("txpool_content", [])["result"]  # type: ignore[arg-type]
+    assert list(pool["queued"][sender]) == [str(nonce + 1)]
+    status = w3.provider.make_request("txpool_status", [])["result"]  # type: ignore[arg-type]
+    assert int(status["queued"], 16) >= 1
+    send(w3, key3, to="0x" + "67" * 20, value=1, nonce=nonce)  # fills the gap
+    receipt = w3.eth.wait_for_transaction_receipt(later, timeout=60, poll_latency=0.1)
+    assert receipt.status == 1
+    assert w3.eth.get_transaction(later)["blockNumber"] == receipt.blockNumber
