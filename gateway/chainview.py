@@ -26,6 +26,7 @@ from eth.constants import CREATE_CONTRACT_ADDRESS, EMPTY_SHA3
 from eth.vm.forks.prague.constants import SET_CODE_TRANSACTION_TYPE
 from eth.vm.message import Message
 from eth.vm.spoof import SpoofTransaction
+from eth_typing import Address
 from eth_utils import ValidationError  # type: ignore[attr-defined]
 from rocksdict import AccessType, Options, Rdict
 
@@ -34,6 +35,9 @@ from processors.execution.ledger import Ledger
 from processors.execution.processor import EVM_PREFIX, FINAL
 from processors.execution.transactions import ChainRules
 from processors.execution.vm import VM_CONFIGURATION
+
+#: A call's account overrides (`gateway.ledger.Override`, by address).
+Overrides = tuple[tuple[bytes, Any], ...]
 
 
 class LedgerNotReady(RuntimeError):
@@ -205,26 +209,29 @@ class ChainView:
         finally:
             state.revert(snapshot)
 
-    def call(self, header: BlockHeaderAPI, tx: Any) -> Any:
-        """Run a zero-gas-price call on top of `header`; the computation (output, error).
+    def call(self, header: BlockHeaderAPI, tx: Any, overrides: Overrides = ()) -> Any:
+        """Run a zero-gas-price call on top of `header`, on a state with `overrides` made
+        (reverted with the rest); the computation (output, error).
 
         py-evm's transaction executor minus its last step, the fee settlement (refunds,
         coinbase tip, touched-account cleanup): it changes nothing a call returns and is
         reverted anyway, and it was ~30% of a call's time.
         """
         with self.costless_state(header) as state:
+            for address, override in overrides:
+                _override(state, address, override)
             executor = state.get_transaction_executor()
             executor.validate_transaction(tx)
             message = _call_message(state, executor, tx)
             return executor.build_computation(message, tx)
 
-    def estimate_gas(self, header: BlockHeaderAPI, tx: Any) -> int:
+    def estimate_gas(self, header: BlockHeaderAPI, tx: Any, overrides: Overrides = ()) -> int:
         """The gas limit `tx` needs on top of `header` (`least_gas`); raises `CallFailed`
         when it fails even with all the gas it may have (`tx.gas`)."""
 
         def run(gas: int) -> Any:
             try:
-                return self.call(header, SpoofTransaction(tx, gas=gas))
+                return self.call(header, SpoofTransaction(tx, gas=gas), overrides)
             except ValidationError:
                 if gas == tx.gas:  # invalid whatever its gas: the caller says why
                     raise
@@ -240,6 +247,21 @@ class ChainView:
             self._db.close()
             self._db = None
         shutil.rmtree(self._secondary_dir, ignore_errors=True)
+
+
+def _override(state: Any, address: bytes, override: Any) -> None:
+    """Make one account of `state` what a call's override says."""
+    who = Address(address)
+    if override.balance is not None:
+        state.set_balance(who, override.balance)
+    if override.nonce is not None:
+        state.set_nonce(who, override.nonce)
+    if override.code is not None:
+        state.set_code(who, override.code)
+    if override.state is not None:
+        state.delete_storage(who)
+    for slot, value in (override.state or ()) + override.state_diff:
+        state.set_storage(who, slot, value)
 
 
 def _call_message(state: Any, executor: Any, tx: Any) -> MessageAPI:

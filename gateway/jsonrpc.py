@@ -42,7 +42,7 @@ from gateway.formats import (
     transaction_json,
 )
 from gateway.intake import TransactionIntake, Unavailable
-from gateway.ledger import SUGGESTED_TIP, Call, LedgerQueries, QueryError
+from gateway.ledger import SUGGESTED_TIP, Call, LedgerQueries, Override, QueryError
 from processors.execution.transactions import InvalidTransaction, Transaction
 
 MAX_BATCH = 1000
@@ -76,8 +76,9 @@ def param(params: list[Any], index: int, what: str, default: Any = ...) -> Any:
     return default
 
 
-def call_of(spec: Any) -> Call:
-    """An `eth_call` / `eth_estimateGas` call object, checked."""
+def call_of(spec: Any, overrides: Any = None) -> Call:
+    """An `eth_call` / `eth_estimateGas` call object, checked, with geth's state override
+    set (`overrides`: address -> balance, nonce, code, and state or stateDiff)."""
     if not isinstance(spec, dict):
         raise BadParam("the call must be an object")
     payload = spec.get("data", spec.get("input", "0x"))
@@ -87,6 +88,44 @@ def call_of(spec: Any) -> Call:
         gas=parse_qty(spec["gas"], "gas") if spec.get("gas") else None,
         value=parse_qty(spec["value"], "value") if spec.get("value") else 0,
         data=parse_data(payload, "data"),
+        overrides=_overrides(overrides),
+    )
+
+
+def _overrides(spec: Any) -> tuple[tuple[bytes, Override], ...]:
+    if spec is None:
+        return ()
+    if not isinstance(spec, dict):
+        raise BadParam("state overrides: expected an object keyed by address")
+    out = []
+    for account, fields in sorted(spec.items()):
+        if not isinstance(fields, dict):
+            raise BadParam(f"state override of {account}: expected an object")
+        unknown = set(fields) - {"balance", "nonce", "code", "state", "stateDiff"}
+        if unknown:
+            raise BadParam(f"state override of {account}: unknown fields {sorted(unknown)}")
+        if "state" in fields and "stateDiff" in fields:
+            raise BadParam(f"state override of {account}: has both state and stateDiff")
+        override = Override(
+            balance=parse_qty(fields["balance"], "balance") if "balance" in fields else None,
+            nonce=parse_qty(fields["nonce"], "nonce") if "nonce" in fields else None,
+            code=parse_data(fields["code"], "code") if "code" in fields else None,
+            state=_slots(fields["state"]) if "state" in fields else None,
+            state_diff=_slots(fields.get("stateDiff", {})),
+        )
+        out.append((parse_data(account, "state override address", 20), override))
+    return tuple(out)
+
+
+def _slots(spec: Any) -> tuple[tuple[int, int], ...]:
+    if not isinstance(spec, dict):
+        raise BadParam("state override storage: expected an object of slot -> value")
+    return tuple(
+        (
+            int.from_bytes(parse_data(slot, "storage slot", 32), "big"),
+            int.from_bytes(parse_data(value, "storage value", 32), "big"),
+        )
+        for slot, value in sorted(spec.items())
     )
 
 
@@ -254,12 +293,36 @@ class Methods:
         value = self.ledger.storage(who, slot, block_ref(param(params, 2, "block", "latest")))
         return data(value.to_bytes(32, "big"))
 
+    def eth_getProof(self, params: list[Any]) -> dict[str, Any]:
+        who = parse_data(param(params, 0, "address"), "address", 20)
+        keys = param(params, 1, "storage keys")
+        if not isinstance(keys, list):
+            raise BadParam("storage keys: expected a list of 32-byte slots")
+        slots = [int.from_bytes(parse_data(k, "storage key"), "big") for k in keys]
+        found = self.ledger.proof(who, slots, block_ref(param(params, 2, "block", "latest")))
+        return {
+            "address": data(found.address),
+            "balance": qty(found.balance),
+            "nonce": qty(found.nonce),
+            "codeHash": data(found.code_hash),
+            "storageHash": data(found.storage_root),
+            "accountProof": [data(node) for node in found.proof],
+            "storageProof": [
+                {
+                    "key": key,
+                    "value": qty(slot.value),
+                    "proof": [data(node) for node in slot.proof],
+                }
+                for key, slot in zip(keys, found.storage, strict=True)
+            ],
+        }
+
     def eth_call(self, params: list[Any]) -> str:
-        call = call_of(param(params, 0, "call"))
+        call = call_of(param(params, 0, "call"), param(params, 2, "state overrides", None))
         return data(self.ledger.call(call, block_ref(param(params, 1, "block", "latest"))))
 
     def eth_estimateGas(self, params: list[Any]) -> str:
-        call = call_of(param(params, 0, "call"))
+        call = call_of(param(params, 0, "call"), param(params, 2, "state overrides", None))
         ref = block_ref(param(params, 1, "block", "latest"))
         return qty(self.ledger.estimate_gas(call, ref))
 

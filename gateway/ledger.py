@@ -33,6 +33,7 @@ from eth_utils.exceptions import ValidationError
 
 from gateway.chainview import CallFailed, ChainView, LedgerNotReady
 from gateway.checkpointview import CheckpointView
+from gateway.stateproofs import AccountProof, prove
 from processors.execution.receipts import BlockReceipt, ReceiptSource, block_receipts
 from processors.execution.transactions import ChainRules, Transaction
 from schemas.events import BlockOrdered, Log, OrderedTransaction, Position
@@ -62,14 +63,28 @@ class QueryError(Exception):
 
 
 @dataclass(frozen=True)
+class Override:
+    """What a call pretends of an account (geth's state override set): its balance,
+    nonce or code, and its whole storage (`state`) or some slots of it (`state_diff`)."""
+
+    balance: int | None = None
+    nonce: int | None = None
+    code: bytes | None = None
+    state: tuple[tuple[int, int], ...] | None = None
+    state_diff: tuple[tuple[int, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class Call:
-    """A message to run against a block's state (`eth_call`, `eth_estimateGas`)."""
+    """A message to run against a block's state (`eth_call`, `eth_estimateGas`), with the
+    accounts it overrides."""
 
     sender: bytes | None = None
     to: bytes | None = None
     gas: int | None = None
     value: int = 0
     data: bytes = b""
+    overrides: tuple[tuple[bytes, Override], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -246,6 +261,11 @@ class LedgerQueries:
     def _state(self, ref: BlockRef) -> Any:
         return self.view.state(self.header(ref))
 
+    def proof(self, who: bytes, slots: Sequence[int], ref: BlockRef = "latest") -> AccountProof:
+        """EIP-1186: the account and slots with their Merkle proofs at a block."""
+        header = self.header(ref)
+        return prove(self.view.chain.chaindb.db, header.state_root, who, slots)
+
     def balance(self, who: bytes, ref: BlockRef = "latest") -> int:
         return int(self._state(ref).get_balance(Address(who)))
 
@@ -297,8 +317,9 @@ class LedgerQueries:
     def _spoof(self, call: Call, header: BlockHeaderAPI) -> SpoofTransaction:
         sender = call.sender or b"\0" * 20
         vm = self.view.vm(header)
+        nonce = dict(call.overrides).get(sender, Override()).nonce
         unsigned = vm.create_unsigned_transaction(
-            nonce=vm.state.get_nonce(Address(sender)),
+            nonce=vm.state.get_nonce(Address(sender)) if nonce is None else nonce,
             gas_price=0,
             gas=call.gas if call.gas is not None else self.block_gas_limit,
             to=Address(call.to or b""),
@@ -310,7 +331,7 @@ class LedgerQueries:
     def _run_call(self, header: BlockHeaderAPI, call: Call) -> _Outcome:
         tx = self._spoof(call, header)
         try:
-            computation = self.view.call(header, tx)
+            computation = self.view.call(header, tx, call.overrides)
         except ValidationError as exc:  # a value above the sender's balance, gas too low
             return "invalid", f"invalid call: {exc}", None
         if computation.is_error:
@@ -321,7 +342,7 @@ class LedgerQueries:
     def _run_estimate(self, header: BlockHeaderAPI, call: Call) -> _Outcome:
         tx = self._spoof(call, header)
         try:
-            return self.view.estimate_gas(header, tx)
+            return self.view.estimate_gas(header, tx, call.overrides)
         except ValidationError as exc:  # a value above the sender's balance
             return "invalid", f"invalid call: {exc}", None
         except CallFailed as failed:

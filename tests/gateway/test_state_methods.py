@@ -1,0 +1,93 @@
+"""State methods over a real execution store: Merkle proofs (EIP-1186) checked against
+the block's state root, and calls and gas estimates with geth's state overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rlp
+from eth.rlp.accounts import Account as AccountRecord
+from eth_hash.auto import keccak
+from eth_utils.address import to_checksum_address
+from trie.hexary import HexaryTrie
+
+from gateway.jsonrpc import RpcError
+from tests.gateway.test_chainview import COUNTER, Execution, with_counter
+
+SLOT0 = "0x" + "00" * 32
+SLOT5 = "0x" + "00" * 31 + "05"
+
+
+def word(n: int) -> str:
+    return n.to_bytes(32, "big").hex()
+
+
+def proven(root: bytes, key: bytes, proof: list[str]) -> bytes:
+    nodes = [rlp.decode(bytes.fromhex(node[2:])) for node in proof]
+    return bytes(HexaryTrie.get_from_proof(root, keccak(key), nodes))
+
+
+@pytest.fixture
+def execution(tmp_path: Path) -> Any:
+    ex = Execution(tmp_path / "store")
+    yield ex
+    ex.state.close()
+
+
+def test_proofs_check_against_the_blocks_state_root(execution: Execution, tmp_path: Path) -> None:
+    created, view, rpc = with_counter(execution, tmp_path)
+    execution.block(2, to=to_checksum_address(created))  # slot 0 becomes 1
+    view.refresh()
+    counter = "0x" + created.hex()
+    found = rpc("eth_getProof", counter, [SLOT0, SLOT5], "latest")
+    root = bytes.fromhex(rpc("eth_getBlockByNumber", "latest", False)["stateRoot"][2:])
+    account = rlp.decode(proven(root, created, found["accountProof"]), sedes=AccountRecord)
+    assert (hex(account.nonce), hex(account.balance)) == (found["nonce"], found["balance"])
+    assert "0x" + account.storage_root.hex() == found["storageHash"]
+    assert "0x" + account.code_hash.hex() == found["codeHash"]
+    assert account.code_hash == keccak(bytes.fromhex(COUNTER))
+    one, five = found["storageProof"]
+    assert (one["key"], one["value"], five["value"]) == (SLOT0, "0x1", "0x0")
+    value = proven(account.storage_root, bytes(32), one["proof"])
+    assert rlp.decode(value, sedes=rlp.sedes.big_endian_int) == 1
+    assert proven(account.storage_root, bytes.fromhex(SLOT5[2:]), five["proof"]) == b""
+    # At block 1 the slot was still empty; an account nobody has is proven absent.
+    assert rpc("eth_getProof", counter, [SLOT0], "0x1")["storageProof"][0]["value"] == "0x0"
+    nobody = rpc("eth_getProof", "0x" + "98" * 20, [], "latest")
+    assert proven(root, b"\x98" * 20, nobody["accountProof"]) == b""
+    assert nobody["balance"] == "0x0" and nobody["storageProof"] == []
+    view.close()
+
+
+def test_calls_and_estimates_take_state_overrides(execution: Execution, tmp_path: Path) -> None:
+    created, view, rpc = with_counter(execution, tmp_path)
+    counter = "0x" + created.hex()
+    call = {"to": counter}
+    assert rpc("eth_call", call, "latest") == "0x" + word(1) + word(1)
+    seven = {counter: {"stateDiff": {SLOT0: "0x" + word(7)}}}
+    assert rpc("eth_call", call, "latest", seven) == "0x" + word(8) + word(1)
+    assert rpc("eth_call", call, "latest") == "0x" + word(1) + word(1)  # nothing kept
+    # Code put at an empty address runs there; a whole storage replaced reads empty.
+    elsewhere = "0x" + "77" * 20
+    code = {elsewhere: {"code": "0x" + COUNTER, "state": {SLOT5: "0x" + word(3)}}}
+    assert rpc("eth_call", {"to": elsewhere}, "latest", code) == "0x" + word(1) + word(1)
+    # A sender with no funds sends value once given a balance (and a nonce of its own).
+    poor = "0x" + "55" * 20
+    pay = {"from": poor, "to": "0x" + "66" * 20, "value": "0x64"}
+    with pytest.raises(RpcError):
+        rpc("eth_call", pay, "latest")
+    rich = {poor: {"balance": "0xde0b6b3a7640000", "nonce": "0x5"}}
+    assert rpc("eth_call", pay, "latest", rich) == "0x"
+    assert rpc("eth_estimateGas", pay, "latest", rich) == hex(21_000)
+    for bad in (
+        {counter: {"state": {}, "stateDiff": {}}},
+        {counter: {"colour": "red"}},
+        {counter: {"stateDiff": {"0x01": "0x02"}}},  # slots are 32 bytes
+        [counter],
+    ):
+        with pytest.raises(RpcError) as refused:
+            rpc("eth_call", call, "latest", bad)
+        assert refused.value.code == -32602, bad
+    view.close()
