@@ -83,7 +83,7 @@ def _transaction_json(tx: Any, header: Any, index: int | None) -> dict[str, Any]
         "r": qty(tx.r),
         "s": qty(tx.s),
     }
-    if kind == 2:
+    if kind in (2, 4):
         out["maxFeePerGas"] = qty(tx.max_fee_per_gas)
         out["maxPriorityFeePerGas"] = qty(tx.max_priority_fee_per_gas)
         price = tx.max_fee_per_gas
@@ -94,12 +94,24 @@ def _transaction_json(tx: Any, header: Any, index: int | None) -> dict[str, Any]
         out["yParity"] = qty(tx.y_parity)
     else:
         out["gasPrice"] = qty(tx.gas_price)
-    if kind in (1, 2):
+    if kind in (1, 2, 4):
         out["accessList"] = [
             {"address": address(a), "storageKeys": [data(k.to_bytes(32, "big")) for k in keys]}
             for a, keys in tx.access_list
         ]
         out["yParity"] = qty(tx.y_parity)
+    if kind == 4:
+        out["authorizationList"] = [
+            {
+                "chainId": qty(a.chain_id),
+                "address": address(a.address),
+                "nonce": qty(a.nonce),
+                "yParity": qty(a.y_parity),
+                "r": qty(a.r),
+                "s": qty(a.s),
+            }
+            for a in tx.authorization_list
+        ]
     return out
 
 

@@ -26,6 +26,9 @@ def signed(kind: int = 2, key: str = KEY, **changes: Any) -> bytes:
             accessList=[{"address": "0x" + "33" * 20, "storageKeys": ["0x" + "00" * 32]}],
         )
     else:
-        tx.update(type=2, maxFeePerGas=2 * 10**9, maxPriorityFeePerGas=10**9)
+        tx.update(type=kind, maxFeePerGas=2 * 10**9, maxPriorityFeePerGas=10**9)
+    if kind == 4:  # delegates the sender's own account (authorization nonce: after the tx's)
+        delegate = {"chainId": CHAIN_ID, "address": "0x" + "44" * 20, "nonce": 1}
+        tx.update(gas=50_000, authorizationList=[Account.sign_authorization(delegate, key)])
     tx.update(changes)
     return bytes(Account.from_key(key).sign_transaction(tx).raw_transaction)

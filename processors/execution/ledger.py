@@ -165,9 +165,7 @@ class Ledger:
     """The chain of EVM blocks over a database; `execute` applies one ordered chain block.
     Without a genesis the database must hold a chain already (a reader's scratch copy)."""
 
-    def __init__(
-        self, db: AtomicDatabaseAPI, genesis: Genesis | None, rules: ChainRules
-    ) -> None:
+    def __init__(self, db: AtomicDatabaseAPI, genesis: Genesis | None, rules: ChainRules) -> None:
         self.rules = rules
         self.db = db
         chain_class = MiningChain.configure(

@@ -53,6 +53,16 @@ _EIP1559 = List(
     [_INT, _INT, _INT, _INT, _INT, _address, _INT, _BYTES, _access_list, _INT, _INT, _INT]
 )
 
+# EIP-7702: the EIP-1559 fields, then the authorization list, then y, r, s; each
+# authorization is [chain id, address, nonce, y, r, s], signed by the account it delegates.
+_AUTHORIZATION = List([_INT, Binary.fixed_length(20), _INT, _INT, _INT, _INT])
+_EIP7702 = List(
+    [_INT, _INT, _INT, _INT, _INT, _address, _INT, _BYTES, _access_list,
+     CountableList(_AUTHORIZATION), _INT, _INT, _INT]
+)  # fmt: skip
+#: Gas a set-code transaction pays per authorization (EIP-7702's PER_EMPTY_ACCOUNT_COST).
+PER_AUTHORIZATION_GAS = 25_000
+
 AccessList = tuple[tuple[bytes, tuple[bytes, ...]], ...]
 
 
@@ -137,7 +147,9 @@ def parse_hex(text: str) -> bytes:
         ) from None
 
 
-def intrinsic_gas(to: bytes | None, data: bytes, access_list: AccessList) -> int:
+def intrinsic_gas(
+    to: bytes | None, data: bytes, access_list: AccessList, authorizations: int = 0
+) -> int:
     """Gas charged before execution (with the EIP-7623 calldata floor)."""
     zeros = data.count(0)
     nonzeros = len(data) - zeros
@@ -146,6 +158,7 @@ def intrinsic_gas(to: bytes | None, data: bytes, access_list: AccessList) -> int
         gas += TX_CREATE_GAS + INITCODE_WORD_GAS * ((len(data) + 31) // 32)
     for _, keys in access_list:
         gas += ACCESS_LIST_ADDRESS_GAS + ACCESS_LIST_STORAGE_KEY_GAS * len(keys)
+    gas += PER_AUTHORIZATION_GAS * authorizations
     floor = TX_GAS + FLOOR_TOKEN_GAS * (zeros + 4 * nonzeros)
     return max(gas, floor)
 
@@ -235,10 +248,11 @@ class _Fields:
     r: int
     s: int
     signing_hash: bytes
+    authorizations: int = 0
 
 
 def _fields(raw: bytes) -> _Fields:
-    """The fields of a legacy (EIP-155), EIP-2930 or EIP-1559 transaction."""
+    """The fields of a legacy (EIP-155), EIP-2930, EIP-1559 or EIP-7702 transaction."""
     first = raw[0]
     if first >= 0xC0:
         nonce, gas_price, gas, to, value, data, v, r, s = _rlp_fields(raw, _LEGACY, "legacy")
@@ -278,10 +292,35 @@ def _fields(raw: bytes) -> _Fields:
             2, chain_id, nonce, None, max_fee, max_tip, gas, to, value, data, access_list,
             y_parity, r, s, signed,
         )  # fmt: skip
+    if first == 4:
+        return _set_code_fields(raw)
     raise InvalidTransaction(
         "unsupported_type",
-        f"transaction type 0x{first:02x} is not supported (legacy, 0x01 and 0x02 are)",
+        f"transaction type 0x{first:02x} is not supported (legacy, 0x01, 0x02 and 0x04 are; "
+        "0x03 blob transactions need blob data, which blocks here do not carry)",
     )
+
+
+def _set_code_fields(raw: bytes) -> _Fields:
+    """EIP-7702's set-code transaction: a call (never a creation) with authorizations.
+    Each authorization's own signature is the executor's to judge (an invalid one is
+    skipped, not the transaction), as the EIP says."""
+    (chain_id, nonce, max_tip, max_fee, gas, to, value, data, access, auths, y_parity, r, s) = (
+        _rlp_fields(raw[1:], _EIP7702, "EIP-7702")
+    )
+    if not to:
+        raise InvalidTransaction("set_code_creation", "a set-code transaction cannot create")
+    if not auths:
+        raise InvalidTransaction(
+            "empty_authorizations", "a set-code transaction needs at least one authorization"
+        )
+    body = [chain_id, nonce, max_tip, max_fee, gas, to, value, data, access, auths]
+    signed = keccak(b"\x04" + rlp.encode(body))
+    access_list = tuple((a, tuple(k)) for a, k in access)
+    return _Fields(
+        4, chain_id, nonce, None, max_fee, max_tip, gas, to, value, data, access_list,
+        y_parity, r, s, signed, len(auths),
+    )  # fmt: skip
 
 
 def _check(f: _Fields, rules: ChainRules) -> None:
@@ -316,7 +355,7 @@ def _check(f: _Fields, rules: ChainRules) -> None:
             "initcode_too_large",
             f"init code is {len(f.data)} bytes; the limit is {MAX_INITCODE_SIZE}",
         )
-    needed = intrinsic_gas(f.to or None, f.data, f.access_list)
+    needed = intrinsic_gas(f.to or None, f.data, f.access_list, f.authorizations)
     if f.gas < needed:
         raise InvalidTransaction(
             "intrinsic_gas_too_low", f"gas limit {f.gas} is below the intrinsic gas {needed}"

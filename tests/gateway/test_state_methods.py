@@ -91,3 +91,34 @@ def test_calls_and_estimates_take_state_overrides(execution: Execution, tmp_path
             rpc("eth_call", call, "latest", bad)
         assert refused.value.code == -32602, bad
     view.close()
+
+
+def test_a_set_code_transaction_reads_back_with_its_authorizations(
+    execution: Execution, tmp_path: Path
+) -> None:
+    from eth_account import Account
+
+    from processors.execution.genesis import DEV_ACCOUNTS
+    from tests.processors.execution.test_ledger import ordered, transfer
+
+    created, view, rpc = with_counter(execution, tmp_path)
+    key1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+    delegate = {"chainId": 27182, "address": "0x" + created.hex(), "nonce": 0}
+    auth = Account.sign_authorization(delegate, key1)
+    raw = transfer(1, value=0, type=4, to=DEV_ACCOUNTS[1], gas=100_000, authorizationList=[auth])
+    execution.ledger.execute(ordered(2, [raw]))
+    execution.commit()
+    view.refresh()
+    seen = rpc("eth_getTransactionByHash", "0x" + keccak(raw).hex())
+    assert seen["type"] == "0x4" and seen["to"] == DEV_ACCOUNTS[1].lower()
+    (listed,) = seen["authorizationList"]
+    assert (listed["address"], listed["nonce"], listed["chainId"]) == (
+        "0x" + created.hex(),
+        "0x0",
+        hex(27182),
+    )
+    assert rpc("eth_getRawTransactionByHash", "0x" + keccak(raw).hex()) == "0x" + raw.hex()
+    assert rpc("eth_getCode", DEV_ACCOUNTS[1], "latest") == "0xef0100" + created.hex()
+    # A call to the authority runs the counter on the authority's storage (slot 0 is 1).
+    assert rpc("eth_call", {"to": DEV_ACCOUNTS[1]}, "latest") == "0x" + word(2) + word(1)
+    view.close()

@@ -260,3 +260,31 @@ def test_a_rewound_ledger_builds_what_one_that_never_saw_the_dropped_blocks_buil
     assert [r.code for r in resumed.execute(ordered(5, [transfer(4)])).rejected] == []
     with pytest.raises(ValueError, match="cannot rewind"):
         resumed.rewind(6)
+
+
+def test_a_set_code_transaction_delegates_an_account_to_a_contracts_code() -> None:
+    """EIP-7702 through py-evm's Prague: the authority's code becomes the delegation
+    designator, and a call to it runs the delegate's code on the authority's storage."""
+    from eth_typing import Address
+
+    from tests.gateway.test_chainview import DEPLOY_COUNTER
+
+    key1 = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+    authority = bytes.fromhex(DEV_ACCOUNTS[1][2:])
+    ledger, _ = Store().ledger()
+    deploy = transfer(0, value=0, to="", data="0x" + DEPLOY_COUNTER, gas=200_000)
+    counter = ledger.execute(ordered(1, [deploy])).receipts[0].contract_address
+    assert counter is not None
+    signed = Account.sign_authorization(
+        {"chainId": CHAIN_ID, "address": "0x" + counter.hex(), "nonce": 0}, key1
+    )
+    set_code = transfer(
+        1, value=0, type=4, to=DEV_ACCOUNTS[1], gas=100_000, authorizationList=[signed]
+    )
+    result = ledger.execute(ordered(2, [set_code]))
+    assert [i.tx.tx_type for i in result.included] == [4] and result.receipts[0].status == 1
+    state = ledger.chain.get_vm().state
+    assert state.get_code(Address(authority)) == b"\xef\x01\x00" + counter
+    assert state.get_storage(Address(authority), 0) == 1  # the counter ran as the authority
+    assert state.get_storage(Address(counter), 0) == 0
+    assert ledger.account(authority).nonce == 1  # the authorization took nonce 0

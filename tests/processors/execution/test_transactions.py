@@ -23,7 +23,7 @@ from tests.txs import ACCOUNT, signed
 RULES = ChainRules(CHAIN_ID)
 
 
-@pytest.mark.parametrize("kind", [0, 1, 2])
+@pytest.mark.parametrize("kind", [0, 1, 2, 4])
 def test_decodes_each_type_and_recovers_the_sender(kind: int) -> None:
     raw = signed(kind, nonce=5, value=123)
     tx = decode_transaction(raw, RULES)
@@ -64,6 +64,12 @@ def test_each_bad_transaction_has_its_own_code() -> None:
     assert _error(signed(2, gas=20_000)).code == "intrinsic_gas_too_low"
     assert _error(signed(2, gas=40_000_000)).code == "gas_limit_too_high"
     assert _error(signed(2, maxPriorityFeePerGas=3 * 10**9)).code == "tip_above_fee_cap"
+    assert _error(signed(4, to=b"")).code == "set_code_creation"
+    fields = rlp.decode(signed(4)[1:])
+    fields[9] = []  # eth-account will not sign an empty list: the node must refuse one
+    assert _error(b"\x04" + rlp.encode(fields)).code == "empty_authorizations"
+    assert _error(signed(4, gas=40_000)).code == "intrinsic_gas_too_low"  # 21,000 + 25,000
+    assert _error(b"\x03" + good[1:]).code == "unsupported_type"
 
 
 def test_tampered_signature_is_rejected_or_recovers_someone_else() -> None:
