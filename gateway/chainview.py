@@ -218,12 +218,32 @@ class ChainView:
         reverted anyway, and it was ~30% of a call's time.
         """
         with self.costless_state(header) as state:
-            for address, override in overrides:
-                _override(state, address, override)
-            executor = state.get_transaction_executor()
-            executor.validate_transaction(tx)
-            message = _call_message(state, executor, tx)
-            return executor.build_computation(message, tx)
+            return _run(state, tx, overrides)
+
+    def accessed(
+        self, header: BlockHeaderAPI, tx: Any, overrides: Overrides = ()
+    ) -> tuple[Any, list[bytes], list[tuple[bytes, int]]]:
+        """Run a call as `call` does, noting every account and storage slot its code
+        touches: every access asks py-evm whether its target is warm (the warming before
+        the code runs, of the sender, recipient and precompiles, does not ask)."""
+        with self.costless_state(header) as state:
+            accounts: list[bytes] = []
+            slots: list[tuple[bytes, int]] = []
+            kind = type(state)
+
+            def account_warm(address: Address) -> bool:
+                accounts.append(bytes(address))
+                return bool(kind.is_address_warm(state, address))
+
+            def slot_warm(address: Address, slot: int) -> bool:
+                slots.append((bytes(address), slot))
+                return bool(kind.is_storage_warm(state, address, slot))
+
+            state.is_address_warm, state.is_storage_warm = account_warm, slot_warm
+            try:
+                return _run(state, tx, overrides), accounts, slots
+            finally:
+                del state.is_address_warm, state.is_storage_warm
 
     def estimate_gas(self, header: BlockHeaderAPI, tx: Any, overrides: Overrides = ()) -> int:
         """The gas limit `tx` needs on top of `header` (`least_gas`); raises `CallFailed`
@@ -247,6 +267,15 @@ class ChainView:
             self._db.close()
             self._db = None
         shutil.rmtree(self._secondary_dir, ignore_errors=True)
+
+
+def _run(state: Any, tx: Any, overrides: Overrides) -> Any:
+    for address, override in overrides:
+        _override(state, address, override)
+    executor = state.get_transaction_executor()
+    executor.validate_transaction(tx)
+    message = _call_message(state, executor, tx)
+    return executor.build_computation(message, tx)
 
 
 def _override(state: Any, address: bytes, override: Any) -> None:

@@ -321,6 +321,23 @@ class Methods:
         call = call_of(param(params, 0, "call"), param(params, 2, "state overrides", None))
         return data(self.ledger.call(call, block_ref(param(params, 1, "block", "latest"))))
 
+    def eth_createAccessList(self, params: list[Any]) -> dict[str, Any]:
+        call = call_of(param(params, 0, "call"), param(params, 2, "state overrides", None))
+        found = self.ledger.access_list(call, block_ref(param(params, 1, "block", "latest")))
+        out: dict[str, Any] = {
+            "accessList": [
+                {
+                    "address": data(address),
+                    "storageKeys": [data(slot.to_bytes(32, "big")) for slot in slots],
+                }
+                for address, slots in found.entries
+            ],
+            "gasUsed": qty(found.gas_used),
+        }
+        if found.error is not None:
+            out["error"] = found.error
+        return out
+
     def eth_estimateGas(self, params: list[Any]) -> str:
         call = call_of(param(params, 0, "call"), param(params, 2, "state overrides", None))
         ref = block_ref(param(params, 1, "block", "latest"))

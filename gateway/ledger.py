@@ -122,6 +122,33 @@ class FeeHistory:
     rewards: tuple[tuple[int, ...], ...]
 
 
+#: An access list: accounts with the storage slots of each, in the order first touched.
+AccessEntries = tuple[tuple[bytes, tuple[int, ...]], ...]
+#: Rounds of `access_list` before settling (geth loops until stable; lists settle in two).
+ACCESS_LIST_ROUNDS = 10
+#: The precompiled contracts of py-evm's Prague: 0x01 to 0x11.
+PRECOMPILES = frozenset(n.to_bytes(20, "big") for n in range(1, 0x12))
+
+
+@dataclass(frozen=True)
+class AccessListResult:
+    entries: AccessEntries
+    gas_used: int
+    error: str | None
+
+
+def _entries(
+    accounts: Sequence[bytes], slots: Sequence[tuple[bytes, int]], excluded: set[Any]
+) -> AccessEntries:
+    found: dict[bytes, dict[int, None]] = {}
+    for address in accounts:
+        if address not in excluded:
+            found.setdefault(address, {})
+    for address, slot in slots:
+        found.setdefault(address, {})[slot] = None  # a recipient's slots are listed too
+    return tuple((address, tuple(keys)) for address, keys in found.items())
+
+
 #: A log found by a query: its receipt and its index among the receipt's logs.
 FoundLog = tuple[BlockReceipt, int]
 _Outcome = bytes | int | tuple[ErrorKind, str, bytes | None]
@@ -314,19 +341,57 @@ class LedgerQueries:
             raise QueryError(*outcome)
         return outcome
 
-    def _spoof(self, call: Call, header: BlockHeaderAPI) -> SpoofTransaction:
+    def _spoof(
+        self, call: Call, header: BlockHeaderAPI, access: AccessEntries | None = None
+    ) -> SpoofTransaction:
+        """The call as an unsigned transaction from its sender (with an access list: an
+        EIP-2930 one)."""
         sender = call.sender or b"\0" * 20
         vm = self.view.vm(header)
         nonce = dict(call.overrides).get(sender, Override()).nonce
-        unsigned = vm.create_unsigned_transaction(
-            nonce=vm.state.get_nonce(Address(sender)) if nonce is None else nonce,
-            gas_price=0,
-            gas=call.gas if call.gas is not None else self.block_gas_limit,
-            to=Address(call.to or b""),
-            value=call.value,
-            data=call.data,
-        )
+        fields = {
+            "nonce": vm.state.get_nonce(Address(sender)) if nonce is None else nonce,
+            "gas_price": 0,
+            "gas": call.gas if call.gas is not None else self.block_gas_limit,
+            "to": Address(call.to or b""),
+            "value": call.value,
+            "data": call.data,
+        }
+        if access is None:
+            unsigned = vm.create_unsigned_transaction(**fields)
+        else:
+            builder = vm.get_transaction_builder()
+            listed = [(Address(a), list(slots)) for a, slots in access]
+            unsigned = builder.new_unsigned_access_list_transaction(
+                self.view.chain_id, access_list=listed, **fields
+            )
         return SpoofTransaction(unsigned, from_=sender)
+
+    def access_list(self, call: Call, ref: BlockRef = "latest") -> AccessListResult:
+        """geth's `eth_createAccessList`: the accounts and slots the call's code touches
+        (not its sender, recipient or the precompiles), found again with the list given
+        until it stops changing, and the gas the call uses with it."""
+        header = self.header(ref)
+        excluded = {call.sender or b"\0" * 20, call.to, *PRECOMPILES}
+        access: AccessEntries = ()
+        for _ in range(ACCESS_LIST_ROUNDS):
+            tx = self._spoof(call, header, access)
+            try:
+                computation, accounts, slots = self.view.accessed(header, tx, call.overrides)
+            except ValidationError as exc:
+                raise QueryError("invalid", f"invalid call: {exc}") from None
+            if call.to is None:
+                excluded.add(bytes(computation.msg.storage_address))
+            found = _entries(accounts, slots, excluded)
+            if found == access:
+                break
+            access = found
+        used = tx.gas - computation.get_gas_remaining()
+        used -= min(computation.get_gas_refund(), used // 5)  # EIP-3529's cap
+        error = None
+        if computation.is_error:
+            error = "execution reverted" + revert_reason(computation.output)
+        return AccessListResult(access, used, error)
 
     def _run_call(self, header: BlockHeaderAPI, call: Call) -> _Outcome:
         tx = self._spoof(call, header)

@@ -160,7 +160,9 @@ def test_the_same_call_on_the_same_block_runs_once(execution: Execution, tmp_pat
     created, view, rpc = with_counter(execution, tmp_path)
     runs: list[int] = []
     run = view.call
-    view.call = lambda header, tx: runs.append(header.block_number) or run(header, tx)  # type: ignore[method-assign]
+    view.call = lambda header, tx, overrides=(): (  # type: ignore[method-assign]
+        runs.append(header.block_number) or run(header, tx, overrides)
+    )
     call = {"to": "0x" + created.hex()}
     first = rpc("eth_call", call, "latest")
     assert rpc("eth_call", dict(reversed(call.items())), "latest") == first  # field order

@@ -122,3 +122,27 @@ def test_a_set_code_transaction_reads_back_with_its_authorizations(
     # A call to the authority runs the counter on the authority's storage (slot 0 is 1).
     assert rpc("eth_call", {"to": DEV_ACCOUNTS[1]}, "latest") == "0x" + word(2) + word(1)
     view.close()
+
+
+def test_access_lists_name_what_the_code_touches_and_settle(
+    execution: Execution, tmp_path: Path
+) -> None:
+    created, view, rpc = with_counter(execution, tmp_path)
+    counter = "0x" + created.hex()
+    found = rpc("eth_createAccessList", {"to": counter, "gas": "0x30000"}, "latest")
+    # The recipient is not listed as an account, but the slots its code reads are.
+    assert found["accessList"] == [{"address": counter, "storageKeys": [SLOT0]}]
+    listed = int(found["gasUsed"], 16)
+    plain = int(rpc("eth_estimateGas", {"to": counter}, "latest"), 16)
+    # Listed up front: the account 2,400 and the slot 1,900; its first read is then warm
+    # (100 rather than 2,100).
+    assert listed == plain + 2_400 + 1_900 - 2_000
+    # A contract that only forwards to the counter lists the counter and its slot.
+    forward = (
+        "60006000600060006000" + "73" + created.hex() + "5af1" + "00"
+    )  # CALL(gas, counter, 0, 0, 0, 0, 0); STOP
+    elsewhere = "0x" + "78" * 20
+    code = {elsewhere: {"code": "0x" + forward}}
+    through = rpc("eth_createAccessList", {"to": elsewhere}, "latest", code)
+    assert through["accessList"] == [{"address": counter, "storageKeys": [SLOT0]}]
+    view.close()
