@@ -38,6 +38,7 @@ from gateway.guard import Guard, GuardRules
 from gateway.intake import TransactionIntake, Unavailable
 from gateway.jsonrpc import JsonRpc, Methods, ProcessStatus
 from gateway.jsonrpc_accounts import AccountMethods
+from gateway.jsonrpc_debug import DebugMethods
 from gateway.jsonrpc_pool import PoolMethods
 from gateway.ledger import LedgerQueries
 from gateway.limits import Limiter, RequestLimits, Slots
@@ -246,7 +247,7 @@ def create_app(
         app.state.followers.append(PendingView(bootstrap, intake))
     rpc = None
     if ledger is not None and view is not None:
-        groups: list[object] = [PoolMethods(ledger, intake)]
+        groups: list[object] = [PoolMethods(ledger, intake), DebugMethods(ledger)]
         if dev_keys:
             accounts = DevAccounts.of(dev_keys)
             groups.append(AccountMethods(accounts, ledger, intake, settings.chain_id))

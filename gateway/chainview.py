@@ -323,6 +323,13 @@ def _call_message(state: Any, executor: Any, tx: Any) -> MessageAPI:
     )
 
 
+def gas_used(gas_limit: int, computation: Any) -> int:
+    """What a transaction with `gas_limit` that ran `computation` is charged: intrinsic
+    gas and execution, less the refund EIP-3529 allows (a fifth at most)."""
+    used = gas_limit - int(computation.get_gas_remaining())
+    return used - min(int(computation.get_gas_refund()), used // 5)
+
+
 class CallFailed(Exception):
     """A call that fails with all the gas it may have; `computation` says how (None: the
     transaction is invalid at any gas)."""

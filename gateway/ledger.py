@@ -31,7 +31,7 @@ from eth_bloom import BloomFilter  # type: ignore[attr-defined]
 from eth_typing import Address
 from eth_utils.exceptions import ValidationError
 
-from gateway.chainview import CallFailed, ChainView, LedgerNotReady
+from gateway.chainview import CallFailed, ChainView, LedgerNotReady, gas_used
 from gateway.checkpointview import CheckpointView
 from gateway.stateproofs import AccountProof, prove
 from processors.execution.receipts import BlockReceipt, ReceiptSource, block_receipts
@@ -341,7 +341,7 @@ class LedgerQueries:
             raise QueryError(*outcome)
         return outcome
 
-    def _spoof(
+    def spoof(
         self, call: Call, header: BlockHeaderAPI, access: AccessEntries | None = None
     ) -> SpoofTransaction:
         """The call as an unsigned transaction from its sender (with an access list: an
@@ -375,7 +375,7 @@ class LedgerQueries:
         excluded = {call.sender or b"\0" * 20, call.to, *PRECOMPILES}
         access: AccessEntries = ()
         for _ in range(ACCESS_LIST_ROUNDS):
-            tx = self._spoof(call, header, access)
+            tx = self.spoof(call, header, access)
             try:
                 computation, accounts, slots = self.view.accessed(header, tx, call.overrides)
             except ValidationError as exc:
@@ -386,15 +386,14 @@ class LedgerQueries:
             if found == access:
                 break
             access = found
-        used = tx.gas - computation.get_gas_remaining()
-        used -= min(computation.get_gas_refund(), used // 5)  # EIP-3529's cap
+        used = gas_used(tx.gas, computation)
         error = None
         if computation.is_error:
             error = "execution reverted" + revert_reason(computation.output)
         return AccessListResult(access, used, error)
 
     def _run_call(self, header: BlockHeaderAPI, call: Call) -> _Outcome:
-        tx = self._spoof(call, header)
+        tx = self.spoof(call, header)
         try:
             computation = self.view.call(header, tx, call.overrides)
         except ValidationError as exc:  # a value above the sender's balance, gas too low
@@ -405,7 +404,7 @@ class LedgerQueries:
         return bytes(computation.output)
 
     def _run_estimate(self, header: BlockHeaderAPI, call: Call) -> _Outcome:
-        tx = self._spoof(call, header)
+        tx = self.spoof(call, header)
         try:
             return self.view.estimate_gas(header, tx, call.overrides)
         except ValidationError as exc:  # a value above the sender's balance

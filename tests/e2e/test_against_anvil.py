@@ -32,7 +32,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
     net = Devnet(tmp_path_factory.mktemp("anvil") / "data", "--block-interval", "0.3")
     port = free_port()
     anvil = subprocess.Popen(
-        [str(ANVIL), "--port", str(port), "--silent"],
+        [str(ANVIL), "--port", str(port), "--silent", "--steps-tracing"],  # geth-style logs
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -110,3 +110,76 @@ def test_access_lists_agree(nodes: tuple[str, str], counter: tuple[str, dict[str
     ours, theirs = (rpc(url, "eth_createAccessList", [call, "latest"]) for url in nodes)
     assert ours == theirs
     assert ours["accessList"] == [{"address": address.lower(), "storageKeys": [SLOTS[0]]}]
+
+
+@pytest.fixture(scope="module")
+def forwarder(nodes: tuple[str, str], counter: tuple[str, dict[str, str]]) -> dict[str, str]:
+    """A contract that CALLs the counter, deployed and called on both: each node's call."""
+    runtime = "60006000600060006000" + "73" + counter[0][2:].lower() + "5af1" + "00"
+    size = f"{len(runtime) // 2:02x}"
+    init = f"60{size}600c60003960{size}6000f3" + runtime
+    calls = {}
+    for url in nodes:
+        chain_id = int(rpc(url, "eth_chainId"), 16)
+        made = transact(url, chain_id, 2, to="", data="0x" + init)["contractAddress"]
+        to = Web3.to_checksum_address(made)
+        calls[url] = transact(url, chain_id, 3, to=to)["transactionHash"]
+    return calls
+
+
+def traces(nodes: tuple[str, str], calls: dict[str, str], options: Any) -> list[Any]:
+    return [rpc(url, "debug_traceTransaction", [calls[url], options]) for url in nodes]
+
+
+def test_struct_logs_agree_opcode_by_opcode(
+    nodes: tuple[str, str], counter: tuple[str, dict[str, str]]
+) -> None:
+    ours, theirs = traces(nodes, counter[1], {"enableMemory": True})
+    assert len(ours["structLogs"]) == len(theirs["structLogs"]) > 10
+    for mine, other in zip(ours["structLogs"], theirs["structLogs"], strict=True):
+        assert mine == other
+    assert {k: v for k, v in ours.items() if k != "structLogs"} == {
+        k: v for k, v in theirs.items() if k != "structLogs"
+    }
+
+
+def test_call_traces_agree(nodes: tuple[str, str], counter: tuple[str, dict[str, str]]) -> None:
+    ours, theirs = traces(nodes, counter[1], {"tracer": "callTracer"})
+    assert ours == theirs
+    assert ours["type"] == "CALL" and ours["to"] == counter[0].lower()
+
+
+def test_prestates_agree_on_what_the_histories_share(
+    nodes: tuple[str, str], counter: tuple[str, dict[str, str]]
+) -> None:
+    ours, theirs = traces(nodes, counter[1], {"tracer": "prestateTracer"})
+    contract, sender = counter[0].lower(), SENDER.lower()
+    assert ours[contract] == theirs[contract]
+    assert ours[contract]["storage"] == {SLOTS[0]: "0x" + "00" * 32}
+    assert ours[sender]["nonce"] == theirs[sender]["nonce"] == 1
+
+
+def test_a_nested_call_traces_alike(nodes: tuple[str, str], forwarder: dict[str, str]) -> None:
+    """A CALL's gas cost counts the gas it hands on; the callee's frame nests."""
+    ours, theirs = traces(nodes, forwarder, {})
+    assert ours == theirs
+    assert max(log["depth"] for log in ours["structLogs"]) == 2
+    ours, theirs = traces(nodes, forwarder, {"tracer": "callTracer"})
+    assert ours == theirs and [c["type"] for c in ours["calls"]] == ["CALL"]
+
+
+def test_calls_and_blocks_trace_alike(
+    nodes: tuple[str, str], counter: tuple[str, dict[str, str]]
+) -> None:
+    call = {"from": SENDER, "to": counter[0]}
+    options = {"tracer": "callTracer"}
+    ours, theirs = (rpc(url, "debug_traceCall", [call, "latest", options]) for url in nodes)
+    stored = int(rpc(nodes[0], "eth_getStorageAt", [counter[0], "0x0", "latest"]), 16)
+    assert ours == theirs and ours["output"] == "0x" + f"{stored + 1:064x}" + f"{1:064x}"
+    found = []
+    for url in nodes:
+        tx_hash = counter[1][url]
+        block = rpc(url, "eth_getTransactionReceipt", [tx_hash])["blockHash"]
+        traced = rpc(url, "debug_traceBlockByHash", [block, options])
+        found.append(next(t["result"] for t in traced if t["txHash"] == tx_hash))
+    assert found[0] == found[1]

@@ -113,7 +113,7 @@ class Rpc:
         return asyncio.run(self.rpc.run(method, list(params)))
 
     def spoof(self, call: dict[str, Any], head: Any) -> Any:
-        return self.ledger._spoof(call_of(call), head)
+        return self.ledger.spoof(call_of(call), head)
 
 
 class _NoSink(Producer):
