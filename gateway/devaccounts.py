@@ -23,6 +23,7 @@ from typing import Any
 from eth_account import Account
 from eth_account.messages import encode_defunct, encode_typed_data
 from eth_account.signers.local import LocalAccount
+from eth_utils.address import to_checksum_address
 
 from gateway.formats import BadParam, parse_data, parse_qty
 from gateway.ledger import SUGGESTED_TIP, Call, LedgerQueries
@@ -109,7 +110,7 @@ def transaction_fields(
         ),
     }
     if to is not None:
-        fields["to"] = "0x" + to.hex()
+        fields["to"] = to_checksum_address(to)  # eth-account signs nothing else
     if request.get("accessList"):
         fields["accessList"] = request["accessList"]
     fields.update(_fees(request, ledger))

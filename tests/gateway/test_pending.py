@@ -162,6 +162,8 @@ def test_transactions_it_signs_are_filled_as_geth_fills_them(node: Node) -> None
         30_000,
         CHAIN_ID,
     )
+    lower = node("eth_signTransaction", {"from": SENDER, "to": "0x" + "ab" * 20, "gas": "0x5208"})
+    assert decode_transaction(bytes.fromhex(lower[2:]), ChainRules(CHAIN_ID)).to == b"\xab" * 20
     for bad, code in (
         ({"to": DEST}, -32602),  # no sender
         ({"from": SENDER, "chainId": "0x1"}, -32602),
