@@ -40,6 +40,7 @@ from gateway.jsonrpc import JsonRpc, Methods, ProcessStatus
 from gateway.jsonrpc_accounts import AccountMethods
 from gateway.jsonrpc_debug import DebugMethods
 from gateway.jsonrpc_pool import PoolMethods
+from gateway.jsonrpc_simulate import SimulateMethods
 from gateway.ledger import LedgerQueries
 from gateway.limits import Limiter, RequestLimits, Slots
 from gateway.market import MarketService
@@ -247,18 +248,13 @@ def create_app(
         app.state.followers.append(PendingView(bootstrap, intake))
     rpc = None
     if ledger is not None and view is not None:
-        groups: list[object] = [PoolMethods(ledger, intake), DebugMethods(ledger)]
-        if dev_keys:
-            accounts = DevAccounts.of(dev_keys)
-            groups.append(AccountMethods(accounts, ledger, intake, settings.chain_id))
-        methods = Methods(
+        methods = json_rpc_methods(
             ledger,
             intake,
             chain_id=settings.chain_id,
-            client_version=client_version(),
             dag=dag,
             processes=processes,
-            groups=groups,
+            dev_keys=dev_keys,
         )
         rpc = JsonRpc(methods)
         # ~10 us when execution committed nothing new (ChainView.refresh).
@@ -276,6 +272,35 @@ def create_app(
         _snapshot_route(app, view.store_path.parent)
     _transaction_route(app, intake, body_limit=2 * settings.max_tx_bytes + 1024)
     return app
+
+
+def json_rpc_methods(
+    ledger: LedgerQueries,
+    intake: TransactionIntake,
+    *,
+    chain_id: int,
+    dag: DagView | None = None,
+    processes: ProcessStatus | None = None,
+    dev_keys: Sequence[str] = (),
+) -> Methods:
+    """Every JSON-RPC method the gateway serves: `Methods` and its groups (the pool,
+    traces, simulation; the dev accounts' signing when given their keys)."""
+    groups: list[object] = [
+        PoolMethods(ledger, intake),
+        DebugMethods(ledger),
+        SimulateMethods(ledger),
+    ]
+    if dev_keys:
+        groups.append(AccountMethods(DevAccounts.of(dev_keys), ledger, intake, chain_id))
+    return Methods(
+        ledger,
+        intake,
+        chain_id=chain_id,
+        client_version=client_version(),
+        dag=dag,
+        processes=processes,
+        groups=groups,
+    )
 
 
 def _json_rpc_routes(

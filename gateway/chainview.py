@@ -271,14 +271,14 @@ class ChainView:
 
 def _run(state: Any, tx: Any, overrides: Overrides) -> Any:
     for address, override in overrides:
-        _override(state, address, override)
+        apply_override(state, address, override)
     executor = state.get_transaction_executor()
     executor.validate_transaction(tx)
     message = _call_message(state, executor, tx)
     return executor.build_computation(message, tx)
 
 
-def _override(state: Any, address: bytes, override: Any) -> None:
+def apply_override(state: Any, address: bytes, override: Any) -> None:
     """Make one account of `state` what a call's override says."""
     who = Address(address)
     if override.balance is not None:

@@ -88,11 +88,13 @@ def call_of(spec: Any, overrides: Any = None) -> Call:
         gas=parse_qty(spec["gas"], "gas") if spec.get("gas") else None,
         value=parse_qty(spec["value"], "value") if spec.get("value") else 0,
         data=parse_data(payload, "data"),
-        overrides=_overrides(overrides),
+        overrides=overrides_of(overrides),
     )
 
 
-def _overrides(spec: Any) -> tuple[tuple[bytes, Override], ...]:
+def overrides_of(spec: Any) -> tuple[tuple[bytes, Override], ...]:
+    """geth's state override set, checked: address -> balance, nonce, code, state or
+    stateDiff."""
     if spec is None:
         return ()
     if not isinstance(spec, dict):

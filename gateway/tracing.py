@@ -290,6 +290,7 @@ def run(
     before = vm.state.make_state_root()
     tracer = Tracer(config)
     last = transactions[-1]
+    vm.state.lock_changes()  # a new transaction: nothing warm, as py-evm's VM does
     with tracing(tracer):
         computation = vm.state.apply_transaction(last)  # no receipt: a call has none
     used = gas_used(last.gas, computation)

@@ -99,7 +99,8 @@ class BlockResult:
 _NONCE = re.compile(r"expected (\d+), but got (\d+)", re.IGNORECASE)
 
 
-def _rejection_code(message: str) -> str:
+def rejection_code(message: str) -> str:
+    """The code of a transaction the state refuses, from py-evm's message."""
     text = message.lower()
     nonce = _NONCE.search(message)
     if "nonce" in text and nonce:
@@ -268,7 +269,7 @@ class Ledger:
         except ValidationError as exc:
             # Raised by validation, before the state changed.
             reason = str(exc)
-            block.rejected.append(_refused(tx, dag_block, _rejection_code(reason), reason))
+            block.rejected.append(_refused(tx, dag_block, rejection_code(reason), reason))
             return
         block.header = block.vm.add_receipt_to_header(header, receipt)
         block.applied.append(evm_tx)

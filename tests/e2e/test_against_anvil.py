@@ -183,3 +183,25 @@ def test_calls_and_blocks_trace_alike(
         traced = rpc(url, "debug_traceBlockByHash", [block, options])
         found.append(next(t["result"] for t in traced if t["txHash"] == tx_hash))
     assert found[0] == found[1]
+
+
+def test_simulations_agree_on_their_calls(
+    nodes: tuple[str, str], counter: tuple[str, dict[str, str]]
+) -> None:
+    logger = "0x" + "79" * 20  # given code by an override: LOG0 of the word 0xaa, STOP
+    calls = [
+        {"from": SENDER, "to": counter[0]},
+        {"from": SENDER, "to": counter[0]},
+        {"from": SENDER, "to": logger},
+    ]
+    code = {logger: {"code": "0x60aa60005260206000a000"}}
+    request = {"blockStateCalls": [{"stateOverrides": code, "calls": calls}]}
+    ours, theirs = (rpc(url, "eth_simulateV1", [request, "latest"]) for url in nodes)
+    fields = ("returnData", "gasUsed", "status")
+    for mine, other in zip(ours[0]["calls"], theirs[0]["calls"], strict=True):
+        assert {f: mine[f] for f in fields} == {f: other[f] for f in fields}
+        shared = ("address", "topics", "data", "logIndex", "transactionIndex")
+        assert [{k: e[k] for k in shared} for e in mine["logs"]] == [
+            {k: e[k] for k in shared} for e in other["logs"]
+        ]
+    assert ours[0]["gasUsed"] == theirs[0]["gasUsed"]

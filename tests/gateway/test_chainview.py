@@ -16,9 +16,10 @@ from eth_typing import Address
 from eth_utils.address import to_checksum_address
 
 from gateway import chainview
+from gateway.app import json_rpc_methods
 from gateway.chainview import CallFailed, ChainView, least_gas
 from gateway.intake import TransactionIntake
-from gateway.jsonrpc import JsonRpc, Methods, RpcError, call_of
+from gateway.jsonrpc import JsonRpc, RpcError, call_of
 from gateway.ledger import LedgerQueries
 from processors.execution.db import overlay_chain_db
 from processors.execution.genesis import dev_genesis
@@ -107,7 +108,7 @@ class Rpc:
     def __init__(self, view: ChainView) -> None:
         self.ledger = LedgerQueries(view, block_gas_limit=30_000_000)
         intake = TransactionIntake(ChainRules(CHAIN_ID), _NoSink(), self.ledger)
-        self.rpc = JsonRpc(Methods(self.ledger, intake, chain_id=CHAIN_ID, client_version="t"))
+        self.rpc = JsonRpc(json_rpc_methods(self.ledger, intake, chain_id=CHAIN_ID))
 
     def __call__(self, method: str, *params: Any) -> Any:
         return asyncio.run(self.rpc.run(method, list(params)))

@@ -16,12 +16,10 @@ from eth_account.messages import encode_defunct, encode_typed_data
 from eth_hash.auto import keccak
 from web3 import Web3
 
+from gateway.app import json_rpc_methods
 from gateway.chainview import ChainView
-from gateway.devaccounts import DevAccounts
 from gateway.intake import TransactionIntake
-from gateway.jsonrpc import JsonRpc, Methods, RpcError
-from gateway.jsonrpc_accounts import AccountMethods
-from gateway.jsonrpc_pool import PoolMethods
+from gateway.jsonrpc import JsonRpc, RpcError
 from gateway.ledger import LedgerQueries
 from processors.execution.genesis import DEV_ACCOUNTS, DEV_KEYS
 from processors.execution.transactions import ChainRules, decode_transaction
@@ -54,10 +52,7 @@ class Node:
         self.view = ChainView(tmp_path / "store", CHAIN_ID)
         self.ledger = LedgerQueries(self.view, block_gas_limit=30_000_000)
         self.intake = TransactionIntake(ChainRules(CHAIN_ID), _NoSink(), self.ledger)
-        accounts = AccountMethods(DevAccounts.of(DEV_KEYS), self.ledger, self.intake, CHAIN_ID)
-        groups = [PoolMethods(self.ledger, self.intake), accounts]
-        methods = Methods(self.ledger, self.intake, chain_id=CHAIN_ID, client_version="t")
-        methods.groups = tuple(groups)
+        methods = json_rpc_methods(self.ledger, self.intake, chain_id=CHAIN_ID, dev_keys=DEV_KEYS)
         self.rpc = JsonRpc(methods)
 
     def __call__(self, method: str, *params: Any) -> Any:

@@ -146,3 +146,84 @@ def test_access_lists_name_what_the_code_touches_and_settle(
     through = rpc("eth_createAccessList", {"to": elsewhere}, "latest", code)
     assert through["accessList"] == [{"address": counter, "storageKeys": [SLOT0]}]
     view.close()
+
+
+def test_simulated_blocks_carry_state_and_take_overrides(
+    execution: Execution, tmp_path: Path
+) -> None:
+
+    created, view, rpc = with_counter(execution, tmp_path)
+    counter = "0x" + created.hex()
+    head = rpc("eth_getBlockByNumber", "latest", False)
+    reverter = "0x" + "79" * 20
+    logs_word = "60aa60005260206000a000"  # MSTORE 0xaa, LOG0 of it, STOP: an init code
+    request = {
+        "blockStateCalls": [
+            {"calls": [{"to": counter}, {"to": counter}, {"data": "0x" + logs_word}]},
+            {
+                "blockOverrides": {"time": hex(int(head["timestamp"], 16) + 60)},
+                "stateOverrides": {
+                    counter: {"stateDiff": {SLOT0: "0x" + word(10)}},
+                    reverter: {"code": "0x60006000fd"},
+                },
+                "calls": [{"to": counter}, {"to": reverter}],
+            },
+        ]
+    }
+    first, second = rpc("eth_simulateV1", request, "latest")
+    assert int(first["number"], 16) == int(head["number"], 16) + 1
+    assert second["parentHash"] == first["hash"]
+    assert int(second["timestamp"], 16) == int(head["timestamp"], 16) + 60
+    one, two, made = first["calls"]
+    assert (one["returnData"], two["returnData"]) == (
+        "0x" + word(1) + word(1),
+        "0x" + word(2) + word(1),  # the first call's write is seen; transient storage not
+    )
+    # Each call is a transaction of its own: the slot is cold again for the second, whose
+    # write (1 -> 2) costs 2,900 where the first's (0 -> 1) cost 20,000.
+    assert int(one["gasUsed"], 16) - int(two["gasUsed"], 16) == 20_000 - 2_900
+    assert made["status"] == "0x1" and [e["data"] for e in made["logs"]] == ["0x" + word(0xAA)]
+    assert made["logs"][0]["blockHash"] == first["hash"]
+    assert int(first["gasUsed"], 16) == sum(int(c["gasUsed"], 16) for c in first["calls"])
+    eleven, reverted = second["calls"]
+    assert eleven["returnData"] == "0x" + word(11) + word(1)
+    assert reverted["status"] == "0x0" and reverted["error"]["code"] == 3
+    assert rpc("eth_call", {"to": counter}, "latest") == "0x" + word(1) + word(1)  # nothing kept
+
+    def refused(payload: Any) -> int:
+        with pytest.raises(RpcError) as error:
+            rpc("eth_simulateV1", payload, "latest")
+        return error.value.code
+
+    assert refused({"blockStateCalls": [{"calls": []}] * 257}) == -38026
+    backwards = {"blockOverrides": {"number": head["number"]}, "calls": []}
+    assert refused({"blockStateCalls": [backwards]}) == -38020
+    funded = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"  # dev account 2, nonce 0
+    high = {"calls": [{"from": funded, "to": counter, "nonce": "0x5"}]}
+    assert refused({"blockStateCalls": [high], "validation": True}) == -38011
+    assert refused({"blockStateCalls": "nope"}) == -32602
+    view.close()
+
+
+def test_a_traced_transaction_sees_only_what_its_block_did_before_it(
+    execution: Execution, tmp_path: Path
+) -> None:
+    """The second of two calls in a block: its slot is cold again (a transaction of its
+    own), and it reads what the first wrote."""
+    from tests.processors.execution.test_ledger import ordered, transfer
+
+    created, view, rpc = with_counter(execution, tmp_path)
+    calls = [transfer(n, value=0, to=to_checksum_address(created), gas=100_000) for n in (1, 2)]
+    execution.ledger.execute(ordered(2, calls))
+    execution.commit()
+    view.refresh()
+    second = "0x" + keccak(calls[1]).hex()
+    logs = rpc("debug_traceTransaction", second, {})["structLogs"]
+    (sload,) = [entry for entry in logs if entry["op"] == "SLOAD"]
+    assert sload["gasCost"] == 2_100 and sload["storage"] == {SLOT0: "0x" + word(1)}
+    receipt = rpc("eth_getTransactionReceipt", second)
+    assert (
+        rpc("debug_traceTransaction", second, {"tracer": "callTracer"})["gasUsed"]
+        == (receipt["gasUsed"])
+    )
+    view.close()
