@@ -7,7 +7,8 @@ One Python client (httpx, keep-alive) runs the same script on each node: pre-sig
 transfers sent with eth_sendRawTransaction until every receipt is in, first one request at
 a time, then from ten wallets at once (one connection and one thread each, every wallet
 sending its next transaction as soon as the last was accepted, as ten busy users would),
-then as JSON-RPC batches holding one transaction of each wallet (as a relayer would); the
+then from four submitting threads (each with its share of the wallets), then as
+JSON-RPC batches holding one transaction of each wallet (as a relayer would); the
 same for ERC-20 transfers (LatticeToken); submit-to-receipt latency of single transfers;
 eth_call latency (balanceOf), the same call repeated (Lattice answers a call it ran on the
 same block from memory) and a different holder each time (run every time); eth_estimateGas
@@ -56,6 +57,8 @@ HARDHAT = ROOT / "node_modules" / ".bin" / "hardhat"
 KEYS = list(DEV_KEYS)
 #: Receipts asked for per JSON-RPC batch while waiting.
 RECEIPT_BATCH = 100
+#: Threads of the "four submitting threads" workload (issue 15's client script).
+SUBMITTERS = 4
 #: Transfers timed one by one from submission to receipt.
 LATENCY_SAMPLES = 40
 
@@ -230,6 +233,15 @@ class Workload:
     def all_wallets(self, txs: list[list[str]]) -> None:
         until_receipts(self.client, send_from_wallets(self.url, txs))
 
+    def four_threads(self, txs: list[list[str]]) -> None:
+        """Four submitting threads, each sending its share of the wallets' transactions
+        (each wallet's in nonce order), as the issue's client script does."""
+        threads = [
+            [raw for row in itertools.zip_longest(*txs[t::SUBMITTERS]) for raw in row if raw]
+            for t in range(SUBMITTERS)
+        ]
+        until_receipts(self.client, send_from_wallets(self.url, threads))
+
     def batches(self, txs: list[list[str]]) -> None:
         # One transaction per wallet in each batch: no node has to keep a batch's order.
         rows = [[raw for raw in row if raw] for row in itertools.zip_longest(*txs)]
@@ -245,6 +257,7 @@ class Workload:
             for mode, label, send in (
                 ("sequential", "one at a time", self.one_at_a_time),
                 ("10 wallets", "ten wallets at once", self.all_wallets),
+                ("4 threads", "four submitting threads", self.four_threads),
                 ("batches", "batches of ten (one per wallet)", self.batches),
             ):
                 txs = self.wallets(kind)
@@ -486,6 +499,35 @@ def main() -> None:
         row = "".join(f"{figures[n][key]:>12,.2f}" for n in names)
         ratios = "  ".join(f"x{ours / figures[n][key]:.2f}" for n in names[1:])
         print(f"    {key:<34}{row}   {ratios}")
+    print_targets(figures)
+
+
+#: Issue 15's targets: (figure, how lattice's must compare, the bound or anvil's multiple).
+TARGETS = (
+    ("eth transfers, 4 threads /s", "x anvil >=", 2.0),
+    ("erc20 transfers, 4 threads /s", "x anvil >=", 2.0),
+    ("eth_call new p50 ms", "ms <", 0.5),
+)
+
+
+def print_targets(figures: dict[str, dict[str, float]]) -> None:
+    """Each target beside the figure that meets it or not (nothing is asserted)."""
+    ours = figures["lattice"]
+    print("\n    targets (issue 15)")
+    for key, rule, bound in TARGETS:
+        if rule.startswith("x"):
+            if "anvil" not in figures:
+                continue
+            value = ours[key] / figures["anvil"][key]
+            met = value >= bound
+            print(f"    {key:<34} x{value:.2f} of anvil, target x{bound:.1f}: {_met(met)}")
+        else:
+            met = ours[key] < bound
+            print(f"    {key:<34} {ours[key]:.2f} ms, target under {bound} ms: {_met(met)}")
+
+
+def _met(met: bool) -> str:
+    return "met" if met else "NOT met"
 
 
 if __name__ == "__main__":
