@@ -186,7 +186,10 @@ def confirm(
     while time.monotonic() < deadline and not stopping():
         view.refresh()
         try:
-            head = int(view.head().block_number)
+            view.head()
+            # Final blocks only: above them the head is optimistic, and a block there may
+            # still be replaced by the DAG's reorganisation without anything being wrong.
+            head = view.final_number()
         except LedgerNotReady:
             head = -1
         for height, (block_hash, state_root) in checkpoints.agreed_from(adopted.block, own):

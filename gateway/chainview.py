@@ -325,9 +325,12 @@ def _call_message(state: Any, executor: Any, tx: Any) -> MessageAPI:
 
 def gas_used(gas_limit: int, computation: Any) -> int:
     """What a transaction with `gas_limit` that ran `computation` is charged: intrinsic
-    gas and execution, less the refund EIP-3529 allows (a fifth at most)."""
+    gas and execution, less the refund EIP-3529 allows (a fifth at most), raised to
+    EIP-7623's calldata floor where py-evm's settlement worked one out (a call that stops
+    before settling has none)."""
     used = gas_limit - int(computation.get_gas_remaining())
-    return used - min(int(computation.get_gas_refund()), used // 5)
+    used -= min(int(computation.get_gas_refund()), used // 5)
+    return used + int(getattr(computation, "data_floor_gas", 0))
 
 
 class CallFailed(Exception):

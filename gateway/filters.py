@@ -123,9 +123,12 @@ class Watcher:
             hashes, watch.cursor = self.intake.accepted_since(watch.cursor)
             return Changes(pending=tuple(hashes))
         dropped = self._dropped(watch)
-        head = self.ledger.head().block_number
+        top = self.ledger.head()
+        head = top.block_number
         first, watch.cursor = watch.cursor, max(watch.cursor, head + 1)
-        watch.last = _canonical(self.ledger.view, watch.cursor - 1)
+        # The hash of what is reported up to: the head read here, not a later one.
+        last = watch.cursor - 1
+        watch.last = top.hash if last == head else _canonical(self.ledger.view, last)
         if watch.kind == "blocks":
             return Changes(blocks=tuple(range(first, head + 1)))
         assert watch.criteria is not None

@@ -119,6 +119,14 @@ def overrides_of(spec: Any) -> tuple[tuple[bytes, Override], ...]:
     return tuple(out)
 
 
+def _slot_key(value: Any) -> bytes:
+    """A storage slot as `eth_getProof` takes one: up to 32 bytes (geth pads it)."""
+    key = parse_data(value, "storage key")
+    if len(key) > 32:
+        raise BadParam(f"storage key: {len(key)} bytes, at most 32")
+    return key
+
+
 def _slots(spec: Any) -> tuple[tuple[int, int], ...]:
     if not isinstance(spec, dict):
         raise BadParam("state override storage: expected an object of slot -> value")
@@ -300,7 +308,7 @@ class Methods:
         keys = param(params, 1, "storage keys")
         if not isinstance(keys, list):
             raise BadParam("storage keys: expected a list of 32-byte slots")
-        slots = [int.from_bytes(parse_data(k, "storage key"), "big") for k in keys]
+        slots = [int.from_bytes(_slot_key(k), "big") for k in keys]
         found = self.ledger.proof(who, slots, block_ref(param(params, 2, "block", "latest")))
         return {
             "address": data(found.address),
@@ -446,7 +454,8 @@ class Methods:
     def eth_getBlockTransactionCountByNumber(self, params: list[Any]) -> str:
         ref = block_ref(param(params, 0, "block"))
         if ref == "pending":
-            return qty(len(self.intake.pool(self.ledger.nonce).runnable()))
+            runnable = self.intake.pool(self.ledger.nonce).runnable()
+            return qty(len(self.ledger.pending_block(runnable).transactions))
         return qty(len(self.ledger.block(ref).transactions))
 
     def eth_getBlockTransactionCountByHash(self, params: list[Any]) -> str:

@@ -52,7 +52,7 @@ class PendingView(Processor[MemoryStore]):
         except LedgerNotReady:
             pass
         try:
-            tx = decode_transaction(event.raw, self.intake.rules, sender=event.sender)
+            tx = decode_transaction(event.raw, self.intake.rules)
         except InvalidTransaction as exc:  # the gateway that took it checked it; not ours
             log.debug("a submitted transaction that does not decode: %s", exc)
             return ()

@@ -159,6 +159,7 @@ def _run_block(chain: Any, header: Any, block: SimBlock, validation: bool) -> Si
             for topic in topics:
                 bloom.add(topic.to_bytes(32, "big"))
     final = header.copy(state_root=state.state_root, gas_used=used, bloom=int(bloom))
+    chain.chaindb.persist_header(final)  # in the scratch copy: BLOCKHASH of later blocks
     return Simulated(final, tuple(results))
 
 

@@ -24,7 +24,6 @@ from typing import Any
 from eth.abc import BlockAPI, BlockHeaderAPI
 from eth.db.account import AccountDB
 from eth.exceptions import Halt
-from eth.vm.opcode_values import CALL, CALLCODE, CREATE, CREATE2, DELEGATECALL, STATICCALL
 from eth_typing import Address, Hash32
 
 from gateway.chainview import gas_used
@@ -32,8 +31,6 @@ from gateway.formats import BadParam
 
 #: Tracers by name (the struct logger is the default: no name).
 TRACERS = ("callTracer", "prestateTracer")
-_CALLS = {CALL: "CALL", CALLCODE: "CALLCODE", DELEGATECALL: "DELEGATECALL"}
-_CALLS |= {STATICCALL: "STATICCALL", CREATE: "CREATE", CREATE2: "CREATE2"}
 _SLOAD, _SSTORE = 0x54, 0x55
 #: Opcodes whose top stack word is an account they read (for the prestate).
 _ACCOUNT_READS = {0x31, 0x3B, 0x3C, 0x3F, 0xFF}  # BALANCE, EXTCODE*, SELFDESTRUCT
@@ -87,8 +84,8 @@ class Tracer:
 
     config: TraceConfig
     logs: list[dict[str, Any]] = field(default_factory=list)
-    #: The call-family opcode that made each child computation, by parent (geth's types).
-    kinds: dict[int, list[str]] = field(default_factory=dict)
+    #: The call-family opcode that made each child computation (geth's types), by child.
+    kinds: dict[int, str] = field(default_factory=dict)
     accounts: dict[bytes, None] = field(default_factory=dict)
     slots: dict[bytes, dict[int, None]] = field(default_factory=dict)
     _open: list[_Step] = field(default_factory=list)
@@ -101,6 +98,7 @@ class Tracer:
         if self._open:  # a call's cost is what its frame had left when the callee began
             step = self._open.pop()
             step.entry["gasCost"] = step.gas - step.computation.get_gas_remaining()
+            self.kinds[id(computation)] = step.entry["op"]
 
     def step(self, computation: Any, opcode: int, mnemonic: str) -> None:
         stack = list(computation._stack.values)
@@ -121,8 +119,6 @@ class Tracer:
         # callee's shows its own).
         entry["refund"] = computation.get_gas_refund()
         self._note_state(computation, opcode, stack, entry)
-        if opcode in _CALLS:
-            self.kinds.setdefault(id(computation), []).append(_CALLS[opcode])
         self.logs.append(entry)
         self._open.append(_Step(entry, gas, computation))
 
@@ -343,11 +339,7 @@ def _frame(computation: Any, tracer: Tracer, kind: str) -> dict[str, Any]:
         frame["output"] = "0x" + output.hex()
     if computation.is_error:
         frame["error"] = _error(computation.error)
-    kinds = tracer.kinds.get(id(computation), [])
-    children = [
-        _frame(child, tracer, kinds[i] if i < len(kinds) else "CALL")
-        for i, child in enumerate(computation.children)
-    ]
+    children = [_frame(c, tracer, tracer.kinds.get(id(c), "CALL")) for c in computation.children]
     if children:
         frame["calls"] = children
     return frame

@@ -61,6 +61,8 @@ class DagOrderer:
     prune_depth: int = 1000
     timestamp_tolerance_ms: int = 120_000
     max_pending: int = 10_000
+    #: Whether `virtual_change` is asked (the DAG processor): final blocks are kept for it.
+    follows_virtual: bool = False
     ghostdag: Ghostdag = field(init=False)
     blocks: dict[bytes, _Block] = field(default_factory=dict)
     pending: dict[bytes, _Block] = field(default_factory=dict)
@@ -75,6 +77,9 @@ class DagOrderer:
     told_final: int = 0
     told_chain: list[bytes] = field(default_factory=list)
     changes: int = 0
+    #: Chain blocks made final since the last change was told, as ordered (pruning may
+    #: drop more of `final` and of the DAG than one call made final).
+    untold_final: list[BlockOrdered] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.ghostdag = Ghostdag(self.genesis, self.k)
@@ -189,6 +194,8 @@ class DagOrderer:
         for chain_block in newly:
             self.final.append(chain_block)
             out.append(self._ordered(chain_block, self.chain_index))
+        if self.follows_virtual:
+            self.untold_final += out
         if newly:
             self._prune()
         return out
@@ -198,9 +205,11 @@ class DagOrderer:
         above it) changed since this was last asked; None if it did not. The dropped
         blocks are never final ones: a tip whose chain leaves the final chain is never
         selected."""
+        if not self.follows_virtual:
+            raise RuntimeError("virtual_change asked of an orderer that does not follow it")
         final = self.chain_index
-        newly_final = self.final[len(self.final) - (final - self.told_final) :]
-        chain = newly_final + self._above_final()  # above the final index last told
+        untold = self.untold_final
+        chain = [b.hash for b in untold] + self._above_final()  # above the final last told
         kept = 0
         for old, new in zip(self.told_chain, chain, strict=False):
             if old != new:
@@ -210,10 +219,12 @@ class DagOrderer:
             return None
         fork = self.told_final + kept
         added = tuple(
-            self._ordered(block, index) for index, block in enumerate(chain[kept:], fork + 1)
+            untold[i] if i < len(untold) else self._ordered(chain[i], self.told_final + 1 + i)
+            for i in range(kept, len(chain))
         )
         self.changes += 1
         self.told_final, self.told_chain = final, chain[final - self.told_final :]
+        self.untold_final = []
         return VirtualChainChanged(
             sequence=self.changes,
             fork_index=fork,

@@ -43,6 +43,8 @@ PROPOSED = topic("blocks.proposed")
 ORDERED = topic("blocks.ordered")
 VIRTUAL = topic("blocks.virtual")
 _BLOCK = b"block/"
+#: Written by a store that has sent the virtual chain's changes from its first block.
+_VIRTUAL_FROM_START = b"virtual/from-start"
 _META = struct.Struct(">iqq")  # partition, offset, logged-at ms
 
 
@@ -82,6 +84,7 @@ class DagProcessor(Processor[RocksStore]):
             k=config.k,
             finality_depth=config.finality_depth,
             prune_depth=config.prune_depth,
+            follows_virtual=True,
         )
         self._sequence = 0
 
@@ -104,6 +107,14 @@ class DagProcessor(Processor[RocksStore]):
             self._sequence = int(key[len(_BLOCK) :]) + 1
             replayed += 1
         self.orderer.rejected.clear()
+        if replayed and state.get(_VIRTUAL_FROM_START) is None:
+            raise RuntimeError(
+                f"{self.name}: this store ordered blocks before the DAG processor sent the "
+                "virtual chain's changes (lattice.blocks.virtual), which execution now follows "
+                "from its first one: delete the store to rebuild it from the log (what "
+                "lattice.blocks.ordered holds is not sent again)"
+            )
+        state.put(_VIRTUAL_FROM_START, b"1")
         if replayed:
             log.info("replayed %d blocks; chain index %d final", replayed, self.orderer.chain_index)
 

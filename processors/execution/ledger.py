@@ -54,6 +54,8 @@ from schemas.events import BlockOrdered
 
 #: + block hash: RLP [[raw, dag block], ...], what that block had no room for.
 _CARRIED = b"lattice/carried/"
+#: Where a store from before kept the head's carried list (one list, no block hash).
+_LEGACY_CARRIED = b"lattice/carried"
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,9 @@ class Ledger:
             }
             chain: Any = chain_class.from_genesis(db, params, genesis.state())  # type: ignore[arg-type]
             self.chain = chain
+        if db.exists(_LEGACY_CARRIED):  # a store from before: the list is its head's
+            db[_CARRIED + self.head.hash] = db[_LEGACY_CARRIED]
+            del db[_LEGACY_CARRIED]
 
     @property
     def head(self) -> BlockHeaderAPI:
@@ -220,8 +225,13 @@ class Ledger:
         # only to return them (~10% of execution time).
         chain.chaindb.persist_block(sealed)
         chain.header = chain.create_header_from_parent(sealed.header)
+        carried = _CARRIED + sealed.hash
         if block.carry:
-            self.db[_CARRIED + sealed.hash] = rlp.encode([[raw, dag] for raw, dag in block.carry])
+            self.db[carried] = rlp.encode([[raw, dag] for raw, dag in block.carry])
+        elif self.db.exists(carried):
+            # The same EVM block built before, from another chain block whose mergeset
+            # ran over (a reorganisation dropped it): this one leaves nothing waiting.
+            del self.db[carried]
         h = sealed.header
         facts = block_receipts(
             h.block_number,

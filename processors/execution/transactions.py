@@ -395,7 +395,7 @@ def decode_transaction(raw: bytes, rules: ChainRules, sender: bytes | None = Non
         y_parity=f.y_parity,
         r=f.r,
         s=f.s,
-        sender=sender if sender is not None else _recover(f.signing_hash, f.y_parity, f.r, f.s),
+        sender=_recover(f.signing_hash, f.y_parity, f.r, f.s),
     )
 
 

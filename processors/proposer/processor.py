@@ -145,7 +145,7 @@ class ProposerProcessor(Processor[MemoryStore]):
         self, submitted: TransactionSubmitted, partition: Partition, offset: int
     ) -> None:
         try:
-            tx = decode_transaction(submitted.raw, self.rules, sender=submitted.sender)
+            tx = decode_transaction(submitted.raw, self.rules)
         except InvalidTransaction as exc:
             log.warning("ignoring a submitted transaction: %s", exc)
             return

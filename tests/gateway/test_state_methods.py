@@ -155,7 +155,9 @@ def test_simulated_blocks_carry_state_and_take_overrides(
     created, view, rpc = with_counter(execution, tmp_path)
     counter = "0x" + created.hex()
     head = rpc("eth_getBlockByNumber", "latest", False)
-    reverter = "0x" + "79" * 20
+    reverter, parent_hash = "0x" + "79" * 20, "0x" + "7a" * 20
+    # NUMBER, 1, SWAP1, SUB, BLOCKHASH, then return the word: the previous block's hash.
+    blockhash_code = "0x" + "4360019003" + "40" + "60005260206000f3"
     logs_word = "60aa60005260206000a000"  # MSTORE 0xaa, LOG0 of it, STOP: an init code
     request = {
         "blockStateCalls": [
@@ -165,8 +167,9 @@ def test_simulated_blocks_carry_state_and_take_overrides(
                 "stateOverrides": {
                     counter: {"stateDiff": {SLOT0: "0x" + word(10)}},
                     reverter: {"code": "0x60006000fd"},
+                    parent_hash: {"code": blockhash_code},
                 },
-                "calls": [{"to": counter}, {"to": reverter}],
+                "calls": [{"to": counter}, {"to": reverter}, {"to": parent_hash}],
             },
         ]
     }
@@ -185,7 +188,8 @@ def test_simulated_blocks_carry_state_and_take_overrides(
     assert made["status"] == "0x1" and [e["data"] for e in made["logs"]] == ["0x" + word(0xAA)]
     assert made["logs"][0]["blockHash"] == first["hash"]
     assert int(first["gasUsed"], 16) == sum(int(c["gasUsed"], 16) for c in first["calls"])
-    eleven, reverted = second["calls"]
+    eleven, reverted, previous = second["calls"]
+    assert previous["returnData"] == first["hash"]  # a simulated block is an ancestor too
     assert eleven["returnData"] == "0x" + word(11) + word(1)
     assert reverted["status"] == "0x0" and reverted["error"]["code"] == 3
     assert rpc("eth_call", {"to": counter}, "latest") == "0x" + word(1) + word(1)  # nothing kept

@@ -111,7 +111,7 @@ def test_virtual_chain_changes_rebuild_the_chain_and_agree_with_the_final_order(
     """Applying every change in turn (drop above the fork, append the added) gives the
     selected tip's chain after every block; its final part is exactly the ordered output,
     and nothing final is ever dropped."""
-    orderer = DagOrderer(GENESIS, k=3, finality_depth=10)
+    orderer = DagOrderer(GENESIS, k=3, finality_depth=10, follows_virtual=True)
     chain: list[BlockOrdered] = []  # index i - 1 holds chain index i
     final: list[BlockOrdered] = []
     reorgs = sequence = told_final_index = 0

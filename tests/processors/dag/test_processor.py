@@ -116,3 +116,29 @@ def test_a_lost_store_rebuilt_from_the_topic_emits_nothing_twice(
     run(own_broker.bootstrap, tmp_path / "rebuilt", "s", spec)  # the first store is gone
     run(own_broker.bootstrap, tmp_path / "ref", "ref", reference)
     assert both(own_broker.bootstrap, spec) == both(own_broker.bootstrap, reference)
+
+
+def test_a_store_from_before_the_virtual_chain_is_refused_with_the_way_out(
+    tmp_path: Path,
+) -> None:
+    """A store that ordered blocks before the virtual chain's changes were sent cannot
+    start them mid-history (execution follows them from the first): it says so."""
+    import struct
+
+    block = simulate(1, 5, seed=3)[0]
+    store = RocksStore(tmp_path / "old")
+    meta = struct.pack(">iqq", 0, 0, 1_700_000_000_000)
+    store.put(b"block/%016d" % 0, meta + default_codec().encode_event(block))
+    store.commit({})
+    with pytest.raises(RuntimeError, match="delete the store to rebuild it"):
+        processor("old", output_topic_spec()).restore(store)
+    store.close()
+    fresh = RocksStore(tmp_path / "new")
+    processor("new", output_topic_spec()).restore(fresh)
+    fresh.commit({})
+    assert fresh.get(b"virtual/from-start") == b"1"
+    fresh.close()
+
+
+def output_topic_spec() -> TopicSpec:
+    return TopicSpec("test.ordered.offline", "lattice.blocks.BlockOrdered", "-", 1)

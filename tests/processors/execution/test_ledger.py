@@ -288,3 +288,21 @@ def test_a_set_code_transaction_delegates_an_account_to_a_contracts_code() -> No
     assert state.get_storage(Address(authority), 0) == 1  # the counter ran as the authority
     assert state.get_storage(Address(counter), 0) == 0
     assert ledger.account(authority).nonce == 1  # the authorization took nonce 0
+
+
+def test_a_store_from_before_keeps_its_heads_carried_transactions() -> None:
+    """Stores kept the head's carried list under one key before lists were kept per
+    block: opening one moves it to its head, so the next block still takes them."""
+    import rlp
+
+    store = Store()
+    ledger, overlay = store.ledger()
+    ledger.execute(ordered(1, []))
+    store.commit(overlay)
+    waiting = [[transfer(0), (1).to_bytes(32, "big")]]
+    store.data[b"lattice/carried"] = rlp.encode(waiting)
+    reopened, overlay = store.ledger()
+    assert reopened.carried() == [(transfer(0), (1).to_bytes(32, "big"))]
+    assert [i.tx.nonce for i in reopened.execute(ordered(2, [])).included] == [0]
+    store.commit(overlay)
+    assert b"lattice/carried" not in store.data

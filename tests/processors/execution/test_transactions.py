@@ -151,17 +151,3 @@ def test_the_processors_signer_matches_eth_account_byte_for_byte(
     )
     assert ours == bytes(theirs)
     assert decode_transaction(ours, RULES).sender == bytes.fromhex(ACCOUNT.address[2:])
-
-
-def test_a_sender_a_gateway_recovered_is_taken_as_given() -> None:
-    """Mempools and pending views decode what a gateway took: its recovered sender comes
-    with the record, and recovering it again (most of a decode) is skipped."""
-    raw = signed(2)
-    fields = rlp.decode(raw[1:])
-    fields[-1] = (int.from_bytes(fields[-1], "big") - 1).to_bytes(32, "big")  # s changed
-    tampered = b"\x02" + rlp.encode(fields)
-    given = decode_transaction(tampered, RULES, sender=b"\x77" * 20)
-    assert given.sender == b"\x77" * 20 and given.nonce == 0
-    assert decode_transaction(raw, RULES, sender=None).sender == bytes.fromhex(ACCOUNT.address[2:])
-    with pytest.raises(InvalidTransaction):  # the stateless checks still apply
-        decode_transaction(signed(2, chainId=1), RULES, sender=b"\x77" * 20)
