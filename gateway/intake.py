@@ -95,16 +95,17 @@ class TransactionIntake:
     async def submit(self, raw: bytes, source: str) -> tuple[Transaction, Delivered]:
         """Decode, check and log a transaction; raises InvalidTransaction or Unavailable."""
         tx = decode_transaction(raw, self.rules)
-        admitted, replaced = False, None
+        admitted, replaced, account_nonce = False, None, None
         if self.ledger is not None:
             try:
                 with self._lock:
                     replaced = self.admit(tx)
                     self._provisional.add(tx.hash)
                 admitted = True
+                account_nonce = self.ledger.nonce(tx.sender)
             except LedgerNotReady:
                 pass
-        event = submitted_event(tx, int(time.time() * 1000), source)
+        event = submitted_event(tx, int(time.time() * 1000), source, account_nonce)
         try:
             future = self.sink.send(TX_SUBMITTED, event, key=hex_key(tx.sender))
             delivered = await asyncio.wait_for(asyncio.wrap_future(future), DELIVERY_TIMEOUT_S)

@@ -1453,6 +1453,11 @@ class TransactionSubmitted(Event):
     #: Who submitted it: 'rest', 'rpc' or 'settlement'.
     source: str = "rest"
 
+    #: The sender's nonce in the state the accepting gateway read: where a mempool starts the
+    #: sender's run of nonces when no block has shown it one (a transaction sent ahead of a gap is
+    #: then held, not proposed); null when the gateway had no state yet.
+    account_nonce: int | None = None
+
     def to_avro(self) -> dict[str, Any]:
         return dict(self.__dict__)
 

@@ -399,8 +399,11 @@ def decode_transaction(raw: bytes, rules: ChainRules, sender: bytes | None = Non
     )
 
 
-def submitted_event(tx: Transaction, received_at_ms: int, source: str) -> TransactionSubmitted:
-    """The `lattice.tx.submitted` event for a decoded transaction."""
+def submitted_event(
+    tx: Transaction, received_at_ms: int, source: str, account_nonce: int | None = None
+) -> TransactionSubmitted:
+    """The `lattice.tx.submitted` event for a decoded transaction (`account_nonce`: the
+    sender's nonce in the state the submitter read, if it read one)."""
     return TransactionSubmitted(
         hash=tx.hash,
         raw=tx.raw,
@@ -416,6 +419,7 @@ def submitted_event(tx: Transaction, received_at_ms: int, source: str) -> Transa
         max_priority_fee_per_gas=tx.max_priority_fee_per_gas,
         received_at_ms=received_at_ms,
         source=source,
+        account_nonce=account_nonce,
     )
 
 

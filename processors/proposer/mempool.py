@@ -7,8 +7,11 @@ always in nonce order within a sender (the price-and-nonce ordering of geth's mi
 go to the earlier arrival, so selection is a pure function of what arrived and in what order.
 
 A sender's next nonce is learned from the blocks the proposer sees (one past the highest
-nonce included); until a block includes one of its transactions, the lowest nonce in the
-pool is taken as the start. Execution, not the mempool, is the judge of nonces: a
+nonce included) and from the state nonce the accepting gateway read (`add`'s
+`account_nonce`), whichever is higher; with neither, the lowest nonce in the pool is taken
+as the start. Without the gateway's word, a transaction sent ahead of a gap by a sender no
+block had shown yet was proposed at once, rejected by execution, and the one that filled
+the gap then dropped as stale. Execution, not the mempool, is the judge of nonces: a
 transaction that turns out stale is skipped there and recorded as rejected.
 
 A transaction with the same sender and nonce as a waiting one replaces it only if it raises
@@ -48,11 +51,14 @@ class Mempool:
     def __contains__(self, tx_hash: object) -> bool:
         return tx_hash in self._hashes
 
-    def add(self, tx: Transaction) -> str:
-        """Offer a transaction: 'added', 'replaced', 'duplicate', 'stale', 'underpriced' or
+    def add(self, tx: Transaction, account_nonce: int | None = None) -> str:
+        """Offer a transaction (`account_nonce`: its sender's state nonce as the accepting
+        gateway read it): 'added', 'replaced', 'duplicate', 'stale', 'underpriced' or
         'full'."""
         if tx.hash in self._hashes:
             return "duplicate"
+        if account_nonce is not None and account_nonce > self._next_nonce.get(tx.sender, -1):
+            self._next_nonce[tx.sender] = account_nonce
         if tx.nonce < self._next_nonce.get(tx.sender, 0):
             return "stale"
         waiting = self._by_sender.setdefault(tx.sender, {})

@@ -150,7 +150,7 @@ class ProposerProcessor(Processor[MemoryStore]):
             log.warning("ignoring a submitted transaction: %s", exc)
             return
         before = self.mempool.waiting(tx.sender, tx.nonce)
-        outcome = self.mempool.add(tx)
+        outcome = self.mempool.add(tx, submitted.account_nonce)
         if outcome in ("added", "replaced"):
             self.holds.hold(tx.hash, partition, offset)
             if before is not None and outcome == "replaced":

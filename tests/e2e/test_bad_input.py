@@ -29,6 +29,9 @@ PER_TOPIC = 20
 #: clients and for the gateway's views and analytics (which skip bad records quietly), and
 #: the network record (read once at each start).
 UNREAD = {
+    # Read by the analytics sink only, which logs and counts what it skips (execution
+    # follows lattice.blocks.virtual, whose bad records it dead-letters).
+    "lattice.blocks.ordered",
     "lattice.tx.rejected",
     "lattice.blocks.executed",
     "lattice.state.accounts",

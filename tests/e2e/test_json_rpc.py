@@ -529,6 +529,12 @@ def test_a_transaction_behind_a_gap_is_pending_and_in_the_pool(w3: Web3) -> None
     assert list(pool["queued"][sender]) == [str(nonce + 1)]
     status = w3.provider.make_request("txpool_status", [])["result"]  # type: ignore[arg-type]
     assert int(status["queued"], 16) >= 1
+    # Blocks go by while the gap is open: the one ahead of it must wait, not be proposed
+    # (execution would refuse it and the one filling the gap would then be stale).
+    start = w3.eth.block_number
+    while w3.eth.block_number < start + 4:
+        time.sleep(0.1)
+    assert w3.eth.get_transaction(later)["blockNumber"] is None
     send(w3, key3, to="0x" + "67" * 20, value=1, nonce=nonce)  # fills the gap
     receipt = w3.eth.wait_for_transaction_receipt(later, timeout=60, poll_latency=0.1)
     assert receipt.status == 1

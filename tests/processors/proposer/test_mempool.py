@@ -66,3 +66,17 @@ def test_size_limits() -> None:
     pool.add(tx(ALICE, 0))
     assert pool.add(tx(BOB, 0)) == "full"
     assert pool.select(10, 10) == []  # nothing fits in 10 bytes
+
+
+def test_a_transaction_ahead_of_a_gap_waits_when_the_gateway_read_the_state_nonce() -> None:
+    """A sender no block has shown yet sends nonce 1 before nonce 0: with the state nonce
+    the gateway read (0), nonce 1 is queued, not proposed (execution would refuse it, and
+    nonce 0 would then be dropped as stale); the gap filled, both go in order."""
+    pool = Mempool()
+    sender = tx(ALICE, 0).sender
+    assert pool.add(tx(ALICE, 1), account_nonce=0) == "added"
+    assert pool.pending(sender) == [] and [t.nonce for t in pool.queued(sender)] == [1]
+    assert pool.select(10, 10**6) == []
+    assert pool.add(tx(ALICE, 0), account_nonce=0) == "added"
+    assert [t.nonce for t in pool.select(10, 10**6)] == [0, 1]
+    assert pool.add(tx(BOB, 0), account_nonce=3) == "stale"  # below the state's nonce
