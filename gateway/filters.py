@@ -24,7 +24,7 @@ from eth.exceptions import HeaderNotFound
 from gateway.chainview import ChainView
 from gateway.formats import BadParam, parse_data, parse_qty
 from gateway.intake import TransactionIntake
-from gateway.ledger import TAGS, BlockRef, FoundLog, LedgerQueries, LogCriteria
+from gateway.ledger import TAGS, BlockRef, FoundLog, LedgerQueries, LogCriteria, QueryError
 
 FILTER_TIMEOUT_S = 300
 Kind = Literal["blocks", "logs", "pending"]
@@ -83,6 +83,13 @@ class Watch:
     touched: float = field(default_factory=time.monotonic)
     #: The hash of block `cursor - 1` when the cursor moved there (None: not known yet).
     last: bytes | None = None
+    #: The first block the watch reports (nothing below it was reported, so nothing
+    #: below it is reported removed); None: its first cursor.
+    start: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.start is None:
+            self.start = self.cursor
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,14 @@ class Watcher:
         if watch.kind == "pending":
             hashes, watch.cursor = self.intake.accepted_since(watch.cursor)
             return Changes(pending=tuple(hashes))
+        before = (watch.cursor, watch.last)
+        try:
+            return self._changes(watch, limited)
+        except QueryError:
+            watch.cursor, watch.last = before  # over a limit: nothing counts as reported
+            raise
+
+    def _changes(self, watch: Watch, limited: bool) -> Changes:
         dropped = self._dropped(watch)
         top = self.ledger.head()
         head = top.block_number
@@ -151,7 +166,8 @@ class Watcher:
         dropped: list[BlockAPI] = []
         reported, number = watch.last, watch.cursor - 1
         view = self.ledger.view
-        while reported is not None and number > 0 and _canonical(view, number) != reported:
+        floor = max(1, watch.start or 0)  # below its start a watch reported nothing
+        while reported is not None and number >= floor and _canonical(view, number) != reported:
             block = self.ledger.block_by_hash(reported)
             dropped.append(block)
             reported, number = block.header.parent_hash, number - 1

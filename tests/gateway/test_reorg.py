@@ -103,3 +103,30 @@ def test_a_replaced_block_leaves_the_head_its_receipts_and_filters(tmp_path: Pat
     assert rpc("eth_getTransactionCount", sender, "safe") == "0x2"
     view.close()
     store.close()
+
+
+def test_a_filter_reports_nothing_of_blocks_below_its_start(tmp_path: Path) -> None:
+    """A reorganisation that replaces blocks below a filter's fromBlock: none of their
+    logs comes back as removed, and none of the new ones below fromBlock is reported."""
+    store = RocksStore(tmp_path / "store")
+    processor = ExecutionProcessor(dev_genesis(30_000_000), ChainRules(CHAIN_ID))
+    processor.restore(store)
+    store.commit({})
+    view = ChainView(tmp_path / "store", CHAIN_ID)
+    rpc = Rpc(view)
+
+    def apply(c: VirtualChainChanged) -> None:
+        processor.apply(c, CAUSE, store)
+        store.commit({})
+        view.refresh()
+
+    a, b = logging_creation(0, 0xA), logging_creation(1, 0xB)
+    c, d, e = logging_creation(0, 0xC), logging_creation(1, 0xD), logging_creation(2, 0xE)
+    apply(change(1, 0, [block(1, a, 1)], 0))
+    apply(change(2, 1, [block(2, b, 2)], 0))
+    logs = rpc("eth_newFilter", {"fromBlock": "0x2"})
+    apply(change(3, 0, [block(1, c, 3), block(2, d, 4), block(3, e, 5)], 1))
+    news = rpc("eth_getFilterChanges", logs)
+    assert [(word(x), x["removed"]) for x in news] == [(0xD, False), (0xE, False)]
+    view.close()
+    store.close()
