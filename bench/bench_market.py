@@ -27,8 +27,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import os
-import re
 import statistics
 import subprocess
 import sys
@@ -45,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_rpc import start_lattice  # noqa: E402  (bench/ is the script's directory)
+from cpu import cpu_by_process, report_cpu  # noqa: E402
 
 from gpu_worker.processor import execute  # noqa: E402
 from processors.compute.models import import_model  # noqa: E402
@@ -70,58 +69,6 @@ def report(label: str, latencies_ms: list[float], jobs_per_s: float | None = Non
     print(
         f"  {label:<34} p50 {percentile(latencies_ms, 0.5):8.2f} ms  "
         f"p99 {percentile(latencies_ms, 0.99):8.2f} ms{rate}",
-        flush=True,
-    )
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
-
-
-def cpu_by_process(root: int) -> dict[str, float]:
-    """CPU seconds (user + system) so far of `root`'s process tree and of this process,
-    by role: the `lattice` subcommand a child runs, `broker` for the embedded broker,
-    `devnet` for the root (its gateway and archiver), `client` for this process."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    seconds: dict[str, float] = {}
-    pending = [(root, "devnet"), (os.getpid(), "client")]
-    while pending:
-        pid, role = pending.pop()
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        seconds[role] = seconds.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
-        if role == "client":
-            continue
-        for child in _children(pid):
-            try:
-                with open(f"/proc/{child}/cmdline", "rb") as f:
-                    command = f.read().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            named = re.search(r"deploy\.cli (\S+)", command)
-            index = re.search(r"--devnet-index (\d+)", command)
-            name = named.group(1) if named else "broker" if "tansu" in command else "other"
-            pending.append((child, f"{name}-{index.group(1)}" if index else name))
-    return seconds
-
-
-def report_cpu(before: dict[str, float], after: dict[str, float], jobs: int, wall: float) -> None:
-    spent = {role: after[role] - before.get(role, 0.0) for role in after}
-    total = sum(spent.values())
-    print(
-        f"    CPU: {total / wall * 100:.0f}% of a core, {total / jobs * 1000:.1f} ms per job: "
-        + ", ".join(
-            f"{role} {seconds / jobs * 1000:.1f}"
-            for role, seconds in sorted(spent.items(), key=lambda kv: -kv[1])
-            if seconds / jobs >= 0.0001
-        ),
         flush=True,
     )
 

@@ -46,6 +46,8 @@ from eth_hash.auto import keccak
 from web3 import Web3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cpu import cpu_by_process, report_cpu
+
 from contracts.build import load
 from processors.execution.genesis import DEV_KEYS
 from streams.broker import free_port
@@ -61,6 +63,8 @@ RECEIPT_BATCH = 100
 SUBMITTERS = 4
 #: Transfers timed one by one from submission to receipt.
 LATENCY_SAMPLES = 40
+#: Seconds the node is watched idle before the workload (a devnet's background CPU).
+IDLE_S = 3.0
 
 
 class Client:
@@ -169,8 +173,9 @@ class Workload:
     """The client's script against one node: set-up (a token, funded wallets), then each
     measured part adding its figures to `results`."""
 
-    def __init__(self, url: str, transfers: int, calls: int) -> None:
+    def __init__(self, url: str, transfers: int, calls: int, node: tuple[int, str]) -> None:
         self.url, self.transfers, self.calls = url, transfers, calls
+        self.node = node  # the node's process and its name, for the CPU lines
         self.client = Client(url)
         self.chain_id = int(self.client.call("eth_chainId"), 16)
         self.accounts = [Account.from_key(k).address for k in KEYS]
@@ -262,12 +267,16 @@ class Workload:
             ):
                 txs = self.wallets(kind)
                 key = f"{kind} transfers, {mode} /s"
+                cpu, started = cpu_by_process(*self.node), time.perf_counter()
                 try:
                     self.results[key] = rate(
                         f"{name} transfers, {label}, to all receipts",
                         self.transfers,
                         lambda send=send, txs=txs: send(txs),  # type: ignore[misc]
                     )
+                    if mode == "4 threads":  # the issue's workload: where its CPU went
+                        elapsed = time.perf_counter() - started
+                        report_cpu(cpu, cpu_by_process(*self.node), self.transfers, elapsed, "tx")
                 except (RuntimeError, TimeoutError) as exc:  # a node refusing the workload
                     print(f"    {name} transfers, {label}: FAILED: {exc}"[:300], flush=True)
                     self.results[key] = float("nan")
@@ -334,8 +343,13 @@ class Workload:
         )
 
 
-def workload(url: str, transfers: int, calls: int) -> dict[str, float]:
-    run = Workload(url, transfers, calls)
+def workload(url: str, transfers: int, calls: int, node: tuple[int, str]) -> dict[str, float]:
+    run = Workload(url, transfers, calls, node)
+    idle, started = cpu_by_process(*node), time.perf_counter()
+    time.sleep(IDLE_S)
+    print("    idle, before the workload:", flush=True)
+    wall = time.perf_counter() - started
+    report_cpu(idle, cpu_by_process(*node), wall, wall, "s")
     run.bench_transfers()
     run.bench_latency()
     run.bench_reads()
@@ -482,7 +496,10 @@ def main() -> None:
                 print(f"  {name}", flush=True)
                 process, url = starter()
                 try:
-                    runs.setdefault(name, []).append(workload(url, args.transfers, args.calls))
+                    node = (process.pid, name if name in ("anvil", "hardhat") else "devnet")
+                    runs.setdefault(name, []).append(
+                        workload(url, args.transfers, args.calls, node)
+                    )
                 finally:
                     process.send_signal(signal.SIGTERM)
                     process.wait(60)

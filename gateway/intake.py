@@ -99,10 +99,9 @@ class TransactionIntake:
         if self.ledger is not None:
             try:
                 with self._lock:
-                    replaced = self.admit(tx)
+                    replaced, account_nonce = self.admit(tx)
                     self._provisional.add(tx.hash)
                 admitted = True
-                account_nonce = self.ledger.nonce(tx.sender)
             except LedgerNotReady:
                 pass
         event = submitted_event(tx, int(time.time() * 1000), source, account_nonce)
@@ -144,9 +143,10 @@ class TransactionIntake:
             if len(self.pending) > MAX_PENDING_SENDERS:
                 self._forget_executed()
 
-    def admit(self, tx: Transaction) -> Transaction | None:
+    def admit(self, tx: Transaction) -> tuple[Transaction | None, int]:
         """The stateful checks, then a place among the pending transactions. Returns the
-        transaction it replaces, if any (give it to `release` should the log refuse `tx`)."""
+        transaction it replaces, if any (give it to `release` should the log refuse `tx`),
+        and the sender's state nonce it checked against (the mempool's start for it)."""
         assert self.ledger is not None
         nonce = self.ledger.nonce(tx.sender)
         if tx.nonce < nonce:
@@ -179,7 +179,7 @@ class TransactionIntake:
         waiting[tx.nonce] = tx
         if len(self.pending) > MAX_PENDING_SENDERS:
             self._forget_executed()
-        return previous
+        return previous, nonce
 
     def release(self, tx: Transaction, previous: Transaction | None) -> None:
         """Undo `admit` for a transaction the log did not take."""

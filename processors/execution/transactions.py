@@ -12,6 +12,7 @@ message that tells the sender what to fix.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -362,14 +363,20 @@ def _check(f: _Fields, rules: ChainRules) -> None:
         )
 
 
-def decode_transaction(raw: bytes, rules: ChainRules, sender: bytes | None = None) -> Transaction:
+#: Transactions each process keeps decoded (`decode_transaction`): a few seconds of a busy
+#: devnet's, so that the block carrying a transaction finds it decoded when it comes by.
+DECODED_KEPT = 4096
+
+
+@functools.lru_cache(maxsize=DECODED_KEPT)
+def decode_transaction(raw: bytes, rules: ChainRules) -> Transaction:
     """Decode `raw`, recover its sender and apply every stateless check.
 
-    `sender`: the sender a gateway recovered already when it took the transaction (a
-    `TransactionSubmitted` carries it), for readers that act on pending transactions only
-    (mempools, pending views): recovering is most of a decode, and a transaction was
-    recovered up to seven times on its way through a devnet. Execution always recovers:
-    what it decides is consensus."""
+    Kept for the last `DECODED_KEPT` transactions of the process: one transaction is read
+    by a process more than once (a gateway's intake and its pending view, a mempool and the
+    block that carries it, execution and a reorganisation's re-execution), and recovering
+    the sender is most of a decode. A pure function of its arguments, so what is kept is
+    what it would compute again; what it refuses is not kept (it raises again)."""
     if not raw:
         raise InvalidTransaction("empty", "the raw transaction is empty")
     if len(raw) > rules.max_tx_bytes:

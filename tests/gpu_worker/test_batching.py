@@ -39,6 +39,28 @@ def own_broker() -> Iterator[EmbeddedBroker]:
         yield broker
 
 
+def assignments(
+    worker: Worker, cid: str, requests: Sequence[dict[str, Any]]
+) -> tuple[dict[bytes, Any], list[Record[Any]]]:
+    """Each request as a job of the model `cid` assigned to `worker` (job ids 0, 1, ...),
+    and the records of those assignments at offsets 0, 1, ..."""
+    lease = int(time.time() * 1000) + 60_000
+    jobs, records = {}, []
+    for n, request in enumerate(requests):
+        job_id = n.to_bytes(32, "big")
+        job = dataclasses.replace(
+            market_events.submitted(job_id, deadline_ms=lease),
+            params={"manifest_cid": cid},
+            input=json.dumps(request).encode(),
+        )
+        jobs[job_id] = job
+        assigned = dataclasses.replace(
+            market_events.assigned(job_id, 0, [worker.address]), job=job, lease_expires_ms=lease
+        )
+        records.append(Record(ASSIGNED.name, 0, n, 0, hex_key(job_id), assigned, b""))
+    return jobs, records
+
+
 def test_one_polls_generations_run_as_a_batch_each_answered_as_alone(
     own_broker: EmbeddedBroker, tiny_gpt2: Path, tmp_path: Path
 ) -> None:
@@ -61,20 +83,7 @@ def test_one_polls_generations_run_as_a_batch_each_answered_as_alone(
         {"prompt": "the quick brown fox", "max_tokens": 5, "n": 2},  # alone: two choices
         {"prompt": "a", "max_tokens": 3},  # alone: another prompt length
     ]
-    lease = int(time.time() * 1000) + 60_000
-    jobs, records = {}, []
-    for n, request in enumerate(requests):
-        job_id = n.to_bytes(32, "big")
-        job = dataclasses.replace(
-            market_events.submitted(job_id, deadline_ms=lease),
-            params={"manifest_cid": cid},
-            input=json.dumps(request).encode(),
-        )
-        jobs[job_id] = job
-        assigned = dataclasses.replace(
-            market_events.assigned(job_id, 0, [worker.address]), job=job, lease_expires_ms=lease
-        )
-        records.append(Record(ASSIGNED.name, 0, n, 0, hex_key(job_id), assigned, b""))
+    jobs, records = assignments(worker, cid, requests)
     state = RocksStore(tmp_path / "state")
     try:
         answers = worker.handle_all(records, state)
@@ -130,27 +139,10 @@ def test_one_polls_encoder_jobs_share_a_pass_and_a_bad_input_fails_alone(
 
     model.encode_together = counted  # type: ignore[method-assign]
     good: list[dict[str, Any]] = [{"input": "hi"}, {"input": ["a", "longer text"]}]
-    lease = int(time.time() * 1000) + 60_000
-
-    def records(requests: list[dict[str, Any]]) -> list[Record[Any]]:
-        out = []
-        for n, request in enumerate(requests):
-            job_id = n.to_bytes(32, "big")
-            job = dataclasses.replace(
-                market_events.submitted(job_id, deadline_ms=lease),
-                params={"manifest_cid": cid},
-                input=json.dumps(request).encode(),
-            )
-            assigned = dataclasses.replace(
-                market_events.assigned(job_id, 0, [worker.address]), job=job, lease_expires_ms=lease
-            )
-            out.append(Record(ASSIGNED.name, 0, n, 0, hex_key(job_id), assigned, b""))
-        return out
-
     state = RocksStore(tmp_path / "state")
     try:
-        shared = worker.handle_all(records(good), state)
-        mixed = worker.handle_all(records([*good, {"input": 7}]), state)
+        shared = worker.handle_all(assignments(worker, cid, good)[1], state)
+        mixed = worker.handle_all(assignments(worker, cid, [*good, {"input": 7}])[1], state)
     finally:
         state.close()
         worker.producer.close()
