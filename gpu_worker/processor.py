@@ -337,7 +337,7 @@ class Worker(Processor[RocksStore]):
     ) -> list[Sequence[Output]]:
         """The assignments one poll brought: single-choice generations of one model with
         equally long prompts run as one batch (`LoadedModel.generate_together`), as do the
-        jobs of one text encoder (`encode_together`); the rest one after the other. A batch
+        jobs of one encoder, text or image (`encode_together`); the rest one after the other. A batch
         that fails runs its jobs one by one, so each gets the answer (or the failure) it
         would have alone."""
         now = int(time.time() * 1000)
@@ -383,7 +383,7 @@ class Worker(Processor[RocksStore]):
 
     def _batch_key(self, assignment: JobAssigned) -> tuple[str, int] | None:
         """Which batch a job may join (its model, and for a generation its prompt length;
-        -1 for a text encoder's), None when it runs alone: training, streamed, several
+        -1 for an encoder's), None when it runs alone: training, streamed, several
         choices, a model without a cache or not loaded yet (its first job reports the
         load), an input that does not parse (it fails alone, with its own answer)."""
         job = assignment.job

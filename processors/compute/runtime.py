@@ -24,6 +24,7 @@ session gets `gpu_mem_limit`; an allocation past either fails that run, also as
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
@@ -97,6 +98,8 @@ class EncoderInputError(JobInputError):
 #: The most texts one embedding or classification job reads (OpenAI embeds up to 2,048;
 #: a batch here is one pass).
 MAX_ENCODER_INPUTS = 256
+#: The tasks whose jobs share one pass (`LoadedModel.encode_together`).
+ENCODERS = (EMBEDDING, CLASSIFICATION, IMAGE_CLASSIFICATION, IMAGE_TEXT)
 
 
 #: The most pixels a job's image may have once decoded (a small file can declare a huge
@@ -310,6 +313,12 @@ def _run(session: Any, names: list[str], feed: dict[str, Any], budget: int) -> A
             raise
         detail = text.split("Status Message:")[-1].strip().splitlines()[0][-200:]
         raise OverBudgetError("the run", 0, budget, detail) from None
+
+
+def _spans(counts: Sequence[int]) -> list[slice]:
+    """The rows of each job in a pass over all jobs' inputs, `counts[i]` of them for job i."""
+    ends = list(itertools.accumulate(counts))
+    return [slice(end - count, end) for count, end in zip(counts, ends, strict=True)]
 
 
 def _embeddings_document(vectors: np.ndarray, tokens: int) -> bytes:
@@ -603,30 +612,71 @@ class LoadedModel:
         return _embeddings_document(vectors, tokens), vectors
 
     def encodes_together(self) -> bool:
-        """Whether its jobs' texts may share one padded pass (`encode_together`): a text
-        encoder's (embeddings, text classification)."""
-        return self.manifest.task in (EMBEDDING, CLASSIFICATION)
+        """Whether its jobs may share one pass (`encode_together`): an encoder's
+        (embeddings, text and image classification, image-text scores)."""
+        return self.manifest.task in ENCODERS
 
     def encode_together(self, requests: Sequence[dict[str, Any]]) -> list[tuple[bytes, np.ndarray]]:
-        """What `embed` or `classify` gives each of these text-encoder jobs, from one pass
-        over all their texts padded to the longest (the attention mask hides the wider
-        padding: each job's values come out within the graph's numerical noise)."""
-        if not self.encodes_together():
-            raise ValueError(f"a {self.manifest.task} model's jobs do not share a pass")
+        """What `embed` or `classify` gives each of these encoder jobs, from one pass over
+        all their inputs: texts padded to the longest (the attention mask hides the wider
+        padding), images made alike by the model's image processor. Each job's values come
+        out within the graph's numerical noise of its own pass."""
+        task = self.manifest.task
+        if task not in ENCODERS:
+            raise ValueError(f"a {task} model's jobs do not share a pass")
+        if task == IMAGE_CLASSIFICATION:
+            return self._images_together(requests)
+        if task == IMAGE_TEXT:
+            return self._pairs_together(requests)
         lists = [self._text_list(request, "input") for request in requests]
         ids, mask = self._tokenised([text for texts in lists for text in texts])
-        output = "embeddings" if self.manifest.task == EMBEDDING else "logits"
+        output = "embeddings" if task == EMBEDDING else "logits"
         values = self._pass(output, {"input_ids": ids, "attention_mask": mask}, *ids.shape)
         names = list(self.manifest.document.get("labels") or [])
-        answers, at = [], 0
-        for texts in lists:
-            rows = slice(at, at + len(texts))
-            at += len(texts)
+        answers = []
+        for rows in _spans([len(texts) for texts in lists]):
             part, tokens = values[rows], int(mask[rows].sum())
-            if self.manifest.task == EMBEDDING:
+            if task == EMBEDDING:
                 answers.append((_embeddings_document(part, tokens), part))
             else:
                 answers.append((self._labels_document(part, tokens, names), part))
+        return answers
+
+    def _images_together(
+        self, requests: Sequence[dict[str, Any]]
+    ) -> list[tuple[bytes, np.ndarray]]:
+        """Image classification jobs in one pass over all their images."""
+        pictures = [self._pixels(request) for request in requests]
+        pixels = np.concatenate(pictures)
+        logits = self._pass("logits", {"pixel_values": pixels}, len(pixels), self._patches)
+        names = list(self.manifest.document.get("labels") or [])
+        answers = []
+        for rows in _spans([len(p) for p in pictures]):
+            part = logits[rows]
+            tokens = self._patches * len(part)
+            answers.append((self._labels_document(part, tokens, names), part))
+        return answers
+
+    def _pairs_together(self, requests: Sequence[dict[str, Any]]) -> list[tuple[bytes, np.ndarray]]:
+        """Image-text jobs in one pass: every job's images against every job's texts (each
+        pair's score depends on that image and that text alone), each job then reading
+        its own images' rows and its own texts' columns."""
+        pictures = [self._pixels(request) for request in requests]
+        lists = [self._text_list(request, "texts") for request in requests]
+        pixels = np.concatenate(pictures)
+        ids, mask = self._tokenised([text for texts in lists for text in texts])
+        feed = {"pixel_values": pixels, "input_ids": ids, "attention_mask": mask}
+        logits = self._pass(
+            "logits", feed, len(pixels) + len(ids), max(self._patches, ids.shape[1])
+        )
+        answers = []
+        spans = zip(
+            _spans([len(p) for p in pictures]), _spans([len(t) for t in lists]), lists, strict=True
+        )
+        for rows, columns, names in spans:
+            part = logits[rows, columns]
+            tokens = self._patches * len(part) + int(mask[columns].sum())
+            answers.append((self._labels_document(part, tokens, names), part))
         return answers
 
     def classify(self, request: dict[str, Any]) -> tuple[bytes, np.ndarray]:

@@ -152,3 +152,37 @@ def test_images_score_against_texts_as_clip_scores_them(
     assert not core.check_classification(output, again, fingerprint, scores, swapped).passed
     with pytest.raises(EncoderInputError, match=r"^texts"):
         load(clip, tmp_path, 1).classify({"images": IMAGES})
+
+
+@pytest.mark.parametrize("kind", ["vit", "clip"])
+def test_jobs_scored_together_come_out_as_each_alone_and_pass_the_verifier(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A worker's batch of vision jobs: one pass over every job's images (and, for image-
+    text scores, every job's texts, each job reading its own images against its own
+    texts); each answer as alone, within the verifier's tolerance."""
+    model = load(request.getfixturevalue(kind), tmp_path, 2)
+    jobs: list[dict[str, Any]] = [
+        {"images": IMAGES[:1]},
+        {"images": IMAGES[1:]},
+        {"image": IMAGES[2]},
+    ]
+    if kind == "clip":
+        texts = [TEXTS[:2], ["a much longer description of a small bird on a wire"], TEXTS]
+        jobs = [{**job, "texts": t} for job, t in zip(jobs, texts, strict=True)]
+    together = model.encode_together(jobs)
+    scores = partial(label_scores, multi_label=False)
+    for job, (output, values) in zip(jobs, together, strict=True):
+        alone, again = model.classify(job)
+        assert values.shape == again.shape
+        np.testing.assert_allclose(values, again, atol=1e-5)
+        labels = job.get("texts", ["cat", "dog", "bird"])
+        fingerprint = core.embedding_fingerprint(values)
+        check = core.check_classification(output, again, fingerprint, scores, labels)
+        assert check.passed, check.detail
+        assert json.loads(output)["prompt_tokens"] == json.loads(alone)["prompt_tokens"]
+        assert [r[0]["label"] for r in json.loads(output)["labels"]] == [
+            r[0]["label"] for r in json.loads(alone)["labels"]
+        ]
+    with pytest.raises(EncoderInputError, match=r"^images"):
+        model.encode_together([jobs[0], {"images": []}])
