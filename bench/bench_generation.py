@@ -8,7 +8,9 @@ now, with the cache in the graph, and once forced onto the plain graph (logits o
 before the cache). Each generates the same number of tokens from the same prompt with the
 worker's runtime code (`LoadedModel.generate`, one thread). The peer is transformers'
 own greedy `generate` in torch with its cache, also one thread. Prints ms per generated
-token and tokens/s for each, and checks the two ONNX runs chose the same tokens.
+token and tokens/s for each, and checks the two ONNX runs chose the same tokens. Then a
+worker's batch: `--batch` prompts of different lengths generated one after the other and
+as one padded batch (`LoadedModel.generate_together`), checked to choose the same tokens.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8, help="prompts in the batch row")
     args = parser.parse_args()
     import torch
     from transformers import AutoModelForCausalLM
@@ -108,6 +111,31 @@ def main() -> None:
             ]
             cells = [f"{s * 1000 / made:7.2f} ms/tok {made / s:7.0f}/s" for s in figures]
             print(f"  {made:>6}  " + "  ".join(f"{c:>22}" for c in cells), flush=True)
+        batch_row(cached, args.batch, min(args.tokens), args.repeats)
+
+
+def batch_row(model: LoadedModel, size: int, count: int, repeats: int) -> None:
+    """`size` greedy generations of `count` tokens from prompts of different lengths: one
+    after the other, then as one batch (shorter prompts padded on the left and masked)."""
+    words = PROMPT.split()
+    requests = [
+        {"prompt": " ".join(words * (1 + i))[: 4 + 9 * i], "max_tokens": count} for i in range(size)
+    ]
+    lengths = sorted(len(model.prompt(r)) for r in requests)
+    job_ids = [bytes([i]) * 32 for i in range(size)]
+    alone = [
+        model.generate(r, None, j).choices[0].token_ids
+        for r, j in zip(requests, job_ids, strict=True)
+    ]
+    together = model.generate_together(requests, job_ids)
+    assert [g.choices[0].token_ids for g in together] == alone, "the batch changed the tokens"
+    made = sum(len(t) for t in alone)
+    one_by_one = timed(lambda: [model.generate(r) for r in requests], repeats)
+    batched = timed(lambda: model.generate_together(requests, job_ids), repeats)
+    print(f"batch of {size} prompts of {lengths[0]}-{lengths[-1]} tokens, {count} tokens each:")
+    for label, seconds in (("one after the other", one_by_one), ("one batch", batched)):
+        rate = f"{seconds * 1000 / made:7.2f} ms/tok {made / seconds:7.0f}/s"
+        print(f"  {label:<22}{rate}", flush=True)
 
 
 if __name__ == "__main__":

@@ -335,11 +335,11 @@ class Worker(Processor[RocksStore]):
     def handle_all(
         self, records: Sequence[Record[Any]], state: RocksStore
     ) -> list[Sequence[Output]]:
-        """The assignments one poll brought: single-choice generations of one model with
-        equally long prompts run as one batch (`LoadedModel.generate_together`), as do the
-        jobs of one encoder, text or image (`encode_together`); the rest one after the other. A batch
-        that fails runs its jobs one by one, so each gets the answer (or the failure) it
-        would have alone."""
+        """The assignments one poll brought: single-choice generations of one model (and of
+        one prompt length where its graph takes no mask) run as one batch
+        (`LoadedModel.generate_together`), as do the jobs of one encoder, text or image
+        (`encode_together`); the rest one after the other. A batch that fails runs its
+        jobs one by one, so each gets the answer (or the failure) it would have alone."""
         now = int(time.time() * 1000)
         answers: list[Sequence[Output]] = [()] * len(records)
         groups: dict[tuple[str, int], list[int]] = {}
@@ -382,7 +382,7 @@ class Worker(Processor[RocksStore]):
         return self._batch_key(assignment) if mine and assignment.job is not None else None
 
     def _batch_key(self, assignment: JobAssigned) -> tuple[str, int] | None:
-        """Which batch a job may join (its model, and for a generation its prompt length;
+        """Which batch a job may join (its model, and for a generation its `batch_group`;
         -1 for an encoder's), None when it runs alone: training, streamed, several
         choices, a model without a cache or not loaded yet (its first job reports the
         load), an input that does not parse (it fails alone, with its own answer)."""
@@ -400,7 +400,7 @@ class Worker(Processor[RocksStore]):
                 return manifest_cid, -1
             if not model.batchable(request):
                 return None
-            return manifest_cid, len(model.prompt(request))
+            return manifest_cid, model.batch_group(request)
         except Exception:
             return None
 

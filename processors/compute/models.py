@@ -70,6 +70,9 @@ DIRECTORY_TASKS = (
 )
 #: The cache inputs of a text model's graph (see `KvCache`); a graph without them has none.
 PAST_KEYS, PAST_VALUES = "past_keys", "past_values"
+#: A cached graph's mask over the past and the new tokens (0: padding). Graphs exported
+#: before it take none: their batches need prompts of one length.
+ATTENTION_MASK = "attention_mask"
 TENSOR = "tensor"
 #: A graph whose tensors declare more than this keeps them in `WEIGHTS_FILE` beside it
 #: (protobuf cannot serialise one message over 2 GiB; half of that leaves room).
@@ -420,8 +423,9 @@ def export_causal_lm(
     The graph carries the key/value cache where the model's cache allows it: one graph
     then serves a whole sequence (an empty past) and each generated token after it (the
     past so far), so generating n tokens costs n single-token passes instead of n passes
-    over ever longer sequences. Models whose cache does not fit that shape get the plain
-    graph (logits only) and generate without a cache.
+    over ever longer sequences. It takes an attention mask, so that prompts of different
+    lengths share a batch (each padded on the left). Models whose cache does not fit that
+    shape get the plain graph (logits only) and generate without a cache.
     """
     import torch
     from transformers import AutoModelForCausalLM, DynamicCache
@@ -447,14 +451,22 @@ def export_causal_lm(
             super().__init__()
             self.inner, self.layers = inner, layers
 
-        def forward(self, input_ids: Any, past_keys: Any, past_values: Any) -> Any:
+        def forward(
+            self, input_ids: Any, attention_mask: Any, past_keys: Any, past_values: Any
+        ) -> Any:
             cache = DynamicCache(config=self.inner.config)
             for i in range(self.layers):
                 cache.update(past_keys[i], past_values[i], i)
-            past = past_keys.shape[3]
-            positions = torch.arange(past, past + input_ids.shape[1]).unsqueeze(0)
+            # Positions count the tokens the mask lets in, so that a row padded on the left
+            # (a batch of prompts of different lengths) reads as it would alone.
+            counted = attention_mask.cumsum(-1) - 1
+            positions = counted.clamp(min=0)[:, -input_ids.shape[1] :]
             out = self.inner(
-                input_ids=input_ids, past_key_values=cache, position_ids=positions, use_cache=True
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                position_ids=positions,
+                use_cache=True,
             )
             present = out.past_key_values.layers
             keys = torch.stack([present[i].keys for i in range(self.layers)])
@@ -470,13 +482,20 @@ def export_causal_lm(
         graph = _export(
             CachedStep(model, cache.layers),
             # Two tensors, not one twice: the exporter folds aliased inputs into one.
-            (torch.zeros((1, 3), dtype=torch.int64), torch.zeros(shape), torch.zeros(shape)),
             (
-                ["input_ids", PAST_KEYS, PAST_VALUES],
+                torch.zeros((1, 3), dtype=torch.int64),
+                torch.ones((1, 8), dtype=torch.int64),
+                torch.zeros(shape),
+                torch.zeros(shape),
+            ),
+            (
+                ["input_ids", ATTENTION_MASK, PAST_KEYS, PAST_VALUES],
                 ["logits", "present_keys", "present_values"],
             ),
             {
                 "input_ids": {0: batch, 1: sequence},
+                # The past's positions and the new ones: the exporter finds the sum.
+                ATTENTION_MASK: {0: batch, 1: torch.export.Dim.AUTO},
                 PAST_KEYS: {1: batch, 3: positions},
                 PAST_VALUES: {1: batch, 3: positions},
             },

@@ -60,6 +60,7 @@ from processors.compute.generation import (
     top_logprobs,
 )
 from processors.compute.models import (
+    ATTENTION_MASK,
     CLASSIFICATION,
     EMBEDDING,
     GENERATIVE,
@@ -393,6 +394,9 @@ class LoadedModel:
     kv_cache: KvCache | None = None  # None: a graph without one (generation re-reads all)
     #: An encoder-decoder's first decoder token (None: a decoder-only model).
     decoder_start: int | None = None
+    #: Whether its cached graph takes an attention mask (prompts of different lengths then
+    #: share a batch; graphs exported before the mask need one length).
+    masked: bool = False
     #: The memory a job may need (bytes; 0: not checked before it runs).
     budget: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -494,8 +498,12 @@ class LoadedModel:
         rows, past = self.step_rows([ids], past)
         return rows[0], past
 
-    def step_rows(self, rows: Sequence[Sequence[int]], past: Any) -> tuple[np.ndarray, Any]:
-        """`step` for a batch of equally long rows: [rows, len, vocabulary] logits."""
+    def step_rows(
+        self, rows: Sequence[Sequence[int]], past: Any, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, Any]:
+        """`step` for a batch of equally long rows: [rows, len, vocabulary] logits. `mask`:
+        which of the past's and the rows' positions each row reads (a masked graph's; by
+        default all of them)."""
         feed: dict[str, Any] = {"input_ids": np.asarray([list(r) for r in rows], dtype=np.int64)}
         if self.kv_cache is None:
             with self.lock:
@@ -503,6 +511,9 @@ class LoadedModel:
             return np.asarray(out, dtype=np.float32), None
         keys, values = past if past is not None else (self.kv_cache.empty(len(rows)),) * 2
         feed.update({PAST_KEYS: keys, PAST_VALUES: values})
+        if self.masked:
+            seen = keys.shape[3] + len(rows[0])
+            feed[ATTENTION_MASK] = np.ones((len(rows), seen), np.int64) if mask is None else mask
         names = ["logits", "present_keys", "present_values"]
         with self.lock:
             out, keys, values = _run(self.session, names, feed, self.budget)
@@ -555,34 +566,48 @@ class LoadedModel:
             and int(request.get("n", 1) or 1) == 1
         )
 
+    def batch_group(self, request: dict[str, Any]) -> int:
+        """The prompt length a generation's batch must share: 0 (any) for a masked graph,
+        which pads the shorter prompts on the left."""
+        return 0 if self.masked else len(self.prompt(request))
+
     def generate_together(
         self, requests: Sequence[dict[str, Any]], job_ids: Sequence[bytes]
     ) -> list[Generation]:
-        """Several single-choice generations (`batchable`) whose prompts are equally long,
-        as one batch: one pass of the graph per step for all of them (its batch dimension;
-        the cache's positions are shared, which is why the prompts must be of one length).
-        Each comes out as `generate` makes it alone, within the graph's numerical noise:
-        every row is sampled with its own job's seed. A row that is done rides along
-        until the longest is (its outputs unread)."""
+        """Several single-choice generations (`batchable`) of one `batch_group`, as one
+        batch: one pass of the graph per step for all of them (its batch dimension). A
+        shorter prompt is padded on the left, its padding masked out and its positions
+        counted from its first token, so each comes out as `generate` makes it alone,
+        within the graph's numerical noise: every row is sampled with its own job's seed.
+        A row that is done rides along until the longest is (its outputs unread)."""
         samplings = [Sampling.of(r, j) for r, j in zip(requests, job_ids, strict=True)]
         prompts = [self.prompt(r) for r in requests]
-        if len({len(p) for p in prompts}) != 1 or not all(map(self.batchable, requests)):
-            raise ValueError("a batch needs single-choice generations of one prompt length")
+        if len({self.batch_group(r) for r in requests}) != 1 or not all(
+            map(self.batchable, requests)
+        ):
+            raise ValueError("a batch needs single-choice generations of one batch group")
         limit = int(self.manifest.document.get("max_positions") or 1024)
-        longest = limit - len(prompts[0])
-        budgets = [max(1, min(int(r.get("max_tokens", 16)), longest)) for r in requests]
+        budgets = [
+            max(1, min(int(r.get("max_tokens", 16)), limit - len(p)))
+            for r, p in zip(requests, prompts, strict=True)
+        ]
+        longest = max(len(p) for p in prompts)
         # The weights once; every row's logits and cache, each running to the longest budget.
-        row = self.generation_needs(len(prompts[0]), max(budgets)) - self.weights_bytes
+        row = self.generation_needs(longest, max(budgets)) - self.weights_bytes
         self.within("the generations", self.weights_bytes + row * len(requests))
         choosing = [
             Choosing(self, sampling, 0, budget, None)
             for sampling, budget in zip(samplings, budgets, strict=True)
         ]
-        rows, past = self.step_rows(prompts, None)
+        pad = self.eos_token_id or 0
+        mask = np.asarray([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], np.int64)
+        padded = [[pad] * (longest - len(p)) + p for p in prompts]
+        rows, past = self.step_rows(padded, None, mask)
         going = [c.take(row[-1]) for c, row in zip(choosing, rows, strict=True)]
         while any(going):
             last = [[(c.chosen or p)[-1]] for c, p in zip(choosing, prompts, strict=True)]
-            rows, past = self.step_rows(last, past)
+            mask = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], axis=1)
+            rows, past = self.step_rows(last, past, mask)
             going = [
                 on and c.take(row[-1]) for on, c, row in zip(going, choosing, rows, strict=True)
             ]
@@ -941,6 +966,7 @@ class ModelCache:
             model.eos_token_id = manifest.document.get("eos_token_id")
             cache = manifest.document.get("kv_cache")
             model.kv_cache = KvCache(**cache) if cache else None
+            model.masked = ATTENTION_MASK in {i.name for i in session.get_inputs()}
         if manifest.task == SEQ2SEQ:
             model.decoder_start = int(manifest.document.get("decoder_start_token_id") or 0)
         return model

@@ -81,7 +81,7 @@ def test_one_polls_generations_run_as_a_batch_each_answered_as_alone(
         {"prompt": "the quick brown fox", "max_tokens": 4, "temperature": 0.9},
         {"prompt": "the quick brown fox", "max_tokens": 6, "temperature": 1.2, "top_p": 0.9},
         {"prompt": "the quick brown fox", "max_tokens": 5, "n": 2},  # alone: two choices
-        {"prompt": "a", "max_tokens": 3},  # alone: another prompt length
+        {"prompt": "a", "max_tokens": 3},  # another prompt length: padded in the batch
     ]
     jobs, records = assignments(worker, cid, requests)
     state = RocksStore(tmp_path / "state")
@@ -93,7 +93,7 @@ def test_one_polls_generations_run_as_a_batch_each_answered_as_alone(
     events = [output.event for outputs in answers for output in outputs]
     results = [event for event in events if isinstance(event, JobResult)]
     assert len(results) == len(events)
-    assert batches == [3]
+    assert batches == [4]
     answered = {r.job_id: r for r in results}
     assert len(answered) == len(requests) == len(results)
     assert [r.cause.offset for r in results if r.cause] == list(range(len(requests)))

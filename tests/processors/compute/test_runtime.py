@@ -54,8 +54,9 @@ def test_the_imported_graph_carries_a_kv_cache_and_generates_as_torch_does(
     store, manifest = tiny_store
     assert manifest.document["kv_cache"] == {"layers": 2, "heads": 2, "head_dim": 16}
     names = [i["name"] for i in manifest.document["inputs"]]
-    assert names == ["input_ids", "past_keys", "past_values"]
+    assert names == ["input_ids", "attention_mask", "past_keys", "past_values"]
     model = load(store, manifest, tmp_path)
+    assert model.masked
     check_against_torch(model, tiny_gpt2)
     # Step by step through the cache, the logits of a whole sequence in one pass.
     ids = [*model.prompt_ids(PROMPT), 7, 11, 13]
@@ -90,25 +91,22 @@ def test_a_model_whose_cache_cannot_be_exported_gets_the_plain_graph(
 def test_generations_run_together_come_out_as_each_alone_and_pass_the_verifier(
     tiny_store: tuple[Any, Any], tmp_path: Path
 ) -> None:
-    """A worker's batch: equally long prompts, each job's own sampling, budget, stop
-    sequences and logprobs; every row as `generate` makes it alone, and verified."""
+    """A worker's batch: prompts of different lengths (the shorter padded on the left and
+    masked), each job's own sampling, budget, stop sequences and logprobs; every row as
+    `generate` makes it alone, and verified."""
     from processors.compute.generation import Sampling
     from processors.verifier.core import check_generation, generation_fingerprint
 
     store, manifest = tiny_store
     model = load(store, manifest, tmp_path)
-    texts = ["the quick brown fox", "a lazy dog sleeps", "the cat sat down", "one two three"]
-    by_length: dict[int, list[str]] = {}
-    for text in texts:
-        by_length.setdefault(len(model.prompt({"prompt": text})), []).append(text)
-    same = max(by_length.values(), key=len)
-    other = same[1] if len(same) > 1 else same[0]
     requests: list[dict[str, Any]] = [
-        {"prompt": same[0], "max_tokens": 12},
-        {"prompt": other, "max_tokens": 5, "temperature": 0.9, "seed": 7},
-        {"prompt": same[0], "max_tokens": 9, "temperature": 1.3, "top_p": 0.9, "logprobs": True},
-        {"prompt": same[0], "max_tokens": 16, "temperature": 0.8, "stop": ["e"]},
-    ]
+        {"prompt": "the quick brown fox", "max_tokens": 12},
+        {"prompt": "a", "max_tokens": 5, "temperature": 0.9, "seed": 7},
+        {"prompt": "the cat sat down on the mat", "max_tokens": 9, "temperature": 1.3,
+         "top_p": 0.9, "logprobs": True},
+        {"prompt": "one two", "max_tokens": 16, "temperature": 0.8, "stop": ["e"]},
+    ]  # fmt: skip
+    assert len({len(model.prompt(r)) for r in requests}) == len(requests)
     job_ids = [bytes([i]) * 32 for i in range(len(requests))]
     together = model.generate_together(requests, job_ids)
     for request, job_id, batched in zip(requests, job_ids, together, strict=True):
@@ -130,9 +128,13 @@ def test_generations_run_together_come_out_as_each_alone_and_pass_the_verifier(
         )
         assert check.passed, check.detail
     assert any(len(g.choices[0].token_ids) < 12 for g in together)  # rows ended apart
-    with pytest.raises(ValueError, match="one prompt length"):
+    # A graph exported before the mask: one prompt length a batch (it is refused before
+    # anything runs).
+    model.masked = False
+    with pytest.raises(ValueError, match="one batch group"):
         model.generate_together(
             [{"prompt": "a"}, {"prompt": "a much longer prompt than that"}], job_ids[:2]
         )
+    model.masked = True
     with pytest.raises(ValueError, match="single-choice"):
         model.generate_together([{"prompt": "a", "n": 2}, {"prompt": "a"}], job_ids[:2])
