@@ -428,7 +428,7 @@ def export_causal_lm(
     shape get the plain graph (logits only) and generate without a cache.
     """
     import torch
-    from transformers import AutoModelForCausalLM, DynamicCache
+    from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
@@ -445,6 +445,29 @@ def export_causal_lm(
 
         def forward(self, input_ids: Any) -> Any:
             return self.inner(input_ids=input_ids, use_cache=False).logits
+
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    try:
+        cache = _kv_cache_of(model)
+        progress("exporting to ONNX with a key/value cache (torch.onnx.export, dynamo)")
+        return _export_cached(model, cache), model.config, cache
+    except Exception as exc:  # the exporter fails in many ways on caches it cannot trace
+        progress(f"no key/value cache in the graph ({type(exc).__name__}: {exc}); plain graph")
+    progress("exporting to ONNX (torch.onnx.export, dynamo)")
+    graph = _export(
+        Logits(model),
+        (torch.zeros((2, 8), dtype=torch.int64),),
+        (["input_ids"], ["logits"]),
+        {"input_ids": {0: batch, 1: sequence}},
+    )
+    return graph, model.config, None
+
+
+def _export_cached(model: Any, cache: KvCache) -> Any:
+    """A causal LM's graph with its key/value cache and an attention mask (see
+    `export_causal_lm`)."""
+    import torch
+    from transformers import DynamicCache
 
     class CachedStep(torch.nn.Module):
         def __init__(self, inner: Any, layers: int) -> None:
@@ -474,43 +497,29 @@ def export_causal_lm(
             return out.logits, keys, values
 
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    try:
-        cache = _kv_cache_of(model)
-        shape = (cache.layers, 1, cache.heads, 5, cache.head_dim)
-        progress("exporting to ONNX with a key/value cache (torch.onnx.export, dynamo)")
-        positions = torch.export.Dim("past")
-        graph = _export(
-            CachedStep(model, cache.layers),
-            # Two tensors, not one twice: the exporter folds aliased inputs into one.
-            (
-                torch.zeros((1, 3), dtype=torch.int64),
-                torch.ones((1, 8), dtype=torch.int64),
-                torch.zeros(shape),
-                torch.zeros(shape),
-            ),
-            (
-                ["input_ids", ATTENTION_MASK, PAST_KEYS, PAST_VALUES],
-                ["logits", "present_keys", "present_values"],
-            ),
-            {
-                "input_ids": {0: batch, 1: sequence},
-                # The past's positions and the new ones: the exporter finds the sum.
-                ATTENTION_MASK: {0: batch, 1: torch.export.Dim.AUTO},
-                PAST_KEYS: {1: batch, 3: positions},
-                PAST_VALUES: {1: batch, 3: positions},
-            },
-        )
-        return graph, model.config, cache
-    except Exception as exc:  # the exporter fails in many ways on caches it cannot trace
-        progress(f"no key/value cache in the graph ({type(exc).__name__}: {exc}); plain graph")
-    progress("exporting to ONNX (torch.onnx.export, dynamo)")
-    graph = _export(
-        Logits(model),
-        (torch.zeros((2, 8), dtype=torch.int64),),
-        (["input_ids"], ["logits"]),
-        {"input_ids": {0: batch, 1: sequence}},
+    shape = (cache.layers, 1, cache.heads, 5, cache.head_dim)
+    positions = torch.export.Dim("past")
+    return _export(
+        CachedStep(model, cache.layers),
+        # Two tensors, not one twice: the exporter folds aliased inputs into one.
+        (
+            torch.zeros((1, 3), dtype=torch.int64),
+            torch.ones((1, 8), dtype=torch.int64),
+            torch.zeros(shape),
+            torch.zeros(shape),
+        ),
+        (
+            ["input_ids", ATTENTION_MASK, PAST_KEYS, PAST_VALUES],
+            ["logits", "present_keys", "present_values"],
+        ),
+        {
+            "input_ids": {0: batch, 1: sequence},
+            # The past's positions and the new ones: the exporter finds the sum.
+            ATTENTION_MASK: {0: batch, 1: torch.export.Dim.AUTO},
+            PAST_KEYS: {1: batch, 3: positions},
+            PAST_VALUES: {1: batch, 3: positions},
+        },
     )
-    return graph, model.config, None
 
 
 @dataclass(frozen=True)
