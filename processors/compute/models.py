@@ -37,6 +37,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -628,9 +629,10 @@ def export_text_classifier(directory: Path, progress: Callable[[str], None]) -> 
 
 
 def export_seq2seq(directory: Path, progress: Callable[[str], None]) -> tuple[Any, Any]:
-    """An encoder-decoder LM (T5-style): `input_ids` [1, sequence] (the prompt) and
-    `decoder_input_ids` [1, decoded] (the start token, then what was generated) in, `logits`
-    [1, decoded, vocabulary] out. No cache: each step runs the encoder and the decoder again,
+    """An encoder-decoder LM (T5-style): `input_ids` [batch, sequence] (the prompts, padded
+    on the right), `attention_mask` [batch, sequence] (0: padding) and `decoder_input_ids`
+    [batch, decoded] (the start token, then what was generated) in, `logits` [batch,
+    decoded, vocabulary] out. No cache: each step runs the encoder and the decoder again,
     which one teacher-forced pass also gives the verifier."""
     import torch
     from transformers import AutoModelForSeq2SeqLM
@@ -651,19 +653,27 @@ def export_seq2seq(directory: Path, progress: Callable[[str], None]) -> tuple[An
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids: Any, decoder_input_ids: Any) -> Any:
+        def forward(self, input_ids: Any, attention_mask: Any, decoder_input_ids: Any) -> Any:
             return self.inner(
-                input_ids=input_ids, decoder_input_ids=decoder_input_ids, use_cache=False
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                decoder_input_ids=decoder_input_ids,
+                use_cache=False,
             ).logits
 
     progress("exporting the encoder-decoder to ONNX (torch.onnx.export, dynamo)")
+    batch = torch.export.Dim("batch")
     sequence, decoded = torch.export.Dim("sequence"), torch.export.Dim("decoded")
-    example = (torch.ones((1, 8), dtype=torch.int64), torch.ones((1, 4), dtype=torch.int64))
+    ones = partial(torch.ones, dtype=torch.int64)
     graph = _export(
         Logits(model),
-        example,
-        (["input_ids", "decoder_input_ids"], ["logits"]),
-        {"input_ids": {1: sequence}, "decoder_input_ids": {1: decoded}},
+        (ones((2, 8)), ones((2, 8)), ones((2, 4))),
+        (["input_ids", ATTENTION_MASK, "decoder_input_ids"], ["logits"]),
+        {
+            "input_ids": {0: batch, 1: sequence},
+            ATTENTION_MASK: {0: batch, 1: sequence},
+            "decoder_input_ids": {0: batch, 1: decoded},
+        },
     )
     return graph, model.config
 

@@ -475,13 +475,27 @@ class LoadedModel:
 
     def _decoded(self, prompt: Sequence[int], generated: Sequence[int]) -> np.ndarray:
         """An encoder-decoder's logits for its start token and `generated`."""
+        return np.asarray(self._decoded_rows([prompt], [generated])[0])
+
+    def _decoded_rows(
+        self, prompts: Sequence[Sequence[int]], generated: Sequence[Sequence[int]]
+    ) -> np.ndarray:
+        """`_decoded` for a batch: [rows, 1 + len(generated[0]), vocabulary]. The prompts
+        are padded on the right and the padding masked (a graph without the mask, imported
+        before it, takes one row); every row's `generated` is equally long."""
+        longest = max(len(p) for p in prompts)
         feed = {
-            "input_ids": np.asarray([list(prompt)], dtype=np.int64),
-            "decoder_input_ids": np.asarray([[self.decoder_start, *generated]], dtype=np.int64),
+            "input_ids": np.asarray([[*p, *[0] * (longest - len(p))] for p in prompts], np.int64),
+            "decoder_input_ids": np.asarray(
+                [[self.decoder_start, *g] for g in generated], np.int64
+            ),
         }
+        if self.masked:
+            mask = [[1] * len(p) + [0] * (longest - len(p)) for p in prompts]
+            feed[ATTENTION_MASK] = np.asarray(mask, np.int64)
         with self.lock:
             (out,) = _run(self.session, ["logits"], feed, self.budget)
-        return np.asarray(out[0], dtype=np.float32)
+        return np.asarray(out, dtype=np.float32)
 
     def _advance(self, prompt: list[int], chosen: list[int], past: Any) -> tuple[np.ndarray, Any]:
         """Logits after `prompt` and `chosen` (the last row predicts the next token): with a
@@ -558,17 +572,16 @@ class LoadedModel:
 
     def batchable(self, request: dict[str, Any]) -> bool:
         """Whether a generation may share a batch (`generate_together`): one choice, from a
-        decoder-only graph with a key/value cache."""
-        return (
-            self.kv_cache is not None
-            and self.decoder_start is None
-            and self.manifest.task in GENERATIVE
-            and int(request.get("n", 1) or 1) == 1
-        )
+        decoder-only graph with a key/value cache or an encoder-decoder graph with a mask."""
+        if self.manifest.task not in GENERATIVE or int(request.get("n", 1) or 1) != 1:
+            return False
+        if self.decoder_start is not None:
+            return self.masked
+        return self.kv_cache is not None
 
     def batch_group(self, request: dict[str, Any]) -> int:
         """The prompt length a generation's batch must share: 0 (any) for a masked graph,
-        which pads the shorter prompts on the left."""
+        which pads the shorter prompts."""
         return 0 if self.masked else len(self.prompt(request))
 
     def generate_together(
@@ -576,10 +589,11 @@ class LoadedModel:
     ) -> list[Generation]:
         """Several single-choice generations (`batchable`) of one `batch_group`, as one
         batch: one pass of the graph per step for all of them (its batch dimension). A
-        shorter prompt is padded on the left, its padding masked out and its positions
-        counted from its first token, so each comes out as `generate` makes it alone,
-        within the graph's numerical noise: every row is sampled with its own job's seed.
-        A row that is done rides along until the longest is (its outputs unread)."""
+        decoder-only model's shorter prompt is padded on the left, its padding masked out
+        and its positions counted from its first token (an encoder's is padded on the
+        right and masked), so each comes out as `generate` makes it alone, within the
+        graph's numerical noise: every row is sampled with its own job's seed. A row that
+        is done rides along until the longest is (its outputs unread)."""
         samplings = [Sampling.of(r, j) for r, j in zip(requests, job_ids, strict=True)]
         prompts = [self.prompt(r) for r in requests]
         if len({self.batch_group(r) for r in requests}) != 1 or not all(
@@ -599,6 +613,19 @@ class LoadedModel:
             Choosing(self, sampling, 0, budget, None)
             for sampling, budget in zip(samplings, budgets, strict=True)
         ]
+        if self.decoder_start is not None:
+            self._decode_together(prompts, choosing)
+        else:
+            self._step_together(prompts, choosing, longest)
+        return [
+            Generation(tuple(prompt), (c.choice(),))
+            for prompt, c in zip(prompts, choosing, strict=True)
+        ]
+
+    def _step_together(
+        self, prompts: list[list[int]], choosing: list[Choosing], longest: int
+    ) -> None:
+        """A decoder-only batch through the cache, the shorter prompts padded on the left."""
         pad = self.eos_token_id or 0
         mask = np.asarray([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], np.int64)
         padded = [[pad] * (longest - len(p)) + p for p in prompts]
@@ -611,10 +638,21 @@ class LoadedModel:
             going = [
                 on and c.take(row[-1]) for on, c, row in zip(going, choosing, rows, strict=True)
             ]
-        return [
-            Generation(tuple(prompt), (c.choice(),))
-            for prompt, c in zip(prompts, choosing, strict=True)
-        ]
+
+    def _decode_together(self, prompts: list[list[int]], choosing: list[Choosing]) -> None:
+        """An encoder-decoder batch, each step over every row's output so far (a row that
+        is done is padded to the others' length; the decoder reads no later position, so
+        its padding changes no row's own logits)."""
+        rows = self._decoded_rows(prompts, [[] for _ in prompts])
+        going = [c.take(row[-1]) for c, row in zip(choosing, rows, strict=True)]
+        while any(going):
+            steps = max(len(c.chosen) for c in choosing)
+            generated = [[*c.chosen, *[0] * (steps - len(c.chosen))] for c in choosing]
+            rows = self._decoded_rows(prompts, generated)
+            going = [
+                on and c.take(row[len(c.chosen)])
+                for on, c, row in zip(going, choosing, rows, strict=True)
+            ]
 
     def _logprob(self, row: np.ndarray, token: int, top: int) -> dict[str, Any]:
         """A token's log-probability entry, with the step's `top` most likely tokens."""

@@ -1,7 +1,8 @@
 """Encoder-decoder (T5-style) generation: a directory with `is_encoder_decoder` imports as
 text2text-generation, its graph gives transformers' logits and greedy tokens, sampled
 answers are verified token by token as a causal LM's are (honest ones pass whatever the
-thread count, forged tokens are caught), and chat works without a chat template."""
+thread count, forged tokens are caught), prompts of different lengths share a batch, and
+chat works without a chat template."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from gpu_worker.processor import execute
 from processors.compute.models import SEQ2SEQ, import_model
 from processors.compute.runtime import BlockSource, LoadedModel, ModelCache
 from processors.market.content import Blockstore
+from processors.verifier.core import generation_fingerprint
 from tests.processors.verifier.test_core import job, verify
 from tests.tiny_models import build_tiny_t5
 
@@ -53,8 +55,10 @@ def test_an_encoder_decoder_imports_as_text2text_generation_with_transformers_lo
     document = manifest.document
     assert (document["task"], document["model_type"]) == (SEQ2SEQ, "t5")
     assert (document["eos_token_id"], document["decoder_start_token_id"]) == (1, 0)
-    assert [i["name"] for i in document["inputs"]] == ["input_ids", "decoder_input_ids"]
+    names = [i["name"] for i in document["inputs"]]
+    assert names == ["input_ids", "attention_mask", "decoder_input_ids"]
     model = load(t5, tmp_path, 1)
+    assert model.masked
     prompt = model.prompt({"prompt": "hello lattice"})
     assert prompt[-1] == 1  # the tokenizer's closing </s>, as T5 reads its inputs
     generated = [5, 17, 42]
@@ -121,3 +125,29 @@ def test_chat_runs_without_a_chat_template(
     assert model.decode(prompt) == "user: hello lattice"
     output, _, fingerprint = execute(model, job({"messages": messages, "max_tokens": 4}))
     assert verify(model, {"messages": messages, "max_tokens": 4}, output, fingerprint).passed
+
+
+def test_generations_of_different_prompt_lengths_run_together_as_each_alone(
+    t5: tuple[Path, Blockstore, Any], tmp_path: Path
+) -> None:
+    """A worker's batch of encoder-decoder jobs: the shorter prompts padded on the right
+    and masked, each row sampled with its own job's seed; every row as alone, verified."""
+    model = load(t5, tmp_path, 2)
+    requests: list[dict[str, Any]] = [
+        {"prompt": "hi", "max_tokens": 6},
+        {"prompt": "providers are paid on the ledger once verified", "max_tokens": 9,
+         "temperature": 0.9, "seed": 3},
+        {"prompt": "the quick brown fox", "max_tokens": 4, "temperature": 1.2, "top_p": 0.9},
+    ]  # fmt: skip
+    assert len({len(model.prompt(r)) for r in requests}) == len(requests)
+    assert all(model.batchable(r) for r in requests)
+    job_ids = [bytes([7 + i]) * 32 for i in range(len(requests))]
+    together = model.generate_together(requests, job_ids)
+    for request, job_id, batched in zip(requests, job_ids, together, strict=True):
+        ((b,), (a,)) = (batched.choices, model.generate(request, None, job_id).choices)
+        assert (b.token_ids, b.text, b.finish_reason) == (a.token_ids, a.text, a.finish_reason)
+        np.testing.assert_allclose(b.chosen_logits, a.chosen_logits, rtol=1e-5, atol=1e-5)
+        fingerprint = generation_fingerprint(batched.chosen_logits)
+        check = verify(model, request, batched.output(), fingerprint, job_id)
+        assert check.passed, check.detail
+    assert len({len(g.choices[0].token_ids) for g in together}) > 1  # rows ended apart
