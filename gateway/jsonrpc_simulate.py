@@ -14,6 +14,20 @@ from gateway.ledger import LedgerQueries, revert_reason
 from gateway.simulation import CallResult, SimBlock, SimCall, SimulationError, simulate
 from processors.execution.transactions import ChainRules
 
+#: What a request, a block's overrides and a call may hold: anything else would change the
+#: answer if applied, so it is refused by name rather than ignored.
+REQUEST_KEYS = {"blockStateCalls", "validation", "traceTransfers", "returnFullTransactions"}
+BLOCK_OVERRIDES = {"number", "time", "gasLimit", "feeRecipient", "baseFeePerGas"}
+UNSUPPORTED_CALL_KEYS = {"accessList", "authorizationList", "blobVersionedHashes"}
+
+
+def _refuse_unknown(given: Any, known: set[str], what: str) -> None:
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise BadParam(
+            f"{what}: {', '.join(unknown)} not supported (known: {', '.join(sorted(known))})"
+        )
+
 
 class SimulateMethods:
     def __init__(self, ledger: LedgerQueries) -> None:
@@ -23,18 +37,26 @@ class SimulateMethods:
         payload = param(params, 0, "simulation")
         if not isinstance(payload, dict) or not isinstance(payload.get("blockStateCalls"), list):
             raise BadParam("simulation: expected an object with a blockStateCalls list")
+        _refuse_unknown(payload, REQUEST_KEYS, "simulation")
         blocks = [_block(spec) for spec in payload["blockStateCalls"]]
         base = self.ledger.header(block_ref(param(params, 1, "block", "latest")))
         rules = ChainRules(self.ledger.view.chain_id, block_gas_limit=self.ledger.block_gas_limit)
         chain = self.ledger.view.scratch_ledger(rules).chain
+        validation = bool(payload.get("validation", False))
+        transfers = bool(payload.get("traceTransfers", False))
         try:
-            simulated = simulate(chain, base, blocks, bool(payload.get("validation", False)))
+            simulated = simulate(chain, base, blocks, validation, transfers)
         except SimulationError as exc:
             raise RpcError(exc.code, exc.message) from None
+        full = bool(payload.get("returnFullTransactions", False))
         out = []
         for block in simulated:
             h = block.header
-            hashes = [call.hash for call in block.calls]
+            chain_id = self.ledger.view.chain_id
+            transactions: list[Any] = [
+                _transaction_json(c, h, i, chain_id) if full else data(c.hash)
+                for i, c in enumerate(block.calls)
+            ]
             out.append(
                 {
                     "number": qty(h.block_number),
@@ -47,7 +69,7 @@ class SimulateMethods:
                     "baseFeePerGas": qty(h.base_fee_per_gas or 0),
                     "stateRoot": data(h.state_root),
                     "logsBloom": data(h.bloom.to_bytes(256, "big")),
-                    "transactions": [data(x) for x in hashes],
+                    "transactions": transactions,
                     "calls": [_call_json(c, h, i) for i, c in enumerate(block.calls)],
                 }
             )
@@ -60,6 +82,7 @@ def _block(spec: Any) -> SimBlock:
     overrides = spec.get("blockOverrides") or {}
     if not isinstance(overrides, dict) or not isinstance(spec.get("calls", []), list):
         raise BadParam("blockStateCalls: blockOverrides must be an object, calls a list")
+    _refuse_unknown(overrides, BLOCK_OVERRIDES, "blockOverrides")
 
     def number(key: str) -> int | None:
         return parse_qty(overrides[key], key) if overrides.get(key) is not None else None
@@ -79,6 +102,9 @@ def _block(spec: Any) -> SimBlock:
 def _call(spec: Any) -> SimCall:
     if not isinstance(spec, dict):
         raise BadParam("calls: each call must be an object")
+    unsupported = sorted(k for k in UNSUPPORTED_CALL_KEYS if spec.get(k))
+    if unsupported:
+        raise BadParam(f"calls: {', '.join(unsupported)} not supported in simulated calls")
 
     def number(key: str) -> int | None:
         return parse_qty(spec[key], key) if spec.get(key) is not None else None
@@ -93,6 +119,30 @@ def _call(spec: Any) -> SimCall:
         nonce=number("nonce"),
         gas_price=number("gasPrice") if spec.get("gasPrice") else number("maxFeePerGas"),
     )
+
+
+def _transaction_json(result: CallResult, header: Any, index: int, chain_id: int) -> dict[str, Any]:
+    """A simulated call as the transaction it ran as (`returnFullTransactions`): unsigned,
+    so its signature fields are zero, as geth shows them."""
+    tx = result.tx
+    return {
+        "type": "0x0",
+        "chainId": qty(chain_id),
+        "hash": data(result.hash),
+        "blockHash": data(header.hash),
+        "blockNumber": qty(header.block_number),
+        "transactionIndex": qty(index),
+        "from": address(tx.sender),
+        "to": address(tx.to) if tx.to else None,
+        "nonce": qty(tx.nonce),
+        "gas": qty(tx.gas),
+        "gasPrice": qty(tx.gas_price),
+        "value": qty(tx.value),
+        "input": data(tx.data),
+        "v": "0x0",
+        "r": "0x0",
+        "s": "0x0",
+    }
 
 
 def _call_json(result: CallResult, header: Any, index: int) -> dict[str, Any]:

@@ -9,7 +9,10 @@ in order on the state the ones before left, and the next block starts from its s
 call gives its sender's nonce when it names none. Without `validation`, as in geth, the
 base fee is 0 (unless overridden) and a call pays no gas; with it, fees are charged and a
 call the state refuses (nonce, funds, fee below the base fee) fails the whole request with
-the specification's code.
+the specification's code. With `traceTransfers`, every move of ether by a call or a
+creation (not a delegate call) is logged as geth logs it: an ERC-20 `Transfer` from
+ERC-7528's native-asset address, in its place among the call's logs and dropped with a
+frame that reverts. (A self-destruct's sweep is not logged: py-evm runs it as no message.)
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from eth_typing import Address
 from eth_utils import ValidationError  # type: ignore[attr-defined]
 
 from gateway.chainview import apply_override, gas_used
+from gateway.tracing import vm_with
 from processors.execution.ledger import rejection_code
 
 #: The most blocks one request may simulate (the specification's).
@@ -41,6 +45,11 @@ REFUSALS = {
     "fee_below_base_fee": -38012,
     "insufficient_funds": -38014,
 }
+
+
+#: Where `traceTransfers` logs ether from (ERC-7528's address for a chain's native asset).
+NATIVE_ASSET = bytes.fromhex("ee" * 20)
+TRANSFER_TOPIC = int.from_bytes(keccak(b"Transfer(address,address,uint256)"), "big")
 
 
 class SimulationError(Exception):
@@ -78,6 +87,7 @@ class SimBlock:
 
 @dataclass(frozen=True)
 class CallResult:
+    tx: SpoofTransaction  # the call as the unsigned transaction it ran as
     hash: bytes
     output: bytes
     logs: tuple[Any, ...]
@@ -92,16 +102,21 @@ class Simulated:
 
 
 def simulate(
-    chain: Any, base: BlockHeaderAPI, blocks: Sequence[SimBlock], validation: bool
+    chain: Any,
+    base: BlockHeaderAPI,
+    blocks: Sequence[SimBlock],
+    validation: bool,
+    trace_transfers: bool = False,
 ) -> list[Simulated]:
-    """Run `blocks` one after another on top of `base`."""
+    """Run `blocks` one after another on top of `base` (`trace_transfers`: ether moved
+    is logged as ERC-20 transfers, see the module)."""
     if len(blocks) > MAX_BLOCKS:
         raise SimulationError(-38026, f"too many blocks: at most {MAX_BLOCKS}")
     out = []
     parent = base
     for block in blocks:
         header = _header(chain, parent, block, validation)
-        simulated = _run_block(chain, header, block, validation)
+        simulated = _run_block(chain, header, block, validation, trace_transfers)
         out.append(simulated)
         parent = simulated.header
     return out
@@ -127,8 +142,11 @@ def _header(chain: Any, parent: BlockHeaderAPI, block: SimBlock, validation: boo
     return header
 
 
-def _run_block(chain: Any, header: Any, block: SimBlock, validation: bool) -> Simulated:
-    vm = chain.get_vm(header)
+def _run_block(
+    chain: Any, header: Any, block: SimBlock, validation: bool, trace_transfers: bool
+) -> Simulated:
+    vm = vm_with(chain, header, _logging_transfers, "Logged") if trace_transfers else None
+    vm = vm or chain.get_vm(header)
     state = vm.state
     for address, override in block.overrides:
         apply_override(state, address, override)
@@ -150,7 +168,7 @@ def _run_block(chain: Any, header: Any, block: SimBlock, validation: bool) -> Si
         used += spent
         logs = tuple(computation.get_log_entries())
         output = bytes(computation.output)
-        results.append(CallResult(_hash(tx), output, logs, spent, _error(computation)))
+        results.append(CallResult(tx, _hash(tx), output, logs, spent, _error(computation)))
     state.persist()
     bloom = BloomFilter()
     for result in results:
@@ -189,3 +207,30 @@ def _hash(tx: SpoofTransaction) -> bytes:
 
 def _error(computation: Any) -> Any:
     return computation.error if computation.is_error else None
+
+
+def _logging_transfers(computation_class: Any) -> Any:
+    """`computation_class` logging the ether each message moves as it starts (so the log
+    comes before the callee's own, and goes with the frame if it reverts)."""
+    cached = _LOGGING.get(computation_class)
+    if cached is not None:
+        return cached
+
+    class LoggingTransfers(computation_class):  # type: ignore[misc]
+        def __init__(self, state: Any, message: Any, transaction_context: Any) -> None:
+            super().__init__(state, message, transaction_context)
+            if message.value and message.should_transfer_value:
+                # geth names the code's address for CALLCODE, the new one for a creation.
+                to = message.storage_address if message.is_create else message.code_address
+                topics = (TRANSFER_TOPIC, _word(message.sender), _word(to))
+                self.add_log_entry(NATIVE_ASSET, topics, message.value.to_bytes(32, "big"))
+
+    _LOGGING[computation_class] = LoggingTransfers
+    return LoggingTransfers
+
+
+_LOGGING: dict[Any, Any] = {}
+
+
+def _word(address: bytes) -> int:
+    return int.from_bytes(address, "big")

@@ -229,13 +229,19 @@ def tracing(tracer: Tracer) -> Iterator[None]:
 
 def traced_vm(chain: Any, header: BlockHeaderAPI) -> Any:
     """A VM for a block built on `header`'s parent whose computations can be traced."""
+    return vm_with(chain, header, traced_class, "Traced")
+
+
+def vm_with(chain: Any, header: BlockHeaderAPI, wrap: Any, label: str) -> Any:
+    """A VM for a block built on `header`'s parent whose state runs the computation class
+    `wrap` makes of the fork's own (py-evm has no hooks: its classes are the seam)."""
     vm = chain.get_vm(header)
     state_class = vm.get_state_class()
-    traced_state = state_class.configure(
-        __name__="Traced" + state_class.__name__,
-        computation_class=traced_class(state_class.computation_class),
+    wrapped_state = state_class.configure(
+        __name__=label + state_class.__name__,
+        computation_class=wrap(state_class.computation_class),
     )
-    vm_class = type(vm).configure(__name__="Traced" + type(vm).__name__, _state_class=traced_state)
+    vm_class = type(vm).configure(__name__=label + type(vm).__name__, _state_class=wrapped_state)
     return vm_class(
         header=header,
         chaindb=chain.chaindb,

@@ -205,3 +205,28 @@ def test_simulations_agree_on_their_calls(
             {k: e[k] for k in shared} for e in other["logs"]
         ]
     assert ours[0]["gasUsed"] == theirs[0]["gasUsed"]
+
+
+def test_simulated_ether_transfers_are_logged_alike(nodes: tuple[str, str]) -> None:
+    """`traceTransfers`: ether sent with the call and forwarded by the callee, logged as
+    anvil logs it. Ether sent into a frame that reverts: geth (the specification's
+    reference: its log tracer drops a reverted frame's logs) and Lattice log nothing;
+    anvil 1.7.1 still logs that transfer, after the others."""
+    forwarder, reverter, receiver = "0x" + "f0" * 20, "0x" + "f1" * 20, "0x" + "f2" * 20
+
+    def send_one(to: str) -> str:  # CALL(gas, to, 1, 0, 0, 0, 0), POP
+        return "6000600060006000600173" + to[2:] + "5af150"
+
+    code = "0x60aa600052" + "60206000a0" + send_one(receiver) + send_one(reverter) + "00"
+    overrides = {forwarder: {"code": code}, reverter: {"code": "0x60006000fd"}}
+    call = {"from": SENDER, "to": forwarder, "value": "0x5"}
+    request = {
+        "blockStateCalls": [{"stateOverrides": overrides, "calls": [call]}],
+        "traceTransfers": True,
+    }
+    ours, theirs = (rpc(url, "eth_simulateV1", [request, "latest"]) for url in nodes)
+    shared = ("topics", "data", "logIndex")
+    mine, other = ([{k: e[k] for k in shared} | {"address": e["address"].lower()}
+                    for e in found[0]["calls"][0]["logs"]] for found in (ours, theirs))  # fmt: skip
+    assert len(mine) == 3 and mine == other[:3]
+    assert other[3]["topics"][2] == "0x" + "00" * 12 + reverter[2:]  # anvil's extra one

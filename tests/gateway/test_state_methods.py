@@ -206,6 +206,56 @@ def test_simulated_blocks_carry_state_and_take_overrides(
     high = {"calls": [{"from": funded, "to": counter, "nonce": "0x5"}]}
     assert refused({"blockStateCalls": [high], "validation": True}) == -38011
     assert refused({"blockStateCalls": "nope"}) == -32602
+    # What would change the answer and is not applied is refused by name, not ignored.
+    assert refused({"blockStateCalls": [{"blockOverrides": {"prevRandao": "0x1"}}]}) == -32602
+    listed = {"to": counter, "accessList": [{"address": counter, "storageKeys": []}]}
+    assert refused({"blockStateCalls": [{"calls": [listed]}]}) == -32602
+    assert refused({"blockStateCalls": [], "returnLogs": True}) == -32602
+    view.close()
+
+
+def test_simulation_logs_ether_moved_and_returns_full_transactions(
+    execution: Execution, tmp_path: Path
+) -> None:
+    """`traceTransfers`: each move of ether logged as an ERC-20 transfer from the native-
+    asset address, in its place among the call's own logs, none for a frame that reverted;
+    `returnFullTransactions`: the calls as transactions."""
+    _, view, rpc = with_counter(execution, tmp_path)
+    funded = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"  # dev account 2
+    forwarder, reverter, receiver = "0x" + "f0" * 20, "0x" + "f1" * 20, "0x" + "f2" * 20
+
+    def send_one(to: str) -> str:  # CALL(gas, to, 1, 0, 0, 0, 0), POP
+        return "6000600060006000600173" + to[2:] + "5af150"
+
+    # LOG0 of the word 0xaa, then one wei to the receiver and one to a reverter.
+    code = "0x60aa600052" + "60206000a0" + send_one(receiver) + send_one(reverter) + "00"
+    call = {"from": funded, "to": forwarder, "value": "0x5"}
+    overrides = {forwarder: {"code": code}, reverter: {"code": "0x60006000fd"}}
+    block = {"stateOverrides": overrides, "calls": [call]}
+    request = {"blockStateCalls": [block], "traceTransfers": True, "returnFullTransactions": True}
+    (simulated,) = rpc("eth_simulateV1", request, "latest")
+    (result,) = simulated["calls"]
+    assert result["status"] == "0x1"
+    native, transfer = "0x" + "ee" * 20, "0x" + keccak(b"Transfer(address,address,uint256)").hex()
+
+    def topic(who: str) -> str:
+        return "0x" + "00" * 12 + who[2:].lower()
+
+    logs = [(e["address"].lower(), e["topics"], e["data"]) for e in result["logs"]]
+    assert logs == [
+        (native, [transfer, topic(funded), topic(forwarder)], "0x" + word(5)),
+        (forwarder, [], "0x" + word(0xAA)),
+        (native, [transfer, topic(forwarder), topic(receiver)], "0x" + word(1)),
+    ]
+    assert [e["logIndex"] for e in result["logs"]] == ["0x0", "0x1", "0x2"]
+    (tx,) = simulated["transactions"]
+    assert tx["hash"] == result["logs"][0]["transactionHash"]
+    assert (tx["from"].lower(), tx["to"].lower(), tx["value"]) == (funded.lower(), forwarder, "0x5")
+    assert tx["blockHash"] == simulated["hash"] and tx["transactionIndex"] == "0x0"
+    # Without the options: the contract's own log only, and hashes.
+    (plain,) = rpc("eth_simulateV1", {"blockStateCalls": [block]}, "latest")
+    assert [e["data"] for e in plain["calls"][0]["logs"]] == ["0x" + word(0xAA)]
+    assert plain["transactions"] == [tx["hash"]]
     view.close()
 
 
