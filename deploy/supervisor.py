@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from streams.broker import die_with_parent, free_port
+from streams.broker import SUPERVISOR_ENV, die_with_parent, free_port
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,11 @@ class Supervised:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent,
-                env={**os.environ, "LATTICE_METRICS_PORT": str(self.metrics_port)},
+                env={
+                    **os.environ,
+                    "LATTICE_METRICS_PORT": str(self.metrics_port),
+                    SUPERVISOR_ENV: str(os.getpid()),
+                },
             )
         self.state = "running"
 

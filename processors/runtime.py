@@ -30,6 +30,7 @@ before (a store rebuilt from the log skips its inputs again), and sends none twi
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -43,6 +44,7 @@ from processors.abc import Outgoing, Output, Partition, Processor, S, Subscripti
 from processors.standby import Election, LostLead, OnLog
 from schemas.codec import DecodeError, default_codec
 from schemas.events import DeadLetter, Position
+from streams.broker import SUPERVISOR_ENV
 from streams.durable import BrokerRestarted, Gate
 from streams.feed import FED_READ, FedMessage, FeedClient, devnet_feed
 from streams.kafka import (
@@ -75,12 +77,27 @@ DEAD_VALUE_BYTES = 65_536
 DEAD_REASON_CHARS = 1000
 
 
+#: How long a supervised process whose supervisor died goes on stopping before it exits at
+#: once. Its devnet took the broker and the archive with it, so what its shutdown waits for
+#: (sends and inputs to become durable) never comes, and its store holds what a restart
+#: needs: waiting out its timeouts (30-60 s) only left it running behind a test run.
+ORPHAN_EXIT_S = 3.0
+
+
 def stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM or SIGINT, for a process's main loop to watch."""
+    """An event set by SIGTERM or SIGINT, for a process's main loop to watch. A process
+    whose supervisor has died (its parent is no longer the supervisor that started it:
+    the kernel's parent-death signal) exits within `ORPHAN_EXIT_S` however its
+    shutdown goes."""
     stop = threading.Event()
+    supervisor = os.environ.get(SUPERVISOR_ENV)
 
     def handler(signum: int, frame: Any) -> None:
         stop.set()
+        if supervisor and os.getppid() != int(supervisor):
+            exit_soon = threading.Timer(ORPHAN_EXIT_S, os._exit, args=(128 + signum,))
+            exit_soon.daemon = True
+            exit_soon.start()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

@@ -71,6 +71,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+#: Set by a supervisor (`deploy.supervisor`) to its own pid in each child's environment,
+#: so that a child can tell its supervisor's death from an ordinary stop
+#: (`processors.runtime.stop_on_signals`).
+SUPERVISOR_ENV = "LATTICE_SUPERVISOR_PID"
+
+
 def die_with_parent() -> None:
     # Runs in the child between fork and exec.
     if sys.platform.startswith("linux"):

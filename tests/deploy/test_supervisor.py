@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -83,3 +84,55 @@ def test_a_child_that_keeps_failing_is_given_up_with_its_last_words(tmp_path: Pa
     assert child.last_exit == "exit 3: boom: no such thing"
     assert problem.startswith("broken keeps failing (exit 3: boom: no such thing; see ")
     assert supervisor.status()[0]["state"] == "failed"
+
+
+#: A child that takes the runtime's signal handling and then never finishes stopping (as
+#: a flush waiting on an archive that died with the devnet).
+STUCK = (
+    sys.executable,
+    "-c",
+    "import time\nfrom processors.runtime import stop_on_signals\nstop_on_signals()\n"
+    "print('ready', flush=True)\nwhile True: time.sleep(1)",
+)
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_child_whose_supervisor_died_exits_however_its_stop_goes(tmp_path: Path) -> None:
+    """The kernel's parent-death signal reaches a child whose supervisor was killed; a
+    child stuck stopping then exits within the runtime's grace. A child told to stop by a
+    living supervisor is left to finish its stop."""
+    from processors.runtime import ORPHAN_EXIT_S
+
+    script = (
+        "import sys, time\nfrom pathlib import Path\n"
+        "from deploy.supervisor import Backoff, Supervised\n"
+        f"child = Supervised('stuck', [], Path(sys.argv[1]), Backoff(), print, {STUCK!r})\n"
+        "Path(sys.argv[2]).write_text(str(child.pid))\ntime.sleep(120)\n"
+    )
+    pid_file = tmp_path / "child.pid"
+    supervisor = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(pid_file)])
+    try:
+        wait_for(lambda: pid_file.exists() and "ready" in (tmp_path / "stuck.log").read_text())
+        orphan = int(pid_file.read_text())
+        supervisor.kill()
+        supervisor.wait()
+        wait_for(lambda: gone(orphan), timeout=ORPHAN_EXIT_S + 5)
+    finally:
+        supervisor.kill()
+    kept = Supervised("stuck", [], tmp_path / "kept", Backoff(), lambda _: None, STUCK)
+    try:
+        assert kept.pid is not None
+        wait_for(lambda: "ready" in (tmp_path / "kept" / "stuck.log").read_text())
+        os.kill(kept.pid, signal.SIGTERM)
+        time.sleep(ORPHAN_EXIT_S + 1)
+        assert kept.running  # its supervisor lives: no deadline but its own
+    finally:
+        if kept.pid is not None:
+            os.kill(kept.pid, signal.SIGKILL)
+        kept.stop()
