@@ -47,6 +47,7 @@ class TraceConfig:
     disable_storage: bool = False
     enable_memory: bool = False
     only_top_call: bool = False
+    diff_mode: bool = False
 
     @classmethod
     def of(cls, spec: Any) -> TraceConfig:
@@ -60,14 +61,13 @@ class TraceConfig:
         settings = spec.get("tracerConfig") or {}
         if not isinstance(settings, dict):
             raise BadParam("tracerConfig: expected an object")
-        if settings.get("diffMode"):
-            raise BadParam("prestateTracer's diffMode is not supported (the prestate is)")
         return cls(
             tracer=tracer,
             disable_stack=bool(spec.get("disableStack", False)),
             disable_storage=bool(spec.get("disableStorage", False)),
             enable_memory=bool(spec.get("enableMemory", False)),
             only_top_call=bool(settings.get("onlyTopCall", False)),
+            diff_mode=bool(settings.get("diffMode", False)),
         )
 
 
@@ -88,13 +88,18 @@ class Tracer:
     kinds: dict[int, str] = field(default_factory=dict)
     accounts: dict[bytes, None] = field(default_factory=dict)
     slots: dict[bytes, dict[int, None]] = field(default_factory=dict)
+    #: The accounts the transaction's creations made.
+    created: dict[bytes, None] = field(default_factory=dict)
     _open: list[_Step] = field(default_factory=list)
     _storage: dict[bytes, dict[int, int]] = field(default_factory=dict)
 
     def frame_started(self, computation: Any) -> None:
         msg = computation.msg
         for address in (msg.sender, msg.storage_address, msg.code_address):
-            self.accounts.setdefault(bytes(address))
+            if address:  # a creation's code address is empty
+                self.accounts.setdefault(bytes(address))
+        if msg.is_create:
+            self.created.setdefault(bytes(msg.storage_address))
         if self._open:  # a call's cost is what its frame had left when the callee began
             step = self._open.pop()
             step.entry["gasCost"] = step.gas - step.computation.get_gas_remaining()
@@ -258,6 +263,7 @@ class Replayed:
     computation: Any
     gas_used: int
     state_before: bytes
+    state_after: bytes
     coinbase: bytes
     db: Any
 
@@ -289,14 +295,17 @@ def run(
     for tx in transactions[:-1]:
         receipt, _ = vm.apply_transaction(header, tx)
         header = vm.add_receipt_to_header(header, receipt)
-    before = vm.state.make_state_root()
+    vm.state.persist()  # into the scratch copy: the prestate tracer reads it back
+    before = vm.state.state_root
     tracer = Tracer(config)
     last = transactions[-1]
     vm.state.lock_changes()  # a new transaction: nothing warm, as py-evm's VM does
     with tracing(tracer):
         computation = vm.state.apply_transaction(last)  # no receipt: a call has none
     used = gas_used(last.gas, computation)
-    return Replayed(tracer, computation, used, before, header.coinbase, chain.chaindb.db)
+    vm.state.persist()
+    after = vm.state.state_root
+    return Replayed(tracer, computation, used, before, after, header.coinbase, chain.chaindb.db)
 
 
 def result(replayed: Replayed, tx: Any) -> Any:
@@ -305,7 +314,7 @@ def result(replayed: Replayed, tx: Any) -> Any:
     if tracer == "callTracer":
         return call_frames(replayed, tx)
     if tracer == "prestateTracer":
-        return prestate(replayed)
+        return prestate_diff(replayed) if replayed.tracer.config.diff_mode else prestate(replayed)
     return struct_logs(replayed)
 
 
@@ -370,25 +379,86 @@ def _error(error: Any) -> str:
 def prestate(replayed: Replayed) -> dict[str, Any]:
     """geth's `prestateTracer` result: each account the transaction touched (its sender,
     the accounts its calls and opcodes reached, the block's fee recipient) as it was
-    before, with the slots it read or wrote."""
-    accounts = AccountDB(replayed.db, Hash32(replayed.state_before))
+    before, with the slots it read or wrote; an account it created, empty before, is not
+    there (it had no prestate)."""
+    touched = _touched(replayed)
+    return {key: entry for key, entry in touched.items() if not _made(replayed, key, entry)}
+
+
+def prestate_diff(replayed: Replayed) -> dict[str, Any]:
+    """geth's `prestateTracer` with `diffMode`: `pre`, the touched accounts the transaction
+    changed, as they were (of their slots, those it changed from a value other than
+    zero), and `post`, what it changed in them (the fields that differ, the changed slots
+    not left at zero). An account it deleted is in `pre` whole and not in `post`; one it
+    created is in `post` only."""
+    after = AccountDB(replayed.db, Hash32(replayed.state_after))
+    pre, post = {}, {}
+    for key, entry in _touched(replayed).items():
+        who = Address(bytes.fromhex(key[2:]))
+        if not after.account_exists(who):
+            pre[key] = entry
+            continue
+        now = _account(after, bytes(who), {})
+        changed = {
+            name: now.get(name, empty)
+            for name, empty in (("balance", "0x0"), ("nonce", 0), ("code", "0x"))
+            if entry.get(name, empty) != now.get(name, empty)
+        }
+        kept, stored, slots_changed = {}, {}, False
+        for slot, value in entry.get("storage", {}).items():
+            new = "0x" + _hex32(after.get_storage(who, int(slot, 16)))
+            if new != value:
+                slots_changed = True
+                if int(value, 16):
+                    kept[slot] = value
+                if int(new, 16):
+                    stored[slot] = new
+        if not changed and not slots_changed:
+            continue
+        if stored:
+            changed["storage"] = stored
+        post[key] = changed
+        if not _made(replayed, key, entry):
+            pre[key] = {**_without(entry, "storage"), **({"storage": kept} if kept else {})}
+    return {"pre": pre, "post": post}
+
+
+def _touched(replayed: Replayed) -> dict[str, dict[str, Any]]:
+    """Every account the transaction touched as it was before, with the slots it used."""
+    before = AccountDB(replayed.db, Hash32(replayed.state_before))
     touched = dict(replayed.tracer.accounts)
     touched.setdefault(replayed.coinbase)
-    out: dict[str, Any] = {}
-    for address in touched:
-        who = Address(address)
-        entry: dict[str, Any] = {"balance": hex(accounts.get_balance(who))}
-        nonce = accounts.get_nonce(who)
-        if nonce:
-            entry["nonce"] = nonce
-        code = accounts.get_code(who)
-        if code:
-            entry["code"] = "0x" + code.hex()
-        slots = replayed.tracer.slots.get(address)
-        if slots:
-            entry["storage"] = {
-                "0x" + _hex32(slot): "0x" + _hex32(accounts.get_storage(who, slot))
-                for slot in slots
-            }
-        out["0x" + address.hex()] = entry
-    return out
+    return {
+        "0x" + address.hex(): _account(before, address, replayed.tracer.slots.get(address, {}))
+        for address in touched
+    }
+
+
+def _made(replayed: Replayed, key: str, entry: dict[str, Any]) -> bool:
+    """Whether the transaction created this account, empty before it."""
+    created = bytes.fromhex(key[2:]) in replayed.tracer.created
+    return created and all(
+        name == "storage" or value in ("0x0", 0, "0x") for name, value in entry.items()
+    )
+
+
+def _account(accounts: AccountDB, address: bytes, slots: Any) -> dict[str, Any]:
+    """An account as the prestate tracer shows it: balance, nonce and code where not zero
+    or empty, and `slots`' values."""
+    who = Address(address)
+    entry: dict[str, Any] = {"balance": hex(accounts.get_balance(who))}
+    nonce = accounts.get_nonce(who)
+    if nonce:
+        entry["nonce"] = nonce
+    code = accounts.get_code(who)
+    if code:
+        entry["code"] = "0x" + code.hex()
+    if slots:
+        entry["storage"] = {
+            "0x" + _hex32(slot): "0x" + _hex32(accounts.get_storage(who, slot)) for slot in slots
+        }
+    return entry
+
+
+def _without(entry: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k != key}

@@ -159,6 +159,19 @@ def test_prestates_agree_on_what_the_histories_share(
     assert ours[sender]["nonce"] == theirs[sender]["nonce"] == 1
 
 
+def test_prestate_diffs_agree_on_what_the_histories_share(
+    nodes: tuple[str, str], counter: tuple[str, dict[str, str]]
+) -> None:
+    """`diffMode`: the contract's slot before and after, and the sender's nonce."""
+    options = {"tracer": "prestateTracer", "tracerConfig": {"diffMode": True}}
+    ours, theirs = traces(nodes, counter[1], options)
+    contract, sender = counter[0].lower(), SENDER.lower()
+    for part in ("pre", "post"):
+        assert ours[part][contract] == theirs[part][contract]
+        assert ours[part][sender]["nonce"] == theirs[part][sender]["nonce"]
+    assert ours["post"][contract] == {"storage": {SLOTS[0]: "0x" + f"{1:064x}"}}
+
+
 def test_a_nested_call_traces_alike(nodes: tuple[str, str], forwarder: dict[str, str]) -> None:
     """A CALL's gas cost counts the gas it hands on; the callee's frame nests."""
     ours, theirs = traces(nodes, forwarder, {})

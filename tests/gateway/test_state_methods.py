@@ -280,4 +280,21 @@ def test_a_traced_transaction_sees_only_what_its_block_did_before_it(
         rpc("debug_traceTransaction", second, {"tracer": "callTracer"})["gasUsed"]
         == (receipt["gasUsed"])
     )
+    # diffMode: the counter's slot 1 -> 2, the sender's nonce and balance, the fee
+    # recipient's balance; the deployment: the contract in `post` only.
+    diff = {"tracer": "prestateTracer", "tracerConfig": {"diffMode": True}}
+    pre, post = rpc("debug_traceTransaction", second, diff).values()
+    counter = "0x" + created.hex()
+    assert pre[counter]["storage"] == {SLOT0: "0x" + word(1)}
+    assert post[counter] == {"storage": {SLOT0: "0x" + word(2)}}
+    senders = [k for k, v in post.items() if "nonce" in v]
+    assert len(senders) == 1 and post[senders[0]]["nonce"] == pre[senders[0]]["nonce"] + 1
+    assert int(post[senders[0]]["balance"], 16) < int(pre[senders[0]]["balance"], 16)
+    assert set(pre) == set(post)  # nothing touched and left as it was
+    whole = rpc("debug_traceTransaction", second, {"tracer": "prestateTracer"})
+    assert all(whole[k]["balance"] == v["balance"] for k, v in pre.items())
+    deployment = rpc("eth_getBlockByNumber", "0x1", False)["transactions"][0]
+    pre, post = rpc("debug_traceTransaction", deployment, diff).values()
+    assert counter not in pre and post[counter]["nonce"] == 1 and "code" in post[counter]
+    assert counter not in rpc("debug_traceTransaction", deployment, {"tracer": "prestateTracer"})
     view.close()
