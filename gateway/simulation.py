@@ -173,6 +173,8 @@ def _run_block(
     bloom = BloomFilter()
     for result in results:
         for address, topics, _ in result.logs:
+            if trace_transfers and address == NATIVE_ASSET:
+                continue  # geth's bloom is its receipts': the transfers are the tracer's
             bloom.add(address)
             for topic in topics:
                 bloom.add(topic.to_bytes(32, "big"))

@@ -391,12 +391,16 @@ def prestate_diff(replayed: Replayed) -> dict[str, Any]:
     zero), and `post`, what it changed in them (the fields that differ, the changed slots
     not left at zero). An account it deleted is in `pre` whole and not in `post`; one it
     created is in `post` only."""
+    before = AccountDB(replayed.db, Hash32(replayed.state_before))
     after = AccountDB(replayed.db, Hash32(replayed.state_after))
     pre, post = {}, {}
     for key, entry in _touched(replayed).items():
         who = Address(bytes.fromhex(key[2:]))
         if not after.account_exists(who):
-            pre[key] = entry
+            # Deleted, if it was there before and the transaction did not make it; an
+            # account that never existed (a precompile, an address only read) is no diff.
+            if before.account_exists(who) and not _made(replayed, key, entry):
+                pre[key] = entry
             continue
         now = _account(after, bytes(who), {})
         changed = {

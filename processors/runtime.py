@@ -87,17 +87,18 @@ ORPHAN_EXIT_S = 3.0
 def stop_on_signals() -> threading.Event:
     """An event set by SIGTERM or SIGINT, for a process's main loop to watch. A process
     whose supervisor has died (its parent is no longer the supervisor that started it:
-    the kernel's parent-death signal) exits within `ORPHAN_EXIT_S` however its
-    shutdown goes."""
+    the kernel's parent-death signal) is ended by SIGALRM `ORPHAN_EXIT_S` later however
+    its shutdown goes (an alarm, not a thread: a handler must not start one)."""
     stop = threading.Event()
-    supervisor = os.environ.get(SUPERVISOR_ENV)
+    # Read once, and not passed on: a grandchild's parent is not this supervisor.
+    supervisor = os.environ.pop(SUPERVISOR_ENV, "")
+    supervisor_pid = int(supervisor) if supervisor.isdigit() else 0
 
     def handler(signum: int, frame: Any) -> None:
         stop.set()
-        if supervisor and os.getppid() != int(supervisor):
-            exit_soon = threading.Timer(ORPHAN_EXIT_S, os._exit, args=(128 + signum,))
-            exit_soon.daemon = True
-            exit_soon.start()
+        if supervisor_pid and os.getppid() != supervisor_pid:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.setitimer(signal.ITIMER_REAL, ORPHAN_EXIT_S)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

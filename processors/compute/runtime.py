@@ -606,6 +606,12 @@ class LoadedModel:
             for r, p in zip(requests, prompts, strict=True)
         ]
         longest = max(len(p) for p in prompts)
+        if self.decoder_start is None and longest + max(budgets) > limit:
+            # Every row runs to the longest budget: the longest prompt's positions would
+            # pass the model's (each job alone stays within them).
+            raise ValueError(
+                f"a batch needs {longest + max(budgets)} positions; the model has {limit}"
+            )
         # The weights once; every row's logits and cache, each running to the longest budget.
         row = self.generation_needs(longest, max(budgets)) - self.weights_bytes
         self.within("the generations", self.weights_bytes + row * len(requests))
@@ -676,7 +682,11 @@ class LoadedModel:
 
     def encodes_together(self) -> bool:
         """Whether its jobs may share one pass (`encode_together`): an encoder's
-        (embeddings, text and image classification, image-text scores)."""
+        (embeddings, text and image classification, CLIP's image-text scores: a model
+        that pools its texts' last position, as SigLIP does, would read other jobs'
+        padding)."""
+        if self.manifest.task == IMAGE_TEXT:
+            return self.manifest.document.get("model_type") == "clip"
         return self.manifest.task in ENCODERS
 
     def encode_together(self, requests: Sequence[dict[str, Any]]) -> list[tuple[bytes, np.ndarray]]:
@@ -685,7 +695,7 @@ class LoadedModel:
         padding), images made alike by the model's image processor. Each job's values come
         out within the graph's numerical noise of its own pass."""
         task = self.manifest.task
-        if task not in ENCODERS:
+        if not self.encodes_together():
             raise ValueError(f"a {task} model's jobs do not share a pass")
         if task == IMAGE_CLASSIFICATION:
             return self._images_together(requests)

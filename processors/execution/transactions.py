@@ -206,6 +206,15 @@ def _rlp_fields(payload: bytes, sedes: List, kind: str) -> list[Any]:
         raise InvalidTransaction("malformed_rlp", f"{kind}: bad field ({exc})") from None
 
 
+#: Senders each process keeps recovered (`_recover`): one transaction is read by a process
+#: more than once (a gateway's intake and its pending view, a mempool and the block that
+#: carries it, execution and a reorganisation's re-execution), and recovering is most of a
+#: decode. Keyed by the signature, not the raw bytes: an entry stays ~300 bytes whatever
+#: the transaction's size. A signature that recovers no key raises, and is not kept.
+RECOVERED_KEPT = 4096
+
+
+@functools.lru_cache(maxsize=RECOVERED_KEPT)
 def _recover(signing_hash: bytes, y_parity: int, r: int, s: int) -> bytes:
     if y_parity not in (0, 1):
         raise InvalidTransaction(
@@ -363,20 +372,8 @@ def _check(f: _Fields, rules: ChainRules) -> None:
         )
 
 
-#: Transactions each process keeps decoded (`decode_transaction`): a few seconds of a busy
-#: devnet's, so that the block carrying a transaction finds it decoded when it comes by.
-DECODED_KEPT = 4096
-
-
-@functools.lru_cache(maxsize=DECODED_KEPT)
 def decode_transaction(raw: bytes, rules: ChainRules) -> Transaction:
-    """Decode `raw`, recover its sender and apply every stateless check.
-
-    Kept for the last `DECODED_KEPT` transactions of the process: one transaction is read
-    by a process more than once (a gateway's intake and its pending view, a mempool and the
-    block that carries it, execution and a reorganisation's re-execution), and recovering
-    the sender is most of a decode. A pure function of its arguments, so what is kept is
-    what it would compute again; what it refuses is not kept (it raises again)."""
+    """Decode `raw`, recover its sender and apply every stateless check."""
     if not raw:
         raise InvalidTransaction("empty", "the raw transaction is empty")
     if len(raw) > rules.max_tx_bytes:

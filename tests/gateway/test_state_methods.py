@@ -297,4 +297,15 @@ def test_a_traced_transaction_sees_only_what_its_block_did_before_it(
     pre, post = rpc("debug_traceTransaction", deployment, diff).values()
     assert counter not in pre and post[counter]["nonce"] == 1 and "code" in post[counter]
     assert counter not in rpc("debug_traceTransaction", deployment, {"tracer": "prestateTracer"})
+    # A precompile the transaction reached, and that never existed: no diff of it.
+    precompile = "0x" + "00" * 19 + "01"
+    poke = transfer(3, value=0, to=to_checksum_address(precompile), gas=100_000)
+    execution.ledger.execute(ordered(3, [poke]))
+    execution.commit()
+    view.refresh()
+    traced = rpc("debug_traceTransaction", "0x" + keccak(poke).hex(), diff)
+    assert precompile not in traced["pre"] and precompile not in traced["post"]
+    assert precompile in rpc(
+        "debug_traceTransaction", "0x" + keccak(poke).hex(), {"tracer": "prestateTracer"}
+    )
     view.close()

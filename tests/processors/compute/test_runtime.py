@@ -128,6 +128,12 @@ def test_generations_run_together_come_out_as_each_alone_and_pass_the_verifier(
         )
         assert check.passed, check.detail
     assert any(len(g.choices[0].token_ids) < 12 for g in together)  # rows ended apart
+    # Rows ride along to the longest budget: a batch whose longest prompt would then pass
+    # the model's positions is refused (the worker runs its jobs one by one).
+    limit = int(manifest.document["max_positions"])
+    far = {"prompt": "the quick brown fox", "max_tokens": limit}
+    with pytest.raises(ValueError, match="positions"):
+        model.generate_together([{"prompt": "a " * (limit // 2)}, far], job_ids[:2])
     # A graph exported before the mask: one prompt length a batch (it is refused before
     # anything runs).
     model.masked = False
