@@ -105,3 +105,29 @@ def rpc(url: str, method: str, params: list[Any] | None = None) -> Any:
     ).json()
     assert "error" not in answer, answer
     return answer["result"]
+
+
+def receipt(url: str, tx: str, timeout: float = 90) -> dict[str, Any]:
+    """A transaction's receipt at `url`, waited for."""
+    deadline = time.monotonic() + timeout
+    while (found := rpc(url, "eth_getTransactionReceipt", [tx])) is None:
+        assert time.monotonic() < deadline, f"no receipt for {tx} at {url}"
+        time.sleep(0.3)
+    return dict(found)
+
+
+def final_receipt(url: str, tx: str, timeout: float = 90) -> dict[str, Any]:
+    """The receipt once its block is final there (`safe`): an optimistic one may still
+    move with a reorganisation, and two nodes may be at different optimistic heads."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = receipt(url, tx, timeout)
+        if int(found["blockNumber"], 16) <= safe(url):
+            return found
+        assert time.monotonic() < deadline, f"{tx} not final at {url}"
+        time.sleep(0.3)
+
+
+def safe(url: str) -> int:
+    """The number of the last final block at `url`."""
+    return int(rpc(url, "eth_getBlockByNumber", ["safe", False])["number"], 16)

@@ -18,7 +18,7 @@ import pytest
 
 from processors.market.content import cid_of
 from streams.broker import free_port
-from tests.devnets import LATTICE, Devnet, rpc
+from tests.devnets import LATTICE, Devnet, final_receipt, receipt, rpc, safe
 from tests.txs import ACCOUNT, signed
 
 pytestmark = pytest.mark.e2e
@@ -100,14 +100,6 @@ def send(url: str, nonce: int) -> str:
     return str(rpc(url, "eth_sendRawTransaction", ["0x" + signed(nonce=nonce).hex()]))
 
 
-def receipt(url: str, tx: str, timeout: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (found := rpc(url, "eth_getTransactionReceipt", [tx])) is None:
-        assert time.monotonic() < deadline, f"no receipt for {tx} at {url}"
-        time.sleep(0.3)
-    return dict(found)
-
-
 def test_a_late_node_serves_the_same_ledger_and_takes_transactions(
     devnet: Devnet, tmp_path: Path
 ) -> None:
@@ -126,10 +118,10 @@ def test_a_late_node_serves_the_same_ledger_and_takes_transactions(
         assert "chain id 27182" in node.output() and "node key" in node.output()
         # Caught up from the log: the devnet's transactions, executed on the node's replica.
         for tx in early:
-            assert receipt(node.url, tx) == receipt(devnet.url, tx)
+            assert final_receipt(node.url, tx) == final_receipt(devnet.url, tx)
         late = send(node.url, 3)  # sent to the node, found on the devnet
-        assert receipt(devnet.url, late) == receipt(node.url, late)
-        head = min(int(rpc(u, "eth_blockNumber"), 16) for u in (devnet.url, node.url))
+        assert final_receipt(devnet.url, late) == final_receipt(node.url, late)
+        head = min(safe(u) for u in (devnet.url, node.url))
         assert head >= 1
         for number in range(head + 1):
             mine, theirs = (
@@ -316,8 +308,8 @@ def test_a_node_joins_from_a_snapshot_checked_against_the_quorum(tmp_path: Path)
             start = int(log.split("head ", 1)[1].split()[0])
             assert start >= 8  # from the snapshot, not from genesis
             late = send(node.url, 3)
-            assert receipt(node.url, late) == receipt(devnet.url, late)
-            head = min(int(rpc(u, "eth_blockNumber"), 16) for u in (devnet.url, node.url))
+            assert final_receipt(node.url, late) == final_receipt(devnet.url, late)
+            head = min(safe(u) for u in (devnet.url, node.url))
             for number in range(start, head + 1):
                 mine, theirs = (
                     rpc(u, "eth_getBlockByNumber", [hex(number), False])
