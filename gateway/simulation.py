@@ -17,7 +17,6 @@ frame that reverts. (A self-destruct's sweep is not logged: py-evm runs it as no
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -212,10 +211,12 @@ def _error(computation: Any) -> Any:
     return computation.error if computation.is_error else None
 
 
-@functools.cache
 def _logging_transfers(computation_class: Any) -> Any:
     """`computation_class` logging the ether each message moves as it starts (so the log
     comes before the callee's own, and goes with the frame if it reverts)."""
+    cached = _LOGGING.get(computation_class)
+    if cached is not None:
+        return cached
 
     class LoggingTransfers(computation_class):  # type: ignore[misc]
         def __init__(self, state: Any, message: Any, transaction_context: Any) -> None:
@@ -226,7 +227,11 @@ def _logging_transfers(computation_class: Any) -> Any:
                 topics = (TRANSFER_TOPIC, _word(message.sender), _word(to))
                 self.add_log_entry(NATIVE_ASSET, topics, message.value.to_bytes(32, "big"))
 
+    _LOGGING[computation_class] = LoggingTransfers
     return LoggingTransfers
+
+
+_LOGGING: dict[Any, Any] = {}
 
 
 def _word(address: bytes) -> int:

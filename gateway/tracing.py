@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,9 +159,11 @@ def _hex32(value: int) -> str:
     return value.to_bytes(32, "big").hex()
 
 
-@functools.cache
 def traced_class(computation_class: Any) -> Any:
     """`computation_class` with py-evm's opcode loop reporting to the active tracer."""
+    cached = _TRACED.get(computation_class)
+    if cached is not None:
+        return cached
 
     class Traced(computation_class):  # type: ignore[misc]
         @classmethod
@@ -174,7 +175,11 @@ def traced_class(computation_class: Any) -> Any:
                 return super().apply_computation(state, message, context, parent_computation)
             return _apply(cls, tracer, state, message, context, parent_computation)
 
+    _TRACED[computation_class] = Traced
     return Traced
+
+
+_TRACED: dict[Any, Any] = {}
 
 
 def _apply(cls: Any, tracer: Tracer, state: Any, message: Any, context: Any, parent: Any) -> Any:
