@@ -106,7 +106,7 @@ def _add_broker(sub: Subparsers) -> None:
 
 
 def _add_node(sub: Subparsers) -> None:
-    from deploy.node import ROLES
+    from deploy.roles import ROLES
 
     roles = "\n".join(f"  {name:<10} {what}" for name, what in ROLES.items())
     node = sub.add_parser(

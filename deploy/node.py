@@ -26,6 +26,7 @@ from coincurve import PrivateKey
 from deploy import endpoints, snapshot
 from deploy.host import ChildSpec, Host, HostError, check_port, locked
 from deploy.network import NetworkError, join, load_genesis, ours, probe, rules_of
+from deploy.roles import ROLES
 from gateway.checkpointview import CheckpointView
 from processors.execution.checkpoints import address_of
 from schemas.events import NetworkGenesis
@@ -37,14 +38,6 @@ from streams.topics import TOPICS
 #: `publisher` are work done once per network, as hot-standby sets: any number of nodes
 #: may take them, one member is active and another takes over when it dies
 #: (`processors.standby`). `market` is two such sets, the matcher's and the verifier's.
-ROLES: dict[str, str] = {
-    "proposer": "propose blocks signed with the node's key",
-    "analytics": "keep the DuckDB analytics store of the ledger and the market",
-    "dag": "order the DAG into the final chain (hot standby: one node of those with it)",
-    "publisher": "publish the ledger's receipts and executed blocks (hot standby, likewise)",
-    "market": "match and verify jobs and settle them on the ledger (hot standby, likewise)",
-    "worker": "a compute worker, paid to worker_key_file's address (it must hold the stake)",
-}
 
 #: The consumer groups that elect the active member of each standby set; the members'
 #: common names are the processors' own (lattice-dag, lattice-execution).
