@@ -24,6 +24,10 @@ and the log's order decides, as it does for the proposers: the first transaction
 and nonce on the log holds the place, a later one takes it only as a 10% bump. One this
 gateway admitted is provisional until the log shows it: another that reached the log first
 takes its place.
+Executed transactions swept out are kept a while (the last `MAX_SWEPT`): an optimistic block
+can be reorganised away before the chain merges its transactions back, and until then
+`find` still answers for them, so a client sees its transaction pending again (as geth puts
+a reorganised transaction back in its pool) rather than unknown.
 Accepted hashes are numbered from 0, so pending-transaction filters and subscriptions keep
 an absolute cursor; the oldest are forgotten beyond `MAX_ACCEPTED`.
 """
@@ -34,7 +38,7 @@ import asyncio
 import itertools
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,6 +63,9 @@ DELIVERY_TIMEOUT_S = 15.0
 MAX_PENDING_SENDERS = 10_000
 #: Accepted hashes kept for pending-transaction filters (slow pollers lose the oldest).
 MAX_ACCEPTED = 20_000
+#: Swept executed transactions kept for `find` (far more than a reorganisation can undo
+#: before finality).
+MAX_SWEPT = 4_096
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class TransactionIntake:
         #: `admit` runs on the event loop, `learn` on the pending view's thread.
         self._lock = threading.Lock()
         self._accepted: deque[bytes] = deque(maxlen=MAX_ACCEPTED)
+        self._swept: OrderedDict[bytes, Transaction] = OrderedDict()
         self._accepted_count = 0
 
     async def submit(self, raw: bytes, source: str) -> tuple[Transaction, Delivered]:
@@ -165,7 +173,7 @@ class TransactionIntake:
         # is nonce order): O(1) per call even with thousands pending. One sent out of order
         # lingers harmlessly below the state nonce until the sweep.
         while waiting and (oldest := next(iter(waiting))) < nonce:
-            del waiting[oldest]
+            self._sweep(waiting.pop(oldest))
         previous = waiting.get(tx.nonce)
         if previous is not None:
             if previous.hash == tx.hash:
@@ -197,11 +205,17 @@ class TransactionIntake:
             nonce = self.ledger.nonce(sender)
             for gone in (t for n, t in self.pending[sender].items() if n < nonce):
                 self._provisional.discard(gone.hash)
+                self._sweep(gone)
             waiting = {n: t for n, t in self.pending[sender].items() if n >= nonce}
             if waiting:
                 self.pending[sender] = waiting
             else:
                 del self.pending[sender]
+
+    def _sweep(self, tx: Transaction) -> None:
+        self._swept[tx.hash] = tx
+        if len(self._swept) > MAX_SWEPT:
+            self._swept.popitem(last=False)
 
     def pending_nonce(self, sender: bytes, state_nonce: int) -> int:
         """The next nonce counting the network's pending transactions of `sender`."""
@@ -234,14 +248,15 @@ class TransactionIntake:
         return Pool(ready, queued)
 
     def find(self, tx_hash: bytes) -> Transaction | None:
-        """A pending transaction by hash (one executed since may still be here: callers
-        look in the ledger first)."""
+        """A pending transaction by hash, or one executed and swept out lately. Either may
+        be executed by now: callers look in the ledger first, and count one as pending
+        only while its nonce is not behind its sender's (a reorganised one is)."""
         with self._lock:
             for txs in self.pending.values():
                 for tx in txs.values():
                     if tx.hash == tx_hash:
                         return tx
-        return None
+            return self._swept.get(tx_hash)
 
     @property
     def accepted_count(self) -> int:

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.types import TxReceipt
 
 from streams.broker import free_port
 
@@ -126,6 +129,19 @@ def final_receipt(url: str, tx: str, timeout: float = 90) -> dict[str, Any]:
             return found
         assert time.monotonic() < deadline, f"{tx} not final at {url}"
         time.sleep(0.3)
+
+
+def settled(w3: Web3, tx_hash: HexBytes, timeout: float = 90) -> TxReceipt:
+    """`final_receipt` through web3: what a test reads after a receipt (its block, logs,
+    traces) stays put only once the block is final."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = max(1.0, deadline - time.monotonic())
+        found = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=left, poll_latency=0.1)
+        if found["blockNumber"] <= w3.eth.get_block("safe")["number"]:
+            return found
+        assert time.monotonic() < deadline, f"0x{tx_hash.hex()} not final"
+        time.sleep(0.1)
 
 
 def safe(url: str) -> int:

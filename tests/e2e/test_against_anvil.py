@@ -16,7 +16,8 @@ from eth_account import Account
 from web3 import Web3
 
 from streams.broker import free_port
-from tests.devnets import Devnet, rpc
+from streams.settings import CHAIN_ID
+from tests.devnets import Devnet, final_receipt, receipt, rpc
 from tests.gateway.test_chainview import DEPLOY_COUNTER
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +30,13 @@ SLOTS = ["0x" + "00" * 32, "0x" + "00" * 31 + "05"]
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    net = Devnet(tmp_path_factory.mktemp("anvil") / "data", "--block-interval", "0.3")
+    net = Devnet(
+        tmp_path_factory.mktemp("anvil") / "data",
+        "--block-interval",
+        "0.3",
+        "--finality-depth",
+        "3",
+    )
     port = free_port()
     anvil = subprocess.Popen(
         [str(ANVIL), "--port", str(port), "--silent", "--steps-tracing"],  # geth-style logs
@@ -56,7 +63,9 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
 
 
 def transact(url: str, chain_id: int, nonce: int, **fields: Any) -> dict[str, Any]:
-    """Send a transaction from dev account 5 and wait for its receipt."""
+    """Send a transaction from dev account 5 and wait for its receipt: on the devnet, once
+    final (an optimistic block may yet be reorganised away, and the traces read later with
+    it); anvil's blocks are final as made."""
     tx = {
         "type": 2,
         "chainId": chain_id,
@@ -69,11 +78,7 @@ def transact(url: str, chain_id: int, nonce: int, **fields: Any) -> dict[str, An
     }
     raw = Account.sign_transaction(tx, KEY5).raw_transaction
     tx_hash = rpc(url, "eth_sendRawTransaction", ["0x" + bytes(raw).hex()])
-    deadline = time.monotonic() + 60
-    while (receipt := rpc(url, "eth_getTransactionReceipt", [tx_hash])) is None:
-        assert time.monotonic() < deadline, f"{url}: no receipt for {tx_hash}"
-        time.sleep(0.05)
-    return receipt  # type: ignore[no-any-return]
+    return (final_receipt if chain_id == CHAIN_ID else receipt)(url, tx_hash, 60)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from eth_account import Account
 from web3 import Web3
 
 from processors.execution.genesis import DEV_ACCOUNTS
-from tests.devnets import Devnet
+from tests.devnets import Devnet, settled
 
 pytestmark = pytest.mark.e2e
 KEY0 = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
@@ -98,9 +98,7 @@ def test_back_to_back_transfers_with_pending_nonces(w3: Web3) -> None:
     dest = "0x" + "33" * 20
     before = w3.eth.get_balance(dest)
     hashes = [send(w3, KEY1, to=dest, value=10**15) for _ in range(4)]
-    receipts = [
-        w3.eth.wait_for_transaction_receipt(h, timeout=60, poll_latency=0.1) for h in hashes
-    ]
+    receipts = [settled(w3, h) for h in hashes]
     assert all(r.status == 1 for r in receipts)
     assert w3.eth.get_balance(dest) == before + 4 * 10**15
     tx = w3.eth.get_transaction(hashes[0])
@@ -111,9 +109,7 @@ def test_back_to_back_transfers_with_pending_nonces(w3: Web3) -> None:
 
 
 def test_deploy_and_call(w3: Web3) -> None:
-    receipt = w3.eth.wait_for_transaction_receipt(
-        send(w3, KEY0, data=RETURNS_42, gas=100_000), timeout=60, poll_latency=0.1
-    )
+    receipt = settled(w3, send(w3, KEY0, data=RETURNS_42, gas=100_000))
     assert receipt.contractAddress
     assert w3.eth.get_code(receipt.contractAddress).hex() == "602a60005260206000f3"
     assert int.from_bytes(w3.eth.call({"to": receipt.contractAddress}), "big") == 42
@@ -136,7 +132,7 @@ def test_refused_transactions_get_minus_32000_and_reach_nothing(
 ) -> None:
     if tx.get("nonce") == 0:
         send_first = send(w3, key, to=DEV_ACCOUNTS[3])  # make nonce 0 used
-        w3.eth.wait_for_transaction_receipt(send_first, timeout=60, poll_latency=0.1)
+        settled(w3, send_first)
     raw = sign(w3, key, to=DEV_ACCOUNTS[3], **tx)
     sender = Account.from_key(key).address
     before = len(devnet.tail(sender=sender))
@@ -213,8 +209,8 @@ def test_duplicates_and_replacements_are_judged_at_the_door(devnet: Devnet, w3: 
     replacement = bumped["result"]
     first = send(w3, KEY1, to=dest, nonce=nonce)  # fills the gap
     assert w3.eth.get_transaction_count(DEV_ACCOUNTS[1], "pending") == nonce + 2
-    assert w3.eth.wait_for_transaction_receipt(first, timeout=60, poll_latency=0.1).status == 1
-    receipt = w3.eth.wait_for_transaction_receipt(replacement, timeout=60, poll_latency=0.1)
+    assert settled(w3, first).status == 1
+    receipt = settled(w3, replacement)
     assert receipt.status == 1 and w3.eth.get_transaction(replacement)["value"] == 2
     replaced = "0x" + Web3.keccak(queued).hex().removeprefix("0x")
     assert rpc(devnet, "eth_getTransactionReceipt", replaced)["result"] is None
@@ -232,9 +228,7 @@ def test_a_batch_of_back_to_back_transactions_lands_in_order(devnet: Devnet, w3:
     answers = httpx.post(devnet.url, json=batch).json()
     assert [a["id"] for a in answers] == list(range(20))
     hashes = [a["result"] for a in answers]
-    receipts = [
-        w3.eth.wait_for_transaction_receipt(h, timeout=60, poll_latency=0.1) for h in hashes
-    ]
+    receipts = [settled(w3, h) for h in hashes]
     assert all(r.status == 1 for r in receipts)
     assert w3.eth.get_transaction_count(account.address) == nonce + 20
     only_notifications = httpx.post(devnet.url, json={"jsonrpc": "2.0", "method": "eth_chainId"})
@@ -267,9 +261,7 @@ EMITTER = f"0x60{_SIZE}600c60003960{_SIZE}6000f3" + EMITTER_RUNTIME
 
 
 def test_logs_and_filters(devnet: Devnet, w3: Web3) -> None:
-    created = w3.eth.wait_for_transaction_receipt(
-        send(w3, KEY0, data=EMITTER, gas=200_000), timeout=60, poll_latency=0.1
-    )
+    created = settled(w3, send(w3, KEY0, data=EMITTER, gas=200_000))
     emitter = created.contractAddress
     # An explicit fromBlock: "latest" would be evaluated at each call, as geth does.
     start = hex(w3.eth.block_number)
@@ -277,7 +269,7 @@ def test_logs_and_filters(devnet: Devnet, w3: Web3) -> None:
     block_filter = rpc(devnet, "eth_newBlockFilter")["result"]
     pending_filter = rpc(devnet, "eth_newPendingTransactionFilter")["result"]
     tx_hash = send(w3, KEY0, to=emitter, gas=60_000)
-    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.1)
+    receipt = settled(w3, tx_hash)
     (entry,) = receipt.logs
     assert entry.topics[0] == bytes.fromhex("aa" * 32)
     assert entry.topics[1] == bytes(12) + bytes.fromhex(DEV_ACCOUNTS[0][2:])
@@ -304,9 +296,7 @@ def test_logs_and_filters(devnet: Devnet, w3: Web3) -> None:
 def test_websocket_calls_and_subscriptions(devnet: Devnet, w3: Web3) -> None:
     from websockets.sync.client import connect
 
-    created = w3.eth.wait_for_transaction_receipt(
-        send(w3, KEY1, data=EMITTER, gas=200_000), timeout=60, poll_latency=0.1
-    )
+    created = settled(w3, send(w3, KEY1, data=EMITTER, gas=200_000))
     with connect(f"ws://127.0.0.1:{devnet.ws_port}", open_timeout=10) as socket:
 
         def ask(ident: int, method: str, *params: Any) -> Any:
@@ -357,7 +347,7 @@ def test_dag_methods(devnet: Devnet, w3: Web3) -> None:
 
 def test_rest_mirrors(devnet: Devnet, w3: Web3) -> None:
     tx_hash = send(w3, KEY1, to=DEV_ACCOUNTS[5], value=7)
-    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.1)
+    receipt = settled(w3, tx_hash)
     base = f"{devnet.url}/v1"
     hex_hash = "0x" + tx_hash.hex()
     assert httpx.get(f"{base}/transactions/{hex_hash}").json()["hash"] == hex_hash
@@ -411,10 +401,8 @@ def test_erc20_deploy_transfer_and_events(w3: Web3) -> None:
         }
     )
     key2 = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a"
-    created = w3.eth.wait_for_transaction_receipt(
-        w3.eth.send_raw_transaction(Account.sign_transaction(deploy, key2).raw_transaction),
-        timeout=60,
-        poll_latency=0.1,
+    created = settled(
+        w3, w3.eth.send_raw_transaction(Account.sign_transaction(deploy, key2).raw_transaction)
     )
     token = w3.eth.contract(address=created.contractAddress, abi=artifact["abi"])
     assert token.functions.symbol().call() == "LAT"
@@ -429,10 +417,8 @@ def test_erc20_deploy_transfer_and_events(w3: Web3) -> None:
             "maxPriorityFeePerGas": 10**9,
         }
     )
-    receipt = w3.eth.wait_for_transaction_receipt(
-        w3.eth.send_raw_transaction(Account.sign_transaction(transfer, key2).raw_transaction),
-        timeout=60,
-        poll_latency=0.1,
+    receipt = settled(
+        w3, w3.eth.send_raw_transaction(Account.sign_transaction(transfer, key2).raw_transaction)
     )
     assert receipt.status == 1
     assert token.functions.balanceOf(DEV_ACCOUNTS[6]).call() == 12345
@@ -502,7 +488,7 @@ def test_the_devnet_signs_for_its_dev_accounts(devnet: Devnet, w3: Web3) -> None
     assert w3.eth.accounts == list(DEV_ACCOUNTS)
     sender, dest = DEV_ACCOUNTS[6], "0x" + "66" * 20
     sent = w3.eth.send_transaction({"from": sender, "to": dest, "value": 12_345})
-    receipt = w3.eth.wait_for_transaction_receipt(sent, timeout=60, poll_latency=0.1)
+    receipt = w3.eth.wait_for_transaction_receipt(sent)
     assert receipt.status == 1 and receipt["from"] == sender
     signature = w3.eth.sign(sender, text="lattice")
     assert Account.recover_message(encode_defunct(text="lattice"), signature=signature) == sender
@@ -536,6 +522,6 @@ def test_a_transaction_behind_a_gap_is_pending_and_in_the_pool(w3: Web3) -> None
         time.sleep(0.1)
     assert w3.eth.get_transaction(later)["blockNumber"] is None
     send(w3, key3, to="0x" + "67" * 20, value=1, nonce=nonce)  # fills the gap
-    receipt = w3.eth.wait_for_transaction_receipt(later, timeout=60, poll_latency=0.1)
+    receipt = settled(w3, later)
     assert receipt.status == 1
     assert w3.eth.get_transaction(later)["blockNumber"] == receipt.blockNumber

@@ -86,3 +86,18 @@ def test_executed_transactions_are_not_learned() -> None:
     pool = intake(Ledger(nonce=5))
     pool.learn(tx(3))
     assert SENDER not in pool.pending
+
+
+def test_a_swept_transaction_is_still_found_should_a_reorganisation_undo_it() -> None:
+    ledger = Ledger()
+    pool = intake(ledger)
+    first, second = tx(0), tx(1)
+    pool.admit(first)
+    ledger.state_nonce = 1  # executed in an optimistic block
+    pool.admit(second)  # sweeps the first out of the pending ones
+    assert 0 not in pool.pending[SENDER]
+    # The block is reorganised away: the caller (eth_getTransactionByHash) finds it and,
+    # with the state nonce back at 0, shows it pending again.
+    ledger.state_nonce = 0
+    assert pool.find(first.hash) is first
+    assert pool.find(tx(2).hash) is None
