@@ -31,7 +31,7 @@ def devnet(tmp_path: Path) -> Iterator[Devnet]:
         net.process.wait()
 
 
-def test_devnet_prints_endpoints_and_serves_health(devnet: Devnet) -> None:
+def test_devnet_prints_endpoints_serves_health_and_keeps_its_data_dir(devnet: Devnet) -> None:
     devnet.start()
     out = devnet.output()
     for needle in (devnet.url, f"ws://127.0.0.1:{devnet.ws_port}", "kafka", "chain id"):
@@ -40,6 +40,24 @@ def test_devnet_prints_endpoints_and_serves_health(devnet: Devnet) -> None:
     assert health["status"] == "ok"
     endpoints = json.loads((devnet.data_dir / "devnet.json").read_text())
     assert endpoints["rpc"] == devnet.url
+    # A second devnet on the same data directory is refused while this one runs.
+    clash = subprocess.run(
+        [
+            *LATTICE,
+            "devnet",
+            "--data-dir",
+            str(devnet.data_dir),
+            "--rpc-port",
+            str(free_port()),
+            "--ws-port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert clash.returncode == 1
+    assert "another devnet is running" in clash.stderr
     assert devnet.stop() == 0
     assert not (devnet.data_dir / "devnet.json").exists()
     assert "stopped" in devnet.output()
@@ -80,27 +98,6 @@ def test_transactions_survive_restarts_exactly_once(devnet: Devnet) -> None:
     after = devnet.tail(sender=ACCOUNT.address)
     assert after[:3] == before
     assert [r["value"]["nonce"] for r in after] == [0, 1, 2, 3]  # type: ignore[index]
-
-
-def test_second_devnet_on_the_same_data_dir_is_refused(devnet: Devnet) -> None:
-    devnet.start()
-    clash = subprocess.run(
-        [
-            *LATTICE,
-            "devnet",
-            "--data-dir",
-            str(devnet.data_dir),
-            "--rpc-port",
-            str(free_port()),
-            "--ws-port",
-            str(free_port()),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert clash.returncode == 1
-    assert "another devnet is running" in clash.stderr
 
 
 def test_proposers_make_a_parallel_dag_and_replicas_agree(tmp_path: Path) -> None:
