@@ -323,7 +323,7 @@ def cmd_model_import(settings: Settings, args: argparse.Namespace, out: TextIO) 
     progress(f"uploading {len(blocks)} blocks to {rpc}")
     step = max(len(blocks) // 10, 256)
     for done, cid in enumerate(blocks, 1):
-        http_post(f"{rpc}/v1/content", store.get(cid))
+        http_post(f"{rpc}/v1/content", store.get(cid), idempotent=True)
         if done % step == 0:
             progress(f"uploaded {done} of {len(blocks)} blocks")
     assert store.get(manifest.cid) == canonical_json(doc)

@@ -239,7 +239,12 @@ class BlockSource:
         blocks = [c["cid"] for c in part["chunks"]] + [part["cid"]]
         for peer in self.peers:
             for cid in blocks:
-                http_post(f"{peer}/v1/content", self.store.get(cid), headers={"X-CID": cid})
+                http_post(
+                    f"{peer}/v1/content",
+                    self.store.get(cid),
+                    headers={"X-CID": cid},
+                    idempotent=True,
+                )
         return str(part["cid"])
 
     def manifest(self, cid: str) -> Manifest:

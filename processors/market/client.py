@@ -76,6 +76,8 @@ def send_call(
 
 #: How long a client waits out a gateway's 429 in all before giving up (seconds).
 RATE_LIMITED_WAIT_S = 120.0
+#: How long an idempotent POST whose connection was cut waits before it is sent again.
+CUT_RETRY_S = 1.0
 
 
 def http_post(
@@ -83,10 +85,14 @@ def http_post(
     data: bytes,
     content_type: str = "application/octet-stream",
     headers: dict[str, str] | None = None,
+    idempotent: bool = False,
 ) -> Any:
     """POST `data` and read the JSON answer. A 429 is waited out as its `Retry-After` asks
     (a model upload is hundreds of blocks: more than a public gateway's burst), for up to
-    `RATE_LIMITED_WAIT_S` in all."""
+    `RATE_LIMITED_WAIT_S` in all. An `idempotent` POST (a content block: its address is its
+    bytes) is also sent again when the connection is cut while it is sent: a gateway over
+    its limits answers before reading the body, and a client still sending a large one
+    sees a broken pipe rather than the 429."""
     deadline = time.monotonic() + RATE_LIMITED_WAIT_S
     while True:
         request = urllib.request.Request(
@@ -102,7 +108,10 @@ def http_post(
                 raise RpcFailure(f"POST {url}: {exc.code} {detail}") from None
             time.sleep(wait)
         except OSError as exc:
-            raise RpcFailure(f"POST {url}: {exc}") from None
+            cut = isinstance(getattr(exc, "reason", exc), ConnectionError)
+            if not (idempotent and cut) or time.monotonic() + CUT_RETRY_S > deadline:
+                raise RpcFailure(f"POST {url}: {exc}") from None
+            time.sleep(CUT_RETRY_S)
 
 
 def _retry_after(exc: urllib.error.HTTPError) -> float | None:

@@ -21,11 +21,21 @@ class Refusing(BaseHTTPRequestHandler):
     refusals = 0
     status = 429
     retry_after = "0"
+    #: Refuse before reading the body, and close (as `gateway.guard` does).
+    early = False
     bodies: ClassVar[list[bytes]] = []
 
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
         cls = type(self)
+        if cls.early and cls.refusals > 0:
+            cls.refusals -= 1
+            self.send_response(cls.status)
+            self.send_header("Retry-After", cls.retry_after)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            return
+        body = self.rfile.read(int(self.headers["Content-Length"]))
         if cls.refusals > 0:
             cls.refusals -= 1
             self.send_response(cls.status)
@@ -46,7 +56,7 @@ class Refusing(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    Refusing.bodies = []
+    Refusing.bodies, Refusing.early = [], False
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -71,3 +81,20 @@ def test_other_refusals_and_long_waits_are_errors(
     with pytest.raises(RpcFailure, match="429"):
         http_post(f"{server}/v1/content", b"block")
     assert Refusing.bodies == []
+
+
+def test_a_refusal_before_the_body_is_read_is_waited_out_for_idempotent_posts(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large block refused before a byte of it is read: the client, still sending, finds
+    the connection cut (no 429 to read); a content upload is sent again, anything else
+    fails."""
+    monkeypatch.setattr(client, "CUT_RETRY_S", 0.05)
+    block = bytes(16 << 20)  # far more than the sockets' buffers hold
+    Refusing.early, Refusing.refusals = True, 1
+    with pytest.raises(RpcFailure):
+        http_post(f"{server}/v1/models", block)
+    Refusing.refusals = 2
+    answer = http_post(f"{server}/v1/content", block, headers={"X-CID": "bafy"}, idempotent=True)
+    assert answer == {"stored": len(block), "cid": "bafy"}
+    assert Refusing.refusals == 0 and Refusing.bodies == [block]
