@@ -1,6 +1,7 @@
 """Inference through the market vs calling ONNX Runtime directly, and the verifier's cost.
 
     .venv/bin/python bench/bench_market.py [--jobs 200] [--tokens 8] [--workers 2] [--model DIR]
+        [--block-interval 1.0]
 
 Starts a devnet with local workers, imports a model (by default the tiny GPT-2 the tests
 build locally; `--model` takes any local Hugging Face causal-LM directory), then runs the
@@ -73,9 +74,12 @@ def report(label: str, latencies_ms: list[float], jobs_per_s: float | None = Non
     )
 
 
-def start_devnet(tmp: Path, workers: int) -> tuple[subprocess.Popen[bytes], str, Path]:
-    """A devnet with `workers` local workers, its dev API key written and nodes announced."""
-    process, url = start_lattice(tmp, "--workers", str(workers))
+def start_devnet(
+    tmp: Path, workers: int, blocks: tuple[float, int]
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """A devnet with `workers` local workers, its dev API key written and nodes announced;
+    `blocks`: its block interval and finality depth."""
+    process, url = start_lattice(tmp, "--workers", str(workers), blocks=blocks)
     data = tmp / "lattice"
     deadline = time.monotonic() + 180
     while (
@@ -186,7 +190,9 @@ def bench_market(
 def hops(data: Path, calls: dict[str, tuple[float, float]]) -> None:
     """Where one-at-a-time jobs spend their time, from the records' own timestamps (each
     producer's create time, ms): the gateway's request to its JobSubmitted, the matcher's
-    JobAssigned, the worker's JobResult, and the answer's arrival back at the client."""
+    JobAssigned, the worker's JobResult, and the answer's arrival back at the client. The
+    worker's leg is split by the result's own clock readings: when it began the job
+    (`submitted_at_ms + queue_ms`) and when it signed the result (`completed_at_ms`)."""
     from streams.kafka import Reader, from_beginning
     from streams.topics import topic
 
@@ -201,21 +207,30 @@ def hops(data: Path, calls: dict[str, tuple[float, float]]) -> None:
                 if message.error() is not None or message.value() is None:
                     continue
                 record = reader.decode(message)
-                job_id = "0x" + bytes(getattr(record.event, "job_id", b"")).hex()
-                stamps.setdefault(job_id, {}).setdefault(name, float(record.timestamp_ms))
+                event = record.event
+                seen = stamps.setdefault("0x" + bytes(getattr(event, "job_id", b"")).hex(), {})
+                seen.setdefault(name, float(record.timestamp_ms))
+                if name == "submitted":
+                    seen["created"] = float(event.submitted_at_ms)
+                if name == "results" and "began" not in seen:
+                    seen["began"] = seen["created"] + event.timings.queue_ms
+                    seen["signed"] = float(event.completed_at_ms)
     finally:
         reader.close()
     legs: dict[str, list[float]] = {
         "client -> JobSubmitted": [],
         "JobSubmitted -> JobAssigned": [],
-        "JobAssigned -> JobResult": [],
+        "JobAssigned -> worker begins": [],
+        "worker runs and signs": [],
+        "signed -> JobResult": [],
         "JobResult -> client": [],
     }
+    order = ("submitted", "assigned", "began", "signed", "results")
     for job_id, (sent, answered) in calls.items():
         seen = stamps.get(job_id, {})
-        if len(seen) < 3:
+        if not all(point in seen for point in order):
             continue
-        points = [sent, seen["submitted"], seen["assigned"], seen["results"], answered]
+        points = [sent, *(seen[point] for point in order), answered]
         for leg, (a, b) in zip(legs, itertools.pairwise(points), strict=True):
             legs[leg].append(b - a)
     for leg, values in legs.items():
@@ -229,6 +244,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", type=Path, help="a Hugging Face causal-LM directory")
+    parser.add_argument(
+        "--block-interval",
+        type=float,
+        default=1.0,
+        help="the devnet's block interval (default 1 s, as `lattice devnet` runs)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model
@@ -241,11 +262,13 @@ def main() -> None:
         model, _ = ModelCache(BlockSource(store), Path(tmp) / "work", 1, False).load(manifest.cid)
         print(
             f"model: {manifest.document['model_type']}, {manifest.document['parameter_count']} "
-            f"parameters; {args.tokens} tokens per job, {args.jobs} jobs",
+            f"parameters; {args.tokens} tokens per job, {args.jobs} jobs; "
+            f"blocks every {args.block_interval} s from each of 2 proposers",
             flush=True,
         )
         direct = bench_direct(model, args.tokens, args.jobs)
-        process, url, data = start_devnet(Path(tmp), args.workers)
+        blocks = (args.block_interval, 10)  # the devnet's finality depth
+        process, url, data = start_devnet(Path(tmp), args.workers, blocks)
         try:
             import_into(data, model_dir)
             market, one, eight = bench_market(url, data, args.tokens, args.jobs, process.pid)

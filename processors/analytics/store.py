@@ -115,16 +115,16 @@ class AnalyticsStore(StateStore):
             for name, rows in self.pending.items():
                 table = TABLES[name]
                 verb = "INSERT OR REPLACE" if table.replace else "INSERT OR IGNORE"
-                # Columns as NumPy object arrays: DuckDB scans them in bulk (executemany
-                # inserts row by row, two orders of magnitude slower).
-                db.register("sink_batch", columns_of(table, rows))
-                db.execute(f"{verb} INTO {name} SELECT * FROM sink_batch")
-                db.unregister("sink_batch")
+                self._insert(f"{verb} INTO {name}", columns_of(table, rows))
             self.materialise()
-            db.executemany(
-                f"INSERT OR REPLACE INTO {OFFSETS} VALUES (?, ?, ?)",
-                [(t, p, o) for (t, p), o in sorted(positions.items())],
-            )
+            if positions:
+                ordered = sorted(positions.items())
+                offsets = {
+                    "topic": np.array([t for (t, _), _ in ordered], dtype=object),
+                    "partition": np.array([p for (_, p), _ in ordered], dtype=np.int32),
+                    "offset": np.array([o for _, o in ordered], dtype=np.int64),
+                }
+                self._insert(f"INSERT OR REPLACE INTO {OFFSETS}", offsets)
             db.execute("COMMIT")
         except Exception:
             db.execute("ROLLBACK")
@@ -132,6 +132,15 @@ class AnalyticsStore(StateStore):
         self.written += self.pending_count
         self.pending.clear()
         self.pending_count = 0
+
+    def _insert(self, into: str, columns: dict[str, np.ndarray]) -> None:
+        # Columns as NumPy arrays: DuckDB scans them in bulk. executemany runs one
+        # statement a row, about 1.6 ms each: 56 offsets took 90 ms where this takes 3.5.
+        self.db.register("sink_batch", columns)
+        try:
+            self.db.execute(f"{into} SELECT * FROM sink_batch")
+        finally:
+            self.db.unregister("sink_batch")
 
     def materialise(self) -> None:
         """Extend `transactions` over the blocks now complete, in block order."""
