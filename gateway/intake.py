@@ -26,8 +26,9 @@ gateway admitted is provisional until the log shows it: another that reached the
 takes its place.
 Executed transactions swept out are kept a while (the last `MAX_SWEPT`): an optimistic block
 can be reorganised away before the chain merges its transactions back, and until then
-`find` still answers for them, so a client sees its transaction pending again (as geth puts
-a reorganised transaction back in its pool) rather than unknown.
+`find` still answers for them and `pending_nonce` counts them, so a client sees its
+transaction pending again (as geth puts a reorganised transaction back in its pool) rather
+than unknown, and a wallet does not reuse its nonce.
 Accepted hashes are numbered from 0, so pending-transaction filters and subscriptions keep
 an absolute cursor; the oldest are forgotten beyond `MAX_ACCEPTED`.
 """
@@ -98,6 +99,8 @@ class TransactionIntake:
         self._lock = threading.Lock()
         self._accepted: deque[bytes] = deque(maxlen=MAX_ACCEPTED)
         self._swept: OrderedDict[bytes, Transaction] = OrderedDict()
+        #: The same, per sender and nonce (the one swept last at a nonce).
+        self._swept_nonces: dict[bytes, dict[int, Transaction]] = {}
         self._accepted_count = 0
 
     async def submit(self, raw: bytes, source: str) -> tuple[Transaction, Delivered]:
@@ -214,16 +217,25 @@ class TransactionIntake:
 
     def _sweep(self, tx: Transaction) -> None:
         self._swept[tx.hash] = tx
+        self._swept_nonces.setdefault(tx.sender, {})[tx.nonce] = tx
         if len(self._swept) > MAX_SWEPT:
-            self._swept.popitem(last=False)
+            _, old = self._swept.popitem(last=False)
+            nonces = self._swept_nonces[old.sender]
+            if nonces.get(old.nonce) is old:
+                del nonces[old.nonce]
+                if not nonces:
+                    del self._swept_nonces[old.sender]
 
     def pending_nonce(self, sender: bytes, state_nonce: int) -> int:
-        """The next nonce counting the network's pending transactions of `sender`."""
+        """The next nonce counting the network's pending transactions of `sender`, and
+        those a reorganisation took out of the optimistic head (swept ones at or above the
+        state nonce: none is swept before the state nonce passes it)."""
         with self._lock:
-            waiting = dict(self.pending.get(sender, {}))
-        nonce = state_nonce
-        while nonce in waiting:
-            nonce += 1
+            waiting = self.pending.get(sender, {})
+            swept = self._swept_nonces.get(sender, {})
+            nonce = state_nonce
+            while nonce in waiting or nonce in swept:
+                nonce += 1
         return nonce
 
     def waiting(self) -> dict[bytes, dict[int, Transaction]]:

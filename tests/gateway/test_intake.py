@@ -101,3 +101,7 @@ def test_a_swept_transaction_is_still_found_should_a_reorganisation_undo_it() ->
     ledger.state_nonce = 0
     assert pool.find(first.hash) is first
     assert pool.find(tx(2).hash) is None
+    # Counted in the pending nonce too, so a wallet does not send another at its nonce.
+    assert pool.pending_nonce(SENDER, 0) == 2
+    ledger.state_nonce = 1  # merged back
+    assert pool.pending_nonce(SENDER, 1) == 2
