@@ -212,7 +212,7 @@ def hops(data: Path, calls: dict[str, tuple[float, float]]) -> None:
                 seen.setdefault(name, float(record.timestamp_ms))
                 if name == "submitted":
                     seen["created"] = float(event.submitted_at_ms)
-                if name == "results" and "began" not in seen:
+                if name == "results" and "began" not in seen and "created" in seen:
                     seen["began"] = seen["created"] + event.timings.queue_ms
                     seen["signed"] = float(event.completed_at_ms)
     finally:

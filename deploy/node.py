@@ -34,11 +34,6 @@ from streams.admin import ensure_topics
 from streams.settings import Settings, SettingsError
 from streams.topics import TOPICS
 
-#: The roles a node may take beyond its gateway and execution replica. `dag` and
-#: `publisher` are work done once per network, as hot-standby sets: any number of nodes
-#: may take them, one member is active and another takes over when it dies
-#: (`processors.standby`). `market` is two such sets, the matcher's and the verifier's.
-
 #: The consumer groups that elect the active member of each standby set; the members'
 #: common names are the processors' own (lattice-dag, lattice-execution).
 DAG_GROUP = "lattice-dag-active"

@@ -24,11 +24,13 @@ and the log's order decides, as it does for the proposers: the first transaction
 and nonce on the log holds the place, a later one takes it only as a 10% bump. One this
 gateway admitted is provisional until the log shows it: another that reached the log first
 takes its place.
-Executed transactions swept out are kept a while (the last `MAX_SWEPT`): an optimistic block
-can be reorganised away before the chain merges its transactions back, and until then
-`find` still answers for them and `pending_nonce` counts them, so a client sees its
-transaction pending again (as geth puts a reorganised transaction back in its pool) rather
-than unknown, and a wallet does not reuse its nonce.
+Executed transactions swept out are kept until the block that ran them is final (the last
+`MAX_SWEPT` at most): an optimistic block can be reorganised away before the chain merges its
+transactions back, and until then `find` still answers for one whose nonce the chain no
+longer uses and `pending_nonce` counts it, so a client sees its transaction pending again
+(as geth puts a reorganised transaction back in its pool) rather than unknown, and a wallet
+does not reuse its nonce. Once final, the chain ran it or never will (a reordering may make
+it invalid: execution skips it), and it is neither.
 Accepted hashes are numbered from 0, so pending-transaction filters and subscriptions keep
 an absolute cursor; the oldest are forgotten beyond `MAX_ACCEPTED`.
 """
@@ -64,9 +66,17 @@ DELIVERY_TIMEOUT_S = 15.0
 MAX_PENDING_SENDERS = 10_000
 #: Accepted hashes kept for pending-transaction filters (slow pollers lose the oldest).
 MAX_ACCEPTED = 20_000
-#: Swept executed transactions kept for `find` (far more than a reorganisation can undo
-#: before finality).
+#: Swept executed transactions kept at most, awaiting the finality of their blocks.
 MAX_SWEPT = 4_096
+
+
+@dataclass(frozen=True)
+class _Swept:
+    """A transaction swept out as executed, and the head's number then (its block's at most:
+    once that is final, no reorganisation brings it back)."""
+
+    tx: Transaction
+    head: int
 
 
 @dataclass(frozen=True)
@@ -98,9 +108,9 @@ class TransactionIntake:
         #: `admit` runs on the event loop, `learn` on the pending view's thread.
         self._lock = threading.Lock()
         self._accepted: deque[bytes] = deque(maxlen=MAX_ACCEPTED)
-        self._swept: OrderedDict[bytes, Transaction] = OrderedDict()
+        self._swept: OrderedDict[bytes, _Swept] = OrderedDict()
         #: The same, per sender and nonce (the one swept last at a nonce).
-        self._swept_nonces: dict[bytes, dict[int, Transaction]] = {}
+        self._swept_nonces: dict[bytes, dict[int, _Swept]] = {}
         self._accepted_count = 0
 
     async def submit(self, raw: bytes, source: str) -> tuple[Transaction, Delivered]:
@@ -216,15 +226,27 @@ class TransactionIntake:
                 del self.pending[sender]
 
     def _sweep(self, tx: Transaction) -> None:
-        self._swept[tx.hash] = tx
-        self._swept_nonces.setdefault(tx.sender, {})[tx.nonce] = tx
+        assert self.ledger is not None
+        entry = _Swept(tx, self.ledger.head().block_number)
+        self._swept[tx.hash] = entry
+        self._swept.move_to_end(tx.hash)  # swept again after a second reorganisation
+        self._swept_nonces.setdefault(tx.sender, {})[tx.nonce] = entry
         if len(self._swept) > MAX_SWEPT:
             _, old = self._swept.popitem(last=False)
-            nonces = self._swept_nonces[old.sender]
-            if nonces.get(old.nonce) is old:
-                del nonces[old.nonce]
+            nonces = self._swept_nonces.get(old.tx.sender, {})
+            if nonces.get(old.tx.nonce) is old:
+                del nonces[old.tx.nonce]
                 if not nonces:
-                    del self._swept_nonces[old.sender]
+                    del self._swept_nonces[old.tx.sender]
+
+    def _may_return(self, entry: _Swept) -> bool:
+        """Whether a reorganisation may still have undone a swept transaction: its block
+        is not final yet."""
+        assert self.ledger is not None
+        try:
+            return self.ledger.header("safe").block_number < entry.head
+        except LedgerNotReady:
+            return False
 
     def pending_nonce(self, sender: bytes, state_nonce: int) -> int:
         """The next nonce counting the network's pending transactions of `sender`, and
@@ -234,7 +256,7 @@ class TransactionIntake:
             waiting = self.pending.get(sender, {})
             swept = self._swept_nonces.get(sender, {})
             nonce = state_nonce
-            while nonce in waiting or nonce in swept:
+            while nonce in waiting or (nonce in swept and self._may_return(swept[nonce])):
                 nonce += 1
         return nonce
 
@@ -268,7 +290,8 @@ class TransactionIntake:
                 for tx in txs.values():
                     if tx.hash == tx_hash:
                         return tx
-            return self._swept.get(tx_hash)
+            entry = self._swept.get(tx_hash)
+            return entry.tx if entry is not None and self._may_return(entry) else None
 
     @property
     def accepted_count(self) -> int:

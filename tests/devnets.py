@@ -125,7 +125,8 @@ def final_receipt(url: str, tx: str, timeout: float = 90) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         found = receipt(url, tx, timeout)
-        if int(found["blockNumber"], 16) <= safe(url):
+        # Read again once final: a reorganisation between the two reads may have moved it.
+        if int(found["blockNumber"], 16) <= safe(url) and receipt(url, tx, timeout) == found:
             return found
         assert time.monotonic() < deadline, f"{tx} not final at {url}"
         time.sleep(0.3)
@@ -138,7 +139,8 @@ def settled(w3: Web3, tx_hash: HexBytes, timeout: float = 90) -> TxReceipt:
     while True:
         left = max(1.0, deadline - time.monotonic())
         found = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=left, poll_latency=0.1)
-        if found["blockNumber"] <= w3.eth.get_block("safe")["number"]:
+        final = found["blockNumber"] <= w3.eth.get_block("safe")["number"]
+        if final and w3.eth.get_transaction_receipt(tx_hash) == found:
             return found
         assert time.monotonic() < deadline, f"0x{tx_hash.hex()} not final"
         time.sleep(0.1)

@@ -78,6 +78,9 @@ def send_call(
 RATE_LIMITED_WAIT_S = 120.0
 #: How long an idempotent POST whose connection was cut waits before it is sent again.
 CUT_RETRY_S = 1.0
+#: A connection cut by the other end while the request went out (not one refused: a
+#: gateway that is down is not waited for).
+CUT = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
 def http_post(
@@ -108,7 +111,7 @@ def http_post(
                 raise RpcFailure(f"POST {url}: {exc.code} {detail}") from None
             time.sleep(wait)
         except OSError as exc:
-            cut = isinstance(getattr(exc, "reason", exc), ConnectionError)
+            cut = isinstance(getattr(exc, "reason", exc), CUT)
             if not (idempotent and cut) or time.monotonic() + CUT_RETRY_S > deadline:
                 raise RpcFailure(f"POST {url}: {exc}") from None
             time.sleep(CUT_RETRY_S)

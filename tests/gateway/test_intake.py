@@ -4,10 +4,12 @@ gateway's own admissions are provisional until the log shows them."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from gateway import intake as intake_module
 from gateway.intake import TransactionIntake
 from processors.execution.transactions import ChainRules, InvalidTransaction, decode_transaction
 from streams.settings import CHAIN_ID
@@ -15,13 +17,22 @@ from tests.txs import ACCOUNT, signed
 
 
 class Ledger:
-    """What the intake asks of the ledger: the state nonce and balance."""
+    """What the intake asks of the ledger: the state nonce and balance, the head's number
+    and the last final one's."""
 
     def __init__(self, nonce: int = 0) -> None:
         self.state_nonce = nonce
+        self.head_number, self.final_number = 5, 3
 
     def nonce(self, sender: bytes) -> int:
         return self.state_nonce
+
+    def head(self) -> Any:
+        return SimpleNamespace(block_number=self.head_number)
+
+    def header(self, ref: str) -> Any:
+        assert ref == "safe"
+        return SimpleNamespace(block_number=self.final_number)
 
     def balance(self, sender: bytes) -> int:
         return 10**24
@@ -88,20 +99,38 @@ def test_executed_transactions_are_not_learned() -> None:
     assert SENDER not in pool.pending
 
 
-def test_a_swept_transaction_is_still_found_should_a_reorganisation_undo_it() -> None:
+def test_a_swept_transaction_is_pending_again_until_its_block_is_final() -> None:
     ledger = Ledger()
     pool = intake(ledger)
     first, second = tx(0), tx(1)
     pool.admit(first)
-    ledger.state_nonce = 1  # executed in an optimistic block
+    ledger.state_nonce = 1  # executed in optimistic block 5
     pool.admit(second)  # sweeps the first out of the pending ones
     assert 0 not in pool.pending[SENDER]
-    # The block is reorganised away: the caller (eth_getTransactionByHash) finds it and,
-    # with the state nonce back at 0, shows it pending again.
+    assert pool.pending_nonce(SENDER, 1) == 2
+    # Block 5 is reorganised away: eth_getTransactionByHash finds the first (and, with the
+    # state nonce back at 0, shows it pending), and the pending nonce counts it, so a
+    # wallet does not send another at its nonce.
     ledger.state_nonce = 0
     assert pool.find(first.hash) is first
     assert pool.find(tx(2).hash) is None
-    # Counted in the pending nonce too, so a wallet does not send another at its nonce.
     assert pool.pending_nonce(SENDER, 0) == 2
-    ledger.state_nonce = 1  # merged back
-    assert pool.pending_nonce(SENDER, 1) == 2
+    # Final past block 5 and never run again (the new order made it invalid): it is gone,
+    # and nonce 0 is free again.
+    ledger.final_number = 5
+    assert pool.find(first.hash) is None
+    assert pool.pending_nonce(SENDER, 0) == 0
+
+
+def test_swept_transactions_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(intake_module, "MAX_SWEPT", 2)
+    ledger = Ledger()
+    pool = intake(ledger)
+    x, y = tx(0), tx(0, 2, 4)
+    for swept in (x, y, x, tx(1), tx(2)):  # x swept, replaced by y, x again, then others
+        ledger.state_nonce = swept.nonce
+        pool.admit(swept)
+        ledger.state_nonce = swept.nonce + 1
+        pool._forget_executed()
+    assert len(pool._swept) == 2 and pool.find(x.hash) is None
+    assert sum(len(n) for n in pool._swept_nonces.values()) == 2
