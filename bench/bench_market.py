@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -268,6 +269,9 @@ def main() -> None:
         )
         direct = bench_direct(model, args.tokens, args.jobs)
         blocks = (args.block_interval, 10)  # the devnet's finality depth
+        # The gateway's per-key rate limit (50 a second, a public gateway's) is off: this
+        # measures the market's path, and a faster run would meet the limiter instead.
+        os.environ["LATTICE_RATE_LIMIT"] = "0"
         process, url, data = start_devnet(Path(tmp), args.workers, blocks)
         try:
             import_into(data, model_dir)
