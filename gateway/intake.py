@@ -27,10 +27,10 @@ takes its place.
 Executed transactions swept out are kept until the block that ran them is final (the last
 `MAX_SWEPT` at most): an optimistic block can be reorganised away before the chain merges its
 transactions back, and until then `find` still answers for one whose nonce the chain no
-longer uses and `pending_nonce` counts it, so a client sees its transaction pending again
-(as geth puts a reorganised transaction back in its pool) rather than unknown, and a wallet
-does not reuse its nonce. Once final, the chain ran it or never will (a reordering may make
-it invalid: execution skips it), and it is neither.
+longer uses, and `pending_nonce` and `pool` count it, so a client sees its transaction
+pending again (as geth puts a reorganised transaction back in its pool) rather than unknown,
+and a wallet does not reuse its nonce. Once final, the chain ran it or never will (a
+reordering may make it invalid: execution skips it), and it is none of these.
 Accepted hashes are numbered from 0, so pending-transaction filters and subscriptions keep
 an absolute cursor; the oldest are forgotten beyond `MAX_ACCEPTED`.
 """
@@ -231,7 +231,12 @@ class TransactionIntake:
         self._swept[tx.hash] = entry
         self._swept.move_to_end(tx.hash)  # swept again after a second reorganisation
         self._swept_nonces.setdefault(tx.sender, {})[tx.nonce] = entry
-        if len(self._swept) > MAX_SWEPT:
+        # The oldest go once final (sweeps come in head order) or beyond the bound, so
+        # those kept are the few a reorganisation may still undo.
+        final = self._final()
+        while self._swept and (
+            len(self._swept) > MAX_SWEPT or next(iter(self._swept.values())).head <= final
+        ):
             _, old = self._swept.popitem(last=False)
             nonces = self._swept_nonces.get(old.tx.sender, {})
             if nonces.get(old.tx.nonce) is old:
@@ -239,14 +244,19 @@ class TransactionIntake:
                 if not nonces:
                     del self._swept_nonces[old.tx.sender]
 
+    def _final(self) -> int:
+        """The last final block's number (a swept transaction whose head it reached is
+        the final chain's, or never will be)."""
+        assert self.ledger is not None
+        try:
+            return self.ledger.header("safe").block_number
+        except LedgerNotReady:
+            return 2**63
+
     def _may_return(self, entry: _Swept) -> bool:
         """Whether a reorganisation may still have undone a swept transaction: its block
         is not final yet."""
-        assert self.ledger is not None
-        try:
-            return self.ledger.header("safe").block_number < entry.head
-        except LedgerNotReady:
-            return False
+        return self._final() < entry.head
 
     def pending_nonce(self, sender: bytes, state_nonce: int) -> int:
         """The next nonce counting the network's pending transactions of `sender`, and
@@ -260,19 +270,24 @@ class TransactionIntake:
                 nonce += 1
         return nonce
 
-    def waiting(self) -> dict[bytes, dict[int, Transaction]]:
-        """The pending transactions as they are now, per sender and nonce (a copy)."""
-        with self._lock:
-            return {sender: dict(txs) for sender, txs in self.pending.items() if txs}
-
     def pool(self, nonce_of: Callable[[bytes], int]) -> Pool:
         """The pending transactions split as geth's pool splits them: those the next
         blocks can take (a sender's unbroken run of nonces from its state nonce, given by
-        `nonce_of`) and those queued behind a gap. Executed ones are left out."""
+        `nonce_of`) and those queued behind a gap. Executed ones are left out; those a
+        reorganisation took out of the optimistic head are back in."""
         ready: dict[bytes, list[Transaction]] = {}
         queued: dict[bytes, list[Transaction]] = {}
-        for sender, txs in self.waiting().items():
+        with self._lock:
+            waiting = {sender: dict(txs) for sender, txs in self.pending.items() if txs}
+            final = self._final() if self._swept_nonces else 0
+            swept = {
+                sender: {n: e.tx for n, e in nonces.items() if e.head > final}
+                for sender, nonces in self._swept_nonces.items()
+            }
+        for sender in swept.keys() | waiting.keys():
             nonce = nonce_of(sender)
+            txs = {n: t for n, t in swept.get(sender, {}).items() if n >= nonce}
+            txs.update(waiting.get(sender, {}))  # a pending one holds its nonce
             for n in sorted(txs):
                 if n < nonce:
                     continue

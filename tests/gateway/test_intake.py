@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway import intake as intake_module
-from gateway.intake import TransactionIntake
+from gateway.intake import Pool, TransactionIntake
 from processors.execution.transactions import ChainRules, InvalidTransaction, decode_transaction
 from streams.settings import CHAIN_ID
 from tests.txs import ACCOUNT, signed
@@ -115,11 +115,16 @@ def test_a_swept_transaction_is_pending_again_until_its_block_is_final() -> None
     assert pool.find(first.hash) is first
     assert pool.find(tx(2).hash) is None
     assert pool.pending_nonce(SENDER, 0) == 2
+    assert pool.pool(ledger.nonce).pending == {SENDER: [first, second]}  # txpool, pending block
     # Final past block 5 and never run again (the new order made it invalid): it is gone,
     # and nonce 0 is free again.
     ledger.final_number = 5
     assert pool.find(first.hash) is None
     assert pool.pending_nonce(SENDER, 0) == 0
+    assert pool.pool(ledger.nonce) == Pool({}, {SENDER: [second]})
+    ledger.state_nonce, ledger.head_number = 2, 7
+    pool.admit(tx(2))  # the next sweep lets the final ones go
+    assert list(pool._swept) == [second.hash]
 
 
 def test_swept_transactions_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
