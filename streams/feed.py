@@ -49,11 +49,11 @@ MAX_READY = 50_000
 
 
 #: A fed reader's fetches, with the feed running: the fetch is the backstop then, and a
-#: short wait only costs the broker (`streams.kafka.LOW_LATENCY_READ`): each waiting fetch
-#: costs the embedded broker CPU whether data comes or not. 500 ms rather than 100 took an
-#: idle devnet's broker from 19.7% of a core to 12.1% (with analytics' below; /tmp/idle.py
-#: in stop 29's note). A record the feed missed waits up to that long more.
-FED_READ = {"fetch.wait.max.ms": 500}
+#: short wait only costs the broker (`streams.kafka.LOW_LATENCY_READ`). Not longer: a
+#: fed processor finds the end of its inputs by a fetch coming back empty, so a restarted
+#: worker with 500 ms waits answered later, and in a fault run two jobs whose lease ran
+#: out meanwhile were answered by both nodes and paid twice (stop 29).
+FED_READ = {"fetch.wait.max.ms": 100}
 
 
 def feed_name(handover: str) -> str:
