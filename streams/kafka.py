@@ -169,6 +169,7 @@ class Producer:
         self._failures: list[str] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._abandoned = False
         self._poller = threading.Thread(target=self._serve, name="producer-poll", daemon=True)
         self._poller.start()
 
@@ -209,6 +210,9 @@ class Producer:
     ) -> Future[Delivered]:
         """Send an already encoded record (the archive re-seeds the broker this way)."""
         future: Future[Delivered] = Future()
+        if self._abandoned:
+            future.set_exception(DeliveryError(f"{topic}: the log went away (abandoned)"))
+            return future
         gate = self.gate
 
         def on_delivery(err: KafkaError | None, msg: Any) -> None:
@@ -283,7 +287,10 @@ class Producer:
     def abandon(self) -> None:
         """Fail every send not yet acknowledged, or not yet durable, at once (for a log that
         is gone: whoever waits on one is told now, not when the client's timeouts run out;
-        none of them was acknowledged to anyone)."""
+        none of them was acknowledged to anyone). Sends after this fail at once: a request
+        that comes in while the gateway stops is told the log is unavailable now, not cut
+        when its wait outlasts the server's graceful stop."""
+        self._abandoned = True
         self._producer.purge(in_queue=True, in_flight=True, blocking=False)
         # The purged records' reports fail their futures; they are queued as the purge
         # reaches each (a loaded machine may take a moment), so serve them here, briefly.

@@ -30,13 +30,17 @@ class Devnet:
         self.rpc_port, self.ws_port = free_port(), free_port()
         self.log = data_dir.parent / f"devnet-{self.rpc_port}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        #: Where this start's output begins in the log: a restart appends to it, so the
+        #: earlier runs' output (a traceback before a fault) is still there to read.
+        self._since = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.rpc_port}"
 
     def start(self) -> None:
-        with open(self.log, "wb") as log:
+        self._since = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [
                     *LATTICE,
@@ -70,7 +74,15 @@ class Devnet:
             time.sleep(0.1)
 
     def output(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
+        """What this start of the devnet has printed so far."""
+        return self._read()[self._since :].decode(errors="replace")
+
+    def history(self) -> str:
+        """What every start of the devnet has printed."""
+        return self._read().decode(errors="replace")
+
+    def _read(self) -> bytes:
+        return self.log.read_bytes() if self.log.exists() else b""
 
     def stop(self, sig: int = signal.SIGTERM, group: bool = False) -> int:
         """Signal the devnet (with `group`, its whole process group, as Ctrl-C in a terminal

@@ -14,7 +14,9 @@ result is judged as an unsampled one: the verifier never crash-loops on a model 
 for it.
 
 Then money: an accepted result is paid by `JobMarket.settle` (reward formula in
-`processors.market.economics`), at most the job's maximum price over all its paid results;
+`processors.market.economics`), at most the job's maximum price over all its paid results,
+and only the first accepted answer of a job (the first two of a redundant one): a job
+reassigned when its lease ran out may be answered by both nodes, and is paid once;
 a rejected one pays nothing and slashes the node's stake; a late one, or a job the matcher
 expired, is refunded (a zero-charge settlement, so the ledger records it). Each paid or
 refunded (job, node) settles once: duplicates of a result, and results arriving after the
@@ -475,8 +477,10 @@ class Verifier(Processor[MemoryStore]):
         if verdict.outcome == core.ACCEPTED:
             price = self.registrations[node].price_wei_per_hour
             budget = record.max_price_wei - job.charged
-            if budget <= 0 or (is_oracle_job(record) and _paid_out(job)):
-                return []  # the job's budget went to an earlier result
+            if budget <= 0 or len(job.rewarded) >= job.runs:
+                return []  # an earlier answer was paid: the job's budget or its run
+            if is_oracle_job(record) and _paid_out(job):
+                return []  # the escrow went to an earlier result, or back
             owed = reward(
                 price,
                 result.timings.compute_ms,

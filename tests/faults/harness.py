@@ -165,6 +165,20 @@ def server_errors(errors: Counter[str]) -> dict[str, int]:
     }
 
 
+def last_traceback(net: Devnet) -> str:
+    """The devnet's last logged traceback (a 500's cause), from every start of it."""
+    lines = net.history().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    if not starts:
+        return "no traceback in the devnet's log"
+    block = [lines[starts[-1]]]
+    for line in lines[starts[-1] + 1 :]:
+        block.append(line)
+        if line and not line[0].isspace():  # the exception's own line ends a traceback
+            break
+    return "\n".join(block[-10:])
+
+
 def deploy_token(url: str, wallet: Wallet) -> str:
     """Deploy a LatticeToken whose whole supply is the wallet's; its address."""
     artifact = load("LatticeToken")
@@ -381,7 +395,7 @@ def settle(net: Devnet, load: Load, fault: str, at: float, market: MarketBooks |
     jobs = list(load.jobs.acknowledged) if load.jobs is not None else []
     failed = server_errors(load.errors + (load.jobs.errors if load.jobs else Counter()))
     if failed:
-        problems.append(f"server errors so far: {failed}")
+        problems.append(f"server errors so far: {failed}; {last_traceback(net)}")
     if market is not None:
         job_books = market.check(jobs, deadline)
         lost += job_books.lost

@@ -32,6 +32,7 @@ from tests.processors.harness import CrashPoint, arm, read_all, run_while
 
 pytestmark = pytest.mark.broker
 NODE_KEY = b"\x41" * 32
+OTHER_KEY = b"\x43" * 32
 USER_KEY = b"\x42" * 32
 CID = "bafk-model"
 JOBS = 4
@@ -44,42 +45,56 @@ def own_broker() -> Iterator[EmbeddedBroker]:
         yield broker
 
 
-def honest_results(bootstrap: str) -> None:
-    """A node, a model, and `JOBS` jobs assigned to the node, each with its signed result."""
+OUTPUT = json.dumps({"prompt_tokens": 2, "token_ids": [1, 2], "text": "ab"}).encode()
+
+
+def assignment(job: Any, attempt: int, node: Any) -> Any:
+    candidate = Candidate(
+        node=node.node,
+        eligible=True,
+        score=1,
+        price_wei_per_hour=node.price_wei_per_hour,
+        free_vram_bytes=0,
+        reputation_bps=5_000,
+        load=0,
+        reasons=(),
+    )
+    return dataclasses.replace(
+        market_events.assigned(job.job_id, attempt, [node.node]), candidates=(candidate,), job=job
+    )
+
+
+def answer(job: Any, node_key: bytes, attempt: int, now: int) -> Any:
+    made = market_events.result(
+        job.job_id, node_key, attempt=attempt, output=OUTPUT, completed_at_ms=now
+    )
+    return market_events.signed_result(
+        dataclasses.replace(
+            made, output_cid=cid_of(OUTPUT), output_digest=hashlib.sha256(OUTPUT).digest()
+        ),
+        node_key,
+    )
+
+
+def honest_results(bootstrap: str, jobs: int = JOBS, reassigned: bool = False) -> None:
+    """A node, a model, and `jobs` jobs assigned to the node, each with its signed result.
+    `reassigned`: each job's lease ran out and a second node was assigned it too; both
+    answer."""
     now = int(time.time() * 1000)
-    node = market_events.registration(NODE_KEY, price=3_600_000)
+    nodes = [market_events.registration(k, price=3_600_000) for k in (NODE_KEY, OTHER_KEY)]
     producer = Producer(bootstrap)
-    producer.send(topic("gpu.nodes"), node, key=hex_key(node.node))
+    for node in nodes:
+        producer.send(topic("gpu.nodes"), node, key=hex_key(node.node))
     producer.send(topic("models"), market_events.manifest("m", CID), key="m")
-    output = json.dumps({"prompt_tokens": 2, "token_ids": [1, 2], "text": "ab"}).encode()
-    for nonce in range(JOBS):
+    for nonce in range(jobs):
         job = market_events.signed_job(USER_KEY, CID, nonce, now_ms=now, price=10**15)
         key = hex_key(job.job_id)
-        candidate = Candidate(
-            node=node.node,
-            eligible=True,
-            score=1,
-            price_wei_per_hour=node.price_wei_per_hour,
-            free_vram_bytes=0,
-            reputation_bps=5_000,
-            load=0,
-            reasons=(),
-        )
-        assigned = dataclasses.replace(
-            market_events.assigned(job.job_id, 0, [node.node]), candidates=(candidate,), job=job
-        )
-        made = market_events.result(job.job_id, NODE_KEY, output=output, completed_at_ms=now)
-        result = market_events.signed_result(
-            dataclasses.replace(
-                made,
-                output_cid=cid_of(output),
-                output_digest=hashlib.sha256(output).digest(),
-            ),
-            NODE_KEY,
-        )
         producer.send(topic("jobs.submitted"), job, key=key)
-        producer.send(topic("jobs.assigned"), assigned, key=key)
-        producer.send(topic("jobs.results"), result, key=key)
+        runs = list(zip((NODE_KEY, OTHER_KEY), nodes, strict=True))[: 2 if reassigned else 1]
+        for attempt, (_, node) in enumerate(runs):
+            producer.send(topic("jobs.assigned"), assignment(job, attempt, node), key=key)
+        for attempt, (node_key, _) in enumerate(runs):
+            producer.send(topic("jobs.results"), answer(job, node_key, attempt, now), key=key)
     producer.close()
 
 
@@ -126,4 +141,20 @@ def test_a_restarted_verifier_settles_each_result_once(
     ]
     assert sorted(t.nonce for t in sent) == list(range(JOBS))
     assert {t.hash for t in sent} == {r.transaction_hash for r in records}
+    assert all(r.paid_wei > 0 for r in records)
+
+
+def test_a_reassigned_job_answered_by_both_nodes_is_paid_once(
+    own_broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """A job whose lease ran out while its first node's answer was on the way: both answers
+    are accepted (each node kept to its own lease), only the first is paid."""
+    honest_results(own_broker.bootstrap, jobs=2, reassigned=True)
+    run_verifier(own_broker.bootstrap, Settings(data_dir=tmp_path, verify_bps=0), None, 0)
+
+    verdicts = decoded(own_broker.bootstrap, VERDICTS.name, JobVerdict)
+    assert len(verdicts) == 4 and {v.outcome for v in verdicts} == {"ACCEPTED"}
+    records = settled(own_broker.bootstrap)
+    assert len(records) == len({r.job_id for r in records}) == 2
+    assert {r.provider for r in records} == {address_of(NODE_KEY)}
     assert all(r.paid_wei > 0 for r in records)
