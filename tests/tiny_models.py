@@ -140,8 +140,22 @@ def build_tiny_text_classifier(
         label2id={label: i for i, label in enumerate(labels)},
         architectures=["BertForSequenceClassification"],
     )
-    BertForSequenceClassification(config).eval().save_pretrained(directory)
+    model = BertForSequenceClassification(config).eval()
+    spread_labels(model.classifier, seed)
+    model.save_pretrained(directory)
     return directory
+
+
+def spread_labels(head: Any, seed: int) -> None:
+    """Give a random classifier's head weights that score its labels far apart. At the
+    initial scale (std 0.02) every label scores alike within about 0.1%, inside the
+    verifier's tolerance, so an answer with its labels swapped would pass as honest; a
+    trained classifier's labels are far apart."""
+    import torch
+
+    weights = torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        head.weight.copy_(weights * 4.0)
 
 
 def build_tiny_vit(
@@ -166,7 +180,9 @@ def build_tiny_vit(
         label2id={label: i for i, label in enumerate(labels)},
         architectures=["ViTForImageClassification"],
     )
-    ViTForImageClassification(config).eval().save_pretrained(directory)
+    model = ViTForImageClassification(config).eval()
+    spread_labels(model.classifier, seed)
+    model.save_pretrained(directory)
     ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(directory)
     return directory
 
