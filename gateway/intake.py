@@ -174,6 +174,11 @@ class TransactionIntake:
             raise InvalidTransaction(
                 "nonce_too_low", f"nonce too low: next nonce {nonce}, tx nonce {tx.nonce}"
             )
+        swept = self._swept.get(tx.hash)
+        if swept is not None and self._may_return(swept):
+            # Run in an optimistic block a reorganisation took out of the head: the block
+            # is in the DAG, which merges it back, so the transaction is pending already.
+            raise InvalidTransaction("already_known", "already known")
         cost = tx.gas_limit * tx.fee_cap + tx.value
         balance = self.ledger.balance(tx.sender)
         if balance < cost:

@@ -116,6 +116,10 @@ def test_a_swept_transaction_is_pending_again_until_its_block_is_final() -> None
     assert pool.find(tx(2).hash) is None
     assert pool.pending_nonce(SENDER, 0) == 2
     assert pool.pool(ledger.nonce).pending == {SENDER: [first, second]}  # txpool, pending block
+    # Sent again meanwhile, it is "already known", as geth says of one in its pool: it is in
+    # a block of the DAG, which the chain merges back.
+    with pytest.raises(InvalidTransaction, match="already known"):
+        pool.admit(first)
     # Final past block 5 and never run again (the new order made it invalid): it is gone,
     # and nonce 0 is free again.
     ledger.final_number = 5
@@ -134,7 +138,7 @@ def test_swept_transactions_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None
     x, y = tx(0), tx(0, 2, 4)
     for swept in (x, y, x, tx(1), tx(2)):  # x swept, replaced by y, x again, then others
         ledger.state_nonce = swept.nonce
-        pool.admit(swept)
+        pool.learn(swept)  # from the log: another gateway took x again
         ledger.state_nonce = swept.nonce + 1
         pool._forget_executed()
     assert len(pool._swept) == 2 and pool.find(x.hash) is None
