@@ -210,6 +210,7 @@ class Producer:
     ) -> Future[Delivered]:
         """Send an already encoded record (the archive re-seeds the broker this way)."""
         future: Future[Delivered] = Future()
+        # Read without the lock: the gateway abandons on its event loop, where it sends.
         if self._abandoned:
             future.set_exception(DeliveryError(f"{topic}: the log went away (abandoned)"))
             return future

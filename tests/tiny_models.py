@@ -150,7 +150,8 @@ def spread_labels(head: Any, seed: int) -> None:
     """Give a random classifier's head weights that score its labels far apart. At the
     initial scale (std 0.02) every label scores alike within about 0.1%, inside the
     verifier's tolerance, so an answer with its labels swapped would pass as honest; a
-    trained classifier's labels are far apart."""
+    trained classifier's labels are far apart. (Two labels both scored near 0 may still
+    swap unseen: the tests' forgeries swap the likeliest.)"""
     import torch
 
     weights = torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(seed))

@@ -14,8 +14,8 @@ keeps every one, in arrival order; what each reader needs is derived from them h
 - `excluded`: nodes of an assignment that never answered (not offered the job again);
 - `settled_for`, `charged`: the providers settled and what the job cost so far (the first
   settlement of each provider counts: a settlement id is paid once on the ledger);
-- `rewarded`, `runs`: the nodes settled for an accepted answer, and how many answers the
-  job pays for (two when it ran redundantly, else one);
+- `runs`: how many answers the job pays for (two when an attempt ran redundantly, else
+  one);
 - `state`: submitted, assigned, completed, verified, settled or expired, for users.
 
 Which records count is the caller's to decide before applying: the matcher applies only
@@ -134,20 +134,11 @@ class Job:
         return frozenset(s.provider for s in self.settlements)
 
     @property
-    def rewarded(self) -> frozenset[bytes]:
-        """Nodes settled for an accepted answer: neither a refund (the zero address) nor a
-        slash."""
-        return frozenset(
-            s.provider
-            for s in self._first_settlements()
-            if s.provider != bytes(20) and not s.slashed_wei
-        )
-
-    @property
     def runs(self) -> int:
-        """Answers the job pays for: two when an assignment of it was redundant, else one
-        (a job reassigned after its lease ran out still wants one answer)."""
-        return 2 if any(a.redundant for a in self.assignments) else 1
+        """Answers the job pays for: two when an attempt of it ran redundantly, else one (a
+        job reassigned after its lease ran out still wants one answer)."""
+        firsts = (self.assignment(a.attempt) for a in self.assignments)
+        return 2 if any(a is not None and a.redundant for a in firsts) else 1
 
     @property
     def charged(self) -> int:

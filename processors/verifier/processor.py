@@ -476,11 +476,14 @@ class Verifier(Processor[MemoryStore]):
         cause = verdict.cause
         if verdict.outcome == core.ACCEPTED:
             price = self.registrations[node].price_wei_per_hour
-            budget = record.max_price_wei - job.charged
-            if budget <= 0 or len(job.rewarded) >= job.runs:
-                return []  # an earlier answer was paid: the job's budget or its run
-            if is_oracle_job(record) and _paid_out(job):
-                return []  # the escrow went to an earlier result, or back
+            budget = max(record.max_price_wei - job.charged, 0)
+            # A settlement sent before a restart is recorded whatever came since: the
+            # ledger runs it. Otherwise the job's budget and its runs may be spent.
+            if settlement_id(job_id, node) not in self.sent:
+                if budget == 0 or len(self.rewarded(job)) >= job.runs:
+                    return []  # earlier answers were paid: the job's budget or its runs
+                if is_oracle_job(record) and _paid_out(job):
+                    return []  # the escrow went to an earlier result, or back
             owed = reward(
                 price,
                 result.timings.compute_ms,
@@ -492,6 +495,16 @@ class Verifier(Processor[MemoryStore]):
         if not _paid_out(job) and ZERO not in job.settled_for:
             return self.settle(job_id, ZERO, refund(record.max_price_wei), 0, cause)
         return []
+
+    def rewarded(self, job: Job) -> set[bytes]:
+        """Nodes paid for an accepted answer of the job: settled on the log, or by a
+        transaction sent before a restart whose record is not read back yet."""
+        accepted = {v.node for v in job.verdicts if v.outcome == core.ACCEPTED}
+        return {
+            node
+            for node in accepted
+            if node in job.settled_for or settlement_id(job.job_id, node) in self.sent
+        }
 
     def reject(self, job_id: bytes, node: bytes, verdict: JobVerdict) -> list[Output]:
         """A rejected result. One its node did not sign is anyone's writing: it moves no

@@ -120,6 +120,7 @@ def test_a_swept_transaction_is_pending_again_until_its_block_is_final() -> None
     # a block of the DAG, which the chain merges back.
     with pytest.raises(InvalidTransaction, match="already known"):
         pool.admit(first)
+    assert 0 not in pool.pending[SENDER]  # refused, nothing changed
     # Final past block 5 and never run again (the new order made it invalid): it is gone,
     # and nonce 0 is free again.
     ledger.final_number = 5

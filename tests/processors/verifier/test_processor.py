@@ -21,7 +21,16 @@ from processors.runtime import Runtime
 from processors.state import MemoryStore
 from processors.verifier.processor import SETTLED, TX_SUBMITTED, VERDICTS, Verifier
 from schemas.codec import default_codec
-from schemas.events import Candidate, JobSettled, JobVerdict, TransactionSubmitted
+from schemas.events import (
+    Candidate,
+    GpuNodeRegistration,
+    JobAssigned,
+    JobResult,
+    JobSettled,
+    JobSubmitted,
+    JobVerdict,
+    TransactionSubmitted,
+)
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker
 from streams.kafka import Producer
@@ -48,7 +57,7 @@ def own_broker() -> Iterator[EmbeddedBroker]:
 OUTPUT = json.dumps({"prompt_tokens": 2, "token_ids": [1, 2], "text": "ab"}).encode()
 
 
-def assignment(job: Any, attempt: int, node: Any) -> Any:
+def assignment(job: JobSubmitted, attempt: int, node: GpuNodeRegistration) -> JobAssigned:
     candidate = Candidate(
         node=node.node,
         eligible=True,
@@ -64,22 +73,25 @@ def assignment(job: Any, attempt: int, node: Any) -> Any:
     )
 
 
-def answer(job: Any, node_key: bytes, attempt: int, now: int) -> Any:
+def answer(job: JobSubmitted, node_key: bytes, attempt: int, now: int, honest: bool) -> JobResult:
+    """The node's signed result; a dishonest one names another output's CID (rejected,
+    and the node slashed)."""
     made = market_events.result(
         job.job_id, node_key, attempt=attempt, output=OUTPUT, completed_at_ms=now
     )
+    cid = cid_of(OUTPUT if honest else b"another output")
     return market_events.signed_result(
-        dataclasses.replace(
-            made, output_cid=cid_of(OUTPUT), output_digest=hashlib.sha256(OUTPUT).digest()
-        ),
+        dataclasses.replace(made, output_cid=cid, output_digest=hashlib.sha256(OUTPUT).digest()),
         node_key,
     )
 
 
-def honest_results(bootstrap: str, jobs: int = JOBS, reassigned: bool = False) -> None:
+def honest_results(
+    bootstrap: str, jobs: int = JOBS, reassigned: bool = False, first_honest: bool = True
+) -> None:
     """A node, a model, and `jobs` jobs assigned to the node, each with its signed result.
     `reassigned`: each job's lease ran out and a second node was assigned it too; both
-    answer."""
+    answer (the first honestly or not, as `first_honest` says)."""
     now = int(time.time() * 1000)
     nodes = [market_events.registration(k, price=3_600_000) for k in (NODE_KEY, OTHER_KEY)]
     producer = Producer(bootstrap)
@@ -94,7 +106,8 @@ def honest_results(bootstrap: str, jobs: int = JOBS, reassigned: bool = False) -
         for attempt, (_, node) in enumerate(runs):
             producer.send(topic("jobs.assigned"), assignment(job, attempt, node), key=key)
         for attempt, (node_key, _) in enumerate(runs):
-            producer.send(topic("jobs.results"), answer(job, node_key, attempt, now), key=key)
+            made = answer(job, node_key, attempt, now, honest=attempt > 0 or first_honest)
+            producer.send(topic("jobs.results"), made, key=key)
     producer.close()
 
 
@@ -105,6 +118,12 @@ def decoded(bootstrap: str, name: str, kind: type[Any]) -> list[Any]:
 
 def settled(bootstrap: str) -> list[JobSettled]:
     return decoded(bootstrap, SETTLED.name, JobSettled)
+
+
+def settler_transactions(bootstrap: str) -> list[TransactionSubmitted]:
+    settler = address_of(devnet_key("settler"))
+    sent = decoded(bootstrap, TX_SUBMITTED.name, TransactionSubmitted)
+    return [t for t in sent if t.sender == settler]
 
 
 def run_verifier(bootstrap: str, settings: Settings, point: CrashPoint | None, after: int) -> None:
@@ -133,28 +152,33 @@ def test_a_restarted_verifier_settles_each_result_once(
     assert {v.outcome for v in verdicts} == {"ACCEPTED"}
     records = settled(own_broker.bootstrap)
     assert len(records) == len({r.job_id for r in records}) == JOBS
-    settler = address_of(devnet_key("settler"))
-    sent = [
-        t
-        for t in decoded(own_broker.bootstrap, TX_SUBMITTED.name, TransactionSubmitted)
-        if t.sender == settler
-    ]
+    sent = settler_transactions(own_broker.bootstrap)
     assert sorted(t.nonce for t in sent) == list(range(JOBS))
     assert {t.hash for t in sent} == {r.transaction_hash for r in records}
     assert all(r.paid_wei > 0 for r in records)
 
 
+@pytest.mark.parametrize("first_honest", [True, False])
 def test_a_reassigned_job_answered_by_both_nodes_is_paid_once(
-    own_broker: EmbeddedBroker, tmp_path: Path
+    own_broker: EmbeddedBroker, tmp_path: Path, first_honest: bool
 ) -> None:
-    """A job whose lease ran out while its first node's answer was on the way: both answers
-    are accepted (each node kept to its own lease), only the first is paid."""
-    honest_results(own_broker.bootstrap, jobs=2, reassigned=True)
+    """A job whose lease ran out while its first node's answer was on the way, answered by
+    both nodes: it pays for one answer, the first accepted. A first answer rejected (its
+    node slashed) pays nothing and leaves the job's one answer to the second."""
+    honest_results(own_broker.bootstrap, jobs=2, reassigned=True, first_honest=first_honest)
     run_verifier(own_broker.bootstrap, Settings(data_dir=tmp_path, verify_bps=0), None, 0)
 
     verdicts = decoded(own_broker.bootstrap, VERDICTS.name, JobVerdict)
-    assert len(verdicts) == 4 and {v.outcome for v in verdicts} == {"ACCEPTED"}
+    first, second = address_of(NODE_KEY), address_of(OTHER_KEY)
+    outcomes = {(v.node, v.outcome) for v in verdicts}
+    assert len(verdicts) == 4
+    assert outcomes == {(first, "ACCEPTED" if first_honest else "REJECTED"), (second, "ACCEPTED")}
     records = settled(own_broker.bootstrap)
-    assert len(records) == len({r.job_id for r in records}) == 2
-    assert {r.provider for r in records} == {address_of(NODE_KEY)}
-    assert all(r.paid_wei > 0 for r in records)
+    paid = [r for r in records if r.paid_wei > 0]
+    assert len(paid) == len({r.job_id for r in paid}) == 2
+    assert {r.provider for r in paid} == {first if first_honest else second}
+    slashed = [r for r in records if r.slashed_wei > 0]
+    assert len(slashed) == (0 if first_honest else 2) and len(records) == len(paid) + len(slashed)
+    sent = settler_transactions(own_broker.bootstrap)  # nothing sent that is not recorded
+    assert sorted(t.nonce for t in sent) == list(range(len(records)))
+    assert {t.hash for t in sent} == {r.transaction_hash for r in records}
