@@ -33,6 +33,7 @@ from gateway.checkpointview import CheckpointView
 from gateway.dagview import DagView
 from gateway.market import MarketService
 from processors.execution.genesis import DEV_KEYS
+from streams.broker import claim_ports
 from streams.kafka import Producer
 from streams.settings import Settings
 
@@ -88,6 +89,7 @@ def check_port(host: str, port: int, flag: str) -> None:
         except OSError as exc:
             why = f"cannot listen on {host}:{port} ({exc.strerror}); pass {flag}"
             raise HostError(why) from None
+    claim_ports(port)  # the gateway opens it after the children start: none may be given it
 
 
 class Host:

@@ -48,7 +48,6 @@ from typing import Any, TextIO
 
 from processors.market.ipfs import KuboRepo, ipfs_home
 from processors.runtime import configure_logging
-from streams.broker import free_port
 from streams.metrics import IPFS_PEERS, IPFS_REQUESTS
 from streams.settings import Settings
 
@@ -84,7 +83,9 @@ def run(settings: Settings, args: argparse.Namespace, _bootstrap: Any, out: Text
         ipfs_home(settings),
         args.listen,
         args.swarm_port,
-        args.api_port or free_port(),
+        # Bound at once, so the kernel picks it: a port named now could be one the node
+        # named for another child that has not opened it yet.
+        args.api_port or 0,
         args.peer,
         out,
         [g.strip().rstrip("/") for g in args.gateways.split(",") if g.strip()],

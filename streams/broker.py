@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -50,22 +51,42 @@ def _ephemeral_ports() -> range:
         return range(32_768, 61_000)
 
 
+#: Ports this process named for listeners, or was told are its own: never named again. A
+#: devnet names its children's ports before any child opens one, so a port free when named
+#: may be named twice (seen: two children, one port, the second failing at every restart).
+_named: set[int] = set()
+_naming = threading.Lock()
+
+
+def claim_ports(*ports: int) -> None:
+    """Ports this process will listen on (given to it, not named by `free_port`)."""
+    with _naming:
+        _named.update(ports)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free now on `host`, for a listener that another process will open soon.
 
     Not one the kernel hands out for outgoing connections: a port of that range, free when
     checked, could be some client's local port by the time the listener binds (seen: a
     processor's metrics port taken by one of the many Kafka connections a devnet opens).
+    Not one this process named before either. A listener that binds at once binds port 0.
     """
     ephemeral = _ephemeral_ports()
-    candidates = [p for p in random.sample(LISTEN_PORTS, 64) if p not in ephemeral]
-    for port in candidates:
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
+    with _naming:
+        candidates = [
+            p
+            for p in random.sample(LISTEN_PORTS, min(64, len(LISTEN_PORTS)))
+            if p not in ephemeral and p not in _named
+        ]
+        for port in candidates:
+            with socket.socket() as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    continue
+                _named.add(port)
+                return port
     with socket.socket() as sock:  # an unusual port layout: let the kernel choose
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
