@@ -52,7 +52,7 @@ MAX_READY = 50_000
 #: short wait only costs the broker (`streams.kafka.LOW_LATENCY_READ`). Not longer: a
 #: fed processor finds the end of its inputs by a fetch coming back empty, so a restarted
 #: worker with 500 ms waits answered later, and in a fault run two jobs whose lease ran
-#: out meanwhile were answered by both nodes and paid twice (stop 29).
+#: out meanwhile were run by both nodes (stop 29; the verifier now pays one answer).
 FED_READ = {"fetch.wait.max.ms": 100}
 
 
